@@ -1,0 +1,326 @@
+//! Compliance: the rules a token's movements must pass, checked in one fixed order.
+
+use std::collections::BTreeSet;
+
+use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
+
+use super::{Change, Context, Investor, KycStatus, Operation, Token};
+use crate::{Amount, Country, Error, Id, Result, bounded_text};
+
+/// The rules of one token. Absent limits do not apply.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rules {
+    /// If present, only investors from these countries may receive.
+    #[serde(default)]
+    pub allowed_countries: Option<BTreeSet<Country>>,
+    /// Investors from these countries may not receive.
+    #[serde(default)]
+    pub denied_countries: BTreeSet<Country>,
+    #[serde(default)]
+    pub require_accreditation: bool,
+    #[serde(default)]
+    pub max_holders: Option<u64>,
+    #[serde(default)]
+    pub max_balance: Option<Amount>,
+    /// Seconds after issuance during which issued tokens cannot be transferred.
+    #[serde(default)]
+    pub lockup_seconds: u64,
+    /// Most an investor may send by their own transfers in one UTC calendar day.
+    #[serde(default)]
+    pub daily_transfer_limit: Option<Amount>,
+    /// Most an investor may send by their own transfers in one UTC calendar month.
+    #[serde(default)]
+    pub monthly_transfer_limit: Option<Amount>,
+}
+
+impl Rules {
+    pub fn validate(&self) -> Result<()> {
+        if self.allowed_countries.as_ref().is_some_and(|a| a.len() > 300) || self.denied_countries.len() > 300 {
+            return Err(Error::invalid("rules", "a country list holds at most 300 codes"));
+        }
+        if self.max_holders == Some(0) {
+            return Err(Error::invalid("rules.max_holders", "max_holders must be at least 1"));
+        }
+        if self.lockup_seconds > 100 * 366 * 86_400 {
+            return Err(Error::invalid("rules.lockup_seconds", "lockup_seconds must be under 100 years"));
+        }
+        Ok(())
+    }
+}
+
+/// The holding of an investor who never held the token.
+static NO_HOLDING: super::Holding = super::Holding {
+    balance: Amount::ZERO,
+    frozen: false,
+    frozen_amount: Amount::ZERO,
+    locks: Vec::new(),
+    sent_day: (None, Amount::ZERO),
+    sent_month: (None, Amount::ZERO),
+};
+
+/// The order in which the checks run, so the same request always gets the same code.
+pub const CHECK_ORDER: &[&str] = &[
+    "token_paused",
+    "sender_frozen",
+    "receiver_frozen",
+    "kyc_not_verified",
+    "kyc_expired",
+    "accreditation_required",
+    "country_not_allowed",
+    "insufficient_balance",
+    "insufficient_unfrozen_balance",
+    "lockup_active",
+    "transfer_limit_exceeded",
+    "supply_cap_exceeded",
+    "max_balance_exceeded",
+    "max_holders_reached",
+];
+
+/// Decides one operation on `token`, checking every rule that applies, in [`CHECK_ORDER`].
+pub(super) fn decide(
+    token: &Token,
+    investors: &FxHashMap<Id, Investor>,
+    operation: &Operation,
+    ctx: &Context,
+) -> Result<Change> {
+    let token_id = token.spec.id.clone();
+    let investor = |id: &Id, field: &'static str| {
+        investors.get(id).ok_or_else(|| {
+            Error::not_found("investor_not_found", format!("investor {id} does not exist")).at(field)
+        })
+    };
+    Ok(match operation {
+        Operation::Issue { to, amount } => {
+            positive(*amount)?;
+            let receiver = investor(to, "to")?;
+            not_paused(token)?;
+            not_frozen(token, to, "receiver_frozen", "to")?;
+            eligible(token, receiver, ctx, "to")?;
+            let supply = token.total_supply.0 + amount.0;
+            if supply > token.spec.max_supply.0 {
+                return Err(Error::refused(
+                    "supply_cap_exceeded",
+                    format!("issuing {amount} would take the supply to {supply}, over the cap of {}", token.spec.max_supply),
+                )
+                .at("amount"));
+            }
+            room_to_receive(token, to, *amount, None)?;
+            let locked_until = (token.rules.lockup_seconds > 0)
+                .then(|| ctx.now + time::Duration::seconds(token.rules.lockup_seconds as i64));
+            Change::Issued { token_id, to: to.clone(), amount: *amount, locked_until }
+        }
+        Operation::Transfer { from, to, amount } => {
+            positive(*amount)?;
+            distinct(from, to)?;
+            let sender = investor(from, "from")?;
+            let receiver = investor(to, "to")?;
+            not_paused(token)?;
+            not_frozen(token, from, "sender_frozen", "from")?;
+            not_frozen(token, to, "receiver_frozen", "to")?;
+            kyc(sender, ctx, "from")?;
+            eligible(token, receiver, ctx, "to")?;
+            let holding = token.holding(from).unwrap_or(&NO_HOLDING);
+            available(holding, *amount, true, ctx)?;
+            within_limits(token, holding, *amount, ctx)?;
+            room_to_receive(token, to, *amount, Some(from))?;
+            Change::Transferred { token_id, from: from.clone(), to: to.clone(), amount: *amount, forced: false, reason: None }
+        }
+        Operation::ForcedTransfer { from, to, amount, reason } => {
+            // An agent's move: it needs no consent and ignores pause, the sender's full freeze,
+            // lock-up and limits, but it never moves a frozen amount and the receiver must be
+            // eligible like any other.
+            positive(*amount)?;
+            distinct(from, to)?;
+            let reason = bounded_text("reason", reason, 1_000)?;
+            investor(from, "from")?;
+            let receiver = investor(to, "to")?;
+            not_frozen(token, to, "receiver_frozen", "to")?;
+            eligible(token, receiver, ctx, "to")?;
+            let holding = token.holding(from).unwrap_or(&NO_HOLDING);
+            available(holding, *amount, false, ctx)?;
+            room_to_receive(token, to, *amount, Some(from))?;
+            Change::Transferred { token_id, from: from.clone(), to: to.clone(), amount: *amount, forced: true, reason: Some(reason) }
+        }
+        Operation::Redeem { from, amount } => {
+            // The issuer buying back: lock-up does not apply; freezes do.
+            positive(*amount)?;
+            investor(from, "from")?;
+            not_frozen(token, from, "sender_frozen", "from")?;
+            let holding = token.holding(from).unwrap_or(&NO_HOLDING);
+            available(holding, *amount, false, ctx)?;
+            Change::Redeemed { token_id, from: from.clone(), amount: *amount }
+        }
+        Operation::Freeze { investor_id } => {
+            investor(investor_id, "investor_id")?;
+            if token.holding(investor_id).is_some_and(|h| h.frozen) {
+                return Err(Error::conflict("already_frozen", format!("investor {investor_id} is already frozen")));
+            }
+            Change::InvestorFrozen { token_id, investor_id: investor_id.clone() }
+        }
+        Operation::Unfreeze { investor_id } => {
+            investor(investor_id, "investor_id")?;
+            if !token.holding(investor_id).is_some_and(|h| h.frozen) {
+                return Err(Error::conflict("not_frozen", format!("investor {investor_id} is not frozen")));
+            }
+            Change::InvestorUnfrozen { token_id, investor_id: investor_id.clone() }
+        }
+        Operation::FreezeAmount { investor_id, amount } => {
+            positive(*amount)?;
+            investor(investor_id, "investor_id")?;
+            let holding = token.holding(investor_id).unwrap_or(&NO_HOLDING);
+            let free = holding.balance.saturating_sub(holding.frozen_amount);
+            if amount.0 > free.0 {
+                return Err(Error::refused(
+                    "insufficient_unfrozen_balance",
+                    format!("investor {investor_id} has {free} unfrozen, less than {amount}"),
+                )
+                .at("amount"));
+            }
+            Change::AmountFrozen { token_id, investor_id: investor_id.clone(), amount: *amount }
+        }
+        Operation::UnfreezeAmount { investor_id, amount } => {
+            positive(*amount)?;
+            investor(investor_id, "investor_id")?;
+            let frozen = token.holding(investor_id).map_or(Amount::ZERO, |h| h.frozen_amount);
+            if amount.0 > frozen.0 {
+                return Err(Error::conflict("insufficient_frozen_amount", format!("investor {investor_id} has only {frozen} frozen")).at("amount"));
+            }
+            Change::AmountUnfrozen { token_id, investor_id: investor_id.clone(), amount: *amount }
+        }
+        Operation::Pause => {
+            if token.paused {
+                return Err(Error::conflict("already_paused", "the token is already paused"));
+            }
+            Change::Paused { token_id }
+        }
+        Operation::Unpause => {
+            if !token.paused {
+                return Err(Error::conflict("not_paused", "the token is not paused"));
+            }
+            Change::Unpaused { token_id }
+        }
+    })
+}
+
+fn positive(amount: Amount) -> Result<()> {
+    if amount.is_zero() {
+        Err(Error::invalid("amount", "amount must be greater than zero"))
+    } else {
+        Ok(())
+    }
+}
+
+fn distinct(from: &Id, to: &Id) -> Result<()> {
+    if from == to {
+        Err(Error::invalid("to", "sender and receiver must differ"))
+    } else {
+        Ok(())
+    }
+}
+
+fn not_paused(token: &Token) -> Result<()> {
+    if token.paused {
+        Err(Error::refused("token_paused", format!("token {} is paused", token.spec.symbol)))
+    } else {
+        Ok(())
+    }
+}
+
+fn not_frozen(token: &Token, investor: &Id, code: &'static str, field: &'static str) -> Result<()> {
+    if token.holding(investor).is_some_and(|h| h.frozen) {
+        Err(Error::refused(code, format!("investor {investor} is frozen in {}", token.spec.symbol)).at(field))
+    } else {
+        Ok(())
+    }
+}
+
+fn kyc(investor: &Investor, ctx: &Context, field: &'static str) -> Result<()> {
+    let p = &investor.profile;
+    let expired = p.kyc_status == KycStatus::Expired
+        || (p.kyc_status == KycStatus::Verified && p.kyc_expires_on.is_some_and(|d| d < ctx.now.date()));
+    if expired {
+        return Err(Error::refused("kyc_expired", format!("the KYC of investor {} has expired", investor.id)).at(field));
+    }
+    if p.kyc_status != KycStatus::Verified {
+        return Err(Error::refused("kyc_not_verified", format!("investor {} is not KYC verified", investor.id)).at(field));
+    }
+    Ok(())
+}
+
+/// Whether `receiver` may hold this token at all: KYC, accreditation, country.
+fn eligible(token: &Token, receiver: &Investor, ctx: &Context, field: &'static str) -> Result<()> {
+    kyc(receiver, ctx, field)?;
+    let rules = &token.rules;
+    if rules.require_accreditation && !receiver.profile.accredited {
+        return Err(Error::refused("accreditation_required", format!("{} is open to accredited investors only", token.spec.symbol)).at(field));
+    }
+    let country = receiver.profile.country;
+    let allowed = rules.allowed_countries.as_ref().is_none_or(|a| a.contains(&country));
+    if !allowed || rules.denied_countries.contains(&country) {
+        return Err(Error::refused("country_not_allowed", format!("investors from {country} may not hold {}", token.spec.symbol)).at(field));
+    }
+    Ok(())
+}
+
+/// Whether `amount` can leave `holding`: a voluntary transfer also respects lock-up.
+fn available(holding: &super::Holding, amount: Amount, voluntary: bool, ctx: &Context) -> Result<()> {
+    if amount.0 > holding.balance.0 {
+        return Err(Error::refused("insufficient_balance", format!("the balance {} is less than {amount}", holding.balance)).at("amount"));
+    }
+    let unfrozen = holding.balance.saturating_sub(holding.frozen_amount);
+    if amount.0 > unfrozen.0 {
+        return Err(Error::refused("insufficient_unfrozen_balance", format!("only {unfrozen} of the balance is not frozen")).at("amount"));
+    }
+    if voluntary && amount.0 > holding.transferable(ctx.now).0 {
+        return Err(Error::refused(
+            "lockup_active",
+            format!("only {} is free of lock-up now", holding.transferable(ctx.now)),
+        )
+        .at("amount"));
+    }
+    Ok(())
+}
+
+fn within_limits(token: &Token, holding: &super::Holding, amount: Amount, ctx: &Context) -> Result<()> {
+    let windows = [
+        (token.rules.daily_transfer_limit, holding.sent_today(ctx.now), "day"),
+        (token.rules.monthly_transfer_limit, holding.sent_this_month(ctx.now), "month"),
+    ];
+    for (limit, sent, window) in windows {
+        if let Some(limit) = limit
+            && sent.0 + amount.0 > limit.0
+        {
+            return Err(Error::refused(
+                "transfer_limit_exceeded",
+                format!("{sent} already sent this {window}; the limit is {limit}"),
+            )
+            .at("amount"));
+        }
+    }
+    Ok(())
+}
+
+/// Whether `to` can take `amount` more without breaking the balance and holder limits.
+/// `from` is the sender whose balance may drop to zero, freeing a holder's place.
+fn room_to_receive(token: &Token, to: &Id, amount: Amount, from: Option<&Id>) -> Result<()> {
+    let balance = token.balance(to);
+    if let Some(max) = token.rules.max_balance
+        && balance.0 + amount.0 > max.0
+    {
+        return Err(Error::refused(
+            "max_balance_exceeded",
+            format!("investor {to} would hold {}, over the maximum of {max}", balance.0 + amount.0),
+        )
+        .at("amount"));
+    }
+    if let Some(max) = token.rules.max_holders {
+        let joins = u64::from(balance.is_zero());
+        let leaves = u64::from(from.is_some_and(|f| token.balance(f) == amount));
+        if token.holders + joins - leaves > max {
+            return Err(Error::refused("max_holders_reached", format!("{} already has its maximum of {max} holders", token.spec.symbol)).at("to"));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,303 @@
+//! Token classes, investors, movements under compliance rules, cap tables and distributions.
+//!
+//! [`Book`] is the whole state of the tokens service. [`Book::decide`] turns a command into events
+//! or refuses it with a stable reason code, changing nothing; [`Book::apply`] applies an event.
+//! Replaying the events rebuilds the same book.
+
+mod compliance;
+mod distribution;
+mod model;
+
+use rustc_hash::FxHashMap;
+
+pub use compliance::{CHECK_ORDER, Rules};
+pub use distribution::{Allocation, split};
+pub use model::*;
+
+use crate::{Amount, Error, ErrorKind, Id, Result, Timestamp};
+
+/// Who asks, and when.
+#[derive(Debug, Clone)]
+pub struct Context {
+    pub now: Timestamp,
+    pub actor: Id,
+}
+
+/// The tokens service's state: what it knows of assets, its token classes and investors.
+#[derive(Debug, Default, Clone)]
+pub struct Book {
+    assets: FxHashMap<Id, AssetState>,
+    tokens: FxHashMap<Id, Token>,
+    token_order: Vec<Id>,
+    symbols: FxHashMap<String, Id>,
+    investors: FxHashMap<Id, Investor>,
+    investor_order: Vec<Id>,
+    /// Every balance change per token, in order, for balances as of an earlier moment.
+    history: FxHashMap<Id, Vec<Movement>>,
+}
+
+/// One change of one holder's balance.
+#[derive(Debug, Clone)]
+struct Movement {
+    at: Timestamp,
+    investor: Id,
+    delta: i128,
+}
+
+impl Book {
+    pub fn token(&self, id: &str) -> Option<&Token> {
+        self.tokens.get(id)
+    }
+
+    pub fn investor(&self, id: &str) -> Option<&Investor> {
+        self.investors.get(id)
+    }
+
+    pub fn asset_state(&self, id: &str) -> Option<AssetState> {
+        self.assets.get(id).copied()
+    }
+
+    pub fn tokens(&self) -> impl Iterator<Item = &Token> {
+        self.token_order.iter().map(|id| &self.tokens[id])
+    }
+
+    pub fn investors(&self) -> impl Iterator<Item = &Investor> {
+        self.investor_order.iter().map(|id| &self.investors[id])
+    }
+
+    /// Balances of every holder of `token_id` at the end of `at` (inclusive), from the history.
+    pub fn balances_as_of(&self, token_id: &str, at: Timestamp) -> Vec<(Id, Amount)> {
+        let mut balances: FxHashMap<&Id, i128> = FxHashMap::default();
+        if let Some(moves) = self.history.get(token_id) {
+            let end = moves.partition_point(|m| m.at <= at);
+            for m in &moves[..end] {
+                *balances.entry(&m.investor).or_default() += m.delta;
+            }
+        }
+        let mut out: Vec<(Id, Amount)> = balances
+            .into_iter()
+            .filter(|(_, b)| *b > 0)
+            .map(|(id, b)| (id.clone(), Amount(b.unsigned_abs())))
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    fn existing_token(&self, id: &str) -> Result<&Token> {
+        self.tokens
+            .get(id)
+            .ok_or_else(|| Error::not_found("token_not_found", format!("token {id} does not exist")))
+    }
+
+    fn existing_investor(&self, id: &str, field: &'static str) -> Result<&Investor> {
+        self.investors.get(id).ok_or_else(|| {
+            Error::not_found("investor_not_found", format!("investor {id} does not exist")).at(field)
+        })
+    }
+
+    /// Decides what `command` changes, without changing anything.
+    pub fn decide(&self, command: &Command, ctx: &Context) -> Result<Vec<Event>> {
+        let event = |change| Event {
+            at: ctx.now,
+            actor: ctx.actor.clone(),
+            change,
+        };
+        match command {
+            Command::ObserveAsset { asset_id, state } => {
+                if self.assets.get(asset_id) == Some(state) {
+                    return Ok(Vec::new());
+                }
+                Ok(vec![event(Change::AssetObserved {
+                    asset_id: asset_id.clone(),
+                    state: *state,
+                })])
+            }
+            Command::CreateToken(spec) => {
+                spec.validate()?;
+                match self.assets.get(&spec.asset_id) {
+                    Some(AssetState::Approved) => {}
+                    Some(AssetState::Tokenized) => {
+                        return Err(Error::conflict("asset_already_tokenized", format!("asset {} already has a token class", spec.asset_id)).at("asset_id"));
+                    }
+                    _ => {
+                        return Err(Error::conflict("asset_not_approved", format!("asset {} is not approved for tokenization (or its approval has not reached this service yet)", spec.asset_id)).at("asset_id"));
+                    }
+                }
+                if self.tokens.contains_key(&spec.id) {
+                    return Err(Error::conflict("token_exists", format!("token {} already exists", spec.id)));
+                }
+                if self.symbols.contains_key(&spec.symbol) {
+                    return Err(Error::conflict("symbol_taken", format!("symbol {} is taken", spec.symbol)).at("symbol"));
+                }
+                Ok(vec![event(Change::TokenCreated { spec: spec.clone() })])
+            }
+            Command::UpdateRules { token_id, expected_version, rules } => {
+                let token = self.existing_token(token_id)?;
+                if token.version != *expected_version {
+                    return Err(stale("token", token_id, token.version));
+                }
+                rules.validate()?;
+                Ok(vec![event(Change::RulesUpdated { token_id: token_id.clone(), rules: rules.clone() })])
+            }
+            Command::RegisterInvestor { id, profile } => {
+                if self.investors.contains_key(id) {
+                    return Err(Error::conflict("investor_exists", format!("investor {id} already exists")));
+                }
+                profile.validate()?;
+                Ok(vec![event(Change::InvestorRegistered { investor_id: id.clone(), profile: profile.clone() })])
+            }
+            Command::UpdateInvestor { id, expected_version, profile } => {
+                let investor = self.existing_investor(id, "investor_id")?;
+                if investor.version != *expected_version {
+                    return Err(stale("investor", id, investor.version));
+                }
+                profile.validate()?;
+                Ok(vec![event(Change::InvestorUpdated { investor_id: id.clone(), profile: profile.clone() })])
+            }
+            Command::Operate { token_id, operation } => {
+                let token = self.existing_token(token_id)?;
+                let change = compliance::decide(token, &self.investors, operation, ctx)?;
+                Ok(vec![event(change)])
+            }
+            Command::Batch { token_id, operations } => {
+                if operations.is_empty() || operations.len() > MAX_BATCH {
+                    return Err(Error::invalid("operations", format!("a batch holds 1 to {MAX_BATCH} operations")));
+                }
+                // Each operation is decided against the state the ones before it leave, on a copy
+                // of the token, so a failure anywhere leaves the book untouched.
+                let mut scratch = self.existing_token(token_id)?.clone();
+                let mut events = Vec::with_capacity(operations.len());
+                for (i, operation) in operations.iter().enumerate() {
+                    let change = compliance::decide(&scratch, &self.investors, operation, ctx).map_err(|e| {
+                        let field = match &e.field {
+                            Some(f) => format!("operations[{i}].{f}"),
+                            None => format!("operations[{i}]"),
+                        };
+                        Error { message: format!("operation {i}: {}", e.message), ..e }.at(field)
+                    })?;
+                    apply_to_token(&mut scratch, &change, ctx.now);
+                    events.push(event(change));
+                }
+                Ok(events)
+            }
+            Command::Distribute { token_id, distribution } => {
+                let token = self.existing_token(token_id)?;
+                distribution.validate(ctx.now)?;
+                if token.distributions.contains(&distribution.id) {
+                    return Err(Error::conflict("distribution_exists", format!("distribution {} was already paid", distribution.id)));
+                }
+                let holdings: Vec<(Id, u128)> = self
+                    .balances_as_of(token_id, distribution.record_date)
+                    .into_iter()
+                    .map(|(id, b)| (id, b.0))
+                    .collect();
+                if holdings.is_empty() {
+                    return Err(Error::conflict("no_holders", "the token had no holders at the record date").at("record_date"));
+                }
+                let allocations = split(distribution.total.0, &holdings);
+                Ok(vec![event(Change::DistributionPaid {
+                    token_id: token_id.clone(),
+                    distribution: distribution.clone(),
+                    allocations,
+                })])
+            }
+        }
+    }
+
+    /// Applies an event decided earlier; replaying the log calls only this.
+    pub fn apply(&mut self, event: &Event) {
+        match &event.change {
+            Change::AssetObserved { asset_id, state } => {
+                self.assets.insert(asset_id.clone(), *state);
+            }
+            Change::TokenCreated { spec } => {
+                self.assets.insert(spec.asset_id.clone(), AssetState::Tokenized);
+                self.symbols.insert(spec.symbol.clone(), spec.id.clone());
+                self.token_order.push(spec.id.clone());
+                self.tokens.insert(spec.id.clone(), Token::new(spec.clone(), event.at));
+            }
+            Change::InvestorRegistered { investor_id, profile } => {
+                self.investor_order.push(investor_id.clone());
+                self.investors.insert(
+                    investor_id.clone(),
+                    Investor {
+                        id: investor_id.clone(),
+                        profile: profile.clone(),
+                        version: 1,
+                        created_at: event.at,
+                        updated_at: event.at,
+                    },
+                );
+            }
+            Change::InvestorUpdated { investor_id, profile } => {
+                if let Some(investor) = self.investors.get_mut(investor_id) {
+                    investor.profile = profile.clone();
+                    investor.version += 1;
+                    investor.updated_at = event.at;
+                }
+            }
+            change => {
+                let Some(token_id) = change.token_id() else { return };
+                let Some(token) = self.tokens.get_mut(token_id) else { return };
+                apply_to_token(token, change, event.at);
+                let history = self.history.entry(token_id.clone()).or_default();
+                for (investor, delta) in change.balance_deltas() {
+                    history.push(Movement { at: event.at, investor: investor.clone(), delta });
+                }
+            }
+        }
+    }
+}
+
+/// Applies a token-level change to one token.
+fn apply_to_token(token: &mut Token, change: &Change, now: Timestamp) {
+    token.version += 1;
+    match change {
+        Change::RulesUpdated { rules, .. } => token.rules = rules.clone(),
+        Change::Issued { to, amount, locked_until, .. } => {
+            token.total_supply.0 += amount.0;
+            token.credit(to, *amount);
+            if let Some(until) = locked_until {
+                token.holding_mut(to).locks.push((*until, *amount));
+            }
+        }
+        Change::Transferred { from, to, amount, forced, .. } => {
+            token.debit(from, *amount);
+            let sender = token.holding_mut(from);
+            if !forced {
+                sender.record_sent(*amount, now);
+            }
+            sender.trim_locks(now);
+            token.credit(to, *amount);
+        }
+        Change::Redeemed { from, amount, .. } => {
+            token.total_supply.0 -= amount.0;
+            token.debit(from, *amount);
+            token.holding_mut(from).trim_locks(now);
+        }
+        Change::InvestorFrozen { investor_id, .. } => token.holding_mut(investor_id).frozen = true,
+        Change::InvestorUnfrozen { investor_id, .. } => token.holding_mut(investor_id).frozen = false,
+        Change::AmountFrozen { investor_id, amount, .. } => token.holding_mut(investor_id).frozen_amount.0 += amount.0,
+        Change::AmountUnfrozen { investor_id, amount, .. } => token.holding_mut(investor_id).frozen_amount.0 -= amount.0,
+        Change::Paused { .. } => token.paused = true,
+        Change::Unpaused { .. } => token.paused = false,
+        Change::DistributionPaid { distribution, .. } => {
+            token.distributions.insert(distribution.id.clone());
+        }
+        Change::AssetObserved { .. }
+        | Change::TokenCreated { .. }
+        | Change::InvestorRegistered { .. }
+        | Change::InvestorUpdated { .. } => {}
+    }
+}
+
+fn stale(what: &str, id: &str, version: u64) -> Error {
+    Error::new(
+        ErrorKind::Stale,
+        "version_mismatch",
+        format!("{what} {id} is at version {version}; fetch it again before changing it"),
+    )
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,369 @@
+//! The token service's types: token classes, holdings, investors, commands and events.
+
+use std::collections::BTreeSet;
+
+use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
+use time::Date;
+
+use super::{Allocation, Rules};
+use crate::{Amount, Country, Currency, Error, Id, Result, Timestamp, bounded_text, optional_text};
+
+/// The most operations one batch may hold.
+pub const MAX_BATCH: usize = 1_000;
+
+/// The largest supply a token may have, in its smallest unit: every balance then fits an `i128`.
+pub const MAX_SUPPLY: Amount = Amount(1_000_000_000_000_000_000_000_000_000_000_000_000);
+
+/// What the tokens service knows of an asset, learnt from the assets service's events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AssetState {
+    Approved,
+    Tokenized,
+    /// Any other status: not open to tokenization.
+    Unavailable,
+}
+
+/// What a token class is, fixed at creation (its rules can change later).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenSpec {
+    pub id: Id,
+    pub asset_id: Id,
+    pub symbol: String,
+    pub name: String,
+    pub decimals: u8,
+    pub max_supply: Amount,
+    /// Price of one whole token in minor units of `currency`.
+    pub unit_price: Amount,
+    pub currency: Currency,
+    pub rules: Rules,
+}
+
+impl TokenSpec {
+    pub fn validate(&self) -> Result<()> {
+        let symbol_ok = (2..=12).contains(&self.symbol.len())
+            && self.symbol.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+            && self.symbol.as_bytes()[0].is_ascii_uppercase();
+        if !symbol_ok {
+            return Err(Error::invalid("symbol", "symbol must be 2-12 upper-case letters or digits, starting with a letter"));
+        }
+        bounded_text("name", &self.name, 200)?;
+        if self.decimals > 18 {
+            return Err(Error::invalid("decimals", "decimals must be between 0 and 18"));
+        }
+        if self.max_supply.is_zero() || self.max_supply > MAX_SUPPLY {
+            return Err(Error::invalid("max_supply", "max_supply must be between 1 and 10^36"));
+        }
+        self.rules.validate()
+    }
+}
+
+/// One investor's position in one token.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Holding {
+    pub balance: Amount,
+    /// Fully frozen: the investor can neither send nor receive.
+    pub frozen: bool,
+    /// Part of the balance that cannot move.
+    pub frozen_amount: Amount,
+    /// Issued amounts that cannot be transferred before the instant given.
+    pub locks: Vec<(Timestamp, Amount)>,
+    /// Amounts sent by the investor's own transfers in the current UTC day and month.
+    pub sent_day: (Option<Date>, Amount),
+    pub sent_month: (Option<(i32, u8)>, Amount),
+}
+
+impl Holding {
+    /// The part of the balance still under lock-up at `now`, never more than the balance.
+    pub fn locked(&self, now: Timestamp) -> Amount {
+        let locked: u128 = self.locks.iter().filter(|(until, _)| *until > now).map(|(_, a)| a.0).sum();
+        Amount(locked.min(self.balance.0))
+    }
+
+    /// What the investor's own transfer may move at `now`: neither frozen nor locked.
+    pub fn transferable(&self, now: Timestamp) -> Amount {
+        self.balance.saturating_sub(self.frozen_amount).saturating_sub(self.locked(now))
+    }
+
+    pub fn sent_today(&self, now: Timestamp) -> Amount {
+        if self.sent_day.0 == Some(now.date()) { self.sent_day.1 } else { Amount::ZERO }
+    }
+
+    pub fn sent_this_month(&self, now: Timestamp) -> Amount {
+        if self.sent_month.0 == Some(month_of(now)) { self.sent_month.1 } else { Amount::ZERO }
+    }
+
+    pub(super) fn record_sent(&mut self, amount: Amount, now: Timestamp) {
+        self.sent_day = (Some(now.date()), Amount(self.sent_today(now).0 + amount.0));
+        self.sent_month = (Some(month_of(now)), Amount(self.sent_this_month(now).0 + amount.0));
+    }
+
+    /// Drops expired locks, and locks beyond the balance after an outflow (newest first).
+    pub(super) fn trim_locks(&mut self, now: Timestamp) {
+        self.locks.retain(|(until, _)| *until > now);
+        let mut excess = self.locks.iter().map(|(_, a)| a.0).sum::<u128>().saturating_sub(self.balance.0);
+        while excess > 0 {
+            let Some(last) = self.locks.last_mut() else { break };
+            let cut = excess.min(last.1.0);
+            last.1.0 -= cut;
+            excess -= cut;
+            if last.1.is_zero() {
+                self.locks.pop();
+            }
+        }
+    }
+}
+
+fn month_of(t: Timestamp) -> (i32, u8) {
+    (t.year(), t.month() as u8)
+}
+
+/// A token class and every holding in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Token {
+    pub spec: TokenSpec,
+    pub rules: Rules,
+    pub paused: bool,
+    pub total_supply: Amount,
+    /// Holders with a positive balance.
+    pub holders: u64,
+    pub holdings: FxHashMap<Id, Holding>,
+    pub distributions: BTreeSet<Id>,
+    /// Incremented by every event of this token; the ETag, and the point reconciliation compares at.
+    pub version: u64,
+    pub created_at: Timestamp,
+}
+
+impl Token {
+    pub(super) fn new(spec: TokenSpec, at: Timestamp) -> Self {
+        Token {
+            rules: spec.rules.clone(),
+            spec,
+            paused: false,
+            total_supply: Amount::ZERO,
+            holders: 0,
+            holdings: FxHashMap::default(),
+            distributions: BTreeSet::new(),
+            version: 1,
+            created_at: at,
+        }
+    }
+
+    pub fn holding(&self, investor: &str) -> Option<&Holding> {
+        self.holdings.get(investor)
+    }
+
+    pub fn balance(&self, investor: &str) -> Amount {
+        self.holdings.get(investor).map_or(Amount::ZERO, |h| h.balance)
+    }
+
+    pub(super) fn holding_mut(&mut self, investor: &Id) -> &mut Holding {
+        self.holdings.entry(investor.clone()).or_default()
+    }
+
+    pub(super) fn credit(&mut self, investor: &Id, amount: Amount) {
+        let holding = self.holding_mut(investor);
+        let was_zero = holding.balance.is_zero();
+        holding.balance.0 += amount.0;
+        if was_zero && !holding.balance.is_zero() {
+            self.holders += 1;
+        }
+    }
+
+    pub(super) fn debit(&mut self, investor: &Id, amount: Amount) {
+        let holding = self.holding_mut(investor);
+        let was_zero = holding.balance.is_zero();
+        holding.balance.0 -= amount.0;
+        if !was_zero && holding.balance.is_zero() {
+            self.holders -= 1;
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KycStatus {
+    Pending,
+    Verified,
+    Rejected,
+    Expired,
+}
+
+/// What the platform knows of an investor's identity and eligibility.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InvestorProfile {
+    /// Reference into the identity provider's records; no personal data is kept here.
+    pub identity_ref: String,
+    pub country: Country,
+    pub kyc_status: KycStatus,
+    pub kyc_expires_on: Option<Date>,
+    pub accredited: bool,
+    pub wallet: Option<String>,
+}
+
+impl InvestorProfile {
+    pub fn validate(&self) -> Result<()> {
+        bounded_text("identity_ref", &self.identity_ref, 200)?;
+        optional_text("wallet", self.wallet.as_deref(), 200)?;
+        if self.kyc_status == KycStatus::Verified && self.kyc_expires_on.is_none() {
+            return Err(Error::invalid("kyc_expires_on", "a verified KYC needs an expiry date"));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Investor {
+    pub id: Id,
+    pub profile: InvestorProfile,
+    pub version: u64,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+/// A payment of money to a token's holders pro rata to their balances at the record date.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DistributionSpec {
+    pub id: Id,
+    pub total: Amount,
+    pub currency: Currency,
+    pub record_date: Timestamp,
+    pub memo: Option<String>,
+}
+
+impl DistributionSpec {
+    pub fn validate(&self, now: Timestamp) -> Result<()> {
+        if self.total.is_zero() {
+            return Err(Error::invalid("total", "total must be greater than zero"));
+        }
+        if self.record_date > now {
+            return Err(Error::invalid("record_date", "record_date must not be in the future"));
+        }
+        optional_text("memo", self.memo.as_deref(), 500)?;
+        Ok(())
+    }
+}
+
+/// A movement or an agent's action on one token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Operation {
+    Issue { to: Id, amount: Amount },
+    Transfer { from: Id, to: Id, amount: Amount },
+    Redeem { from: Id, amount: Amount },
+    /// An agent's transfer without the sender's consent, e.g. recovery of a lost account.
+    ForcedTransfer { from: Id, to: Id, amount: Amount, reason: String },
+    Freeze { investor_id: Id },
+    Unfreeze { investor_id: Id },
+    FreezeAmount { investor_id: Id, amount: Amount },
+    UnfreezeAmount { investor_id: Id, amount: Amount },
+    Pause,
+    Unpause,
+}
+
+#[derive(Debug, Clone)]
+pub enum Command {
+    ObserveAsset { asset_id: Id, state: AssetState },
+    CreateToken(TokenSpec),
+    UpdateRules { token_id: Id, expected_version: u64, rules: Rules },
+    RegisterInvestor { id: Id, profile: InvestorProfile },
+    UpdateInvestor { id: Id, expected_version: u64, profile: InvestorProfile },
+    Operate { token_id: Id, operation: Operation },
+    /// All or nothing.
+    Batch { token_id: Id, operations: Vec<Operation> },
+    Distribute { token_id: Id, distribution: DistributionSpec },
+}
+
+/// Something that happened in the tokens service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    pub at: Timestamp,
+    pub actor: Id,
+    #[serde(flatten)]
+    pub change: Change,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "change", rename_all = "snake_case")]
+pub enum Change {
+    AssetObserved { asset_id: Id, state: AssetState },
+    TokenCreated { spec: TokenSpec },
+    RulesUpdated { token_id: Id, rules: Rules },
+    InvestorRegistered { investor_id: Id, profile: InvestorProfile },
+    InvestorUpdated { investor_id: Id, profile: InvestorProfile },
+    Issued { token_id: Id, to: Id, amount: Amount, locked_until: Option<Timestamp> },
+    Transferred { token_id: Id, from: Id, to: Id, amount: Amount, forced: bool, reason: Option<String> },
+    Redeemed { token_id: Id, from: Id, amount: Amount },
+    InvestorFrozen { token_id: Id, investor_id: Id },
+    InvestorUnfrozen { token_id: Id, investor_id: Id },
+    AmountFrozen { token_id: Id, investor_id: Id, amount: Amount },
+    AmountUnfrozen { token_id: Id, investor_id: Id, amount: Amount },
+    Paused { token_id: Id },
+    Unpaused { token_id: Id },
+    DistributionPaid { token_id: Id, distribution: DistributionSpec, allocations: Vec<Allocation> },
+}
+
+impl Change {
+    /// The versioned name of this event, the suffix of its CloudEvents type.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Change::AssetObserved { .. } => "asset_observed",
+            Change::TokenCreated { .. } => "created",
+            Change::RulesUpdated { .. } => "rules_updated",
+            Change::InvestorRegistered { .. } => "investor_registered",
+            Change::InvestorUpdated { .. } => "investor_updated",
+            Change::Issued { .. } => "issued",
+            Change::Transferred { .. } => "transferred",
+            Change::Redeemed { .. } => "redeemed",
+            Change::InvestorFrozen { .. } => "investor_frozen",
+            Change::InvestorUnfrozen { .. } => "investor_unfrozen",
+            Change::AmountFrozen { .. } => "amount_frozen",
+            Change::AmountUnfrozen { .. } => "amount_unfrozen",
+            Change::Paused { .. } => "paused",
+            Change::Unpaused { .. } => "unpaused",
+            Change::DistributionPaid { .. } => "distribution_paid",
+        }
+    }
+
+    /// The token this change belongs to, if any.
+    pub fn token_id(&self) -> Option<&Id> {
+        match self {
+            Change::TokenCreated { spec } => Some(&spec.id),
+            Change::RulesUpdated { token_id, .. }
+            | Change::Issued { token_id, .. }
+            | Change::Transferred { token_id, .. }
+            | Change::Redeemed { token_id, .. }
+            | Change::InvestorFrozen { token_id, .. }
+            | Change::InvestorUnfrozen { token_id, .. }
+            | Change::AmountFrozen { token_id, .. }
+            | Change::AmountUnfrozen { token_id, .. }
+            | Change::Paused { token_id }
+            | Change::Unpaused { token_id }
+            | Change::DistributionPaid { token_id, .. } => Some(token_id),
+            Change::AssetObserved { .. } | Change::InvestorRegistered { .. } | Change::InvestorUpdated { .. } => None,
+        }
+    }
+
+    /// The key that keeps this change's events in order: its token, investor or asset.
+    pub fn key(&self) -> &Id {
+        match self {
+            Change::AssetObserved { asset_id, .. } => asset_id,
+            Change::InvestorRegistered { investor_id, .. } | Change::InvestorUpdated { investor_id, .. } => investor_id,
+            other => other.token_id().unwrap_or_else(|| unreachable!("every other change has a token")),
+        }
+    }
+
+    /// How the change moves balances: `(investor, signed amount)`, at most two of them.
+    pub fn balance_deltas(&self) -> impl Iterator<Item = (&Id, i128)> {
+        // Amounts are bounded by MAX_SUPPLY, far below i128::MAX.
+        let signed = |a: &Amount| a.0 as i128;
+        let pair = match self {
+            Change::Issued { to, amount, .. } => [Some((to, signed(amount))), None],
+            Change::Transferred { from, to, amount, .. } => [Some((from, -signed(amount))), Some((to, signed(amount)))],
+            Change::Redeemed { from, amount, .. } => [Some((from, -signed(amount))), None],
+            _ => [None, None],
+        };
+        pair.into_iter().flatten()
+    }
+}

@@ -1,1 +1,22 @@
+//! Ports (storage, event bus, cache), their embedded adapters, and the engine that turns
+//! commands into durably committed events.
+//!
+//! The production adapters (MongoDB, Kafka, Redis) implement the same traits; the services only
+//! ever hold `Arc<dyn EventStore>`, `Arc<dyn EventBus>` and `Arc<dyn Cache>`.
 
+mod bus;
+mod cache;
+mod consumer;
+mod engine;
+pub mod metrics;
+mod ports;
+mod redb_store;
+
+pub use bus::InProcessBus;
+pub use cache::MemoryCache;
+pub use consumer::{Consumer, Verdict};
+pub use engine::{Engine, EngineError, Reply, ReplyFn, StateMachine, Submission, Described};
+pub use ports::{
+    Cache, Commit, Delivery, EventBus, EventStore, IdempotencyRecord, StoreError, Subscription,
+};
+pub use redb_store::RedbStore;

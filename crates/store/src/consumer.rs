@@ -1,0 +1,131 @@
+//! A consumer: reads a topic from the bus and submits each event to its service's engine, with
+//! the position stored in the same commit as the effect.
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicU64, Ordering},
+};
+
+use tokio::sync::watch;
+
+use crate::{
+    Engine, EventBus, StateMachine, Submission,
+    engine::{EngineError, Reply},
+    metrics as m,
+    ports::Delivery,
+};
+
+/// What a consumer makes of one delivered event.
+pub enum Verdict<C> {
+    Apply(C),
+    /// Not for this consumer; only the position advances.
+    Skip,
+    /// Malformed, forged or unexpected: counted, logged and skipped, never applied.
+    Reject(String),
+}
+
+type Decoder<C> = Arc<dyn Fn(&Delivery) -> Verdict<C> + Send + Sync>;
+
+pub struct Consumer<S: StateMachine> {
+    name: String,
+    topic: String,
+    engine: Engine<S>,
+    bus: Arc<dyn EventBus>,
+    decode: Decoder<S::Command>,
+    /// Events of the topic not yet applied, as last measured.
+    lag: Arc<AtomicU64>,
+}
+
+impl<S: StateMachine> Consumer<S> {
+    pub fn new(
+        name: &str,
+        topic: &str,
+        engine: Engine<S>,
+        bus: Arc<dyn EventBus>,
+        decode: impl Fn(&Delivery) -> Verdict<S::Command> + Send + Sync + 'static,
+    ) -> Self {
+        Consumer {
+            name: name.to_owned(),
+            topic: topic.to_owned(),
+            engine,
+            bus,
+            decode: Arc::new(decode),
+            lag: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// A handle on the consumer's lag, for readiness and metrics.
+    pub fn lag(&self) -> Arc<AtomicU64> {
+        self.lag.clone()
+    }
+
+    fn checkpoint_name(&self) -> String {
+        format!("{}:{}", self.name, self.topic)
+    }
+
+    /// Runs until `shutdown` turns true, or the bus fails for good.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            let result = tokio::select! {
+                r = self.consume() => r,
+                _ = shutdown.wait_for(|stop| *stop) => return,
+            };
+            if let Err(error) = result {
+                tracing::error!(consumer = %self.name, topic = %self.topic, %error, "consumer failed; retrying in one second");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        }
+    }
+
+    async fn consume(&self) -> anyhow_like::Result<()> {
+        let checkpoint = self.checkpoint_name();
+        let resume = self.engine.store().checkpoint(&checkpoint).await?;
+        let mut subscription = self.bus.subscribe(&self.topic, &self.name, resume).await?;
+        loop {
+            let batch = subscription.next(1_024).await?;
+            let Some(last) = batch.last().cloned() else { continue };
+            let mut waiting = Vec::with_capacity(batch.len());
+            for delivery in &batch {
+                let command = match (self.decode)(delivery) {
+                    Verdict::Apply(command) => Some(command),
+                    Verdict::Skip => None,
+                    Verdict::Reject(reason) => {
+                        tracing::warn!(consumer = %self.name, topic = %delivery.topic, partition = delivery.partition, offset = delivery.offset, %reason, "event rejected");
+                        metrics::counter!(m::EVENTS_REJECTED, "consumer" => self.name.clone(), "topic" => self.topic.clone()).increment(1);
+                        None
+                    }
+                };
+                let submission = Submission {
+                    command,
+                    idempotency: None,
+                    checkpoint: Some((checkpoint.clone(), delivery.offset)),
+                    reply: Box::new(|_, _| Reply { status: 200, body: Default::default(), replayed: false }),
+                };
+                waiting.push((delivery.offset, self.engine.enqueue(submission).await?));
+            }
+            for (offset, outcome) in waiting {
+                match outcome.await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(EngineError::Refused(refusal))) => {
+                        // The event is well-formed but its effect is refused: deterministic, so
+                        // retrying cannot help. It is skipped with its position stored.
+                        tracing::warn!(consumer = %self.name, topic = %self.topic, offset, code = refusal.code, "event refused by a rule");
+                    }
+                    Ok(Err(error)) => return Err(error.into()),
+                    Err(_) => return Err(EngineError::Unavailable("the writer stopped".into()).into()),
+                }
+            }
+            subscription.commit(&last).await?;
+            metrics::counter!(m::EVENTS_CONSUMED, "consumer" => self.name.clone(), "topic" => self.topic.clone()).increment(batch.len() as u64);
+            let end = self.bus.end_offset(&self.topic).await?;
+            let lag = end.saturating_sub(last.offset);
+            self.lag.store(lag, Ordering::Relaxed);
+            metrics::gauge!(m::CONSUMER_LAG, "consumer" => self.name.clone(), "topic" => self.topic.clone()).set(lag as f64);
+        }
+    }
+}
+
+/// A boxed error for the consumer loop, without pulling in anyhow here.
+mod anyhow_like {
+    pub type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
+}

@@ -1,0 +1,347 @@
+//! The engine: one writer per service applies commands to the in-memory state and commits the
+//! resulting events, idempotency records and consumer checkpoints in group commits.
+//!
+//! Commands queue on a channel; the writer takes everything queued (up to [`MAX_GROUP`]), decides
+//! each against the state, commits all of it in one durable write, and only then answers. The
+//! state's write lock is held until the commit is durable and caches are invalidated, so no reader
+//! ever sees a change that is not on disk. If a commit fails the writer rebuilds the state from
+//! the log and answers 503 for that group: nothing acknowledged is lost, nothing lost is shown.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Instant,
+};
+
+use bytes::Bytes;
+use libertum_domain as domain;
+use libertum_events::CloudEvent;
+use rustc_hash::FxHashMap;
+use serde::{Serialize, de::DeserializeOwned};
+use time::OffsetDateTime;
+use tokio::sync::{RwLock, RwLockReadGuard, mpsc, oneshot};
+
+use crate::{
+    metrics as m,
+    ports::{Cache, Commit, EventStore, IdempotencyRecord, StoreError},
+};
+
+/// The most commands one group commit takes.
+pub const MAX_GROUP: usize = 2_048;
+const QUEUE: usize = 16_384;
+
+/// How an event is named and keyed in its CloudEvents envelope.
+pub struct Described<'a> {
+    /// `asset`, `token` or `ledger`: the middle of the type `libertum.{family}.{name}.v1`.
+    pub family: &'static str,
+    pub name: &'static str,
+    /// The stream the event belongs to (asset, token or investor id): the partition key.
+    pub subject: &'a str,
+    pub actor: &'a str,
+    pub time: OffsetDateTime,
+}
+
+/// A service's state, changed only by its own events.
+pub trait StateMachine: Default + Send + Sync + 'static {
+    type Command: Send + 'static;
+    type Event: Serialize + DeserializeOwned + Send + Sync + 'static;
+    /// The CloudEvents `source` of this service's events.
+    const SOURCE: &'static str;
+
+    /// Decides `command` at `now` and applies its events; a refusal changes nothing.
+    fn execute(&mut self, command: Self::Command, now: OffsetDateTime) -> domain::Result<Vec<Self::Event>>;
+    /// Applies an event read back from the log.
+    fn apply(&mut self, event: &Self::Event);
+    fn describe(event: &Self::Event) -> Described<'_>;
+    /// Cache keys that `event` makes stale.
+    fn invalidates(_event: &Self::Event, _keys: &mut Vec<String>) {}
+}
+
+/// A response, as first given and as replayed for a retry with the same idempotency key.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub body: Bytes,
+    pub replayed: bool,
+}
+
+/// Builds the response from the state after the command's events are applied.
+pub type ReplyFn<S> = Box<dyn FnOnce(&S, &[<S as StateMachine>::Event]) -> Reply + Send>;
+
+/// What the writer is asked to do.
+pub struct Submission<S: StateMachine> {
+    /// `None` only advances a consumer checkpoint.
+    pub command: Option<S::Command>,
+    /// `(key, fingerprint of the request)`.
+    pub idempotency: Option<(String, String)>,
+    /// `(consumer name, position)` stored with the effect.
+    pub checkpoint: Option<(String, u64)>,
+    pub reply: ReplyFn<S>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Refused(#[from] domain::Error),
+    #[error("this idempotency key was used with a different request")]
+    IdempotencyMismatch,
+    #[error("the service cannot commit right now: {0}")]
+    Unavailable(String),
+}
+
+type Outcome = Result<Reply, EngineError>;
+
+struct Job<S: StateMachine> {
+    submission: Submission<S>,
+    done: oneshot::Sender<Outcome>,
+}
+
+struct Inner<S: StateMachine> {
+    state: RwLock<S>,
+    store: Arc<dyn EventStore>,
+    cache: Option<Arc<dyn Cache>>,
+    service: &'static str,
+    healthy: AtomicBool,
+}
+
+/// A handle on one service's state and writer; cheap to clone.
+pub struct Engine<S: StateMachine> {
+    inner: Arc<Inner<S>>,
+    tx: mpsc::Sender<Job<S>>,
+}
+
+impl<S: StateMachine> Clone for Engine<S> {
+    fn clone(&self) -> Self {
+        Engine { inner: self.inner.clone(), tx: self.tx.clone() }
+    }
+}
+
+/// Per-subject stream versions, the `sequence` of each event.
+type Versions = FxHashMap<String, u64>;
+
+impl<S: StateMachine> Engine<S> {
+    /// Rebuilds the state from `store`'s log, then starts the writer.
+    pub async fn start(
+        service: &'static str,
+        store: Arc<dyn EventStore>,
+        cache: Option<Arc<dyn Cache>>,
+    ) -> Result<Self, StoreError> {
+        let (state, versions, head) = replay::<S>(store.as_ref()).await?;
+        tracing::info!(service, events = head, "state rebuilt from the log");
+        let inner = Arc::new(Inner {
+            state: RwLock::new(state),
+            store,
+            cache,
+            service,
+            healthy: AtomicBool::new(true),
+        });
+        let (tx, rx) = mpsc::channel(QUEUE);
+        tokio::spawn(writer(inner.clone(), rx, versions, head));
+        Ok(Engine { inner, tx })
+    }
+
+    /// Submits a command and waits until its effect is durable (or refused).
+    pub async fn submit(&self, submission: Submission<S>) -> Outcome {
+        self.enqueue(submission)
+            .await?
+            .await
+            .map_err(|_| EngineError::Unavailable("the writer stopped".into()))?
+    }
+
+    /// Queues a command and returns at once; the receiver yields the outcome. Consumers use this
+    /// to have a whole batch of events committed together.
+    pub async fn enqueue(&self, submission: Submission<S>) -> Result<oneshot::Receiver<Outcome>, EngineError> {
+        let (done, rx) = oneshot::channel();
+        self.tx
+            .send(Job { submission, done })
+            .await
+            .map_err(|_| EngineError::Unavailable("the writer stopped".into()))?;
+        Ok(rx)
+    }
+
+    /// Read access to the committed state.
+    pub async fn read(&self) -> RwLockReadGuard<'_, S> {
+        self.inner.state.read().await
+    }
+
+    pub fn store(&self) -> &Arc<dyn EventStore> {
+        &self.inner.store
+    }
+
+    pub fn cache(&self) -> Option<&Arc<dyn Cache>> {
+        self.inner.cache.as_ref()
+    }
+
+    /// False after a failed commit until the state has been rebuilt.
+    pub fn healthy(&self) -> bool {
+        self.inner.healthy.load(Ordering::Relaxed)
+    }
+}
+
+async fn replay<S: StateMachine>(store: &dyn EventStore) -> Result<(S, Versions, u64), StoreError> {
+    let mut state = S::default();
+    let mut versions = Versions::default();
+    let mut head = 0;
+    loop {
+        let chunk = store.read(head, 4_096).await?;
+        let Some((last, _)) = chunk.last() else { break };
+        let last = *last;
+        for (position, bytes) in chunk {
+            let envelope: CloudEvent = serde_json::from_slice(&bytes)
+                .map_err(|e| StoreError::Backend(format!("event at position {position} is unreadable: {e}")))?;
+            let event: S::Event = envelope
+                .data()
+                .map_err(|e| StoreError::Backend(format!("event at position {position} has unreadable data: {e}")))?;
+            versions.insert(envelope.subject.clone(), envelope.sequence());
+            state.apply(&event);
+        }
+        head = last;
+    }
+    Ok((state, versions, head))
+}
+
+async fn writer<S: StateMachine>(
+    inner: Arc<Inner<S>>,
+    mut rx: mpsc::Receiver<Job<S>>,
+    mut versions: Versions,
+    mut head: u64,
+) {
+    let service = inner.service;
+    let mut last_now = OffsetDateTime::UNIX_EPOCH;
+    let mut jobs = Vec::with_capacity(MAX_GROUP);
+    while rx.recv_many(&mut jobs, MAX_GROUP).await > 0 {
+        let mut state = inner.state.write().await;
+        let mut commit = Commit { expected_head: head, ..Commit::default() };
+        let mut outcomes: Vec<(oneshot::Sender<Outcome>, Outcome)> = Vec::with_capacity(jobs.len());
+        let mut pending: FxHashMap<String, IdempotencyRecord> = FxHashMap::default();
+        let mut stale_keys = Vec::new();
+        for Job { submission, done } in jobs.drain(..) {
+            // Time never runs backwards inside one log, whatever the wall clock does.
+            last_now = OffsetDateTime::now_utc().max(last_now);
+            let outcome = run_one(&mut *state, submission, last_now, &inner, &mut versions, &mut commit, &mut pending, &mut stale_keys).await;
+            outcomes.push((done, outcome));
+        }
+        metrics::histogram!(m::BATCH_SIZE, "service" => service).record(outcomes.len() as f64);
+        if !commit.is_empty() {
+            let appended = commit.events.len() as u64;
+            let started = Instant::now();
+            match inner.store.commit(commit).await {
+                Ok(()) => {
+                    head += appended;
+                    metrics::counter!(m::COMMITS, "service" => service).increment(1);
+                    metrics::counter!(m::EVENTS_APPENDED, "service" => service).increment(appended);
+                    metrics::histogram!(m::COMMIT_SECONDS, "service" => service).record(started.elapsed().as_secs_f64());
+                    if let Some(cache) = &inner.cache {
+                        for key in &stale_keys {
+                            cache.invalidate(key).await;
+                        }
+                    }
+                }
+                Err(error) => {
+                    tracing::error!(service, %error, "commit failed; rebuilding the state from the log");
+                    inner.healthy.store(false, Ordering::Relaxed);
+                    for (_, outcome) in &mut outcomes {
+                        if outcome.is_ok() {
+                            *outcome = Err(EngineError::Unavailable("the commit failed; nothing was changed".into()));
+                        }
+                    }
+                    match replay::<S>(inner.store.as_ref()).await {
+                        Ok((fresh, fresh_versions, fresh_head)) => {
+                            *state = fresh;
+                            versions = fresh_versions;
+                            head = fresh_head;
+                            inner.healthy.store(true, Ordering::Relaxed);
+                        }
+                        Err(error) => {
+                            // The state may now show what the log does not hold: stop serving writes.
+                            tracing::error!(service, %error, "cannot rebuild the state; the writer stops");
+                            drop(state);
+                            for (done, outcome) in outcomes {
+                                let _ = done.send(outcome);
+                            }
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+        drop(state);
+        for (done, outcome) in outcomes {
+            // The requester may have gone away; its effect stands either way.
+            let _ = done.send(outcome);
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_one<S: StateMachine>(
+    state: &mut S,
+    submission: Submission<S>,
+    now: OffsetDateTime,
+    inner: &Inner<S>,
+    versions: &mut Versions,
+    commit: &mut Commit,
+    pending: &mut FxHashMap<String, IdempotencyRecord>,
+    stale_keys: &mut Vec<String>,
+) -> Outcome {
+    let Submission { command, idempotency, checkpoint, reply } = submission;
+    if let Some((key, fingerprint)) = &idempotency {
+        let earlier = match pending.get(key) {
+            Some(record) => Some(record.clone()),
+            None => inner.store.idempotency(key).await.map_err(|e| EngineError::Unavailable(e.to_string()))?,
+        };
+        if let Some(record) = earlier {
+            return if &record.fingerprint == fingerprint {
+                Ok(Reply { status: record.status, body: Bytes::from(record.body), replayed: true })
+            } else {
+                Err(EngineError::IdempotencyMismatch)
+            };
+        }
+    }
+    if let Some(checkpoint) = checkpoint {
+        commit.checkpoints.push(checkpoint);
+    }
+    let events = match command {
+        None => Vec::new(),
+        Some(command) => match state.execute(command, now) {
+            Ok(events) => events,
+            Err(refusal) => {
+                metrics::counter!(m::COMMANDS_REFUSED, "service" => inner.service, "code" => refusal.code).increment(1);
+                return Err(EngineError::Refused(refusal));
+            }
+        },
+    };
+    for event in &events {
+        let d = S::describe(event);
+        let version = versions.entry(d.subject.to_owned()).or_insert(0);
+        *version += 1;
+        let envelope = CloudEvent::new(
+            uuid::Uuid::now_v7().to_string(),
+            S::SOURCE,
+            d.family,
+            d.name,
+            d.time,
+            d.subject,
+            *version,
+            d.actor,
+            event,
+        )
+        .map_err(|e| EngineError::Unavailable(format!("an event could not be encoded: {e}")))?;
+        commit.events.push(envelope.to_bytes());
+        S::invalidates(event, stale_keys);
+    }
+    let reply = reply(state, &events);
+    if let Some((key, fingerprint)) = idempotency {
+        let record = IdempotencyRecord {
+            fingerprint,
+            status: reply.status,
+            body: String::from_utf8_lossy(&reply.body).into_owned(),
+            created_at: now.unix_timestamp(),
+        };
+        pending.insert(key.clone(), record.clone());
+        commit.idempotency.push((key, record));
+    }
+    Ok(reply)
+}

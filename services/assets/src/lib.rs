@@ -1,1 +1,75 @@
+//! The assets service: the registry of real-world assets, their documents, valuations and
+//! approval lifecycle.
 
+mod api;
+mod state;
+
+use std::sync::Arc;
+
+use libertum_events::{CloudEvent, TOKENS_SOURCE, TOKENS_TOPIC};
+use libertum_platform::health::{Check, Probe};
+use libertum_store::{Cache, Consumer, Engine, EventBus, EventStore, StoreError, Verdict};
+use utoipa_axum::router::OpenApiRouter;
+
+pub use state::AssetsState;
+
+/// The service: its engine, ready to be routed and fed.
+#[derive(Clone)]
+pub struct Assets {
+    engine: Engine<AssetsState>,
+}
+
+impl Assets {
+    /// Rebuilds the registry from `store` and starts its writer.
+    pub async fn open(store: Arc<dyn EventStore>, cache: Arc<dyn Cache>) -> Result<Self, StoreError> {
+        Ok(Assets { engine: Engine::start("assets", store, Some(cache)).await? })
+    }
+
+    /// The routes under `/v1/assets`, with their OpenAPI description.
+    pub fn router(&self) -> OpenApiRouter {
+        api::router(self.engine.clone())
+    }
+
+    /// Learns from the tokens service's events which assets were tokenized.
+    pub fn consumer(&self, bus: Arc<dyn EventBus>) -> Consumer<AssetsState> {
+        Consumer::new("assets", TOKENS_TOPIC, self.engine.clone(), bus, decode_token_event)
+    }
+
+    pub fn probes(&self) -> Vec<Probe> {
+        let engine = self.engine.clone();
+        vec![Arc::new(move || {
+            let engine = engine.clone();
+            Box::pin(async move {
+                let ok = engine.healthy() && engine.store().head().await.is_ok();
+                Check {
+                    name: "assets.store".into(),
+                    state: if ok { "up" } else { "down" },
+                    detail: Some(engine.store().describe()),
+                }
+            })
+        })]
+    }
+
+    pub fn engine(&self) -> &Engine<AssetsState> {
+        &self.engine
+    }
+}
+
+fn decode_token_event(delivery: &libertum_store::Delivery) -> Verdict<state::Command> {
+    use libertum_domain::{asset, token};
+    let event = match CloudEvent::decode(&delivery.payload, TOKENS_SOURCE, "token") {
+        Ok(event) => event,
+        Err(e) => return Verdict::Reject(e.to_string()),
+    };
+    if event.ty != "libertum.token.created.v1" {
+        return Verdict::Skip;
+    }
+    match event.data::<token::Event>() {
+        Ok(token::Event { change: token::Change::TokenCreated { spec }, actor, .. }) => Verdict::Apply(state::Command {
+            actor: actor.to_string(),
+            command: asset::Command::MarkTokenized { id: spec.asset_id, token_id: spec.id },
+        }),
+        Ok(_) => Verdict::Reject("a token.created event without a token spec".into()),
+        Err(e) => Verdict::Reject(e.to_string()),
+    }
+}

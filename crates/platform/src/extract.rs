@@ -1,0 +1,206 @@
+//! Extractors that turn every malformed request into the same problem+json shape.
+
+use axum::{
+    extract::{FromRequest, FromRequestParts, Request},
+    http::{StatusCode, header, request::Parts},
+};
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
+
+use crate::ApiError;
+
+/// The largest accepted request body.
+pub const MAX_BODY: usize = 64 * 1024;
+const MAX_KEY: usize = 255;
+
+/// A JSON body, parsed strictly: `application/json`, unknown fields refused (by the DTO), the
+/// path of the offending field named in the error.
+pub struct Json<T>(pub T);
+
+fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let status = if inner.is_data() { StatusCode::UNPROCESSABLE_ENTITY } else { StatusCode::BAD_REQUEST };
+        let code = if inner.is_data() { "invalid_field" } else { "invalid_json" };
+        let error = ApiError::new(status, code, format!("{inner}"));
+        if path == "." { error } else { error.at(path) }
+    })
+}
+
+async fn json_bytes(req: Request) -> Result<Bytes, ApiError> {
+    let is_json = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+    if !is_json {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "the body must be JSON with Content-Type: application/json",
+        ));
+    }
+    Bytes::from_request(req, &()).await.map_err(|_| {
+        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", format!("the body must be at most {MAX_BODY} bytes"))
+    })
+}
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, _state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = json_bytes(req).await?;
+        parse(&bytes).map(Json)
+    }
+}
+
+/// A POST body with its optional `Idempotency-Key` and the fingerprint of the request, so a
+/// retry gets the first response and a different request under the same key is refused.
+pub struct Posted<T> {
+    pub body: T,
+    /// `(key, SHA-256 of method, path and body)`.
+    pub idempotency: Option<(String, String)>,
+}
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Posted<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, _state: &S) -> Result<Self, Self::Rejection> {
+        let key = idempotency_key(req.headers())?;
+        let method = req.method().clone();
+        let path = req.uri().path().to_owned();
+        let bytes = json_bytes(req).await?;
+        let body = parse(&bytes)?;
+        let idempotency = key.map(|key| {
+            let mut h = Sha256::new();
+            h.update(method.as_str());
+            h.update(b"\n");
+            h.update(path.as_bytes());
+            h.update(b"\n");
+            h.update(&bytes);
+            let fingerprint = hex::encode(h.finalize());
+            // Keys are scoped by path so one key cannot collide across resources.
+            (format!("{path}#{key}"), fingerprint)
+        });
+        Ok(Posted { body, idempotency })
+    }
+}
+
+fn idempotency_key(headers: &axum::http::HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else { return Ok(None) };
+    let key = value.to_str().ok().filter(|k| {
+        !k.is_empty() && k.len() <= MAX_KEY && k.bytes().all(|b| b.is_ascii_graphic())
+    });
+    key.map(|k| Some(k.to_owned())).ok_or_else(|| {
+        ApiError::bad_request("invalid_idempotency_key", format!("Idempotency-Key must be 1-{MAX_KEY} visible ASCII characters"))
+            .at("Idempotency-Key")
+    })
+}
+
+/// The version a client last saw, from `If-Match: "3"`; required on updates.
+pub struct IfMatch(pub u64);
+
+impl<S: Send + Sync> FromRequestParts<S> for IfMatch {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let Some(value) = parts.headers.get(header::IF_MATCH) else {
+            return Err(ApiError::new(
+                StatusCode::PRECONDITION_REQUIRED,
+                "if_match_required",
+                "updates need If-Match with the ETag of the version being changed",
+            )
+            .at("If-Match"));
+        };
+        value
+            .to_str()
+            .ok()
+            .map(|v| v.trim().trim_start_matches("W/").trim_matches('"'))
+            .and_then(|v| v.parse().ok())
+            .map(IfMatch)
+            .ok_or_else(|| ApiError::bad_request("invalid_if_match", "If-Match must be an ETag such as \"3\"").at("If-Match"))
+    }
+}
+
+/// The ETag header value of a version.
+pub fn etag(version: u64) -> String {
+    format!("\"{version}\"")
+}
+
+/// Query parameters, parsed strictly into `T`.
+pub struct Query<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| Query(q.0))
+            .map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))
+    }
+}
+
+/// Who is acting. Until authentication lands (issue 5) it is the `X-Libertum-Actor` header,
+/// recorded on every event, or `anonymous`.
+pub struct Actor(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for Actor {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        match parts.headers.get("x-libertum-actor") {
+            None => Ok(Actor("anonymous".into())),
+            Some(v) => v
+                .to_str()
+                .ok()
+                .filter(|a| !a.is_empty() && a.len() <= 100 && a.bytes().all(|b| b.is_ascii_graphic()))
+                .map(|a| Actor(a.to_owned()))
+                .ok_or_else(|| {
+                    ApiError::bad_request("invalid_actor", "X-Libertum-Actor must be 1-100 visible ASCII characters")
+                        .at("X-Libertum-Actor")
+                }),
+        }
+    }
+}
+
+/// A page request: `limit` (1-200, default 50) and an opaque `cursor` from the previous page.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct PageQuery {
+    pub limit: Option<usize>,
+    pub cursor: Option<String>,
+}
+
+impl PageQuery {
+    pub fn limit(&self) -> Result<usize, ApiError> {
+        page_limit(self.limit)
+    }
+
+    pub fn position(&self) -> Result<u64, ApiError> {
+        cursor_position(self.cursor.as_deref())
+    }
+}
+
+/// A page size: 1-200, default 50.
+pub fn page_limit(limit: Option<usize>) -> Result<usize, ApiError> {
+    match limit {
+        None => Ok(50),
+        Some(l) if (1..=200).contains(&l) => Ok(l),
+        Some(_) => Err(ApiError::invalid("limit", "limit must be between 1 and 200")),
+    }
+}
+
+/// A cursor as a position, 0 for the first page.
+pub fn cursor_position(cursor: Option<&str>) -> Result<u64, ApiError> {
+    match cursor {
+        None => Ok(0),
+        Some(c) => c
+            .parse()
+            .map_err(|_| ApiError::invalid("cursor", "cursor must come from a previous page's next_cursor")),
+    }
+}

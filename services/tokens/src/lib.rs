@@ -1,1 +1,77 @@
+//! The tokens service: token classes of approved assets, investors and their eligibility,
+//! issuance, transfers, redemptions, freezes, compliance, cap tables and distributions.
 
+mod api;
+mod dto;
+mod state;
+
+use std::sync::Arc;
+
+use libertum_domain::{Id, asset, token};
+use libertum_events::{ASSETS_SOURCE, ASSETS_TOPIC, CloudEvent};
+use libertum_platform::health::{Check, Probe};
+use libertum_store::{Cache, Consumer, Delivery, Engine, EventBus, EventStore, StoreError, Verdict};
+use utoipa_axum::router::OpenApiRouter;
+
+pub use state::{Command, TokensState};
+
+#[derive(Clone)]
+pub struct Tokens {
+    engine: Engine<TokensState>,
+}
+
+impl Tokens {
+    pub async fn open(store: Arc<dyn EventStore>, cache: Arc<dyn Cache>) -> Result<Self, StoreError> {
+        Ok(Tokens { engine: Engine::start("tokens", store, Some(cache)).await? })
+    }
+
+    /// The routes under `/v1/tokens`.
+    pub fn router(&self) -> OpenApiRouter {
+        api::router(self.engine.clone())
+    }
+
+    /// Learns from the assets service's events which assets are approved.
+    pub fn consumer(&self, bus: Arc<dyn EventBus>) -> Consumer<TokensState> {
+        Consumer::new("tokens", ASSETS_TOPIC, self.engine.clone(), bus, decode_asset_event)
+    }
+
+    pub fn probes(&self) -> Vec<Probe> {
+        let engine = self.engine.clone();
+        vec![Arc::new(move || {
+            let engine = engine.clone();
+            Box::pin(async move {
+                let ok = engine.healthy() && engine.store().head().await.is_ok();
+                Check { name: "tokens.store".into(), state: if ok { "up" } else { "down" }, detail: Some(engine.store().describe()) }
+            })
+        })]
+    }
+
+    pub fn engine(&self) -> &Engine<TokensState> {
+        &self.engine
+    }
+}
+
+fn decode_asset_event(delivery: &Delivery) -> Verdict<Command> {
+    let event = match CloudEvent::decode(&delivery.payload, ASSETS_SOURCE, "asset") {
+        Ok(event) => event,
+        Err(e) => return Verdict::Reject(e.to_string()),
+    };
+    let data: asset::Event = match event.data() {
+        Ok(data) => data,
+        Err(e) => return Verdict::Reject(e.to_string()),
+    };
+    if data.asset_id.as_str() != event.subject {
+        return Verdict::Reject("the event's subject is not its asset".into());
+    }
+    let asset::Change::StatusChanged { to, .. } = data.change else { return Verdict::Skip };
+    let state = match to {
+        asset::Status::Approved => token::AssetState::Approved,
+        // This service marked it tokenized itself when it created the token class.
+        asset::Status::Tokenized => return Verdict::Skip,
+        _ => token::AssetState::Unavailable,
+    };
+    Verdict::Apply(Command {
+        actor: Id::from(data.actor),
+        command: token::Command::ObserveAsset { asset_id: data.asset_id, state },
+    })
+}

@@ -98,11 +98,15 @@ pub(super) fn decide(
             not_paused(token)?;
             not_frozen(token, to, "receiver_frozen", "to")?;
             eligible(token, receiver, ctx, "to")?;
-            let supply = token.total_supply.0 + amount.0;
-            if supply > token.spec.max_supply.0 {
+            // Checked: `amount` comes from the request and may be as large as 2^128-1.
+            let supply = token.total_supply.checked_add(*amount);
+            if supply.is_none_or(|s| s > token.spec.max_supply) {
                 return Err(Error::refused(
                     "supply_cap_exceeded",
-                    format!("issuing {amount} would take the supply to {supply}, over the cap of {}", token.spec.max_supply),
+                    format!(
+                        "issuing {amount} would take the supply of {} over the cap of {}",
+                        token.total_supply, token.spec.max_supply
+                    ),
                 )
                 .at("amount"));
             }
@@ -290,7 +294,7 @@ fn within_limits(token: &Token, holding: &super::Holding, amount: Amount, ctx: &
     ];
     for (limit, sent, window) in windows {
         if let Some(limit) = limit
-            && sent.0 + amount.0 > limit.0
+            && sent.0.saturating_add(amount.0) > limit.0
         {
             return Err(Error::refused(
                 "transfer_limit_exceeded",

@@ -94,9 +94,11 @@ impl Holding {
         if self.sent_month.0 == Some(month_of(now)) { self.sent_month.1 } else { Amount::ZERO }
     }
 
+    /// Saturating: with no limit set the same tokens may go back and forth without bound, and
+    /// replaying the log must never overflow.
     pub(super) fn record_sent(&mut self, amount: Amount, now: Timestamp) {
-        self.sent_day = (Some(now.date()), Amount(self.sent_today(now).0 + amount.0));
-        self.sent_month = (Some(month_of(now)), Amount(self.sent_this_month(now).0 + amount.0));
+        self.sent_day = (Some(now.date()), Amount(self.sent_today(now).0.saturating_add(amount.0)));
+        self.sent_month = (Some(month_of(now)), Amount(self.sent_this_month(now).0.saturating_add(amount.0)));
     }
 
     /// Drops expired locks, and locks beyond the balance after an outflow (newest first).

@@ -1,0 +1,408 @@
+//! Request and response bodies of `/v1/tokens`.
+
+use std::collections::BTreeSet;
+
+use libertum_domain::{Amount, Country, Currency, Timestamp, token};
+use serde::{Deserialize, Serialize};
+use time::Date;
+use utoipa::ToSchema;
+
+/// A token's compliance rules. Absent limits do not apply.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RulesDto {
+    /// If present, only investors from these countries (ISO 3166-1 alpha-2) may receive.
+    #[schema(value_type = Option<Vec<String>>)]
+    #[serde(default)]
+    pub allowed_countries: Option<BTreeSet<Country>>,
+    #[schema(value_type = Vec<String>)]
+    #[serde(default)]
+    pub denied_countries: BTreeSet<Country>,
+    #[serde(default)]
+    pub require_accreditation: bool,
+    #[serde(default)]
+    pub max_holders: Option<u64>,
+    #[schema(value_type = Option<String>)]
+    #[serde(default)]
+    pub max_balance: Option<Amount>,
+    /// Seconds after issuance before issued tokens can be transferred.
+    #[serde(default)]
+    pub lockup_seconds: u64,
+    /// Most an investor may send per UTC day, in the token's smallest unit.
+    #[schema(value_type = Option<String>)]
+    #[serde(default)]
+    pub daily_transfer_limit: Option<Amount>,
+    /// Most an investor may send per UTC calendar month.
+    #[schema(value_type = Option<String>)]
+    #[serde(default)]
+    pub monthly_transfer_limit: Option<Amount>,
+}
+
+impl From<RulesDto> for token::Rules {
+    fn from(r: RulesDto) -> Self {
+        token::Rules {
+            allowed_countries: r.allowed_countries,
+            denied_countries: r.denied_countries,
+            require_accreditation: r.require_accreditation,
+            max_holders: r.max_holders,
+            max_balance: r.max_balance,
+            lockup_seconds: r.lockup_seconds,
+            daily_transfer_limit: r.daily_transfer_limit,
+            monthly_transfer_limit: r.monthly_transfer_limit,
+        }
+    }
+}
+
+impl From<&token::Rules> for RulesDto {
+    fn from(r: &token::Rules) -> Self {
+        RulesDto {
+            allowed_countries: r.allowed_countries.clone(),
+            denied_countries: r.denied_countries.clone(),
+            require_accreditation: r.require_accreditation,
+            max_holders: r.max_holders,
+            max_balance: r.max_balance,
+            lockup_seconds: r.lockup_seconds,
+            daily_transfer_limit: r.daily_transfer_limit,
+            monthly_transfer_limit: r.monthly_transfer_limit,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TokenForCreate {
+    pub asset_id: String,
+    /// 2-12 upper-case letters or digits, unique.
+    #[schema(example = "FRIED123")]
+    pub symbol: String,
+    pub name: String,
+    /// 0-18.
+    pub decimals: u8,
+    /// In the token's smallest unit.
+    #[schema(value_type = String, example = "1000000")]
+    pub max_supply: Amount,
+    /// Price of one whole token in minor units of `currency`.
+    #[schema(value_type = String, example = "10000")]
+    pub unit_price: Amount,
+    #[schema(value_type = String, example = "EUR")]
+    pub currency: Currency,
+    #[serde(default)]
+    pub rules: RulesDto,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TokenView {
+    pub id: String,
+    pub asset_id: String,
+    pub symbol: String,
+    pub name: String,
+    pub decimals: u8,
+    #[schema(value_type = String)]
+    pub max_supply: Amount,
+    #[schema(value_type = String)]
+    pub unit_price: Amount,
+    #[schema(value_type = String)]
+    pub currency: Currency,
+    pub rules: RulesDto,
+    pub paused: bool,
+    #[schema(value_type = String)]
+    pub total_supply: Amount,
+    pub holders: u64,
+    /// Also the ETag; counts the token's events.
+    pub version: u64,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: Timestamp,
+}
+
+impl From<&token::Token> for TokenView {
+    fn from(t: &token::Token) -> Self {
+        TokenView {
+            id: t.spec.id.to_string(),
+            asset_id: t.spec.asset_id.to_string(),
+            symbol: t.spec.symbol.clone(),
+            name: t.spec.name.clone(),
+            decimals: t.spec.decimals,
+            max_supply: t.spec.max_supply,
+            unit_price: t.spec.unit_price,
+            currency: t.spec.currency,
+            rules: (&t.rules).into(),
+            paused: t.paused,
+            total_supply: t.total_supply,
+            holders: t.holders,
+            version: t.version,
+            created_at: t.created_at,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InvestorForCreate {
+    /// Reference into the identity provider; no personal data.
+    pub identity_ref: String,
+    #[schema(value_type = String, example = "DE")]
+    pub country: Country,
+    /// pending, verified, rejected or expired.
+    #[schema(value_type = String, example = "verified")]
+    pub kyc_status: token::KycStatus,
+    /// Required when verified.
+    #[schema(value_type = Option<String>, format = Date, example = "2027-12-31")]
+    pub kyc_expires_on: Option<Date>,
+    #[serde(default)]
+    pub accredited: bool,
+    pub wallet: Option<String>,
+}
+
+/// Fields to change; absent ones keep their value.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InvestorForUpdate {
+    pub identity_ref: Option<String>,
+    #[schema(value_type = Option<String>)]
+    pub country: Option<Country>,
+    #[schema(value_type = Option<String>)]
+    pub kyc_status: Option<token::KycStatus>,
+    #[schema(value_type = Option<String>, format = Date)]
+    pub kyc_expires_on: Option<Date>,
+    pub accredited: Option<bool>,
+    pub wallet: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct InvestorView {
+    pub id: String,
+    pub identity_ref: String,
+    #[schema(value_type = String)]
+    pub country: Country,
+    #[schema(value_type = String)]
+    pub kyc_status: token::KycStatus,
+    #[schema(value_type = Option<String>, format = Date)]
+    pub kyc_expires_on: Option<Date>,
+    pub accredited: bool,
+    pub wallet: Option<String>,
+    pub version: u64,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: Timestamp,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub updated_at: Timestamp,
+}
+
+impl From<&token::Investor> for InvestorView {
+    fn from(i: &token::Investor) -> Self {
+        let p = &i.profile;
+        InvestorView {
+            id: i.id.to_string(),
+            identity_ref: p.identity_ref.clone(),
+            country: p.country,
+            kyc_status: p.kyc_status,
+            kyc_expires_on: p.kyc_expires_on,
+            accredited: p.accredited,
+            wallet: p.wallet.clone(),
+            version: i.version,
+            created_at: i.created_at,
+            updated_at: i.updated_at,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IssueRequest {
+    pub to: String,
+    #[schema(value_type = String, example = "1000")]
+    pub amount: Amount,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TransferRequest {
+    pub from: String,
+    pub to: String,
+    #[schema(value_type = String, example = "250")]
+    pub amount: Amount,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ForcedTransferRequest {
+    pub from: String,
+    pub to: String,
+    #[schema(value_type = String)]
+    pub amount: Amount,
+    /// Why the agent moves tokens without the holder's consent; recorded in the event.
+    pub reason: String,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RedeemRequest {
+    pub from: String,
+    #[schema(value_type = String)]
+    pub amount: Amount,
+}
+
+/// Freeze (or unfreeze) an investor fully, or only `amount` of their balance.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FreezeRequest {
+    pub investor_id: String,
+    #[schema(value_type = Option<String>)]
+    pub amount: Option<Amount>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Empty {}
+
+/// Operations applied all together or not at all. Each is an object with `op` set to issue,
+/// transfer, redeem, forced_transfer, freeze, unfreeze, freeze_amount, unfreeze_amount, pause
+/// or unpause, and that operation's fields.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchRequest {
+    #[schema(value_type = Vec<Object>)]
+    pub operations: Vec<token::Operation>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DistributionRequest {
+    /// Minor units of `currency`.
+    #[schema(value_type = String, example = "100000")]
+    pub total: Amount,
+    #[schema(value_type = String, example = "EUR")]
+    pub currency: Currency,
+    /// Balances at the end of this moment decide the shares.
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub record_date: Timestamp,
+    pub memo: Option<String>,
+}
+
+/// What an operation did.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OperationResult {
+    pub token_id: String,
+    pub version: u64,
+    #[schema(value_type = String)]
+    pub total_supply: Amount,
+    /// The events recorded, as they travel on the bus.
+    #[schema(value_type = Vec<Object>)]
+    pub events: Vec<serde_json::Value>,
+}
+
+/// The answer of the dry run: whether the transfer could happen now, and if not, which rule says no.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TransferCheck {
+    pub allowed: bool,
+    pub code: Option<String>,
+    pub message: Option<String>,
+    pub field: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HolderRow {
+    pub investor_id: String,
+    #[schema(value_type = String)]
+    pub balance: Amount,
+    #[schema(value_type = String)]
+    pub frozen_amount: Amount,
+    pub frozen: bool,
+    /// Share of the supply, percent, four decimals, truncated.
+    #[schema(example = "12.5000")]
+    pub percentage: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CapTable {
+    pub token_id: String,
+    /// The token's version the table reflects (latest tables only).
+    pub version: Option<u64>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub as_of: Option<Timestamp>,
+    #[schema(value_type = String)]
+    pub total_supply: Amount,
+    pub holders: Vec<HolderRow>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HoldingView {
+    pub token_id: String,
+    pub investor_id: String,
+    #[schema(value_type = String)]
+    pub balance: Amount,
+    pub frozen: bool,
+    #[schema(value_type = String)]
+    pub frozen_amount: Amount,
+    /// Still under lock-up.
+    #[schema(value_type = String)]
+    pub locked: Amount,
+    /// What the investor's own transfer may move now.
+    #[schema(value_type = String)]
+    pub transferable: Amount,
+    #[schema(value_type = String)]
+    pub sent_today: Amount,
+    #[schema(value_type = String)]
+    pub sent_this_month: Amount,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AllocationView {
+    pub investor_id: String,
+    #[schema(value_type = String)]
+    pub balance: Amount,
+    #[schema(value_type = String)]
+    pub amount: Amount,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DistributionView {
+    pub id: String,
+    pub token_id: String,
+    #[schema(value_type = String)]
+    pub total: Amount,
+    #[schema(value_type = String)]
+    pub currency: Currency,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub record_date: Timestamp,
+    pub memo: Option<String>,
+    pub allocations: Vec<AllocationView>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next_cursor: Option<String>,
+}
+
+/// `part / whole` in percent with four decimals, truncated, exact.
+pub fn percentage(part: u128, whole: u128) -> String {
+    if whole == 0 {
+        return "0.0000".into();
+    }
+    // part <= whole <= 10^36, so part * 10^6 fits in u128 only up to ~3.4 * 10^32: divide first
+    // when needed, losing nothing that four decimals show.
+    let scaled = match part.checked_mul(1_000_000) {
+        Some(p) => p / whole,
+        None => part / (whole / 1_000_000).max(1),
+    };
+    format!("{}.{:04}", scaled / 10_000, scaled % 10_000)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percentage;
+
+    #[test]
+    fn percentages_are_exact_and_truncated() {
+        assert_eq!(percentage(1, 8), "12.5000");
+        assert_eq!(percentage(1, 3), "33.3333");
+        assert_eq!(percentage(5, 5), "100.0000");
+        assert_eq!(percentage(0, 5), "0.0000");
+    }
+}

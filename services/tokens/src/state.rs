@@ -1,0 +1,44 @@
+//! The book as the engine's state machine.
+
+use libertum_domain::{Id, Result, token};
+use libertum_events::TOKENS_SOURCE;
+use libertum_store::{Described, StateMachine};
+use time::OffsetDateTime;
+
+/// A command and who gives it.
+pub struct Command {
+    pub actor: Id,
+    pub command: token::Command,
+}
+
+#[derive(Default)]
+pub struct TokensState(pub token::Book);
+
+impl StateMachine for TokensState {
+    type Command = Command;
+    type Event = token::Event;
+    const SOURCE: &'static str = TOKENS_SOURCE;
+
+    fn execute(&mut self, command: Command, now: OffsetDateTime) -> Result<Vec<token::Event>> {
+        let ctx = token::Context { now, actor: command.actor };
+        let events = self.0.decide(&command.command, &ctx)?;
+        for event in &events {
+            self.0.apply(event);
+        }
+        Ok(events)
+    }
+
+    fn apply(&mut self, event: &token::Event) {
+        self.0.apply(event);
+    }
+
+    fn describe(event: &token::Event) -> Described<'_> {
+        Described {
+            family: "token",
+            name: event.change.name(),
+            subject: event.change.key(),
+            actor: &event.actor,
+            time: event.at,
+        }
+    }
+}

@@ -90,6 +90,7 @@ pub struct Document {
     pub sha256: String,
     pub size_bytes: u64,
     pub media_type: String,
+    #[serde(with = "time::serde::rfc3339")]
     pub added_at: Timestamp,
     pub added_by: String,
 }
@@ -100,6 +101,7 @@ pub struct Valuation {
     pub currency: Currency,
     pub effective_date: Date,
     pub appraiser: String,
+    #[serde(with = "time::serde::rfc3339")]
     pub recorded_at: Timestamp,
     pub recorded_by: String,
 }
@@ -109,6 +111,7 @@ pub struct Valuation {
 pub struct StatusChange {
     pub from: Status,
     pub to: Status,
+    #[serde(with = "time::serde::rfc3339")]
     pub at: Timestamp,
     pub actor: String,
     pub reason: Option<String>,
@@ -140,7 +143,9 @@ pub struct Asset {
     pub history: Vec<StatusChange>,
     /// Incremented by every event of this asset; the ETag.
     pub version: u64,
+    #[serde(with = "time::serde::rfc3339")]
     pub created_at: Timestamp,
+    #[serde(with = "time::serde::rfc3339")]
     pub updated_at: Timestamp,
 }
 
@@ -148,6 +153,7 @@ pub struct Asset {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {
     pub asset_id: Id,
+    #[serde(with = "time::serde::rfc3339")]
     pub at: Timestamp,
     pub actor: String,
     #[serde(flatten)]
@@ -157,10 +163,18 @@ pub struct Event {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "change", rename_all = "snake_case")]
 pub enum Change {
-    Registered { profile: Profile },
-    Updated { profile: Profile },
-    DocumentAdded { document: Document },
-    ValuationAdded { valuation: Valuation },
+    Registered {
+        profile: Profile,
+    },
+    Updated {
+        profile: Profile,
+    },
+    DocumentAdded {
+        document: Document,
+    },
+    ValuationAdded {
+        valuation: Valuation,
+    },
     StatusChanged {
         from: Status,
         to: Status,
@@ -208,13 +222,34 @@ pub struct ValuationForCreate {
 
 #[derive(Debug, Clone)]
 pub enum Command {
-    Register { id: Id, profile: Profile },
-    Update { id: Id, expected_version: u64, profile: Profile },
-    AddDocument { id: Id, document_id: Id, document: DocumentForCreate },
-    AddValuation { id: Id, valuation: ValuationForCreate },
-    Transition { id: Id, action: Action, reason: Option<String> },
+    Register {
+        id: Id,
+        profile: Profile,
+    },
+    Update {
+        id: Id,
+        expected_version: u64,
+        profile: Profile,
+    },
+    AddDocument {
+        id: Id,
+        document_id: Id,
+        document: DocumentForCreate,
+    },
+    AddValuation {
+        id: Id,
+        valuation: ValuationForCreate,
+    },
+    Transition {
+        id: Id,
+        action: Action,
+        reason: Option<String>,
+    },
     /// A token class was created for the asset (learnt from the tokens service's event).
-    MarkTokenized { id: Id, token_id: Id },
+    MarkTokenized {
+        id: Id,
+        token_id: Id,
+    },
 }
 
 pub const MAX_DOCUMENTS: usize = 200;
@@ -235,7 +270,11 @@ pub fn profile(
         location: Location {
             address: bounded_text("location.address", &location.address, 300)?,
             city: bounded_text("location.city", &location.city, 100)?,
-            postal_code: optional_text("location.postal_code", location.postal_code.as_deref(), 20)?,
+            postal_code: optional_text(
+                "location.postal_code",
+                location.postal_code.as_deref(),
+                20,
+            )?,
             country: location.country,
         },
         legal_owner: bounded_text("legal_owner", legal_owner, 200)?,
@@ -254,7 +293,9 @@ fn slug(field: &'static str, value: &str) -> Result<String> {
     } else {
         Err(Error::invalid(
             field,
-            format!("{field} must be 1-40 lower-case letters, digits or underscores, starting with a letter"),
+            format!(
+                "{field} must be 1-40 lower-case letters, digits or underscores, starting with a letter"
+            ),
         ))
     }
 }
@@ -272,7 +313,10 @@ fn validate_document(doc: &DocumentForCreate) -> Result<DocumentForCreate> {
         ));
     }
     if doc.size_bytes == 0 || doc.size_bytes > MAX_FILE_SIZE {
-        return Err(Error::invalid("size_bytes", "size_bytes must be between 1 and 2^40"));
+        return Err(Error::invalid(
+            "size_bytes",
+            "size_bytes must be between 1 and 2^40",
+        ));
     }
     let media_ok = doc.media_type.len() <= 100
         && doc.media_type.split_once('/').is_some_and(|(a, b)| {
@@ -350,7 +394,9 @@ impl Registry {
     /// Up to `limit` assets registered after the cursor `after` (a `seq`), matching `filter`;
     /// the second value is the cursor of the next page, if there is one.
     pub fn list(&self, filter: &Filter, after: u64, limit: usize) -> (Vec<&Asset>, Option<u64>) {
-        let start = usize::try_from(after).unwrap_or(usize::MAX).min(self.order.len());
+        let start = usize::try_from(after)
+            .unwrap_or(usize::MAX)
+            .min(self.order.len());
         let mut page = Vec::with_capacity(limit.min(100));
         for id in &self.order[start..] {
             let asset = &self.assets[id];
@@ -365,9 +411,9 @@ impl Registry {
     }
 
     fn existing(&self, id: &str) -> Result<&Asset> {
-        self.assets
-            .get(id)
-            .ok_or_else(|| Error::not_found("asset_not_found", format!("asset {id} does not exist")))
+        self.assets.get(id).ok_or_else(|| {
+            Error::not_found("asset_not_found", format!("asset {id} does not exist"))
+        })
     }
 
     /// Decides what `command` changes, without changing anything.
@@ -381,23 +427,44 @@ impl Registry {
         let change = match command {
             Command::Register { id, profile } => {
                 if self.assets.contains_key(id) {
-                    return Err(Error::conflict("asset_exists", format!("asset {id} already exists")));
+                    return Err(Error::conflict(
+                        "asset_exists",
+                        format!("asset {id} already exists"),
+                    ));
                 }
-                return Ok(vec![event(id, Change::Registered { profile: profile.clone() })]);
+                return Ok(vec![event(
+                    id,
+                    Change::Registered {
+                        profile: profile.clone(),
+                    },
+                )]);
             }
-            Command::Update { id, expected_version, profile } => {
+            Command::Update {
+                id,
+                expected_version,
+                profile,
+            } => {
                 let asset = self.existing(id)?;
                 if asset.version != *expected_version {
                     return Err(stale(asset));
                 }
                 only_in_draft(asset, "edited")?;
-                Change::Updated { profile: profile.clone() }
+                Change::Updated {
+                    profile: profile.clone(),
+                }
             }
-            Command::AddDocument { id, document_id, document } => {
+            Command::AddDocument {
+                id,
+                document_id,
+                document,
+            } => {
                 let asset = self.existing(id)?;
                 only_in_draft(asset, "given documents")?;
                 if asset.documents.len() >= MAX_DOCUMENTS {
-                    return Err(Error::conflict("too_many_documents", format!("an asset holds at most {MAX_DOCUMENTS} documents")));
+                    return Err(Error::conflict(
+                        "too_many_documents",
+                        format!("an asset holds at most {MAX_DOCUMENTS} documents"),
+                    ));
                 }
                 let d = validate_document(document)?;
                 Change::DocumentAdded {
@@ -416,16 +483,25 @@ impl Registry {
             Command::AddValuation { id, valuation } => {
                 let asset = self.existing(id)?;
                 if asset.status == Status::Retired {
-                    return Err(Error::conflict("asset_retired", "a retired asset takes no valuations"));
+                    return Err(Error::conflict(
+                        "asset_retired",
+                        "a retired asset takes no valuations",
+                    ));
                 }
                 if asset.valuations.len() >= MAX_VALUATIONS {
-                    return Err(Error::conflict("too_many_valuations", format!("an asset holds at most {MAX_VALUATIONS} valuations")));
+                    return Err(Error::conflict(
+                        "too_many_valuations",
+                        format!("an asset holds at most {MAX_VALUATIONS} valuations"),
+                    ));
                 }
                 if valuation.amount.is_zero() {
                     return Err(Error::invalid("amount", "amount must be greater than zero"));
                 }
                 if valuation.effective_date > ctx.now.date() {
-                    return Err(Error::invalid("effective_date", "effective_date must not be in the future"));
+                    return Err(Error::invalid(
+                        "effective_date",
+                        "effective_date must not be in the future",
+                    ));
                 }
                 Change::ValuationAdded {
                     valuation: Valuation {
@@ -443,21 +519,32 @@ impl Registry {
                 let to = action.target(asset.status).ok_or_else(|| {
                     Error::conflict(
                         "illegal_transition",
-                        format!("an asset that is {} cannot be moved by {action:?}", asset.status.as_str()),
+                        format!(
+                            "an asset that is {} cannot be moved by {action:?}",
+                            asset.status.as_str()
+                        ),
                     )
                 })?;
                 let reason = optional_text("reason", reason.as_deref(), 1_000)?;
                 if action.needs_reason() && reason.is_none() {
                     return Err(Error::invalid("reason", "reason is required for this move"));
                 }
-                Change::StatusChanged { from: asset.status, to, reason, token_id: None }
+                Change::StatusChanged {
+                    from: asset.status,
+                    to,
+                    reason,
+                    token_id: None,
+                }
             }
             Command::MarkTokenized { id, token_id } => {
                 let asset = self.existing(id)?;
                 if asset.status != Status::Approved {
                     return Err(Error::conflict(
                         "illegal_transition",
-                        format!("an asset that is {} cannot be tokenized", asset.status.as_str()),
+                        format!(
+                            "an asset that is {} cannot be tokenized",
+                            asset.status.as_str()
+                        ),
                     ));
                 }
                 Change::StatusChanged {
@@ -502,7 +589,12 @@ impl Registry {
             Change::Updated { profile } => asset.profile = profile.clone(),
             Change::DocumentAdded { document } => asset.documents.push(document.clone()),
             Change::ValuationAdded { valuation } => asset.valuations.push(valuation.clone()),
-            Change::StatusChanged { from, to, reason, token_id } => {
+            Change::StatusChanged {
+                from,
+                to,
+                reason,
+                token_id,
+            } => {
                 asset.status = *to;
                 if token_id.is_some() {
                     asset.token_id = token_id.clone();
@@ -536,7 +628,10 @@ fn stale(asset: &Asset) -> Error {
     Error::new(
         crate::ErrorKind::Stale,
         "version_mismatch",
-        format!("asset {} is at version {}; fetch it again before changing it", asset.id, asset.version),
+        format!(
+            "asset {} is at version {}; fetch it again before changing it",
+            asset.id, asset.version
+        ),
     )
 }
 
@@ -546,7 +641,10 @@ fn only_in_draft(asset: &Asset, what: &str) -> Result<()> {
     } else {
         Err(Error::conflict(
             "asset_not_draft",
-            format!("only a draft asset can be {what}; this one is {}", asset.status.as_str()),
+            format!(
+                "only a draft asset can be {what}; this one is {}",
+                asset.status.as_str()
+            ),
         ))
     }
 }

@@ -30,6 +30,7 @@ pub struct Posting {
 pub struct Entry {
     /// Gap-free, starting at 1.
     pub seq: u64,
+    #[serde(with = "time::serde::rfc3339")]
     pub at: Timestamp,
     pub event_id: String,
     pub event_type: String,
@@ -74,7 +75,12 @@ impl Entry {
             postings: self
                 .postings
                 .iter()
-                .map(|p| CanonicalPosting { from: &p.from, to: &p.to, unit: &p.unit, amount: p.amount.0 })
+                .map(|p| CanonicalPosting {
+                    from: &p.from,
+                    to: &p.to,
+                    unit: &p.unit,
+                    amount: p.amount.0,
+                })
                 .collect(),
         };
         // Serialising plain structs of strings and integers cannot fail.
@@ -109,18 +115,57 @@ pub fn investor_account(id: &str) -> String {
 /// The postings a token event makes. Issuance and redemption have their own account per token,
 /// so `-balance(issuance) - balance(redemption) = supply` at every sequence number.
 pub fn postings_for(event: &TokenEvent) -> Vec<Posting> {
-    let posting = |from: String, to: String, unit: &str, amount: Amount| Posting { from, to, unit: unit.to_owned(), amount };
+    let posting = |from: String, to: String, unit: &str, amount: Amount| Posting {
+        from,
+        to,
+        unit: unit.to_owned(),
+        amount,
+    };
     match &event.change {
-        Change::Issued { token_id, to, amount, .. } => {
-            vec![posting(format!("issuance:{token_id}"), investor_account(to), token_id, *amount)]
+        Change::Issued {
+            token_id,
+            to,
+            amount,
+            ..
+        } => {
+            vec![posting(
+                format!("issuance:{token_id}"),
+                investor_account(to),
+                token_id,
+                *amount,
+            )]
         }
-        Change::Transferred { token_id, from, to, amount, .. } => {
-            vec![posting(investor_account(from), investor_account(to), token_id, *amount)]
+        Change::Transferred {
+            token_id,
+            from,
+            to,
+            amount,
+            ..
+        } => {
+            vec![posting(
+                investor_account(from),
+                investor_account(to),
+                token_id,
+                *amount,
+            )]
         }
-        Change::Redeemed { token_id, from, amount } => {
-            vec![posting(investor_account(from), format!("redemption:{token_id}"), token_id, *amount)]
+        Change::Redeemed {
+            token_id,
+            from,
+            amount,
+        } => {
+            vec![posting(
+                investor_account(from),
+                format!("redemption:{token_id}"),
+                token_id,
+                *amount,
+            )]
         }
-        Change::DistributionPaid { token_id, distribution, allocations } => allocations
+        Change::DistributionPaid {
+            token_id,
+            distribution,
+            allocations,
+        } => allocations
             .iter()
             .filter(|a| !a.amount.is_zero())
             .map(|a| {
@@ -233,7 +278,10 @@ impl Journal {
     fn move_balance(&mut self, account: &str, unit: &str, delta: i128, entry: &Entry) {
         let key = (account.to_owned(), unit.to_owned());
         let points = self.accounts.entry(key).or_insert_with(|| {
-            self.holders.entry(unit.to_owned()).or_default().push(account.to_owned());
+            self.holders
+                .entry(unit.to_owned())
+                .or_default()
+                .push(account.to_owned());
             Vec::new()
         });
         let before = points.last().map_or(0, |p| p.2);
@@ -323,13 +371,22 @@ pub fn verify(entries: impl IntoIterator<Item = Entry>) -> Verification {
                 entries_checked: checked,
                 head_seq: expected - 1,
                 head_hash: hex::encode(prev),
-                first_broken: Some(Broken { seq: entry.seq, problem: problem.to_owned() }),
+                first_broken: Some(Broken {
+                    seq: entry.seq,
+                    problem: problem.to_owned(),
+                }),
             };
         }
         checked += 1;
         expected += 1;
     }
-    Verification { valid: true, entries_checked: checked, head_seq: expected - 1, head_hash: hex::encode(prev), first_broken: None }
+    Verification {
+        valid: true,
+        entries_checked: checked,
+        head_seq: expected - 1,
+        head_hash: hex::encode(prev),
+        first_broken: None,
+    }
 }
 
 #[cfg(test)]
@@ -351,7 +408,12 @@ mod tests {
     }
 
     fn post(from: &str, to: &str, amount: u128) -> Posting {
-        Posting { from: from.into(), to: to.into(), unit: "tok_1".into(), amount: Amount(amount) }
+        Posting {
+            from: from.into(),
+            to: to.into(),
+            unit: "tok_1".into(),
+            amount: Amount(amount),
+        }
     }
 
     fn journal_of(n: usize) -> (Journal, Vec<Entry>) {
@@ -359,7 +421,10 @@ mod tests {
         let mut entries = Vec::new();
         for i in 0..n {
             let e = journal
-                .decide(&incoming(&format!("ev{i}"), vec![post("issuance:tok_1", "investor:a", 10)]))
+                .decide(&incoming(
+                    &format!("ev{i}"),
+                    vec![post("issuance:tok_1", "investor:a", 10)],
+                ))
                 .expect("valid")
                 .expect("new");
             journal.apply(&e);
@@ -383,7 +448,13 @@ mod tests {
         entries[2].postings[0].amount = Amount(11);
         let v = verify(entries);
         assert!(!v.valid);
-        assert_eq!(v.first_broken, Some(Broken { seq: 3, problem: "hash_mismatch".into() }));
+        assert_eq!(
+            v.first_broken,
+            Some(Broken {
+                seq: 3,
+                problem: "hash_mismatch".into()
+            })
+        );
     }
 
     #[test]
@@ -391,13 +462,22 @@ mod tests {
         let (_, mut entries) = journal_of(5);
         entries.remove(1);
         let v = verify(entries);
-        assert_eq!(v.first_broken, Some(Broken { seq: 3, problem: "sequence_gap".into() }));
+        assert_eq!(
+            v.first_broken,
+            Some(Broken {
+                seq: 3,
+                problem: "sequence_gap".into()
+            })
+        );
     }
 
     #[test]
     fn the_same_event_twice_makes_one_entry() {
         let (journal, _) = journal_of(1);
-        let again = journal.decide(&incoming("ev0", vec![post("issuance:tok_1", "investor:a", 10)]));
+        let again = journal.decide(&incoming(
+            "ev0",
+            vec![post("issuance:tok_1", "investor:a", 10)],
+        ));
         assert_eq!(again, Ok(None));
     }
 
@@ -406,8 +486,14 @@ mod tests {
         let (journal, _) = journal_of(3);
         assert_eq!(journal.balance("investor:a", "tok_1", AsOf::Seq(2)), 20);
         assert_eq!(journal.balance("investor:a", "tok_1", AsOf::Latest), 30);
-        assert_eq!(journal.balance("issuance:tok_1", "tok_1", AsOf::Latest), -30);
-        assert_eq!(journal.cap_table("tok_1", AsOf::Seq(1)), vec![("a".to_owned(), Amount(10))]);
+        assert_eq!(
+            journal.balance("issuance:tok_1", "tok_1", AsOf::Latest),
+            -30
+        );
+        assert_eq!(
+            journal.cap_table("tok_1", AsOf::Seq(1)),
+            vec![("a".to_owned(), Amount(10))]
+        );
     }
 
     #[test]

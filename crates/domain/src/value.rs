@@ -43,7 +43,9 @@ impl fmt::Display for Amount {
 
 /// Why a string is not an [`Amount`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("an amount is a string of decimal digits without sign, point or leading zeros, at most 2^128-1")]
+#[error(
+    "an amount is a string of decimal digits without sign, point or leading zeros, at most 2^128-1"
+)]
 pub struct AmountParseError;
 
 impl FromStr for Amount {
@@ -195,7 +197,11 @@ pub fn bounded_text(field: &'static str, value: &str, max: usize) -> Result<Stri
 }
 
 /// Like [`bounded_text`], for an optional field: `None` and blank both mean absent.
-pub fn optional_text(field: &'static str, value: Option<&str>, max: usize) -> Result<Option<String>> {
+pub fn optional_text(
+    field: &'static str,
+    value: Option<&str>,
+    max: usize,
+) -> Result<Option<String>> {
     match value.map(str::trim) {
         None | Some("") => Ok(None),
         Some(v) => bounded_text(field, v, max).map(Some),
@@ -214,7 +220,16 @@ mod tests {
             u128::MAX.to_string().parse::<Amount>(),
             Ok(Amount(u128::MAX))
         );
-        for bad in ["", "-1", "+1", "01", "1.5", "1e3", " 1", "340282366920938463463374607431768211456"] {
+        for bad in [
+            "",
+            "-1",
+            "+1",
+            "01",
+            "1.5",
+            "1e3",
+            " 1",
+            "340282366920938463463374607431768211456",
+        ] {
             assert!(bad.parse::<Amount>().is_err(), "{bad:?} must be refused");
         }
     }
@@ -223,16 +238,25 @@ mod tests {
     fn amounts_travel_as_json_strings() {
         let json = serde_json::to_string(&Amount(12345678901234567890123)).expect("serialise");
         assert_eq!(json, "\"12345678901234567890123\"");
-        assert!(serde_json::from_str::<Amount>("12").is_err(), "a JSON number is refused");
+        assert!(
+            serde_json::from_str::<Amount>("12").is_err(),
+            "a JSON number is refused"
+        );
     }
 
     #[test]
     fn codes_are_upper_case_letters_of_the_right_length() {
-        assert_eq!("EUR".parse::<Currency>().map(|c| c.to_string()), Ok("EUR".into()));
+        assert_eq!(
+            "EUR".parse::<Currency>().map(|c| c.to_string()),
+            Ok("EUR".into())
+        );
         assert!("eur".parse::<Currency>().is_err());
         assert!("EURO".parse::<Currency>().is_err());
         assert!("D1".parse::<Country>().is_err());
-        assert_eq!("DE".parse::<Country>().map(|c| c.to_string()), Ok("DE".into()));
+        assert_eq!(
+            "DE".parse::<Country>().map(|c| c.to_string()),
+            Ok("DE".into())
+        );
     }
 
     #[test]

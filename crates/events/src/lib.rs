@@ -99,7 +99,8 @@ impl CloudEvent {
         if !family_ok {
             return Err(Error::Unexpected("type"));
         }
-        if event.id.is_empty() || event.subject.is_empty() || event.sequence.parse::<u64>().is_err() {
+        if event.id.is_empty() || event.subject.is_empty() || event.sequence.parse::<u64>().is_err()
+        {
             return Err(Error::Unexpected("id, subject or sequence"));
         }
         Ok(event)

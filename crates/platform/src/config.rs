@@ -5,13 +5,37 @@ use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf};
 
 /// Every variable, its default and what it does (printed by `libertum --help` and in the README).
 pub const VARIABLES: &[(&str, &str, &str)] = &[
-    ("LIBERTUM_HTTP_ADDR", "127.0.0.1:8080", "address the HTTP server listens on"),
-    ("LIBERTUM_DATA_DIR", "./data", "directory of the embedded store (one redb file per service)"),
-    ("LIBERTUM_LOG", "info", "log filter, in tracing-subscriber's EnvFilter syntax"),
+    (
+        "LIBERTUM_HTTP_ADDR",
+        "127.0.0.1:8080",
+        "address the HTTP server listens on",
+    ),
+    (
+        "LIBERTUM_DATA_DIR",
+        "./data",
+        "directory of the embedded store (one redb file per service)",
+    ),
+    (
+        "LIBERTUM_LOG",
+        "info",
+        "log filter, in tracing-subscriber's EnvFilter syntax",
+    ),
     ("LIBERTUM_LOG_FORMAT", "json", "json or text"),
-    ("LIBERTUM_TOKENS_URL", "http://{LIBERTUM_HTTP_ADDR}", "base URL of the tokens service, for the ledger's reconciliation"),
-    ("LIBERTUM_IDEMPOTENCY_RETENTION_HOURS", "24", "how long a response is kept for retries with the same Idempotency-Key"),
-    ("LIBERTUM_CACHE_ENTRIES", "100000", "capacity of the in-memory read cache"),
+    (
+        "LIBERTUM_TOKENS_URL",
+        "http://{LIBERTUM_HTTP_ADDR}",
+        "base URL of the tokens service, for the ledger's reconciliation",
+    ),
+    (
+        "LIBERTUM_IDEMPOTENCY_RETENTION_HOURS",
+        "24",
+        "how long a response is kept for retries with the same Idempotency-Key",
+    ),
+    (
+        "LIBERTUM_CACHE_ENTRIES",
+        "100000",
+        "capacity of the in-memory read cache",
+    ),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,8 +67,13 @@ impl Settings {
     }
 
     /// Reads settings from `vars` (only those starting with `LIBERTUM_` are looked at).
-    pub fn from_vars(vars: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
-        let vars: BTreeMap<String, String> = vars.into_iter().filter(|(k, _)| k.starts_with("LIBERTUM_")).collect();
+    pub fn from_vars(
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let vars: BTreeMap<String, String> = vars
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("LIBERTUM_"))
+            .collect();
         let mut problems = Vec::new();
         for key in vars.keys() {
             if !VARIABLES.iter().any(|(name, _, _)| name == key) {
@@ -53,13 +82,21 @@ impl Settings {
         }
         let get = |key: &str| -> String {
             vars.get(key).cloned().unwrap_or_else(|| {
-                VARIABLES.iter().find(|(k, _, _)| *k == key).map(|(_, d, _)| d.to_string()).unwrap_or_default()
+                VARIABLES
+                    .iter()
+                    .find(|(k, _, _)| *k == key)
+                    .map(|(_, d, _)| d.to_string())
+                    .unwrap_or_default()
             })
         };
-        let http_addr = get("LIBERTUM_HTTP_ADDR").parse::<SocketAddr>().unwrap_or_else(|e| {
-            problems.push(format!("LIBERTUM_HTTP_ADDR must be host:port with an IP address ({e})"));
-            SocketAddr::from(([127, 0, 0, 1], 8080))
-        });
+        let http_addr = get("LIBERTUM_HTTP_ADDR")
+            .parse::<SocketAddr>()
+            .unwrap_or_else(|e| {
+                problems.push(format!(
+                    "LIBERTUM_HTTP_ADDR must be host:port with an IP address ({e})"
+                ));
+                SocketAddr::from(([127, 0, 0, 1], 8080))
+            });
         let data_dir = PathBuf::from(get("LIBERTUM_DATA_DIR"));
         if data_dir.as_os_str().is_empty() {
             problems.push("LIBERTUM_DATA_DIR must not be empty".into());
@@ -68,15 +105,22 @@ impl Settings {
             "json" => LogFormat::Json,
             "text" => LogFormat::Text,
             other => {
-                problems.push(format!("LIBERTUM_LOG_FORMAT must be json or text, not {other:?}"));
+                problems.push(format!(
+                    "LIBERTUM_LOG_FORMAT must be json or text, not {other:?}"
+                ));
                 LogFormat::Json
             }
         };
         let log_filter = get("LIBERTUM_LOG");
         if tracing_subscriber::EnvFilter::try_new(&log_filter).is_err() {
-            problems.push(format!("LIBERTUM_LOG is not a valid filter: {log_filter:?}"));
+            problems.push(format!(
+                "LIBERTUM_LOG is not a valid filter: {log_filter:?}"
+            ));
         }
-        let tokens_url = vars.get("LIBERTUM_TOKENS_URL").cloned().unwrap_or_else(|| format!("http://{http_addr}"));
+        let tokens_url = vars
+            .get("LIBERTUM_TOKENS_URL")
+            .cloned()
+            .unwrap_or_else(|| format!("http://{http_addr}"));
         if !(tokens_url.starts_with("http://") || tokens_url.starts_with("https://")) {
             problems.push("LIBERTUM_TOKENS_URL must start with http:// or https://".into());
         }
@@ -89,7 +133,8 @@ impl Settings {
                 }
             }
         };
-        let idempotency_retention_hours = number("LIBERTUM_IDEMPOTENCY_RETENTION_HOURS", 1, 24 * 365);
+        let idempotency_retention_hours =
+            number("LIBERTUM_IDEMPOTENCY_RETENTION_HOURS", 1, 24 * 365);
         let cache_entries = number("LIBERTUM_CACHE_ENTRIES", 1, 100_000_000) as usize;
         if !problems.is_empty() {
             return Err(ConfigError(problems));
@@ -120,7 +165,11 @@ impl Settings {
 }
 
 fn known() -> String {
-    VARIABLES.iter().map(|(k, _, _)| *k).collect::<Vec<_>>().join(", ")
+    VARIABLES
+        .iter()
+        .map(|(k, _, _)| *k)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[cfg(test)]
@@ -128,7 +177,10 @@ mod tests {
     use super::*;
 
     fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -148,6 +200,9 @@ mod tests {
         ]))
         .expect_err("invalid");
         assert_eq!(err.0.len(), 3, "{err}");
-        assert!(err.to_string().contains("LIBERTUM_HTTP_ADRR is not a known setting"));
+        assert!(
+            err.to_string()
+                .contains("LIBERTUM_HTTP_ADRR is not a known setting")
+        );
     }
 }

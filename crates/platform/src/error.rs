@@ -40,7 +40,13 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
-        ApiError { status, code: Cow::Borrowed(code), detail: detail.into(), field: None, internal: None }
+        ApiError {
+            status,
+            code: Cow::Borrowed(code),
+            detail: detail.into(),
+            field: None,
+            internal: None,
+        }
     }
 
     pub fn at(mut self, field: impl Into<String>) -> Self {
@@ -148,9 +154,10 @@ impl IntoResponse for ApiError {
         };
         let body = serde_json::to_vec(&problem).unwrap_or_default();
         let mut response = (self.status, body).into_response();
-        response
-            .headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
         if let Some(cause) = self.internal {
             response.extensions_mut().insert(InternalCause(cause));
         }

@@ -23,8 +23,16 @@ fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
-        let status = if inner.is_data() { StatusCode::UNPROCESSABLE_ENTITY } else { StatusCode::BAD_REQUEST };
-        let code = if inner.is_data() { "invalid_field" } else { "invalid_json" };
+        let status = if inner.is_data() {
+            StatusCode::UNPROCESSABLE_ENTITY
+        } else {
+            StatusCode::BAD_REQUEST
+        };
+        let code = if inner.is_data() {
+            "invalid_field"
+        } else {
+            "invalid_json"
+        };
         let error = ApiError::new(status, code, format!("{inner}"));
         if path == "." { error } else { error.at(path) }
     })
@@ -45,7 +53,11 @@ async fn json_bytes(req: Request) -> Result<Bytes, ApiError> {
         ));
     }
     Bytes::from_request(req, &()).await.map_err(|_| {
-        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", format!("the body must be at most {MAX_BODY} bytes"))
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("the body must be at most {MAX_BODY} bytes"),
+        )
     })
 }
 
@@ -91,13 +103,19 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Posted<T> {
 }
 
 fn idempotency_key(headers: &axum::http::HeaderMap) -> Result<Option<String>, ApiError> {
-    let Some(value) = headers.get("idempotency-key") else { return Ok(None) };
-    let key = value.to_str().ok().filter(|k| {
-        !k.is_empty() && k.len() <= MAX_KEY && k.bytes().all(|b| b.is_ascii_graphic())
-    });
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .ok()
+        .filter(|k| !k.is_empty() && k.len() <= MAX_KEY && k.bytes().all(|b| b.is_ascii_graphic()));
     key.map(|k| Some(k.to_owned())).ok_or_else(|| {
-        ApiError::bad_request("invalid_idempotency_key", format!("Idempotency-Key must be 1-{MAX_KEY} visible ASCII characters"))
-            .at("Idempotency-Key")
+        ApiError::bad_request(
+            "invalid_idempotency_key",
+            format!("Idempotency-Key must be 1-{MAX_KEY} visible ASCII characters"),
+        )
+        .at("Idempotency-Key")
     })
 }
 
@@ -122,7 +140,10 @@ impl<S: Send + Sync> FromRequestParts<S> for IfMatch {
             .map(|v| v.trim().trim_start_matches("W/").trim_matches('"'))
             .and_then(|v| v.parse().ok())
             .map(IfMatch)
-            .ok_or_else(|| ApiError::bad_request("invalid_if_match", "If-Match must be an ETag such as \"3\"").at("If-Match"))
+            .ok_or_else(|| {
+                ApiError::bad_request("invalid_if_match", "If-Match must be an ETag such as \"3\"")
+                    .at("If-Match")
+            })
     }
 }
 
@@ -158,11 +179,16 @@ impl<S: Send + Sync> FromRequestParts<S> for Actor {
             Some(v) => v
                 .to_str()
                 .ok()
-                .filter(|a| !a.is_empty() && a.len() <= 100 && a.bytes().all(|b| b.is_ascii_graphic()))
+                .filter(|a| {
+                    !a.is_empty() && a.len() <= 100 && a.bytes().all(|b| b.is_ascii_graphic())
+                })
                 .map(|a| Actor(a.to_owned()))
                 .ok_or_else(|| {
-                    ApiError::bad_request("invalid_actor", "X-Libertum-Actor must be 1-100 visible ASCII characters")
-                        .at("X-Libertum-Actor")
+                    ApiError::bad_request(
+                        "invalid_actor",
+                        "X-Libertum-Actor must be 1-100 visible ASCII characters",
+                    )
+                    .at("X-Libertum-Actor")
                 }),
         }
     }
@@ -191,7 +217,10 @@ pub fn page_limit(limit: Option<usize>) -> Result<usize, ApiError> {
     match limit {
         None => Ok(50),
         Some(l) if (1..=200).contains(&l) => Ok(l),
-        Some(_) => Err(ApiError::invalid("limit", "limit must be between 1 and 200")),
+        Some(_) => Err(ApiError::invalid(
+            "limit",
+            "limit must be between 1 and 200",
+        )),
     }
 }
 
@@ -199,8 +228,11 @@ pub fn page_limit(limit: Option<usize>) -> Result<usize, ApiError> {
 pub fn cursor_position(cursor: Option<&str>) -> Result<u64, ApiError> {
     match cursor {
         None => Ok(0),
-        Some(c) => c
-            .parse()
-            .map_err(|_| ApiError::invalid("cursor", "cursor must come from a previous page's next_cursor")),
+        Some(c) => c.parse().map_err(|_| {
+            ApiError::invalid(
+                "cursor",
+                "cursor must come from a previous page's next_cursor",
+            )
+        }),
     }
 }

@@ -29,7 +29,10 @@ struct Readiness {
 /// The two health routes, over `probes`.
 pub fn routes(probes: Vec<Probe>) -> Router {
     Router::new()
-        .route("/healthz", get(|| async { Json(serde_json::json!({"status": "ok"})) }))
+        .route(
+            "/healthz",
+            get(|| async { Json(serde_json::json!({"status": "ok"})) }),
+        )
         .route("/readyz", get(ready))
         .with_state(Arc::new(probes))
 }
@@ -40,6 +43,16 @@ async fn ready(State(probes): State<Arc<Vec<Probe>>>) -> impl IntoResponse {
         checks.push(probe().await);
     }
     let ready = checks.iter().all(|c| c.state != "down");
-    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (status, Json(Readiness { status: if ready { "ready" } else { "unready" }, checks }))
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(Readiness {
+            status: if ready { "ready" } else { "unready" },
+            checks,
+        }),
+    )
 }

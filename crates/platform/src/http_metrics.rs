@@ -17,7 +17,9 @@ pub fn recorder() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
-            let buckets = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
+            let buckets = [
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ];
             let handle = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &buckets)
                 .and_then(|b| b.install_recorder())
@@ -26,8 +28,15 @@ pub fn recorder() -> PrometheusHandle {
                     tracing::warn!(error = %e, "metrics recorder not installed");
                     PrometheusBuilder::new().build_recorder().handle()
                 });
-            metrics::describe_counter!(HTTP_REQUESTS, "HTTP requests by method, matched route and status");
-            metrics::describe_histogram!(HTTP_DURATION, metrics::Unit::Seconds, "HTTP request latency by method and matched route");
+            metrics::describe_counter!(
+                HTTP_REQUESTS,
+                "HTTP requests by method, matched route and status"
+            );
+            metrics::describe_histogram!(
+                HTTP_DURATION,
+                metrics::Unit::Seconds,
+                "HTTP request latency by method and matched route"
+            );
             libertum_store::metrics::describe();
             handle
         })
@@ -45,14 +54,18 @@ pub async fn track(req: Request, next: Next) -> Response {
     let response = next.run(req).await;
     let status = response.status().as_u16().to_string();
     metrics::counter!(HTTP_REQUESTS, "method" => method.clone(), "route" => route.clone(), "status" => status).increment(1);
-    metrics::histogram!(HTTP_DURATION, "method" => method, "route" => route).record(started.elapsed().as_secs_f64());
+    metrics::histogram!(HTTP_DURATION, "method" => method, "route" => route)
+        .record(started.elapsed().as_secs_f64());
     response
 }
 
 /// `GET /metrics` in the Prometheus text format.
 pub async fn render() -> impl IntoResponse {
     (
-        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
         recorder().render(),
     )
 }

@@ -79,7 +79,12 @@ impl Subscription for LogSubscription {
         }
         Ok(events
             .into_iter()
-            .map(|(offset, payload)| Delivery { topic: self.topic.clone(), partition: 0, offset, payload })
+            .map(|(offset, payload)| Delivery {
+                topic: self.topic.clone(),
+                partition: 0,
+                offset,
+                payload,
+            })
             .collect())
     }
 

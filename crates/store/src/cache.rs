@@ -12,7 +12,9 @@ pub struct MemoryCache {
 impl MemoryCache {
     /// A cache of at most `capacity` entries, evicting the least useful first.
     pub fn new(capacity: usize) -> Self {
-        MemoryCache { inner: quick_cache::sync::Cache::new(capacity) }
+        MemoryCache {
+            inner: quick_cache::sync::Cache::new(capacity),
+        }
     }
 }
 

@@ -83,7 +83,9 @@ impl<S: StateMachine> Consumer<S> {
         let mut subscription = self.bus.subscribe(&self.topic, &self.name, resume).await?;
         loop {
             let batch = subscription.next(1_024).await?;
-            let Some(last) = batch.last().cloned() else { continue };
+            let Some(last) = batch.last().cloned() else {
+                continue;
+            };
             let mut waiting = Vec::with_capacity(batch.len());
             for delivery in &batch {
                 let command = match (self.decode)(delivery) {
@@ -99,7 +101,11 @@ impl<S: StateMachine> Consumer<S> {
                     command,
                     idempotency: None,
                     checkpoint: Some((checkpoint.clone(), delivery.offset)),
-                    reply: Box::new(|_, _| Reply { status: 200, body: Default::default(), replayed: false }),
+                    reply: Box::new(|_, _| Reply {
+                        status: 200,
+                        body: Default::default(),
+                        replayed: false,
+                    }),
                 };
                 waiting.push((delivery.offset, self.engine.enqueue(submission).await?));
             }
@@ -112,7 +118,9 @@ impl<S: StateMachine> Consumer<S> {
                         tracing::warn!(consumer = %self.name, topic = %self.topic, offset, code = refusal.code, "event refused by a rule");
                     }
                     Ok(Err(error)) => return Err(error.into()),
-                    Err(_) => return Err(EngineError::Unavailable("the writer stopped".into()).into()),
+                    Err(_) => {
+                        return Err(EngineError::Unavailable("the writer stopped".into()).into());
+                    }
                 }
             }
             subscription.commit(&last).await?;

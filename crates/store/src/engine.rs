@@ -51,7 +51,11 @@ pub trait StateMachine: Default + Send + Sync + 'static {
     const SOURCE: &'static str;
 
     /// Decides `command` at `now` and applies its events; a refusal changes nothing.
-    fn execute(&mut self, command: Self::Command, now: OffsetDateTime) -> domain::Result<Vec<Self::Event>>;
+    fn execute(
+        &mut self,
+        command: Self::Command,
+        now: OffsetDateTime,
+    ) -> domain::Result<Vec<Self::Event>>;
     /// Applies an event read back from the log.
     fn apply(&mut self, event: &Self::Event);
     fn describe(event: &Self::Event) -> Described<'_>;
@@ -114,7 +118,10 @@ pub struct Engine<S: StateMachine> {
 
 impl<S: StateMachine> Clone for Engine<S> {
     fn clone(&self) -> Self {
-        Engine { inner: self.inner.clone(), tx: self.tx.clone() }
+        Engine {
+            inner: self.inner.clone(),
+            tx: self.tx.clone(),
+        }
     }
 }
 
@@ -152,7 +159,10 @@ impl<S: StateMachine> Engine<S> {
 
     /// Queues a command and returns at once; the receiver yields the outcome. Consumers use this
     /// to have a whole batch of events committed together.
-    pub async fn enqueue(&self, submission: Submission<S>) -> Result<oneshot::Receiver<Outcome>, EngineError> {
+    pub async fn enqueue(
+        &self,
+        submission: Submission<S>,
+    ) -> Result<oneshot::Receiver<Outcome>, EngineError> {
         let (done, rx) = oneshot::channel();
         self.tx
             .send(Job { submission, done })
@@ -189,11 +199,14 @@ async fn replay<S: StateMachine>(store: &dyn EventStore) -> Result<(S, Versions,
         let Some((last, _)) = chunk.last() else { break };
         let last = *last;
         for (position, bytes) in chunk {
-            let envelope: CloudEvent = serde_json::from_slice(&bytes)
-                .map_err(|e| StoreError::Backend(format!("event at position {position} is unreadable: {e}")))?;
-            let event: S::Event = envelope
-                .data()
-                .map_err(|e| StoreError::Backend(format!("event at position {position} has unreadable data: {e}")))?;
+            let envelope: CloudEvent = serde_json::from_slice(&bytes).map_err(|e| {
+                StoreError::Backend(format!("event at position {position} is unreadable: {e}"))
+            })?;
+            let event: S::Event = envelope.data().map_err(|e| {
+                StoreError::Backend(format!(
+                    "event at position {position} has unreadable data: {e}"
+                ))
+            })?;
             versions.insert(envelope.subject.clone(), envelope.sequence());
             state.apply(&event);
         }
@@ -213,14 +226,27 @@ async fn writer<S: StateMachine>(
     let mut jobs = Vec::with_capacity(MAX_GROUP);
     while rx.recv_many(&mut jobs, MAX_GROUP).await > 0 {
         let mut state = inner.state.write().await;
-        let mut commit = Commit { expected_head: head, ..Commit::default() };
+        let mut commit = Commit {
+            expected_head: head,
+            ..Commit::default()
+        };
         let mut outcomes: Vec<(oneshot::Sender<Outcome>, Outcome)> = Vec::with_capacity(jobs.len());
         let mut pending: FxHashMap<String, IdempotencyRecord> = FxHashMap::default();
         let mut stale_keys = Vec::new();
         for Job { submission, done } in jobs.drain(..) {
             // Time never runs backwards inside one log, whatever the wall clock does.
             last_now = OffsetDateTime::now_utc().max(last_now);
-            let outcome = run_one(&mut *state, submission, last_now, &inner, &mut versions, &mut commit, &mut pending, &mut stale_keys).await;
+            let outcome = run_one(
+                &mut *state,
+                submission,
+                last_now,
+                &inner,
+                &mut versions,
+                &mut commit,
+                &mut pending,
+                &mut stale_keys,
+            )
+            .await;
             outcomes.push((done, outcome));
         }
         metrics::histogram!(m::BATCH_SIZE, "service" => service).record(outcomes.len() as f64);
@@ -232,7 +258,8 @@ async fn writer<S: StateMachine>(
                     head += appended;
                     metrics::counter!(m::COMMITS, "service" => service).increment(1);
                     metrics::counter!(m::EVENTS_APPENDED, "service" => service).increment(appended);
-                    metrics::histogram!(m::COMMIT_SECONDS, "service" => service).record(started.elapsed().as_secs_f64());
+                    metrics::histogram!(m::COMMIT_SECONDS, "service" => service)
+                        .record(started.elapsed().as_secs_f64());
                     if let Some(cache) = &inner.cache {
                         for key in &stale_keys {
                             cache.invalidate(key).await;
@@ -244,7 +271,9 @@ async fn writer<S: StateMachine>(
                     inner.healthy.store(false, Ordering::Relaxed);
                     for (_, outcome) in &mut outcomes {
                         if outcome.is_ok() {
-                            *outcome = Err(EngineError::Unavailable("the commit failed; nothing was changed".into()));
+                            *outcome = Err(EngineError::Unavailable(
+                                "the commit failed; nothing was changed".into(),
+                            ));
                         }
                     }
                     match replay::<S>(inner.store.as_ref()).await {
@@ -286,15 +315,28 @@ async fn run_one<S: StateMachine>(
     pending: &mut FxHashMap<String, IdempotencyRecord>,
     stale_keys: &mut Vec<String>,
 ) -> Outcome {
-    let Submission { command, idempotency, checkpoint, reply } = submission;
+    let Submission {
+        command,
+        idempotency,
+        checkpoint,
+        reply,
+    } = submission;
     if let Some((key, fingerprint)) = &idempotency {
         let earlier = match pending.get(key) {
             Some(record) => Some(record.clone()),
-            None => inner.store.idempotency(key).await.map_err(|e| EngineError::Unavailable(e.to_string()))?,
+            None => inner
+                .store
+                .idempotency(key)
+                .await
+                .map_err(|e| EngineError::Unavailable(e.to_string()))?,
         };
         if let Some(record) = earlier {
             return if &record.fingerprint == fingerprint {
-                Ok(Reply { status: record.status, body: Bytes::from(record.body), replayed: true })
+                Ok(Reply {
+                    status: record.status,
+                    body: Bytes::from(record.body),
+                    replayed: true,
+                })
             } else {
                 Err(EngineError::IdempotencyMismatch)
             };

@@ -15,7 +15,7 @@ mod redb_store;
 pub use bus::InProcessBus;
 pub use cache::MemoryCache;
 pub use consumer::{Consumer, Verdict};
-pub use engine::{Engine, EngineError, Reply, ReplyFn, StateMachine, Submission, Described};
+pub use engine::{Described, Engine, EngineError, Reply, ReplyFn, StateMachine, Submission};
 pub use ports::{
     Cache, Commit, Delivery, EventBus, EventStore, IdempotencyRecord, StoreError, Subscription,
 };

@@ -12,11 +12,33 @@ pub const COMMANDS_REFUSED: &str = "libertum_commands_refused_total";
 /// Registers the descriptions once at start-up.
 pub fn describe() {
     metrics::describe_counter!(COMMITS, "durable commits of a service's log");
-    metrics::describe_histogram!(COMMIT_SECONDS, metrics::Unit::Seconds, "time of one durable commit, fsync included");
-    metrics::describe_histogram!(BATCH_SIZE, "commands committed together in one group commit");
-    metrics::describe_counter!(EVENTS_APPENDED, "events appended to a service's log, by service");
-    metrics::describe_counter!(EVENTS_CONSUMED, "events a consumer has applied, by consumer and topic");
-    metrics::describe_counter!(EVENTS_REJECTED, "events a consumer refused as malformed or unexpected, by consumer and reason");
-    metrics::describe_gauge!(CONSUMER_LAG, "events of a topic a consumer has not applied yet");
-    metrics::describe_counter!(COMMANDS_REFUSED, "commands refused by a rule, by service and code");
+    metrics::describe_histogram!(
+        COMMIT_SECONDS,
+        metrics::Unit::Seconds,
+        "time of one durable commit, fsync included"
+    );
+    metrics::describe_histogram!(
+        BATCH_SIZE,
+        "commands committed together in one group commit"
+    );
+    metrics::describe_counter!(
+        EVENTS_APPENDED,
+        "events appended to a service's log, by service"
+    );
+    metrics::describe_counter!(
+        EVENTS_CONSUMED,
+        "events a consumer has applied, by consumer and topic"
+    );
+    metrics::describe_counter!(
+        EVENTS_REJECTED,
+        "events a consumer refused as malformed or unexpected, by consumer and reason"
+    );
+    metrics::describe_gauge!(
+        CONSUMER_LAG,
+        "events of a topic a consumer has not applied yet"
+    );
+    metrics::describe_counter!(
+        COMMANDS_REFUSED,
+        "commands refused by a rule, by service and code"
+    );
 }

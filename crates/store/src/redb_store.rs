@@ -47,22 +47,33 @@ impl RedbStore {
         let mut head;
         {
             let mut events = tx.open_table(EVENTS).map_err(StoreError::backend)?;
-            head = events.last().map_err(StoreError::backend)?.map_or(0, |(k, _)| k.value());
+            head = events
+                .last()
+                .map_err(StoreError::backend)?
+                .map_or(0, |(k, _)| k.value());
             if head != commit.expected_head {
-                return Err(StoreError::Conflict { expected: commit.expected_head, actual: head });
+                return Err(StoreError::Conflict {
+                    expected: commit.expected_head,
+                    actual: head,
+                });
             }
             for bytes in &commit.events {
                 head += 1;
-                events.insert(head, bytes.as_slice()).map_err(StoreError::backend)?;
+                events
+                    .insert(head, bytes.as_slice())
+                    .map_err(StoreError::backend)?;
             }
             let mut idem = tx.open_table(IDEMPOTENCY).map_err(StoreError::backend)?;
             for (key, record) in &commit.idempotency {
                 let bytes = serde_json::to_vec(record).map_err(StoreError::backend)?;
-                idem.insert(key.as_str(), bytes.as_slice()).map_err(StoreError::backend)?;
+                idem.insert(key.as_str(), bytes.as_slice())
+                    .map_err(StoreError::backend)?;
             }
             let mut checkpoints = tx.open_table(CHECKPOINTS).map_err(StoreError::backend)?;
             for (name, position) in &commit.checkpoints {
-                checkpoints.insert(name.as_str(), *position).map_err(StoreError::backend)?;
+                checkpoints
+                    .insert(name.as_str(), *position)
+                    .map_err(StoreError::backend)?;
             }
         }
         tx.commit().map_err(StoreError::backend)?;
@@ -73,7 +84,10 @@ impl RedbStore {
 fn last_position(db: &Database) -> Result<u64, StoreError> {
     let tx = db.begin_read().map_err(StoreError::backend)?;
     let events = tx.open_table(EVENTS).map_err(StoreError::backend)?;
-    Ok(events.last().map_err(StoreError::backend)?.map_or(0, |(k, _)| k.value()))
+    Ok(events
+        .last()
+        .map_err(StoreError::backend)?
+        .map_or(0, |(k, _)| k.value()))
 }
 
 #[async_trait]
@@ -93,7 +107,11 @@ impl EventStore for RedbStore {
             let tx = db.begin_read().map_err(StoreError::backend)?;
             let events = tx.open_table(EVENTS).map_err(StoreError::backend)?;
             let mut out = Vec::with_capacity(max.min(4096));
-            for row in events.range(after.saturating_add(1)..).map_err(StoreError::backend)?.take(max) {
+            for row in events
+                .range(after.saturating_add(1)..)
+                .map_err(StoreError::backend)?
+                .take(max)
+            {
                 let (k, v) = row.map_err(StoreError::backend)?;
                 out.push((k.value(), v.value().to_vec()));
             }
@@ -112,7 +130,9 @@ impl EventStore for RedbStore {
         let tx = self.db.begin_read().map_err(StoreError::backend)?;
         let table = tx.open_table(IDEMPOTENCY).map_err(StoreError::backend)?;
         match table.get(key).map_err(StoreError::backend)? {
-            Some(v) => serde_json::from_slice(v.value()).map(Some).map_err(StoreError::backend),
+            Some(v) => serde_json::from_slice(v.value())
+                .map(Some)
+                .map_err(StoreError::backend),
             None => Ok(None),
         }
     }
@@ -126,7 +146,8 @@ impl EventStore for RedbStore {
                 let before_len = table.len().map_err(StoreError::backend)?;
                 table
                     .retain(|_, v| {
-                        serde_json::from_slice::<IdempotencyRecord>(v).is_ok_and(|r| r.created_at >= before)
+                        serde_json::from_slice::<IdempotencyRecord>(v)
+                            .is_ok_and(|r| r.created_at >= before)
                     })
                     .map_err(StoreError::backend)?;
                 before_len - table.len().map_err(StoreError::backend)?
@@ -141,7 +162,10 @@ impl EventStore for RedbStore {
     async fn checkpoint(&self, name: &str) -> Result<Option<u64>, StoreError> {
         let tx = self.db.begin_read().map_err(StoreError::backend)?;
         let table = tx.open_table(CHECKPOINTS).map_err(StoreError::backend)?;
-        Ok(table.get(name).map_err(StoreError::backend)?.map(|v| v.value()))
+        Ok(table
+            .get(name)
+            .map_err(StoreError::backend)?
+            .map(|v| v.value()))
     }
 
     fn watch_head(&self) -> watch::Receiver<u64> {
@@ -185,7 +209,13 @@ mod tests {
         let store = RedbStore::open(dir.path(), "t").expect("open");
         store.commit(commit(0, &["a"])).await.expect("commit");
         let err = store.commit(commit(0, &["b"])).await.expect_err("stale");
-        assert!(matches!(err, StoreError::Conflict { expected: 0, actual: 1 }));
+        assert!(matches!(
+            err,
+            StoreError::Conflict {
+                expected: 0,
+                actual: 1
+            }
+        ));
         assert_eq!(store.read(0, 10).await.expect("read").len(), 1);
     }
 
@@ -193,7 +223,12 @@ mod tests {
     async fn idempotency_records_and_checkpoints_commit_with_events() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = RedbStore::open(dir.path(), "t").expect("open");
-        let record = IdempotencyRecord { fingerprint: "f".into(), status: 201, body: "{}".into(), created_at: 10 };
+        let record = IdempotencyRecord {
+            fingerprint: "f".into(),
+            status: 201,
+            body: "{}".into(),
+            created_at: 10,
+        };
         let mut c = commit(0, &["a"]);
         c.idempotency.push(("k".into(), record.clone()));
         c.checkpoints.push(("assets".into(), 42));

@@ -221,7 +221,13 @@ impl From<&asset::Asset> for AssetView {
             history: a
                 .history
                 .iter()
-                .map(|h| StatusChangeView { from: h.from, to: h.to, at: h.at, actor: h.actor.clone(), reason: h.reason.clone() })
+                .map(|h| StatusChangeView {
+                    from: h.from,
+                    to: h.to,
+                    at: h.at,
+                    actor: h.actor.clone(),
+                    reason: h.reason.clone(),
+                })
                 .collect(),
             version: a.version,
             created_at: a.created_at,
@@ -256,7 +262,12 @@ fn new_id(prefix: &str) -> Id {
 }
 
 fn location(l: LocationDto) -> asset::Location {
-    asset::Location { address: l.address, city: l.city, postal_code: l.postal_code, country: l.country }
+    asset::Location {
+        address: l.address,
+        city: l.city,
+        postal_code: l.postal_code,
+        country: l.country,
+    }
 }
 
 /// Submits `command` and answers with the asset it touched.
@@ -292,18 +303,42 @@ async fn register(
     posted: Posted<AssetForCreate>,
 ) -> Result<Response, ApiError> {
     let b = posted.body;
-    let profile = asset::profile(&b.name, &b.kind, location(b.location), &b.legal_owner, b.description.as_deref())?;
+    let profile = asset::profile(
+        &b.name,
+        &b.kind,
+        location(b.location),
+        &b.legal_owner,
+        b.description.as_deref(),
+    )?;
     let id = new_id("ast");
-    run(&engine, actor, asset::Command::Register { id: id.clone(), profile }, id, StatusCode::CREATED, posted.idempotency).await
+    run(
+        &engine,
+        actor,
+        asset::Command::Register {
+            id: id.clone(),
+            profile,
+        },
+        id,
+        StatusCode::CREATED,
+        posted.idempotency,
+    )
+    .await
 }
 
 /// List assets, filtered, in registration order.
 #[utoipa::path(get, path = "", tag = "assets", params(ListQuery),
     responses((status = 200, body = AssetPage), (status = 400, body = Problem, content_type = "application/problem+json")))]
-async fn list(State(engine): State<AppState>, Query(q): Query<ListQuery>) -> Result<axum::Json<AssetPage>, ApiError> {
+async fn list(
+    State(engine): State<AppState>,
+    Query(q): Query<ListQuery>,
+) -> Result<axum::Json<AssetPage>, ApiError> {
     let limit = page_limit(q.limit)?;
     let after = cursor_position(q.cursor.as_deref())?;
-    let filter = asset::Filter { status: q.status, kind: q.kind, text: q.text };
+    let filter = asset::Filter {
+        status: q.status,
+        kind: q.kind,
+        text: q.text,
+    };
     let state = engine.read().await;
     let (items, next) = state.0.list(&filter, after, limit);
     Ok(axum::Json(AssetPage {
@@ -315,7 +350,10 @@ async fn list(State(engine): State<AppState>, Query(q): Query<ListQuery>) -> Res
 /// Get one asset. Served from the read cache, which every change of the asset invalidates.
 #[utoipa::path(get, path = "/{id}", tag = "assets", params(("id" = String, Path)),
     responses((status = 200, body = AssetView, headers(("ETag" = String))), (status = 404, body = Problem, content_type = "application/problem+json")))]
-async fn get_one(State(engine): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn get_one(
+    State(engine): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     let key = cache_key(&id);
     let cache = engine.cache().cloned();
     if let Some(cache) = &cache
@@ -326,7 +364,9 @@ async fn get_one(State(engine): State<AppState>, Path(id): Path<String>) -> Resu
     // Filled under the read lock: the writer invalidates under the write lock, so a stale
     // representation can never be put back after an invalidation.
     let state = engine.read().await;
-    let asset = state.0.get(&id).ok_or_else(|| ApiError::not_found("asset_not_found", format!("asset {id} does not exist")))?;
+    let asset = state.0.get(&id).ok_or_else(|| {
+        ApiError::not_found("asset_not_found", format!("asset {id} does not exist"))
+    })?;
     let mut value = format!("{}\n", asset.version).into_bytes();
     serde_json::to_writer(&mut value, &AssetView::from(asset)).map_err(ApiError::internal)?;
     let value = Bytes::from(value);
@@ -339,11 +379,16 @@ async fn get_one(State(engine): State<AppState>, Path(id): Path<String>) -> Resu
 /// A cached entry is `version\njson`.
 fn cached_response(value: Bytes) -> Response {
     let split = value.iter().position(|b| *b == b'\n').unwrap_or(0);
-    let version = std::str::from_utf8(&value[..split]).unwrap_or("0").to_owned();
+    let version = std::str::from_utf8(&value[..split])
+        .unwrap_or("0")
+        .to_owned();
     let body = value.slice(split + 1..);
     let mut response = (StatusCode::OK, body).into_response();
     let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     if let Ok(tag) = HeaderValue::from_str(&format!("\"{version}\"")) {
         headers.insert(header::ETAG, tag);
     }
@@ -378,7 +423,11 @@ async fn update(
     let mut response = run(
         &engine,
         actor,
-        asset::Command::Update { id: id.clone(), expected_version: version, profile },
+        asset::Command::Update {
+            id: id.clone(),
+            expected_version: version,
+            profile,
+        },
         id,
         StatusCode::OK,
         None,
@@ -402,9 +451,27 @@ async fn add_document(
 ) -> Result<Response, ApiError> {
     let b = posted.body;
     let id = Id::from(id);
-    let document = asset::DocumentForCreate { title: b.title, kind: b.kind, sha256: b.sha256, size_bytes: b.size_bytes, media_type: b.media_type };
-    let command = asset::Command::AddDocument { id: id.clone(), document_id: new_id("doc"), document };
-    run(&engine, actor, command, id, StatusCode::CREATED, posted.idempotency).await
+    let document = asset::DocumentForCreate {
+        title: b.title,
+        kind: b.kind,
+        sha256: b.sha256,
+        size_bytes: b.size_bytes,
+        media_type: b.media_type,
+    };
+    let command = asset::Command::AddDocument {
+        id: id.clone(),
+        document_id: new_id("doc"),
+        document,
+    };
+    run(
+        &engine,
+        actor,
+        command,
+        id,
+        StatusCode::CREATED,
+        posted.idempotency,
+    )
+    .await
 }
 
 /// Append a valuation to the asset's history.
@@ -419,8 +486,24 @@ async fn add_valuation(
 ) -> Result<Response, ApiError> {
     let b = posted.body;
     let id = Id::from(id);
-    let valuation = asset::ValuationForCreate { amount: b.amount, currency: b.currency, effective_date: b.effective_date, appraiser: b.appraiser };
-    run(&engine, actor, asset::Command::AddValuation { id: id.clone(), valuation }, id, StatusCode::CREATED, posted.idempotency).await
+    let valuation = asset::ValuationForCreate {
+        amount: b.amount,
+        currency: b.currency,
+        effective_date: b.effective_date,
+        appraiser: b.appraiser,
+    };
+    run(
+        &engine,
+        actor,
+        asset::Command::AddValuation {
+            id: id.clone(),
+            valuation,
+        },
+        id,
+        StatusCode::CREATED,
+        posted.idempotency,
+    )
+    .await
 }
 
 /// Move the asset through its lifecycle: submit, approve, reject, reopen, suspend, reactivate or retire.
@@ -436,6 +519,18 @@ async fn transition(
 ) -> Result<Response, ApiError> {
     let b = posted.body;
     let id = Id::from(id);
-    let command = asset::Command::Transition { id: id.clone(), action: b.action, reason: b.reason };
-    run(&engine, actor, command, id, StatusCode::OK, posted.idempotency).await
+    let command = asset::Command::Transition {
+        id: id.clone(),
+        action: b.action,
+        reason: b.reason,
+    };
+    run(
+        &engine,
+        actor,
+        command,
+        id,
+        StatusCode::OK,
+        posted.idempotency,
+    )
+    .await
 }

@@ -21,8 +21,13 @@ pub struct Assets {
 
 impl Assets {
     /// Rebuilds the registry from `store` and starts its writer.
-    pub async fn open(store: Arc<dyn EventStore>, cache: Arc<dyn Cache>) -> Result<Self, StoreError> {
-        Ok(Assets { engine: Engine::start("assets", store, Some(cache)).await? })
+    pub async fn open(
+        store: Arc<dyn EventStore>,
+        cache: Arc<dyn Cache>,
+    ) -> Result<Self, StoreError> {
+        Ok(Assets {
+            engine: Engine::start("assets", store, Some(cache)).await?,
+        })
     }
 
     /// The routes under `/v1/assets`, with their OpenAPI description.
@@ -32,7 +37,13 @@ impl Assets {
 
     /// Learns from the tokens service's events which assets were tokenized.
     pub fn consumer(&self, bus: Arc<dyn EventBus>) -> Consumer<AssetsState> {
-        Consumer::new("assets", TOKENS_TOPIC, self.engine.clone(), bus, decode_token_event)
+        Consumer::new(
+            "assets",
+            TOKENS_TOPIC,
+            self.engine.clone(),
+            bus,
+            decode_token_event,
+        )
     }
 
     pub fn probes(&self) -> Vec<Probe> {
@@ -65,9 +76,16 @@ fn decode_token_event(delivery: &libertum_store::Delivery) -> Verdict<state::Com
         return Verdict::Skip;
     }
     match event.data::<token::Event>() {
-        Ok(token::Event { change: token::Change::TokenCreated { spec }, actor, .. }) => Verdict::Apply(state::Command {
+        Ok(token::Event {
+            change: token::Change::TokenCreated { spec },
+            actor,
+            ..
+        }) => Verdict::Apply(state::Command {
             actor: actor.to_string(),
-            command: asset::Command::MarkTokenized { id: spec.asset_id, token_id: spec.id },
+            command: asset::Command::MarkTokenized {
+                id: spec.asset_id,
+                token_id: spec.id,
+            },
         }),
         Ok(_) => Verdict::Reject("a token.created event without a token spec".into()),
         Err(e) => Verdict::Reject(e.to_string()),

@@ -25,7 +25,10 @@ impl StateMachine for AssetsState {
     const SOURCE: &'static str = ASSETS_SOURCE;
 
     fn execute(&mut self, command: Command, now: OffsetDateTime) -> Result<Vec<asset::Event>> {
-        let ctx = asset::Context { now, actor: command.actor };
+        let ctx = asset::Context {
+            now,
+            actor: command.actor,
+        };
         let events = self.0.decide(&command.command, &ctx)?;
         for event in &events {
             self.0.apply(event);
@@ -38,7 +41,13 @@ impl StateMachine for AssetsState {
     }
 
     fn describe(event: &asset::Event) -> Described<'_> {
-        Described { family: "asset", name: event.name(), subject: &event.asset_id, actor: &event.actor, time: event.at }
+        Described {
+            family: "asset",
+            name: event.name(),
+            subject: &event.asset_id,
+            actor: &event.actor,
+            time: event.at,
+        }
     }
 
     fn invalidates(event: &asset::Event, keys: &mut Vec<String>) {

@@ -1,1 +1,129 @@
+//! The ledger service: the append-only, hash-chained, double-entry record of every event, with
+//! balances and cap tables at any point, chain verification and reconciliation.
 
+mod api;
+mod reconcile;
+mod state;
+
+use std::sync::Arc;
+
+use libertum_domain::{Id, asset, ledger, token};
+use libertum_events::{ASSETS_SOURCE, ASSETS_TOPIC, CloudEvent, TOKENS_SOURCE, TOKENS_TOPIC};
+use libertum_platform::health::{Check, Probe};
+use libertum_store::{Consumer, Delivery, Engine, EventBus, EventStore, StoreError, Verdict};
+use utoipa_axum::router::OpenApiRouter;
+
+pub use state::LedgerState;
+
+#[derive(Clone)]
+pub struct Ledger {
+    engine: Engine<LedgerState>,
+    tokens_url: String,
+}
+
+impl Ledger {
+    /// `tokens_url` is the tokens service's base URL, for reconciliation.
+    pub async fn open(store: Arc<dyn EventStore>, tokens_url: String) -> Result<Self, StoreError> {
+        Ok(Ledger {
+            engine: Engine::start("ledger", store, None).await?,
+            tokens_url,
+        })
+    }
+
+    pub fn router(&self) -> OpenApiRouter {
+        api::router(api::AppState {
+            engine: self.engine.clone(),
+            tokens_url: self.tokens_url.clone(),
+            http: reqwest::Client::new(),
+        })
+    }
+
+    /// One consumer per topic it records.
+    pub fn consumers(&self, bus: Arc<dyn EventBus>) -> Vec<Consumer<LedgerState>> {
+        vec![
+            Consumer::new(
+                "ledger",
+                ASSETS_TOPIC,
+                self.engine.clone(),
+                bus.clone(),
+                decode_asset_event,
+            ),
+            Consumer::new(
+                "ledger",
+                TOKENS_TOPIC,
+                self.engine.clone(),
+                bus,
+                decode_token_event,
+            ),
+        ]
+    }
+
+    pub fn probes(&self) -> Vec<Probe> {
+        let engine = self.engine.clone();
+        vec![Arc::new(move || {
+            let engine = engine.clone();
+            Box::pin(async move {
+                let ok = engine.healthy() && engine.store().head().await.is_ok();
+                Check {
+                    name: "ledger.store".into(),
+                    state: if ok { "up" } else { "down" },
+                    detail: Some(engine.store().describe()),
+                }
+            })
+        })]
+    }
+
+    pub fn engine(&self) -> &Engine<LedgerState> {
+        &self.engine
+    }
+}
+
+fn incoming(
+    event: &CloudEvent,
+    postings: Vec<ledger::Posting>,
+    token: Option<(Id, u64)>,
+) -> ledger::Incoming {
+    ledger::Incoming {
+        event_id: event.id.clone(),
+        event_type: event.ty.clone(),
+        subject: event.subject.clone(),
+        at: event.time,
+        actor: event.actor.clone(),
+        postings,
+        token,
+    }
+}
+
+fn decode_asset_event(delivery: &Delivery) -> Verdict<ledger::Incoming> {
+    let event = match CloudEvent::decode(&delivery.payload, ASSETS_SOURCE, "asset") {
+        Ok(event) => event,
+        Err(e) => return Verdict::Reject(e.to_string()),
+    };
+    // The data must be a well-formed asset event about the subject, or it is not recorded.
+    match event.data::<asset::Event>() {
+        Ok(data) if data.asset_id.as_str() == event.subject => {
+            Verdict::Apply(incoming(&event, Vec::new(), None))
+        }
+        Ok(_) => Verdict::Reject("the event's subject is not its asset".into()),
+        Err(e) => Verdict::Reject(e.to_string()),
+    }
+}
+
+fn decode_token_event(delivery: &Delivery) -> Verdict<ledger::Incoming> {
+    let event = match CloudEvent::decode(&delivery.payload, TOKENS_SOURCE, "token") {
+        Ok(event) => event,
+        Err(e) => return Verdict::Reject(e.to_string()),
+    };
+    let data: token::Event = match event.data() {
+        Ok(data) => data,
+        Err(e) => return Verdict::Reject(e.to_string()),
+    };
+    if data.change.key().as_str() != event.subject {
+        return Verdict::Reject("the event's subject is not its key".into());
+    }
+    let token = data
+        .change
+        .token_id()
+        .map(|id| (id.clone(), event.sequence()));
+    Verdict::Apply(incoming(&event, ledger::postings_for(&data), token))
+}

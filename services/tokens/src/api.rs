@@ -16,7 +16,10 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use crate::{dto::*, state::{Command, TokensState}};
+use crate::{
+    dto::*,
+    state::{Command, TokensState},
+};
 
 type AppState = Engine<TokensState>;
 type Idempotency = Option<(String, String)>;
@@ -56,7 +59,15 @@ async fn submit(
     reply: libertum_store::ReplyFn<TokensState>,
 ) -> Result<Response, ApiError> {
     let reply = engine
-        .submit(Submission { command: Some(Command { actor: Id::from(actor), command }), idempotency, checkpoint: None, reply })
+        .submit(Submission {
+            command: Some(Command {
+                actor: Id::from(actor),
+                command,
+            }),
+            idempotency,
+            checkpoint: None,
+            reply,
+        })
         .await?;
     Ok(into_response(reply))
 }
@@ -92,7 +103,10 @@ async fn operate(
                 token_id: id.to_string(),
                 version: token.map_or(0, |t| t.version),
                 total_supply: token.map_or_else(Default::default, |t| t.total_supply),
-                events: events.iter().map(|e| serde_json::to_value(e).unwrap_or_default()).collect(),
+                events: events
+                    .iter()
+                    .map(|e| serde_json::to_value(e).unwrap_or_default())
+                    .collect(),
             },
         )
     });
@@ -100,7 +114,10 @@ async fn operate(
 }
 
 fn op(token_id: &str, operation: token::Operation) -> token::Command {
-    token::Command::Operate { token_id: Id::from(token_id), operation }
+    token::Command::Operate {
+        token_id: Id::from(token_id),
+        operation,
+    }
 }
 
 const JSON_PROBLEM: &str = "application/problem+json";
@@ -110,7 +127,11 @@ const JSON_PROBLEM: &str = "application/problem+json";
 #[utoipa::path(post, path = "", tag = "tokens", request_body = TokenForCreate,
     params(("Idempotency-Key" = Option<String>, Header)),
     responses((status = 201, body = TokenView), (status = 409, body = Problem, content_type = JSON_PROBLEM), (status = 422, body = Problem, content_type = JSON_PROBLEM)))]
-async fn create_token(State(engine): State<AppState>, Actor(actor): Actor, posted: Posted<TokenForCreate>) -> Result<Response, ApiError> {
+async fn create_token(
+    State(engine): State<AppState>,
+    Actor(actor): Actor,
+    posted: Posted<TokenForCreate>,
+) -> Result<Response, ApiError> {
     let b = posted.body;
     let id = new_id("tok");
     let spec = token::TokenSpec {
@@ -124,17 +145,36 @@ async fn create_token(State(engine): State<AppState>, Actor(actor): Actor, poste
         currency: b.currency,
         rules: b.rules.into(),
     };
-    submit(&engine, actor, token::Command::CreateToken(spec), posted.idempotency, token_reply(id, StatusCode::CREATED)).await
+    submit(
+        &engine,
+        actor,
+        token::Command::CreateToken(spec),
+        posted.idempotency,
+        token_reply(id, StatusCode::CREATED),
+    )
+    .await
 }
 
 /// List token classes in creation order.
 #[utoipa::path(get, path = "", tag = "tokens", params(PageQuery), responses((status = 200, body = Page<TokenView>)))]
-async fn list_tokens(State(engine): State<AppState>, Query(q): Query<PageQuery>) -> Result<axum::Json<Page<TokenView>>, ApiError> {
+async fn list_tokens(
+    State(engine): State<AppState>,
+    Query(q): Query<PageQuery>,
+) -> Result<axum::Json<Page<TokenView>>, ApiError> {
     let (limit, after) = (q.limit()?, q.position()? as usize);
     let state = engine.read().await;
-    let items: Vec<TokenView> = state.0.tokens().skip(after).take(limit).map(TokenView::from).collect();
+    let items: Vec<TokenView> = state
+        .0
+        .tokens()
+        .skip(after)
+        .take(limit)
+        .map(TokenView::from)
+        .collect();
     let next = (state.0.tokens().nth(after + limit).is_some()).then(|| (after + limit).to_string());
-    Ok(axum::Json(Page { items, next_cursor: next }))
+    Ok(axum::Json(Page {
+        items,
+        next_cursor: next,
+    }))
 }
 
 fn with_etag(mut response: Response, version: u64) -> Response {
@@ -147,10 +187,19 @@ fn with_etag(mut response: Response, version: u64) -> Response {
 /// Get a token class.
 #[utoipa::path(get, path = "/{token_id}", tag = "tokens", params(("token_id" = String, Path)),
     responses((status = 200, body = TokenView), (status = 404, body = Problem, content_type = JSON_PROBLEM)))]
-async fn get_token(State(engine): State<AppState>, Path(token_id): Path<String>) -> Result<Response, ApiError> {
+async fn get_token(
+    State(engine): State<AppState>,
+    Path(token_id): Path<String>,
+) -> Result<Response, ApiError> {
     let state = engine.read().await;
-    let t = state.0.token(&token_id).ok_or_else(|| token_not_found(&token_id))?;
-    Ok(with_etag(into_response(json_reply(StatusCode::OK, &TokenView::from(t))), t.version))
+    let t = state
+        .0
+        .token(&token_id)
+        .ok_or_else(|| token_not_found(&token_id))?;
+    Ok(with_etag(
+        into_response(json_reply(StatusCode::OK, &TokenView::from(t))),
+        t.version,
+    ))
 }
 
 fn token_not_found(id: &str) -> ApiError {
@@ -169,15 +218,30 @@ async fn update_rules(
     Json(rules): Json<RulesDto>,
 ) -> Result<Response, ApiError> {
     let id = Id::from(token_id);
-    let command = token::Command::UpdateRules { token_id: id.clone(), expected_version: version, rules: rules.into() };
-    submit(&engine, actor, command, None, token_reply(id, StatusCode::OK)).await
+    let command = token::Command::UpdateRules {
+        token_id: id.clone(),
+        expected_version: version,
+        rules: rules.into(),
+    };
+    submit(
+        &engine,
+        actor,
+        command,
+        None,
+        token_reply(id, StatusCode::OK),
+    )
+    .await
 }
 
 /// Onboard an investor.
 #[utoipa::path(post, path = "/investors", tag = "investors", request_body = InvestorForCreate,
     params(("Idempotency-Key" = Option<String>, Header)),
     responses((status = 201, body = InvestorView), (status = 422, body = Problem, content_type = JSON_PROBLEM)))]
-async fn register_investor(State(engine): State<AppState>, Actor(actor): Actor, posted: Posted<InvestorForCreate>) -> Result<Response, ApiError> {
+async fn register_investor(
+    State(engine): State<AppState>,
+    Actor(actor): Actor,
+    posted: Posted<InvestorForCreate>,
+) -> Result<Response, ApiError> {
     let b = posted.body;
     let id = new_id("inv");
     let profile = token::InvestorProfile {
@@ -188,29 +252,60 @@ async fn register_investor(State(engine): State<AppState>, Actor(actor): Actor, 
         accredited: b.accredited,
         wallet: b.wallet,
     };
-    submit(&engine, actor, token::Command::RegisterInvestor { id: id.clone(), profile }, posted.idempotency, investor_reply(id, StatusCode::CREATED)).await
+    submit(
+        &engine,
+        actor,
+        token::Command::RegisterInvestor {
+            id: id.clone(),
+            profile,
+        },
+        posted.idempotency,
+        investor_reply(id, StatusCode::CREATED),
+    )
+    .await
 }
 
 /// List investors in onboarding order.
 #[utoipa::path(get, path = "/investors", tag = "investors", params(PageQuery), responses((status = 200, body = Page<InvestorView>)))]
-async fn list_investors(State(engine): State<AppState>, Query(q): Query<PageQuery>) -> Result<axum::Json<Page<InvestorView>>, ApiError> {
+async fn list_investors(
+    State(engine): State<AppState>,
+    Query(q): Query<PageQuery>,
+) -> Result<axum::Json<Page<InvestorView>>, ApiError> {
     let (limit, after) = (q.limit()?, q.position()? as usize);
     let state = engine.read().await;
-    let items: Vec<InvestorView> = state.0.investors().skip(after).take(limit).map(InvestorView::from).collect();
-    let next = (state.0.investors().nth(after + limit).is_some()).then(|| (after + limit).to_string());
-    Ok(axum::Json(Page { items, next_cursor: next }))
+    let items: Vec<InvestorView> = state
+        .0
+        .investors()
+        .skip(after)
+        .take(limit)
+        .map(InvestorView::from)
+        .collect();
+    let next =
+        (state.0.investors().nth(after + limit).is_some()).then(|| (after + limit).to_string());
+    Ok(axum::Json(Page {
+        items,
+        next_cursor: next,
+    }))
 }
 
 /// Get an investor.
 #[utoipa::path(get, path = "/investors/{investor_id}", tag = "investors", params(("investor_id" = String, Path)),
     responses((status = 200, body = InvestorView), (status = 404, body = Problem, content_type = JSON_PROBLEM)))]
-async fn get_investor(State(engine): State<AppState>, Path(investor_id): Path<String>) -> Result<Response, ApiError> {
+async fn get_investor(
+    State(engine): State<AppState>,
+    Path(investor_id): Path<String>,
+) -> Result<Response, ApiError> {
     let state = engine.read().await;
-    let i = state
-        .0
-        .investor(&investor_id)
-        .ok_or_else(|| ApiError::not_found("investor_not_found", format!("investor {investor_id} does not exist")))?;
-    Ok(with_etag(into_response(json_reply(StatusCode::OK, &InvestorView::from(i))), i.version))
+    let i = state.0.investor(&investor_id).ok_or_else(|| {
+        ApiError::not_found(
+            "investor_not_found",
+            format!("investor {investor_id} does not exist"),
+        )
+    })?;
+    Ok(with_etag(
+        into_response(json_reply(StatusCode::OK, &InvestorView::from(i))),
+        i.version,
+    ))
 }
 
 /// Change an investor's KYC, country, accreditation or wallet. Needs `If-Match`.
@@ -228,9 +323,16 @@ async fn update_investor(
         let state = engine.read().await;
         state.0.investor(&investor_id).map(|i| i.profile.clone())
     }
-    .ok_or_else(|| ApiError::not_found("investor_not_found", format!("investor {investor_id} does not exist")))?;
+    .ok_or_else(|| {
+        ApiError::not_found(
+            "investor_not_found",
+            format!("investor {investor_id} does not exist"),
+        )
+    })?;
     let profile = token::InvestorProfile {
-        identity_ref: b.identity_ref.map_or(current.identity_ref, |r| r.trim().to_owned()),
+        identity_ref: b
+            .identity_ref
+            .map_or(current.identity_ref, |r| r.trim().to_owned()),
         country: b.country.unwrap_or(current.country),
         kyc_status: b.kyc_status.unwrap_or(current.kyc_status),
         kyc_expires_on: b.kyc_expires_on.or(current.kyc_expires_on),
@@ -238,17 +340,39 @@ async fn update_investor(
         wallet: b.wallet.or(current.wallet),
     };
     let id = Id::from(investor_id);
-    let command = token::Command::UpdateInvestor { id: id.clone(), expected_version: version, profile };
-    submit(&engine, actor, command, None, investor_reply(id, StatusCode::OK)).await
+    let command = token::Command::UpdateInvestor {
+        id: id.clone(),
+        expected_version: version,
+        profile,
+    };
+    submit(
+        &engine,
+        actor,
+        command,
+        None,
+        investor_reply(id, StatusCode::OK),
+    )
+    .await
 }
 
 /// Issue (mint) tokens to an eligible investor.
 #[utoipa::path(post, path = "/{token_id}/issuances", tag = "movements", request_body = IssueRequest,
     params(("token_id" = String, Path), ("Idempotency-Key" = Option<String>, Header)),
     responses((status = 200, body = OperationResult), (status = 409, body = Problem, content_type = JSON_PROBLEM, description = "refused by a compliance rule; `code` names it")))]
-async fn issue(State(engine): State<AppState>, Actor(actor): Actor, Path(token_id): Path<String>, posted: Posted<IssueRequest>) -> Result<Response, ApiError> {
+async fn issue(
+    State(engine): State<AppState>,
+    Actor(actor): Actor,
+    Path(token_id): Path<String>,
+    posted: Posted<IssueRequest>,
+) -> Result<Response, ApiError> {
     let b = posted.body;
-    let command = op(&token_id, token::Operation::Issue { to: Id::from(b.to), amount: b.amount });
+    let command = op(
+        &token_id,
+        token::Operation::Issue {
+            to: Id::from(b.to),
+            amount: b.amount,
+        },
+    );
     operate(&engine, actor, token_id, command, posted.idempotency).await
 }
 
@@ -256,10 +380,22 @@ async fn issue(State(engine): State<AppState>, Actor(actor): Actor, Path(token_i
 #[utoipa::path(post, path = "/{token_id}/transfers", tag = "movements", request_body = TransferRequest,
     params(("token_id" = String, Path), ("Idempotency-Key" = Option<String>, Header)),
     responses((status = 200, body = OperationResult), (status = 409, body = Problem, content_type = JSON_PROBLEM, description = "refused by a compliance rule; `code` names it")))]
-async fn transfer(State(engine): State<AppState>, Actor(actor): Actor, Path(token_id): Path<String>, posted: Posted<TransferRequest>) -> Result<Response, ApiError> {
+async fn transfer(
+    State(engine): State<AppState>,
+    Actor(actor): Actor,
+    Path(token_id): Path<String>,
+    posted: Posted<TransferRequest>,
+) -> Result<Response, ApiError> {
     let b = posted.body;
     metrics::counter!("libertum_transfers_requested_total").increment(1);
-    let command = op(&token_id, token::Operation::Transfer { from: Id::from(b.from), to: Id::from(b.to), amount: b.amount });
+    let command = op(
+        &token_id,
+        token::Operation::Transfer {
+            from: Id::from(b.from),
+            to: Id::from(b.to),
+            amount: b.amount,
+        },
+    );
     operate(&engine, actor, token_id, command, posted.idempotency).await
 }
 
@@ -273,11 +409,26 @@ async fn check_transfer(
     Path(token_id): Path<String>,
     Json(b): Json<TransferRequest>,
 ) -> Result<axum::Json<TransferCheck>, ApiError> {
-    let command = op(&token_id, token::Operation::Transfer { from: Id::from(b.from), to: Id::from(b.to), amount: b.amount });
-    let ctx = token::Context { now: time::OffsetDateTime::now_utc(), actor: Id::from(actor) };
+    let command = op(
+        &token_id,
+        token::Operation::Transfer {
+            from: Id::from(b.from),
+            to: Id::from(b.to),
+            amount: b.amount,
+        },
+    );
+    let ctx = token::Context {
+        now: time::OffsetDateTime::now_utc(),
+        actor: Id::from(actor),
+    };
     let state = engine.read().await;
     match state.0.decide(&command, &ctx) {
-        Ok(_) => Ok(axum::Json(TransferCheck { allowed: true, code: None, message: None, field: None })),
+        Ok(_) => Ok(axum::Json(TransferCheck {
+            allowed: true,
+            code: None,
+            message: None,
+            field: None,
+        })),
         Err(e) if e.code == "token_not_found" => Err(e.into()),
         Err(e) => Ok(axum::Json(TransferCheck {
             allowed: false,
@@ -292,9 +443,20 @@ async fn check_transfer(
 #[utoipa::path(post, path = "/{token_id}/redemptions", tag = "movements", request_body = RedeemRequest,
     params(("token_id" = String, Path), ("Idempotency-Key" = Option<String>, Header)),
     responses((status = 200, body = OperationResult), (status = 409, body = Problem, content_type = JSON_PROBLEM)))]
-async fn redeem(State(engine): State<AppState>, Actor(actor): Actor, Path(token_id): Path<String>, posted: Posted<RedeemRequest>) -> Result<Response, ApiError> {
+async fn redeem(
+    State(engine): State<AppState>,
+    Actor(actor): Actor,
+    Path(token_id): Path<String>,
+    posted: Posted<RedeemRequest>,
+) -> Result<Response, ApiError> {
     let b = posted.body;
-    let command = op(&token_id, token::Operation::Redeem { from: Id::from(b.from), amount: b.amount });
+    let command = op(
+        &token_id,
+        token::Operation::Redeem {
+            from: Id::from(b.from),
+            amount: b.amount,
+        },
+    );
     operate(&engine, actor, token_id, command, posted.idempotency).await
 }
 
@@ -309,7 +471,15 @@ async fn forced_transfer(
     posted: Posted<ForcedTransferRequest>,
 ) -> Result<Response, ApiError> {
     let b = posted.body;
-    let command = op(&token_id, token::Operation::ForcedTransfer { from: Id::from(b.from), to: Id::from(b.to), amount: b.amount, reason: b.reason });
+    let command = op(
+        &token_id,
+        token::Operation::ForcedTransfer {
+            from: Id::from(b.from),
+            to: Id::from(b.to),
+            amount: b.amount,
+            reason: b.reason,
+        },
+    );
     operate(&engine, actor, token_id, command, posted.idempotency).await
 }
 
@@ -317,52 +487,114 @@ async fn forced_transfer(
 #[utoipa::path(post, path = "/{token_id}/freezes", tag = "movements", request_body = FreezeRequest,
     params(("token_id" = String, Path), ("Idempotency-Key" = Option<String>, Header)),
     responses((status = 200, body = OperationResult), (status = 409, body = Problem, content_type = JSON_PROBLEM)))]
-async fn freeze(State(engine): State<AppState>, Actor(actor): Actor, Path(token_id): Path<String>, posted: Posted<FreezeRequest>) -> Result<Response, ApiError> {
+async fn freeze(
+    State(engine): State<AppState>,
+    Actor(actor): Actor,
+    Path(token_id): Path<String>,
+    posted: Posted<FreezeRequest>,
+) -> Result<Response, ApiError> {
     let b = posted.body;
     let investor_id = Id::from(b.investor_id);
     let operation = match b.amount {
-        Some(amount) => token::Operation::FreezeAmount { investor_id, amount },
+        Some(amount) => token::Operation::FreezeAmount {
+            investor_id,
+            amount,
+        },
         None => token::Operation::Freeze { investor_id },
     };
-    operate(&engine, actor, token_id.clone(), op(&token_id, operation), posted.idempotency).await
+    operate(
+        &engine,
+        actor,
+        token_id.clone(),
+        op(&token_id, operation),
+        posted.idempotency,
+    )
+    .await
 }
 
 /// Lift a full freeze, or unfreeze `amount`.
 #[utoipa::path(post, path = "/{token_id}/unfreezes", tag = "movements", request_body = FreezeRequest,
     params(("token_id" = String, Path), ("Idempotency-Key" = Option<String>, Header)),
     responses((status = 200, body = OperationResult), (status = 409, body = Problem, content_type = JSON_PROBLEM)))]
-async fn unfreeze(State(engine): State<AppState>, Actor(actor): Actor, Path(token_id): Path<String>, posted: Posted<FreezeRequest>) -> Result<Response, ApiError> {
+async fn unfreeze(
+    State(engine): State<AppState>,
+    Actor(actor): Actor,
+    Path(token_id): Path<String>,
+    posted: Posted<FreezeRequest>,
+) -> Result<Response, ApiError> {
     let b = posted.body;
     let investor_id = Id::from(b.investor_id);
     let operation = match b.amount {
-        Some(amount) => token::Operation::UnfreezeAmount { investor_id, amount },
+        Some(amount) => token::Operation::UnfreezeAmount {
+            investor_id,
+            amount,
+        },
         None => token::Operation::Unfreeze { investor_id },
     };
-    operate(&engine, actor, token_id.clone(), op(&token_id, operation), posted.idempotency).await
+    operate(
+        &engine,
+        actor,
+        token_id.clone(),
+        op(&token_id, operation),
+        posted.idempotency,
+    )
+    .await
 }
 
 /// Pause every movement of the token.
 #[utoipa::path(post, path = "/{token_id}/pause", tag = "movements", request_body = Empty,
     params(("token_id" = String, Path), ("Idempotency-Key" = Option<String>, Header)),
     responses((status = 200, body = OperationResult), (status = 409, body = Problem, content_type = JSON_PROBLEM)))]
-async fn pause(State(engine): State<AppState>, Actor(actor): Actor, Path(token_id): Path<String>, posted: Posted<Empty>) -> Result<Response, ApiError> {
-    operate(&engine, actor, token_id.clone(), op(&token_id, token::Operation::Pause), posted.idempotency).await
+async fn pause(
+    State(engine): State<AppState>,
+    Actor(actor): Actor,
+    Path(token_id): Path<String>,
+    posted: Posted<Empty>,
+) -> Result<Response, ApiError> {
+    operate(
+        &engine,
+        actor,
+        token_id.clone(),
+        op(&token_id, token::Operation::Pause),
+        posted.idempotency,
+    )
+    .await
 }
 
 /// Resume movements.
 #[utoipa::path(post, path = "/{token_id}/unpause", tag = "movements", request_body = Empty,
     params(("token_id" = String, Path), ("Idempotency-Key" = Option<String>, Header)),
     responses((status = 200, body = OperationResult), (status = 409, body = Problem, content_type = JSON_PROBLEM)))]
-async fn unpause(State(engine): State<AppState>, Actor(actor): Actor, Path(token_id): Path<String>, posted: Posted<Empty>) -> Result<Response, ApiError> {
-    operate(&engine, actor, token_id.clone(), op(&token_id, token::Operation::Unpause), posted.idempotency).await
+async fn unpause(
+    State(engine): State<AppState>,
+    Actor(actor): Actor,
+    Path(token_id): Path<String>,
+    posted: Posted<Empty>,
+) -> Result<Response, ApiError> {
+    operate(
+        &engine,
+        actor,
+        token_id.clone(),
+        op(&token_id, token::Operation::Unpause),
+        posted.idempotency,
+    )
+    .await
 }
 
 /// Apply up to 1,000 operations atomically: all or none; a refusal names the failing item.
 #[utoipa::path(post, path = "/{token_id}/batches", tag = "movements", request_body = BatchRequest,
     params(("token_id" = String, Path), ("Idempotency-Key" = Option<String>, Header)),
     responses((status = 200, body = OperationResult), (status = 409, body = Problem, content_type = JSON_PROBLEM)))]
-async fn batch(State(engine): State<AppState>, Actor(actor): Actor, Path(token_id): Path<String>, posted: Posted<BatchRequest>) -> Result<Response, ApiError> {
-    let command = token::Command::Batch { token_id: Id::from(token_id.as_str()), operations: posted.body.operations };
+async fn batch(
+    State(engine): State<AppState>,
+    Actor(actor): Actor,
+    Path(token_id): Path<String>,
+    posted: Posted<BatchRequest>,
+) -> Result<Response, ApiError> {
+    let command = token::Command::Batch {
+        token_id: Id::from(token_id.as_str()),
+        operations: posted.body.operations,
+    };
     operate(&engine, actor, token_id, command, posted.idempotency).await
 }
 
@@ -376,17 +608,33 @@ pub struct AsOfQuery {
 /// The cap table: holders, balances, frozen amounts and shares of supply, now or as of a moment.
 #[utoipa::path(get, path = "/{token_id}/holders", tag = "holders", params(("token_id" = String, Path), AsOfQuery),
     responses((status = 200, body = CapTable), (status = 404, body = Problem, content_type = JSON_PROBLEM)))]
-async fn holders(State(engine): State<AppState>, Path(token_id): Path<String>, Query(q): Query<AsOfQuery>) -> Result<axum::Json<CapTable>, ApiError> {
+async fn holders(
+    State(engine): State<AppState>,
+    Path(token_id): Path<String>,
+    Query(q): Query<AsOfQuery>,
+) -> Result<axum::Json<CapTable>, ApiError> {
     let as_of = q
         .as_of
         .map(|s| Timestamp::parse(&s, &time::format_description::well_known::Rfc3339))
         .transpose()
-        .map_err(|_| ApiError::invalid("as_of", "as_of must be an RFC 3339 time such as 2026-01-31T23:59:59Z"))?;
+        .map_err(|_| {
+            ApiError::invalid(
+                "as_of",
+                "as_of must be an RFC 3339 time such as 2026-01-31T23:59:59Z",
+            )
+        })?;
     let state = engine.read().await;
-    let token = state.0.token(&token_id).ok_or_else(|| token_not_found(&token_id))?;
+    let token = state
+        .0
+        .token(&token_id)
+        .ok_or_else(|| token_not_found(&token_id))?;
     let table = match as_of {
         None => {
-            let mut rows: Vec<_> = token.holdings.iter().filter(|(_, h)| !h.balance.is_zero() || h.frozen).collect();
+            let mut rows: Vec<_> = token
+                .holdings
+                .iter()
+                .filter(|(_, h)| !h.balance.is_zero() || h.frozen)
+                .collect();
             rows.sort_by(|a, b| a.0.cmp(b.0));
             CapTable {
                 token_id: token_id.clone(),
@@ -433,12 +681,21 @@ async fn holders(State(engine): State<AppState>, Path(token_id): Path<String>, Q
 #[utoipa::path(get, path = "/{token_id}/holders/{investor_id}", tag = "holders",
     params(("token_id" = String, Path), ("investor_id" = String, Path)),
     responses((status = 200, body = HoldingView), (status = 404, body = Problem, content_type = JSON_PROBLEM)))]
-async fn holding(State(engine): State<AppState>, Path((token_id, investor_id)): Path<(String, String)>) -> Result<axum::Json<HoldingView>, ApiError> {
+async fn holding(
+    State(engine): State<AppState>,
+    Path((token_id, investor_id)): Path<(String, String)>,
+) -> Result<axum::Json<HoldingView>, ApiError> {
     let now = time::OffsetDateTime::now_utc();
     let state = engine.read().await;
-    let token = state.0.token(&token_id).ok_or_else(|| token_not_found(&token_id))?;
+    let token = state
+        .0
+        .token(&token_id)
+        .ok_or_else(|| token_not_found(&token_id))?;
     if state.0.investor(&investor_id).is_none() {
-        return Err(ApiError::not_found("investor_not_found", format!("investor {investor_id} does not exist")));
+        return Err(ApiError::not_found(
+            "investor_not_found",
+            format!("investor {investor_id} does not exist"),
+        ));
     }
     let h = token.holding(&investor_id).cloned().unwrap_or_default();
     Ok(axum::Json(HoldingView {
@@ -459,13 +716,31 @@ async fn holding(State(engine): State<AppState>, Path((token_id, investor_id)): 
 #[utoipa::path(post, path = "/{token_id}/distributions", tag = "distributions", request_body = DistributionRequest,
     params(("token_id" = String, Path), ("Idempotency-Key" = Option<String>, Header)),
     responses((status = 201, body = DistributionView), (status = 409, body = Problem, content_type = JSON_PROBLEM), (status = 422, body = Problem, content_type = JSON_PROBLEM)))]
-async fn distribute(State(engine): State<AppState>, Actor(actor): Actor, Path(token_id): Path<String>, posted: Posted<DistributionRequest>) -> Result<Response, ApiError> {
+async fn distribute(
+    State(engine): State<AppState>,
+    Actor(actor): Actor,
+    Path(token_id): Path<String>,
+    posted: Posted<DistributionRequest>,
+) -> Result<Response, ApiError> {
     let b = posted.body;
-    let distribution = token::DistributionSpec { id: new_id("dst"), total: b.total, currency: b.currency, record_date: b.record_date, memo: b.memo };
-    let command = token::Command::Distribute { token_id: Id::from(token_id.as_str()), distribution };
+    let distribution = token::DistributionSpec {
+        id: new_id("dst"),
+        total: b.total,
+        currency: b.currency,
+        record_date: b.record_date,
+        memo: b.memo,
+    };
+    let command = token::Command::Distribute {
+        token_id: Id::from(token_id.as_str()),
+        distribution,
+    };
     let reply = Box::new(move |_: &TokensState, events: &[token::Event]| {
         let paid = events.iter().find_map(|e| match &e.change {
-            token::Change::DistributionPaid { distribution, allocations, .. } => Some(DistributionView {
+            token::Change::DistributionPaid {
+                distribution,
+                allocations,
+                ..
+            } => Some(DistributionView {
                 id: distribution.id.to_string(),
                 token_id: token_id.clone(),
                 total: distribution.total,
@@ -474,7 +749,11 @@ async fn distribute(State(engine): State<AppState>, Actor(actor): Actor, Path(to
                 memo: distribution.memo.clone(),
                 allocations: allocations
                     .iter()
-                    .map(|a| AllocationView { investor_id: a.investor_id.to_string(), balance: a.balance, amount: a.amount })
+                    .map(|a| AllocationView {
+                        investor_id: a.investor_id.to_string(),
+                        balance: a.balance,
+                        amount: a.amount,
+                    })
                     .collect(),
             }),
             _ => None,

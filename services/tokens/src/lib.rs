@@ -10,7 +10,9 @@ use std::sync::Arc;
 use libertum_domain::{Id, asset, token};
 use libertum_events::{ASSETS_SOURCE, ASSETS_TOPIC, CloudEvent};
 use libertum_platform::health::{Check, Probe};
-use libertum_store::{Cache, Consumer, Delivery, Engine, EventBus, EventStore, StoreError, Verdict};
+use libertum_store::{
+    Cache, Consumer, Delivery, Engine, EventBus, EventStore, StoreError, Verdict,
+};
 use utoipa_axum::router::OpenApiRouter;
 
 pub use state::{Command, TokensState};
@@ -21,8 +23,13 @@ pub struct Tokens {
 }
 
 impl Tokens {
-    pub async fn open(store: Arc<dyn EventStore>, cache: Arc<dyn Cache>) -> Result<Self, StoreError> {
-        Ok(Tokens { engine: Engine::start("tokens", store, Some(cache)).await? })
+    pub async fn open(
+        store: Arc<dyn EventStore>,
+        cache: Arc<dyn Cache>,
+    ) -> Result<Self, StoreError> {
+        Ok(Tokens {
+            engine: Engine::start("tokens", store, Some(cache)).await?,
+        })
     }
 
     /// The routes under `/v1/tokens`.
@@ -32,7 +39,13 @@ impl Tokens {
 
     /// Learns from the assets service's events which assets are approved.
     pub fn consumer(&self, bus: Arc<dyn EventBus>) -> Consumer<TokensState> {
-        Consumer::new("tokens", ASSETS_TOPIC, self.engine.clone(), bus, decode_asset_event)
+        Consumer::new(
+            "tokens",
+            ASSETS_TOPIC,
+            self.engine.clone(),
+            bus,
+            decode_asset_event,
+        )
     }
 
     pub fn probes(&self) -> Vec<Probe> {
@@ -41,7 +54,11 @@ impl Tokens {
             let engine = engine.clone();
             Box::pin(async move {
                 let ok = engine.healthy() && engine.store().head().await.is_ok();
-                Check { name: "tokens.store".into(), state: if ok { "up" } else { "down" }, detail: Some(engine.store().describe()) }
+                Check {
+                    name: "tokens.store".into(),
+                    state: if ok { "up" } else { "down" },
+                    detail: Some(engine.store().describe()),
+                }
             })
         })]
     }
@@ -63,7 +80,9 @@ fn decode_asset_event(delivery: &Delivery) -> Verdict<Command> {
     if data.asset_id.as_str() != event.subject {
         return Verdict::Reject("the event's subject is not its asset".into());
     }
-    let asset::Change::StatusChanged { to, .. } = data.change else { return Verdict::Skip };
+    let asset::Change::StatusChanged { to, .. } = data.change else {
+        return Verdict::Skip;
+    };
     let state = match to {
         asset::Status::Approved => token::AssetState::Approved,
         // This service marked it tokenized itself when it created the token class.
@@ -72,6 +91,9 @@ fn decode_asset_event(delivery: &Delivery) -> Verdict<Command> {
     };
     Verdict::Apply(Command {
         actor: Id::from(data.actor),
-        command: token::Command::ObserveAsset { asset_id: data.asset_id, state },
+        command: token::Command::ObserveAsset {
+            asset_id: data.asset_id,
+            state,
+        },
     })
 }

@@ -20,7 +20,10 @@ impl StateMachine for TokensState {
     const SOURCE: &'static str = TOKENS_SOURCE;
 
     fn execute(&mut self, command: Command, now: OffsetDateTime) -> Result<Vec<token::Event>> {
-        let ctx = token::Context { now, actor: command.actor };
+        let ctx = token::Context {
+            now,
+            actor: command.actor,
+        };
         let events = self.0.decide(&command.command, &ctx)?;
         for event in &events {
             self.0.apply(event);

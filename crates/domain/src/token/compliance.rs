@@ -37,14 +37,28 @@ pub struct Rules {
 
 impl Rules {
     pub fn validate(&self) -> Result<()> {
-        if self.allowed_countries.as_ref().is_some_and(|a| a.len() > 300) || self.denied_countries.len() > 300 {
-            return Err(Error::invalid("rules", "a country list holds at most 300 codes"));
+        if self
+            .allowed_countries
+            .as_ref()
+            .is_some_and(|a| a.len() > 300)
+            || self.denied_countries.len() > 300
+        {
+            return Err(Error::invalid(
+                "rules",
+                "a country list holds at most 300 codes",
+            ));
         }
         if self.max_holders == Some(0) {
-            return Err(Error::invalid("rules.max_holders", "max_holders must be at least 1"));
+            return Err(Error::invalid(
+                "rules.max_holders",
+                "max_holders must be at least 1",
+            ));
         }
         if self.lockup_seconds > 100 * 366 * 86_400 {
-            return Err(Error::invalid("rules.lockup_seconds", "lockup_seconds must be under 100 years"));
+            return Err(Error::invalid(
+                "rules.lockup_seconds",
+                "lockup_seconds must be under 100 years",
+            ));
         }
         Ok(())
     }
@@ -88,7 +102,11 @@ pub(super) fn decide(
     let token_id = token.spec.id.clone();
     let investor = |id: &Id, field: &'static str| {
         investors.get(id).ok_or_else(|| {
-            Error::not_found("investor_not_found", format!("investor {id} does not exist")).at(field)
+            Error::not_found(
+                "investor_not_found",
+                format!("investor {id} does not exist"),
+            )
+            .at(field)
         })
     };
     Ok(match operation {
@@ -113,7 +131,12 @@ pub(super) fn decide(
             room_to_receive(token, to, *amount, None)?;
             let locked_until = (token.rules.lockup_seconds > 0)
                 .then(|| ctx.now + time::Duration::seconds(token.rules.lockup_seconds as i64));
-            Change::Issued { token_id, to: to.clone(), amount: *amount, locked_until }
+            Change::Issued {
+                token_id,
+                to: to.clone(),
+                amount: *amount,
+                locked_until,
+            }
         }
         Operation::Transfer { from, to, amount } => {
             positive(*amount)?;
@@ -129,9 +152,21 @@ pub(super) fn decide(
             available(holding, *amount, true, ctx)?;
             within_limits(token, holding, *amount, ctx)?;
             room_to_receive(token, to, *amount, Some(from))?;
-            Change::Transferred { token_id, from: from.clone(), to: to.clone(), amount: *amount, forced: false, reason: None }
+            Change::Transferred {
+                token_id,
+                from: from.clone(),
+                to: to.clone(),
+                amount: *amount,
+                forced: false,
+                reason: None,
+            }
         }
-        Operation::ForcedTransfer { from, to, amount, reason } => {
+        Operation::ForcedTransfer {
+            from,
+            to,
+            amount,
+            reason,
+        } => {
             // An agent's move: it needs no consent and ignores pause, the sender's full freeze,
             // lock-up and limits, but it never moves a frozen amount and the receiver must be
             // eligible like any other.
@@ -145,7 +180,14 @@ pub(super) fn decide(
             let holding = token.holding(from).unwrap_or(&NO_HOLDING);
             available(holding, *amount, false, ctx)?;
             room_to_receive(token, to, *amount, Some(from))?;
-            Change::Transferred { token_id, from: from.clone(), to: to.clone(), amount: *amount, forced: true, reason: Some(reason) }
+            Change::Transferred {
+                token_id,
+                from: from.clone(),
+                to: to.clone(),
+                amount: *amount,
+                forced: true,
+                reason: Some(reason),
+            }
         }
         Operation::Redeem { from, amount } => {
             // The issuer buying back: lock-up does not apply; freezes do.
@@ -154,23 +196,42 @@ pub(super) fn decide(
             not_frozen(token, from, "sender_frozen", "from")?;
             let holding = token.holding(from).unwrap_or(&NO_HOLDING);
             available(holding, *amount, false, ctx)?;
-            Change::Redeemed { token_id, from: from.clone(), amount: *amount }
+            Change::Redeemed {
+                token_id,
+                from: from.clone(),
+                amount: *amount,
+            }
         }
         Operation::Freeze { investor_id } => {
             investor(investor_id, "investor_id")?;
             if token.holding(investor_id).is_some_and(|h| h.frozen) {
-                return Err(Error::conflict("already_frozen", format!("investor {investor_id} is already frozen")));
+                return Err(Error::conflict(
+                    "already_frozen",
+                    format!("investor {investor_id} is already frozen"),
+                ));
             }
-            Change::InvestorFrozen { token_id, investor_id: investor_id.clone() }
+            Change::InvestorFrozen {
+                token_id,
+                investor_id: investor_id.clone(),
+            }
         }
         Operation::Unfreeze { investor_id } => {
             investor(investor_id, "investor_id")?;
             if !token.holding(investor_id).is_some_and(|h| h.frozen) {
-                return Err(Error::conflict("not_frozen", format!("investor {investor_id} is not frozen")));
+                return Err(Error::conflict(
+                    "not_frozen",
+                    format!("investor {investor_id} is not frozen"),
+                ));
             }
-            Change::InvestorUnfrozen { token_id, investor_id: investor_id.clone() }
+            Change::InvestorUnfrozen {
+                token_id,
+                investor_id: investor_id.clone(),
+            }
         }
-        Operation::FreezeAmount { investor_id, amount } => {
+        Operation::FreezeAmount {
+            investor_id,
+            amount,
+        } => {
             positive(*amount)?;
             investor(investor_id, "investor_id")?;
             let holding = token.holding(investor_id).unwrap_or(&NO_HOLDING);
@@ -182,20 +243,40 @@ pub(super) fn decide(
                 )
                 .at("amount"));
             }
-            Change::AmountFrozen { token_id, investor_id: investor_id.clone(), amount: *amount }
+            Change::AmountFrozen {
+                token_id,
+                investor_id: investor_id.clone(),
+                amount: *amount,
+            }
         }
-        Operation::UnfreezeAmount { investor_id, amount } => {
+        Operation::UnfreezeAmount {
+            investor_id,
+            amount,
+        } => {
             positive(*amount)?;
             investor(investor_id, "investor_id")?;
-            let frozen = token.holding(investor_id).map_or(Amount::ZERO, |h| h.frozen_amount);
+            let frozen = token
+                .holding(investor_id)
+                .map_or(Amount::ZERO, |h| h.frozen_amount);
             if amount.0 > frozen.0 {
-                return Err(Error::conflict("insufficient_frozen_amount", format!("investor {investor_id} has only {frozen} frozen")).at("amount"));
+                return Err(Error::conflict(
+                    "insufficient_frozen_amount",
+                    format!("investor {investor_id} has only {frozen} frozen"),
+                )
+                .at("amount"));
             }
-            Change::AmountUnfrozen { token_id, investor_id: investor_id.clone(), amount: *amount }
+            Change::AmountUnfrozen {
+                token_id,
+                investor_id: investor_id.clone(),
+                amount: *amount,
+            }
         }
         Operation::Pause => {
             if token.paused {
-                return Err(Error::conflict("already_paused", "the token is already paused"));
+                return Err(Error::conflict(
+                    "already_paused",
+                    "the token is already paused",
+                ));
             }
             Change::Paused { token_id }
         }
@@ -226,7 +307,10 @@ fn distinct(from: &Id, to: &Id) -> Result<()> {
 
 fn not_paused(token: &Token) -> Result<()> {
     if token.paused {
-        Err(Error::refused("token_paused", format!("token {} is paused", token.spec.symbol)))
+        Err(Error::refused(
+            "token_paused",
+            format!("token {} is paused", token.spec.symbol),
+        ))
     } else {
         Ok(())
     }
@@ -234,7 +318,11 @@ fn not_paused(token: &Token) -> Result<()> {
 
 fn not_frozen(token: &Token, investor: &Id, code: &'static str, field: &'static str) -> Result<()> {
     if token.holding(investor).is_some_and(|h| h.frozen) {
-        Err(Error::refused(code, format!("investor {investor} is frozen in {}", token.spec.symbol)).at(field))
+        Err(Error::refused(
+            code,
+            format!("investor {investor} is frozen in {}", token.spec.symbol),
+        )
+        .at(field))
     } else {
         Ok(())
     }
@@ -243,12 +331,21 @@ fn not_frozen(token: &Token, investor: &Id, code: &'static str, field: &'static 
 fn kyc(investor: &Investor, ctx: &Context, field: &'static str) -> Result<()> {
     let p = &investor.profile;
     let expired = p.kyc_status == KycStatus::Expired
-        || (p.kyc_status == KycStatus::Verified && p.kyc_expires_on.is_some_and(|d| d < ctx.now.date()));
+        || (p.kyc_status == KycStatus::Verified
+            && p.kyc_expires_on.is_some_and(|d| d < ctx.now.date()));
     if expired {
-        return Err(Error::refused("kyc_expired", format!("the KYC of investor {} has expired", investor.id)).at(field));
+        return Err(Error::refused(
+            "kyc_expired",
+            format!("the KYC of investor {} has expired", investor.id),
+        )
+        .at(field));
     }
     if p.kyc_status != KycStatus::Verified {
-        return Err(Error::refused("kyc_not_verified", format!("investor {} is not KYC verified", investor.id)).at(field));
+        return Err(Error::refused(
+            "kyc_not_verified",
+            format!("investor {} is not KYC verified", investor.id),
+        )
+        .at(field));
     }
     Ok(())
 }
@@ -258,39 +355,82 @@ fn eligible(token: &Token, receiver: &Investor, ctx: &Context, field: &'static s
     kyc(receiver, ctx, field)?;
     let rules = &token.rules;
     if rules.require_accreditation && !receiver.profile.accredited {
-        return Err(Error::refused("accreditation_required", format!("{} is open to accredited investors only", token.spec.symbol)).at(field));
+        return Err(Error::refused(
+            "accreditation_required",
+            format!("{} is open to accredited investors only", token.spec.symbol),
+        )
+        .at(field));
     }
     let country = receiver.profile.country;
-    let allowed = rules.allowed_countries.as_ref().is_none_or(|a| a.contains(&country));
+    let allowed = rules
+        .allowed_countries
+        .as_ref()
+        .is_none_or(|a| a.contains(&country));
     if !allowed || rules.denied_countries.contains(&country) {
-        return Err(Error::refused("country_not_allowed", format!("investors from {country} may not hold {}", token.spec.symbol)).at(field));
+        return Err(Error::refused(
+            "country_not_allowed",
+            format!(
+                "investors from {country} may not hold {}",
+                token.spec.symbol
+            ),
+        )
+        .at(field));
     }
     Ok(())
 }
 
 /// Whether `amount` can leave `holding`: a voluntary transfer also respects lock-up.
-fn available(holding: &super::Holding, amount: Amount, voluntary: bool, ctx: &Context) -> Result<()> {
+fn available(
+    holding: &super::Holding,
+    amount: Amount,
+    voluntary: bool,
+    ctx: &Context,
+) -> Result<()> {
     if amount.0 > holding.balance.0 {
-        return Err(Error::refused("insufficient_balance", format!("the balance {} is less than {amount}", holding.balance)).at("amount"));
+        return Err(Error::refused(
+            "insufficient_balance",
+            format!("the balance {} is less than {amount}", holding.balance),
+        )
+        .at("amount"));
     }
     let unfrozen = holding.balance.saturating_sub(holding.frozen_amount);
     if amount.0 > unfrozen.0 {
-        return Err(Error::refused("insufficient_unfrozen_balance", format!("only {unfrozen} of the balance is not frozen")).at("amount"));
+        return Err(Error::refused(
+            "insufficient_unfrozen_balance",
+            format!("only {unfrozen} of the balance is not frozen"),
+        )
+        .at("amount"));
     }
     if voluntary && amount.0 > holding.transferable(ctx.now).0 {
         return Err(Error::refused(
             "lockup_active",
-            format!("only {} is free of lock-up now", holding.transferable(ctx.now)),
+            format!(
+                "only {} is free of lock-up now",
+                holding.transferable(ctx.now)
+            ),
         )
         .at("amount"));
     }
     Ok(())
 }
 
-fn within_limits(token: &Token, holding: &super::Holding, amount: Amount, ctx: &Context) -> Result<()> {
+fn within_limits(
+    token: &Token,
+    holding: &super::Holding,
+    amount: Amount,
+    ctx: &Context,
+) -> Result<()> {
     let windows = [
-        (token.rules.daily_transfer_limit, holding.sent_today(ctx.now), "day"),
-        (token.rules.monthly_transfer_limit, holding.sent_this_month(ctx.now), "month"),
+        (
+            token.rules.daily_transfer_limit,
+            holding.sent_today(ctx.now),
+            "day",
+        ),
+        (
+            token.rules.monthly_transfer_limit,
+            holding.sent_this_month(ctx.now),
+            "month",
+        ),
     ];
     for (limit, sent, window) in windows {
         if let Some(limit) = limit
@@ -315,7 +455,10 @@ fn room_to_receive(token: &Token, to: &Id, amount: Amount, from: Option<&Id>) ->
     {
         return Err(Error::refused(
             "max_balance_exceeded",
-            format!("investor {to} would hold {}, over the maximum of {max}", balance.0 + amount.0),
+            format!(
+                "investor {to} would hold {}, over the maximum of {max}",
+                balance.0 + amount.0
+            ),
         )
         .at("amount"));
     }
@@ -323,7 +466,14 @@ fn room_to_receive(token: &Token, to: &Id, amount: Amount, from: Option<&Id>) ->
         let joins = u64::from(balance.is_zero());
         let leaves = u64::from(from.is_some_and(|f| token.balance(f) == amount));
         if token.holders + joins - leaves > max {
-            return Err(Error::refused("max_holders_reached", format!("{} already has its maximum of {max} holders", token.spec.symbol)).at("to"));
+            return Err(Error::refused(
+                "max_holders_reached",
+                format!(
+                    "{} already has its maximum of {max} holders",
+                    token.spec.symbol
+                ),
+            )
+            .at("to"));
         }
     }
     Ok(())

@@ -114,7 +114,10 @@ mod tests {
 
     #[test]
     fn huge_amounts_do_not_overflow() {
-        let holders = vec![(Id::from("a"), u128::MAX / 3), (Id::from("b"), u128::MAX / 3)];
+        let holders = vec![
+            (Id::from("a"), u128::MAX / 3),
+            (Id::from("b"), u128::MAX / 3),
+        ];
         let parts = split(u128::MAX, &holders);
         let sum: u128 = parts.iter().map(|a| a.amount.0).sum();
         assert_eq!(sum, u128::MAX);

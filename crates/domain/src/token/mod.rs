@@ -84,14 +84,18 @@ impl Book {
     }
 
     fn existing_token(&self, id: &str) -> Result<&Token> {
-        self.tokens
-            .get(id)
-            .ok_or_else(|| Error::not_found("token_not_found", format!("token {id} does not exist")))
+        self.tokens.get(id).ok_or_else(|| {
+            Error::not_found("token_not_found", format!("token {id} does not exist"))
+        })
     }
 
     fn existing_investor(&self, id: &str, field: &'static str) -> Result<&Investor> {
         self.investors.get(id).ok_or_else(|| {
-            Error::not_found("investor_not_found", format!("investor {id} does not exist")).at(field)
+            Error::not_found(
+                "investor_not_found",
+                format!("investor {id} does not exist"),
+            )
+            .at(field)
         })
     }
 
@@ -117,74 +121,125 @@ impl Book {
                 match self.assets.get(&spec.asset_id) {
                     Some(AssetState::Approved) => {}
                     Some(AssetState::Tokenized) => {
-                        return Err(Error::conflict("asset_already_tokenized", format!("asset {} already has a token class", spec.asset_id)).at("asset_id"));
+                        return Err(Error::conflict(
+                            "asset_already_tokenized",
+                            format!("asset {} already has a token class", spec.asset_id),
+                        )
+                        .at("asset_id"));
                     }
                     _ => {
                         return Err(Error::conflict("asset_not_approved", format!("asset {} is not approved for tokenization (or its approval has not reached this service yet)", spec.asset_id)).at("asset_id"));
                     }
                 }
                 if self.tokens.contains_key(&spec.id) {
-                    return Err(Error::conflict("token_exists", format!("token {} already exists", spec.id)));
+                    return Err(Error::conflict(
+                        "token_exists",
+                        format!("token {} already exists", spec.id),
+                    ));
                 }
                 if self.symbols.contains_key(&spec.symbol) {
-                    return Err(Error::conflict("symbol_taken", format!("symbol {} is taken", spec.symbol)).at("symbol"));
+                    return Err(Error::conflict(
+                        "symbol_taken",
+                        format!("symbol {} is taken", spec.symbol),
+                    )
+                    .at("symbol"));
                 }
                 Ok(vec![event(Change::TokenCreated { spec: spec.clone() })])
             }
-            Command::UpdateRules { token_id, expected_version, rules } => {
+            Command::UpdateRules {
+                token_id,
+                expected_version,
+                rules,
+            } => {
                 let token = self.existing_token(token_id)?;
                 if token.version != *expected_version {
                     return Err(stale("token", token_id, token.version));
                 }
                 rules.validate()?;
-                Ok(vec![event(Change::RulesUpdated { token_id: token_id.clone(), rules: rules.clone() })])
+                Ok(vec![event(Change::RulesUpdated {
+                    token_id: token_id.clone(),
+                    rules: rules.clone(),
+                })])
             }
             Command::RegisterInvestor { id, profile } => {
                 if self.investors.contains_key(id) {
-                    return Err(Error::conflict("investor_exists", format!("investor {id} already exists")));
+                    return Err(Error::conflict(
+                        "investor_exists",
+                        format!("investor {id} already exists"),
+                    ));
                 }
                 profile.validate()?;
-                Ok(vec![event(Change::InvestorRegistered { investor_id: id.clone(), profile: profile.clone() })])
+                Ok(vec![event(Change::InvestorRegistered {
+                    investor_id: id.clone(),
+                    profile: profile.clone(),
+                })])
             }
-            Command::UpdateInvestor { id, expected_version, profile } => {
+            Command::UpdateInvestor {
+                id,
+                expected_version,
+                profile,
+            } => {
                 let investor = self.existing_investor(id, "investor_id")?;
                 if investor.version != *expected_version {
                     return Err(stale("investor", id, investor.version));
                 }
                 profile.validate()?;
-                Ok(vec![event(Change::InvestorUpdated { investor_id: id.clone(), profile: profile.clone() })])
+                Ok(vec![event(Change::InvestorUpdated {
+                    investor_id: id.clone(),
+                    profile: profile.clone(),
+                })])
             }
-            Command::Operate { token_id, operation } => {
+            Command::Operate {
+                token_id,
+                operation,
+            } => {
                 let token = self.existing_token(token_id)?;
                 let change = compliance::decide(token, &self.investors, operation, ctx)?;
                 Ok(vec![event(change)])
             }
-            Command::Batch { token_id, operations } => {
+            Command::Batch {
+                token_id,
+                operations,
+            } => {
                 if operations.is_empty() || operations.len() > MAX_BATCH {
-                    return Err(Error::invalid("operations", format!("a batch holds 1 to {MAX_BATCH} operations")));
+                    return Err(Error::invalid(
+                        "operations",
+                        format!("a batch holds 1 to {MAX_BATCH} operations"),
+                    ));
                 }
                 // Each operation is decided against the state the ones before it leave, on a copy
                 // of the token, so a failure anywhere leaves the book untouched.
                 let mut scratch = self.existing_token(token_id)?.clone();
                 let mut events = Vec::with_capacity(operations.len());
                 for (i, operation) in operations.iter().enumerate() {
-                    let change = compliance::decide(&scratch, &self.investors, operation, ctx).map_err(|e| {
-                        let field = match &e.field {
-                            Some(f) => format!("operations[{i}].{f}"),
-                            None => format!("operations[{i}]"),
-                        };
-                        Error { message: format!("operation {i}: {}", e.message), ..e }.at(field)
-                    })?;
+                    let change = compliance::decide(&scratch, &self.investors, operation, ctx)
+                        .map_err(|e| {
+                            let field = match &e.field {
+                                Some(f) => format!("operations[{i}].{f}"),
+                                None => format!("operations[{i}]"),
+                            };
+                            Error {
+                                message: format!("operation {i}: {}", e.message),
+                                ..e
+                            }
+                            .at(field)
+                        })?;
                     apply_to_token(&mut scratch, &change, ctx.now);
                     events.push(event(change));
                 }
                 Ok(events)
             }
-            Command::Distribute { token_id, distribution } => {
+            Command::Distribute {
+                token_id,
+                distribution,
+            } => {
                 let token = self.existing_token(token_id)?;
                 distribution.validate(ctx.now)?;
                 if token.distributions.contains(&distribution.id) {
-                    return Err(Error::conflict("distribution_exists", format!("distribution {} was already paid", distribution.id)));
+                    return Err(Error::conflict(
+                        "distribution_exists",
+                        format!("distribution {} was already paid", distribution.id),
+                    ));
                 }
                 let holdings: Vec<(Id, u128)> = self
                     .balances_as_of(token_id, distribution.record_date)
@@ -192,7 +247,11 @@ impl Book {
                     .map(|(id, b)| (id, b.0))
                     .collect();
                 if holdings.is_empty() {
-                    return Err(Error::conflict("no_holders", "the token had no holders at the record date").at("record_date"));
+                    return Err(Error::conflict(
+                        "no_holders",
+                        "the token had no holders at the record date",
+                    )
+                    .at("record_date"));
                 }
                 let allocations = split(distribution.total.0, &holdings);
                 Ok(vec![event(Change::DistributionPaid {
@@ -211,12 +270,17 @@ impl Book {
                 self.assets.insert(asset_id.clone(), *state);
             }
             Change::TokenCreated { spec } => {
-                self.assets.insert(spec.asset_id.clone(), AssetState::Tokenized);
+                self.assets
+                    .insert(spec.asset_id.clone(), AssetState::Tokenized);
                 self.symbols.insert(spec.symbol.clone(), spec.id.clone());
                 self.token_order.push(spec.id.clone());
-                self.tokens.insert(spec.id.clone(), Token::new(spec.clone(), event.at));
+                self.tokens
+                    .insert(spec.id.clone(), Token::new(spec.clone(), event.at));
             }
-            Change::InvestorRegistered { investor_id, profile } => {
+            Change::InvestorRegistered {
+                investor_id,
+                profile,
+            } => {
                 self.investor_order.push(investor_id.clone());
                 self.investors.insert(
                     investor_id.clone(),
@@ -229,7 +293,10 @@ impl Book {
                     },
                 );
             }
-            Change::InvestorUpdated { investor_id, profile } => {
+            Change::InvestorUpdated {
+                investor_id,
+                profile,
+            } => {
                 if let Some(investor) = self.investors.get_mut(investor_id) {
                     investor.profile = profile.clone();
                     investor.version += 1;
@@ -237,12 +304,20 @@ impl Book {
                 }
             }
             change => {
-                let Some(token_id) = change.token_id() else { return };
-                let Some(token) = self.tokens.get_mut(token_id) else { return };
+                let Some(token_id) = change.token_id() else {
+                    return;
+                };
+                let Some(token) = self.tokens.get_mut(token_id) else {
+                    return;
+                };
                 apply_to_token(token, change, event.at);
                 let history = self.history.entry(token_id.clone()).or_default();
                 for (investor, delta) in change.balance_deltas() {
-                    history.push(Movement { at: event.at, investor: investor.clone(), delta });
+                    history.push(Movement {
+                        at: event.at,
+                        investor: investor.clone(),
+                        delta,
+                    });
                 }
             }
         }
@@ -254,14 +329,25 @@ fn apply_to_token(token: &mut Token, change: &Change, now: Timestamp) {
     token.version += 1;
     match change {
         Change::RulesUpdated { rules, .. } => token.rules = rules.clone(),
-        Change::Issued { to, amount, locked_until, .. } => {
+        Change::Issued {
+            to,
+            amount,
+            locked_until,
+            ..
+        } => {
             token.total_supply.0 += amount.0;
             token.credit(to, *amount);
             if let Some(until) = locked_until {
                 token.holding_mut(to).locks.push((*until, *amount));
             }
         }
-        Change::Transferred { from, to, amount, forced, .. } => {
+        Change::Transferred {
+            from,
+            to,
+            amount,
+            forced,
+            ..
+        } => {
             token.debit(from, *amount);
             let sender = token.holding_mut(from);
             if !forced {
@@ -276,9 +362,19 @@ fn apply_to_token(token: &mut Token, change: &Change, now: Timestamp) {
             token.holding_mut(from).trim_locks(now);
         }
         Change::InvestorFrozen { investor_id, .. } => token.holding_mut(investor_id).frozen = true,
-        Change::InvestorUnfrozen { investor_id, .. } => token.holding_mut(investor_id).frozen = false,
-        Change::AmountFrozen { investor_id, amount, .. } => token.holding_mut(investor_id).frozen_amount.0 += amount.0,
-        Change::AmountUnfrozen { investor_id, amount, .. } => token.holding_mut(investor_id).frozen_amount.0 -= amount.0,
+        Change::InvestorUnfrozen { investor_id, .. } => {
+            token.holding_mut(investor_id).frozen = false
+        }
+        Change::AmountFrozen {
+            investor_id,
+            amount,
+            ..
+        } => token.holding_mut(investor_id).frozen_amount.0 += amount.0,
+        Change::AmountUnfrozen {
+            investor_id,
+            amount,
+            ..
+        } => token.holding_mut(investor_id).frozen_amount.0 -= amount.0,
         Change::Paused { .. } => token.paused = true,
         Change::Unpaused { .. } => token.paused = false,
         Change::DistributionPaid { distribution, .. } => {

@@ -43,17 +43,29 @@ pub struct TokenSpec {
 impl TokenSpec {
     pub fn validate(&self) -> Result<()> {
         let symbol_ok = (2..=12).contains(&self.symbol.len())
-            && self.symbol.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+            && self
+                .symbol
+                .bytes()
+                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
             && self.symbol.as_bytes()[0].is_ascii_uppercase();
         if !symbol_ok {
-            return Err(Error::invalid("symbol", "symbol must be 2-12 upper-case letters or digits, starting with a letter"));
+            return Err(Error::invalid(
+                "symbol",
+                "symbol must be 2-12 upper-case letters or digits, starting with a letter",
+            ));
         }
         bounded_text("name", &self.name, 200)?;
         if self.decimals > 18 {
-            return Err(Error::invalid("decimals", "decimals must be between 0 and 18"));
+            return Err(Error::invalid(
+                "decimals",
+                "decimals must be between 0 and 18",
+            ));
         }
         if self.max_supply.is_zero() || self.max_supply > MAX_SUPPLY {
-            return Err(Error::invalid("max_supply", "max_supply must be between 1 and 10^36"));
+            return Err(Error::invalid(
+                "max_supply",
+                "max_supply must be between 1 and 10^36",
+            ));
         }
         self.rules.validate()
     }
@@ -77,36 +89,64 @@ pub struct Holding {
 impl Holding {
     /// The part of the balance still under lock-up at `now`, never more than the balance.
     pub fn locked(&self, now: Timestamp) -> Amount {
-        let locked: u128 = self.locks.iter().filter(|(until, _)| *until > now).map(|(_, a)| a.0).sum();
+        let locked: u128 = self
+            .locks
+            .iter()
+            .filter(|(until, _)| *until > now)
+            .map(|(_, a)| a.0)
+            .sum();
         Amount(locked.min(self.balance.0))
     }
 
     /// What the investor's own transfer may move at `now`: neither frozen nor locked.
     pub fn transferable(&self, now: Timestamp) -> Amount {
-        self.balance.saturating_sub(self.frozen_amount).saturating_sub(self.locked(now))
+        self.balance
+            .saturating_sub(self.frozen_amount)
+            .saturating_sub(self.locked(now))
     }
 
     pub fn sent_today(&self, now: Timestamp) -> Amount {
-        if self.sent_day.0 == Some(now.date()) { self.sent_day.1 } else { Amount::ZERO }
+        if self.sent_day.0 == Some(now.date()) {
+            self.sent_day.1
+        } else {
+            Amount::ZERO
+        }
     }
 
     pub fn sent_this_month(&self, now: Timestamp) -> Amount {
-        if self.sent_month.0 == Some(month_of(now)) { self.sent_month.1 } else { Amount::ZERO }
+        if self.sent_month.0 == Some(month_of(now)) {
+            self.sent_month.1
+        } else {
+            Amount::ZERO
+        }
     }
 
     /// Saturating: with no limit set the same tokens may go back and forth without bound, and
     /// replaying the log must never overflow.
     pub(super) fn record_sent(&mut self, amount: Amount, now: Timestamp) {
-        self.sent_day = (Some(now.date()), Amount(self.sent_today(now).0.saturating_add(amount.0)));
-        self.sent_month = (Some(month_of(now)), Amount(self.sent_this_month(now).0.saturating_add(amount.0)));
+        self.sent_day = (
+            Some(now.date()),
+            Amount(self.sent_today(now).0.saturating_add(amount.0)),
+        );
+        self.sent_month = (
+            Some(month_of(now)),
+            Amount(self.sent_this_month(now).0.saturating_add(amount.0)),
+        );
     }
 
     /// Drops expired locks, and locks beyond the balance after an outflow (newest first).
     pub(super) fn trim_locks(&mut self, now: Timestamp) {
         self.locks.retain(|(until, _)| *until > now);
-        let mut excess = self.locks.iter().map(|(_, a)| a.0).sum::<u128>().saturating_sub(self.balance.0);
+        let mut excess = self
+            .locks
+            .iter()
+            .map(|(_, a)| a.0)
+            .sum::<u128>()
+            .saturating_sub(self.balance.0);
         while excess > 0 {
-            let Some(last) = self.locks.last_mut() else { break };
+            let Some(last) = self.locks.last_mut() else {
+                break;
+            };
             let cut = excess.min(last.1.0);
             last.1.0 -= cut;
             excess -= cut;
@@ -157,7 +197,9 @@ impl Token {
     }
 
     pub fn balance(&self, investor: &str) -> Amount {
-        self.holdings.get(investor).map_or(Amount::ZERO, |h| h.balance)
+        self.holdings
+            .get(investor)
+            .map_or(Amount::ZERO, |h| h.balance)
     }
 
     pub(super) fn holding_mut(&mut self, investor: &Id) -> &mut Holding {
@@ -209,7 +251,10 @@ impl InvestorProfile {
         bounded_text("identity_ref", &self.identity_ref, 200)?;
         optional_text("wallet", self.wallet.as_deref(), 200)?;
         if self.kyc_status == KycStatus::Verified && self.kyc_expires_on.is_none() {
-            return Err(Error::invalid("kyc_expires_on", "a verified KYC needs an expiry date"));
+            return Err(Error::invalid(
+                "kyc_expires_on",
+                "a verified KYC needs an expiry date",
+            ));
         }
         Ok(())
     }
@@ -230,6 +275,7 @@ pub struct DistributionSpec {
     pub id: Id,
     pub total: Amount,
     pub currency: Currency,
+    #[serde(with = "time::serde::rfc3339")]
     pub record_date: Timestamp,
     pub memo: Option<String>,
 }
@@ -240,7 +286,10 @@ impl DistributionSpec {
             return Err(Error::invalid("total", "total must be greater than zero"));
         }
         if self.record_date > now {
-            return Err(Error::invalid("record_date", "record_date must not be in the future"));
+            return Err(Error::invalid(
+                "record_date",
+                "record_date must not be in the future",
+            ));
         }
         optional_text("memo", self.memo.as_deref(), 500)?;
         Ok(())
@@ -251,35 +300,84 @@ impl DistributionSpec {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Operation {
-    Issue { to: Id, amount: Amount },
-    Transfer { from: Id, to: Id, amount: Amount },
-    Redeem { from: Id, amount: Amount },
+    Issue {
+        to: Id,
+        amount: Amount,
+    },
+    Transfer {
+        from: Id,
+        to: Id,
+        amount: Amount,
+    },
+    Redeem {
+        from: Id,
+        amount: Amount,
+    },
     /// An agent's transfer without the sender's consent, e.g. recovery of a lost account.
-    ForcedTransfer { from: Id, to: Id, amount: Amount, reason: String },
-    Freeze { investor_id: Id },
-    Unfreeze { investor_id: Id },
-    FreezeAmount { investor_id: Id, amount: Amount },
-    UnfreezeAmount { investor_id: Id, amount: Amount },
+    ForcedTransfer {
+        from: Id,
+        to: Id,
+        amount: Amount,
+        reason: String,
+    },
+    Freeze {
+        investor_id: Id,
+    },
+    Unfreeze {
+        investor_id: Id,
+    },
+    FreezeAmount {
+        investor_id: Id,
+        amount: Amount,
+    },
+    UnfreezeAmount {
+        investor_id: Id,
+        amount: Amount,
+    },
     Pause,
     Unpause,
 }
 
 #[derive(Debug, Clone)]
 pub enum Command {
-    ObserveAsset { asset_id: Id, state: AssetState },
+    ObserveAsset {
+        asset_id: Id,
+        state: AssetState,
+    },
     CreateToken(TokenSpec),
-    UpdateRules { token_id: Id, expected_version: u64, rules: Rules },
-    RegisterInvestor { id: Id, profile: InvestorProfile },
-    UpdateInvestor { id: Id, expected_version: u64, profile: InvestorProfile },
-    Operate { token_id: Id, operation: Operation },
+    UpdateRules {
+        token_id: Id,
+        expected_version: u64,
+        rules: Rules,
+    },
+    RegisterInvestor {
+        id: Id,
+        profile: InvestorProfile,
+    },
+    UpdateInvestor {
+        id: Id,
+        expected_version: u64,
+        profile: InvestorProfile,
+    },
+    Operate {
+        token_id: Id,
+        operation: Operation,
+    },
     /// All or nothing.
-    Batch { token_id: Id, operations: Vec<Operation> },
-    Distribute { token_id: Id, distribution: DistributionSpec },
+    Batch {
+        token_id: Id,
+        operations: Vec<Operation>,
+    },
+    Distribute {
+        token_id: Id,
+        distribution: DistributionSpec,
+    },
 }
 
 /// Something that happened in the tokens service.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {
+    #[serde(with = "time::serde::rfc3339")]
     pub at: Timestamp,
     pub actor: Id,
     #[serde(flatten)]
@@ -289,21 +387,74 @@ pub struct Event {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "change", rename_all = "snake_case")]
 pub enum Change {
-    AssetObserved { asset_id: Id, state: AssetState },
-    TokenCreated { spec: TokenSpec },
-    RulesUpdated { token_id: Id, rules: Rules },
-    InvestorRegistered { investor_id: Id, profile: InvestorProfile },
-    InvestorUpdated { investor_id: Id, profile: InvestorProfile },
-    Issued { token_id: Id, to: Id, amount: Amount, locked_until: Option<Timestamp> },
-    Transferred { token_id: Id, from: Id, to: Id, amount: Amount, forced: bool, reason: Option<String> },
-    Redeemed { token_id: Id, from: Id, amount: Amount },
-    InvestorFrozen { token_id: Id, investor_id: Id },
-    InvestorUnfrozen { token_id: Id, investor_id: Id },
-    AmountFrozen { token_id: Id, investor_id: Id, amount: Amount },
-    AmountUnfrozen { token_id: Id, investor_id: Id, amount: Amount },
-    Paused { token_id: Id },
-    Unpaused { token_id: Id },
-    DistributionPaid { token_id: Id, distribution: DistributionSpec, allocations: Vec<Allocation> },
+    AssetObserved {
+        asset_id: Id,
+        state: AssetState,
+    },
+    TokenCreated {
+        spec: TokenSpec,
+    },
+    RulesUpdated {
+        token_id: Id,
+        rules: Rules,
+    },
+    InvestorRegistered {
+        investor_id: Id,
+        profile: InvestorProfile,
+    },
+    InvestorUpdated {
+        investor_id: Id,
+        profile: InvestorProfile,
+    },
+    Issued {
+        token_id: Id,
+        to: Id,
+        amount: Amount,
+        #[serde(with = "time::serde::rfc3339::option")]
+        locked_until: Option<Timestamp>,
+    },
+    Transferred {
+        token_id: Id,
+        from: Id,
+        to: Id,
+        amount: Amount,
+        forced: bool,
+        reason: Option<String>,
+    },
+    Redeemed {
+        token_id: Id,
+        from: Id,
+        amount: Amount,
+    },
+    InvestorFrozen {
+        token_id: Id,
+        investor_id: Id,
+    },
+    InvestorUnfrozen {
+        token_id: Id,
+        investor_id: Id,
+    },
+    AmountFrozen {
+        token_id: Id,
+        investor_id: Id,
+        amount: Amount,
+    },
+    AmountUnfrozen {
+        token_id: Id,
+        investor_id: Id,
+        amount: Amount,
+    },
+    Paused {
+        token_id: Id,
+    },
+    Unpaused {
+        token_id: Id,
+    },
+    DistributionPaid {
+        token_id: Id,
+        distribution: DistributionSpec,
+        allocations: Vec<Allocation>,
+    },
 }
 
 impl Change {
@@ -343,7 +494,9 @@ impl Change {
             | Change::Paused { token_id }
             | Change::Unpaused { token_id }
             | Change::DistributionPaid { token_id, .. } => Some(token_id),
-            Change::AssetObserved { .. } | Change::InvestorRegistered { .. } | Change::InvestorUpdated { .. } => None,
+            Change::AssetObserved { .. }
+            | Change::InvestorRegistered { .. }
+            | Change::InvestorUpdated { .. } => None,
         }
     }
 
@@ -351,8 +504,11 @@ impl Change {
     pub fn key(&self) -> &Id {
         match self {
             Change::AssetObserved { asset_id, .. } => asset_id,
-            Change::InvestorRegistered { investor_id, .. } | Change::InvestorUpdated { investor_id, .. } => investor_id,
-            other => other.token_id().unwrap_or_else(|| unreachable!("every other change has a token")),
+            Change::InvestorRegistered { investor_id, .. }
+            | Change::InvestorUpdated { investor_id, .. } => investor_id,
+            other => other
+                .token_id()
+                .unwrap_or_else(|| unreachable!("every other change has a token")),
         }
     }
 
@@ -362,7 +518,9 @@ impl Change {
         let signed = |a: &Amount| a.0 as i128;
         let pair = match self {
             Change::Issued { to, amount, .. } => [Some((to, signed(amount))), None],
-            Change::Transferred { from, to, amount, .. } => [Some((from, -signed(amount))), Some((to, signed(amount)))],
+            Change::Transferred {
+                from, to, amount, ..
+            } => [Some((from, -signed(amount))), Some((to, signed(amount)))],
             Change::Redeemed { from, amount, .. } => [Some((from, -signed(amount))), None],
             _ => [None, None],
         };

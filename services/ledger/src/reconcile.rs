@@ -1,0 +1,192 @@
+//! Reconciliation: the ledger's balances against the tokens service's, compared at the same
+//! token version, over HTTP (services share no database).
+
+use std::time::Duration;
+
+use axum::extract::State;
+use libertum_domain::{Amount, ledger::AsOf};
+use libertum_platform::{ApiError, extract::Query};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::api::{AppState, ledger_cap_table};
+
+/// How long to wait for the ledger to catch up with a token's latest version.
+const CATCH_UP: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ReconcileQuery {
+    /// Only this token; absent: every token.
+    pub token_id: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Difference {
+    pub investor_id: String,
+    #[schema(value_type = String)]
+    pub tokens_balance: Amount,
+    #[schema(value_type = String)]
+    pub ledger_balance: Amount,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TokenReconciliation {
+    pub token_id: String,
+    /// matched, mismatched, or behind (the ledger had not reached the token's version in time).
+    pub status: String,
+    pub tokens_version: u64,
+    pub ledger_version: u64,
+    #[schema(value_type = String)]
+    pub tokens_supply: Amount,
+    #[schema(value_type = String)]
+    pub ledger_supply: Amount,
+    pub differences: Vec<Difference>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Reconciliation {
+    /// True when every token matched.
+    pub matched: bool,
+    pub tokens: Vec<TokenReconciliation>,
+}
+
+#[derive(Deserialize)]
+struct TokenPage {
+    items: Vec<TokenItem>,
+    next_cursor: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct TokenItem {
+    id: String,
+}
+
+#[derive(Deserialize)]
+struct CapTable {
+    version: Option<u64>,
+    total_supply: Amount,
+    holders: Vec<Holder>,
+}
+
+#[derive(Deserialize)]
+struct Holder {
+    investor_id: String,
+    balance: Amount,
+}
+
+async fn get<T: serde::de::DeserializeOwned>(app: &AppState, path: &str) -> Result<T, ApiError> {
+    let url = format!("{}{path}", app.tokens_url);
+    let response = app
+        .http
+        .get(&url)
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .map_err(ApiError::unavailable)?;
+    if !response.status().is_success() {
+        return Err(ApiError::unavailable(format!(
+            "GET {url} answered {}",
+            response.status()
+        )));
+    }
+    response.json().await.map_err(ApiError::unavailable)
+}
+
+/// Compare every holder's balance in the ledger with the tokens service's, at the same version.
+#[utoipa::path(get, path = "/reconciliation", tag = "ledger", params(ReconcileQuery),
+    responses((status = 200, body = Reconciliation), (status = 503, body = libertum_platform::Problem, content_type = "application/problem+json")))]
+pub async fn reconcile(
+    State(app): State<AppState>,
+    Query(q): Query<ReconcileQuery>,
+) -> Result<axum::Json<Reconciliation>, ApiError> {
+    let ids = match q.token_id {
+        Some(id) => vec![id],
+        None => {
+            let mut ids = Vec::new();
+            let mut cursor: Option<String> = None;
+            loop {
+                let path = match &cursor {
+                    Some(c) => format!("/v1/tokens?limit=200&cursor={c}"),
+                    None => "/v1/tokens?limit=200".to_owned(),
+                };
+                let page: TokenPage = get(&app, &path).await?;
+                ids.extend(page.items.into_iter().map(|t| t.id));
+                match page.next_cursor {
+                    Some(c) => cursor = Some(c),
+                    None => break,
+                }
+            }
+            ids
+        }
+    };
+    let mut tokens = Vec::with_capacity(ids.len());
+    for id in ids {
+        tokens.push(reconcile_one(&app, &id).await?);
+    }
+    Ok(axum::Json(Reconciliation {
+        matched: tokens.iter().all(|t| t.status == "matched"),
+        tokens,
+    }))
+}
+
+async fn reconcile_one(app: &AppState, token_id: &str) -> Result<TokenReconciliation, ApiError> {
+    let theirs: CapTable = get(app, &format!("/v1/tokens/{token_id}/holders")).await?;
+    let version = theirs.version.unwrap_or(0);
+    let deadline = tokio::time::Instant::now() + CATCH_UP;
+    loop {
+        let state = app.engine.read().await;
+        let ledger_version = state.journal.token_version(token_id);
+        // Events of a token reach the ledger in order, so at the same version the balances
+        // must be the same; later versions mean the tokens service moved on meanwhile.
+        if ledger_version == version || tokio::time::Instant::now() >= deadline {
+            let ours = ledger_cap_table(&state.journal, token_id, AsOf::Latest);
+            let mut differences = Vec::new();
+            let mut all: Vec<&str> = theirs
+                .holders
+                .iter()
+                .map(|h| h.investor_id.as_str())
+                .collect();
+            all.extend(ours.holders.iter().map(|h| h.investor_id.as_str()));
+            all.sort_unstable();
+            all.dedup();
+            for investor in all {
+                let t = theirs
+                    .holders
+                    .iter()
+                    .find(|h| h.investor_id == investor)
+                    .map_or(Amount::ZERO, |h| h.balance);
+                let l = ours
+                    .holders
+                    .iter()
+                    .find(|h| h.investor_id == investor)
+                    .map_or(Amount::ZERO, |h| h.balance);
+                if t != l {
+                    differences.push(Difference {
+                        investor_id: investor.to_owned(),
+                        tokens_balance: t,
+                        ledger_balance: l,
+                    });
+                }
+            }
+            let status = if ledger_version != version {
+                "behind"
+            } else if differences.is_empty() && theirs.total_supply == ours.total_supply {
+                "matched"
+            } else {
+                "mismatched"
+            };
+            return Ok(TokenReconciliation {
+                token_id: token_id.to_owned(),
+                status: status.into(),
+                tokens_version: version,
+                ledger_version,
+                tokens_supply: theirs.total_supply,
+                ledger_supply: ours.total_supply,
+                differences,
+            });
+        }
+        drop(state);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -47,6 +47,7 @@ pub struct Application {
     listener: TcpListener,
     router: Router,
     stop_consumers: watch::Sender<bool>,
+    background: Vec<tokio::task::JoinHandle<()>>,
     pub assets: Assets,
     pub tokens: Tokens,
     pub ledger: Ledger,
@@ -88,10 +89,10 @@ impl Application {
         probes.extend(ledger.probes());
         let assets_consumer = assets.consumer(bus.clone());
         probes.push(lag_probe("assets.consumer", assets_consumer.lag()));
-        tokio::spawn(assets_consumer.run(stopped.clone()));
+        let mut background = vec![tokio::spawn(assets_consumer.run(stopped.clone()))];
         let tokens_consumer = tokens.consumer(bus.clone());
         probes.push(lag_probe("tokens.consumer", tokens_consumer.lag()));
-        tokio::spawn(tokens_consumer.run(stopped.clone()));
+        background.push(tokio::spawn(tokens_consumer.run(stopped.clone())));
         for (i, consumer) in ledger.consumers(bus.clone()).into_iter().enumerate() {
             probes.push(lag_probe(
                 if i == 0 {
@@ -101,14 +102,14 @@ impl Application {
                 },
                 consumer.lag(),
             ));
-            tokio::spawn(consumer.run(stopped.clone()));
+            background.push(tokio::spawn(consumer.run(stopped.clone())));
         }
         let retention = Duration::from_secs(settings.idempotency_retention_hours * 3600);
-        tokio::spawn(prune_idempotency(
+        background.push(tokio::spawn(prune_idempotency(
             vec![assets_store, tokens_store],
             retention,
             stopped,
-        ));
+        )));
 
         let (api, openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
             .nest("/v1/assets", assets.router())
@@ -124,6 +125,7 @@ impl Application {
             listener,
             router,
             stop_consumers,
+            background,
             assets,
             tokens,
             ledger,
@@ -136,13 +138,20 @@ impl Application {
             .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
     }
 
-    /// Serves until `shutdown` completes, drains in-flight requests, then stops the consumers.
+    /// Serves until `shutdown` completes, drains in-flight requests, stops the consumers, and
+    /// waits for the writers to commit what is queued and release the stores.
     pub async fn run_until_stopped(
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let result = server::serve(self.listener, self.router, shutdown).await;
         let _ = self.stop_consumers.send(true);
+        for task in self.background {
+            let _ = task.await;
+        }
+        self.assets.close().await;
+        self.tokens.close().await;
+        self.ledger.close().await;
         result
     }
 }

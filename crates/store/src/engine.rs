@@ -114,6 +114,7 @@ struct Inner<S: StateMachine> {
 pub struct Engine<S: StateMachine> {
     inner: Arc<Inner<S>>,
     tx: mpsc::Sender<Job<S>>,
+    writer: Arc<parking_lot::Mutex<Option<tokio::task::JoinHandle<()>>>>,
 }
 
 impl<S: StateMachine> Clone for Engine<S> {
@@ -121,6 +122,7 @@ impl<S: StateMachine> Clone for Engine<S> {
         Engine {
             inner: self.inner.clone(),
             tx: self.tx.clone(),
+            writer: self.writer.clone(),
         }
     }
 }
@@ -145,8 +147,30 @@ impl<S: StateMachine> Engine<S> {
             healthy: AtomicBool::new(true),
         });
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(writer(inner.clone(), rx, versions, head));
-        Ok(Engine { inner, tx })
+        let handle = tokio::spawn(writer(inner.clone(), rx, versions, head));
+        Ok(Engine {
+            inner,
+            tx,
+            writer: Arc::new(parking_lot::Mutex::new(Some(handle))),
+        })
+    }
+
+    /// Drops this handle and, once every other handle is gone too, waits (up to five seconds)
+    /// for the writer to finish what is queued and release the store.
+    pub async fn close(self) {
+        let handle = self.writer.lock().take();
+        let service = self.inner.service;
+        drop(self);
+        if let Some(handle) = handle
+            && tokio::time::timeout(std::time::Duration::from_secs(5), handle)
+                .await
+                .is_err()
+        {
+            tracing::warn!(
+                service,
+                "the writer did not stop within five seconds: a handle is still held"
+            );
+        }
     }
 
     /// Submits a command and waits until its effect is durable (or refused).

@@ -58,6 +58,11 @@ impl Ledger {
         ]
     }
 
+    /// Waits for the writer to finish and release the store; call once nothing else holds the service.
+    pub async fn close(self) {
+        self.engine.close().await;
+    }
+
     pub fn probes(&self) -> Vec<Probe> {
         let engine = self.engine.clone();
         vec![Arc::new(move || {

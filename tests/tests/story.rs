@@ -1,0 +1,409 @@
+//! The whole story over HTTP: an asset registered, approved and tokenized, investors onboarded,
+//! tokens issued and moved, one refusal per rule, freezes, redemption, a distribution, and the
+//! ledger verified and reconciled, before and after a restart.
+
+mod common;
+
+use common::{Product, code};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+fn amount(v: &Value) -> u128 {
+    v.as_str()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not an amount: {v}"))
+}
+
+async fn investor(p: &Product, country: &str, kyc: &str, expires: &str) -> String {
+    let (status, body) = p
+        .post(
+            "/v1/tokens/investors",
+            json!({"identity_ref": format!("idp|{country}-{kyc}"), "country": country, "kyc_status": kyc, "kyc_expires_on": expires}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    body["id"].as_str().expect("an id").to_owned()
+}
+
+/// Posts a movement that a rule must refuse, and checks the code and that nothing moved.
+async fn refused(p: &Product, token: &str, path: &str, body: Value, expected: &str) {
+    let before = p.get(&format!("/v1/tokens/{token}/holders")).await.1;
+    let (status, problem) = p.post(&format!("/v1/tokens/{token}/{path}"), body).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{expected}: {problem}");
+    assert_eq!(code(&problem), expected, "{problem}");
+    let after = p.get(&format!("/v1/tokens/{token}/holders")).await.1;
+    assert_eq!(
+        before["holders"], after["holders"],
+        "a refused {expected} moved nothing"
+    );
+    assert_eq!(before["total_supply"], after["total_supply"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_whole_story_from_asset_to_verified_ledger() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = Product::start(dir.path()).await;
+
+    // An asset manager registers the building with its title deed and an appraisal.
+    let (status, asset) = p
+        .post_as(
+            "asset-manager",
+            "/v1/assets",
+            json!({"name": "Friedrichstrasse 123", "kind": "real_estate", "legal_owner": "F123 SPV GmbH",
+                   "location": {"address": "Friedrichstrasse 123", "city": "Berlin", "postal_code": "10117", "country": "DE"}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{asset}");
+    let asset_id = asset["id"].as_str().expect("id").to_owned();
+    let (status, _) = p
+        .post(
+            &format!("/v1/assets/{asset_id}/documents"),
+            json!({"title": "Title deed", "kind": "title_deed", "sha256": "a".repeat(64), "size_bytes": 48213, "media_type": "application/pdf"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, _) = p
+        .post(
+            &format!("/v1/assets/{asset_id}/valuations"),
+            json!({"amount": "250000000", "currency": "EUR", "effective_date": "2026-01-15", "appraiser": "Appraisers AG"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+
+    // Compliance approves it.
+    for action in ["submit", "approve"] {
+        let (status, body) = p
+            .post_as(
+                "compliance",
+                &format!("/v1/assets/{asset_id}/transitions"),
+                json!({"action": action}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{action}: {body}");
+    }
+
+    // The token class: the tokens service learns of the approval through an event.
+    let spec = json!({"asset_id": asset_id, "symbol": "FRIED123", "name": "Friedrichstrasse 123 shares", "decimals": 0,
+        "max_supply": "2000", "unit_price": "25000000", "currency": "EUR",
+        "rules": {"allowed_countries": ["DE", "FR", "NL"], "max_holders": 3, "max_balance": "450", "daily_transfer_limit": "300"}});
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    let token = loop {
+        let (status, body) = p.post_as("token-agent", "/v1/tokens", spec.clone()).await;
+        if status == StatusCode::CREATED {
+            break body;
+        }
+        assert_eq!(code(&body), "asset_not_approved", "{body}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the approval never reached the tokens service"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    let t = token["id"].as_str().expect("id").to_owned();
+    let asset = p
+        .eventually(&format!("/v1/assets/{asset_id}"), |a| {
+            a["status"] == "tokenized"
+        })
+        .await;
+    assert_eq!(asset["token_id"], t.as_str());
+
+    // Investors.
+    let alice = investor(&p, "DE", "verified", "2099-12-31").await;
+    let bob = investor(&p, "FR", "verified", "2099-12-31").await;
+    let carol = investor(&p, "NL", "verified", "2099-12-31").await;
+    let dave = investor(&p, "US", "verified", "2099-12-31").await;
+    let erin = investor(&p, "DE", "pending", "2099-12-31").await;
+    let frank = investor(&p, "DE", "verified", "2020-01-01").await;
+    let grace = investor(&p, "DE", "verified", "2099-12-31").await;
+
+    // Issuance.
+    for (who, n) in [(&alice, "400"), (&bob, "300"), (&carol, "100")] {
+        let (status, body) = p
+            .post(
+                &format!("/v1/tokens/{t}/issuances"),
+                json!({"to": who, "amount": n}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    refused(
+        &p,
+        &t,
+        "issuances",
+        json!({"to": carol, "amount": "1201"}),
+        "supply_cap_exceeded",
+    )
+    .await;
+    refused(
+        &p,
+        &t,
+        "issuances",
+        json!({"to": alice, "amount": "51"}),
+        "max_balance_exceeded",
+    )
+    .await;
+
+    // A transfer, then one refusal per rule.
+    let (status, body) = p
+        .post(
+            &format!("/v1/tokens/{t}/transfers"),
+            json!({"from": alice, "to": bob, "amount": "100"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let tr = |from: &str, to: &str, n: &str| json!({"from": from, "to": to, "amount": n});
+    refused(
+        &p,
+        &t,
+        "transfers",
+        tr(&alice, &erin, "1"),
+        "kyc_not_verified",
+    )
+    .await;
+    refused(&p, &t, "transfers", tr(&alice, &frank, "1"), "kyc_expired").await;
+    refused(
+        &p,
+        &t,
+        "transfers",
+        tr(&alice, &dave, "1"),
+        "country_not_allowed",
+    )
+    .await;
+    refused(
+        &p,
+        &t,
+        "transfers",
+        tr(&alice, &grace, "1"),
+        "max_holders_reached",
+    )
+    .await;
+    refused(
+        &p,
+        &t,
+        "transfers",
+        tr(&carol, &bob, "100"),
+        "max_balance_exceeded",
+    )
+    .await;
+    refused(
+        &p,
+        &t,
+        "transfers",
+        tr(&alice, &carol, "250"),
+        "transfer_limit_exceeded",
+    )
+    .await;
+    refused(
+        &p,
+        &t,
+        "transfers",
+        tr(&carol, &alice, "101"),
+        "insufficient_balance",
+    )
+    .await;
+
+    // The dry run says the same without moving anything.
+    let (status, check) = p
+        .post(
+            &format!("/v1/tokens/{t}/transfers/check"),
+            tr(&alice, &dave, "1"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(check["allowed"], false);
+    assert_eq!(check["code"], "country_not_allowed");
+    let (_, check) = p
+        .post(
+            &format!("/v1/tokens/{t}/transfers/check"),
+            tr(&alice, &carol, "1"),
+        )
+        .await;
+    assert_eq!(check["allowed"], true, "{check}");
+
+    // Freezes: partial, then full.
+    let (status, body) = p
+        .post(
+            &format!("/v1/tokens/{t}/freezes"),
+            json!({"investor_id": carol, "amount": "80"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    refused(
+        &p,
+        &t,
+        "transfers",
+        tr(&carol, &alice, "50"),
+        "insufficient_unfrozen_balance",
+    )
+    .await;
+    let (status, _) = p
+        .post(
+            &format!("/v1/tokens/{t}/freezes"),
+            json!({"investor_id": bob}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    refused(&p, &t, "transfers", tr(&bob, &alice, "10"), "sender_frozen").await;
+    refused(
+        &p,
+        &t,
+        "transfers",
+        tr(&alice, &bob, "10"),
+        "receiver_frozen",
+    )
+    .await;
+    let (status, _) = p
+        .post(
+            &format!("/v1/tokens/{t}/unfreezes"),
+            json!({"investor_id": bob}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+
+    // Pause.
+    let (status, _) = p.post(&format!("/v1/tokens/{t}/pause"), json!({})).await;
+    assert_eq!(status, StatusCode::OK);
+    refused(&p, &t, "transfers", tr(&alice, &bob, "10"), "token_paused").await;
+    let (status, _) = p.post(&format!("/v1/tokens/{t}/unpause"), json!({})).await;
+    assert_eq!(status, StatusCode::OK);
+
+    // Lock-up: a new rule set (If-Match), then a fresh issuance that cannot move yet.
+    let version = p.get(&format!("/v1/tokens/{t}")).await.1["version"]
+        .as_u64()
+        .expect("version");
+    let rules = json!({"allowed_countries": ["DE", "FR", "NL"], "max_holders": 3, "max_balance": "450", "daily_transfer_limit": "300", "lockup_seconds": 86400});
+    let (status, body) = p
+        .put_if_match(&format!("/v1/tokens/{t}/rules"), version - 1, rules.clone())
+        .await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::PRECONDITION_FAILED, "version_mismatch")
+    );
+    let (status, body) = p
+        .put_if_match(&format!("/v1/tokens/{t}/rules"), version, rules)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, _) = p
+        .post(
+            &format!("/v1/tokens/{t}/issuances"),
+            json!({"to": carol, "amount": "10"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    // carol: 110, 80 frozen, 10 locked: 20 may move.
+    refused(
+        &p,
+        &t,
+        "transfers",
+        tr(&carol, &alice, "25"),
+        "lockup_active",
+    )
+    .await;
+
+    // Forced transfer by an agent, recorded as such.
+    let (status, body) = p
+        .post_as(
+            "compliance",
+            &format!("/v1/tokens/{t}/forced-transfers"),
+            json!({"from": bob, "to": alice, "amount": "50", "reason": "court order 2026/17"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["events"][0]["forced"], true);
+
+    // Redemption, and an atomic batch whose second item fails.
+    let (status, _) = p
+        .post(
+            &format!("/v1/tokens/{t}/redemptions"),
+            json!({"from": alice, "amount": "100"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = p
+        .post(&format!("/v1/tokens/{t}/batches"), json!({"operations": [
+            {"op": "issue", "to": alice, "amount": "5"}, {"op": "issue", "to": dave, "amount": "5"}]}))
+        .await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::CONFLICT, "country_not_allowed")
+    );
+    assert_eq!(body["field"], "operations[1].to");
+    let (status, body) = p
+        .post(&format!("/v1/tokens/{t}/batches"), json!({"operations": [
+            {"op": "issue", "to": alice, "amount": "5"}, {"op": "issue", "to": bob, "amount": "5"}]}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    // The cap table: alice 400-100+50-100+5, bob 300+100-50+5, carol 110.
+    let holders = p.get(&format!("/v1/tokens/{t}/holders")).await.1;
+    let balance = |who: &str| {
+        holders["holders"]
+            .as_array()
+            .expect("rows")
+            .iter()
+            .find(|h| h["investor_id"] == who)
+            .map_or(0, |h| amount(&h["balance"]))
+    };
+    assert_eq!(
+        (balance(&alice), balance(&bob), balance(&carol)),
+        (255, 355, 110)
+    );
+    assert_eq!(amount(&holders["total_supply"]), 720);
+
+    // A distribution of 1,000.00 EUR, pro rata, exact to the cent.
+    let now = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .expect("format");
+    let (status, paid) = p
+        .post(&format!("/v1/tokens/{t}/distributions"), json!({"total": "100000", "currency": "EUR", "record_date": now, "memo": "rent 2026-11"}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{paid}");
+    let parts: Vec<u128> = paid["allocations"]
+        .as_array()
+        .expect("allocations")
+        .iter()
+        .map(|a| amount(&a["amount"]))
+        .collect();
+    assert_eq!(parts.iter().sum::<u128>(), 100_000);
+    assert_eq!(parts.len(), 3);
+
+    // The ledger: every event recorded, the chain intact, the balances those of the tokens service.
+    let reconciliation = p
+        .eventually("/v1/ledger/reconciliation", |r| r["matched"] == true)
+        .await;
+    assert_eq!(
+        reconciliation["tokens"][0]["status"], "matched",
+        "{reconciliation}"
+    );
+    let verification = p.get("/v1/ledger/verification").await.1;
+    assert_eq!(verification["valid"], true, "{verification}");
+    let cap = p.get(&format!("/v1/ledger/tokens/{t}/cap-table")).await.1;
+    assert_eq!(amount(&cap["total_supply"]), 720);
+    let forced = p
+        .get(&format!("/v1/ledger/entries?token_id={t}&limit=200"))
+        .await
+        .1;
+    let forced_entry =
+        forced["items"].as_array().expect("items").iter().find(|e| {
+            e["event_type"] == "libertum.token.transferred.v1" && e["actor"] == "compliance"
+        });
+    assert!(
+        forced_entry.is_some(),
+        "the forced transfer is in the ledger with its actor"
+    );
+    let head = p.get("/v1/ledger/head").await.1;
+    assert_eq!(head["seq"], verification["entries_checked"]);
+    p.stop().await;
+
+    // After a restart everything is as it was.
+    let p = Product::start(dir.path()).await;
+    let again = p.get(&format!("/v1/tokens/{t}/holders")).await.1;
+    assert_eq!(again["holders"], holders["holders"]);
+    assert_eq!(p.get("/v1/ledger/head").await.1, head);
+    assert_eq!(p.get("/v1/ledger/verification").await.1["valid"], true);
+    let reconciliation = p
+        .eventually("/v1/ledger/reconciliation", |r| r["matched"] == true)
+        .await;
+    assert_eq!(reconciliation["tokens"].as_array().map(Vec::len), Some(1));
+    p.stop().await;
+}

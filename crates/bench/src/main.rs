@@ -1,1 +1,100 @@
-fn main() {}
+//! `libertum-bench`: prints, from one run, the figures docs/benchmarks.md records.
+//!
+//! 1. domain transfers per second on one core, every compliance rule on;
+//! 2. durable HTTP transfers per second with 64 concurrent clients against the standalone product
+//!    (each with an Idempotency-Key, committed with fsync before the response), p50/p99 latency,
+//!    and how far the ledger lags;
+//! 3. cached asset reads per second;
+//! 4. a bare axum handler's rate, measured the same way, as the denominator.
+//!
+//! `BENCH_SECONDS` sets each HTTP phase's length (default 10).
+
+mod domain;
+mod load;
+
+use std::{sync::Arc, time::Duration};
+
+use serde_json::json;
+
+fn seconds() -> u64 {
+    std::env::var("BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(10)
+}
+
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(str::to_owned))
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<f64>().ok()))
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn main() -> anyhow::Result<()> {
+    let phase = Duration::from_secs(seconds());
+    println!("libertum-bench: {} cores, phases of {} s", std::thread::available_parallelism().map_or(0, |n| n.get()), phase.as_secs());
+
+    // 1. The domain, on this thread alone.
+    let (applied, secs) = domain::run(3_000_000);
+    println!("domain transfers (one core, all rules): {:>12.0} /s  ({applied} in {secs:.2} s)", applied as f64 / secs);
+
+    // The product runs on its own runtime; the load generator on another.
+    let server = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let client = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let dir = tempfile::Builder::new().prefix("bench-data-").tempdir_in(".")?;
+    let settings = libertum_platform::config::Settings {
+        log_filter: "error".into(),
+        ..libertum_platform::config::Settings::for_test(dir.path())
+    };
+    let app = server.block_on(libertum::Application::build(settings))?;
+    let base = format!("http://{}", app.addr());
+    let tokens_store = app.tokens.engine().store().clone();
+    let ledger_store = app.ledger.engine().store().clone();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let served = server.spawn(app.run_until_stopped(async {
+        let _ = stopped.await;
+    }));
+    let bare = server.block_on(load::bare_server())?;
+
+    let fixture = client.block_on(load::fixture(&base, 1_000))?;
+    println!("fixture: 1 asset, 1 token, {} investors holding 1,000,000 each; data in {}", fixture.investors.len(), dir.path().display());
+
+    // 2. Durable transfers, sampling the ledger's lag meanwhile.
+    let lag = Arc::new(load::LagSampler::default());
+    let sampler = {
+        let lag = lag.clone();
+        let (tokens_store, ledger_store) = (tokens_store.clone(), ledger_store.clone());
+        client.spawn(async move { lag.run(tokens_store, ledger_store).await })
+    };
+    let transfers = client.block_on(load::run(64, phase, load::Request::Transfer(Arc::new(fixture.clone()), base.clone())))?;
+    let catch_up = client.block_on(load::catch_up(tokens_store.clone(), ledger_store.clone()))?;
+    lag.stop();
+    let _ = client.block_on(sampler);
+    transfers.print("durable HTTP transfers (64 clients)");
+    println!("  ledger lag during the run: max {:.3} s, p99 {:.3} s; caught up {:.3} s after the load stopped", lag.max(), lag.p99(), catch_up.as_secs_f64());
+
+    // 3. Cached reads and 4. the bare handler.
+    let reads = client.block_on(load::run(64, phase, load::Request::Get(format!("{base}/v1/assets/{}", fixture.asset_id))))?;
+    reads.print("cached asset reads (64 clients)");
+    let bare_rate = client.block_on(load::run(64, phase, load::Request::Get(format!("http://{bare}/"))))?;
+    bare_rate.print("bare axum handler (64 clients)");
+    println!("  cached reads / bare handler: {:.2}", reads.rate() / bare_rate.rate());
+
+    // The ledger matches the tokens service after all that.
+    let check = client.block_on(async {
+        let http = reqwest::Client::new();
+        let r: serde_json::Value = http.get(format!("{base}/v1/ledger/reconciliation")).send().await?.json().await?;
+        let v: serde_json::Value = http.get(format!("{base}/v1/ledger/verification")).send().await?.json().await?;
+        anyhow::Ok(json!({"reconciled": r["matched"], "chain_valid": v["valid"], "entries": v["entries_checked"]}))
+    })?;
+    println!("after the run: {check}");
+    println!("peak resident memory: {:.0} MiB", peak_rss_mib());
+    let metrics = libertum_platform::http_metrics::recorder().render();
+    for line in metrics.lines().filter(|l| {
+        (l.starts_with("libertum_store_commit_duration_seconds_") || l.starts_with("libertum_store_commit_batch_size_"))
+            && (l.contains("_sum") || l.contains("_count"))
+    }) {
+        println!("  {line}");
+    }
+    let _ = stop.send(());
+    let _ = server.block_on(served);
+    Ok(())
+}

@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 use crate::ApiError;
 
 /// The largest accepted request body.
-pub const MAX_BODY: usize = 64 * 1024;
+pub const MAX_BODY: usize = 256 * 1024;
 const MAX_KEY: usize = 255;
 
 /// A JSON body, parsed strictly: `application/json`, unknown fields refused (by the DTO), the
@@ -163,6 +163,21 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
             .await
             .map(|q| Query(q.0))
             .map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))
+    }
+}
+
+/// Path parameters, parsed into `T`; a segment that does not parse (`/entries/abc` for a
+/// number, invalid UTF-8) is a problem like any other, not axum's plain-text rejection.
+pub struct Path<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for Path<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|p| Path(p.0))
+            .map_err(|e| ApiError::bad_request("invalid_path", e.body_text()))
     }
 }
 

@@ -22,6 +22,8 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// Wraps `router` with request ids, logs, metrics, the body limit and problem+json fallbacks,
 /// and adds `/metrics`.
 pub fn stack(router: Router) -> Router {
+    // Install the recorder before the first request: until it exists, every metric is dropped.
+    let _ = http_metrics::recorder();
     router
         .route("/metrics", axum::routing::get(http_metrics::render))
         .fallback(|| async { ApiError::not_found("route_not_found", "no such route") })

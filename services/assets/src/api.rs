@@ -1,7 +1,7 @@
 //! `/v1/assets`: the HTTP side of the registry.
 
 use axum::{
-    extract::{Path, State},
+    extract::State,
     http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
@@ -9,7 +9,7 @@ use bytes::Bytes;
 use libertum_domain::{Amount, Country, Currency, Id, asset};
 use libertum_platform::{
     ApiError, Problem,
-    extract::{Actor, IfMatch, Json, Posted, Query, cursor_position, etag, page_limit},
+    extract::{Actor, IfMatch, Json, Path, Posted, Query, cursor_position, etag, page_limit},
     into_response, json_reply,
 };
 use libertum_store::{Engine, Submission};

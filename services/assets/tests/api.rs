@@ -105,23 +105,27 @@ async fn listing_filters_by_status_kind_and_text_and_pages_with_a_cursor() {
             .collect()
     };
     let all = s.get("/v1/assets").await;
-    assert_eq!(ids(all.ok(200)), [&a, &b, &c, &d, &e], "registration order");
+    assert_eq!(
+        ids(all.ok(200)),
+        [a.as_str(), b.as_str(), c.as_str(), d.as_str(), e.as_str()],
+        "registration order"
+    );
     assert_eq!(all.body["next_cursor"], json!(null));
 
     let submitted = s.get("/v1/assets?status=submitted").await;
-    assert_eq!(ids(submitted.ok(200)), [&b, &d]);
+    assert_eq!(ids(submitted.ok(200)), [b.as_str(), d.as_str()]);
     let farmland = s.get("/v1/assets?kind=farmland").await;
-    assert_eq!(ids(farmland.ok(200)), [&b, &e]);
+    assert_eq!(ids(farmland.ok(200)), [b.as_str(), e.as_str()]);
     let berlin = s.get("/v1/assets?text=bERLIN").await;
     assert_eq!(
         ids(berlin.ok(200)),
-        [&a, &d],
+        [a.as_str(), d.as_str()],
         "text matches the city, any case"
     );
     let tower = s.get("/v1/assets?text=tower").await;
-    assert_eq!(ids(tower.ok(200)), [&c], "text matches the name");
+    assert_eq!(ids(tower.ok(200)), [c.as_str()], "text matches the name");
     let both = s.get("/v1/assets?kind=real_estate&status=draft").await;
-    assert_eq!(ids(both.ok(200)), [&a, &c]);
+    assert_eq!(ids(both.ok(200)), [a.as_str(), c.as_str()]);
     let none = s.get("/v1/assets?kind=farmland&text=berlin").await;
     assert_eq!(ids(none.ok(200)), Vec::<String>::new());
 
@@ -140,18 +144,21 @@ async fn listing_filters_by_status_kind_and_text_and_pages_with_a_cursor() {
         }
     }
     assert_eq!(pages, 3);
-    assert_eq!(seen, [&a, &b, &c, &d, &e]);
+    assert_eq!(
+        seen,
+        [a.as_str(), b.as_str(), c.as_str(), d.as_str(), e.as_str()]
+    );
 
     // A filtered listing pages over the matches only.
     let first = s.get("/v1/assets?kind=real_estate&limit=2").await;
-    assert_eq!(ids(first.ok(200)), [&a, &c]);
+    assert_eq!(ids(first.ok(200)), [a.as_str(), c.as_str()]);
     let cursor = first.body["next_cursor"].as_str().expect("a next page");
     let second = s
         .get(&format!(
             "/v1/assets?kind=real_estate&limit=2&cursor={cursor}"
         ))
         .await;
-    assert_eq!(ids(second.ok(200)), [&d]);
+    assert_eq!(ids(second.ok(200)), [d.as_str()]);
     assert_eq!(second.body["next_cursor"], json!(null));
 }
 

@@ -1,16 +1,13 @@
 //! `/v1/ledger`: entries, balances and cap tables at any point, verification, reconciliation.
 
-use axum::{
-    extract::{Path, State},
-    http::StatusCode,
-};
+use axum::{extract::State, http::StatusCode};
 use libertum_domain::{
     Amount, Timestamp,
     ledger::{self, AsOf},
 };
 use libertum_platform::{
     ApiError, Problem,
-    extract::{Query, cursor_position, page_limit},
+    extract::{Path, Query, cursor_position, page_limit},
 };
 use libertum_store::{Engine, EventStore};
 use serde::{Deserialize, Serialize};

@@ -1,14 +1,14 @@
 //! `/v1/tokens`: token classes, investors, movements, cap tables and distributions.
 
 use axum::{
-    extract::{Path, State},
+    extract::State,
     http::{HeaderValue, StatusCode, header},
     response::Response,
 };
 use libertum_domain::{Id, Timestamp, token};
 use libertum_platform::{
     ApiError, Problem,
-    extract::{Actor, IfMatch, Json, PageQuery, Posted, Query, etag},
+    extract::{Actor, IfMatch, Json, PageQuery, Path, Posted, Query, etag},
     into_response, json_reply,
 };
 use libertum_store::{Engine, Submission};

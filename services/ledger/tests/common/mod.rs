@@ -1,0 +1,228 @@
+//! Shared helpers: the ledger service on a real socket over a fresh store, events fed to it
+//! through its engine as its consumers would, and assertions on its answers.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+
+use libertum_domain::{Amount, Id, Timestamp, ledger, token};
+use reqwest::{Client, StatusCode, header::HeaderMap};
+use serde_json::Value;
+use tempfile::TempDir;
+
+/// A running ledger service. Dropping it removes its data directory.
+pub struct Server {
+    pub base: String,
+    pub http: Client,
+    pub ledger: libertum_ledger::Ledger,
+    _dir: TempDir,
+}
+
+/// Starts the service the way `services/ledger/src/main.rs` does, on 127.0.0.1:0.
+pub async fn spawn() -> Server {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = Arc::new(libertum_store::RedbStore::open(dir.path(), "ledger").expect("store"));
+    // Reconciliation is not exercised here; nothing listens on this address.
+    let ledger = libertum_ledger::Ledger::open(store, "http://127.0.0.1:9".into())
+        .await
+        .expect("ledger service");
+    let (router, _) = utoipa_axum::router::OpenApiRouter::new()
+        .nest("/v1/ledger", ledger.router())
+        .split_for_parts();
+    let router = libertum_platform::server::stack(
+        router.merge(libertum_platform::health::routes(ledger.probes())),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("local address");
+    tokio::spawn(async move { axum::serve(listener, router).await.expect("serve") });
+    Server {
+        base: format!("http://{addr}"),
+        http: Client::new(),
+        ledger,
+        _dir: dir,
+    }
+}
+
+/// A response, read whole.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub text: String,
+    /// The body as JSON, `Null` when it is not JSON.
+    pub body: Value,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// Asserts the status and a JSON content type; returns the body.
+    pub fn ok(&self) -> &Value {
+        assert_eq!(self.status.as_u16(), 200, "unexpected status: {self:?}");
+        assert_eq!(
+            self.header("content-type"),
+            Some("application/json"),
+            "{self:?}"
+        );
+        &self.body
+    }
+
+    /// Asserts an RFC 9457 problem with this status, code and field; returns the body.
+    pub fn problem(&self, status: u16, code: &str, field: Option<&str>) -> &Value {
+        assert_eq!(self.status.as_u16(), status, "unexpected status: {self:?}");
+        assert_eq!(
+            self.header("content-type"),
+            Some("application/problem+json"),
+            "{self:?}"
+        );
+        assert_eq!(self.body["status"], status, "{self:?}");
+        assert_eq!(self.body["code"], code, "{self:?}");
+        assert_eq!(self.body["field"].as_str(), field, "{self:?}");
+        &self.body
+    }
+}
+
+impl Server {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// GETs `path`; the future holds no borrow, so callers can build paths on the fly.
+    pub fn get(&self, path: &str) -> impl Future<Output = Reply> + use<> {
+        let request = self.http.get(self.url(path));
+        async move {
+            let response = request.send().await.expect("sent");
+            let status = response.status();
+            let headers = response.headers().clone();
+            let text = response.text().await.expect("body read");
+            let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+            Reply {
+                status,
+                headers,
+                text,
+                body,
+            }
+        }
+    }
+
+    /// Records `incoming` as the consumers do.
+    pub async fn feed(&self, incoming: ledger::Incoming) {
+        self.ledger
+            .engine()
+            .submit(libertum_store::Submission {
+                command: Some(incoming),
+                idempotency: None,
+                checkpoint: None,
+                reply: Box::new(|_, _| libertum_store::Reply {
+                    status: 200,
+                    body: Default::default(),
+                    replayed: false,
+                }),
+            })
+            .await
+            .expect("recorded");
+    }
+}
+
+/// `2026-01-01T00:00:00Z` plus `minutes`.
+pub fn at(minutes: i64) -> Timestamp {
+    time::macros::datetime!(2026-01-01 00:00 UTC) + time::Duration::minutes(minutes)
+}
+
+/// A token event as the ledger's consumer turns it into an incoming entry: postings from the
+/// domain's own mapping, the token's version from the envelope's sequence.
+pub fn token_event(
+    event_id: &str,
+    minutes: i64,
+    version: u64,
+    change: token::Change,
+) -> ledger::Incoming {
+    let event = token::Event {
+        at: at(minutes),
+        actor: Id::from("agent-1"),
+        change,
+    };
+    let token = event.change.token_id().map(|id| (id.clone(), version));
+    ledger::Incoming {
+        event_id: event_id.into(),
+        event_type: format!("libertum.token.{}.v1", event.change.name()),
+        subject: event.change.key().to_string(),
+        at: event.at,
+        actor: "agent-1".into(),
+        postings: ledger::postings_for(&event),
+        token,
+    }
+}
+
+pub fn issued(token: &str, to: &str, amount: u128) -> token::Change {
+    token::Change::Issued {
+        token_id: Id::from(token),
+        to: Id::from(to),
+        amount: Amount(amount),
+        locked_until: None,
+    }
+}
+
+pub fn transferred(token: &str, from: &str, to: &str, amount: u128) -> token::Change {
+    token::Change::Transferred {
+        token_id: Id::from(token),
+        from: Id::from(from),
+        to: Id::from(to),
+        amount: Amount(amount),
+        forced: false,
+        reason: None,
+    }
+}
+
+pub fn redeemed(token: &str, from: &str, amount: u128) -> token::Change {
+    token::Change::Redeemed {
+        token_id: Id::from(token),
+        from: Id::from(from),
+        amount: Amount(amount),
+    }
+}
+
+/// An asset event: recorded, without postings.
+pub fn asset_event(event_id: &str, minutes: i64) -> ledger::Incoming {
+    ledger::Incoming {
+        event_id: event_id.into(),
+        event_type: "libertum.asset.approved.v1".into(),
+        subject: "ast_1".into(),
+        at: at(minutes),
+        actor: "reviewer-1".into(),
+        postings: Vec::new(),
+        token: None,
+    }
+}
+
+/// The ledger of these tests:
+///
+/// | seq | minute | event                           |
+/// |-----|--------|---------------------------------|
+/// | 1   | 0      | asset approved                  |
+/// | 2   | 10     | tok_1: issue 100 to inv_a       |
+/// | 3   | 20     | tok_1: issue 50 to inv_b        |
+/// | 4   | 30     | tok_1: inv_a sends 30 to inv_b  |
+/// | 5   | 40     | tok_2: issue 7 to inv_a         |
+/// | 6   | 50     | tok_1: inv_b redeems 20         |
+pub async fn feed_sample(s: &Server) {
+    s.feed(asset_event("ev1", 0)).await;
+    s.feed(token_event("ev2", 10, 2, issued("tok_1", "inv_a", 100)))
+        .await;
+    s.feed(token_event("ev3", 20, 3, issued("tok_1", "inv_b", 50)))
+        .await;
+    s.feed(token_event(
+        "ev4",
+        30,
+        4,
+        transferred("tok_1", "inv_a", "inv_b", 30),
+    ))
+    .await;
+    s.feed(token_event("ev5", 40, 2, issued("tok_2", "inv_a", 7)))
+        .await;
+    s.feed(token_event("ev6", 50, 5, redeemed("tok_1", "inv_b", 20)))
+        .await;
+}

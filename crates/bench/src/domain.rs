@@ -4,14 +4,18 @@ use std::time::Instant;
 
 use libertum_domain::{
     Amount, Country, Id,
-    token::{AssetState, Book, Command, Context, InvestorProfile, KycStatus, Operation, Rules, TokenSpec},
+    token::{
+        AssetState, Book, Command, Context, InvestorProfile, KycStatus, Operation, Rules, TokenSpec,
+    },
 };
 use time::macros::datetime;
 
 const INVESTORS: usize = 1_000;
 
 fn apply(book: &mut Book, command: &Command, ctx: &Context) {
-    let events = book.decide(command, ctx).expect("set-up commands are valid");
+    let events = book
+        .decide(command, ctx)
+        .expect("set-up commands are valid");
     for event in &events {
         book.apply(event);
     }
@@ -21,12 +25,27 @@ fn apply(book: &mut Book, command: &Command, ctx: &Context) {
 pub fn run(transfers: usize) -> (usize, f64) {
     let mut book = Book::default();
     let start = datetime!(2026-01-01 00:00 UTC);
-    let ctx = Context { now: start, actor: Id::from("bench") };
+    let ctx = Context {
+        now: start,
+        actor: Id::from("bench"),
+    };
     let token = Id::from("tok_bench");
     let country = |c: &str| c.parse::<Country>().expect("country");
-    apply(&mut book, &Command::ObserveAsset { asset_id: Id::from("ast_bench"), state: AssetState::Approved }, &ctx);
+    apply(
+        &mut book,
+        &Command::ObserveAsset {
+            asset_id: Id::from("ast_bench"),
+            state: AssetState::Approved,
+        },
+        &ctx,
+    );
     let rules = Rules {
-        allowed_countries: Some(["DE", "FR", "NL", "ES", "IT"].iter().map(|c| country(c)).collect()),
+        allowed_countries: Some(
+            ["DE", "FR", "NL", "ES", "IT"]
+                .iter()
+                .map(|c| country(c))
+                .collect(),
+        ),
         denied_countries: ["US", "KP"].iter().map(|c| country(c)).collect(),
         require_accreditation: true,
         max_holders: Some(INVESTORS as u64 + 10),
@@ -47,7 +66,9 @@ pub fn run(transfers: usize) -> (usize, f64) {
         rules,
     };
     apply(&mut book, &Command::CreateToken(spec), &ctx);
-    let ids: Vec<Id> = (0..INVESTORS).map(|i| Id::from(format!("inv_{i:05}"))).collect();
+    let ids: Vec<Id> = (0..INVESTORS)
+        .map(|i| Id::from(format!("inv_{i:05}")))
+        .collect();
     for id in &ids {
         let profile = InvestorProfile {
             identity_ref: format!("idp|{id}"),
@@ -57,11 +78,31 @@ pub fn run(transfers: usize) -> (usize, f64) {
             accredited: true,
             wallet: None,
         };
-        apply(&mut book, &Command::RegisterInvestor { id: id.clone(), profile }, &ctx);
-        apply(&mut book, &Command::Operate { token_id: token.clone(), operation: Operation::Issue { to: id.clone(), amount: Amount(1_000_000) } }, &ctx);
+        apply(
+            &mut book,
+            &Command::RegisterInvestor {
+                id: id.clone(),
+                profile,
+            },
+            &ctx,
+        );
+        apply(
+            &mut book,
+            &Command::Operate {
+                token_id: token.clone(),
+                operation: Operation::Issue {
+                    to: id.clone(),
+                    amount: Amount(1_000_000),
+                },
+            },
+            &ctx,
+        );
     }
     // After the lock-up, so every rule is checked and passes.
-    let ctx = Context { now: start + time::Duration::hours(2), actor: Id::from("bench") };
+    let ctx = Context {
+        now: start + time::Duration::hours(2),
+        actor: Id::from("bench"),
+    };
     let commands: Vec<Command> = {
         let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
         let mut next = || {
@@ -78,7 +119,11 @@ pub fn run(transfers: usize) -> (usize, f64) {
                 }
                 Command::Operate {
                     token_id: token.clone(),
-                    operation: Operation::Transfer { from: ids[a].clone(), to: ids[b].clone(), amount: Amount(1) },
+                    operation: Operation::Transfer {
+                        from: ids[a].clone(),
+                        to: ids[b].clone(),
+                        amount: Amount(1),
+                    },
                 }
             })
             .collect()
@@ -97,6 +142,9 @@ pub fn run(transfers: usize) -> (usize, f64) {
     let seconds = started.elapsed().as_secs_f64();
     let t = book.token(&token).expect("token");
     let sum: u128 = t.holdings.values().map(|h| h.balance.0).sum();
-    assert_eq!(sum, t.total_supply.0, "supply = sum of balances after the run");
+    assert_eq!(
+        sum, t.total_supply.0,
+        "supply = sum of balances after the run"
+    );
     (applied, seconds)
 }

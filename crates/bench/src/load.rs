@@ -4,13 +4,12 @@ use std::{
     net::SocketAddr,
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, Ordering},
     },
     time::{Duration, Instant},
 };
 
 use libertum_store::EventStore;
-use parking_lot_free::Samples;
 use serde_json::{Value, json};
 
 #[derive(Clone)]
@@ -20,16 +19,12 @@ pub struct Fixture {
     pub investors: Vec<String>,
 }
 
-pub enum Request {
-    Transfer(Arc<Fixture>, String),
-    Get(String),
-}
-
 pub struct Outcome {
     pub ok: u64,
     pub failed: u64,
     pub seconds: f64,
-    pub latencies_us: Vec<u32>,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
 }
 
 impl Outcome {
@@ -37,20 +32,12 @@ impl Outcome {
         self.ok as f64 / self.seconds
     }
 
-    fn percentile(&self, p: f64) -> f64 {
-        if self.latencies_us.is_empty() {
-            return 0.0;
-        }
-        let i = ((self.latencies_us.len() as f64 - 1.0) * p).round() as usize;
-        self.latencies_us[i] as f64 / 1000.0
-    }
-
     pub fn print(&self, what: &str) {
         println!(
             "{what:<40} {:>12.0} /s  p50 {:.2} ms  p99 {:.2} ms  ({} ok, {} failed)",
             self.rate(),
-            self.percentile(0.5),
-            self.percentile(0.99),
+            self.p50_ms,
+            self.p99_ms,
             self.ok,
             self.failed
         );
@@ -68,19 +55,31 @@ async fn post(http: &reqwest::Client, url: &str, body: Value) -> anyhow::Result<
 /// An approved, tokenized asset and `n` investors holding 1,000,000 each.
 pub async fn fixture(base: &str, n: usize) -> anyhow::Result<Fixture> {
     let http = reqwest::Client::new();
-    let asset = post(&http, &format!("{base}/v1/assets"), json!({"name": "Bench building", "kind": "real_estate", "legal_owner": "Bench SPV",
-        "location": {"address": "Bench street 1", "city": "Berlin", "country": "DE"}})).await?;
+    let asset = post(
+        &http,
+        &format!("{base}/v1/assets"),
+        json!({"name": "Bench building", "kind": "real_estate", "legal_owner": "Bench SPV",
+        "location": {"address": "Bench street 1", "city": "Berlin", "country": "DE"}}),
+    )
+    .await?;
     let asset_id = asset["id"].as_str().unwrap_or_default().to_owned();
     for action in ["submit", "approve"] {
-        post(&http, &format!("{base}/v1/assets/{asset_id}/transitions"), json!({"action": action})).await?;
+        post(
+            &http,
+            &format!("{base}/v1/assets/{asset_id}/transitions"),
+            json!({"action": action}),
+        )
+        .await?;
     }
     let spec = json!({"asset_id": asset_id, "symbol": "BENCH", "name": "Bench", "decimals": 0, "max_supply": "1000000000000",
         "unit_price": "100", "currency": "EUR", "rules": {"allowed_countries": ["DE", "FR"], "denied_countries": ["US"],
-        "max_holders": n + 10, "max_balance": "10000000000", "daily_transfer_limit": "1000000000", "monthly_transfer_limit": "10000000000"}});
+        "max_holders": n + 10, "max_balance": "10000000000", "lockup_seconds": 1, "daily_transfer_limit": "1000000000", "monthly_transfer_limit": "10000000000"}});
     let token = loop {
         match post(&http, &format!("{base}/v1/tokens"), spec.clone()).await {
             Ok(token) => break token,
-            Err(e) if e.to_string().contains("asset_not_approved") => tokio::time::sleep(Duration::from_millis(10)).await,
+            Err(e) if e.to_string().contains("asset_not_approved") => {
+                tokio::time::sleep(Duration::from_millis(10)).await
+            }
             Err(e) => return Err(e),
         }
     };
@@ -88,97 +87,118 @@ pub async fn fixture(base: &str, n: usize) -> anyhow::Result<Fixture> {
     let mut investors = Vec::with_capacity(n);
     let mut operations = Vec::with_capacity(n);
     for i in 0..n {
-        let investor = post(&http, &format!("{base}/v1/tokens/investors"), json!({"identity_ref": format!("idp|bench-{i}"), "country": "DE",
-            "kyc_status": "verified", "kyc_expires_on": "2099-12-31", "accredited": true})).await?;
+        let investor = post(
+            &http,
+            &format!("{base}/v1/tokens/investors"),
+            json!({"identity_ref": format!("idp|bench-{i}"), "country": "DE",
+            "kyc_status": "verified", "kyc_expires_on": "2099-12-31", "accredited": true}),
+        )
+        .await?;
         let id = investor["id"].as_str().unwrap_or_default().to_owned();
         operations.push(json!({"op": "issue", "to": id, "amount": "1000000"}));
         investors.push(id);
     }
     for chunk in operations.chunks(250) {
-        post(&http, &format!("{base}/v1/tokens/{token_id}/batches"), json!({"operations": chunk})).await?;
+        post(
+            &http,
+            &format!("{base}/v1/tokens/{token_id}/batches"),
+            json!({"operations": chunk}),
+        )
+        .await?;
     }
-    Ok(Fixture { asset_id, token_id, investors })
+    // Past the one-second lock-up, so the rule is checked and passes.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    Ok(Fixture {
+        asset_id,
+        token_id,
+        investors,
+    })
 }
 
-/// Runs `clients` closed loops for `duration`.
-pub async fn run(clients: usize, duration: Duration, request: Request) -> anyhow::Result<Outcome> {
-    let request = Arc::new(request);
-    let http = reqwest::Client::builder().pool_max_idle_per_host(clients).build()?;
-    let counter = Arc::new(AtomicU64::new(0));
-    let started = Instant::now();
-    let deadline = started + duration;
-    let mut tasks = Vec::with_capacity(clients);
-    for client in 0..clients {
-        let (http, request, counter) = (http.clone(), request.clone(), counter.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut samples = Samples::default();
-            let mut n: u64 = client as u64 * 7919;
-            while Instant::now() < deadline {
-                n = n.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                let sent = Instant::now();
-                let result = match request.as_ref() {
-                    Request::Get(url) => http.get(url).send().await,
-                    Request::Transfer(f, base) => {
-                        let len = f.investors.len() as u64;
-                        let a = (n >> 33) % len;
-                        let b = (a + 1 + (n >> 13) % (len - 1)) % len;
-                        let key = format!("bench-{}", counter.fetch_add(1, Ordering::Relaxed));
-                        http.post(format!("{base}/v1/tokens/{}/transfers", f.token_id))
-                            .header("idempotency-key", key)
-                            .json(&json!({"from": f.investors[a as usize], "to": f.investors[b as usize], "amount": "1"}))
-                            .send()
-                            .await
-                    }
-                };
-                let ok = match result {
-                    Ok(r) => {
-                        let ok = r.status().is_success();
-                        let _ = r.bytes().await;
-                        ok
-                    }
-                    Err(_) => false,
-                };
-                samples.record(ok, sent.elapsed());
-            }
-            samples
-        }));
-    }
-    let mut all = Samples::default();
-    for task in tasks {
-        all.merge(task.await?);
-    }
-    let seconds = started.elapsed().as_secs_f64();
-    let mut latencies_us = all.latencies_us;
-    latencies_us.sort_unstable();
-    Ok(Outcome { ok: all.ok, failed: all.failed, seconds, latencies_us })
+/// Reports wrk's figures in a line the bench parses: requests, non-2xx, errors, p50, p99 (us), duration (us).
+const DONE: &str = r#"
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("RESULT %d %d %d %d %d %d\n", summary.requests, e.status, e.connect + e.read + e.write + e.timeout,
+    latency:percentile(50), latency:percentile(99), summary.duration))
+end
+"#;
+
+/// A wrk script that transfers one unit between random investors, each request with its own
+/// Idempotency-Key.
+pub fn transfer_script(f: &Fixture) -> String {
+    let investors: Vec<String> = f.investors.iter().map(|i| format!("\"{i}\"")).collect();
+    format!(
+        r#"
+local investors = {{{}}}
+local n = #investors
+local counter = 0
+local threads = 0
+function setup(thread)
+  threads = threads + 1
+  thread:set("id", threads)
+end
+function init(args)
+  -- `id` is this thread's number, set by setup(); keys and random pairs differ per thread.
+  math.randomseed(id * 7919)
+end
+function request()
+  counter = counter + 1
+  local a = math.random(n)
+  local b = (a + math.random(n - 1) - 1) % n + 1
+  local body = '{{"from":"' .. investors[a] .. '","to":"' .. investors[b] .. '","amount":"1"}}'
+  return wrk.format("POST", "/v1/tokens/{}/transfers", {{["Content-Type"] = "application/json", ["Idempotency-Key"] = "bench-" .. id .. "-" .. counter}}, body)
+end
+{DONE}"#,
+        investors.join(","),
+        f.token_id
+    )
 }
 
-mod parking_lot_free {
-    use std::time::Duration;
+pub fn get_script() -> String {
+    DONE.to_owned()
+}
 
-    #[derive(Default)]
-    pub struct Samples {
-        pub ok: u64,
-        pub failed: u64,
-        pub latencies_us: Vec<u32>,
-    }
-
-    impl Samples {
-        pub fn record(&mut self, ok: bool, latency: Duration) {
-            if ok {
-                self.ok += 1;
-                self.latencies_us.push(latency.as_micros().min(u32::MAX as u128) as u32);
-            } else {
-                self.failed += 1;
-            }
-        }
-
-        pub fn merge(&mut self, other: Samples) {
-            self.ok += other.ok;
-            self.failed += other.failed;
-            self.latencies_us.extend(other.latencies_us);
-        }
-    }
+/// Runs wrk with 2 threads and `connections` connections against `url` for `duration`.
+pub fn wrk(
+    url: &str,
+    script: &str,
+    connections: usize,
+    duration: Duration,
+) -> anyhow::Result<Outcome> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("script.lua");
+    std::fs::write(&path, script)?;
+    let output = std::process::Command::new("wrk")
+        .args(["-t2", &format!("-c{connections}"), &format!("-d{}s", duration.as_secs()), "--timeout", "10s", "-s"])
+        .arg(&path)
+        .arg(url)
+        .output()
+        .map_err(|e| anyhow::anyhow!("wrk could not run ({e}); install it with apt-get install -y wrk (scripts/bench does)"))?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("RESULT "))
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "wrk printed no result: {stdout}{}",
+                String::from_utf8_lossy(&output.stderr)
+            )
+        })?;
+    let n: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    anyhow::ensure!(n.len() == 6, "unexpected wrk result line {line:?}");
+    let failed = n[1] + n[2];
+    Ok(Outcome {
+        ok: n[0].saturating_sub(failed),
+        failed,
+        seconds: n[5] as f64 / 1e6,
+        p50_ms: n[3] as f64 / 1e3,
+        p99_ms: n[4] as f64 / 1e3,
+    })
 }
 
 /// A bare axum handler on its own port, served by the same runtime as the product.
@@ -207,9 +227,17 @@ impl LagSampler {
             let now = started.elapsed().as_millis() as u64;
             let head = tokens.head().await.unwrap_or(0);
             heads.push((now, head));
-            let done = ledger.checkpoint(LEDGER_CHECKPOINT).await.ok().flatten().unwrap_or(0);
+            let done = ledger
+                .checkpoint(LEDGER_CHECKPOINT)
+                .await
+                .ok()
+                .flatten()
+                .unwrap_or(0);
             // The first moment the tokens log held more than the ledger has consumed.
-            let since = heads.iter().find(|(_, h)| *h > done).map_or(now, |(t, _)| *t);
+            let since = heads
+                .iter()
+                .find(|(_, h)| *h > done)
+                .map_or(now, |(t, _)| *t);
             self.lags_ms.lock().push(now - since);
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -226,16 +254,25 @@ impl LagSampler {
     pub fn p99(&self) -> f64 {
         let mut v = self.lags_ms.lock().clone();
         v.sort_unstable();
-        v.get(((v.len() as f64 - 1.0) * 0.99).round() as usize).copied().unwrap_or(0) as f64 / 1000.0
+        v.get(((v.len() as f64 - 1.0) * 0.99).round() as usize)
+            .copied()
+            .unwrap_or(0) as f64
+            / 1000.0
     }
 }
 
 /// Time from now until the ledger has consumed everything the tokens service has committed.
-pub async fn catch_up(tokens: Arc<dyn EventStore>, ledger: Arc<dyn EventStore>) -> anyhow::Result<Duration> {
+pub async fn catch_up(
+    tokens: Arc<dyn EventStore>,
+    ledger: Arc<dyn EventStore>,
+) -> anyhow::Result<Duration> {
     let started = Instant::now();
     let head = tokens.head().await?;
     while ledger.checkpoint(LEDGER_CHECKPOINT).await?.unwrap_or(0) < head {
-        anyhow::ensure!(started.elapsed() < Duration::from_secs(120), "the ledger did not catch up in two minutes");
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(120),
+            "the ledger did not catch up in two minutes"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     Ok(started.elapsed())

@@ -17,29 +17,55 @@ use std::{sync::Arc, time::Duration};
 use serde_json::json;
 
 fn seconds() -> u64 {
-    std::env::var("BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(10)
+    std::env::var("BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10)
 }
 
 fn peak_rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(str::to_owned))
-        .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<f64>().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .map(str::to_owned)
+        })
+        .and_then(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
 fn main() -> anyhow::Result<()> {
     let phase = Duration::from_secs(seconds());
-    println!("libertum-bench: {} cores, phases of {} s", std::thread::available_parallelism().map_or(0, |n| n.get()), phase.as_secs());
+    println!(
+        "libertum-bench: {} cores, phases of {} s",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        phase.as_secs()
+    );
 
     // 1. The domain, on this thread alone.
     let (applied, secs) = domain::run(3_000_000);
-    println!("domain transfers (one core, all rules): {:>12.0} /s  ({applied} in {secs:.2} s)", applied as f64 / secs);
+    println!(
+        "domain transfers (one core, all rules): {:>12.0} /s  ({applied} in {secs:.2} s)",
+        applied as f64 / secs
+    );
 
     // The product runs on its own runtime; the load generator on another.
-    let server = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    let client = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    let dir = tempfile::Builder::new().prefix("bench-data-").tempdir_in(".")?;
+    let server = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let client = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let dir = tempfile::Builder::new()
+        .prefix("bench-data-")
+        .tempdir_in(".")?;
     let settings = libertum_platform::config::Settings {
         log_filter: "error".into(),
         ..libertum_platform::config::Settings::for_test(dir.path())
@@ -55,7 +81,11 @@ fn main() -> anyhow::Result<()> {
     let bare = server.block_on(load::bare_server())?;
 
     let fixture = client.block_on(load::fixture(&base, 1_000))?;
-    println!("fixture: 1 asset, 1 token, {} investors holding 1,000,000 each; data in {}", fixture.investors.len(), dir.path().display());
+    println!(
+        "fixture: 1 asset, 1 token, {} investors holding 1,000,000 each; data in {}",
+        fixture.investors.len(),
+        dir.path().display()
+    );
 
     // 2. Durable transfers, sampling the ledger's lag meanwhile.
     let lag = Arc::new(load::LagSampler::default());
@@ -64,19 +94,32 @@ fn main() -> anyhow::Result<()> {
         let (tokens_store, ledger_store) = (tokens_store.clone(), ledger_store.clone());
         client.spawn(async move { lag.run(tokens_store, ledger_store).await })
     };
-    let transfers = client.block_on(load::run(64, phase, load::Request::Transfer(Arc::new(fixture.clone()), base.clone())))?;
+    let transfers = load::wrk(&base, &load::transfer_script(&fixture), 64, phase)?;
     let catch_up = client.block_on(load::catch_up(tokens_store.clone(), ledger_store.clone()))?;
     lag.stop();
     let _ = client.block_on(sampler);
     transfers.print("durable HTTP transfers (64 clients)");
-    println!("  ledger lag during the run: max {:.3} s, p99 {:.3} s; caught up {:.3} s after the load stopped", lag.max(), lag.p99(), catch_up.as_secs_f64());
+    println!(
+        "  ledger lag during the run: max {:.3} s, p99 {:.3} s; caught up {:.3} s after the load stopped",
+        lag.max(),
+        lag.p99(),
+        catch_up.as_secs_f64()
+    );
 
     // 3. Cached reads and 4. the bare handler.
-    let reads = client.block_on(load::run(64, phase, load::Request::Get(format!("{base}/v1/assets/{}", fixture.asset_id))))?;
+    let reads = load::wrk(
+        &format!("{base}/v1/assets/{}", fixture.asset_id),
+        &load::get_script(),
+        64,
+        phase,
+    )?;
     reads.print("cached asset reads (64 clients)");
-    let bare_rate = client.block_on(load::run(64, phase, load::Request::Get(format!("http://{bare}/"))))?;
+    let bare_rate = load::wrk(&format!("http://{bare}/"), &load::get_script(), 64, phase)?;
     bare_rate.print("bare axum handler (64 clients)");
-    println!("  cached reads / bare handler: {:.2}", reads.rate() / bare_rate.rate());
+    println!(
+        "  cached reads / bare handler: {:.2}",
+        reads.rate() / bare_rate.rate()
+    );
 
     // The ledger matches the tokens service after all that.
     let check = client.block_on(async {
@@ -89,7 +132,8 @@ fn main() -> anyhow::Result<()> {
     println!("peak resident memory: {:.0} MiB", peak_rss_mib());
     let metrics = libertum_platform::http_metrics::recorder().render();
     for line in metrics.lines().filter(|l| {
-        (l.starts_with("libertum_store_commit_duration_seconds_") || l.starts_with("libertum_store_commit_batch_size_"))
+        (l.starts_with("libertum_store_commit_duration_seconds_")
+            || l.starts_with("libertum_store_commit_batch_size_"))
             && (l.contains("_sum") || l.contains("_count"))
     }) {
         println!("  {line}");

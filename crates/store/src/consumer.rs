@@ -59,6 +59,19 @@ impl<S: StateMachine> Consumer<S> {
         self.lag.clone()
     }
 
+    fn submission(&self, command: Option<S::Command>, offset: u64) -> Submission<S> {
+        Submission {
+            command,
+            idempotency: None,
+            checkpoint: Some((self.checkpoint_name(), offset)),
+            reply: Box::new(|_, _| Reply {
+                status: 200,
+                body: Default::default(),
+                replayed: false,
+            }),
+        }
+    }
+
     fn checkpoint_name(&self) -> String {
         format!("{}:{}", self.name, self.topic)
     }
@@ -78,36 +91,52 @@ impl<S: StateMachine> Consumer<S> {
     }
 
     async fn consume(&self) -> anyhow_like::Result<()> {
-        let checkpoint = self.checkpoint_name();
-        let resume = self.engine.store().checkpoint(&checkpoint).await?;
+        let resume = self
+            .engine
+            .store()
+            .checkpoint(&self.checkpoint_name())
+            .await?;
         let mut subscription = self.bus.subscribe(&self.topic, &self.name, resume).await?;
+        let mut last_skip_commit = std::time::Instant::now();
         loop {
             let batch = subscription.next(1_024).await?;
             let Some(last) = batch.last().cloned() else {
                 continue;
             };
             let mut waiting = Vec::with_capacity(batch.len());
+            let mut skipped_to = None;
             for delivery in &batch {
                 let command = match (self.decode)(delivery) {
-                    Verdict::Apply(command) => Some(command),
-                    Verdict::Skip => None,
+                    Verdict::Apply(command) => command,
+                    Verdict::Skip => {
+                        skipped_to = Some(delivery.offset);
+                        continue;
+                    }
                     Verdict::Reject(reason) => {
                         tracing::warn!(consumer = %self.name, topic = %delivery.topic, partition = delivery.partition, offset = delivery.offset, %reason, "event rejected");
                         metrics::counter!(m::EVENTS_REJECTED, "consumer" => self.name.clone(), "topic" => self.topic.clone()).increment(1);
-                        None
+                        skipped_to = Some(delivery.offset);
+                        continue;
                     }
                 };
-                let submission = Submission {
-                    command,
-                    idempotency: None,
-                    checkpoint: Some((checkpoint.clone(), delivery.offset)),
-                    reply: Box::new(|_, _| Reply {
-                        status: 200,
-                        body: Default::default(),
-                        replayed: false,
-                    }),
-                };
-                waiting.push((delivery.offset, self.engine.enqueue(submission).await?));
+                skipped_to = None;
+                waiting.push((
+                    delivery.offset,
+                    self.engine
+                        .enqueue(self.submission(Some(command), delivery.offset))
+                        .await?,
+                ));
+            }
+            // Events this consumer ignores need no commit of their own: re-reading them after a
+            // crash is harmless. Their position is stored at most once a second.
+            if let Some(offset) = skipped_to
+                && last_skip_commit.elapsed() >= std::time::Duration::from_secs(1)
+            {
+                waiting.push((
+                    offset,
+                    self.engine.enqueue(self.submission(None, offset)).await?,
+                ));
+                last_skip_commit = std::time::Instant::now();
             }
             for (offset, outcome) in waiting {
                 match outcome.await {

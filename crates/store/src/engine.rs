@@ -411,3 +411,7 @@ async fn run_one<S: StateMachine>(
     }
     Ok(reply)
 }
+
+#[cfg(test)]
+#[path = "engine_tests.rs"]
+mod tests;

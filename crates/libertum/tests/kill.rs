@@ -1,0 +1,199 @@
+//! The product killed with SIGKILL in the middle of a stream of writes loses nothing it
+//! acknowledged: after a restart every acknowledged request is there (a retry with its key is a
+//! replay), supply equals the sum of balances, and the ledger catches up, verified and reconciled.
+
+use std::{
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use serde_json::{Value, json};
+
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    listener.local_addr().expect("addr").port()
+}
+
+fn start(dir: &std::path::Path, port: u16) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_libertum"))
+        .env("LIBERTUM_HTTP_ADDR", format!("127.0.0.1:{port}"))
+        .env("LIBERTUM_DATA_DIR", dir)
+        .env("LIBERTUM_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("the libertum binary starts")
+}
+
+async fn ready(http: &reqwest::Client, base: &str) {
+    for _ in 0..200 {
+        if let Ok(r) = http.get(format!("{base}/readyz")).send().await
+            && r.status().is_success()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{base} never became ready");
+}
+
+async fn post(http: &reqwest::Client, url: String, body: Value) -> Value {
+    let r = http.post(&url).json(&body).send().await.expect("sent");
+    let status = r.status();
+    let body: Value = r.json().await.expect("json");
+    assert!(status.is_success(), "POST {url}: {status} {body}");
+    body
+}
+
+async fn get(http: &reqwest::Client, url: String) -> Value {
+    http.get(&url)
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("json")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_9_loses_no_acknowledged_write() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let mut child = start(dir.path(), port);
+    ready(&http, &base).await;
+
+    let asset = post(
+        &http,
+        format!("{base}/v1/assets"),
+        json!({"name": "Kill test", "kind": "real_estate", "legal_owner": "SPV",
+        "location": {"address": "Street 1", "city": "Berlin", "country": "DE"}}),
+    )
+    .await;
+    let asset_id = asset["id"].as_str().expect("id").to_owned();
+    for action in ["submit", "approve"] {
+        post(
+            &http,
+            format!("{base}/v1/assets/{asset_id}/transitions"),
+            json!({"action": action}),
+        )
+        .await;
+    }
+    let spec = json!({"asset_id": asset_id, "symbol": "KILL", "name": "Kill", "decimals": 0, "max_supply": "1000000000", "unit_price": "1", "currency": "EUR"});
+    let token = loop {
+        let r = http
+            .post(format!("{base}/v1/tokens"))
+            .json(&spec)
+            .send()
+            .await
+            .expect("sent");
+        if r.status().is_success() {
+            break r.json::<Value>().await.expect("json");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let token_id = token["id"].as_str().expect("id").to_owned();
+    let investor = post(&http, format!("{base}/v1/tokens/investors"), json!({"identity_ref": "idp|k", "country": "DE", "kyc_status": "verified", "kyc_expires_on": "2099-01-01"})).await;
+    let alice = investor["id"].as_str().expect("id").to_owned();
+
+    // 16 clients issue one unit at a time, each request with its own key, until the kill.
+    let acknowledged = Arc::new(Mutex::new(Vec::<String>::new()));
+    let url = format!("{base}/v1/tokens/{token_id}/issuances");
+    let mut clients = Vec::new();
+    for c in 0..16 {
+        let (http, url, alice, acknowledged) = (
+            http.clone(),
+            url.clone(),
+            alice.clone(),
+            acknowledged.clone(),
+        );
+        clients.push(tokio::spawn(async move {
+            for i in 0.. {
+                let key = format!("kill-{c}-{i}");
+                let sent = http
+                    .post(&url)
+                    .header("idempotency-key", &key)
+                    .json(&json!({"to": alice, "amount": "1"}))
+                    .send()
+                    .await;
+                match sent {
+                    Ok(r) if r.status().is_success() => {
+                        acknowledged.lock().expect("lock").push(key)
+                    }
+                    _ => break,
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reaped");
+    for client in clients {
+        client.await.expect("client ends");
+    }
+    let acknowledged = acknowledged.lock().expect("lock").clone();
+    assert!(
+        acknowledged.len() > 50,
+        "the stream was under way when killed ({} acknowledged)",
+        acknowledged.len()
+    );
+
+    let mut child = start(dir.path(), port);
+    ready(&http, &base).await;
+    let holders = get(&http, format!("{base}/v1/tokens/{token_id}/holders")).await;
+    let supply: u64 = holders["total_supply"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .expect("supply");
+    let balance: u64 = holders["holders"][0]["balance"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .expect("balance");
+    assert_eq!(supply, balance, "supply equals the sum of balances");
+    assert!(
+        supply >= acknowledged.len() as u64,
+        "every acknowledged issuance survived: {supply} < {}",
+        acknowledged.len()
+    );
+    // At most the requests in flight at the kill were committed without an answer.
+    assert!(
+        supply <= acknowledged.len() as u64 + 16,
+        "nothing was applied twice"
+    );
+    for key in &acknowledged {
+        let r = http
+            .post(&url)
+            .header("idempotency-key", key)
+            .json(&json!({"to": alice, "amount": "1"}))
+            .send()
+            .await
+            .expect("sent");
+        assert!(r.status().is_success());
+        assert_eq!(
+            r.headers().get("idempotent-replayed").map(|v| v.as_bytes()),
+            Some(&b"true"[..]),
+            "{key} was durable with its response"
+        );
+    }
+    let after = get(&http, format!("{base}/v1/tokens/{token_id}/holders")).await;
+    assert_eq!(
+        after["total_supply"], holders["total_supply"],
+        "replays applied nothing"
+    );
+
+    let mut reconciled = Value::Null;
+    for _ in 0..100 {
+        reconciled = get(&http, format!("{base}/v1/ledger/reconciliation")).await;
+        if reconciled["matched"] == true {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(reconciled["matched"], true, "{reconciled}");
+    let verification = get(&http, format!("{base}/v1/ledger/verification")).await;
+    assert_eq!(verification["valid"], true, "{verification}");
+    child.kill().expect("stopped");
+    child.wait().expect("reaped");
+}

@@ -1,0 +1,214 @@
+//! The engine against a real redb store, and against one whose commits can be made to fail.
+
+use std::sync::atomic::AtomicBool;
+
+use async_trait::async_trait;
+use libertum_domain::Error;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use super::*;
+use crate::{IdempotencyRecord, RedbStore, ports::EventStore};
+
+/// A counter that refuses to go above 10: the smallest state machine with a rule.
+#[derive(Default)]
+struct Counter(u64);
+
+#[derive(Clone, Serialize, Deserialize)]
+struct Added {
+    n: u64,
+}
+
+impl StateMachine for Counter {
+    type Command = u64;
+    type Event = Added;
+    const SOURCE: &'static str = "/test";
+
+    fn execute(&mut self, n: u64, _now: OffsetDateTime) -> domain::Result<Vec<Added>> {
+        if self.0 + n > 10 {
+            return Err(Error::refused("too_much", "the counter stops at 10"));
+        }
+        let event = Added { n };
+        self.apply(&event);
+        Ok(vec![event])
+    }
+
+    fn apply(&mut self, event: &Added) {
+        self.0 += event.n;
+    }
+
+    fn describe(_: &Added) -> Described<'_> {
+        Described {
+            family: "test",
+            name: "added",
+            subject: "counter",
+            actor: "test",
+            time: OffsetDateTime::UNIX_EPOCH,
+        }
+    }
+}
+
+fn add(n: u64, key: Option<&str>, body: &str) -> Submission<Counter> {
+    Submission {
+        command: Some(n),
+        idempotency: key.map(|k| (k.to_owned(), body.to_owned())),
+        checkpoint: None,
+        reply: Box::new(|state: &Counter, _| Reply {
+            status: 200,
+            body: Bytes::from(state.0.to_string()),
+            replayed: false,
+        }),
+    }
+}
+
+/// A redb store whose commits fail while `failing` is set.
+struct Flaky {
+    inner: RedbStore,
+    failing: AtomicBool,
+}
+
+#[async_trait]
+impl EventStore for Flaky {
+    async fn commit(&self, commit: Commit) -> Result<(), StoreError> {
+        if self.failing.load(Ordering::Relaxed) {
+            return Err(StoreError::Backend("disk on fire".into()));
+        }
+        self.inner.commit(commit).await
+    }
+    async fn read(&self, after: u64, max: usize) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        self.inner.read(after, max).await
+    }
+    async fn head(&self) -> Result<u64, StoreError> {
+        self.inner.head().await
+    }
+    async fn idempotency(&self, key: &str) -> Result<Option<IdempotencyRecord>, StoreError> {
+        self.inner.idempotency(key).await
+    }
+    async fn prune_idempotency(&self, before: i64) -> Result<u64, StoreError> {
+        self.inner.prune_idempotency(before).await
+    }
+    async fn checkpoint(&self, name: &str) -> Result<Option<u64>, StoreError> {
+        self.inner.checkpoint(name).await
+    }
+    fn watch_head(&self) -> watch::Receiver<u64> {
+        self.inner.watch_head()
+    }
+    fn describe(&self) -> String {
+        "flaky".into()
+    }
+}
+
+#[tokio::test]
+async fn concurrent_commands_are_committed_together_and_survive_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let store = Arc::new(RedbStore::open(dir.path(), "t").expect("open"));
+        let engine = Engine::<Counter>::start("test", store.clone(), None)
+            .await
+            .expect("start");
+        let waiting: Vec<_> =
+            futures_lite_join((0..5).map(|_| engine.enqueue(add(1, None, ""))).collect()).await;
+        for rx in waiting {
+            rx.expect("queued")
+                .await
+                .expect("answered")
+                .expect("applied");
+        }
+        assert_eq!(engine.read().await.0, 5);
+        assert_eq!(store.head().await.expect("head"), 5);
+        engine.close().await;
+    }
+    let store = Arc::new(RedbStore::open(dir.path(), "t").expect("reopen"));
+    let engine = Engine::<Counter>::start("test", store, None)
+        .await
+        .expect("restart");
+    assert_eq!(
+        engine.read().await.0,
+        5,
+        "the state is rebuilt from the log"
+    );
+}
+
+async fn futures_lite_join<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut out = Vec::with_capacity(futures.len());
+    for f in futures {
+        out.push(f.await);
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_refused_command_changes_nothing_and_is_not_remembered_for_its_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(RedbStore::open(dir.path(), "t").expect("open"));
+    let engine = Engine::<Counter>::start("test", store.clone(), None)
+        .await
+        .expect("start");
+    let err = engine
+        .submit(add(11, Some("k"), "a"))
+        .await
+        .expect_err("refused");
+    assert!(matches!(err, EngineError::Refused(e) if e.code == "too_much"));
+    assert_eq!(store.head().await.expect("head"), 0);
+    // The same key may be used again: only successes are kept for replay.
+    let ok = engine
+        .submit(add(2, Some("k"), "a"))
+        .await
+        .expect("applied");
+    assert_eq!(ok.body, "2");
+}
+
+#[tokio::test]
+async fn a_retry_with_the_same_key_gets_the_first_response_and_another_body_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(RedbStore::open(dir.path(), "t").expect("open"));
+    let engine = Engine::<Counter>::start("test", store.clone(), None)
+        .await
+        .expect("start");
+    let first = engine
+        .submit(add(3, Some("k"), "fp1"))
+        .await
+        .expect("applied");
+    let again = engine
+        .submit(add(3, Some("k"), "fp1"))
+        .await
+        .expect("replayed");
+    assert!(again.replayed && !first.replayed);
+    assert_eq!(again.body, first.body);
+    assert_eq!(engine.read().await.0, 3, "the retry applied nothing");
+    assert!(matches!(
+        engine.submit(add(3, Some("k"), "fp2")).await,
+        Err(EngineError::IdempotencyMismatch)
+    ));
+}
+
+#[tokio::test]
+async fn a_failed_commit_answers_unavailable_and_shows_nothing_of_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(Flaky {
+        inner: RedbStore::open(dir.path(), "t").expect("open"),
+        failing: AtomicBool::new(false),
+    });
+    let engine = Engine::<Counter>::start("test", store.clone(), None)
+        .await
+        .expect("start");
+    engine.submit(add(1, None, "")).await.expect("applied");
+    store.failing.store(true, Ordering::Relaxed);
+    let err = engine
+        .submit(add(4, None, ""))
+        .await
+        .expect_err("the commit fails");
+    assert!(matches!(err, EngineError::Unavailable(_)));
+    assert_eq!(
+        engine.read().await.0,
+        1,
+        "the state was rebuilt from the log"
+    );
+    assert!(engine.healthy());
+    store.failing.store(false, Ordering::Relaxed);
+    engine
+        .submit(add(4, None, ""))
+        .await
+        .expect("applied once the disk is back");
+    assert_eq!(engine.read().await.0, 5);
+}

@@ -106,13 +106,13 @@ async fn concurrent_commands_are_committed_together_and_survive_a_restart() {
         let engine = Engine::<Counter>::start("test", store.clone(), None)
             .await
             .expect("start");
-        let waiting: Vec<_> =
-            futures_lite_join((0..5).map(|_| engine.enqueue(add(1, None, ""))).collect()).await;
+        // Queued without waiting, so the writer takes them as one group.
+        let mut waiting = Vec::new();
+        for _ in 0..5 {
+            waiting.push(engine.enqueue(add(1, None, "")).await.expect("queued"));
+        }
         for rx in waiting {
-            rx.expect("queued")
-                .await
-                .expect("answered")
-                .expect("applied");
+            rx.await.expect("answered").expect("applied");
         }
         assert_eq!(engine.read().await.0, 5);
         assert_eq!(store.head().await.expect("head"), 5);
@@ -127,14 +127,6 @@ async fn concurrent_commands_are_committed_together_and_survive_a_restart() {
         5,
         "the state is rebuilt from the log"
     );
-}
-
-async fn futures_lite_join<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
-    let mut out = Vec::with_capacity(futures.len());
-    for f in futures {
-        out.push(f.await);
-    }
-    out
 }
 
 #[tokio::test]

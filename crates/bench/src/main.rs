@@ -16,6 +16,10 @@ use std::{sync::Arc, time::Duration};
 
 use serde_json::json;
 
+/// mimalloc: the request path allocates a lot of small, short-lived buffers.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn seconds() -> u64 {
     std::env::var("BENCH_SECONDS")
         .ok()

@@ -2,6 +2,10 @@
 
 use libertum_platform::config::{Settings, VARIABLES};
 
+/// mimalloc: the request path allocates a lot of small, short-lived buffers.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn usage() -> String {
     let mut text = String::from(
         "libertum: assets, tokens and ledger in one process, on embedded defaults\n\n\

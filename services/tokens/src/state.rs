@@ -5,6 +5,9 @@ use libertum_events::TOKENS_SOURCE;
 use libertum_store::{Described, StateMachine};
 use time::OffsetDateTime;
 
+/// Business counter: token events recorded, by type (issued, transferred, redeemed, ...).
+pub const TOKEN_EVENTS: &str = "libertum_token_events_total";
+
 /// A command and who gives it.
 pub struct Command {
     pub actor: Id,
@@ -27,6 +30,7 @@ impl StateMachine for TokensState {
         let events = self.0.decide(&command.command, &ctx)?;
         for event in &events {
             self.0.apply(event);
+            metrics::counter!(TOKEN_EVENTS, "type" => event.change.name()).increment(1);
         }
         Ok(events)
     }

@@ -61,7 +61,9 @@ impl Action {
             (Action::Reopen, Rejected) => Some(Draft),
             (Action::Suspend, Tokenized) => Some(Suspended),
             (Action::Reactivate, Suspended) => Some(Tokenized),
-            (Action::Retire, Approved | Rejected | Tokenized | Suspended) => Some(Retired),
+            // Not from approved: a token class may be on its way (tokenization is asynchronous),
+            // and a retired asset must never end up with a live token.
+            (Action::Retire, Rejected | Tokenized | Suspended) => Some(Retired),
             _ => None,
         }
     }

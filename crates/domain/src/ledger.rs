@@ -194,8 +194,8 @@ pub struct Journal {
     accounts: FxHashMap<(String, String), Vec<Point>>,
     /// Per unit, the accounts that ever held it.
     holders: FxHashMap<String, Vec<String>>,
-    /// The last version of each token seen.
-    token_versions: FxHashMap<Id, u64>,
+    /// Each token's versions as recorded: `(version, seq of its entry)`, in order.
+    token_versions: FxHashMap<Id, Vec<(u64, u64)>>,
 }
 
 impl Default for Journal {
@@ -228,8 +228,19 @@ impl Journal {
         self.seen.contains(event_id)
     }
 
+    /// The latest version of `token_id` recorded, 0 if none.
     pub fn token_version(&self, token_id: &str) -> u64 {
-        self.token_versions.get(token_id).copied().unwrap_or(0)
+        self.token_versions
+            .get(token_id)
+            .and_then(|v| v.last())
+            .map_or(0, |(version, _)| *version)
+    }
+
+    /// The sequence number of the entry that took `token_id` to `version`.
+    pub fn seq_of_token_version(&self, token_id: &str, version: u64) -> Option<u64> {
+        let versions = self.token_versions.get(token_id)?;
+        let i = versions.binary_search_by_key(&version, |(v, _)| *v).ok()?;
+        Some(versions[i].1)
     }
 
     /// Turns an incoming event into the next entry; an event already recorded gives none.
@@ -266,7 +277,10 @@ impl Journal {
         }
         self.seen.insert(entry.event_id.clone());
         if let Some((token, version)) = &entry.token {
-            self.token_versions.insert(token.clone(), *version);
+            self.token_versions
+                .entry(token.clone())
+                .or_default()
+                .push((*version, entry.seq));
         }
         for p in &entry.postings {
             let amount = p.amount.0 as i128;
@@ -285,7 +299,8 @@ impl Journal {
             Vec::new()
         });
         let before = points.last().map_or(0, |p| p.2);
-        points.push((entry.seq, entry.at, before + delta));
+        // Amounts are bounded by 10^36, so only an absurd history could reach the bound.
+        points.push((entry.seq, entry.at, before.saturating_add(delta)));
     }
 
     /// The balance of `account` in `unit` at `as_of`.

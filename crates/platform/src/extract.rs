@@ -20,7 +20,7 @@ pub struct Json<T>(pub T);
 
 fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let de = &mut serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(de).map_err(|e| {
+    let value = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         let status = if inner.is_data() {
@@ -35,7 +35,11 @@ fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         };
         let error = ApiError::new(status, code, format!("{inner}"));
         if path == "." { error } else { error.at(path) }
-    })
+    })?;
+    // Nothing but whitespace may follow the value.
+    de.end()
+        .map_err(|e| ApiError::bad_request("invalid_json", format!("{e}")))?;
+    Ok(value)
 }
 
 async fn json_bytes(req: Request) -> Result<Bytes, ApiError> {
@@ -249,5 +253,32 @@ pub fn cursor_position(cursor: Option<&str>) -> Result<u64, ApiError> {
                 "cursor must come from a previous page's next_cursor",
             )
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Body {
+        #[allow(dead_code)]
+        name: String,
+    }
+
+    #[test]
+    fn trailing_bytes_after_the_body_are_refused() {
+        assert!(parse::<Body>(br#"{"name":"a"}  "#).is_ok());
+        let e = parse::<Body>(br#"{"name":"a"}garbage"#).expect_err("trailing bytes");
+        assert_eq!(e.code, "invalid_json");
+    }
+
+    #[test]
+    fn the_offending_field_is_named() {
+        let e = parse::<Body>(br#"{"name":"a","colour":"red"}"#).expect_err("unknown field");
+        assert_eq!((e.code.as_ref(), e.status.as_u16()), ("invalid_field", 422));
+        let e = parse::<Body>(br#"{"name":5}"#).expect_err("wrong type");
+        assert_eq!(e.field.as_deref(), Some("name"));
     }
 }

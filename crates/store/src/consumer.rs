@@ -111,7 +111,7 @@ impl<S: StateMachine> Consumer<S> {
             let Some(last) = batch.last().cloned() else {
                 continue;
             };
-            let mut waiting = Vec::with_capacity(batch.len());
+            let mut submissions = Vec::with_capacity(batch.len());
             let mut skipped_to = None;
             for delivery in &batch {
                 let command = match (self.decode)(delivery) {
@@ -128,35 +128,37 @@ impl<S: StateMachine> Consumer<S> {
                     }
                 };
                 skipped_to = None;
-                waiting.push((
-                    delivery.offset,
-                    self.engine
-                        .enqueue(self.submission(Some(command), delivery.offset))
-                        .await?,
-                ));
+                submissions.push(self.submission(Some(command), delivery.offset));
             }
             // Events this consumer ignores need no commit of their own: re-reading them after a
             // crash is harmless. Their position is stored at most once a second.
             if let Some(offset) = skipped_to
                 && last_skip_commit.elapsed() >= std::time::Duration::from_secs(1)
             {
-                waiting.push((
-                    offset,
-                    self.engine.enqueue(self.submission(None, offset)).await?,
-                ));
+                submissions.push(self.submission(None, offset));
                 last_skip_commit = std::time::Instant::now();
             }
-            for (offset, outcome) in waiting {
-                match outcome.await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(EngineError::Refused(refusal))) => {
-                        // The event is well-formed but its effect is refused: deterministic, so
-                        // retrying cannot help. It is skipped with its position stored.
-                        tracing::warn!(consumer = %self.name, topic = %self.topic, offset, code = refusal.code, "event refused by a rule");
-                    }
-                    Ok(Err(error)) => return Err(error.into()),
-                    Err(_) => {
-                        return Err(EngineError::Unavailable("the writer stopped".into()).into());
+            if !submissions.is_empty() {
+                let offsets: Vec<u64> = submissions
+                    .iter()
+                    .filter_map(|s| s.checkpoint.as_ref().map(|c| c.1))
+                    .collect();
+                let outcomes = self
+                    .engine
+                    .enqueue_many(submissions)
+                    .await?
+                    .await
+                    .map_err(|_| EngineError::Unavailable("the writer stopped".into()))?;
+                for (offset, outcome) in offsets.into_iter().zip(outcomes) {
+                    match outcome {
+                        Ok(_) => {}
+                        Err(EngineError::Refused(refusal)) => {
+                            // Well-formed but refused by a rule: deterministic, so retrying cannot
+                            // help. It is skipped, its position stored with the batch.
+                            tracing::warn!(consumer = %self.name, topic = %self.topic, offset, code = refusal.code, "event refused by a rule");
+                        }
+                        // The whole batch failed together: resume from the stored checkpoint.
+                        Err(error) => return Err(error.into()),
                     }
                 }
             }

@@ -97,9 +97,10 @@ pub enum EngineError {
 
 type Outcome = Result<Reply, EngineError>;
 
+/// Submissions that go into the same group commit: all of them stand, or none.
 struct Job<S: StateMachine> {
-    submission: Submission<S>,
-    done: oneshot::Sender<Outcome>,
+    submissions: Vec<Submission<S>>,
+    done: oneshot::Sender<Vec<Outcome>>,
 }
 
 struct Inner<S: StateMachine> {
@@ -137,7 +138,9 @@ impl<S: StateMachine> Engine<S> {
         store: Arc<dyn EventStore>,
         cache: Option<Arc<dyn Cache>>,
     ) -> Result<Self, StoreError> {
-        let (state, versions, head) = replay::<S>(store.as_ref()).await?;
+        let mut replayed = replay::<S>(store.as_ref()).await?;
+        let state = std::mem::take(&mut replayed.state);
+        let head = replayed.head;
         tracing::info!(service, events = head, "state rebuilt from the log");
         let inner = Arc::new(Inner {
             state: RwLock::new(state),
@@ -147,7 +150,7 @@ impl<S: StateMachine> Engine<S> {
             healthy: AtomicBool::new(true),
         });
         let (tx, rx) = mpsc::channel(QUEUE);
-        let handle = tokio::spawn(writer(inner.clone(), rx, versions, head));
+        let handle = tokio::spawn(writer(inner.clone(), rx, replayed));
         Ok(Engine {
             inner,
             tx,
@@ -175,21 +178,23 @@ impl<S: StateMachine> Engine<S> {
 
     /// Submits a command and waits until its effect is durable (or refused).
     pub async fn submit(&self, submission: Submission<S>) -> Outcome {
-        self.enqueue(submission)
+        self.enqueue_many(vec![submission])
             .await?
             .await
             .map_err(|_| EngineError::Unavailable("the writer stopped".into()))?
+            .pop()
+            .unwrap_or_else(|| Err(EngineError::Unavailable("the writer gave no answer".into())))
     }
 
-    /// Queues a command and returns at once; the receiver yields the outcome. Consumers use this
-    /// to have a whole batch of events committed together.
-    pub async fn enqueue(
+    /// Queues commands that must commit together (all or none, in order) and returns at once;
+    /// the receiver yields their outcomes. Consumers queue each batch of events this way.
+    pub async fn enqueue_many(
         &self,
-        submission: Submission<S>,
-    ) -> Result<oneshot::Receiver<Outcome>, EngineError> {
+        submissions: Vec<Submission<S>>,
+    ) -> Result<oneshot::Receiver<Vec<Outcome>>, EngineError> {
         let (done, rx) = oneshot::channel();
         self.tx
-            .send(Job { submission, done })
+            .send(Job { submissions, done })
             .await
             .map_err(|_| EngineError::Unavailable("the writer stopped".into()))?;
         Ok(rx)
@@ -214,12 +219,24 @@ impl<S: StateMachine> Engine<S> {
     }
 }
 
-async fn replay<S: StateMachine>(store: &dyn EventStore) -> Result<(S, Versions, u64), StoreError> {
-    let mut state = S::default();
-    let mut versions = Versions::default();
-    let mut head = 0;
+/// The state rebuilt from a log, with what the writer needs to continue it.
+struct Replayed<S> {
+    state: S,
+    versions: Versions,
+    head: u64,
+    /// The latest event time, so new events never get an earlier one after a restart.
+    last_time: OffsetDateTime,
+}
+
+async fn replay<S: StateMachine>(store: &dyn EventStore) -> Result<Replayed<S>, StoreError> {
+    let mut r = Replayed {
+        state: S::default(),
+        versions: Versions::default(),
+        head: 0,
+        last_time: OffsetDateTime::UNIX_EPOCH,
+    };
     loop {
-        let chunk = store.read(head, 4_096).await?;
+        let chunk = store.read(r.head, 4_096).await?;
         let Some((last, _)) = chunk.last() else { break };
         let last = *last;
         for (position, bytes) in chunk {
@@ -231,50 +248,71 @@ async fn replay<S: StateMachine>(store: &dyn EventStore) -> Result<(S, Versions,
                     "event at position {position} has unreadable data: {e}"
                 ))
             })?;
-            versions.insert(envelope.subject.clone(), envelope.sequence());
-            state.apply(&event);
+            r.versions
+                .insert(envelope.subject.clone(), envelope.sequence());
+            r.last_time = r.last_time.max(S::describe(&event).time);
+            r.state.apply(&event);
         }
-        head = last;
+        r.head = last;
     }
-    Ok((state, versions, head))
+    Ok(r)
 }
 
 async fn writer<S: StateMachine>(
     inner: Arc<Inner<S>>,
     mut rx: mpsc::Receiver<Job<S>>,
-    mut versions: Versions,
-    mut head: u64,
+    mut replayed: Replayed<S>,
 ) {
     let service = inner.service;
-    let mut last_now = OffsetDateTime::UNIX_EPOCH;
+    let mut versions = std::mem::take(&mut replayed.versions);
+    let (mut head, mut last_now) = (replayed.head, replayed.last_time);
     let mut jobs = Vec::with_capacity(MAX_GROUP);
     while rx.recv_many(&mut jobs, MAX_GROUP).await > 0 {
         let mut state = inner.state.write().await;
-        let mut commit = Commit {
-            expected_head: head,
-            ..Commit::default()
+        let mut group = Group {
+            commit: Commit {
+                expected_head: head,
+                ..Commit::default()
+            },
+            pending: FxHashMap::default(),
+            stale_keys: Vec::new(),
+            poisoned: false,
         };
-        let mut outcomes: Vec<(oneshot::Sender<Outcome>, Outcome)> = Vec::with_capacity(jobs.len());
-        let mut pending: FxHashMap<String, IdempotencyRecord> = FxHashMap::default();
-        let mut stale_keys = Vec::new();
-        for Job { submission, done } in jobs.drain(..) {
-            // Time never runs backwards inside one log, whatever the wall clock does.
-            last_now = OffsetDateTime::now_utc().max(last_now);
-            let outcome = run_one(
-                &mut *state,
-                submission,
-                last_now,
-                &inner,
-                &mut versions,
-                &mut commit,
-                &mut pending,
-                &mut stale_keys,
-            )
-            .await;
-            outcomes.push((done, outcome));
+        let mut outcomes: Vec<(oneshot::Sender<Vec<Outcome>>, Vec<Outcome>)> =
+            Vec::with_capacity(jobs.len());
+        let mut commands = 0;
+        for Job { submissions, done } in jobs.drain(..) {
+            let mut answers = Vec::with_capacity(submissions.len());
+            for submission in submissions {
+                // Time never runs backwards inside one log, whatever the wall clock does.
+                last_now = OffsetDateTime::now_utc().max(last_now);
+                answers.push(
+                    run_one(
+                        &mut *state,
+                        submission,
+                        last_now,
+                        &inner,
+                        &mut versions,
+                        &mut group,
+                    )
+                    .await,
+                );
+                commands += 1;
+            }
+            outcomes.push((done, answers));
         }
-        metrics::histogram!(m::BATCH_SIZE, "service" => service).record(outcomes.len() as f64);
-        if !commit.is_empty() {
+        metrics::histogram!(m::BATCH_SIZE, "service" => service).record(commands as f64);
+        let Group {
+            commit,
+            stale_keys,
+            poisoned,
+            ..
+        } = group;
+        let failure = if poisoned {
+            Some("an event could not be encoded".to_owned())
+        } else if commit.is_empty() {
+            None
+        } else {
             let appended = commit.events.len() as u64;
             let started = Instant::now();
             match inner.store.commit(commit).await {
@@ -289,55 +327,67 @@ async fn writer<S: StateMachine>(
                             cache.invalidate(key).await;
                         }
                     }
+                    None
+                }
+                Err(error) => Some(error.to_string()),
+            }
+        };
+        if let Some(error) = failure {
+            // Memory is ahead of the log: nothing of this group stands. Everything in it is
+            // answered 503 (a consumer's batch is one job, so it fails or commits whole) and the
+            // state is rebuilt from the log.
+            tracing::error!(service, %error, "group commit failed; rebuilding the state from the log");
+            inner.healthy.store(false, Ordering::Relaxed);
+            for (_, answers) in &mut outcomes {
+                for outcome in answers.iter_mut().filter(|o| o.is_ok()) {
+                    *outcome = Err(EngineError::Unavailable(
+                        "the commit failed; nothing was changed".into(),
+                    ));
+                }
+            }
+            match replay::<S>(inner.store.as_ref()).await {
+                Ok(fresh) => {
+                    *state = fresh.state;
+                    versions = fresh.versions;
+                    head = fresh.head;
+                    last_now = last_now.max(fresh.last_time);
+                    inner.healthy.store(true, Ordering::Relaxed);
                 }
                 Err(error) => {
-                    tracing::error!(service, %error, "commit failed; rebuilding the state from the log");
-                    inner.healthy.store(false, Ordering::Relaxed);
-                    for (_, outcome) in &mut outcomes {
-                        if outcome.is_ok() {
-                            *outcome = Err(EngineError::Unavailable(
-                                "the commit failed; nothing was changed".into(),
-                            ));
-                        }
+                    // The state may show what the log does not hold: stop serving writes.
+                    tracing::error!(service, %error, "cannot rebuild the state; the writer stops");
+                    drop(state);
+                    for (done, answers) in outcomes {
+                        let _ = done.send(answers);
                     }
-                    match replay::<S>(inner.store.as_ref()).await {
-                        Ok((fresh, fresh_versions, fresh_head)) => {
-                            *state = fresh;
-                            versions = fresh_versions;
-                            head = fresh_head;
-                            inner.healthy.store(true, Ordering::Relaxed);
-                        }
-                        Err(error) => {
-                            // The state may now show what the log does not hold: stop serving writes.
-                            tracing::error!(service, %error, "cannot rebuild the state; the writer stops");
-                            drop(state);
-                            for (done, outcome) in outcomes {
-                                let _ = done.send(outcome);
-                            }
-                            return;
-                        }
-                    }
+                    return;
                 }
             }
         }
         drop(state);
-        for (done, outcome) in outcomes {
+        for (done, answers) in outcomes {
             // The requester may have gone away; its effect stands either way.
-            let _ = done.send(outcome);
+            let _ = done.send(answers);
         }
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What one group commit accumulates.
+struct Group {
+    commit: Commit,
+    pending: FxHashMap<String, IdempotencyRecord>,
+    stale_keys: Vec<String>,
+    /// Set when the state changed but its events cannot be written: the group must fail.
+    poisoned: bool,
+}
+
 async fn run_one<S: StateMachine>(
     state: &mut S,
     submission: Submission<S>,
     now: OffsetDateTime,
     inner: &Inner<S>,
     versions: &mut Versions,
-    commit: &mut Commit,
-    pending: &mut FxHashMap<String, IdempotencyRecord>,
-    stale_keys: &mut Vec<String>,
+    group: &mut Group,
 ) -> Outcome {
     let Submission {
         command,
@@ -345,6 +395,12 @@ async fn run_one<S: StateMachine>(
         checkpoint,
         reply,
     } = submission;
+    let Group {
+        commit,
+        pending,
+        stale_keys,
+        poisoned,
+    } = group;
     if let Some((key, fingerprint)) = &idempotency {
         let earlier = match pending.get(key) {
             Some(record) => Some(record.clone()),
@@ -394,7 +450,11 @@ async fn run_one<S: StateMachine>(
             d.actor,
             event,
         )
-        .map_err(|e| EngineError::Unavailable(format!("an event could not be encoded: {e}")))?;
+        .map_err(|e| {
+            // The state already holds this command's effect: the whole group must fail.
+            *poisoned = true;
+            EngineError::Unavailable(format!("an event could not be encoded: {e}"))
+        })?;
         commit.events.push(envelope.to_bytes());
         S::invalidates(event, stale_keys);
     }

@@ -106,14 +106,14 @@ async fn concurrent_commands_are_committed_together_and_survive_a_restart() {
         let engine = Engine::<Counter>::start("test", store.clone(), None)
             .await
             .expect("start");
-        // Queued without waiting, so the writer takes them as one group.
-        let mut waiting = Vec::new();
-        for _ in 0..5 {
-            waiting.push(engine.enqueue(add(1, None, "")).await.expect("queued"));
-        }
-        for rx in waiting {
-            rx.await.expect("answered").expect("applied");
-        }
+        // Queued together, so the writer commits them as one group.
+        let outcomes = engine
+            .enqueue_many((0..5).map(|_| add(1, None, "")).collect())
+            .await
+            .expect("queued")
+            .await
+            .expect("answered");
+        assert!(outcomes.iter().all(Result::is_ok));
         assert_eq!(engine.read().await.0, 5);
         assert_eq!(store.head().await.expect("head"), 5);
         engine.close().await;
@@ -203,4 +203,70 @@ async fn a_failed_commit_answers_unavailable_and_shows_nothing_of_it() {
         .await
         .expect("applied once the disk is back");
     assert_eq!(engine.read().await.0, 5);
+}
+
+#[tokio::test]
+async fn a_consumer_batch_that_fails_to_commit_is_applied_later_exactly_once() {
+    use crate::{Consumer, InProcessBus, Verdict};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let producer = Arc::new(RedbStore::open(dir.path(), "producer").expect("open"));
+    let events = (0..100).map(|_| b"1".to_vec()).collect();
+    producer
+        .commit(Commit {
+            expected_head: 0,
+            events,
+            ..Commit::default()
+        })
+        .await
+        .expect("commit");
+    let bus = InProcessBus::new();
+    bus.attach("numbers", producer);
+
+    let store = Arc::new(Flaky {
+        inner: RedbStore::open(dir.path(), "consumer").expect("open"),
+        failing: AtomicBool::new(true),
+    });
+    let engine = Engine::<Counter>::start("test", store.clone(), None)
+        .await
+        .expect("start");
+    let consumer = Consumer::new("counter", "numbers", engine.clone(), Arc::new(bus), |d| {
+        match std::str::from_utf8(&d.payload)
+            .ok()
+            .and_then(|s| s.parse::<u64>().ok())
+        {
+            // The counter stops at 10: events beyond that are refused by the rule and skipped.
+            Some(n) => Verdict::Apply(n),
+            None => Verdict::Reject("not a number".into()),
+        }
+    });
+    let (stop, stopped) = watch::channel(false);
+    let running = tokio::spawn(consumer.run(stopped));
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!(
+        engine.read().await.0,
+        0,
+        "nothing is applied while commits fail"
+    );
+    store.failing.store(false, Ordering::Relaxed);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    while store.checkpoint("counter:numbers").await.expect("read") != Some(100) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the consumer never caught up"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        engine.read().await.0,
+        10,
+        "each event applied once, the rest refused by the rule"
+    );
+    assert_eq!(
+        store.head().await.expect("head"),
+        10,
+        "ten events recorded, none twice"
+    );
+    let _ = stop.send(true);
+    running.await.expect("the consumer stops");
 }

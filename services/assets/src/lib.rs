@@ -83,6 +83,12 @@ fn decode_token_event(delivery: &libertum_store::Delivery) -> Verdict<state::Com
     match event.data::<token::Event>() {
         Ok(token::Event {
             change: token::Change::TokenCreated { spec },
+            ..
+        }) if spec.id.as_str() != event.subject => {
+            Verdict::Reject("the event's subject is not its token".into())
+        }
+        Ok(token::Event {
+            change: token::Change::TokenCreated { spec },
             actor,
             ..
         }) => Verdict::Apply(state::Command {

@@ -75,6 +75,18 @@ struct Holder {
     balance: Amount,
 }
 
+/// Percent-encodes everything but unreserved characters, for a path segment or query value.
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 async fn get<T: serde::de::DeserializeOwned>(app: &AppState, path: &str) -> Result<T, ApiError> {
     let url = format!("{}{path}", app.tokens_url);
     let response = app
@@ -84,6 +96,12 @@ async fn get<T: serde::de::DeserializeOwned>(app: &AppState, path: &str) -> Resu
         .send()
         .await
         .map_err(ApiError::unavailable)?;
+    if response.status() == reqwest::StatusCode::NOT_FOUND {
+        return Err(ApiError::not_found(
+            "token_not_found",
+            "the tokens service knows no such token",
+        ));
+    }
     if !response.status().is_success() {
         return Err(ApiError::unavailable(format!(
             "GET {url} answered {}",
@@ -107,7 +125,7 @@ pub async fn reconcile(
             let mut cursor: Option<String> = None;
             loop {
                 let path = match &cursor {
-                    Some(c) => format!("/v1/tokens?limit=200&cursor={c}"),
+                    Some(c) => format!("/v1/tokens?limit=200&cursor={}", encode(c)),
                     None => "/v1/tokens?limit=200".to_owned(),
                 };
                 let page: TokenPage = get(&app, &path).await?;
@@ -131,16 +149,22 @@ pub async fn reconcile(
 }
 
 async fn reconcile_one(app: &AppState, token_id: &str) -> Result<TokenReconciliation, ApiError> {
-    let theirs: CapTable = get(app, &format!("/v1/tokens/{token_id}/holders")).await?;
+    let theirs: CapTable = get(app, &format!("/v1/tokens/{}/holders", encode(token_id))).await?;
     let version = theirs.version.unwrap_or(0);
     let deadline = tokio::time::Instant::now() + CATCH_UP;
     loop {
         let state = app.engine.read().await;
         let ledger_version = state.journal.token_version(token_id);
-        // Events of a token reach the ledger in order, so at the same version the balances
-        // must be the same; later versions mean the tokens service moved on meanwhile.
-        if ledger_version == version || tokio::time::Instant::now() >= deadline {
-            let ours = ledger_cap_table(&state.journal, token_id, AsOf::Latest);
+        // Events of a token reach the ledger in order, so the ledger's cap table as of the entry
+        // that took the token to the tokens service's version must be the same. If the ledger
+        // is ahead (the token moved since), that earlier point is still the one to compare.
+        let reached = ledger_version >= version;
+        if reached || tokio::time::Instant::now() >= deadline {
+            let point = match state.journal.seq_of_token_version(token_id, version) {
+                Some(seq) if reached => AsOf::Seq(seq),
+                _ => AsOf::Latest,
+            };
+            let ours = ledger_cap_table(&state.journal, token_id, point);
             let mut differences = Vec::new();
             let mut all: Vec<&str> = theirs
                 .holders
@@ -169,7 +193,7 @@ async fn reconcile_one(app: &AppState, token_id: &str) -> Result<TokenReconcilia
                     });
                 }
             }
-            let status = if ledger_version != version {
+            let status = if !reached {
                 "behind"
             } else if differences.is_empty() && theirs.total_supply == ours.total_supply {
                 "matched"

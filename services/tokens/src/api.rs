@@ -103,10 +103,7 @@ async fn operate(
                 token_id: id.to_string(),
                 version: token.map_or(0, |t| t.version),
                 total_supply: token.map_or_else(Default::default, |t| t.total_supply),
-                events: events
-                    .iter()
-                    .map(|e| serde_json::to_value(e).unwrap_or_default())
-                    .collect(),
+                events,
             },
         )
     });
@@ -170,7 +167,8 @@ async fn list_tokens(
         .take(limit)
         .map(TokenView::from)
         .collect();
-    let next = (state.0.tokens().nth(after + limit).is_some()).then(|| (after + limit).to_string());
+    let next = (state.0.tokens().nth(after.saturating_add(limit)).is_some())
+        .then(|| after.saturating_add(limit).to_string());
     Ok(axum::Json(Page {
         items,
         next_cursor: next,
@@ -280,8 +278,12 @@ async fn list_investors(
         .take(limit)
         .map(InvestorView::from)
         .collect();
-    let next =
-        (state.0.investors().nth(after + limit).is_some()).then(|| (after + limit).to_string());
+    let next = (state
+        .0
+        .investors()
+        .nth(after.saturating_add(limit))
+        .is_some())
+    .then(|| after.saturating_add(limit).to_string());
     Ok(axum::Json(Page {
         items,
         next_cursor: next,

@@ -284,14 +284,14 @@ pub struct DistributionRequest {
 
 /// What an operation did.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct OperationResult {
+pub struct OperationResult<'a> {
     pub token_id: String,
     pub version: u64,
     #[schema(value_type = String)]
     pub total_supply: Amount,
     /// The events recorded, as they travel on the bus.
     #[schema(value_type = Vec<Object>)]
-    pub events: Vec<serde_json::Value>,
+    pub events: &'a [token::Event],
 }
 
 /// The answer of the dry run: whether the transfer could happen now, and if not, which rule says no.

@@ -140,7 +140,7 @@ impl World {
             Status::Suspended => &[(Action::Submit, None), (Action::Approve, None)],
             Status::Retired => &[
                 (Action::Submit, None),
-                (Action::Approve, None),
+                (Action::Reject, Some("incomplete file")),
                 (Action::Retire, Some("sold")),
             ],
         };
@@ -689,7 +689,6 @@ fn the_transition_table_is_exactly_the_documented_one() {
         (Action::Reopen, Rejected, Draft),
         (Action::Suspend, Tokenized, Suspended),
         (Action::Reactivate, Suspended, Tokenized),
-        (Action::Retire, Approved, Retired),
         (Action::Retire, Rejected, Retired),
         (Action::Retire, Tokenized, Retired),
         (Action::Retire, Suspended, Retired),
@@ -854,7 +853,7 @@ fn rejecting_suspending_and_retiring_need_a_reason() {
     let cases = [
         (Status::Submitted, Action::Reject),
         (Status::Tokenized, Action::Suspend),
-        (Status::Approved, Action::Retire),
+        (Status::Rejected, Action::Retire),
         (Status::Suspended, Action::Retire),
     ];
     let mut w = World::default();

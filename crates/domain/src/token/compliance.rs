@@ -190,9 +190,10 @@ pub(super) fn decide(
             }
         }
         Operation::Redeem { from, amount } => {
-            // The issuer buying back: lock-up does not apply; freezes do.
+            // The issuer buying back: lock-up does not apply; pause and freezes do.
             positive(*amount)?;
             investor(from, "from")?;
+            not_paused(token)?;
             not_frozen(token, from, "sender_frozen", "from")?;
             let holding = token.holding(from).unwrap_or(&NO_HOLDING);
             available(holding, *amount, false, ctx)?;

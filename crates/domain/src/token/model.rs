@@ -282,8 +282,8 @@ pub struct DistributionSpec {
 
 impl DistributionSpec {
     pub fn validate(&self, now: Timestamp) -> Result<()> {
-        if self.total.is_zero() {
-            return Err(Error::invalid("total", "total must be greater than zero"));
+        if self.total.is_zero() || self.total > MAX_SUPPLY {
+            return Err(Error::invalid("total", "total must be between 1 and 10^36"));
         }
         if self.record_date > now {
             return Err(Error::invalid(

@@ -366,6 +366,12 @@ async fn the_whole_story_from_asset_to_verified_ledger() {
         .collect();
     assert_eq!(parts.iter().sum::<u128>(), 100_000);
     assert_eq!(parts.len(), 3);
+    let listed = p.get(&format!("/v1/tokens/{t}/distributions")).await.1;
+    assert_eq!(
+        listed["items"][0]["id"], paid["id"],
+        "the distribution is listed with its allocations"
+    );
+    assert_eq!(listed["items"][0]["allocations"], paid["allocations"]);
 
     // The ledger: every event recorded, the chain intact, the balances those of the tokens service.
     let reconciliation = p

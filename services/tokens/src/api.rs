@@ -43,7 +43,7 @@ pub fn router(engine: AppState) -> OpenApiRouter {
         .routes(routes!(batch))
         .routes(routes!(holders))
         .routes(routes!(holding))
-        .routes(routes!(distribute))
+        .routes(routes!(distribute, list_distributions))
         .with_state(engine)
 }
 
@@ -742,25 +742,62 @@ async fn distribute(
                 distribution,
                 allocations,
                 ..
-            } => Some(DistributionView {
-                id: distribution.id.to_string(),
-                token_id: token_id.clone(),
-                total: distribution.total,
-                currency: distribution.currency,
-                record_date: distribution.record_date,
-                memo: distribution.memo.clone(),
-                allocations: allocations
-                    .iter()
-                    .map(|a| AllocationView {
-                        investor_id: a.investor_id.to_string(),
-                        balance: a.balance,
-                        amount: a.amount,
-                    })
-                    .collect(),
-            }),
+            } => Some(distribution_view(&token_id, distribution, allocations)),
             _ => None,
         });
         json_reply(StatusCode::CREATED, &paid)
     });
     submit(&engine, actor, command, posted.idempotency, reply).await
+}
+
+/// The distributions paid to this token's holders, oldest first, with every allocation.
+#[utoipa::path(get, path = "/{token_id}/distributions", tag = "distributions", params(("token_id" = String, Path), PageQuery),
+    responses((status = 200, body = Page<DistributionView>), (status = 404, body = Problem, content_type = JSON_PROBLEM)))]
+async fn list_distributions(
+    State(engine): State<AppState>,
+    Path(token_id): Path<String>,
+    Query(q): Query<PageQuery>,
+) -> Result<axum::Json<Page<DistributionView>>, ApiError> {
+    let (limit, after) = (q.limit()?, q.position()? as usize);
+    let state = engine.read().await;
+    state
+        .0
+        .token(&token_id)
+        .ok_or_else(|| token_not_found(&token_id))?;
+    let all = state.0.distributions(&token_id);
+    let items = all
+        .iter()
+        .skip(after)
+        .take(limit)
+        .map(|d| distribution_view(&token_id, &d.spec, &d.allocations))
+        .collect();
+    let next =
+        (all.len() > after.saturating_add(limit)).then(|| after.saturating_add(limit).to_string());
+    Ok(axum::Json(Page {
+        items,
+        next_cursor: next,
+    }))
+}
+
+fn distribution_view(
+    token_id: &str,
+    d: &token::DistributionSpec,
+    allocations: &[token::Allocation],
+) -> DistributionView {
+    DistributionView {
+        id: d.id.to_string(),
+        token_id: token_id.to_owned(),
+        total: d.total,
+        currency: d.currency,
+        record_date: d.record_date,
+        memo: d.memo.clone(),
+        allocations: allocations
+            .iter()
+            .map(|a| AllocationView {
+                investor_id: a.investor_id.to_string(),
+                balance: a.balance,
+                amount: a.amount,
+            })
+            .collect(),
+    }
 }

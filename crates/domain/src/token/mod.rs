@@ -34,6 +34,17 @@ pub struct Book {
     investor_order: Vec<Id>,
     /// Every balance change per token, in order, for balances as of an earlier moment.
     history: FxHashMap<Id, Vec<Movement>>,
+    /// Every distribution paid, per token, in order.
+    paid: FxHashMap<Id, Vec<PaidDistribution>>,
+}
+
+/// A distribution as paid: what was asked and who got how much.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PaidDistribution {
+    pub spec: DistributionSpec,
+    pub allocations: Vec<Allocation>,
+    pub paid_at: Timestamp,
+    pub paid_by: Id,
 }
 
 /// One change of one holder's balance.
@@ -47,6 +58,11 @@ struct Movement {
 impl Book {
     pub fn token(&self, id: &str) -> Option<&Token> {
         self.tokens.get(id)
+    }
+
+    /// The distributions paid to holders of `token_id`, oldest first.
+    pub fn distributions(&self, token_id: &str) -> &[PaidDistribution] {
+        self.paid.get(token_id).map_or(&[], Vec::as_slice)
     }
 
     pub fn investor(&self, id: &str) -> Option<&Investor> {
@@ -311,6 +327,22 @@ impl Book {
                     return;
                 };
                 apply_to_token(token, change, event.at);
+                if let Change::DistributionPaid {
+                    distribution,
+                    allocations,
+                    ..
+                } = change
+                {
+                    self.paid
+                        .entry(token_id.clone())
+                        .or_default()
+                        .push(PaidDistribution {
+                            spec: distribution.clone(),
+                            allocations: allocations.clone(),
+                            paid_at: event.at,
+                            paid_by: event.actor.clone(),
+                        });
+                }
                 let history = self.history.entry(token_id.clone()).or_default();
                 for (investor, delta) in change.balance_deltas() {
                     history.push(Movement {

@@ -26,6 +26,25 @@ struct Readiness {
     checks: Vec<Check>,
 }
 
+/// A probe of a service's engine and store: down after a failed commit until the state is
+/// rebuilt, or when the store cannot be read.
+pub fn engine_probe<S: libertum_store::StateMachine>(
+    name: &'static str,
+    engine: libertum_store::Engine<S>,
+) -> Probe {
+    Arc::new(move || {
+        let engine = engine.clone();
+        Box::pin(async move {
+            let ok = engine.healthy() && engine.store().head().await.is_ok();
+            Check {
+                name: name.into(),
+                state: if ok { "up" } else { "down" },
+                detail: Some(engine.store().describe()),
+            }
+        })
+    })
+}
+
 /// The two health routes, over `probes`.
 pub fn routes(probes: Vec<Probe>) -> Router {
     Router::new()

@@ -90,3 +90,21 @@ pub async fn shutdown_signal() {
     }
     tracing::info!("shutdown signal received; draining");
 }
+
+/// Runs one service alone on `settings.http_addr`: its routes, health over `probes`, `/metrics`,
+/// until SIGTERM or Ctrl-C.
+pub async fn serve_alone(
+    settings: &crate::config::Settings,
+    name: &str,
+    routes: Router,
+    probes: Vec<crate::health::Probe>,
+) -> std::io::Result<()> {
+    tracing::warn!(
+        service = name,
+        "running alone on embedded defaults: events of the other services are not received"
+    );
+    let router = stack(routes.merge(crate::health::routes(probes)));
+    let listener = TcpListener::bind(settings.http_addr).await?;
+    tracing::info!(service = name, addr = %listener.local_addr()?, "listening");
+    serve(listener, router, shutdown_signal()).await
+}

@@ -7,7 +7,7 @@ mod state;
 use std::sync::Arc;
 
 use libertum_events::{CloudEvent, TOKENS_SOURCE, TOKENS_TOPIC};
-use libertum_platform::health::{Check, Probe};
+use libertum_platform::health::{self, Probe};
 use libertum_store::{Cache, Consumer, Engine, EventBus, EventStore, StoreError, Verdict};
 use utoipa_axum::router::OpenApiRouter;
 
@@ -52,18 +52,7 @@ impl Assets {
     }
 
     pub fn probes(&self) -> Vec<Probe> {
-        let engine = self.engine.clone();
-        vec![Arc::new(move || {
-            let engine = engine.clone();
-            Box::pin(async move {
-                let ok = engine.healthy() && engine.store().head().await.is_ok();
-                Check {
-                    name: "assets.store".into(),
-                    state: if ok { "up" } else { "down" },
-                    detail: Some(engine.store().describe()),
-                }
-            })
-        })]
+        vec![health::engine_probe("assets.store", self.engine.clone())]
     }
 
     pub fn engine(&self) -> &Engine<AssetsState> {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use libertum_domain::{Id, asset, ledger, token};
 use libertum_events::{ASSETS_SOURCE, ASSETS_TOPIC, CloudEvent, TOKENS_SOURCE, TOKENS_TOPIC};
-use libertum_platform::health::{Check, Probe};
+use libertum_platform::health::{self, Probe};
 use libertum_store::{Consumer, Delivery, Engine, EventBus, EventStore, StoreError, Verdict};
 use utoipa_axum::router::OpenApiRouter;
 
@@ -64,18 +64,7 @@ impl Ledger {
     }
 
     pub fn probes(&self) -> Vec<Probe> {
-        let engine = self.engine.clone();
-        vec![Arc::new(move || {
-            let engine = engine.clone();
-            Box::pin(async move {
-                let ok = engine.healthy() && engine.store().head().await.is_ok();
-                Check {
-                    name: "ledger.store".into(),
-                    state: if ok { "up" } else { "down" },
-                    detail: Some(engine.store().describe()),
-                }
-            })
-        })]
+        vec![health::engine_probe("ledger.store", self.engine.clone())]
     }
 
     pub fn engine(&self) -> &Engine<LedgerState> {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use libertum_domain::{Id, asset, token};
 use libertum_events::{ASSETS_SOURCE, ASSETS_TOPIC, CloudEvent};
-use libertum_platform::health::{Check, Probe};
+use libertum_platform::health::{self, Probe};
 use libertum_store::{
     Cache, Consumer, Delivery, Engine, EventBus, EventStore, StoreError, Verdict,
 };
@@ -54,18 +54,7 @@ impl Tokens {
     }
 
     pub fn probes(&self) -> Vec<Probe> {
-        let engine = self.engine.clone();
-        vec![Arc::new(move || {
-            let engine = engine.clone();
-            Box::pin(async move {
-                let ok = engine.healthy() && engine.store().head().await.is_ok();
-                Check {
-                    name: "tokens.store".into(),
-                    state: if ok { "up" } else { "down" },
-                    detail: Some(engine.store().describe()),
-                }
-            })
-        })]
+        vec![health::engine_probe("tokens.store", self.engine.clone())]
     }
 
     pub fn engine(&self) -> &Engine<TokensState> {

@@ -21,19 +21,19 @@ fn seqs(page: &Value) -> Vec<u64> {
 async fn an_empty_ledger_has_a_genesis_head_and_verifies() {
     let s = spawn().await;
     assert_eq!(
-        s.get("/v1/ledger/head").await.ok(),
+        s.get("/v1/ledger/head").await.ok(200),
         &json!({"seq": 0, "hash": ZEROS})
     );
     let v = s.get("/v1/ledger/verification").await;
     assert_eq!(
-        v.ok(),
+        v.ok(200),
         &json!({
             "valid": true, "entries_checked": 0, "head_seq": 0, "head_hash": ZEROS,
             "first_broken_seq": null, "problem": null
         })
     );
     assert_eq!(
-        s.get("/v1/ledger/entries").await.ok(),
+        s.get("/v1/ledger/entries").await.ok(200),
         &json!({"items": [], "next_cursor": null})
     );
     s.get("/v1/ledger/entries/1")
@@ -45,10 +45,10 @@ async fn an_empty_ledger_has_a_genesis_head_and_verifies() {
     let balance = s
         .get("/v1/ledger/accounts/investor:inv_a/balance?unit=tok_1")
         .await;
-    assert_eq!(balance.ok()["balance"], "0");
+    assert_eq!(balance.ok(200)["balance"], "0");
     let table = s.get("/v1/ledger/tokens/tok_1/cap-table").await;
     assert_eq!(
-        table.ok(),
+        table.ok(200),
         &json!({"token_id": "tok_1", "total_supply": "0", "holders": []})
     );
 }
@@ -58,7 +58,7 @@ async fn entries_are_chained_in_sequence_and_readable_one_by_one() {
     let s = spawn().await;
     feed_sample(&s).await;
     let page = s.get("/v1/ledger/entries").await;
-    let items = page.ok()["items"].as_array().expect("items").clone();
+    let items = page.ok(200)["items"].as_array().expect("items").clone();
     assert_eq!(seqs(&page.body), [1, 2, 3, 4, 5, 6]);
     assert_eq!(page.body["next_cursor"], json!(null));
     assert_eq!(items[0]["prev_hash"], ZEROS);
@@ -73,7 +73,7 @@ async fn entries_are_chained_in_sequence_and_readable_one_by_one() {
     assert_eq!(hashes.len(), 6);
 
     let transfer = s.get("/v1/ledger/entries/4").await;
-    let e = transfer.ok();
+    let e = transfer.ok(200);
     assert_eq!(e, &items[3]);
     assert_eq!(e["event_id"], "ev4");
     assert_eq!(e["event_type"], "libertum.token.transferred.v1");
@@ -86,11 +86,11 @@ async fn entries_are_chained_in_sequence_and_readable_one_by_one() {
     );
     let issuance = s.get("/v1/ledger/entries/2").await;
     assert_eq!(
-        issuance.ok()["postings"],
+        issuance.ok(200)["postings"],
         json!([{"from": "issuance:tok_1", "to": "investor:inv_a", "unit": "tok_1", "amount": "100"}])
     );
     assert_eq!(
-        s.get("/v1/ledger/entries/1").await.ok()["postings"],
+        s.get("/v1/ledger/entries/1").await.ok(200)["postings"],
         json!([])
     );
     s.get("/v1/ledger/entries/7")
@@ -98,7 +98,7 @@ async fn entries_are_chained_in_sequence_and_readable_one_by_one() {
         .problem(404, "entry_not_found", None);
 
     let head = s.get("/v1/ledger/head").await;
-    assert_eq!(head.ok(), &json!({"seq": 6, "hash": items[5]["hash"]}));
+    assert_eq!(head.ok(200), &json!({"seq": 6, "hash": items[5]["hash"]}));
 }
 
 #[tokio::test]
@@ -106,41 +106,50 @@ async fn entries_filter_by_token_account_and_time_and_page_with_a_cursor() {
     let s = spawn().await;
     feed_sample(&s).await;
     let list = |q: &str| s.get(&format!("/v1/ledger/entries?{q}"));
-    assert_eq!(seqs(list("token_id=tok_1").await.ok()), [2, 3, 4, 6]);
-    assert_eq!(seqs(list("token_id=tok_2").await.ok()), [5]);
-    assert_eq!(seqs(list("account=investor:inv_b").await.ok()), [3, 4, 6]);
-    assert_eq!(seqs(list("account=investor:inv_a").await.ok()), [2, 4, 5]);
+    assert_eq!(seqs(list("token_id=tok_1").await.ok(200)), [2, 3, 4, 6]);
+    assert_eq!(seqs(list("token_id=tok_2").await.ok(200)), [5]);
     assert_eq!(
-        seqs(list("account=investor:inv_a&token_id=tok_1").await.ok()),
+        seqs(list("account=investor:inv_b").await.ok(200)),
+        [3, 4, 6]
+    );
+    assert_eq!(
+        seqs(list("account=investor:inv_a").await.ok(200)),
+        [2, 4, 5]
+    );
+    assert_eq!(
+        seqs(list("account=investor:inv_a&token_id=tok_1").await.ok(200)),
         [2, 4]
     );
-    assert_eq!(seqs(list("account=redemption:tok_1").await.ok()), [6]);
+    assert_eq!(seqs(list("account=redemption:tok_1").await.ok(200)), [6]);
     assert_eq!(
         seqs(
             list("from=2026-01-01T00:20:00Z&to=2026-01-01T00:40:00Z")
                 .await
-                .ok()
+                .ok(200)
         ),
         [3, 4],
         "from is inclusive, to exclusive"
     );
-    assert_eq!(seqs(list("token_id=tok_9").await.ok()), Vec::<u64>::new());
+    assert_eq!(
+        seqs(list("token_id=tok_9").await.ok(200)),
+        Vec::<u64>::new()
+    );
 
     // Pages of two over the token's entries: each once, in order.
     let first = list("token_id=tok_1&limit=2").await;
-    assert_eq!(seqs(first.ok()), [2, 3]);
+    assert_eq!(seqs(first.ok(200)), [2, 3]);
     let cursor = first.body["next_cursor"].as_str().expect("more").to_owned();
     let second = list(&format!("token_id=tok_1&limit=2&cursor={cursor}")).await;
-    assert_eq!(seqs(second.ok()), [4, 6]);
+    assert_eq!(seqs(second.ok(200)), [4, 6]);
     assert_eq!(second.body["next_cursor"], json!(null));
     let all = list("limit=4").await;
-    assert_eq!(seqs(all.ok()), [1, 2, 3, 4]);
+    assert_eq!(seqs(all.ok(200)), [1, 2, 3, 4]);
     let rest = list(&format!(
         "limit=4&cursor={}",
         all.body["next_cursor"].as_str().unwrap()
     ))
     .await;
-    assert_eq!(seqs(rest.ok()), [5, 6]);
+    assert_eq!(seqs(rest.ok(200)), [5, 6]);
 }
 
 #[tokio::test]
@@ -172,7 +181,7 @@ async fn balances_are_signed_and_readable_at_any_sequence_or_time() {
         |account: &str, q: &str| s.get(&format!("/v1/ledger/accounts/{account}/balance?{q}"));
     let latest = balance("investor:inv_a", "unit=tok_1").await;
     assert_eq!(
-        latest.ok(),
+        latest.ok(200),
         &json!({"account": "investor:inv_a", "unit": "tok_1", "balance": "70", "as_of_seq": null, "as_of": null})
     );
     let cases = [
@@ -204,12 +213,12 @@ async fn balances_are_signed_and_readable_at_any_sequence_or_time() {
     ];
     for (account, q, expected) in cases {
         let reply = balance(account, q).await;
-        assert_eq!(reply.ok()["balance"], expected, "{account}?{q}");
+        assert_eq!(reply.ok(200)["balance"], expected, "{account}?{q}");
     }
     assert_eq!(
         balance("investor:inv_a", "unit=tok_1&as_of_seq=2")
             .await
-            .ok()["as_of_seq"],
+            .ok(200)["as_of_seq"],
         2
     );
 
@@ -247,20 +256,20 @@ async fn cap_tables_come_from_the_entries_at_any_point() {
     };
     let now = table("").await;
     assert_eq!(
-        now.ok(),
+        now.ok(200),
         &json!({"token_id": "tok_1", "total_supply": "130", "holders": holders(70, 60)})
     );
     let at_two = table("?as_of_seq=2").await;
-    assert_eq!(at_two.ok()["holders"], holders(100, 0));
+    assert_eq!(at_two.ok(200)["holders"], holders(100, 0));
     assert_eq!(at_two.body["total_supply"], "100");
     let at_five = table("?as_of_seq=5").await;
-    assert_eq!(at_five.ok()["holders"], holders(70, 80));
+    assert_eq!(at_five.ok(200)["holders"], holders(70, 80));
     assert_eq!(at_five.body["total_supply"], "150");
     let by_time = table("?as_of=2026-01-01T00:25:00Z").await;
-    assert_eq!(by_time.ok()["holders"], holders(100, 50));
+    assert_eq!(by_time.ok(200)["holders"], holders(100, 50));
     let other = s.get("/v1/ledger/tokens/tok_2/cap-table").await;
     assert_eq!(
-        other.ok(),
+        other.ok(200),
         &json!({"token_id": "tok_2", "total_supply": "7", "holders": holders(7, 0)})
     );
     table("?as_of=later")
@@ -275,9 +284,9 @@ async fn cap_tables_come_from_the_entries_at_any_point() {
 async fn a_non_empty_chain_verifies_up_to_its_head() {
     let s = spawn().await;
     feed_sample(&s).await;
-    let head = s.get("/v1/ledger/head").await.ok().clone();
+    let head = s.get("/v1/ledger/head").await.ok(200).clone();
     let v = s.get("/v1/ledger/verification").await;
-    let body = v.ok();
+    let body = v.ok(200);
     assert_eq!(body["valid"], true);
     assert_eq!(body["entries_checked"], 6);
     assert_eq!(body["head_seq"], head["seq"]);
@@ -292,18 +301,18 @@ async fn the_same_event_delivered_twice_makes_one_entry() {
     s.feed(asset_event("ev1", 0)).await;
     let event = token_event("ev2", 10, 2, issued("tok_1", "inv_a", 100));
     s.feed(event.clone()).await;
-    let head = s.get("/v1/ledger/head").await.ok().clone();
+    let head = s.get("/v1/ledger/head").await.ok(200).clone();
     s.feed(event).await;
     s.feed(asset_event("ev1", 0)).await;
-    assert_eq!(s.get("/v1/ledger/head").await.ok(), &head);
+    assert_eq!(s.get("/v1/ledger/head").await.ok(200), &head);
     assert_eq!(head["seq"], 2);
-    assert_eq!(seqs(s.get("/v1/ledger/entries").await.ok()), [1, 2]);
+    assert_eq!(seqs(s.get("/v1/ledger/entries").await.ok(200)), [1, 2]);
     let balance = s
         .get("/v1/ledger/accounts/investor:inv_a/balance?unit=tok_1")
         .await;
-    assert_eq!(balance.ok()["balance"], "100", "counted once");
+    assert_eq!(balance.ok(200)["balance"], "100", "counted once");
     let v = s.get("/v1/ledger/verification").await;
-    assert_eq!(v.ok()["entries_checked"], 2);
+    assert_eq!(v.ok(200)["entries_checked"], 2);
     assert_eq!(v.body["valid"], true);
 }
 

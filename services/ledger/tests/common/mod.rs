@@ -2,19 +2,25 @@
 //! through its engine as its consumers would, and assertions on its answers.
 #![allow(dead_code)]
 
-use std::sync::Arc;
+use std::{ops::Deref, sync::Arc};
 
 use libertum_domain::{Amount, Id, Timestamp, ledger, token};
-use reqwest::{Client, StatusCode, header::HeaderMap};
-use serde_json::Value;
+use libertum_testkit::Http;
 use tempfile::TempDir;
 
 /// A running ledger service. Dropping it removes its data directory.
 pub struct Server {
-    pub base: String,
-    pub http: Client,
+    pub api: Http,
     pub ledger: libertum_ledger::Ledger,
     _dir: TempDir,
+}
+
+impl Deref for Server {
+    type Target = Http;
+
+    fn deref(&self) -> &Self::Target {
+        &self.api
+    }
 }
 
 /// Starts the service the way `services/ledger/src/main.rs` does, on 127.0.0.1:0.
@@ -31,83 +37,14 @@ pub async fn spawn() -> Server {
     let router = libertum_platform::server::stack(
         router.merge(libertum_platform::health::routes(ledger.probes())),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("local address");
-    tokio::spawn(async move { axum::serve(listener, router).await.expect("serve") });
     Server {
-        base: format!("http://{addr}"),
-        http: Client::new(),
+        api: Http::new(libertum_testkit::serve(router).await),
         ledger,
         _dir: dir,
     }
 }
 
-/// A response, read whole.
-#[derive(Debug)]
-pub struct Reply {
-    pub status: StatusCode,
-    pub headers: HeaderMap,
-    pub text: String,
-    /// The body as JSON, `Null` when it is not JSON.
-    pub body: Value,
-}
-
-impl Reply {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-
-    /// Asserts the status and a JSON content type; returns the body.
-    pub fn ok(&self) -> &Value {
-        assert_eq!(self.status.as_u16(), 200, "unexpected status: {self:?}");
-        assert_eq!(
-            self.header("content-type"),
-            Some("application/json"),
-            "{self:?}"
-        );
-        &self.body
-    }
-
-    /// Asserts an RFC 9457 problem with this status, code and field; returns the body.
-    pub fn problem(&self, status: u16, code: &str, field: Option<&str>) -> &Value {
-        assert_eq!(self.status.as_u16(), status, "unexpected status: {self:?}");
-        assert_eq!(
-            self.header("content-type"),
-            Some("application/problem+json"),
-            "{self:?}"
-        );
-        assert_eq!(self.body["status"], status, "{self:?}");
-        assert_eq!(self.body["code"], code, "{self:?}");
-        assert_eq!(self.body["field"].as_str(), field, "{self:?}");
-        &self.body
-    }
-}
-
 impl Server {
-    pub fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    /// GETs `path`; the future holds no borrow, so callers can build paths on the fly.
-    pub fn get(&self, path: &str) -> impl Future<Output = Reply> + use<> {
-        let request = self.http.get(self.url(path));
-        async move {
-            let response = request.send().await.expect("sent");
-            let status = response.status();
-            let headers = response.headers().clone();
-            let text = response.text().await.expect("body read");
-            let body = serde_json::from_str(&text).unwrap_or(Value::Null);
-            Reply {
-                status,
-                headers,
-                text,
-                body,
-            }
-        }
-    }
-
     /// Records `incoming` as the consumers do.
     pub async fn feed(&self, incoming: ledger::Incoming) {
         self.ledger

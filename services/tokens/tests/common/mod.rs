@@ -2,19 +2,30 @@
 //! it through its engine, and assertions on its answers.
 #![allow(dead_code)]
 
-use std::sync::Arc;
+use std::{ops::Deref, sync::Arc};
 
 use libertum_domain::token;
-use reqwest::{Client, RequestBuilder, StatusCode, header::HeaderMap};
+use libertum_testkit::Http;
+use reqwest::RequestBuilder;
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
+/// A reply from the service.
+pub use libertum_testkit::Reply;
+
 /// A running tokens service. Dropping it removes its data directory.
 pub struct Server {
-    pub base: String,
-    pub http: Client,
+    pub api: Http,
     pub tokens: libertum_tokens::Tokens,
     _dir: TempDir,
+}
+
+impl Deref for Server {
+    type Target = Http;
+
+    fn deref(&self) -> &Self::Target {
+        &self.api
+    }
 }
 
 /// Starts the service the way `services/tokens/src/main.rs` does, on 127.0.0.1:0.
@@ -31,98 +42,18 @@ pub async fn spawn() -> Server {
     let router = libertum_platform::server::stack(
         router.merge(libertum_platform::health::routes(tokens.probes())),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("local address");
-    tokio::spawn(async move { axum::serve(listener, router).await.expect("serve") });
     Server {
-        base: format!("http://{addr}"),
-        http: Client::new(),
+        api: Http::new(libertum_testkit::serve(router).await),
         tokens,
         _dir: dir,
     }
 }
 
-/// A response, read whole.
-#[derive(Debug)]
-pub struct Reply {
-    pub status: StatusCode,
-    pub headers: HeaderMap,
-    pub text: String,
-    /// The body as JSON, `Null` when it is not JSON.
-    pub body: Value,
-}
-
-impl Reply {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-
-    /// Asserts the status and a JSON content type; returns the body.
-    pub fn ok(&self, status: u16) -> &Value {
-        assert_eq!(self.status.as_u16(), status, "unexpected status: {self:?}");
-        assert_eq!(
-            self.header("content-type"),
-            Some("application/json"),
-            "{self:?}"
-        );
-        &self.body
-    }
-
-    /// Asserts an RFC 9457 problem with this status, code and field; returns the body.
-    pub fn problem(&self, status: u16, code: &str, field: Option<&str>) -> &Value {
-        assert_eq!(self.status.as_u16(), status, "unexpected status: {self:?}");
-        assert_eq!(
-            self.header("content-type"),
-            Some("application/problem+json"),
-            "{self:?}"
-        );
-        assert_eq!(self.body["status"], status, "{self:?}");
-        assert_eq!(self.body["code"], code, "{self:?}");
-        assert_eq!(self.body["field"].as_str(), field, "{self:?}");
-        assert!(self.body["detail"].is_string(), "{self:?}");
-        &self.body
-    }
-}
-
 pub async fn send(request: RequestBuilder) -> Reply {
-    let response = request.send().await.expect("request sent");
-    let status = response.status();
-    let headers = response.headers().clone();
-    let text = response.text().await.expect("body read");
-    let body = serde_json::from_str(&text).unwrap_or(Value::Null);
-    Reply {
-        status,
-        headers,
-        text,
-        body,
-    }
+    libertum_testkit::send(request).await
 }
 
 impl Server {
-    pub fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    pub async fn get(&self, path: &str) -> Reply {
-        send(self.http.get(self.url(path))).await
-    }
-
-    pub async fn post(&self, path: &str, body: &Value) -> Reply {
-        send(self.http.post(self.url(path)).json(body)).await
-    }
-
-    pub async fn patch(&self, path: &str, if_match: &str, body: &Value) -> Reply {
-        send(
-            self.http
-                .patch(self.url(path))
-                .header("if-match", if_match)
-                .json(body),
-        )
-        .await
-    }
-
     /// Tells the service that `asset_id` is approved, as the assets service's event would.
     pub async fn approve(&self, asset_id: &str) {
         self.tokens

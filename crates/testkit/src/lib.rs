@@ -1,0 +1,126 @@
+//! What the services' API tests share: a router served on a real socket, requests to it, and
+//! assertions on its answers.
+
+use reqwest::{Client, RequestBuilder, StatusCode, header::HeaderMap};
+use serde_json::Value;
+
+/// Serves `router` in the background on 127.0.0.1, on a port the system picks; returns its base
+/// URL, `http://127.0.0.1:<port>`.
+pub async fn serve(router: axum::Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("local address");
+    tokio::spawn(async move { axum::serve(listener, router).await.expect("serve") });
+    format!("http://{addr}")
+}
+
+/// A response, read whole.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub text: String,
+    /// The body as JSON, `Null` when it is not JSON.
+    pub body: Value,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// Asserts the status and a JSON content type; returns the body.
+    pub fn ok(&self, status: u16) -> &Value {
+        assert_eq!(self.status.as_u16(), status, "unexpected status: {self:?}");
+        assert_eq!(
+            self.header("content-type"),
+            Some("application/json"),
+            "{self:?}"
+        );
+        &self.body
+    }
+
+    /// Asserts an RFC 9457 problem with this status, code and field, its `type`, `title` and
+    /// `detail` as the platform writes them; returns the body.
+    pub fn problem(&self, status: u16, code: &str, field: Option<&str>) -> &Value {
+        assert_eq!(self.status.as_u16(), status, "unexpected status: {self:?}");
+        assert_eq!(
+            self.header("content-type"),
+            Some("application/problem+json"),
+            "{self:?}"
+        );
+        assert_eq!(self.body["status"], status, "{self:?}");
+        assert_eq!(self.body["code"], code, "{self:?}");
+        assert_eq!(self.body["field"].as_str(), field, "{self:?}");
+        assert_eq!(
+            self.body["type"],
+            format!("https://docs.libertum.dev/problems/{code}"),
+            "{self:?}"
+        );
+        assert!(self.body["title"].is_string(), "{self:?}");
+        assert!(self.body["detail"].is_string(), "{self:?}");
+        &self.body
+    }
+}
+
+/// Sends `request` and reads the whole response.
+pub async fn send(request: RequestBuilder) -> Reply {
+    let response = request.send().await.expect("request sent");
+    let status = response.status();
+    let headers = response.headers().clone();
+    let text = response.text().await.expect("body read");
+    let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+    Reply {
+        status,
+        headers,
+        text,
+        body,
+    }
+}
+
+/// Requests to one running service. A service's test `Server` derefs to it.
+pub struct Http {
+    /// `http://127.0.0.1:<port>`.
+    pub base: String,
+    /// For requests built by hand; named so that `server.http` reads as before.
+    pub http: Client,
+}
+
+impl Http {
+    /// Requests to the service at `base`, as [`serve`] returns it.
+    pub fn new(base: String) -> Self {
+        Self {
+            base,
+            http: Client::new(),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// GETs `path`. Like the other requests here, the future holds no borrow, so callers can
+    /// build paths on the fly.
+    pub fn get(&self, path: &str) -> impl Future<Output = Reply> + use<> {
+        send(self.http.get(self.url(path)))
+    }
+
+    pub fn post(&self, path: &str, body: &Value) -> impl Future<Output = Reply> + use<> {
+        send(self.http.post(self.url(path)).json(body))
+    }
+
+    pub fn patch(
+        &self,
+        path: &str,
+        if_match: &str,
+        body: &Value,
+    ) -> impl Future<Output = Reply> + use<> {
+        send(
+            self.http
+                .patch(self.url(path))
+                .header("if-match", if_match)
+                .json(body),
+        )
+    }
+}

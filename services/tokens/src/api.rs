@@ -110,6 +110,18 @@ async fn operate(
     submit(engine, actor, command, idempotency, reply).await
 }
 
+/// Applies one operation to one token.
+async fn operate_one(
+    engine: &AppState,
+    actor: String,
+    token_id: String,
+    operation: token::Operation,
+    idempotency: Idempotency,
+) -> Result<Response, ApiError> {
+    let command = op(&token_id, operation);
+    operate(engine, actor, token_id, command, idempotency).await
+}
+
 fn op(token_id: &str, operation: token::Operation) -> token::Command {
     token::Command::Operate {
         token_id: Id::from(token_id),
@@ -368,14 +380,17 @@ async fn issue(
     posted: Posted<IssueRequest>,
 ) -> Result<Response, ApiError> {
     let b = posted.body;
-    let command = op(
-        &token_id,
+    operate_one(
+        &engine,
+        actor,
+        token_id,
         token::Operation::Issue {
             to: Id::from(b.to),
             amount: b.amount,
         },
-    );
-    operate(&engine, actor, token_id, command, posted.idempotency).await
+        posted.idempotency,
+    )
+    .await
 }
 
 /// Transfer tokens between investors, under every compliance rule.
@@ -390,15 +405,18 @@ async fn transfer(
 ) -> Result<Response, ApiError> {
     let b = posted.body;
     metrics::counter!("libertum_transfers_requested_total").increment(1);
-    let command = op(
-        &token_id,
+    operate_one(
+        &engine,
+        actor,
+        token_id,
         token::Operation::Transfer {
             from: Id::from(b.from),
             to: Id::from(b.to),
             amount: b.amount,
         },
-    );
-    operate(&engine, actor, token_id, command, posted.idempotency).await
+        posted.idempotency,
+    )
+    .await
 }
 
 /// Dry run: could this transfer happen now, and if not, which rule says no? Changes nothing.
@@ -452,14 +470,17 @@ async fn redeem(
     posted: Posted<RedeemRequest>,
 ) -> Result<Response, ApiError> {
     let b = posted.body;
-    let command = op(
-        &token_id,
+    operate_one(
+        &engine,
+        actor,
+        token_id,
         token::Operation::Redeem {
             from: Id::from(b.from),
             amount: b.amount,
         },
-    );
-    operate(&engine, actor, token_id, command, posted.idempotency).await
+        posted.idempotency,
+    )
+    .await
 }
 
 /// An agent's transfer without the holder's consent (recovery of a lost account), recorded as forced.
@@ -473,16 +494,19 @@ async fn forced_transfer(
     posted: Posted<ForcedTransferRequest>,
 ) -> Result<Response, ApiError> {
     let b = posted.body;
-    let command = op(
-        &token_id,
+    operate_one(
+        &engine,
+        actor,
+        token_id,
         token::Operation::ForcedTransfer {
             from: Id::from(b.from),
             to: Id::from(b.to),
             amount: b.amount,
             reason: b.reason,
         },
-    );
-    operate(&engine, actor, token_id, command, posted.idempotency).await
+        posted.idempotency,
+    )
+    .await
 }
 
 /// Freeze an investor in this token, fully or only `amount` of the balance.
@@ -504,14 +528,7 @@ async fn freeze(
         },
         None => token::Operation::Freeze { investor_id },
     };
-    operate(
-        &engine,
-        actor,
-        token_id.clone(),
-        op(&token_id, operation),
-        posted.idempotency,
-    )
-    .await
+    operate_one(&engine, actor, token_id, operation, posted.idempotency).await
 }
 
 /// Lift a full freeze, or unfreeze `amount`.
@@ -533,14 +550,7 @@ async fn unfreeze(
         },
         None => token::Operation::Unfreeze { investor_id },
     };
-    operate(
-        &engine,
-        actor,
-        token_id.clone(),
-        op(&token_id, operation),
-        posted.idempotency,
-    )
-    .await
+    operate_one(&engine, actor, token_id, operation, posted.idempotency).await
 }
 
 /// Pause every movement of the token.
@@ -553,11 +563,11 @@ async fn pause(
     Path(token_id): Path<String>,
     posted: Posted<Empty>,
 ) -> Result<Response, ApiError> {
-    operate(
+    operate_one(
         &engine,
         actor,
-        token_id.clone(),
-        op(&token_id, token::Operation::Pause),
+        token_id,
+        token::Operation::Pause,
         posted.idempotency,
     )
     .await
@@ -573,11 +583,11 @@ async fn unpause(
     Path(token_id): Path<String>,
     posted: Posted<Empty>,
 ) -> Result<Response, ApiError> {
-    operate(
+    operate_one(
         &engine,
         actor,
-        token_id.clone(),
-        op(&token_id, token::Operation::Unpause),
+        token_id,
+        token::Operation::Unpause,
         posted.idempotency,
     )
     .await

@@ -33,8 +33,22 @@ fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         } else {
             "invalid_json"
         };
-        let error = ApiError::new(status, code, format!("{inner}"));
-        if path == "." { error } else { error.at(path) }
+        let message = inner.to_string();
+        // A missing field's path is its parent: name the field itself.
+        let missing = message
+            .strip_prefix("missing field `")
+            .and_then(|rest| rest.split('`').next());
+        let field = match (path.as_str(), missing) {
+            (".", None) => None,
+            (".", Some(name)) => Some(name.to_owned()),
+            (parent, Some(name)) => Some(format!("{parent}.{name}")),
+            (path, None) => Some(path.to_owned()),
+        };
+        let error = ApiError::new(status, code, message);
+        match field {
+            Some(field) => error.at(field),
+            None => error,
+        }
     })?;
     // Nothing but whitespace may follow the value.
     de.end()
@@ -280,5 +294,10 @@ mod tests {
         assert_eq!((e.code.as_ref(), e.status.as_u16()), ("invalid_field", 422));
         let e = parse::<Body>(br#"{"name":5}"#).expect_err("wrong type");
         assert_eq!(e.field.as_deref(), Some("name"));
+        let e = parse::<Body>(br#"{}"#).expect_err("missing");
+        assert_eq!(
+            (e.code.as_ref(), e.field.as_deref()),
+            ("invalid_field", Some("name"))
+        );
     }
 }

@@ -95,32 +95,33 @@ async fn a_kill_9_loses_no_acknowledged_write() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let token_id = token["id"].as_str().expect("id").to_owned();
-    let investor = post(&http, format!("{base}/v1/tokens/investors"), json!({"identity_ref": "idp|k", "country": "DE", "kyc_status": "verified", "kyc_expires_on": "2099-01-01"})).await;
-    let alice = investor["id"].as_str().expect("id").to_owned();
+    let mut investors = Vec::new();
+    for who in ["alice", "bob"] {
+        let investor = post(&http, format!("{base}/v1/tokens/investors"), json!({"identity_ref": format!("idp|{who}"), "country": "DE", "kyc_status": "verified", "kyc_expires_on": "2099-01-01"})).await;
+        investors.push(investor["id"].as_str().expect("id").to_owned());
+    }
 
     // 16 clients issue one unit at a time, each request with its own key, until the kill.
-    let acknowledged = Arc::new(Mutex::new(Vec::<String>::new()));
+    let acknowledged = Arc::new(Mutex::new(Vec::<(String, Value)>::new()));
     let url = format!("{base}/v1/tokens/{token_id}/issuances");
     let mut clients = Vec::new();
     for c in 0..16 {
-        let (http, url, alice, acknowledged) = (
-            http.clone(),
-            url.clone(),
-            alice.clone(),
-            acknowledged.clone(),
-        );
+        // Half the clients issue to alice, half to bob.
+        let to = investors[c % 2].clone();
+        let (http, url, acknowledged) = (http.clone(), url.clone(), acknowledged.clone());
         clients.push(tokio::spawn(async move {
             for i in 0.. {
                 let key = format!("kill-{c}-{i}");
+                let body = json!({"to": to, "amount": "1"});
                 let sent = http
                     .post(&url)
                     .header("idempotency-key", &key)
-                    .json(&json!({"to": alice, "amount": "1"}))
+                    .json(&body)
                     .send()
                     .await;
                 match sent {
                     Ok(r) if r.status().is_success() => {
-                        acknowledged.lock().expect("lock").push(key)
+                        acknowledged.lock().expect("lock").push((key, body))
                     }
                     _ => break,
                 }
@@ -147,11 +148,18 @@ async fn a_kill_9_loses_no_acknowledged_write() {
         .as_str()
         .and_then(|s| s.parse().ok())
         .expect("supply");
-    let balance: u64 = holders["holders"][0]["balance"]
-        .as_str()
-        .and_then(|s| s.parse().ok())
-        .expect("balance");
-    assert_eq!(supply, balance, "supply equals the sum of balances");
+    let rows = holders["holders"].as_array().expect("rows");
+    assert_eq!(rows.len(), 2, "both investors hold tokens");
+    let balances: u64 = rows
+        .iter()
+        .map(|h| {
+            h["balance"]
+                .as_str()
+                .and_then(|s| s.parse::<u64>().ok())
+                .expect("balance")
+        })
+        .sum();
+    assert_eq!(supply, balances, "supply equals the sum of balances");
     assert!(
         supply >= acknowledged.len() as u64,
         "every acknowledged issuance survived: {supply} < {}",
@@ -162,11 +170,11 @@ async fn a_kill_9_loses_no_acknowledged_write() {
         supply <= acknowledged.len() as u64 + 16,
         "nothing was applied twice"
     );
-    for key in &acknowledged {
+    for (key, body) in &acknowledged {
         let r = http
             .post(&url)
             .header("idempotency-key", key)
-            .json(&json!({"to": alice, "amount": "1"}))
+            .json(body)
             .send()
             .await
             .expect("sent");

@@ -126,7 +126,7 @@ end
 
 /// A wrk script that transfers one unit between random investors, each request with its own
 /// Idempotency-Key.
-pub fn transfer_script(f: &Fixture) -> String {
+pub fn transfer_script(f: &Fixture, endpoint: &str) -> String {
     let investors: Vec<String> = f.investors.iter().map(|i| format!("\"{i}\"")).collect();
     format!(
         r#"
@@ -147,11 +147,12 @@ function request()
   local a = math.random(n)
   local b = (a + math.random(n - 1) - 1) % n + 1
   local body = '{{"from":"' .. investors[a] .. '","to":"' .. investors[b] .. '","amount":"1"}}'
-  return wrk.format("POST", "/v1/tokens/{}/transfers", {{["Content-Type"] = "application/json", ["Idempotency-Key"] = "bench-" .. id .. "-" .. counter}}, body)
+  return wrk.format("POST", "/v1/tokens/{}/{}", {{["Content-Type"] = "application/json", ["Idempotency-Key"] = "bench-" .. id .. "-" .. counter}}, body)
 end
 {DONE}"#,
         investors.join(","),
-        f.token_id
+        f.token_id,
+        endpoint
     )
 }
 

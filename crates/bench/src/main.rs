@@ -98,7 +98,7 @@ fn main() -> anyhow::Result<()> {
         let (tokens_store, ledger_store) = (tokens_store.clone(), ledger_store.clone());
         client.spawn(async move { lag.run(tokens_store, ledger_store).await })
     };
-    let transfers = load::wrk(&base, &load::transfer_script(&fixture), 64, phase)?;
+    let transfers = load::wrk(&base, &load::transfer_script(&fixture, "transfers"), 64, phase)?;
     let catch_up = client.block_on(load::catch_up(tokens_store.clone(), ledger_store.clone()))?;
     lag.stop();
     let _ = client.block_on(sampler);
@@ -109,6 +109,10 @@ fn main() -> anyhow::Result<()> {
         lag.p99(),
         catch_up.as_secs_f64()
     );
+
+    // The same requests to the dry run: HTTP, JSON and every rule, but no engine, commit or ledger.
+    let checks = load::wrk(&base, &load::transfer_script(&fixture, "transfers/check"), 64, phase)?;
+    checks.print("dry-run transfer checks (no commit)");
 
     // 3. Cached reads and 4. the bare handler.
     let reads = load::wrk(

@@ -98,7 +98,12 @@ fn main() -> anyhow::Result<()> {
         let (tokens_store, ledger_store) = (tokens_store.clone(), ledger_store.clone());
         client.spawn(async move { lag.run(tokens_store, ledger_store).await })
     };
-    let transfers = load::wrk(&base, &load::transfer_script(&fixture, "transfers"), 64, phase)?;
+    let transfers = load::wrk(
+        &base,
+        &load::transfer_script(&fixture, "transfers"),
+        64,
+        phase,
+    )?;
     let catch_up = client.block_on(load::catch_up(tokens_store.clone(), ledger_store.clone()))?;
     lag.stop();
     let _ = client.block_on(sampler);
@@ -111,7 +116,12 @@ fn main() -> anyhow::Result<()> {
     );
 
     // The same requests to the dry run: HTTP, JSON and every rule, but no engine, commit or ledger.
-    let checks = load::wrk(&base, &load::transfer_script(&fixture, "transfers/check"), 64, phase)?;
+    let checks = load::wrk(
+        &base,
+        &load::transfer_script(&fixture, "transfers/check"),
+        64,
+        phase,
+    )?;
     checks.print("dry-run transfer checks (no commit)");
 
     // 3. Cached reads and 4. the bare handler.

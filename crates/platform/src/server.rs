@@ -91,6 +91,11 @@ pub async fn shutdown_signal() {
     tracing::info!("shutdown signal received; draining");
 }
 
+/// A service's routes with its health endpoints, `/metrics` and the middleware stack.
+pub fn service_router(routes: Router, probes: Vec<crate::health::Probe>) -> Router {
+    stack(routes.merge(crate::health::routes(probes)))
+}
+
 /// Runs one service alone on `settings.http_addr`: its routes, health over `probes`, `/metrics`,
 /// until SIGTERM or Ctrl-C.
 pub async fn serve_alone(
@@ -103,7 +108,7 @@ pub async fn serve_alone(
         service = name,
         "running alone on embedded defaults: events of the other services are not received"
     );
-    let router = stack(routes.merge(crate::health::routes(probes)));
+    let router = service_router(routes, probes);
     let listener = TcpListener::bind(settings.http_addr).await?;
     tracing::info!(service = name, addr = %listener.local_addr()?, "listening");
     serve(listener, router, shutdown_signal()).await

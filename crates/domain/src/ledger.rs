@@ -512,6 +512,26 @@ mod tests {
     }
 
     #[test]
+    fn a_token_version_maps_to_the_entry_that_reached_it() {
+        let mut journal = Journal::default();
+        for (i, version) in [1u64, 2, 3].into_iter().enumerate() {
+            let mut event = incoming(
+                &format!("t{i}"),
+                vec![post("issuance:tok_1", "investor:a", 10)],
+            );
+            event.token = Some((Id::from("tok_1"), version));
+            let entry = journal.decide(&event).expect("valid").expect("new");
+            journal.apply(&entry);
+        }
+        assert_eq!(journal.token_version("tok_1"), 3);
+        assert_eq!(journal.seq_of_token_version("tok_1", 2), Some(2));
+        assert_eq!(journal.seq_of_token_version("tok_1", 9), None);
+        // Reconciling at version 2 compares the balances as they were then.
+        let seq = journal.seq_of_token_version("tok_1", 2).expect("recorded");
+        assert_eq!(journal.balance("investor:a", "tok_1", AsOf::Seq(seq)), 20);
+    }
+
+    #[test]
     fn canonical_bytes_are_the_documented_json() {
         let (_, entries) = journal_of(1);
         let text = String::from_utf8(entries[0].canonical_bytes()).expect("utf-8");

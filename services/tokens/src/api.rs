@@ -404,7 +404,6 @@ async fn transfer(
     posted: Posted<TransferRequest>,
 ) -> Result<Response, ApiError> {
     let b = posted.body;
-    metrics::counter!("libertum_transfers_requested_total").increment(1);
     operate_one(
         &engine,
         actor,

@@ -278,3 +278,58 @@ pub async fn catch_up(
     }
     Ok(started.elapsed())
 }
+
+const REFERENCE: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("writes");
+
+/// The machine's ceiling for durable HTTP writes: a minimal axum handler that stores each
+/// request's body under its Idempotency-Key and answers only after a group commit with fsync.
+/// No routing prefixes, middleware, JSON, rules, events or consumers: what is left is HTTP,
+/// one redb write per request and one fsync per group.
+pub async fn group_commit_server(dir: &std::path::Path) -> anyhow::Result<SocketAddr> {
+    type Write = (String, axum::body::Bytes, tokio::sync::oneshot::Sender<()>);
+    let db = redb::Database::create(dir.join("reference.redb"))?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Write>();
+    std::thread::Builder::new()
+        .name("reference-writer".into())
+        .spawn(move || -> anyhow::Result<()> {
+            while let Some(first) = rx.blocking_recv() {
+                let mut group = vec![first];
+                while let Ok(next) = rx.try_recv() {
+                    group.push(next);
+                }
+                let mut write = db.begin_write()?;
+                write.set_durability(redb::Durability::Immediate);
+                {
+                    let mut table = write.open_table(REFERENCE)?;
+                    for (key, body, _) in &group {
+                        table.insert(key.as_str(), body.as_ref())?;
+                    }
+                }
+                write.commit()?;
+                for (_, _, done) in group {
+                    let _ = done.send(());
+                }
+            }
+            Ok(())
+        })?;
+    let handler = move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+        let tx = tx.clone();
+        async move {
+            let key = headers
+                .get("idempotency-key")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned();
+            let (done, committed) = tokio::sync::oneshot::channel();
+            if tx.send((key, body, done)).is_err() || committed.await.is_err() {
+                return axum::http::StatusCode::SERVICE_UNAVAILABLE;
+            }
+            axum::http::StatusCode::CREATED
+        }
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let router = axum::Router::new().route("/{*rest}", axum::routing::post(handler));
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    Ok(addr)
+}

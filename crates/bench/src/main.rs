@@ -5,7 +5,9 @@
 //!    (each with an Idempotency-Key, committed with fsync before the response), p50/p99 latency,
 //!    and how far the ledger lags;
 //! 3. cached asset reads per second;
-//! 4. a bare axum handler's rate, measured the same way, as the denominator.
+//! 4. a bare axum handler's rate, measured the same way, as the denominator;
+//! 5. a minimal axum handler that group-commits each request into redb: this machine's ceiling
+//!    for durable HTTP writes, as the denominator of the durable transfers.
 //!
 //! `BENCH_SECONDS` sets each HTTP phase's length (default 10).
 
@@ -137,6 +139,21 @@ fn main() -> anyhow::Result<()> {
     println!(
         "  cached reads / bare handler: {:.2}",
         reads.rate() / bare_rate.rate()
+    );
+
+    // 5. The machine's ceiling for durable writes over HTTP: the same transfer requests to a
+    // minimal group-commit handler (one redb insert per request, one fsync per group).
+    let reference = server.block_on(load::group_commit_server(dir.path()))?;
+    let ceiling = load::wrk(
+        &format!("http://{reference}"),
+        &load::transfer_script(&fixture, "transfers"),
+        64,
+        phase,
+    )?;
+    ceiling.print("minimal group-commit handler (64 clients)");
+    println!(
+        "  durable transfers / minimal group-commit handler: {:.2}",
+        transfers.rate() / ceiling.rate()
     );
 
     // The ledger matches the tokens service after all that.

@@ -15,6 +15,12 @@ need_apt() {
   }
 }
 
+# need_deb PACKAGE: installs a library package unless dpkg knows it is installed.
+need_deb() {
+  dpkg -s "$1" 2>/dev/null | grep -q '^Status: install ok installed' && return 0
+  need_apt "$1" /nonexistent/command
+}
+
 need_rust() {
   need_apt curl curl
   need_apt gcc cc
@@ -24,4 +30,38 @@ need_rust() {
       echo "could not install Rust: install it from https://rustup.rs and run this again" >&2; exit 1; }
   fi
   rustup component list --installed 2>/dev/null | grep -q clippy || rustup component add clippy rustfmt >/dev/null 2>&1 || true
+}
+
+# The servers of the local test stack (docs/production.md): installed under $TOOLS, once.
+TOOLS=${LIBERTUM_TOOLS:-$HOME/.cache/libertum-tools}
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+need_redis() { need_apt redis-server redis-server; }
+
+# tansu 0.6.0 with its SQLite engine: a Kafka-protocol broker whose data survives a restart.
+need_tansu() {
+  [ -x "$TOOLS/bin/tansu" ] && return 0
+  need_rust
+  need_apt pkg-config pkg-config
+  need_deb libssl-dev
+  echo "building the tansu Kafka-protocol broker (about 10 minutes the first time)" >&2
+  cargo install --quiet --locked tansu --version 0.6.0 --features libsql,dynostore --root "$TOOLS" >&2
+}
+
+# nx-27017 0.8.1: a MongoDB wire-protocol server on SQLite.
+need_nx27017() {
+  [ -x "$TOOLS/nx/bin/nx-27017" ] && return 0
+  need_apt python3 python3
+  python3 -m venv "$TOOLS/nx" 2>/dev/null || { need_apt python3-venv /usr/share/doc/python3-venv; python3 -m venv "$TOOLS/nx"; }
+  echo "installing the nx-27017 MongoDB-wire server" >&2
+  "$TOOLS/nx/bin/pip" install -q nx-27017==0.8.1 >&2
+}
+
+# What building rdkafka's bundled librdkafka needs.
+need_rdkafka_build() {
+  need_apt cmake cmake
+  need_apt pkg-config pkg-config
+  need_deb libssl-dev
+  need_deb libcurl4-openssl-dev
 }

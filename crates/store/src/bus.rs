@@ -53,8 +53,8 @@ impl EventBus for InProcessBus {
         }))
     }
 
-    async fn end_offset(&self, topic: &str) -> Result<u64, StoreError> {
-        self.topic(topic)?.head().await
+    fn describe(&self) -> String {
+        "in-process".into()
     }
 }
 
@@ -88,8 +88,19 @@ impl Subscription for LogSubscription {
             .collect())
     }
 
-    async fn commit(&mut self, _delivery: &Delivery) -> Result<(), StoreError> {
+    async fn commit(&mut self, _batch: &[Delivery]) -> Result<(), StoreError> {
         // The consumer stores its position together with the effect; nothing to do here.
         Ok(())
+    }
+
+    async fn dead_letter(&mut self, delivery: &Delivery, reason: &str) -> Result<(), StoreError> {
+        // The event stays in its producer's log at its position, where it can be read again;
+        // the consumer has already logged and counted it.
+        tracing::warn!(topic = %delivery.topic, offset = delivery.offset, %reason, "event set aside");
+        Ok(())
+    }
+
+    async fn lag(&mut self) -> Result<u64, StoreError> {
+        Ok(self.store.head().await?.saturating_sub(self.position))
     }
 }

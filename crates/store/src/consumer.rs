@@ -108,11 +108,12 @@ impl<S: StateMachine> Consumer<S> {
                 // (each an fsync) under load, for a few milliseconds of lag.
                 tokio::time::sleep(LINGER).await;
             }
-            let Some(last) = batch.last().cloned() else {
+            if batch.is_empty() {
                 continue;
-            };
+            }
             let mut submissions = Vec::with_capacity(batch.len());
             let mut skipped_to = None;
+            let mut applied: Vec<&Delivery> = Vec::with_capacity(batch.len());
             for delivery in &batch {
                 let command = match (self.decode)(delivery) {
                     Verdict::Apply(command) => command,
@@ -123,11 +124,13 @@ impl<S: StateMachine> Consumer<S> {
                     Verdict::Reject(reason) => {
                         tracing::warn!(consumer = %self.name, topic = %delivery.topic, partition = delivery.partition, offset = delivery.offset, %reason, "event rejected");
                         metrics::counter!(m::EVENTS_REJECTED, "consumer" => self.name.clone(), "topic" => self.topic.clone()).increment(1);
+                        subscription.dead_letter(delivery, &reason).await?;
                         skipped_to = Some(delivery.offset);
                         continue;
                     }
                 };
                 skipped_to = None;
+                applied.push(delivery);
                 submissions.push(self.submission(Some(command), delivery.offset));
             }
             // Events this consumer ignores need no commit of their own: re-reading them after a
@@ -139,33 +142,30 @@ impl<S: StateMachine> Consumer<S> {
                 last_skip_commit = std::time::Instant::now();
             }
             if !submissions.is_empty() {
-                let offsets: Vec<u64> = submissions
-                    .iter()
-                    .filter_map(|s| s.checkpoint.as_ref().map(|c| c.1))
-                    .collect();
                 let outcomes = self
                     .engine
                     .enqueue_many(submissions)
                     .await?
                     .await
                     .map_err(|_| EngineError::Unavailable("the writer stopped".into()))?;
-                for (offset, outcome) in offsets.into_iter().zip(outcomes) {
+                for (delivery, outcome) in applied.into_iter().zip(outcomes) {
                     match outcome {
                         Ok(_) => {}
                         Err(EngineError::Refused(refusal)) => {
                             // Well-formed but refused by a rule: deterministic, so retrying cannot
-                            // help. It is skipped, its position stored with the batch.
-                            tracing::warn!(consumer = %self.name, topic = %self.topic, offset, code = refusal.code, "event refused by a rule");
+                            // help. It is set aside; its position is stored with the batch.
+                            tracing::warn!(consumer = %self.name, topic = %self.topic, partition = delivery.partition, offset = delivery.offset, code = refusal.code, "event refused by a rule");
+                            let reason = format!("refused: {}: {}", refusal.code, refusal.message);
+                            subscription.dead_letter(delivery, &reason).await?;
                         }
                         // The whole batch failed together: resume from the stored checkpoint.
                         Err(error) => return Err(error.into()),
                     }
                 }
             }
-            subscription.commit(&last).await?;
+            subscription.commit(&batch).await?;
             metrics::counter!(m::EVENTS_CONSUMED, "consumer" => self.name.clone(), "topic" => self.topic.clone()).increment(batch.len() as u64);
-            let end = self.bus.end_offset(&self.topic).await?;
-            let lag = end.saturating_sub(last.offset);
+            let lag = subscription.lag().await?;
             self.lag.store(lag, Ordering::Relaxed);
             metrics::gauge!(m::CONSUMER_LAG, "consumer" => self.name.clone(), "topic" => self.topic.clone()).set(lag as f64);
         }

@@ -90,6 +90,9 @@ impl EventStore for Flaky {
     async fn checkpoint(&self, name: &str) -> Result<Option<u64>, StoreError> {
         self.inner.checkpoint(name).await
     }
+    async fn save_checkpoint(&self, name: &str, position: u64) -> Result<(), StoreError> {
+        self.inner.save_checkpoint(name, position).await
+    }
     fn watch_head(&self) -> watch::Receiver<u64> {
         self.inner.watch_head()
     }

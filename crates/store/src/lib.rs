@@ -7,6 +7,8 @@
 mod bus;
 mod cache;
 mod consumer;
+#[cfg(any(test, feature = "contract"))]
+pub mod contract;
 mod engine;
 pub mod metrics;
 mod ports;

@@ -62,13 +62,16 @@ pub trait EventStore: Send + Sync + 'static {
     /// Deletes idempotency records created before `before` (Unix seconds); returns how many.
     async fn prune_idempotency(&self, before: i64) -> Result<u64, StoreError>;
     async fn checkpoint(&self, name: &str) -> Result<Option<u64>, StoreError>;
+    /// Stores a checkpoint outside the log, for a reader that is not the log's writer (the
+    /// relay that publishes the log to Kafka). It does not move the head.
+    async fn save_checkpoint(&self, name: &str, position: u64) -> Result<(), StoreError>;
     /// The head after each commit, for readers that wait for new events.
     fn watch_head(&self) -> watch::Receiver<u64>;
     /// A short name for readiness reports.
     fn describe(&self) -> String;
 }
 
-/// One event as the bus delivers it.
+/// One event as the bus delivers it. `offset` is its position in its partition.
 #[derive(Debug, Clone)]
 pub struct Delivery {
     pub topic: String,
@@ -80,24 +83,30 @@ pub struct Delivery {
 /// A topic-based event bus with at-least-once delivery, in order per partition.
 #[async_trait]
 pub trait EventBus: Send + Sync + 'static {
-    /// Subscribes `group` to `topic`, resuming after `resume_after` when the consumer keeps its
-    /// own position (stored with the effects), otherwise from the group's committed offset.
+    /// Subscribes `group` to `topic`. A bus whose topic is one partition long resumes after
+    /// `resume_after`, the position the consumer stored with its effects; a partitioned bus
+    /// resumes from the group's committed offsets, which are committed only after the effects.
     async fn subscribe(
         &self,
         topic: &str,
         group: &str,
         resume_after: Option<u64>,
     ) -> Result<Box<dyn Subscription>, StoreError>;
-    /// The offset of the last event of `topic`, for lag.
-    async fn end_offset(&self, topic: &str) -> Result<u64, StoreError>;
+    /// A short name for readiness reports.
+    fn describe(&self) -> String;
 }
 
 #[async_trait]
 pub trait Subscription: Send {
     /// Waits for at least one event, then returns up to `max`.
     async fn next(&mut self, max: usize) -> Result<Vec<Delivery>, StoreError>;
-    /// Marks everything up to and including `delivery` as done for the group.
-    async fn commit(&mut self, delivery: &Delivery) -> Result<(), StoreError>;
+    /// Marks `batch` as done for the group, once its effects are stored.
+    async fn commit(&mut self, batch: &[Delivery]) -> Result<(), StoreError>;
+    /// Sets aside an event that can never be applied (malformed, forged, refused by a rule),
+    /// with the reason, so that it is not lost and does not block the partition.
+    async fn dead_letter(&mut self, delivery: &Delivery, reason: &str) -> Result<(), StoreError>;
+    /// Events of the subscribed partitions not yet delivered, as last measured.
+    async fn lag(&mut self) -> Result<u64, StoreError>;
 }
 
 /// A cache of serialised read models. Entries are invalidated by the events that change them.

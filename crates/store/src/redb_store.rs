@@ -168,6 +168,22 @@ impl EventStore for RedbStore {
             .map(|v| v.value()))
     }
 
+    async fn save_checkpoint(&self, name: &str, position: u64) -> Result<(), StoreError> {
+        let db = self.db.clone();
+        let name = name.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let mut tx = db.begin_write().map_err(StoreError::backend)?;
+            tx.set_durability(Durability::Immediate);
+            tx.open_table(CHECKPOINTS)
+                .map_err(StoreError::backend)?
+                .insert(name.as_str(), position)
+                .map_err(StoreError::backend)?;
+            tx.commit().map_err(StoreError::backend)
+        })
+        .await
+        .map_err(StoreError::backend)?
+    }
+
     fn watch_head(&self) -> watch::Receiver<u64> {
         self.head.subscribe()
     }
@@ -180,6 +196,30 @@ impl EventStore for RedbStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn honours_the_event_store_contract() {
+        let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
+        crate::contract::event_store(Box::new(move || {
+            let dir = dir.clone();
+            Box::pin(async move { Arc::new(RedbStore::open(dir.path(), "contract").expect("open")) as Arc<dyn EventStore> })
+        }))
+        .await;
+    }
+
+    #[tokio::test]
+    async fn the_in_process_bus_honours_the_event_bus_contract() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store: Arc<dyn EventStore> = Arc::new(RedbStore::open(dir.path(), "bus").expect("open"));
+        let bus = crate::InProcessBus::new();
+        bus.attach("contract.events", store.clone());
+        crate::contract::event_bus(store, Arc::new(bus), "contract.events").await;
+    }
+
+    #[tokio::test]
+    async fn the_memory_cache_honours_the_cache_contract() {
+        crate::contract::cache(Arc::new(crate::MemoryCache::new(100))).await;
+    }
 
     fn commit(expected_head: u64, events: &[&str]) -> Commit {
         Commit {

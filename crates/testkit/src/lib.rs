@@ -1,6 +1,8 @@
 //! What the services' API tests share: a router served on a real socket, requests to it, and
 //! assertions on its answers.
 
+pub mod servers;
+
 use reqwest::{Client, RequestBuilder, StatusCode, header::HeaderMap};
 use serde_json::Value;
 

@@ -1,0 +1,367 @@
+//! Kafka through rdkafka (bundled librdkafka): the relay that publishes a service's committed
+//! events, the consumer-group subscription, the dead-letter topic and topic creation.
+//!
+//! Delivery is at least once. The relay stores its position in the service's own store only
+//! after the broker acknowledged every event up to it (idempotent producer, `acks=all`), so a
+//! crash republishes at most the unacknowledged tail. Consumers commit their group's offsets only
+//! after the effects are stored, and deduplicate by event id.
+
+use std::{
+    collections::BTreeMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use async_trait::async_trait;
+use futures::FutureExt;
+use libertum_store::{Delivery, EventBus, EventStore, StoreError, Subscription};
+use rdkafka::{
+    ClientConfig, Message, Offset, TopicPartitionList,
+    admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
+    client::DefaultClientContext,
+    consumer::{CommitMode, Consumer, StreamConsumer},
+    error::KafkaError,
+    message::{Header, OwnedHeaders},
+    producer::{FutureProducer, FutureRecord},
+    types::RDKafkaErrorCode,
+};
+use tokio::sync::watch;
+
+/// Metric names of the Kafka adapter.
+pub const EVENTS_PRODUCED: &str = "libertum_kafka_events_produced_total";
+pub const RELAY_BACKLOG: &str = "libertum_kafka_relay_backlog";
+pub const DEAD_LETTERED: &str = "libertum_kafka_events_dead_lettered_total";
+
+/// How the services reach Kafka.
+#[derive(Debug, Clone)]
+pub struct KafkaSettings {
+    /// `host:port[,host:port...]`.
+    pub brokers: String,
+    /// Partitions of the topics created when missing.
+    pub partitions: i32,
+    /// Replication factor of the topics created when missing.
+    pub replication: i32,
+}
+
+impl KafkaSettings {
+    pub fn new(brokers: &str) -> Self {
+        KafkaSettings {
+            brokers: brokers.to_owned(),
+            partitions: 3,
+            replication: 1,
+        }
+    }
+
+    fn config(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", &self.brokers)
+            .set("socket.timeout.ms", "10000")
+            .set("log_level", "4");
+        config
+    }
+
+    fn producer(&self) -> Result<FutureProducer, StoreError> {
+        self.config()
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "2")
+            .set("message.timeout.ms", "30000")
+            .create()
+            .map_err(StoreError::backend)
+    }
+}
+
+/// The dead-letter topic of `topic`.
+pub fn dead_letter_topic(topic: &str) -> String {
+    format!("{topic}.dlq")
+}
+
+/// Creates `topics` and their dead-letter topics when missing; existing ones are left alone.
+pub async fn ensure_topics(settings: &KafkaSettings, topics: &[&str]) -> Result<(), StoreError> {
+    let admin: AdminClient<DefaultClientContext> = settings.config().create().map_err(StoreError::backend)?;
+    let names: Vec<String> = topics
+        .iter()
+        .flat_map(|t| [t.to_string(), dead_letter_topic(t)])
+        .collect();
+    let new: Vec<NewTopic> = names
+        .iter()
+        .map(|n| NewTopic::new(n, settings.partitions, TopicReplication::Fixed(settings.replication)))
+        .collect();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let results = admin.create_topics(new.iter(), &options).await.map_err(StoreError::backend)?;
+    for result in results {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => {
+                return Err(StoreError::Backend(format!("could not create topic {name}: {code}")));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The fields of a CloudEvent the relay needs to route it.
+#[derive(serde::Deserialize)]
+struct Route<'a> {
+    #[serde(borrow)]
+    id: &'a str,
+    #[serde(default, borrow)]
+    partitionkey: Option<&'a str>,
+    #[serde(rename = "type", borrow)]
+    kind: &'a str,
+}
+
+/// Publishes a service's committed events to its topic, in log order, keyed by partition key so
+/// one asset's or token's events stay in one partition and in order.
+pub struct Relay {
+    store: Arc<dyn EventStore>,
+    producer: FutureProducer,
+    topic: String,
+    backlog: Arc<std::sync::atomic::AtomicU64>,
+}
+
+const RELAY_BATCH: usize = 2_000;
+
+impl Relay {
+    pub fn new(settings: &KafkaSettings, store: Arc<dyn EventStore>, topic: &str) -> Result<Self, StoreError> {
+        Ok(Relay {
+            store,
+            producer: settings.producer()?,
+            topic: topic.to_owned(),
+            backlog: Arc::default(),
+        })
+    }
+
+    fn checkpoint(&self) -> String {
+        format!("relay:{}", self.topic)
+    }
+
+    /// Events committed but not yet acknowledged by the broker, as last measured.
+    pub fn backlog(&self) -> Arc<std::sync::atomic::AtomicU64> {
+        self.backlog.clone()
+    }
+
+    /// Publishes until `shutdown` turns true. Failures are retried with a growing pause.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let mut pause = Duration::from_millis(100);
+        loop {
+            let result = tokio::select! {
+                r = self.publish() => r,
+                _ = shutdown.wait_for(|stop| *stop) => return,
+            };
+            if let Err(error) = result {
+                tracing::error!(topic = %self.topic, %error, retry_in_ms = pause.as_millis() as u64, "relay failed");
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {},
+                    _ = shutdown.wait_for(|stop| *stop) => return,
+                }
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+
+    async fn publish(&self) -> Result<(), StoreError> {
+        let mut position = self.store.checkpoint(&self.checkpoint()).await?.unwrap_or(0);
+        let mut head = self.store.watch_head();
+        loop {
+            let current = *head.borrow_and_update();
+            self.report_backlog(current, position);
+            if current <= position {
+                // A head moved by another process is noticed within a second.
+                let _ = tokio::time::timeout(Duration::from_secs(1), head.changed()).await;
+                if *head.borrow() <= position {
+                    let latest = self.store.head().await?;
+                    if latest <= position {
+                        continue;
+                    }
+                }
+            }
+            let events = self.store.read(position, RELAY_BATCH).await?;
+            let Some(&(last, _)) = events.last() else {
+                continue;
+            };
+            let mut acks = Vec::with_capacity(events.len());
+            for (at, bytes) in &events {
+                let route: Route = serde_json::from_slice(bytes)
+                    .map_err(|e| StoreError::Backend(format!("event at {at} is not a CloudEvent: {e}")))?;
+                let headers = OwnedHeaders::new()
+                    .insert(Header { key: "ce_id", value: Some(route.id) })
+                    .insert(Header { key: "ce_type", value: Some(route.kind) })
+                    .insert(Header { key: "content-type", value: Some("application/cloudevents+json") });
+                let record = FutureRecord::to(&self.topic)
+                    .payload(bytes.as_slice())
+                    .key(route.partitionkey.unwrap_or(route.id))
+                    .headers(headers);
+                let ack = self.producer.send_result(record).map_err(|(e, _)| StoreError::backend(e))?;
+                acks.push(ack);
+            }
+            for ack in futures::future::join_all(acks).await {
+                match ack {
+                    Ok(Ok(_)) => {}
+                    Ok(Err((e, _))) => return Err(StoreError::backend(e)),
+                    Err(_) => return Err(StoreError::Backend("the producer was dropped".into())),
+                }
+            }
+            metrics::counter!(EVENTS_PRODUCED, "topic" => self.topic.clone()).increment(events.len() as u64);
+            self.store.save_checkpoint(&self.checkpoint(), last).await?;
+            position = last;
+        }
+    }
+
+    fn report_backlog(&self, head: u64, position: u64) {
+        let backlog = head.saturating_sub(position);
+        self.backlog.store(backlog, std::sync::atomic::Ordering::Relaxed);
+        metrics::gauge!(RELAY_BACKLOG, "topic" => self.topic.clone()).set(backlog as f64);
+    }
+}
+
+/// The bus on Kafka: consumer groups, offsets committed after the effects, a dead-letter topic.
+pub struct KafkaBus {
+    settings: KafkaSettings,
+    producer: FutureProducer,
+}
+
+impl KafkaBus {
+    pub fn new(settings: &KafkaSettings) -> Result<Self, StoreError> {
+        Ok(KafkaBus {
+            settings: settings.clone(),
+            producer: settings.producer()?,
+        })
+    }
+}
+
+#[async_trait]
+impl EventBus for KafkaBus {
+    async fn subscribe(
+        &self,
+        topic: &str,
+        group: &str,
+        _resume_after: Option<u64>,
+    ) -> Result<Box<dyn Subscription>, StoreError> {
+        let consumer: StreamConsumer = self
+            .settings
+            .config()
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("session.timeout.ms", "10000")
+            .set("heartbeat.interval.ms", "1000")
+            .set("fetch.wait.max.ms", "10")
+            .set("fetch.min.bytes", "1")
+            .create()
+            .map_err(StoreError::backend)?;
+        consumer.subscribe(&[topic]).map_err(StoreError::backend)?;
+        Ok(Box::new(KafkaSubscription {
+            consumer: Arc::new(consumer),
+            producer: self.producer.clone(),
+            topic: topic.to_owned(),
+            group: group.to_owned(),
+            lag: (0, None),
+        }))
+    }
+
+    fn describe(&self) -> String {
+        format!("kafka:{}", self.settings.brokers)
+    }
+}
+
+struct KafkaSubscription {
+    consumer: Arc<StreamConsumer>,
+    producer: FutureProducer,
+    topic: String,
+    group: String,
+    /// The last measured lag and when.
+    lag: (u64, Option<Instant>),
+}
+
+fn delivery(message: &rdkafka::message::BorrowedMessage<'_>) -> Delivery {
+    Delivery {
+        topic: message.topic().to_owned(),
+        partition: message.partition(),
+        offset: u64::try_from(message.offset()).unwrap_or(0),
+        payload: message.payload().unwrap_or_default().to_vec(),
+    }
+}
+
+#[async_trait]
+impl Subscription for KafkaSubscription {
+    async fn next(&mut self, max: usize) -> Result<Vec<Delivery>, StoreError> {
+        let first = self.consumer.recv().await.map_err(StoreError::backend)?;
+        let mut batch = vec![delivery(&first)];
+        drop(first);
+        while batch.len() < max {
+            match self.consumer.recv().now_or_never() {
+                Some(Ok(message)) => batch.push(delivery(&message)),
+                Some(Err(e)) => return Err(StoreError::backend(e)),
+                None => break,
+            }
+        }
+        Ok(batch)
+    }
+
+    async fn commit(&mut self, batch: &[Delivery]) -> Result<(), StoreError> {
+        let mut next: BTreeMap<(&str, i32), u64> = BTreeMap::new();
+        for d in batch {
+            let entry = next.entry((d.topic.as_str(), d.partition)).or_default();
+            *entry = (*entry).max(d.offset + 1);
+        }
+        let mut offsets = TopicPartitionList::new();
+        for ((topic, partition), offset) in next {
+            offsets
+                .add_partition_offset(topic, partition, Offset::Offset(offset as i64))
+                .map_err(StoreError::backend)?;
+        }
+        let consumer = self.consumer.clone();
+        tokio::task::spawn_blocking(move || consumer.commit(&offsets, CommitMode::Sync))
+            .await
+            .map_err(StoreError::backend)?
+            .map_err(StoreError::backend)
+    }
+
+    async fn dead_letter(&mut self, delivery: &Delivery, reason: &str) -> Result<(), StoreError> {
+        let topic = dead_letter_topic(&delivery.topic);
+        let (partition, offset) = (delivery.partition.to_string(), delivery.offset.to_string());
+        let headers = OwnedHeaders::new()
+            .insert(Header { key: "dlq.error", value: Some(reason) })
+            .insert(Header { key: "dlq.topic", value: Some(delivery.topic.as_str()) })
+            .insert(Header { key: "dlq.partition", value: Some(partition.as_str()) })
+            .insert(Header { key: "dlq.offset", value: Some(offset.as_str()) })
+            .insert(Header { key: "dlq.group", value: Some(self.group.as_str()) });
+        let record = FutureRecord::<(), _>::to(&topic)
+            .payload(delivery.payload.as_slice())
+            .headers(headers);
+        self.producer
+            .send(record, Duration::from_secs(30))
+            .await
+            .map_err(|(e, _)| StoreError::backend(e))?;
+        metrics::counter!(DEAD_LETTERED, "topic" => delivery.topic.clone()).increment(1);
+        Ok(())
+    }
+
+    async fn lag(&mut self) -> Result<u64, StoreError> {
+        if self.lag.1.is_some_and(|at| at.elapsed() < Duration::from_secs(1)) {
+            return Ok(self.lag.0);
+        }
+        let consumer = self.consumer.clone();
+        let topic = self.topic.clone();
+        let lag = tokio::task::spawn_blocking(move || -> Result<u64, KafkaError> {
+            let positions = consumer.position()?;
+            let mut lag = 0u64;
+            for p in positions.elements_for_topic(&topic) {
+                let (_, high) = consumer.fetch_watermarks(&topic, p.partition(), Duration::from_secs(5))?;
+                let at = match p.offset() {
+                    Offset::Offset(o) => o,
+                    _ => 0,
+                };
+                lag += u64::try_from(high - at).unwrap_or(0);
+            }
+            Ok(lag)
+        })
+        .await
+        .map_err(StoreError::backend)?
+        .map_err(StoreError::backend)?;
+        self.lag = (lag, Some(Instant::now()));
+        Ok(lag)
+    }
+}

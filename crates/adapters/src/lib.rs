@@ -1,0 +1,12 @@
+//! The production adapters of the store's ports: the event store on MongoDB, the bus on Kafka
+//! (a relay publishes each service's committed events; consumer groups read them), and the read
+//! cache on Redis. The services see only the ports; `libertum_adapters::wire` picks adapters
+//! from the configuration.
+
+pub mod kafka;
+pub mod mongo;
+pub mod redis_cache;
+
+pub use kafka::{KafkaBus, KafkaSettings, Relay, ensure_topics};
+pub use mongo::{MongoSettings, MongoStore};
+pub use redis_cache::RedisCache;

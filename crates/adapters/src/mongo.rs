@@ -1,0 +1,398 @@
+//! The MongoDB event store: one database per service, the event log as its own outbox.
+//!
+//! Collections:
+//! - `events`: `{_id: position, event_id, type, partitionkey, body: the CloudEvent JSON}`,
+//!   with a unique index on `event_id` (not `id`: the MongoDB-wire test server reserves it). Positions are consecutive; `_id` is unique by nature, so two
+//!   writers appending after the same head collide there (optimistic concurrency).
+//! - `idempotency`: `{_id: key, fingerprint, status, body, created_at}`.
+//! - `checkpoints`: `{_id: name, position}`.
+//!
+//! A commit writes its events, idempotency records and checkpoints in one multi-document
+//! transaction with the configured write concern (majority by default): all of it or none.
+
+use std::{sync::Arc, time::Duration};
+
+use async_trait::async_trait;
+use libertum_store::{Commit, EventStore, IdempotencyRecord, StoreError};
+use mongodb::{
+    Client, ClientSession, Collection, Database, IndexModel,
+    bson::{Bson, Document, doc},
+    error::{ErrorKind, WriteFailure},
+    options::{
+        Acknowledgment, ClientOptions, IndexOptions, ReadConcern, ReadPreference,
+        SelectionCriteria, WriteConcern,
+    },
+};
+use tokio::sync::watch;
+
+/// How the store talks to MongoDB.
+#[derive(Debug, Clone)]
+pub struct MongoSettings {
+    /// A `mongodb://` or `mongodb+srv://` URI.
+    pub uri: String,
+    /// The service's own database.
+    pub database: String,
+    /// `majority` (the default) or a number of nodes.
+    pub write_concern: String,
+    /// `majority` (the default) or `local`.
+    pub read_concern: String,
+}
+
+impl MongoSettings {
+    pub fn new(uri: &str, database: &str) -> Self {
+        MongoSettings {
+            uri: uri.to_owned(),
+            database: database.to_owned(),
+            write_concern: "majority".into(),
+            read_concern: "majority".into(),
+        }
+    }
+
+    fn write_concern(&self) -> Result<WriteConcern, StoreError> {
+        let w = match self.write_concern.as_str() {
+            "majority" => Acknowledgment::Majority,
+            n => Acknowledgment::Nodes(n.parse().map_err(|_| {
+                StoreError::Backend(format!(
+                    "write concern {n:?} is neither \"majority\" nor a number of nodes"
+                ))
+            })?),
+        };
+        Ok(WriteConcern::builder().w(w).journal(true).build())
+    }
+
+    fn read_concern(&self) -> Result<ReadConcern, StoreError> {
+        match self.read_concern.as_str() {
+            "majority" => Ok(ReadConcern::majority()),
+            "local" => Ok(ReadConcern::local()),
+            other => Err(StoreError::Backend(format!(
+                "read concern {other:?} is neither \"majority\" nor \"local\""
+            ))),
+        }
+    }
+}
+
+/// A service's durable log in its own MongoDB database.
+#[derive(Clone)]
+pub struct MongoStore {
+    client: Client,
+    db: Database,
+    events: Collection<Document>,
+    idempotency: Collection<Document>,
+    checkpoints: Collection<Document>,
+    write_concern: WriteConcern,
+    read_concern: ReadConcern,
+    name: String,
+    head: Arc<watch::Sender<u64>>,
+}
+
+impl MongoStore {
+    /// Connects, creates the indexes (idempotently) and reads the head of the log.
+    pub async fn open(settings: &MongoSettings) -> Result<Self, StoreError> {
+        let write_concern = settings.write_concern()?;
+        let read_concern = settings.read_concern()?;
+        let mut options = ClientOptions::parse(&settings.uri)
+            .await
+            .map_err(StoreError::backend)?;
+        options.app_name = Some(format!("libertum-{}", settings.database));
+        options.server_selection_timeout = Some(Duration::from_secs(5));
+        options.connect_timeout = Some(Duration::from_secs(5));
+        options.write_concern = Some(write_concern.clone());
+        options.read_concern = Some(read_concern.clone());
+        options.selection_criteria = Some(SelectionCriteria::ReadPreference(
+            ReadPreference::Primary,
+        ));
+        let client = Client::with_options(options).map_err(StoreError::backend)?;
+        let db = client.database(&settings.database);
+        db.run_command(doc! {"ping": 1})
+            .await
+            .map_err(|e| StoreError::Backend(format!("MongoDB at {} did not answer: {e}", redact(&settings.uri))))?;
+        let store = MongoStore {
+            events: db.collection("events"),
+            idempotency: db.collection("idempotency"),
+            checkpoints: db.collection("checkpoints"),
+            db,
+            client,
+            write_concern,
+            read_concern,
+            name: format!("mongodb:{}/{}", redact(&settings.uri), settings.database),
+            head: Arc::new(watch::channel(0).0),
+        };
+        store.create_indexes().await?;
+        let head = store.read_head(None).await?;
+        store.head.send_replace(head);
+        Ok(store)
+    }
+
+    async fn create_indexes(&self) -> Result<(), StoreError> {
+        let unique = IndexOptions::builder()
+            .unique(true)
+            .name("unique_event_id".to_owned())
+            .build();
+        self.events
+            .create_index(IndexModel::builder().keys(doc! {"event_id": 1}).options(unique).build())
+            .await
+            .map_err(StoreError::backend)?;
+        let by_age = IndexOptions::builder().name("created_at".to_owned()).build();
+        self.idempotency
+            .create_index(IndexModel::builder().keys(doc! {"created_at": 1}).options(by_age).build())
+            .await
+            .map_err(StoreError::backend)?;
+        Ok(())
+    }
+
+    /// The database, for readiness checks.
+    pub fn database(&self) -> &Database {
+        &self.db
+    }
+
+    async fn read_head(&self, session: Option<&mut ClientSession>) -> Result<u64, StoreError> {
+        let find = self.events.find_one(doc! {}).sort(doc! {"_id": -1}).projection(doc! {"_id": 1});
+        let last = match session {
+            Some(s) => find.session(s).await,
+            None => find.await,
+        }
+        .map_err(StoreError::backend)?;
+        last.map_or(Ok(0), |d| position(d.get("_id")))
+    }
+
+    async fn commit_in(&self, session: &mut ClientSession, commit: &Commit) -> Result<u64, StoreError> {
+        let head = self.read_head(Some(&mut *session)).await?;
+        if head != commit.expected_head {
+            return Err(StoreError::Conflict { expected: commit.expected_head, actual: head });
+        }
+        let mut position = head;
+        if !commit.events.is_empty() {
+            let mut docs = Vec::with_capacity(commit.events.len());
+            for bytes in &commit.events {
+                position += 1;
+                docs.push(event_document(position, bytes)?);
+            }
+            self.events
+                .insert_many(docs)
+                .session(&mut *session)
+                .await
+                .map_err(|e| conflict_or_backend(e, commit.expected_head))?;
+        }
+        if !commit.idempotency.is_empty() {
+            let docs: Vec<Document> = commit
+                .idempotency
+                .iter()
+                .map(|(key, r)| {
+                    doc! {
+                        "_id": key.as_str(),
+                        "fingerprint": r.fingerprint.as_str(),
+                        "status": i32::from(r.status),
+                        "body": r.body.as_str(),
+                        "created_at": r.created_at,
+                    }
+                })
+                .collect();
+            self.idempotency
+                .insert_many(docs)
+                .session(&mut *session)
+                .await
+                .map_err(|e| conflict_or_backend(e, commit.expected_head))?;
+        }
+        for (name, at) in &commit.checkpoints {
+            self.checkpoints
+                .update_one(
+                    doc! {"_id": name.as_str()},
+                    doc! {"$set": {"position": Bson::Int64(to_i64(*at)?)}},
+                )
+                .upsert(true)
+                .session(&mut *session)
+                .await
+                .map_err(StoreError::backend)?;
+        }
+        Ok(position)
+    }
+}
+
+/// The URI without its password, for logs and readiness.
+fn redact(uri: &str) -> String {
+    match (uri.find("://"), uri.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => format!("{}://***@{}", &uri[..scheme], &uri[at + 1..]),
+        _ => uri.to_owned(),
+    }
+}
+
+fn to_i64(n: u64) -> Result<i64, StoreError> {
+    i64::try_from(n).map_err(|_| StoreError::Backend(format!("position {n} does not fit MongoDB's Int64")))
+}
+
+/// Reads a position tolerantly: the wire-compatible test server may narrow an Int64 to an Int32.
+fn position(value: Option<&Bson>) -> Result<u64, StoreError> {
+    match value {
+        Some(Bson::Int64(n)) if *n >= 0 => Ok(*n as u64),
+        Some(Bson::Int32(n)) if *n >= 0 => Ok(*n as u64),
+        other => Err(StoreError::Backend(format!("a stored position is not a non-negative integer: {other:?}"))),
+    }
+}
+
+/// The fields of a CloudEvent the store indexes; the event itself is kept byte for byte.
+#[derive(serde::Deserialize)]
+struct Head {
+    id: String,
+    #[serde(default, rename = "type")]
+    kind: Option<String>,
+    #[serde(default)]
+    partitionkey: Option<String>,
+}
+
+fn event_document(position: u64, bytes: &[u8]) -> Result<Document, StoreError> {
+    let head: Head = serde_json::from_slice(bytes)
+        .map_err(|e| StoreError::Backend(format!("an event to store is not a JSON object with an id: {e}")))?;
+    let body = std::str::from_utf8(bytes).map_err(StoreError::backend)?;
+    let mut doc = doc! {"_id": to_i64(position)?, "event_id": head.id, "body": body};
+    if let Some(kind) = head.kind {
+        doc.insert("type", kind);
+    }
+    if let Some(key) = head.partitionkey {
+        doc.insert("partitionkey", key);
+    }
+    Ok(doc)
+}
+
+const DUPLICATE_KEY: i32 = 11000;
+
+/// A duplicate key means another writer got there first: the caller's head is stale.
+fn conflict_or_backend(e: mongodb::error::Error, expected: u64) -> StoreError {
+    let duplicate = match e.kind.as_ref() {
+        ErrorKind::InsertMany(m) => m
+            .write_errors
+            .as_ref()
+            .is_some_and(|errors| errors.iter().any(|w| w.code == DUPLICATE_KEY)),
+        ErrorKind::Write(WriteFailure::WriteError(w)) => w.code == DUPLICATE_KEY,
+        ErrorKind::Command(c) => c.code == DUPLICATE_KEY,
+        _ => false,
+    };
+    if duplicate {
+        StoreError::Conflict { expected, actual: expected + 1 }
+    } else {
+        StoreError::backend(e)
+    }
+}
+
+#[async_trait]
+impl EventStore for MongoStore {
+    async fn commit(&self, commit: Commit) -> Result<(), StoreError> {
+        let mut session = self.client.start_session().await.map_err(StoreError::backend)?;
+        session
+            .start_transaction()
+            .write_concern(self.write_concern.clone())
+            .read_concern(self.read_concern.clone())
+            .await
+            .map_err(StoreError::backend)?;
+        let head = match self.commit_in(&mut session, &commit).await {
+            Ok(head) => head,
+            Err(e) => {
+                let _ = session.abort_transaction().await;
+                return Err(e);
+            }
+        };
+        session
+            .commit_transaction()
+            .await
+            .map_err(|e| conflict_or_backend(e, commit.expected_head))?;
+        self.head.send_replace(head);
+        Ok(())
+    }
+
+    async fn read(&self, after: u64, max: usize) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        use futures::TryStreamExt;
+        let mut cursor = self
+            .events
+            .find(doc! {"_id": {"$gt": to_i64(after)?}})
+            .sort(doc! {"_id": 1})
+            .limit(i64::try_from(max).unwrap_or(i64::MAX))
+            .projection(doc! {"_id": 1, "body": 1})
+            .await
+            .map_err(StoreError::backend)?;
+        let mut out = Vec::with_capacity(max.min(4096));
+        while let Some(d) = cursor.try_next().await.map_err(StoreError::backend)? {
+            let body = d.get_str("body").map_err(StoreError::backend)?;
+            out.push((position(d.get("_id"))?, body.as_bytes().to_vec()));
+        }
+        Ok(out)
+    }
+
+    async fn head(&self) -> Result<u64, StoreError> {
+        Ok(*self.head.borrow())
+    }
+
+    async fn idempotency(&self, key: &str) -> Result<Option<IdempotencyRecord>, StoreError> {
+        let Some(d) = self.idempotency.find_one(doc! {"_id": key}).await.map_err(StoreError::backend)? else {
+            return Ok(None);
+        };
+        let number = |field: &str| match d.get(field) {
+            Some(Bson::Int32(n)) => Ok(i64::from(*n)),
+            Some(Bson::Int64(n)) => Ok(*n),
+            other => Err(StoreError::Backend(format!("idempotency record {key}: {field} is {other:?}"))),
+        };
+        Ok(Some(IdempotencyRecord {
+            fingerprint: d.get_str("fingerprint").map_err(StoreError::backend)?.to_owned(),
+            status: u16::try_from(number("status")?).map_err(StoreError::backend)?,
+            body: d.get_str("body").map_err(StoreError::backend)?.to_owned(),
+            created_at: number("created_at")?,
+        }))
+    }
+
+    async fn prune_idempotency(&self, before: i64) -> Result<u64, StoreError> {
+        let deleted = self
+            .idempotency
+            .delete_many(doc! {"created_at": {"$lt": before}})
+            .await
+            .map_err(StoreError::backend)?;
+        Ok(deleted.deleted_count)
+    }
+
+    async fn checkpoint(&self, name: &str) -> Result<Option<u64>, StoreError> {
+        let found = self.checkpoints.find_one(doc! {"_id": name}).await.map_err(StoreError::backend)?;
+        found.map(|d| position(d.get("position"))).transpose()
+    }
+
+    async fn save_checkpoint(&self, name: &str, at: u64) -> Result<(), StoreError> {
+        self.checkpoints
+            .update_one(doc! {"_id": name}, doc! {"$set": {"position": Bson::Int64(to_i64(at)?)}})
+            .upsert(true)
+            .await
+            .map_err(StoreError::backend)?;
+        Ok(())
+    }
+
+    fn watch_head(&self) -> watch::Receiver<u64> {
+        self.head.subscribe()
+    }
+
+    fn describe(&self) -> String {
+        self.name.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_password_never_reaches_logs() {
+        assert_eq!(redact("mongodb://app:s3cret@db:27017/?tls=true"), "mongodb://***@db:27017/?tls=true");
+        assert_eq!(redact("mongodb://127.0.0.1:27017"), "mongodb://127.0.0.1:27017");
+    }
+
+    #[test]
+    fn positions_are_read_whatever_integer_width_the_server_returns() {
+        assert_eq!(position(Some(&Bson::Int32(7))).unwrap(), 7);
+        assert_eq!(position(Some(&Bson::Int64(1 << 40))).unwrap(), 1 << 40);
+        assert!(position(Some(&Bson::String("7".into()))).is_err());
+        assert!(position(Some(&Bson::Int64(-1))).is_err());
+    }
+
+    #[test]
+    fn an_event_is_indexed_by_its_cloud_event_fields() {
+        let d = event_document(3, br#"{"id":"e-1","type":"t","partitionkey":"k","data":{}}"#).unwrap();
+        assert_eq!(d.get_i64("_id").unwrap(), 3);
+        assert_eq!(d.get_str("event_id").unwrap(), "e-1");
+        assert_eq!(d.get_str("partitionkey").unwrap(), "k");
+        assert!(event_document(1, b"not json").is_err());
+    }
+}

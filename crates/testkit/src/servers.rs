@@ -1,0 +1,173 @@
+//! The real servers the production adapters' tests talk to, each started on a free loopback port
+//! and stopped when dropped: redis-server, the tansu Kafka-protocol broker (SQLite storage, so
+//! it keeps its data across a restart) and the nx-27017 MongoDB-wire server.
+//!
+//! They are installed by `scripts/stack install` (which `scripts/test` runs) under
+//! `$LIBERTUM_TOOLS`, by default `~/.cache/libertum-tools`. A missing server fails the test with
+//! the command that installs it: it never skips.
+
+use std::{
+    net::TcpStream,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+pub fn tools_dir() -> PathBuf {
+    std::env::var_os("LIBERTUM_TOOLS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
+                .join(".cache/libertum-tools")
+        })
+}
+
+/// A port the system considers free now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+fn require(program: &Path, what: &str) {
+    assert!(
+        program.exists() || which(program),
+        "{what} is not installed ({} not found): run scripts/stack install, which scripts/test runs first",
+        program.display()
+    );
+}
+
+fn which(program: &Path) -> bool {
+    program.components().count() == 1
+        && std::env::var_os("PATH").is_some_and(|paths| {
+            std::env::split_paths(&paths).any(|dir| dir.join(program).exists())
+        })
+}
+
+/// One server process on 127.0.0.1:`port`, with its data under `dir`.
+pub struct Server {
+    pub port: u16,
+    what: &'static str,
+    program: PathBuf,
+    args: Vec<String>,
+    child: Option<Child>,
+    _dir: tempfile::TempDir,
+    log: PathBuf,
+}
+
+impl Server {
+    fn start(what: &'static str, program: PathBuf, args: impl Fn(&Path, u16) -> Vec<String>) -> Server {
+        require(&program, what);
+        let dir = tempfile::tempdir().expect("a data directory");
+        let port = free_port();
+        let log = dir.path().join("server.log");
+        let mut server = Server {
+            port,
+            what,
+            args: args(dir.path(), port),
+            program,
+            child: None,
+            _dir: dir,
+            log,
+        };
+        server.restart();
+        server
+    }
+
+    /// Starts the process again, on the same port with the same data, and waits until it accepts
+    /// connections.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "{} is already running", self.what);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("server log");
+        let child = Command::new(&self.program)
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("{} could not start ({}): {e}", self.what, self.program.display()));
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!("{} exited with {status} before accepting connections:\n{}", self.what, self.log_tail());
+            }
+            assert!(Instant::now() < deadline, "{} did not accept connections on port {} within 60 s:\n{}", self.what, self.port, self.log_tail());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Kills the process (SIGKILL); its data stays for `restart`.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// redis-server with no persistence.
+pub fn redis() -> (Server, String) {
+    let server = Server::start("redis-server", PathBuf::from("redis-server"), |_, port| {
+        ["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+            .map(String::from)
+            .to_vec()
+    });
+    let url = format!("redis://127.0.0.1:{}", server.port);
+    (server, url)
+}
+
+/// The tansu broker on SQLite: topics, messages and committed offsets survive `kill` + `restart`.
+pub fn kafka() -> (Server, String) {
+    let server = Server::start("the tansu Kafka broker", tools_dir().join("bin/tansu"), |dir, port| {
+        let url = format!("tcp://127.0.0.1:{port}");
+        vec![
+            "broker".into(),
+            "--listener-url".into(),
+            url.clone(),
+            "--advertised-listener-url".into(),
+            url,
+            "--storage-engine".into(),
+            format!("sqlite://{}/tansu.db", dir.display()),
+        ]
+    });
+    let brokers = format!("127.0.0.1:{}", server.port);
+    (server, brokers)
+}
+
+/// The nx-27017 MongoDB-wire server on SQLite.
+pub fn mongo() -> (Server, String) {
+    let server = Server::start("the nx-27017 MongoDB-wire server", tools_dir().join("nx/bin/nx-27017"), |dir, port| {
+        let data = dir.join("data");
+        std::fs::create_dir_all(&data).expect("data directory");
+        vec![
+            "--data-dir".into(),
+            data.display().to_string(),
+            "--port".into(),
+            port.to_string(),
+            "--log-file".into(),
+            dir.join("nx.log").display().to_string(),
+            "--pid-file".into(),
+            dir.join("nx.pid").display().to_string(),
+        ]
+    });
+    let uri = format!("mongodb://127.0.0.1:{}/?directConnection=true", server.port);
+    (server, uri)
+}

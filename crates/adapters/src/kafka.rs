@@ -79,22 +79,34 @@ pub fn dead_letter_topic(topic: &str) -> String {
 
 /// Creates `topics` and their dead-letter topics when missing; existing ones are left alone.
 pub async fn ensure_topics(settings: &KafkaSettings, topics: &[&str]) -> Result<(), StoreError> {
-    let admin: AdminClient<DefaultClientContext> = settings.config().create().map_err(StoreError::backend)?;
+    let admin: AdminClient<DefaultClientContext> =
+        settings.config().create().map_err(StoreError::backend)?;
     let names: Vec<String> = topics
         .iter()
         .flat_map(|t| [t.to_string(), dead_letter_topic(t)])
         .collect();
     let new: Vec<NewTopic> = names
         .iter()
-        .map(|n| NewTopic::new(n, settings.partitions, TopicReplication::Fixed(settings.replication)))
+        .map(|n| {
+            NewTopic::new(
+                n,
+                settings.partitions,
+                TopicReplication::Fixed(settings.replication),
+            )
+        })
         .collect();
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    let results = admin.create_topics(new.iter(), &options).await.map_err(StoreError::backend)?;
+    let results = admin
+        .create_topics(new.iter(), &options)
+        .await
+        .map_err(StoreError::backend)?;
     for result in results {
         match result {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((name, code)) => {
-                return Err(StoreError::Backend(format!("could not create topic {name}: {code}")));
+                return Err(StoreError::Backend(format!(
+                    "could not create topic {name}: {code}"
+                )));
             }
         }
     }
@@ -124,7 +136,11 @@ pub struct Relay {
 const RELAY_BATCH: usize = 2_000;
 
 impl Relay {
-    pub fn new(settings: &KafkaSettings, store: Arc<dyn EventStore>, topic: &str) -> Result<Self, StoreError> {
+    pub fn new(
+        settings: &KafkaSettings,
+        store: Arc<dyn EventStore>,
+        topic: &str,
+    ) -> Result<Self, StoreError> {
         Ok(Relay {
             store,
             producer: settings.producer()?,
@@ -162,7 +178,11 @@ impl Relay {
     }
 
     async fn publish(&self) -> Result<(), StoreError> {
-        let mut position = self.store.checkpoint(&self.checkpoint()).await?.unwrap_or(0);
+        let mut position = self
+            .store
+            .checkpoint(&self.checkpoint())
+            .await?
+            .unwrap_or(0);
         let mut head = self.store.watch_head();
         loop {
             let current = *head.borrow_and_update();
@@ -183,17 +203,30 @@ impl Relay {
             };
             let mut acks = Vec::with_capacity(events.len());
             for (at, bytes) in &events {
-                let route: Route = serde_json::from_slice(bytes)
-                    .map_err(|e| StoreError::Backend(format!("event at {at} is not a CloudEvent: {e}")))?;
+                let route: Route = serde_json::from_slice(bytes).map_err(|e| {
+                    StoreError::Backend(format!("event at {at} is not a CloudEvent: {e}"))
+                })?;
                 let headers = OwnedHeaders::new()
-                    .insert(Header { key: "ce_id", value: Some(route.id) })
-                    .insert(Header { key: "ce_type", value: Some(route.kind) })
-                    .insert(Header { key: "content-type", value: Some("application/cloudevents+json") });
+                    .insert(Header {
+                        key: "ce_id",
+                        value: Some(route.id),
+                    })
+                    .insert(Header {
+                        key: "ce_type",
+                        value: Some(route.kind),
+                    })
+                    .insert(Header {
+                        key: "content-type",
+                        value: Some("application/cloudevents+json"),
+                    });
                 let record = FutureRecord::to(&self.topic)
                     .payload(bytes.as_slice())
                     .key(route.partitionkey.unwrap_or(route.id))
                     .headers(headers);
-                let ack = self.producer.send_result(record).map_err(|(e, _)| StoreError::backend(e))?;
+                let ack = self
+                    .producer
+                    .send_result(record)
+                    .map_err(|(e, _)| StoreError::backend(e))?;
                 acks.push(ack);
             }
             for ack in futures::future::join_all(acks).await {
@@ -203,7 +236,8 @@ impl Relay {
                     Err(_) => return Err(StoreError::Backend("the producer was dropped".into())),
                 }
             }
-            metrics::counter!(EVENTS_PRODUCED, "topic" => self.topic.clone()).increment(events.len() as u64);
+            metrics::counter!(EVENTS_PRODUCED, "topic" => self.topic.clone())
+                .increment(events.len() as u64);
             self.store.save_checkpoint(&self.checkpoint(), last).await?;
             position = last;
         }
@@ -211,7 +245,8 @@ impl Relay {
 
     fn report_backlog(&self, head: u64, position: u64) {
         let backlog = head.saturating_sub(position);
-        self.backlog.store(backlog, std::sync::atomic::Ordering::Relaxed);
+        self.backlog
+            .store(backlog, std::sync::atomic::Ordering::Relaxed);
         metrics::gauge!(RELAY_BACKLOG, "topic" => self.topic.clone()).set(backlog as f64);
     }
 }
@@ -323,11 +358,26 @@ impl Subscription for KafkaSubscription {
         let topic = dead_letter_topic(&delivery.topic);
         let (partition, offset) = (delivery.partition.to_string(), delivery.offset.to_string());
         let headers = OwnedHeaders::new()
-            .insert(Header { key: "dlq.error", value: Some(reason) })
-            .insert(Header { key: "dlq.topic", value: Some(delivery.topic.as_str()) })
-            .insert(Header { key: "dlq.partition", value: Some(partition.as_str()) })
-            .insert(Header { key: "dlq.offset", value: Some(offset.as_str()) })
-            .insert(Header { key: "dlq.group", value: Some(self.group.as_str()) });
+            .insert(Header {
+                key: "dlq.error",
+                value: Some(reason),
+            })
+            .insert(Header {
+                key: "dlq.topic",
+                value: Some(delivery.topic.as_str()),
+            })
+            .insert(Header {
+                key: "dlq.partition",
+                value: Some(partition.as_str()),
+            })
+            .insert(Header {
+                key: "dlq.offset",
+                value: Some(offset.as_str()),
+            })
+            .insert(Header {
+                key: "dlq.group",
+                value: Some(self.group.as_str()),
+            });
         let record = FutureRecord::<(), _>::to(&topic)
             .payload(delivery.payload.as_slice())
             .headers(headers);
@@ -340,7 +390,11 @@ impl Subscription for KafkaSubscription {
     }
 
     async fn lag(&mut self) -> Result<u64, StoreError> {
-        if self.lag.1.is_some_and(|at| at.elapsed() < Duration::from_secs(1)) {
+        if self
+            .lag
+            .1
+            .is_some_and(|at| at.elapsed() < Duration::from_secs(1))
+        {
             return Ok(self.lag.0);
         }
         let consumer = self.consumer.clone();
@@ -349,7 +403,8 @@ impl Subscription for KafkaSubscription {
             let positions = consumer.position()?;
             let mut lag = 0u64;
             for p in positions.elements_for_topic(&topic) {
-                let (_, high) = consumer.fetch_watermarks(&topic, p.partition(), Duration::from_secs(5))?;
+                let (_, high) =
+                    consumer.fetch_watermarks(&topic, p.partition(), Duration::from_secs(5))?;
                 let at = match p.offset() {
                     Offset::Offset(o) => o,
                     _ => 0,

@@ -6,6 +6,7 @@
 pub mod kafka;
 pub mod mongo;
 pub mod redis_cache;
+pub mod wire;
 
 pub use kafka::{KafkaBus, KafkaSettings, Relay, ensure_topics};
 pub use mongo::{MongoSettings, MongoStore};

@@ -98,14 +98,16 @@ impl MongoStore {
         options.connect_timeout = Some(Duration::from_secs(5));
         options.write_concern = Some(write_concern.clone());
         options.read_concern = Some(read_concern.clone());
-        options.selection_criteria = Some(SelectionCriteria::ReadPreference(
-            ReadPreference::Primary,
-        ));
+        options.selection_criteria =
+            Some(SelectionCriteria::ReadPreference(ReadPreference::Primary));
         let client = Client::with_options(options).map_err(StoreError::backend)?;
         let db = client.database(&settings.database);
-        db.run_command(doc! {"ping": 1})
-            .await
-            .map_err(|e| StoreError::Backend(format!("MongoDB at {} did not answer: {e}", redact(&settings.uri))))?;
+        db.run_command(doc! {"ping": 1}).await.map_err(|e| {
+            StoreError::Backend(format!(
+                "MongoDB at {} did not answer: {e}",
+                redact(&settings.uri)
+            ))
+        })?;
         let store = MongoStore {
             events: db.collection("events"),
             idempotency: db.collection("idempotency"),
@@ -129,12 +131,24 @@ impl MongoStore {
             .name("unique_event_id".to_owned())
             .build();
         self.events
-            .create_index(IndexModel::builder().keys(doc! {"event_id": 1}).options(unique).build())
+            .create_index(
+                IndexModel::builder()
+                    .keys(doc! {"event_id": 1})
+                    .options(unique)
+                    .build(),
+            )
             .await
             .map_err(StoreError::backend)?;
-        let by_age = IndexOptions::builder().name("created_at".to_owned()).build();
+        let by_age = IndexOptions::builder()
+            .name("created_at".to_owned())
+            .build();
         self.idempotency
-            .create_index(IndexModel::builder().keys(doc! {"created_at": 1}).options(by_age).build())
+            .create_index(
+                IndexModel::builder()
+                    .keys(doc! {"created_at": 1})
+                    .options(by_age)
+                    .build(),
+            )
             .await
             .map_err(StoreError::backend)?;
         Ok(())
@@ -146,7 +160,11 @@ impl MongoStore {
     }
 
     async fn read_head(&self, session: Option<&mut ClientSession>) -> Result<u64, StoreError> {
-        let find = self.events.find_one(doc! {}).sort(doc! {"_id": -1}).projection(doc! {"_id": 1});
+        let find = self
+            .events
+            .find_one(doc! {})
+            .sort(doc! {"_id": -1})
+            .projection(doc! {"_id": 1});
         let last = match session {
             Some(s) => find.session(s).await,
             None => find.await,
@@ -155,10 +173,17 @@ impl MongoStore {
         last.map_or(Ok(0), |d| position(d.get("_id")))
     }
 
-    async fn commit_in(&self, session: &mut ClientSession, commit: &Commit) -> Result<u64, StoreError> {
+    async fn commit_in(
+        &self,
+        session: &mut ClientSession,
+        commit: &Commit,
+    ) -> Result<u64, StoreError> {
         let head = self.read_head(Some(&mut *session)).await?;
         if head != commit.expected_head {
-            return Err(StoreError::Conflict { expected: commit.expected_head, actual: head });
+            return Err(StoreError::Conflict {
+                expected: commit.expected_head,
+                actual: head,
+            });
         }
         let mut position = head;
         if !commit.events.is_empty() {
@@ -211,13 +236,16 @@ impl MongoStore {
 /// The URI without its password, for logs and readiness.
 fn redact(uri: &str) -> String {
     match (uri.find("://"), uri.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => format!("{}://***@{}", &uri[..scheme], &uri[at + 1..]),
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://***@{}", &uri[..scheme], &uri[at + 1..])
+        }
         _ => uri.to_owned(),
     }
 }
 
 fn to_i64(n: u64) -> Result<i64, StoreError> {
-    i64::try_from(n).map_err(|_| StoreError::Backend(format!("position {n} does not fit MongoDB's Int64")))
+    i64::try_from(n)
+        .map_err(|_| StoreError::Backend(format!("position {n} does not fit MongoDB's Int64")))
 }
 
 /// Reads a position tolerantly: the wire-compatible test server may narrow an Int64 to an Int32.
@@ -225,7 +253,9 @@ fn position(value: Option<&Bson>) -> Result<u64, StoreError> {
     match value {
         Some(Bson::Int64(n)) if *n >= 0 => Ok(*n as u64),
         Some(Bson::Int32(n)) if *n >= 0 => Ok(*n as u64),
-        other => Err(StoreError::Backend(format!("a stored position is not a non-negative integer: {other:?}"))),
+        other => Err(StoreError::Backend(format!(
+            "a stored position is not a non-negative integer: {other:?}"
+        ))),
     }
 }
 
@@ -240,8 +270,11 @@ struct Head {
 }
 
 fn event_document(position: u64, bytes: &[u8]) -> Result<Document, StoreError> {
-    let head: Head = serde_json::from_slice(bytes)
-        .map_err(|e| StoreError::Backend(format!("an event to store is not a JSON object with an id: {e}")))?;
+    let head: Head = serde_json::from_slice(bytes).map_err(|e| {
+        StoreError::Backend(format!(
+            "an event to store is not a JSON object with an id: {e}"
+        ))
+    })?;
     let body = std::str::from_utf8(bytes).map_err(StoreError::backend)?;
     let mut doc = doc! {"_id": to_i64(position)?, "event_id": head.id, "body": body};
     if let Some(kind) = head.kind {
@@ -267,7 +300,10 @@ fn conflict_or_backend(e: mongodb::error::Error, expected: u64) -> StoreError {
         _ => false,
     };
     if duplicate {
-        StoreError::Conflict { expected, actual: expected + 1 }
+        StoreError::Conflict {
+            expected,
+            actual: expected + 1,
+        }
     } else {
         StoreError::backend(e)
     }
@@ -276,7 +312,11 @@ fn conflict_or_backend(e: mongodb::error::Error, expected: u64) -> StoreError {
 #[async_trait]
 impl EventStore for MongoStore {
     async fn commit(&self, commit: Commit) -> Result<(), StoreError> {
-        let mut session = self.client.start_session().await.map_err(StoreError::backend)?;
+        let mut session = self
+            .client
+            .start_session()
+            .await
+            .map_err(StoreError::backend)?;
         session
             .start_transaction()
             .write_concern(self.write_concern.clone())
@@ -321,16 +361,26 @@ impl EventStore for MongoStore {
     }
 
     async fn idempotency(&self, key: &str) -> Result<Option<IdempotencyRecord>, StoreError> {
-        let Some(d) = self.idempotency.find_one(doc! {"_id": key}).await.map_err(StoreError::backend)? else {
+        let Some(d) = self
+            .idempotency
+            .find_one(doc! {"_id": key})
+            .await
+            .map_err(StoreError::backend)?
+        else {
             return Ok(None);
         };
         let number = |field: &str| match d.get(field) {
             Some(Bson::Int32(n)) => Ok(i64::from(*n)),
             Some(Bson::Int64(n)) => Ok(*n),
-            other => Err(StoreError::Backend(format!("idempotency record {key}: {field} is {other:?}"))),
+            other => Err(StoreError::Backend(format!(
+                "idempotency record {key}: {field} is {other:?}"
+            ))),
         };
         Ok(Some(IdempotencyRecord {
-            fingerprint: d.get_str("fingerprint").map_err(StoreError::backend)?.to_owned(),
+            fingerprint: d
+                .get_str("fingerprint")
+                .map_err(StoreError::backend)?
+                .to_owned(),
             status: u16::try_from(number("status")?).map_err(StoreError::backend)?,
             body: d.get_str("body").map_err(StoreError::backend)?.to_owned(),
             created_at: number("created_at")?,
@@ -347,13 +397,20 @@ impl EventStore for MongoStore {
     }
 
     async fn checkpoint(&self, name: &str) -> Result<Option<u64>, StoreError> {
-        let found = self.checkpoints.find_one(doc! {"_id": name}).await.map_err(StoreError::backend)?;
+        let found = self
+            .checkpoints
+            .find_one(doc! {"_id": name})
+            .await
+            .map_err(StoreError::backend)?;
         found.map(|d| position(d.get("position"))).transpose()
     }
 
     async fn save_checkpoint(&self, name: &str, at: u64) -> Result<(), StoreError> {
         self.checkpoints
-            .update_one(doc! {"_id": name}, doc! {"$set": {"position": Bson::Int64(to_i64(at)?)}})
+            .update_one(
+                doc! {"_id": name},
+                doc! {"$set": {"position": Bson::Int64(to_i64(at)?)}},
+            )
             .upsert(true)
             .await
             .map_err(StoreError::backend)?;
@@ -375,8 +432,14 @@ mod tests {
 
     #[test]
     fn the_password_never_reaches_logs() {
-        assert_eq!(redact("mongodb://app:s3cret@db:27017/?tls=true"), "mongodb://***@db:27017/?tls=true");
-        assert_eq!(redact("mongodb://127.0.0.1:27017"), "mongodb://127.0.0.1:27017");
+        assert_eq!(
+            redact("mongodb://app:s3cret@db:27017/?tls=true"),
+            "mongodb://***@db:27017/?tls=true"
+        );
+        assert_eq!(
+            redact("mongodb://127.0.0.1:27017"),
+            "mongodb://127.0.0.1:27017"
+        );
     }
 
     #[test]
@@ -389,7 +452,11 @@ mod tests {
 
     #[test]
     fn an_event_is_indexed_by_its_cloud_event_fields() {
-        let d = event_document(3, br#"{"id":"e-1","type":"t","partitionkey":"k","data":{}}"#).unwrap();
+        let d = event_document(
+            3,
+            br#"{"id":"e-1","type":"t","partitionkey":"k","data":{}}"#,
+        )
+        .unwrap();
         assert_eq!(d.get_i64("_id").unwrap(), 3);
         assert_eq!(d.get_str("event_id").unwrap(), "e-1");
         assert_eq!(d.get_str("partitionkey").unwrap(), "k");

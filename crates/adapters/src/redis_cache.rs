@@ -133,7 +133,10 @@ impl RedisCache {
 impl Cache for RedisCache {
     async fn get(&self, key: &str) -> Option<Bytes> {
         let mut c = self.ready().await?;
-        match c.get::<_, Option<Vec<u8>>>(format!("{}{key}", self.prefix)).await {
+        match c
+            .get::<_, Option<Vec<u8>>>(format!("{}{key}", self.prefix))
+            .await
+        {
             Ok(v) => v.map(Bytes::from),
             Err(e) => {
                 self.failed("get", &e);
@@ -147,14 +150,21 @@ impl Cache for RedisCache {
             return;
         };
         let ttl = self.ttl.as_secs().max(1);
-        if let Err(e) = c.set_ex::<_, _, ()>(format!("{}{key}", self.prefix), value.as_ref(), ttl).await {
+        if let Err(e) = c
+            .set_ex::<_, _, ()>(format!("{}{key}", self.prefix), value.as_ref(), ttl)
+            .await
+        {
             self.failed("put", &e);
         }
     }
 
     async fn invalidate(&self, key: &str) {
         let deleted = match self.connection().await {
-            Some(mut c) => c.del::<_, ()>(format!("{}{key}", self.prefix)).await.map_err(|e| self.failed("invalidate", &e)).is_ok(),
+            Some(mut c) => c
+                .del::<_, ()>(format!("{}{key}", self.prefix))
+                .await
+                .map_err(|e| self.failed("invalidate", &e))
+                .is_ok(),
             None => false,
         };
         if !deleted {
@@ -166,7 +176,9 @@ impl Cache for RedisCache {
 /// The URL without its password.
 fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => format!("{}://***@{}", &url[..scheme], &url[at + 1..]),
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://***@{}", &url[..scheme], &url[at + 1..])
+        }
         _ => url.to_owned(),
     }
 }

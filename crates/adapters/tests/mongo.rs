@@ -12,7 +12,9 @@ async fn the_mongodb_store_honours_the_event_store_contract() {
     let settings = MongoSettings::new(&uri, "contract");
     contract::event_store(Box::new(move || {
         let settings = settings.clone();
-        Box::pin(async move { Arc::new(MongoStore::open(&settings).await.expect("open")) as Arc<dyn EventStore> })
+        Box::pin(async move {
+            Arc::new(MongoStore::open(&settings).await.expect("open")) as Arc<dyn EventStore>
+        })
     }))
     .await;
 }
@@ -29,23 +31,43 @@ async fn two_writers_racing_from_the_same_head_cannot_both_append() {
         ..Commit::default()
     };
     let (ra, rb) = tokio::join!(a.commit(commit("from-a")), b.commit(commit("from-b")));
-    let conflicts = [&ra, &rb].iter().filter(|r| matches!(r, Err(StoreError::Conflict { .. }))).count();
+    let conflicts = [&ra, &rb]
+        .iter()
+        .filter(|r| matches!(r, Err(StoreError::Conflict { .. })))
+        .count();
     assert_eq!(conflicts, 1, "exactly one writer wins: {ra:?} {rb:?}");
-    assert_eq!(a.read(0, 10).await.unwrap().len(), 1, "one event, not two, at position 1");
+    assert_eq!(
+        a.read(0, 10).await.unwrap().len(),
+        1,
+        "one event, not two, at position 1"
+    );
 }
 
 #[tokio::test]
 async fn an_event_id_is_stored_once() {
     let (_server, uri) = servers::mongo();
-    let store = MongoStore::open(&MongoSettings::new(&uri, "unique")).await.expect("open");
+    let store = MongoStore::open(&MongoSettings::new(&uri, "unique"))
+        .await
+        .expect("open");
     store
-        .commit(Commit { expected_head: 0, events: vec![contract::event("same", "k")], ..Commit::default() })
+        .commit(Commit {
+            expected_head: 0,
+            events: vec![contract::event("same", "k")],
+            ..Commit::default()
+        })
         .await
         .expect("first");
     let again = store
-        .commit(Commit { expected_head: 1, events: vec![contract::event("same", "k")], ..Commit::default() })
+        .commit(Commit {
+            expected_head: 1,
+            events: vec![contract::event("same", "k")],
+            ..Commit::default()
+        })
         .await;
-    assert!(again.is_err(), "the unique index on the event id refuses a second copy");
+    assert!(
+        again.is_err(),
+        "the unique index on the event id refuses a second copy"
+    );
     assert_eq!(store.read(0, 10).await.unwrap().len(), 1);
 }
 

@@ -24,7 +24,11 @@ async fn with_redis_down_reads_miss_and_a_lost_invalidation_never_serves_stale_d
 
     server.kill();
     assert!(cache.ping().await.is_err(), "readiness sees Redis down");
-    assert_eq!(cache.get("asset:1").await, None, "a read with Redis down is a miss, not an error");
+    assert_eq!(
+        cache.get("asset:1").await,
+        None,
+        "a read with Redis down is a miss, not an error"
+    );
     // A write happened meanwhile: its invalidation cannot reach Redis.
     cache.invalidate("asset:1").await;
 
@@ -33,7 +37,12 @@ async fn with_redis_down_reads_miss_and_a_lost_invalidation_never_serves_stale_d
     // Simulate the survivor: the value written before the outage is back in Redis.
     let client = redis::Client::open(url.as_str()).unwrap();
     let mut raw = client.get_multiplexed_async_connection().await.unwrap();
-    let _: () = redis::cmd("SET").arg("libertum:test:asset:1").arg("old").query_async(&mut raw).await.unwrap();
+    let _: () = redis::cmd("SET")
+        .arg("libertum:test:asset:1")
+        .arg("old")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
 
     tokio::time::sleep(Duration::from_millis(1_100)).await; // past the reconnect throttle
     let mut served = None;
@@ -44,9 +53,24 @@ async fn with_redis_down_reads_miss_and_a_lost_invalidation_never_serves_stale_d
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert_eq!(served.flatten(), None, "the stale value is never served after a lost invalidation");
-    let stored: Option<String> = redis::cmd("GET").arg("libertum:test:asset:1").query_async(&mut raw).await.unwrap();
-    assert_eq!(stored, None, "the suspect prefix was cleared on reconnection");
+    assert_eq!(
+        served.flatten(),
+        None,
+        "the stale value is never served after a lost invalidation"
+    );
+    let stored: Option<String> = redis::cmd("GET")
+        .arg("libertum:test:asset:1")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(
+        stored, None,
+        "the suspect prefix was cleared on reconnection"
+    );
     cache.put("asset:1", Bytes::from_static(b"new")).await;
-    assert_eq!(cache.get("asset:1").await, Some(Bytes::from_static(b"new")), "the cache works again");
+    assert_eq!(
+        cache.get("asset:1").await,
+        Some(Bytes::from_static(b"new")),
+        "the cache works again"
+    );
 }

@@ -1,24 +1,23 @@
-//! The whole product in one process: the three services on one address, on embedded defaults
-//! (a redb store per service under the data directory, the in-process bus, an in-memory cache).
+//! The whole product in one process: the three services on one address. On embedded defaults
+//! (a redb store per service under the data directory, the in-process bus, an in-memory cache)
+//! unless `LIBERTUM_MONGODB_URI`, `LIBERTUM_KAFKA_BROKERS` or `LIBERTUM_REDIS_URL` name the
+//! production backends.
 
-use std::{
-    net::SocketAddr,
-    sync::{Arc, atomic::Ordering},
-    time::Duration,
-};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use axum::Router;
+use libertum_adapters::wire::{self, Background};
 use libertum_assets::Assets;
 use libertum_events::{ASSETS_TOPIC, TOKENS_TOPIC};
 use libertum_ledger::Ledger;
 use libertum_platform::{
     config::Settings,
-    health::{self, Check, Probe},
+    health::{self, Probe},
     server,
 };
-use libertum_store::{EventBus, EventStore, InProcessBus, MemoryCache, RedbStore};
+use libertum_store::{EventBus, InProcessBus};
 use libertum_tokens::Tokens;
-use tokio::{net::TcpListener, sync::watch};
+use tokio::net::TcpListener;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_swagger_ui::SwaggerUi;
@@ -46,8 +45,7 @@ struct ApiDoc;
 pub struct Application {
     listener: TcpListener,
     router: Router,
-    stop_consumers: watch::Sender<bool>,
-    background: Vec<tokio::task::JoinHandle<()>>,
+    background: Background,
     pub assets: Assets,
     pub tokens: Tokens,
     pub ledger: Ledger,
@@ -65,51 +63,50 @@ impl Application {
         };
         let _ = libertum_platform::http_metrics::recorder();
 
-        let cache = Arc::new(MemoryCache::new(settings.cache_entries));
-        let assets_store: Arc<dyn EventStore> =
-            Arc::new(RedbStore::open(&settings.data_dir, "assets")?);
-        let tokens_store: Arc<dyn EventStore> =
-            Arc::new(RedbStore::open(&settings.data_dir, "tokens")?);
-        let ledger_store: Arc<dyn EventStore> =
-            Arc::new(RedbStore::open(&settings.data_dir, "ledger")?);
+        let assets_backends = wire::backends(&settings, "assets").await?;
+        let tokens_backends = wire::backends(&settings, "tokens").await?;
+        let ledger_backends = wire::backends(&settings, "ledger").await?;
+        let (assets_store, tokens_store) =
+            (assets_backends.store.clone(), tokens_backends.store.clone());
 
-        let bus = InProcessBus::new();
-        bus.attach(ASSETS_TOPIC, assets_store.clone());
-        bus.attach(TOKENS_TOPIC, tokens_store.clone());
-        let bus: Arc<dyn EventBus> = Arc::new(bus);
+        let assets = Assets::open(assets_store.clone(), assets_backends.cache).await?;
+        let tokens = Tokens::open(tokens_store.clone(), tokens_backends.cache).await?;
+        let ledger = Ledger::open(ledger_backends.store, tokens_url).await?;
 
-        let assets = Assets::open(assets_store.clone(), cache.clone()).await?;
-        let tokens = Tokens::open(tokens_store.clone(), cache).await?;
-        let ledger = Ledger::open(ledger_store.clone(), tokens_url).await?;
+        let mut background = Background::default();
+        let bus: Arc<dyn EventBus> =
+            match wire::kafka(&settings, &[ASSETS_TOPIC, TOKENS_TOPIC]).await? {
+                Some((kafka, bus)) => {
+                    background.relay("assets.relay", &kafka, assets_store.clone(), ASSETS_TOPIC)?;
+                    background.relay("tokens.relay", &kafka, tokens_store.clone(), TOKENS_TOPIC)?;
+                    bus
+                }
+                None => {
+                    let bus = InProcessBus::new();
+                    bus.attach(ASSETS_TOPIC, assets_store.clone());
+                    bus.attach(TOKENS_TOPIC, tokens_store.clone());
+                    Arc::new(bus)
+                }
+            };
+        background.consumer("assets.consumer", assets.consumer(bus.clone()));
+        background.consumer("tokens.consumer", tokens.consumer(bus.clone()));
+        for (name, consumer) in ["ledger.assets_consumer", "ledger.tokens_consumer"]
+            .into_iter()
+            .zip(ledger.consumers(bus.clone()))
+        {
+            background.consumer(name, consumer);
+        }
+        let retention = Duration::from_secs(settings.idempotency_retention_hours * 3600);
+        background.prune_idempotency(vec![assets_store, tokens_store], retention);
 
-        let (stop_consumers, stopped) = watch::channel(false);
         let mut probes: Vec<Probe> = Vec::new();
         probes.extend(assets.probes());
         probes.extend(tokens.probes());
         probes.extend(ledger.probes());
-        let assets_consumer = assets.consumer(bus.clone());
-        probes.push(lag_probe("assets.consumer", assets_consumer.lag()));
-        let mut background = vec![tokio::spawn(assets_consumer.run(stopped.clone()))];
-        let tokens_consumer = tokens.consumer(bus.clone());
-        probes.push(lag_probe("tokens.consumer", tokens_consumer.lag()));
-        background.push(tokio::spawn(tokens_consumer.run(stopped.clone())));
-        for (i, consumer) in ledger.consumers(bus.clone()).into_iter().enumerate() {
-            probes.push(lag_probe(
-                if i == 0 {
-                    "ledger.assets_consumer"
-                } else {
-                    "ledger.tokens_consumer"
-                },
-                consumer.lag(),
-            ));
-            background.push(tokio::spawn(consumer.run(stopped.clone())));
-        }
-        let retention = Duration::from_secs(settings.idempotency_retention_hours * 3600);
-        background.push(tokio::spawn(prune_idempotency(
-            vec![assets_store, tokens_store],
-            retention,
-            stopped,
-        )));
+        probes.extend(assets_backends.probes);
+        probes.extend(tokens_backends.probes);
+        probes.extend(ledger_backends.probes);
+        probes.extend(background.probes.drain(..));
 
         let (api, openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
             .nest("/v1/assets", assets.router())
@@ -124,7 +121,6 @@ impl Application {
         Ok(Application {
             listener,
             router,
-            stop_consumers,
             background,
             assets,
             tokens,
@@ -145,51 +141,10 @@ impl Application {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let result = server::serve(self.listener, self.router, shutdown).await;
-        let _ = self.stop_consumers.send(true);
-        for task in self.background {
-            let _ = task.await;
-        }
+        self.background.stop().await;
         self.assets.close().await;
         self.tokens.close().await;
         self.ledger.close().await;
         result
-    }
-}
-
-fn lag_probe(name: &'static str, lag: Arc<std::sync::atomic::AtomicU64>) -> Probe {
-    Arc::new(move || {
-        let lag = lag.load(Ordering::Relaxed);
-        Box::pin(async move {
-            Check {
-                name: name.into(),
-                state: if lag > 100_000 { "degraded" } else { "up" },
-                detail: Some(format!("lag {lag} events")),
-            }
-        })
-    })
-}
-
-async fn prune_idempotency(
-    stores: Vec<Arc<dyn EventStore>>,
-    retention: Duration,
-    mut stop: watch::Receiver<bool>,
-) {
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(600)) => {}
-            _ = stop.wait_for(|s| *s) => return,
-        }
-        let before = time::OffsetDateTime::now_utc().unix_timestamp() - retention.as_secs() as i64;
-        for store in &stores {
-            match store.prune_idempotency(before).await {
-                Ok(n) if n > 0 => {
-                    tracing::info!(store = %store.describe(), removed = n, "idempotency records pruned")
-                }
-                Ok(_) => {}
-                Err(error) => {
-                    tracing::warn!(store = %store.describe(), %error, "pruning idempotency records failed")
-                }
-            }
-        }
     }
 }

@@ -36,7 +36,66 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
         "100000",
         "capacity of the in-memory read cache",
     ),
+    (
+        "LIBERTUM_MONGODB_URI",
+        "(none: the embedded store)",
+        "MongoDB URI; each service keeps its log in its own database",
+    ),
+    (
+        "LIBERTUM_MONGODB_DATABASE_PREFIX",
+        "libertum",
+        "databases are named {prefix}_{service}",
+    ),
+    (
+        "LIBERTUM_MONGODB_WRITE_CONCERN",
+        "majority",
+        "write concern of every commit: majority or a number of nodes",
+    ),
+    (
+        "LIBERTUM_MONGODB_READ_CONCERN",
+        "majority",
+        "read concern: majority or local",
+    ),
+    (
+        "LIBERTUM_KAFKA_BROKERS",
+        "(none: the in-process bus)",
+        "Kafka bootstrap servers, host:port[,host:port]",
+    ),
+    (
+        "LIBERTUM_KAFKA_TOPIC_PARTITIONS",
+        "3",
+        "partitions of the topics created when missing",
+    ),
+    (
+        "LIBERTUM_KAFKA_TOPIC_REPLICATION",
+        "1",
+        "replication factor of the topics created when missing",
+    ),
+    (
+        "LIBERTUM_REDIS_URL",
+        "(none: the in-memory cache)",
+        "Redis URL of the read cache shared by a service's replicas",
+    ),
+    (
+        "LIBERTUM_CACHE_TTL_SECONDS",
+        "300",
+        "how long a read stays in Redis at most",
+    ),
 ];
+
+/// Where the production backends are; `None` means the embedded default.
+#[derive(Debug, Clone, Default)]
+pub struct Backends {
+    pub mongodb_uri: Option<String>,
+    pub mongodb_database_prefix: String,
+    pub mongodb_write_concern: String,
+    pub mongodb_read_concern: String,
+    pub kafka_brokers: Option<String>,
+    pub kafka_partitions: i32,
+    pub kafka_replication: i32,
+    pub redis_url: Option<String>,
+    pub cache_ttl_seconds: u64,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
@@ -53,6 +112,7 @@ pub struct Settings {
     pub tokens_url: String,
     pub idempotency_retention_hours: u64,
     pub cache_entries: usize,
+    pub backends: Backends,
 }
 
 /// What is wrong with the configuration: every problem at once.
@@ -136,6 +196,59 @@ impl Settings {
         let idempotency_retention_hours =
             number("LIBERTUM_IDEMPOTENCY_RETENTION_HOURS", 1, 24 * 365);
         let cache_entries = number("LIBERTUM_CACHE_ENTRIES", 1, 100_000_000) as usize;
+        let kafka_partitions = number("LIBERTUM_KAFKA_TOPIC_PARTITIONS", 1, 10_000) as i32;
+        let kafka_replication = number("LIBERTUM_KAFKA_TOPIC_REPLICATION", 1, 100) as i32;
+        let cache_ttl_seconds = number("LIBERTUM_CACHE_TTL_SECONDS", 1, 7 * 24 * 3600);
+        let set = |key: &str| vars.get(key).filter(|v| !v.is_empty()).cloned();
+        let mongodb_uri = set("LIBERTUM_MONGODB_URI");
+        if let Some(uri) = &mongodb_uri
+            && !(uri.starts_with("mongodb://") || uri.starts_with("mongodb+srv://"))
+        {
+            problems
+                .push("LIBERTUM_MONGODB_URI must start with mongodb:// or mongodb+srv://".into());
+        }
+        let redis_url = set("LIBERTUM_REDIS_URL");
+        if let Some(url) = &redis_url
+            && !(url.starts_with("redis://") || url.starts_with("rediss://"))
+        {
+            problems.push("LIBERTUM_REDIS_URL must start with redis:// or rediss://".into());
+        }
+        let kafka_brokers = set("LIBERTUM_KAFKA_BROKERS");
+        if let Some(brokers) = &kafka_brokers
+            && brokers.split(',').any(|b| !b.trim().contains(':'))
+        {
+            problems.push("LIBERTUM_KAFKA_BROKERS must be host:port[,host:port...]".into());
+        }
+        let mongodb_write_concern = get("LIBERTUM_MONGODB_WRITE_CONCERN");
+        if mongodb_write_concern != "majority" && mongodb_write_concern.parse::<u32>().is_err() {
+            problems.push(
+                "LIBERTUM_MONGODB_WRITE_CONCERN must be majority or a number of nodes".into(),
+            );
+        }
+        let mongodb_read_concern = get("LIBERTUM_MONGODB_READ_CONCERN");
+        if !["majority", "local"].contains(&mongodb_read_concern.as_str()) {
+            problems.push("LIBERTUM_MONGODB_READ_CONCERN must be majority or local".into());
+        }
+        let mongodb_database_prefix = get("LIBERTUM_MONGODB_DATABASE_PREFIX");
+        if mongodb_database_prefix.is_empty()
+            || !mongodb_database_prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            problems
+                .push("LIBERTUM_MONGODB_DATABASE_PREFIX must be letters, digits, _ or -".into());
+        }
+        let backends = Backends {
+            mongodb_uri,
+            mongodb_database_prefix,
+            mongodb_write_concern,
+            mongodb_read_concern,
+            kafka_brokers,
+            kafka_partitions,
+            kafka_replication,
+            redis_url,
+            cache_ttl_seconds,
+        };
         if !problems.is_empty() {
             return Err(ConfigError(problems));
         }
@@ -147,6 +260,7 @@ impl Settings {
             tokens_url: tokens_url.trim_end_matches('/').to_owned(),
             idempotency_retention_hours,
             cache_entries,
+            backends,
         })
     }
 
@@ -160,6 +274,7 @@ impl Settings {
             tokens_url: String::new(),
             idempotency_retention_hours: 24,
             cache_entries: 10_000,
+            backends: Backends::default(),
         }
     }
 }
@@ -189,6 +304,32 @@ mod tests {
         assert_eq!(s.http_addr.to_string(), "127.0.0.1:8080");
         assert_eq!(s.data_dir, PathBuf::from("./data"));
         assert_eq!(s.tokens_url, "http://127.0.0.1:8080");
+    }
+
+    #[test]
+    fn production_backends_are_chosen_by_their_variables() {
+        let s = Settings::from_vars(vars(&[])).expect("valid");
+        assert!(
+            s.backends.mongodb_uri.is_none()
+                && s.backends.kafka_brokers.is_none()
+                && s.backends.redis_url.is_none()
+        );
+        let s = Settings::from_vars(vars(&[
+            ("LIBERTUM_MONGODB_URI", "mongodb://db:27017/?replicaSet=rs0"),
+            ("LIBERTUM_KAFKA_BROKERS", "k1:9092,k2:9092"),
+            ("LIBERTUM_REDIS_URL", "redis://cache:6379"),
+        ]))
+        .expect("valid");
+        assert_eq!(s.backends.mongodb_write_concern, "majority");
+        assert_eq!(s.backends.kafka_brokers.as_deref(), Some("k1:9092,k2:9092"));
+        let err = Settings::from_vars(vars(&[
+            ("LIBERTUM_MONGODB_URI", "postgres://x"),
+            ("LIBERTUM_KAFKA_BROKERS", "k1"),
+            ("LIBERTUM_REDIS_URL", "http://x"),
+            ("LIBERTUM_MONGODB_WRITE_CONCERN", "most"),
+        ]))
+        .expect_err("invalid");
+        assert_eq!(err.0.len(), 4, "{err}");
     }
 
     #[test]

@@ -96,18 +96,14 @@ pub fn service_router(routes: Router, probes: Vec<crate::health::Probe>) -> Rout
     stack(routes.merge(crate::health::routes(probes)))
 }
 
-/// Runs one service alone on `settings.http_addr`: its routes, health over `probes`, `/metrics`,
-/// until SIGTERM or Ctrl-C.
+/// Serves one service on `settings.http_addr`: its routes, health over `probes`, `/metrics`,
+/// until SIGTERM or Ctrl-C, then drains in-flight requests.
 pub async fn serve_alone(
     settings: &crate::config::Settings,
     name: &str,
     routes: Router,
     probes: Vec<crate::health::Probe>,
 ) -> std::io::Result<()> {
-    tracing::warn!(
-        service = name,
-        "running alone on embedded defaults: events of the other services are not received"
-    );
     let router = service_router(routes, probes);
     let listener = TcpListener::bind(settings.http_addr).await?;
     tracing::info!(service = name, addr = %listener.local_addr()?, "listening");

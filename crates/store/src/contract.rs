@@ -30,7 +30,10 @@ fn record(created_at: i64, body: &str) -> IdempotencyRecord {
 pub async fn event_store(open: Open) {
     let store = open().await;
     assert_eq!(store.head().await.unwrap(), 0, "a new log starts empty");
-    assert!(store.read(0, 10).await.unwrap().is_empty(), "a new log has nothing to read");
+    assert!(
+        store.read(0, 10).await.unwrap().is_empty(),
+        "a new log has nothing to read"
+    );
     let mut head = store.watch_head();
 
     // Events, idempotency records and checkpoints go in together.
@@ -43,7 +46,11 @@ pub async fn event_store(open: Open) {
         })
         .await
         .expect("a commit at the expected head succeeds");
-    assert_eq!(store.head().await.unwrap(), 2, "the head is the last position");
+    assert_eq!(
+        store.head().await.unwrap(),
+        2,
+        "the head is the last position"
+    );
     tokio::time::timeout(Duration::from_secs(1), head.wait_for(|h| *h == 2))
         .await
         .expect("watchers see the new head")
@@ -54,9 +61,20 @@ pub async fn event_store(open: Open) {
         vec![(1, event("e-1", "a")), (2, event("e-2", "b"))],
         "events come back byte for byte, at consecutive positions"
     );
-    assert_eq!(store.read(1, 10).await.unwrap(), vec![(2, event("e-2", "b"))], "read starts after `after`");
-    assert_eq!(store.read(0, 1).await.unwrap().len(), 1, "read returns at most `max`");
-    assert_eq!(store.idempotency("k-1").await.unwrap(), Some(record(1_000, "first")));
+    assert_eq!(
+        store.read(1, 10).await.unwrap(),
+        vec![(2, event("e-2", "b"))],
+        "read starts after `after`"
+    );
+    assert_eq!(
+        store.read(0, 1).await.unwrap().len(),
+        1,
+        "read returns at most `max`"
+    );
+    assert_eq!(
+        store.idempotency("k-1").await.unwrap(),
+        Some(record(1_000, "first"))
+    );
     assert_eq!(store.idempotency("k-unknown").await.unwrap(), None);
     assert_eq!(store.checkpoint("reader:topic").await.unwrap(), Some(7));
     assert_eq!(store.checkpoint("unknown").await.unwrap(), None);
@@ -70,10 +88,25 @@ pub async fn event_store(open: Open) {
             checkpoints: vec![("reader:topic".into(), 9)],
         })
         .await;
-    assert!(matches!(stale, Err(StoreError::Conflict { .. })), "a stale head is a conflict, got {stale:?}");
-    assert_eq!(store.read(0, 10).await.unwrap().len(), 2, "a refused commit appends nothing");
-    assert_eq!(store.idempotency("k-2").await.unwrap(), None, "a refused commit stores no record");
-    assert_eq!(store.checkpoint("reader:topic").await.unwrap(), Some(7), "nor a checkpoint");
+    assert!(
+        matches!(stale, Err(StoreError::Conflict { .. })),
+        "a stale head is a conflict, got {stale:?}"
+    );
+    assert_eq!(
+        store.read(0, 10).await.unwrap().len(),
+        2,
+        "a refused commit appends nothing"
+    );
+    assert_eq!(
+        store.idempotency("k-2").await.unwrap(),
+        None,
+        "a refused commit stores no record"
+    );
+    assert_eq!(
+        store.checkpoint("reader:topic").await.unwrap(),
+        Some(7),
+        "nor a checkpoint"
+    );
 
     // A commit without events still needs the right head, and moves checkpoints.
     store
@@ -94,14 +127,22 @@ pub async fn event_store(open: Open) {
     assert_eq!(store.head().await.unwrap(), 2);
 
     // Old idempotency records are pruned, recent ones kept.
-    assert_eq!(store.prune_idempotency(2_000).await.unwrap(), 1, "one record is older than the cut");
+    assert_eq!(
+        store.prune_idempotency(2_000).await.unwrap(),
+        1,
+        "one record is older than the cut"
+    );
     assert_eq!(store.idempotency("k-1").await.unwrap(), None);
     assert!(store.idempotency("k-3").await.unwrap().is_some());
 
     // Everything survives reopening.
     drop(store);
     let store = open().await;
-    assert_eq!(store.head().await.unwrap(), 2, "the head survives reopening");
+    assert_eq!(
+        store.head().await.unwrap(),
+        2,
+        "the head survives reopening"
+    );
     assert_eq!(store.read(0, 10).await.unwrap().len(), 2);
     assert_eq!(store.checkpoint("reader:topic").await.unwrap(), Some(8));
     store
@@ -112,7 +153,10 @@ pub async fn event_store(open: Open) {
         })
         .await
         .expect("appending after reopening");
-    assert_eq!(store.read(2, 10).await.unwrap(), vec![(3, event("e-3", "a"))]);
+    assert_eq!(
+        store.read(2, 10).await.unwrap(),
+        vec![(3, event("e-3", "a"))]
+    );
 }
 
 /// The bus's contract: what is committed to `store`, published on `topic` (by the bus itself or
@@ -120,9 +164,17 @@ pub async fn event_store(open: Open) {
 pub async fn event_bus(store: Arc<dyn EventStore>, bus: Arc<dyn EventBus>, topic: &str) {
     let head = store.head().await.unwrap();
     let events: Vec<Vec<u8>> = (0..20)
-        .map(|i| event(&format!("bus-{head}-{i}"), if i % 2 == 0 { "even" } else { "odd" }))
+        .map(|i| {
+            event(
+                &format!("bus-{head}-{i}"),
+                if i % 2 == 0 { "even" } else { "odd" },
+            )
+        })
         .collect();
-    let mut subscription = bus.subscribe(topic, "contract", None).await.expect("subscribe");
+    let mut subscription = bus
+        .subscribe(topic, "contract", None)
+        .await
+        .expect("subscribe");
     store
         .commit(Commit {
             expected_head: head,
@@ -136,11 +188,22 @@ pub async fn event_bus(store: Arc<dyn EventStore>, bus: Arc<dyn EventBus>, topic
     while seen.len() < events.len() {
         let batch = tokio::time::timeout_at(deadline, subscription.next(100))
             .await
-            .unwrap_or_else(|_| panic!("only {} of {} events arrived within 30 s", seen.len(), events.len()))
+            .unwrap_or_else(|_| {
+                panic!(
+                    "only {} of {} events arrived within 30 s",
+                    seen.len(),
+                    events.len()
+                )
+            })
             .expect("next");
         assert!(!batch.is_empty(), "next returns at least one event");
         subscription.commit(&batch).await.expect("commit");
-        seen.extend(batch.into_iter().map(|d| d.payload).filter(|p| events.contains(p)));
+        seen.extend(
+            batch
+                .into_iter()
+                .map(|d| d.payload)
+                .filter(|p| events.contains(p)),
+        );
     }
     let mut unique = seen.clone();
     unique.sort();
@@ -150,14 +213,23 @@ pub async fn event_bus(store: Arc<dyn EventStore>, bus: Arc<dyn EventBus>, topic
         let sent: Vec<&Vec<u8>> = events.iter().filter(|e| contains(e, key)).collect();
         let mut got: Vec<&Vec<u8>> = seen.iter().filter(|e| contains(e, key)).collect();
         got.dedup();
-        assert_eq!(got, sent, "events with partition key {key} arrive in commit order");
+        assert_eq!(
+            got, sent,
+            "events with partition key {key} arrive in commit order"
+        );
     }
-    assert_eq!(subscription.lag().await.unwrap(), 0, "nothing is left to deliver");
+    assert_eq!(
+        subscription.lag().await.unwrap(),
+        0,
+        "nothing is left to deliver"
+    );
 }
 
 fn contains(haystack: &[u8], key: &str) -> bool {
     let needle = format!(r#""partitionkey":"{key}""#);
-    haystack.windows(needle.len()).any(|w| w == needle.as_bytes())
+    haystack
+        .windows(needle.len())
+        .any(|w| w == needle.as_bytes())
 }
 
 /// The cache's contract.
@@ -166,9 +238,17 @@ pub async fn cache(cache: Arc<dyn Cache>) {
     cache.invalidate(key).await;
     assert_eq!(cache.get(key).await, None, "a missing key is a miss");
     cache.put(key, Bytes::from_static(b"v1")).await;
-    assert_eq!(cache.get(key).await, Some(Bytes::from_static(b"v1")), "a put value is read back");
+    assert_eq!(
+        cache.get(key).await,
+        Some(Bytes::from_static(b"v1")),
+        "a put value is read back"
+    );
     cache.put(key, Bytes::from_static(b"v2")).await;
-    assert_eq!(cache.get(key).await, Some(Bytes::from_static(b"v2")), "a put replaces");
+    assert_eq!(
+        cache.get(key).await,
+        Some(Bytes::from_static(b"v2")),
+        "a put replaces"
+    );
     cache.invalidate(key).await;
     assert_eq!(cache.get(key).await, None, "an invalidated key is a miss");
 }

@@ -202,7 +202,10 @@ mod tests {
         let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
         crate::contract::event_store(Box::new(move || {
             let dir = dir.clone();
-            Box::pin(async move { Arc::new(RedbStore::open(dir.path(), "contract").expect("open")) as Arc<dyn EventStore> })
+            Box::pin(async move {
+                Arc::new(RedbStore::open(dir.path(), "contract").expect("open"))
+                    as Arc<dyn EventStore>
+            })
         }))
         .await;
     }
@@ -210,7 +213,8 @@ mod tests {
     #[tokio::test]
     async fn the_in_process_bus_honours_the_event_bus_contract() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store: Arc<dyn EventStore> = Arc::new(RedbStore::open(dir.path(), "bus").expect("open"));
+        let store: Arc<dyn EventStore> =
+            Arc::new(RedbStore::open(dir.path(), "bus").expect("open"));
         let bus = crate::InProcessBus::new();
         bus.attach("contract.events", store.clone());
         crate::contract::event_bus(store, Arc::new(bus), "contract.events").await;

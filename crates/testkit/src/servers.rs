@@ -57,7 +57,11 @@ pub struct Server {
 }
 
 impl Server {
-    fn start(what: &'static str, program: PathBuf, args: impl Fn(&Path, u16) -> Vec<String>) -> Server {
+    fn start(
+        what: &'static str,
+        program: PathBuf,
+        args: impl Fn(&Path, u16) -> Vec<String>,
+    ) -> Server {
         require(&program, what);
         let dir = tempfile::tempdir().expect("a data directory");
         let port = free_port();
@@ -90,14 +94,30 @@ impl Server {
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
             .spawn()
-            .unwrap_or_else(|e| panic!("{} could not start ({}): {e}", self.what, self.program.display()));
+            .unwrap_or_else(|e| {
+                panic!(
+                    "{} could not start ({}): {e}",
+                    self.what,
+                    self.program.display()
+                )
+            });
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(60);
         while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
             if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
-                panic!("{} exited with {status} before accepting connections:\n{}", self.what, self.log_tail());
+                panic!(
+                    "{} exited with {status} before accepting connections:\n{}",
+                    self.what,
+                    self.log_tail()
+                );
             }
-            assert!(Instant::now() < deadline, "{} did not accept connections on port {} within 60 s:\n{}", self.what, self.port, self.log_tail());
+            assert!(
+                Instant::now() < deadline,
+                "{} did not accept connections on port {} within 60 s:\n{}",
+                self.what,
+                self.port,
+                self.log_tail()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -126,9 +146,18 @@ impl Drop for Server {
 /// redis-server with no persistence.
 pub fn redis() -> (Server, String) {
     let server = Server::start("redis-server", PathBuf::from("redis-server"), |_, port| {
-        ["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-            .map(String::from)
-            .to_vec()
+        [
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ]
+        .map(String::from)
+        .to_vec()
     });
     let url = format!("redis://127.0.0.1:{}", server.port);
     (server, url)
@@ -136,38 +165,46 @@ pub fn redis() -> (Server, String) {
 
 /// The tansu broker on SQLite: topics, messages and committed offsets survive `kill` + `restart`.
 pub fn kafka() -> (Server, String) {
-    let server = Server::start("the tansu Kafka broker", tools_dir().join("bin/tansu"), |dir, port| {
-        let url = format!("tcp://127.0.0.1:{port}");
-        vec![
-            "broker".into(),
-            "--listener-url".into(),
-            url.clone(),
-            "--advertised-listener-url".into(),
-            url,
-            "--storage-engine".into(),
-            format!("sqlite://{}/tansu.db", dir.display()),
-        ]
-    });
+    let server = Server::start(
+        "the tansu Kafka broker",
+        tools_dir().join("bin/tansu"),
+        |dir, port| {
+            let url = format!("tcp://127.0.0.1:{port}");
+            vec![
+                "broker".into(),
+                "--listener-url".into(),
+                url.clone(),
+                "--advertised-listener-url".into(),
+                url,
+                "--storage-engine".into(),
+                format!("sqlite://{}/tansu.db", dir.display()),
+            ]
+        },
+    );
     let brokers = format!("127.0.0.1:{}", server.port);
     (server, brokers)
 }
 
 /// The nx-27017 MongoDB-wire server on SQLite.
 pub fn mongo() -> (Server, String) {
-    let server = Server::start("the nx-27017 MongoDB-wire server", tools_dir().join("nx/bin/nx-27017"), |dir, port| {
-        let data = dir.join("data");
-        std::fs::create_dir_all(&data).expect("data directory");
-        vec![
-            "--data-dir".into(),
-            data.display().to_string(),
-            "--port".into(),
-            port.to_string(),
-            "--log-file".into(),
-            dir.join("nx.log").display().to_string(),
-            "--pid-file".into(),
-            dir.join("nx.pid").display().to_string(),
-        ]
-    });
+    let server = Server::start(
+        "the nx-27017 MongoDB-wire server",
+        tools_dir().join("nx/bin/nx-27017"),
+        |dir, port| {
+            let data = dir.join("data");
+            std::fs::create_dir_all(&data).expect("data directory");
+            vec![
+                "--data-dir".into(),
+                data.display().to_string(),
+                "--port".into(),
+                port.to_string(),
+                "--log-file".into(),
+                dir.join("nx.log").display().to_string(),
+                "--pid-file".into(),
+                dir.join("nx.pid").display().to_string(),
+            ]
+        },
+    );
     let uri = format!("mongodb://127.0.0.1:{}/?directConnection=true", server.port);
     (server, uri)
 }

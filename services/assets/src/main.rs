@@ -1,22 +1,39 @@
-//! The assets service alone. Without a Kafka broker (issue 4) it cannot hear the tokens service,
-//! so assets are not marked tokenized; the `libertum` binary runs all services together.
+//! The assets service as its own process. With `LIBERTUM_KAFKA_BROKERS` set it publishes its events and learns from the tokens service's which assets are tokenized;
+//! without it, on embedded defaults, it cannot hear the tokens service, so assets are never marked tokenized. The `libertum` binary runs all
+//! three services together.
 
-use std::sync::Arc;
-
+use libertum_adapters::wire::{self, Background};
+use libertum_events::{ASSETS_TOPIC, TOKENS_TOPIC};
 use libertum_platform::{config::Settings, server, telemetry};
-use libertum_store::{MemoryCache, RedbStore};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let settings = Settings::from_env()?;
     telemetry::init(&settings);
-    let store = Arc::new(RedbStore::open(&settings.data_dir, "assets")?);
-    let assets =
-        libertum_assets::Assets::open(store, Arc::new(MemoryCache::new(settings.cache_entries)))
-            .await?;
+    let backends = wire::backends(&settings, "assets").await?;
+    let service = libertum_assets::Assets::open(backends.store.clone(), backends.cache).await?;
+    let mut background = Background::default();
+    let retention = std::time::Duration::from_secs(settings.idempotency_retention_hours * 3600);
+    background.prune_idempotency(vec![backends.store.clone()], retention);
+    match wire::kafka(&settings, &[ASSETS_TOPIC, TOKENS_TOPIC]).await? {
+        Some((kafka, bus)) => {
+            background.relay("assets.relay", &kafka, backends.store.clone(), ASSETS_TOPIC)?;
+            background.consumer("assets.consumer", service.consumer(bus));
+        }
+        None => tracing::warn!(
+            service = "assets",
+            "no LIBERTUM_KAFKA_BROKERS: running alone, assets are never marked tokenized"
+        ),
+    }
+    let mut probes = service.probes();
+    probes.extend(backends.probes);
+    probes.extend(background.probes.drain(..));
     let (routes, _) = utoipa_axum::router::OpenApiRouter::new()
-        .nest("/v1/assets", assets.router())
+        .nest("/v1/assets", service.router())
         .split_for_parts();
-    server::serve_alone(&settings, "assets", routes, assets.probes()).await?;
+    let served = server::serve_alone(&settings, "assets", routes, probes).await;
+    background.stop().await;
+    service.close().await;
+    served?;
     Ok(())
 }

@@ -1,20 +1,42 @@
-//! The ledger service alone. Without a Kafka broker (issue 4) it receives no events; the
-//! `libertum` binary runs all services together.
+//! The ledger service as its own process. With `LIBERTUM_KAFKA_BROKERS` set it records every event of the assets and tokens topics;
+//! without it, on embedded defaults, it receives no events. The `libertum` binary runs all
+//! three services together.
 
-use std::sync::Arc;
-
+use libertum_adapters::wire::{self, Background};
+use libertum_events::{ASSETS_TOPIC, TOKENS_TOPIC};
 use libertum_platform::{config::Settings, server, telemetry};
-use libertum_store::RedbStore;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let settings = Settings::from_env()?;
     telemetry::init(&settings);
-    let store = Arc::new(RedbStore::open(&settings.data_dir, "ledger")?);
-    let ledger = libertum_ledger::Ledger::open(store, settings.tokens_url.clone()).await?;
+    let backends = wire::backends(&settings, "ledger").await?;
+    let service =
+        libertum_ledger::Ledger::open(backends.store.clone(), settings.tokens_url.clone()).await?;
+    let mut background = Background::default();
+    match wire::kafka(&settings, &[ASSETS_TOPIC, TOKENS_TOPIC]).await? {
+        Some((_, bus)) => {
+            for (name, consumer) in ["ledger.assets_consumer", "ledger.tokens_consumer"]
+                .into_iter()
+                .zip(service.consumers(bus))
+            {
+                background.consumer(name, consumer);
+            }
+        }
+        None => tracing::warn!(
+            service = "ledger",
+            "no LIBERTUM_KAFKA_BROKERS: running alone, it receives no events"
+        ),
+    }
+    let mut probes = service.probes();
+    probes.extend(backends.probes);
+    probes.extend(background.probes.drain(..));
     let (routes, _) = utoipa_axum::router::OpenApiRouter::new()
-        .nest("/v1/ledger", ledger.router())
+        .nest("/v1/ledger", service.router())
         .split_for_parts();
-    server::serve_alone(&settings, "ledger", routes, ledger.probes()).await?;
+    let served = server::serve_alone(&settings, "ledger", routes, probes).await;
+    background.stop().await;
+    service.close().await;
+    served?;
     Ok(())
 }

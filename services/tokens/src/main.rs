@@ -1,22 +1,39 @@
-//! The tokens service alone. Without a Kafka broker (issue 4) it cannot hear the assets service,
-//! so no asset is known approved; the `libertum` binary runs all services together.
+//! The tokens service as its own process. With `LIBERTUM_KAFKA_BROKERS` set it publishes its events and learns from the assets service's which assets are approved;
+//! without it, on embedded defaults, it cannot hear the assets service, so no asset is known approved. The `libertum` binary runs all
+//! three services together.
 
-use std::sync::Arc;
-
+use libertum_adapters::wire::{self, Background};
+use libertum_events::{ASSETS_TOPIC, TOKENS_TOPIC};
 use libertum_platform::{config::Settings, server, telemetry};
-use libertum_store::{MemoryCache, RedbStore};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let settings = Settings::from_env()?;
     telemetry::init(&settings);
-    let store = Arc::new(RedbStore::open(&settings.data_dir, "tokens")?);
-    let tokens =
-        libertum_tokens::Tokens::open(store, Arc::new(MemoryCache::new(settings.cache_entries)))
-            .await?;
+    let backends = wire::backends(&settings, "tokens").await?;
+    let service = libertum_tokens::Tokens::open(backends.store.clone(), backends.cache).await?;
+    let retention = std::time::Duration::from_secs(settings.idempotency_retention_hours * 3600);
+    let mut background = Background::default();
+    background.prune_idempotency(vec![backends.store.clone()], retention);
+    match wire::kafka(&settings, &[ASSETS_TOPIC, TOKENS_TOPIC]).await? {
+        Some((kafka, bus)) => {
+            background.relay("tokens.relay", &kafka, backends.store.clone(), TOKENS_TOPIC)?;
+            background.consumer("tokens.consumer", service.consumer(bus));
+        }
+        None => tracing::warn!(
+            service = "tokens",
+            "no LIBERTUM_KAFKA_BROKERS: running alone, no asset is known approved"
+        ),
+    }
+    let mut probes = service.probes();
+    probes.extend(backends.probes);
+    probes.extend(background.probes.drain(..));
     let (routes, _) = utoipa_axum::router::OpenApiRouter::new()
-        .nest("/v1/tokens", tokens.router())
+        .nest("/v1/tokens", service.router())
         .split_for_parts();
-    server::serve_alone(&settings, "tokens", routes, tokens.probes()).await?;
+    let served = server::serve_alone(&settings, "tokens", routes, probes).await;
+    background.stop().await;
+    service.close().await;
+    served?;
     Ok(())
 }

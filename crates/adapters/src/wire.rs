@@ -1,0 +1,221 @@
+//! Picks each port's adapter from the settings, the production one where its variable is set and
+//! the embedded one otherwise, and runs a service's background tasks (consumers, the relay,
+//! pruning) until shutdown.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use libertum_platform::{
+    config::Settings,
+    health::{Check, Probe},
+};
+use libertum_store::{Cache, Consumer, EventBus, EventStore, MemoryCache, RedbStore, StateMachine};
+use tokio::{sync::watch, task::JoinHandle};
+
+use crate::{KafkaBus, KafkaSettings, MongoSettings, MongoStore, RedisCache, Relay};
+
+/// One service's store and cache, with the probes of what it depends on.
+pub struct Backends {
+    pub store: Arc<dyn EventStore>,
+    pub cache: Arc<dyn Cache>,
+    pub probes: Vec<Probe>,
+}
+
+/// Opens `service`'s store (MongoDB database `{prefix}_{service}`, or `{data_dir}/{service}.redb`)
+/// and its cache (Redis under the key prefix `libertum:{service}`, or in memory).
+pub async fn backends(settings: &Settings, service: &str) -> anyhow::Result<Backends> {
+    let b = &settings.backends;
+    let mut probes = Vec::new();
+    let store: Arc<dyn EventStore> = match &b.mongodb_uri {
+        Some(uri) => {
+            let mongo = MongoSettings {
+                uri: uri.clone(),
+                database: format!("{}_{service}", b.mongodb_database_prefix),
+                write_concern: b.mongodb_write_concern.clone(),
+                read_concern: b.mongodb_read_concern.clone(),
+            };
+            let store = MongoStore::open(&mongo).await?;
+            probes.push(mongo_probe(format!("{service}.mongodb"), store.clone()));
+            Arc::new(store)
+        }
+        None => Arc::new(RedbStore::open(&settings.data_dir, service)?),
+    };
+    let cache: Arc<dyn Cache> = match &b.redis_url {
+        Some(url) => {
+            let cache = Arc::new(RedisCache::new(
+                url,
+                &format!("libertum:{service}"),
+                Duration::from_secs(b.cache_ttl_seconds),
+            )?);
+            probes.push(redis_probe(format!("{service}.redis"), cache.clone()));
+            cache
+        }
+        None => Arc::new(MemoryCache::new(settings.cache_entries)),
+    };
+    Ok(Backends {
+        store,
+        cache,
+        probes,
+    })
+}
+
+/// The Kafka bus when `LIBERTUM_KAFKA_BROKERS` is set, with `topics` created if missing.
+pub async fn kafka(
+    settings: &Settings,
+    topics: &[&str],
+) -> anyhow::Result<Option<(KafkaSettings, Arc<dyn EventBus>)>> {
+    let Some(brokers) = &settings.backends.kafka_brokers else {
+        return Ok(None);
+    };
+    let kafka = KafkaSettings {
+        brokers: brokers.clone(),
+        partitions: settings.backends.kafka_partitions,
+        replication: settings.backends.kafka_replication,
+    };
+    crate::ensure_topics(&kafka, topics).await?;
+    let bus: Arc<dyn EventBus> = Arc::new(KafkaBus::new(&kafka)?);
+    Ok(Some((kafka, bus)))
+}
+
+fn mongo_probe(name: String, store: MongoStore) -> Probe {
+    Arc::new(move || {
+        let (name, store) = (name.clone(), store.clone());
+        Box::pin(async move {
+            let ping = tokio::time::timeout(
+                Duration::from_secs(2),
+                store
+                    .database()
+                    .run_command(mongodb::bson::doc! {"ping": 1}),
+            )
+            .await;
+            let (state, detail) = match ping {
+                Ok(Ok(_)) => ("up", store.describe()),
+                Ok(Err(e)) => ("down", e.to_string()),
+                Err(_) => ("down", "no answer within 2 s".into()),
+            };
+            Check {
+                name,
+                state,
+                detail: Some(detail),
+            }
+        })
+    })
+}
+
+fn redis_probe(name: String, cache: Arc<RedisCache>) -> Probe {
+    Arc::new(move || {
+        let (name, cache) = (name.clone(), cache.clone());
+        Box::pin(async move {
+            // Without Redis reads come from the service's state: slower, still correct.
+            let (state, detail) =
+                match tokio::time::timeout(Duration::from_secs(2), cache.ping()).await {
+                    Ok(Ok(())) => ("up", cache.describe()),
+                    Ok(Err(e)) => ("degraded", e),
+                    Err(_) => ("degraded", "no answer within 2 s".into()),
+                };
+            Check {
+                name,
+                state,
+                detail: Some(detail),
+            }
+        })
+    })
+}
+
+/// A probe that reports a background task's lag: degraded past `limit`.
+pub fn lag_probe(name: &str, lag: Arc<AtomicU64>, what: &'static str, limit: u64) -> Probe {
+    let name = name.to_owned();
+    Arc::new(move || {
+        let (name, lag) = (name.clone(), lag.load(Ordering::Relaxed));
+        Box::pin(async move {
+            Check {
+                name,
+                state: if lag > limit { "degraded" } else { "up" },
+                detail: Some(format!("{what} {lag} events")),
+            }
+        })
+    })
+}
+
+/// A service's background tasks and their probes; `stop` ends them all.
+pub struct Background {
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    pub probes: Vec<Probe>,
+}
+
+impl Default for Background {
+    fn default() -> Self {
+        Background {
+            stop: watch::channel(false).0,
+            tasks: Vec::new(),
+            probes: Vec::new(),
+        }
+    }
+}
+
+impl Background {
+    /// Runs `consumer`, reporting its lag as `name`.
+    pub fn consumer<S: StateMachine>(&mut self, name: &str, consumer: Consumer<S>) {
+        self.probes
+            .push(lag_probe(name, consumer.lag(), "lag", 100_000));
+        self.tasks
+            .push(tokio::spawn(consumer.run(self.stop.subscribe())));
+    }
+
+    /// Publishes `store` to `topic` on Kafka, reporting the backlog as `name`.
+    pub fn relay(
+        &mut self,
+        name: &str,
+        kafka: &KafkaSettings,
+        store: Arc<dyn EventStore>,
+        topic: &str,
+    ) -> anyhow::Result<()> {
+        let relay = Relay::new(kafka, store, topic)?;
+        self.probes
+            .push(lag_probe(name, relay.backlog(), "backlog", 100_000));
+        self.tasks
+            .push(tokio::spawn(relay.run(self.stop.subscribe())));
+        Ok(())
+    }
+
+    /// Deletes idempotency records older than the retention, every ten minutes.
+    pub fn prune_idempotency(&mut self, stores: Vec<Arc<dyn EventStore>>, retention: Duration) {
+        let mut stop = self.stop.subscribe();
+        self.tasks.push(tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(600)) => {}
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+                let before = time_now() - retention.as_secs() as i64;
+                for store in &stores {
+                    match store.prune_idempotency(before).await {
+                        Ok(n) if n > 0 => tracing::info!(store = %store.describe(), removed = n, "idempotency records pruned"),
+                        Ok(_) => {}
+                        Err(error) => tracing::warn!(store = %store.describe(), %error, "pruning idempotency records failed"),
+                    }
+                }
+            }
+        }));
+    }
+
+    /// Stops every task and waits for it to finish its current step.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+fn time_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}

@@ -52,7 +52,7 @@ pub struct Server {
     program: PathBuf,
     args: Vec<String>,
     child: Option<Child>,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     log: PathBuf,
 }
 
@@ -72,7 +72,7 @@ impl Server {
             args: args(dir.path(), port),
             program,
             child: None,
-            _dir: dir,
+            dir,
             log,
         };
         server.restart();
@@ -90,6 +90,7 @@ impl Server {
             .expect("server log");
         let child = Command::new(&self.program)
             .args(&self.args)
+            .current_dir(self.dir.path())
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
@@ -176,8 +177,9 @@ pub fn kafka() -> (Server, String) {
                 url.clone(),
                 "--advertised-listener-url".into(),
                 url,
+                // tansu reads a sqlite:// path relative to its working directory, which is `dir`.
                 "--storage-engine".into(),
-                format!("sqlite://{}/tansu.db", dir.display()),
+                "sqlite://tansu.db".into(),
             ]
         },
     );

@@ -1,0 +1,172 @@
+//! The Kafka relay and bus against a real Kafka-protocol broker (tansu) over real connections.
+
+use std::{sync::Arc, time::Duration};
+
+use libertum_adapters::{KafkaBus, KafkaSettings, Relay, ensure_topics, kafka::dead_letter_topic};
+use libertum_store::{Commit, EventBus, EventStore, RedbStore, contract};
+use libertum_testkit::servers;
+use rdkafka::{
+    ClientConfig, Message,
+    consumer::{Consumer, StreamConsumer},
+    message::Headers,
+};
+use tokio::sync::watch;
+
+async fn relayed(
+    brokers: &str,
+    topic: &str,
+) -> (tempfile::TempDir, Arc<dyn EventStore>, watch::Sender<bool>) {
+    let settings = KafkaSettings::new(brokers);
+    ensure_topics(&settings, &[topic]).await.expect("topics");
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn EventStore> = Arc::new(RedbStore::open(dir.path(), "log").unwrap());
+    let (stop, stopped) = watch::channel(false);
+    tokio::spawn(
+        Relay::new(&settings, store.clone(), topic)
+            .unwrap()
+            .run(stopped),
+    );
+    (dir, store, stop)
+}
+
+#[tokio::test]
+async fn the_kafka_bus_honours_the_event_bus_contract() {
+    let (_broker, brokers) = servers::kafka();
+    let (_dir, store, _stop) = relayed(&brokers, "contract.events").await;
+    let bus = Arc::new(KafkaBus::new(&KafkaSettings::new(&brokers)).unwrap());
+    contract::event_bus(store, bus, "contract.events").await;
+}
+
+#[tokio::test]
+async fn a_group_resumes_after_its_committed_offsets_and_the_relay_after_its_checkpoint() {
+    let (_broker, brokers) = servers::kafka();
+    let topic = "resume.events";
+    let (dir, store, stop) = relayed(&brokers, topic).await;
+    let bus = KafkaBus::new(&KafkaSettings::new(&brokers)).unwrap();
+    let first: Vec<Vec<u8>> = (0..10)
+        .map(|i| contract::event(&format!("a-{i}"), "k"))
+        .collect();
+    store
+        .commit(Commit {
+            expected_head: 0,
+            events: first.clone(),
+            ..Commit::default()
+        })
+        .await
+        .unwrap();
+
+    let mut subscription = bus.subscribe(topic, "resumer", None).await.unwrap();
+    let mut got = Vec::new();
+    while got.len() < first.len() {
+        let batch = tokio::time::timeout(Duration::from_secs(30), subscription.next(100))
+            .await
+            .expect("events within 30 s")
+            .unwrap();
+        subscription.commit(&batch).await.unwrap();
+        got.extend(batch.into_iter().map(|d| d.payload));
+    }
+    assert_eq!(got, first);
+    drop(subscription);
+
+    // The relay stops; more events are committed meanwhile; a new relay takes over.
+    stop.send(true).unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let second: Vec<Vec<u8>> = (0..10)
+        .map(|i| contract::event(&format!("b-{i}"), "k"))
+        .collect();
+    store
+        .commit(Commit {
+            expected_head: 10,
+            events: second.clone(),
+            ..Commit::default()
+        })
+        .await
+        .unwrap();
+    let (_stop2, stopped) = watch::channel(false);
+    tokio::spawn(
+        Relay::new(&KafkaSettings::new(&brokers), store.clone(), topic)
+            .unwrap()
+            .run(stopped),
+    );
+
+    let mut subscription = bus.subscribe(topic, "resumer", None).await.unwrap();
+    let mut got = Vec::new();
+    while got.len() < second.len() {
+        let batch = tokio::time::timeout(Duration::from_secs(30), subscription.next(100))
+            .await
+            .expect("events within 30 s")
+            .unwrap();
+        subscription.commit(&batch).await.unwrap();
+        got.extend(batch.into_iter().map(|d| d.payload));
+    }
+    assert_eq!(
+        got, second,
+        "the group starts after what it committed, and nothing committed is lost"
+    );
+    assert_eq!(
+        store.checkpoint(&format!("relay:{topic}")).await.unwrap(),
+        Some(20),
+        "the relay stored its position"
+    );
+    drop(dir);
+}
+
+#[tokio::test]
+async fn a_dead_lettered_event_keeps_its_origin_and_the_error_in_headers() {
+    let (_broker, brokers) = servers::kafka();
+    let topic = "poison.events";
+    let (_dir, store, _stop) = relayed(&brokers, topic).await;
+    store
+        .commit(Commit {
+            expected_head: 0,
+            events: vec![contract::event("p-1", "k")],
+            ..Commit::default()
+        })
+        .await
+        .unwrap();
+    let bus = KafkaBus::new(&KafkaSettings::new(&brokers)).unwrap();
+    let mut subscription = bus.subscribe(topic, "poisoned", None).await.unwrap();
+    let batch = tokio::time::timeout(Duration::from_secs(30), subscription.next(10))
+        .await
+        .expect("an event")
+        .unwrap();
+    subscription
+        .dead_letter(&batch[0], "forged: unexpected source")
+        .await
+        .expect("dead letter");
+
+    let reader: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("group.id", "dlq-reader")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    reader.subscribe(&[&dead_letter_topic(topic)]).unwrap();
+    let message = tokio::time::timeout(Duration::from_secs(30), reader.recv())
+        .await
+        .expect("a dead letter within 30 s")
+        .unwrap();
+    assert_eq!(
+        message.payload(),
+        Some(batch[0].payload.as_slice()),
+        "the event is kept byte for byte"
+    );
+    let headers = message.headers().expect("headers");
+    let header = |key: &str| {
+        headers
+            .iter()
+            .find(|h| h.key == key)
+            .and_then(|h| h.value)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+    };
+    assert_eq!(
+        header("dlq.error").as_deref(),
+        Some("forged: unexpected source")
+    );
+    assert_eq!(header("dlq.topic").as_deref(), Some(topic));
+    assert_eq!(
+        header("dlq.partition"),
+        Some(batch[0].partition.to_string())
+    );
+    assert_eq!(header("dlq.offset"), Some(batch[0].offset.to_string()));
+}

@@ -4,7 +4,8 @@
 
 mod common;
 
-use common::{Product, code};
+use common::{Backends, Product, code};
+use libertum_testkit::servers;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -39,11 +40,15 @@ async fn refused(p: &Product, token: &str, path: &str, body: Value, expected: &s
     assert_eq!(before["total_supply"], after["total_supply"]);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_whole_story_from_asset_to_verified_ledger() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let p = Product::start(dir.path()).await;
+/// What the story leaves behind, for the checks after a restart.
+pub struct Ending {
+    pub token: String,
+    pub holders: Value,
+    pub ledger_head: Value,
+}
 
+/// The whole story, against `p` however it runs.
+async fn story(p: &Product) -> Ending {
     // An asset manager registers the building with its title deed and an appraisal.
     let (status, asset) = p
         .post_as(
@@ -86,7 +91,7 @@ async fn the_whole_story_from_asset_to_verified_ledger() {
     let spec = json!({"asset_id": asset_id, "symbol": "FRIED123", "name": "Friedrichstrasse 123 shares", "decimals": 0,
         "max_supply": "2000", "unit_price": "25000000", "currency": "EUR",
         "rules": {"allowed_countries": ["DE", "FR", "NL"], "max_holders": 3, "max_balance": "450", "daily_transfer_limit": "300"}});
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    let deadline = tokio::time::Instant::now() + p.patience;
     let token = loop {
         let (status, body) = p.post_as("token-agent", "/v1/tokens", spec.clone()).await;
         if status == StatusCode::CREATED {
@@ -399,17 +404,199 @@ async fn the_whole_story_from_asset_to_verified_ledger() {
     );
     let head = p.get("/v1/ledger/head").await.1;
     assert_eq!(head["seq"], verification["entries_checked"]);
-    p.stop().await;
+    Ending {
+        token: t,
+        holders,
+        ledger_head: head,
+    }
+}
 
-    // After a restart everything is as it was.
-    let p = Product::start(dir.path()).await;
-    let again = p.get(&format!("/v1/tokens/{t}/holders")).await.1;
-    assert_eq!(again["holders"], holders["holders"]);
-    assert_eq!(p.get("/v1/ledger/head").await.1, head);
+/// After a restart everything is as it was.
+async fn unchanged(p: &Product, ending: &Ending) {
+    let again = p
+        .get(&format!("/v1/tokens/{}/holders", ending.token))
+        .await
+        .1;
+    assert_eq!(again["holders"], ending.holders["holders"]);
+    assert_eq!(p.get("/v1/ledger/head").await.1, ending.ledger_head);
     assert_eq!(p.get("/v1/ledger/verification").await.1["valid"], true);
     let reconciliation = p
         .eventually("/v1/ledger/reconciliation", |r| r["matched"] == true)
         .await;
     assert_eq!(reconciliation["tokens"].as_array().map(Vec::len), Some(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_whole_story_from_asset_to_verified_ledger() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = Product::start(dir.path()).await;
+    let ending = story(&p).await;
     p.stop().await;
+    let p = Product::start(dir.path()).await;
+    unchanged(&p, &ending).await;
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_whole_story_with_each_service_its_own_process_on_kafka_mongodb_and_redis() {
+    let (_redis, redis_url) = servers::redis();
+    let (_kafka, kafka_brokers) = servers::kafka();
+    let (_mongo, mongodb_uri) = servers::mongo();
+    let backends = Backends {
+        kafka_brokers,
+        mongodb_uri,
+        redis_url,
+        database_prefix: "story".into(),
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = Product::processes(dir.path(), &backends).await;
+
+    // Each service reports each dependency by name.
+    for (prefix, names) in [
+        (
+            "/v1/assets",
+            vec![
+                "assets.mongodb",
+                "assets.redis",
+                "assets.relay",
+                "assets.consumer",
+            ],
+        ),
+        (
+            "/v1/tokens",
+            vec![
+                "tokens.mongodb",
+                "tokens.redis",
+                "tokens.relay",
+                "tokens.consumer",
+            ],
+        ),
+        (
+            "/v1/ledger",
+            vec!["ledger.mongodb", "ledger.redis", "ledger.tokens_consumer"],
+        ),
+    ] {
+        let ready: Value = p
+            .http
+            .get(format!("{}/readyz", p.base(prefix)))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        for name in names {
+            let check = ready["checks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["name"] == name);
+            assert_eq!(
+                check.map(|c| &c["state"]),
+                Some(&json!("up")),
+                "{name} in {ready}"
+            );
+        }
+    }
+
+    let ending = story(&p).await;
+
+    // An independent Kafka client reads both topics: every event is a well-formed CloudEvent,
+    // keyed by its partition key, in order per key, and there are as many as the ledger recorded.
+    let recorded = ending.ledger_head["seq"]
+        .as_u64()
+        .expect("the ledger's head");
+    let events = read_topics(&backends.kafka_brokers, recorded).await;
+    assert_eq!(
+        events.len() as u64,
+        recorded,
+        "the topics hold exactly the events the ledger recorded"
+    );
+
+    p.stop().await;
+    let p = Product::processes(dir.path(), &backends).await;
+    unchanged(&p, &ending).await;
+    p.stop().await;
+}
+
+/// Reads `libertum.assets.events` and `libertum.tokens.events` from the start with a group of its
+/// own, until `expected` distinct events arrived, checking each.
+async fn read_topics(brokers: &str, expected: u64) -> std::collections::BTreeMap<String, Value> {
+    use rdkafka::{
+        ClientConfig, Message,
+        consumer::{Consumer, StreamConsumer},
+    };
+    let reader: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "e2e-independent-reader")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("a Kafka consumer");
+    reader
+        .subscribe(&[libertum_events::ASSETS_TOPIC, libertum_events::TOKENS_TOPIC])
+        .expect("subscribe");
+    let mut events = std::collections::BTreeMap::new();
+    let mut last_sequence: std::collections::HashMap<(String, String), u64> = Default::default();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    while (events.len() as u64) < expected {
+        let message = tokio::time::timeout_at(deadline, reader.recv())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "only {} of {expected} events on the topics after 60 s",
+                    events.len()
+                )
+            })
+            .expect("a message");
+        let event: Value =
+            serde_json::from_slice(message.payload().expect("a payload")).expect("JSON");
+        for attribute in [
+            "id",
+            "source",
+            "type",
+            "subject",
+            "time",
+            "partitionkey",
+            "sequence",
+        ] {
+            assert!(
+                event[attribute].as_str().is_some_and(|v| !v.is_empty()),
+                "{attribute} missing in {event}"
+            );
+        }
+        assert_eq!(event["specversion"], "1.0", "{event}");
+        assert_eq!(event["datacontenttype"], "application/json", "{event}");
+        assert!(event["data"].is_object(), "{event}");
+        assert!(
+            event["type"].as_str().unwrap().starts_with("libertum."),
+            "{event}"
+        );
+        time::OffsetDateTime::parse(
+            event["time"].as_str().unwrap(),
+            &time::format_description::well_known::Rfc3339,
+        )
+        .expect("time is RFC 3339");
+        let key = std::str::from_utf8(message.key().expect("a key")).expect("UTF-8");
+        assert_eq!(
+            key, event["partitionkey"],
+            "the message key is the partition key"
+        );
+        let sequence: u64 = event["sequence"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .expect("sequence");
+        let id = event["id"].as_str().unwrap().to_owned();
+        if !events.contains_key(&id) {
+            let previous =
+                last_sequence.insert((message.topic().to_owned(), key.to_owned()), sequence);
+            assert!(
+                previous.is_none_or(|p| p < sequence),
+                "events of {key} out of order: {previous:?} then {sequence}"
+            );
+        }
+        events.insert(id, event);
+    }
+    events
 }

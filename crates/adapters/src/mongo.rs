@@ -1,8 +1,10 @@
 //! The MongoDB event store: one database per service, the event log as its own outbox.
 //!
 //! Collections:
-//! - `events`: `{_id: position, event_id, type, partitionkey, body: the CloudEvent JSON}`,
-//!   with a unique index on `event_id` (not `id`: the MongoDB-wire test server reserves it). Positions are consecutive; `_id` is unique by nature, so two
+//! - `events`: `{_id: position, seq: position, event_id, type, partitionkey, body: the
+//!   CloudEvent JSON}`, with unique indexes on `seq` and `event_id`. Reads sort and filter on
+//!   `seq`, not `_id` (the MongoDB-wire test server orders `_id` as text), and the event id is
+//!   not called `id` (that server reserves the name). Positions are consecutive; `_id` is unique by nature, so two
 //!   writers appending after the same head collide there (optimistic concurrency).
 //! - `idempotency`: `{_id: key, fingerprint, status, body, created_at}`.
 //! - `checkpoints`: `{_id: name, position}`.
@@ -126,19 +128,21 @@ impl MongoStore {
     }
 
     async fn create_indexes(&self) -> Result<(), StoreError> {
-        let unique = IndexOptions::builder()
-            .unique(true)
-            .name("unique_event_id".to_owned())
-            .build();
-        self.events
-            .create_index(
-                IndexModel::builder()
-                    .keys(doc! {"event_id": 1})
-                    .options(unique)
-                    .build(),
-            )
-            .await
-            .map_err(StoreError::backend)?;
+        for (name, key) in [("unique_event_id", "event_id"), ("unique_seq", "seq")] {
+            let unique = IndexOptions::builder()
+                .unique(true)
+                .name(name.to_owned())
+                .build();
+            self.events
+                .create_index(
+                    IndexModel::builder()
+                        .keys(doc! {key: 1})
+                        .options(unique)
+                        .build(),
+                )
+                .await
+                .map_err(StoreError::backend)?;
+        }
         let by_age = IndexOptions::builder()
             .name("created_at".to_owned())
             .build();
@@ -160,17 +164,13 @@ impl MongoStore {
     }
 
     async fn read_head(&self, session: Option<&mut ClientSession>) -> Result<u64, StoreError> {
-        let find = self
-            .events
-            .find_one(doc! {})
-            .sort(doc! {"_id": -1})
-            .projection(doc! {"_id": 1});
+        let find = self.events.find_one(doc! {}).sort(doc! {"seq": -1});
         let last = match session {
             Some(s) => find.session(s).await,
             None => find.await,
         }
         .map_err(StoreError::backend)?;
-        last.map_or(Ok(0), |d| position(d.get("_id")))
+        last.map_or(Ok(0), |d| position(d.get("seq")))
     }
 
     async fn commit_in(
@@ -276,7 +276,7 @@ fn event_document(position: u64, bytes: &[u8]) -> Result<Document, StoreError> {
         ))
     })?;
     let body = std::str::from_utf8(bytes).map_err(StoreError::backend)?;
-    let mut doc = doc! {"_id": to_i64(position)?, "event_id": head.id, "body": body};
+    let mut doc = doc! {"_id": to_i64(position)?, "seq": to_i64(position)?, "event_id": head.id, "body": body};
     if let Some(kind) = head.kind {
         doc.insert("type", kind);
     }
@@ -342,16 +342,16 @@ impl EventStore for MongoStore {
         use futures::TryStreamExt;
         let mut cursor = self
             .events
-            .find(doc! {"_id": {"$gt": to_i64(after)?}})
-            .sort(doc! {"_id": 1})
+            .find(doc! {"seq": {"$gt": to_i64(after)?}})
+            .sort(doc! {"seq": 1})
             .limit(i64::try_from(max).unwrap_or(i64::MAX))
-            .projection(doc! {"_id": 1, "body": 1})
+            .projection(doc! {"seq": 1, "body": 1})
             .await
             .map_err(StoreError::backend)?;
         let mut out = Vec::with_capacity(max.min(4096));
         while let Some(d) = cursor.try_next().await.map_err(StoreError::backend)? {
             let body = d.get_str("body").map_err(StoreError::backend)?;
-            out.push((position(d.get("_id"))?, body.as_bytes().to_vec()));
+            out.push((position(d.get("seq"))?, body.as_bytes().to_vec()));
         }
         Ok(out)
     }

@@ -10,10 +10,40 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 
 pub struct Product {
-    pub base: String,
+    /// Base URL of each path prefix: one for the whole product in one process, one per service
+    /// when they run as separate processes.
+    routes: Vec<(&'static str, String)>,
     pub http: Client,
+    /// How long a change takes at most to travel through the bus.
+    pub patience: Duration,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
+    processes: Vec<std::process::Child>,
+}
+
+/// The three services as separate processes, on the production backends.
+pub struct Backends {
+    pub kafka_brokers: String,
+    pub mongodb_uri: String,
+    pub redis_url: String,
+    /// Databases are named `{prefix}_{service}`: one prefix per test keeps tests apart.
+    pub database_prefix: String,
+}
+
+/// The directory of the workspace's binaries: the test runs from `target/<profile>/deps`.
+fn binaries() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("the test's path");
+    exe.parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>")
+        .to_owned()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
 }
 
 impl Product {
@@ -32,15 +62,123 @@ impl Product {
             .expect("the server runs");
         });
         Product {
-            base,
+            routes: vec![("/", base)],
             http: Client::new(),
+            patience: Duration::from_secs(5),
             stop: Some(stop),
             task: Some(task),
+            processes: Vec::new(),
         }
+    }
+
+    /// Starts the `assets`, `tokens` and `ledger` binaries as three processes sharing nothing
+    /// but Kafka, MongoDB and Redis, and waits until each is ready.
+    pub async fn processes(dir: &std::path::Path, backends: &Backends) -> Product {
+        let bin = binaries();
+        let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let tokens_url = format!("http://127.0.0.1:{}", ports[1]);
+        let mut processes = Vec::new();
+        let mut routes = Vec::new();
+        for (name, port) in ["assets", "tokens", "ledger"].into_iter().zip(&ports) {
+            let program = bin.join(name);
+            assert!(
+                program.exists(),
+                "{} is not built: run cargo build --workspace --bins first (scripts/test does)",
+                program.display()
+            );
+            let child = std::process::Command::new(&program)
+                .env("LIBERTUM_HTTP_ADDR", format!("127.0.0.1:{port}"))
+                .env("LIBERTUM_DATA_DIR", dir.join(name))
+                .env("LIBERTUM_LOG", "warn")
+                .env("LIBERTUM_LOG_FORMAT", "text")
+                .env("LIBERTUM_TOKENS_URL", &tokens_url)
+                .env("LIBERTUM_KAFKA_BROKERS", &backends.kafka_brokers)
+                .env("LIBERTUM_MONGODB_URI", &backends.mongodb_uri)
+                .env(
+                    "LIBERTUM_MONGODB_DATABASE_PREFIX",
+                    &backends.database_prefix,
+                )
+                .env("LIBERTUM_REDIS_URL", &backends.redis_url)
+                .spawn()
+                .unwrap_or_else(|e| panic!("{name} could not start: {e}"));
+            processes.push(child);
+            routes.push((
+                match name {
+                    "assets" => "/v1/assets",
+                    "tokens" => "/v1/tokens",
+                    _ => "/v1/ledger",
+                },
+                format!("http://127.0.0.1:{port}"),
+            ));
+        }
+        let product = Product {
+            routes,
+            http: Client::new(),
+            patience: Duration::from_secs(30),
+            stop: None,
+            task: None,
+            processes,
+        };
+        for (_, base) in &product.routes {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+            loop {
+                if let Ok(r) = product.http.get(format!("{base}/readyz")).send().await
+                    && r.status().is_success()
+                {
+                    break;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "{base} was not ready within 60 s"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        product
+    }
+
+    /// The base URL that serves `path`.
+    pub fn url(&self, path: &str) -> String {
+        let base = self
+            .routes
+            .iter()
+            .find(|(prefix, _)| path.starts_with(prefix))
+            .map(|(_, base)| base)
+            .unwrap_or_else(|| panic!("no service serves {path}"));
+        format!("{base}{path}")
+    }
+
+    /// The base URL of the service behind `prefix` (`/v1/tokens`...).
+    pub fn base(&self, prefix: &str) -> String {
+        self.url(prefix).trim_end_matches(prefix).to_owned()
+    }
+
+    /// Sends SIGKILL to the service process behind `prefix` (`/v1/tokens`...); returns its index.
+    pub fn kill(&mut self, prefix: &str) -> usize {
+        let i = self
+            .routes
+            .iter()
+            .position(|(p, _)| *p == prefix)
+            .expect("a service process");
+        let _ = self.processes[i].kill();
+        let _ = self.processes[i].wait();
+        i
     }
 
     /// Stops serving and waits for in-flight requests to drain.
     pub async fn stop(mut self) {
+        for child in &mut self.processes {
+            // SIGTERM: each service drains and stops its consumers and relay.
+            let _ = std::process::Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
+        }
+        for child in &mut self.processes {
+            let status = child.wait().expect("the service exits");
+            assert!(status.success(), "a service did not stop cleanly: {status}");
+        }
+        self.processes.clear();
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -52,7 +190,7 @@ impl Product {
     pub async fn get(&self, path: &str) -> (StatusCode, Value) {
         let r = self
             .http
-            .get(format!("{}{path}", self.base))
+            .get(self.url(path))
             .send()
             .await
             .expect("request sent");
@@ -61,14 +199,13 @@ impl Product {
     }
 
     pub async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
-        self.send(self.http.post(format!("{}{path}", self.base)).json(&body))
-            .await
+        self.send(self.http.post(self.url(path)).json(&body)).await
     }
 
     pub async fn post_as(&self, actor: &str, path: &str, body: Value) -> (StatusCode, Value) {
         self.send(
             self.http
-                .post(format!("{}{path}", self.base))
+                .post(self.url(path))
                 .header("x-libertum-actor", actor)
                 .json(&body),
         )
@@ -78,7 +215,7 @@ impl Product {
     pub async fn put_if_match(&self, path: &str, version: u64, body: Value) -> (StatusCode, Value) {
         self.send(
             self.http
-                .put(format!("{}{path}", self.base))
+                .put(self.url(path))
                 .header("if-match", format!("\"{version}\""))
                 .json(&body),
         )
@@ -91,9 +228,9 @@ impl Product {
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
-    /// Polls `path` until `ready` holds for its body, for at most five seconds.
+    /// Polls `path` until `ready` holds for its body, for at most `patience`.
     pub async fn eventually(&self, path: &str, ready: impl Fn(&Value) -> bool) -> Value {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        let deadline = tokio::time::Instant::now() + self.patience;
         loop {
             let (status, body) = self.get(path).await;
             if status.is_success() && ready(&body) {
@@ -111,4 +248,13 @@ impl Product {
 /// The `code` of a problem+json answer.
 pub fn code(body: &Value) -> &str {
     body["code"].as_str().unwrap_or("<no code>")
+}
+
+impl Drop for Product {
+    fn drop(&mut self) {
+        for child in &mut self.processes {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }

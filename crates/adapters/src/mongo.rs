@@ -4,8 +4,9 @@
 //! - `events`: `{_id: position, seq: position, event_id, type, partitionkey, body: the
 //!   CloudEvent JSON}`, with unique indexes on `seq` and `event_id`. Reads sort and filter on
 //!   `seq`, not `_id` (the MongoDB-wire test server orders `_id` as text), and the event id is
-//!   not called `id` (that server reserves the name). Positions are consecutive; `_id` is unique by nature, so two
-//!   writers appending after the same head collide there (optimistic concurrency).
+//!   not called `id` (that server reserves the name). Positions are consecutive, and `_id` is
+//!   unique by nature, so two writers appending after the same head collide there (optimistic
+//!   concurrency).
 //! - `idempotency`: `{_id: key, fingerprint, status, body, created_at}`.
 //! - `checkpoints`: `{_id: name, position}`.
 //!

@@ -157,6 +157,32 @@ pub async fn event_store(open: Open) {
         store.read(2, 10).await.unwrap(),
         vec![(3, event("e-3", "a"))]
     );
+
+    // Positions are numbers, not text: 10 comes after 9.
+    let more: Vec<Vec<u8>> = (4..=12).map(|i| event(&format!("e-{i}"), "a")).collect();
+    store
+        .commit(Commit {
+            expected_head: 3,
+            events: more,
+            ..Commit::default()
+        })
+        .await
+        .expect("appending past nine");
+    drop(store);
+    let store = open().await;
+    assert_eq!(
+        store.head().await.unwrap(),
+        12,
+        "the head is the greatest position, numerically"
+    );
+    let tail: Vec<u64> = store
+        .read(8, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(at, _)| at)
+        .collect();
+    assert_eq!(tail, vec![9, 10, 11, 12], "reads are in numeric order");
 }
 
 /// The bus's contract: what is committed to `store`, published on `topic` (by the bus itself or

@@ -113,13 +113,13 @@ async fn story(p: &Product) -> Ending {
     assert_eq!(asset["token_id"], t.as_str());
 
     // Investors.
-    let alice = investor(&p, "DE", "verified", "2099-12-31").await;
-    let bob = investor(&p, "FR", "verified", "2099-12-31").await;
-    let carol = investor(&p, "NL", "verified", "2099-12-31").await;
-    let dave = investor(&p, "US", "verified", "2099-12-31").await;
-    let erin = investor(&p, "DE", "pending", "2099-12-31").await;
-    let frank = investor(&p, "DE", "verified", "2020-01-01").await;
-    let grace = investor(&p, "DE", "verified", "2099-12-31").await;
+    let alice = investor(p, "DE", "verified", "2099-12-31").await;
+    let bob = investor(p, "FR", "verified", "2099-12-31").await;
+    let carol = investor(p, "NL", "verified", "2099-12-31").await;
+    let dave = investor(p, "US", "verified", "2099-12-31").await;
+    let erin = investor(p, "DE", "pending", "2099-12-31").await;
+    let frank = investor(p, "DE", "verified", "2020-01-01").await;
+    let grace = investor(p, "DE", "verified", "2099-12-31").await;
 
     // Issuance.
     for (who, n) in [(&alice, "400"), (&bob, "300"), (&carol, "100")] {
@@ -132,7 +132,7 @@ async fn story(p: &Product) -> Ending {
         assert_eq!(status, StatusCode::OK, "{body}");
     }
     refused(
-        &p,
+        p,
         &t,
         "issuances",
         json!({"to": carol, "amount": "1201"}),
@@ -140,7 +140,7 @@ async fn story(p: &Product) -> Ending {
     )
     .await;
     refused(
-        &p,
+        p,
         &t,
         "issuances",
         json!({"to": alice, "amount": "51"}),
@@ -158,16 +158,16 @@ async fn story(p: &Product) -> Ending {
     assert_eq!(status, StatusCode::OK, "{body}");
     let tr = |from: &str, to: &str, n: &str| json!({"from": from, "to": to, "amount": n});
     refused(
-        &p,
+        p,
         &t,
         "transfers",
         tr(&alice, &erin, "1"),
         "kyc_not_verified",
     )
     .await;
-    refused(&p, &t, "transfers", tr(&alice, &frank, "1"), "kyc_expired").await;
+    refused(p, &t, "transfers", tr(&alice, &frank, "1"), "kyc_expired").await;
     refused(
-        &p,
+        p,
         &t,
         "transfers",
         tr(&alice, &dave, "1"),
@@ -175,7 +175,7 @@ async fn story(p: &Product) -> Ending {
     )
     .await;
     refused(
-        &p,
+        p,
         &t,
         "transfers",
         tr(&alice, &grace, "1"),
@@ -183,7 +183,7 @@ async fn story(p: &Product) -> Ending {
     )
     .await;
     refused(
-        &p,
+        p,
         &t,
         "transfers",
         tr(&carol, &bob, "100"),
@@ -191,7 +191,7 @@ async fn story(p: &Product) -> Ending {
     )
     .await;
     refused(
-        &p,
+        p,
         &t,
         "transfers",
         tr(&alice, &carol, "250"),
@@ -199,7 +199,7 @@ async fn story(p: &Product) -> Ending {
     )
     .await;
     refused(
-        &p,
+        p,
         &t,
         "transfers",
         tr(&carol, &alice, "101"),
@@ -234,7 +234,7 @@ async fn story(p: &Product) -> Ending {
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     refused(
-        &p,
+        p,
         &t,
         "transfers",
         tr(&carol, &alice, "50"),
@@ -248,9 +248,9 @@ async fn story(p: &Product) -> Ending {
         )
         .await;
     assert_eq!(status, StatusCode::OK);
-    refused(&p, &t, "transfers", tr(&bob, &alice, "10"), "sender_frozen").await;
+    refused(p, &t, "transfers", tr(&bob, &alice, "10"), "sender_frozen").await;
     refused(
-        &p,
+        p,
         &t,
         "transfers",
         tr(&alice, &bob, "10"),
@@ -268,7 +268,7 @@ async fn story(p: &Product) -> Ending {
     // Pause.
     let (status, _) = p.post(&format!("/v1/tokens/{t}/pause"), json!({})).await;
     assert_eq!(status, StatusCode::OK);
-    refused(&p, &t, "transfers", tr(&alice, &bob, "10"), "token_paused").await;
+    refused(p, &t, "transfers", tr(&alice, &bob, "10"), "token_paused").await;
     let (status, _) = p.post(&format!("/v1/tokens/{t}/unpause"), json!({})).await;
     assert_eq!(status, StatusCode::OK);
 
@@ -297,7 +297,7 @@ async fn story(p: &Product) -> Ending {
     assert_eq!(status, StatusCode::OK);
     // carol: 110, 80 frozen, 10 locked: 20 may move.
     refused(
-        &p,
+        p,
         &t,
         "transfers",
         tr(&carol, &alice, "25"),

@@ -106,7 +106,7 @@ impl Application {
         probes.extend(assets_backends.probes);
         probes.extend(tokens_backends.probes);
         probes.extend(ledger_backends.probes);
-        probes.extend(background.probes.drain(..));
+        probes.append(&mut background.probes);
 
         let (api, openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
             .nest("/v1/assets", assets.router())

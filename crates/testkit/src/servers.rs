@@ -169,7 +169,7 @@ pub fn kafka() -> (Server, String) {
     let server = Server::start(
         "the tansu Kafka broker",
         tools_dir().join("bin/tansu"),
-        |dir, port| {
+        |_, port| {
             let url = format!("tcp://127.0.0.1:{port}");
             vec![
                 "broker".into(),

@@ -27,7 +27,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let mut probes = service.probes();
     probes.extend(backends.probes);
-    probes.extend(background.probes.drain(..));
+    probes.append(&mut background.probes);
     let (routes, _) = utoipa_axum::router::OpenApiRouter::new()
         .nest("/v1/tokens", service.router())
         .split_for_parts();

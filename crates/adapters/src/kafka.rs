@@ -41,6 +41,10 @@ pub struct KafkaSettings {
     pub partitions: i32,
     /// Replication factor of the topics created when missing.
     pub replication: i32,
+    /// A name this process keeps across restarts (a StatefulSet pod's name, say). With it the
+    /// consumers are static group members: a restarted process takes its partitions back at
+    /// once instead of waiting for the broker to expire its previous session.
+    pub instance_id: Option<String>,
 }
 
 impl KafkaSettings {
@@ -49,6 +53,7 @@ impl KafkaSettings {
             brokers: brokers.to_owned(),
             partitions: 3,
             replication: 1,
+            instance_id: None,
         }
     }
 
@@ -274,9 +279,11 @@ impl EventBus for KafkaBus {
         group: &str,
         _resume_after: Option<u64>,
     ) -> Result<Box<dyn Subscription>, StoreError> {
-        let consumer: StreamConsumer = self
-            .settings
-            .config()
+        let mut config = self.settings.config();
+        if let Some(instance) = &self.settings.instance_id {
+            config.set("group.instance.id", format!("{instance}.{group}"));
+        }
+        let consumer: StreamConsumer = config
             .set("group.id", group)
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
@@ -310,6 +317,18 @@ struct KafkaSubscription {
     lag: (u64, Option<Instant>),
 }
 
+impl KafkaSubscription {
+    /// librdkafka reports broker outages through the consumer but recovers from them itself,
+    /// keeping the group membership: only a fatal error ends the subscription.
+    fn transient(&self, e: KafkaError) -> Result<(), StoreError> {
+        if let KafkaError::MessageConsumptionFatal(_) = e {
+            return Err(StoreError::backend(e));
+        }
+        tracing::warn!(topic = %self.topic, group = %self.group, error = %e, "kafka consumer error; librdkafka retries");
+        Ok(())
+    }
+}
+
 fn delivery(message: &rdkafka::message::BorrowedMessage<'_>) -> Delivery {
     Delivery {
         topic: message.topic().to_owned(),
@@ -322,13 +341,23 @@ fn delivery(message: &rdkafka::message::BorrowedMessage<'_>) -> Delivery {
 #[async_trait]
 impl Subscription for KafkaSubscription {
     async fn next(&mut self, max: usize) -> Result<Vec<Delivery>, StoreError> {
-        let first = self.consumer.recv().await.map_err(StoreError::backend)?;
-        let mut batch = vec![delivery(&first)];
-        drop(first);
+        let mut batch = Vec::new();
+        while batch.is_empty() {
+            match self.consumer.recv().await {
+                Ok(message) => batch.push(delivery(&message)),
+                Err(e) => {
+                    self.transient(e)?;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
         while batch.len() < max {
             match self.consumer.recv().now_or_never() {
                 Some(Ok(message)) => batch.push(delivery(&message)),
-                Some(Err(e)) => return Err(StoreError::backend(e)),
+                Some(Err(e)) => {
+                    self.transient(e)?;
+                    break;
+                }
                 None => break,
             }
         }

@@ -76,6 +76,7 @@ pub async fn kafka(
         brokers: brokers.clone(),
         partitions: settings.backends.kafka_partitions,
         replication: settings.backends.kafka_replication,
+        instance_id: settings.backends.kafka_instance_id.clone(),
     };
     crate::ensure_topics(&kafka, topics).await?;
     let bus: Arc<dyn EventBus> = Arc::new(KafkaBus::new(&kafka)?);

@@ -170,3 +170,45 @@ async fn a_dead_lettered_event_keeps_its_origin_and_the_error_in_headers() {
     );
     assert_eq!(header("dlq.offset"), Some(batch[0].offset.to_string()));
 }
+
+#[tokio::test]
+async fn without_failures_each_event_is_delivered_once() {
+    let (_broker, brokers) = servers::kafka();
+    let topic = "once.events";
+    let (_dir, store, _stop) = relayed(&brokers, topic).await;
+    let bus = KafkaBus::new(&KafkaSettings::new(&brokers)).unwrap();
+    let mut subscription = bus.subscribe(topic, "once", None).await.unwrap();
+    let producer = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            for round in 0..5u64 {
+                let events: Vec<Vec<u8>> = (0..10)
+                    .map(|i| contract::event(&format!("once-{round}-{i}"), &format!("k{i}")))
+                    .collect();
+                let commit = Commit {
+                    expected_head: round * 10,
+                    events,
+                    ..Commit::default()
+                };
+                store.commit(commit).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        })
+    };
+    // The service consumer's rhythm: a batch, a pause, its commit, then the lag.
+    let mut delivered = Vec::new();
+    while let Ok(batch) = tokio::time::timeout(Duration::from_secs(3), subscription.next(100)).await
+    {
+        let batch = batch.unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        subscription.commit(&batch).await.unwrap();
+        delivered.extend(batch.into_iter().map(|d| (d.partition, d.offset)));
+        subscription.lag().await.unwrap();
+    }
+    producer.await.unwrap();
+    let mut unique = delivered.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), 50, "every event arrives");
+    assert_eq!(delivered.len(), 50, "and only once: {delivered:?}");
+}

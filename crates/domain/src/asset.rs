@@ -540,6 +540,10 @@ impl Registry {
             }
             Command::MarkTokenized { id, token_id } => {
                 let asset = self.existing(id)?;
+                if asset.token_id.as_ref() == Some(token_id) {
+                    // The same token.created delivered again: already recorded, nothing to do.
+                    return Ok(Vec::new());
+                }
                 if asset.status != Status::Approved {
                     return Err(Error::conflict(
                         "illegal_transition",

@@ -72,6 +72,11 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
         "replication factor of the topics created when missing",
     ),
     (
+        "LIBERTUM_KAFKA_INSTANCE_ID",
+        "(none)",
+        "a name kept across restarts (e.g. a StatefulSet pod's); makes the consumers static group members",
+    ),
+    (
         "LIBERTUM_REDIS_URL",
         "(none: the in-memory cache)",
         "Redis URL of the read cache shared by a service's replicas",
@@ -93,6 +98,7 @@ pub struct Backends {
     pub kafka_brokers: Option<String>,
     pub kafka_partitions: i32,
     pub kafka_replication: i32,
+    pub kafka_instance_id: Option<String>,
     pub redis_url: Option<String>,
     pub cache_ttl_seconds: u64,
 }
@@ -246,6 +252,7 @@ impl Settings {
             kafka_brokers,
             kafka_partitions,
             kafka_replication,
+            kafka_instance_id: set("LIBERTUM_KAFKA_INSTANCE_ID"),
             redis_url,
             cache_ttl_seconds,
         };

@@ -99,7 +99,10 @@ impl<S: StateMachine> Consumer<S> {
             .store()
             .checkpoint(&self.checkpoint_name())
             .await?;
-        let mut subscription = self.bus.subscribe(&self.topic, &self.name, resume).await?;
+        // One consumer group per service and topic: a service's consumers of different topics
+        // are independent, and must not share (or rebalance) each other's partitions.
+        let group = format!("{}.{}", self.name, self.topic);
+        let mut subscription = self.bus.subscribe(&self.topic, &group, resume).await?;
         let mut last_skip_commit = std::time::Instant::now();
         loop {
             let batch = subscription.next(MAX_BATCH).await?;
@@ -111,6 +114,7 @@ impl<S: StateMachine> Consumer<S> {
             if batch.is_empty() {
                 continue;
             }
+            tracing::debug!(consumer = %self.name, topic = %self.topic, events = batch.len(), first = ?batch.first().map(|d| (d.partition, d.offset)), last = ?batch.last().map(|d| (d.partition, d.offset)), "batch received");
             let mut submissions = Vec::with_capacity(batch.len());
             let mut skipped_to = None;
             let mut applied: Vec<&Delivery> = Vec::with_capacity(batch.len());

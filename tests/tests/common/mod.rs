@@ -19,6 +19,8 @@ pub struct Product {
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
     processes: Vec<std::process::Child>,
+    /// How each process was started, to start it again.
+    commands: Vec<std::process::Command>,
 }
 
 /// The three services as separate processes, on the production backends.
@@ -68,6 +70,7 @@ impl Product {
             stop: Some(stop),
             task: Some(task),
             processes: Vec::new(),
+            commands: Vec::new(),
         }
     }
 
@@ -77,7 +80,7 @@ impl Product {
         let bin = binaries();
         let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
         let tokens_url = format!("http://127.0.0.1:{}", ports[1]);
-        let mut processes = Vec::new();
+        let mut commands = Vec::new();
         let mut routes = Vec::new();
         for (name, port) in ["assets", "tokens", "ledger"].into_iter().zip(&ports) {
             let program = bin.join(name);
@@ -86,10 +89,14 @@ impl Product {
                 "{} is not built: run cargo build --workspace --bins first (scripts/test does)",
                 program.display()
             );
-            let child = std::process::Command::new(&program)
+            let mut command = std::process::Command::new(&program);
+            command
                 .env("LIBERTUM_HTTP_ADDR", format!("127.0.0.1:{port}"))
                 .env("LIBERTUM_DATA_DIR", dir.join(name))
-                .env("LIBERTUM_LOG", "warn")
+                .env(
+                    "LIBERTUM_LOG",
+                    std::env::var("E2E_SERVICE_LOG").unwrap_or_else(|_| "warn".into()),
+                )
                 .env("LIBERTUM_LOG_FORMAT", "text")
                 .env("LIBERTUM_TOKENS_URL", &tokens_url)
                 .env("LIBERTUM_KAFKA_BROKERS", &backends.kafka_brokers)
@@ -99,9 +106,11 @@ impl Product {
                     &backends.database_prefix,
                 )
                 .env("LIBERTUM_REDIS_URL", &backends.redis_url)
-                .spawn()
-                .unwrap_or_else(|e| panic!("{name} could not start: {e}"));
-            processes.push(child);
+                .env(
+                    "LIBERTUM_KAFKA_INSTANCE_ID",
+                    format!("{}-{name}", backends.database_prefix),
+                );
+            commands.push(command);
             routes.push((
                 match name {
                     "assets" => "/v1/assets",
@@ -111,30 +120,56 @@ impl Product {
                 format!("http://127.0.0.1:{port}"),
             ));
         }
-        let product = Product {
+        let mut product = Product {
             routes,
             http: Client::new(),
-            patience: Duration::from_secs(30),
+            // A restarted consumer waits for the broker to notice its predecessor left the group
+            // (the session timeout) before it gets its partitions back.
+            patience: Duration::from_secs(60),
             stop: None,
             task: None,
-            processes,
+            processes: Vec::new(),
+            commands,
         };
-        for (_, base) in &product.routes {
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-            loop {
-                if let Ok(r) = product.http.get(format!("{base}/readyz")).send().await
-                    && r.status().is_success()
-                {
-                    break;
-                }
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "{base} was not ready within 60 s"
-                );
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+        for i in 0..3 {
+            let child = product.commands[i].spawn().expect("a service starts");
+            product.processes.push(child);
+        }
+        for i in 0..3 {
+            product.wait_ready(i).await;
         }
         product
+    }
+
+    async fn wait_ready(&self, i: usize) {
+        let base = &self.routes[i].1;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(r) = self.http.get(format!("{base}/readyz")).send().await
+                && r.status().is_success()
+            {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{base} was not ready within 60 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Starts the service process behind `prefix` again, after `kill`, and waits until it is ready.
+    pub async fn restart(&mut self, prefix: &str) {
+        let i = self.index(prefix);
+        self.processes[i] = self.commands[i].spawn().expect("the service starts again");
+        self.wait_ready(i).await;
+    }
+
+    fn index(&self, prefix: &str) -> usize {
+        self.routes
+            .iter()
+            .position(|(p, _)| *p == prefix)
+            .expect("a service process")
     }
 
     /// The base URL that serves `path`.
@@ -153,16 +188,11 @@ impl Product {
         self.url(prefix).trim_end_matches(prefix).to_owned()
     }
 
-    /// Sends SIGKILL to the service process behind `prefix` (`/v1/tokens`...); returns its index.
-    pub fn kill(&mut self, prefix: &str) -> usize {
-        let i = self
-            .routes
-            .iter()
-            .position(|(p, _)| *p == prefix)
-            .expect("a service process");
+    /// Sends SIGKILL to the service process behind `prefix` (`/v1/tokens`...).
+    pub fn kill(&mut self, prefix: &str) {
+        let i = self.index(prefix);
         let _ = self.processes[i].kill();
         let _ = self.processes[i].wait();
-        i
     }
 
     /// Stops serving and waits for in-flight requests to drain.

@@ -1284,3 +1284,23 @@ fn events_of_unknown_assets_are_ignored_on_replay() {
     assert!(registry.is_empty());
     assert!(registry.get("ghost").is_none());
 }
+
+#[test]
+fn a_redelivered_token_created_changes_nothing_and_another_token_is_refused() {
+    let mut w = World::default();
+    w.drive_to("a1", Status::Tokenized);
+    let before = w.asset("a1").clone();
+    let again = w
+        .run(Command::MarkTokenized {
+            id: "a1".into(),
+            token_id: "tok_a1".into(),
+        })
+        .expect("a redelivery is not an error");
+    assert!(again.is_empty(), "no event for a redelivery");
+    assert_eq!(w.asset("a1"), &before);
+    let other = w.run(Command::MarkTokenized {
+        id: "a1".into(),
+        token_id: "tok_other".into(),
+    });
+    assert_eq!(other.expect_err("refused").code, "illegal_transition");
+}

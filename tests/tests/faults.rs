@@ -1,0 +1,467 @@
+//! Production mode under faults: the three services as separate processes on Kafka (tansu),
+//! MongoDB (nx-27017) and Redis, with a stream of transfers running while something breaks.
+//!
+//! Every test ends with the same proof: every transfer the client sent (retrying with the same
+//! Idempotency-Key until it got an answer) is applied exactly once, in the tokens service and in
+//! the ledger, and total supply equals the sum of balances in both.
+
+mod common;
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use common::{Backends, Product};
+use libertum_testkit::servers::{self, Server};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+const ISSUED: u128 = 1_000_000;
+
+struct Stack {
+    redis: Server,
+    kafka: Server,
+    _mongo: Server,
+    backends: Backends,
+}
+
+fn stack(name: &str) -> Stack {
+    let (redis, redis_url) = servers::redis();
+    let (kafka, kafka_brokers) = servers::kafka();
+    let (mongo, mongodb_uri) = servers::mongo();
+    Stack {
+        redis,
+        kafka,
+        _mongo: mongo,
+        backends: Backends {
+            kafka_brokers,
+            mongodb_uri,
+            redis_url,
+            database_prefix: name.into(),
+        },
+    }
+}
+
+struct Fixture {
+    token: String,
+    alice: String,
+    bob: String,
+}
+
+/// An approved, tokenized asset; Alice holds the whole issue, Bob nothing.
+async fn fixture(p: &Product) -> Fixture {
+    let (status, asset) = p
+        .post(
+            "/v1/assets",
+            json!({"name": "Faults 1", "kind": "real_estate", "legal_owner": "Faults SPV",
+                   "location": {"address": "Main St 1", "city": "Berlin", "postal_code": "10117", "country": "DE"}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{asset}");
+    let asset_id = asset["id"].as_str().unwrap().to_owned();
+    for action in ["submit", "approve"] {
+        let (status, body) = p
+            .post(
+                &format!("/v1/assets/{asset_id}/transitions"),
+                json!({"action": action}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let spec = json!({"asset_id": asset_id, "symbol": "FAULT1", "name": "Faults", "decimals": 0,
+        "max_supply": ISSUED.to_string(), "unit_price": "100", "currency": "EUR"});
+    let deadline = tokio::time::Instant::now() + p.patience;
+    let token = loop {
+        let (status, body) = p.post("/v1/tokens", spec.clone()).await;
+        if status == StatusCode::CREATED {
+            break body["id"].as_str().unwrap().to_owned();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the approval never reached the tokens service: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut investors = Vec::new();
+    for country in ["DE", "FR"] {
+        let (status, body) = p
+            .post(
+                "/v1/tokens/investors",
+                json!({"identity_ref": format!("idp|faults-{country}"), "country": country, "kyc_status": "verified", "kyc_expires_on": "2099-12-31"}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        investors.push(body["id"].as_str().unwrap().to_owned());
+    }
+    let (status, body) = p
+        .post(
+            &format!("/v1/tokens/{token}/issuances"),
+            json!({"to": investors[0], "amount": ISSUED.to_string()}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    Fixture {
+        token,
+        alice: investors[0].clone(),
+        bob: investors[1].clone(),
+    }
+}
+
+/// Sends `n` transfers of one unit from Alice to Bob, four at a time, each with its own
+/// Idempotency-Key, retrying each with the same key until it gets a 2xx answer. `done` counts
+/// the acknowledged ones.
+fn transfers(
+    url: String,
+    f: &Fixture,
+    n: usize,
+    done: Arc<AtomicUsize>,
+) -> tokio::task::JoinHandle<()> {
+    let body = json!({"from": f.alice, "to": f.bob, "amount": "1"});
+    let next = Arc::new(AtomicUsize::new(0));
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    tokio::spawn(async move {
+        let workers: Vec<_> = (0..4)
+            .map(|_| {
+                let (url, body, next, done, http) = (
+                    url.clone(),
+                    body.clone(),
+                    next.clone(),
+                    done.clone(),
+                    http.clone(),
+                );
+                tokio::spawn(async move {
+                    loop {
+                        let i = next.fetch_add(1, Ordering::SeqCst);
+                        if i >= n {
+                            return;
+                        }
+                        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+                        loop {
+                            let sent = http
+                                .post(&url)
+                                .header("idempotency-key", format!("fault-transfer-{i}"))
+                                .json(&body)
+                                .send()
+                                .await;
+                            match sent {
+                                Ok(r) if r.status().is_success() => break,
+                                Ok(r) if r.status().is_client_error() => {
+                                    panic!(
+                                        "transfer {i} refused: {} {}",
+                                        r.status(),
+                                        r.text().await.unwrap_or_default()
+                                    )
+                                }
+                                _ => {} // the service is down or unavailable: retry, same key
+                            }
+                            assert!(
+                                tokio::time::Instant::now() < deadline,
+                                "transfer {i} never went through"
+                            );
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                        done.fetch_add(1, Ordering::SeqCst);
+                    }
+                })
+            })
+            .collect();
+        for worker in workers {
+            worker.await.expect("a transfer worker");
+        }
+    })
+}
+
+async fn wait_for(done: &AtomicUsize, at_least: usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while done.load(Ordering::SeqCst) < at_least {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the transfers stalled at {}",
+            done.load(Ordering::SeqCst)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn amount(v: &Value) -> u128 {
+    v.as_str()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not an amount: {v}"))
+}
+
+fn balance_of(holders: &Value, investor: &str) -> u128 {
+    holders["holders"]
+        .as_array()
+        .expect("holders")
+        .iter()
+        .find(|h| h["investor_id"] == investor)
+        .map_or(0, |h| amount(&h["balance"]))
+}
+
+/// Every one of the `n` transfers applied exactly once, in the tokens service and in the ledger,
+/// and supply equal to the sum of balances in both.
+async fn exactly_once(p: &Product, f: &Fixture, n: usize) {
+    let n = n as u128;
+    let tokens = p.get(&format!("/v1/tokens/{}/holders", f.token)).await.1;
+    let sum: u128 = tokens["holders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| amount(&h["balance"]))
+        .sum();
+    assert_eq!(amount(&tokens["total_supply"]), ISSUED, "{tokens}");
+    assert_eq!(
+        sum, ISSUED,
+        "tokens: total supply equals the sum of balances"
+    );
+    assert_eq!(
+        balance_of(&tokens, &f.bob),
+        n,
+        "tokens: every transfer applied once, none lost, none twice"
+    );
+    assert_eq!(balance_of(&tokens, &f.alice), ISSUED - n);
+
+    let cap_table = format!("/v1/ledger/tokens/{}/cap-table", f.token);
+    let ledger = p
+        .eventually(&cap_table, |c| {
+            c["holders"].as_array().is_some_and(|h| {
+                h.iter()
+                    .any(|x| x["investor_id"] == f.bob.as_str() && x["balance"] == n.to_string())
+            })
+        })
+        .await;
+    let sum: u128 = ledger["holders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| amount(&h["balance"]))
+        .sum();
+    assert_eq!(amount(&ledger["total_supply"]), ISSUED, "{ledger}");
+    assert_eq!(
+        sum, ISSUED,
+        "ledger: total supply equals the sum of balances"
+    );
+    assert_eq!(balance_of(&ledger, &f.alice), ISSUED - n, "{ledger}");
+    let reconciliation = p
+        .eventually("/v1/ledger/reconciliation", |r| r["matched"] == true)
+        .await;
+    assert_eq!(reconciliation["matched"], true);
+    assert_eq!(
+        p.get("/v1/ledger/verification").await.1["valid"],
+        true,
+        "the chain is intact"
+    );
+}
+
+const N: usize = 300;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_killed_mid_stream_loses_and_duplicates_nothing() {
+    let stack = stack("kill");
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = Product::processes(dir.path(), &stack.backends).await;
+    let f = fixture(&p).await;
+    let done = Arc::new(AtomicUsize::new(0));
+    let stream = transfers(
+        p.url(&format!("/v1/tokens/{}/transfers", f.token)),
+        &f,
+        N,
+        done.clone(),
+    );
+
+    wait_for(&done, N / 4).await;
+    p.kill("/v1/tokens");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    p.restart("/v1/tokens").await;
+
+    wait_for(&done, N / 2).await;
+    p.kill("/v1/ledger");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    p.restart("/v1/ledger").await;
+
+    stream.await.expect("every transfer acknowledged");
+    exactly_once(&p, &f, N).await;
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_broker_stopped_and_restarted_while_transfers_continue() {
+    let mut stack = stack("broker");
+    let dir = tempfile::tempdir().unwrap();
+    let p = Product::processes(dir.path(), &stack.backends).await;
+    let f = fixture(&p).await;
+    let done = Arc::new(AtomicUsize::new(0));
+    let stream = transfers(
+        p.url(&format!("/v1/tokens/{}/transfers", f.token)),
+        &f,
+        N,
+        done.clone(),
+    );
+
+    wait_for(&done, N / 4).await;
+    stack.kafka.kill();
+    // Transfers go on without the broker: they are committed to MongoDB; the relay waits.
+    let during = done.load(Ordering::SeqCst);
+    wait_for(&done, during + 20).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stack.kafka.restart();
+
+    stream.await.expect("every transfer acknowledged");
+    exactly_once(&p, &f, N).await;
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_stopped_reads_and_writes_go_on_and_readiness_says_degraded() {
+    let mut stack = stack("redis");
+    let dir = tempfile::tempdir().unwrap();
+    let p = Product::processes(dir.path(), &stack.backends).await;
+    let f = fixture(&p).await;
+    let done = Arc::new(AtomicUsize::new(0));
+    let stream = transfers(
+        p.url(&format!("/v1/tokens/{}/transfers", f.token)),
+        &f,
+        N,
+        done.clone(),
+    );
+
+    wait_for(&done, N / 4).await;
+    stack.redis.kill();
+    let ready = p
+        .http
+        .get(format!("{}/readyz", p.base("/v1/tokens")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        ready.status(),
+        StatusCode::OK,
+        "Redis down is not a reason to stop serving"
+    );
+    let ready: Value = ready.json().await.unwrap();
+    let redis = ready["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "tokens.redis")
+        .cloned();
+    assert_eq!(
+        redis.map(|c| c["state"].clone()),
+        Some(json!("degraded")),
+        "{ready}"
+    );
+    // Reads fall back to the service's state and see the latest writes.
+    let before = done.load(Ordering::SeqCst);
+    wait_for(&done, before + 20).await;
+    let token = p.get(&format!("/v1/tokens/{}", f.token)).await;
+    assert_eq!(token.0, StatusCode::OK, "{}", token.1);
+    stack.redis.restart();
+
+    stream.await.expect("every transfer acknowledged");
+    exactly_once(&p, &f, N).await;
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicate_delivery_changes_nothing() {
+    use rdkafka::{
+        ClientConfig, Message,
+        consumer::{Consumer, StreamConsumer},
+        producer::{FutureProducer, FutureRecord},
+    };
+    let stack = stack("duplicate");
+    let dir = tempfile::tempdir().unwrap();
+    let p = Product::processes(dir.path(), &stack.backends).await;
+    let f = fixture(&p).await;
+    let done = Arc::new(AtomicUsize::new(0));
+    transfers(
+        p.url(&format!("/v1/tokens/{}/transfers", f.token)),
+        &f,
+        50,
+        done.clone(),
+    )
+    .await
+    .expect("transfers");
+    exactly_once(&p, &f, 50).await;
+    let head = p.get("/v1/ledger/head").await.1;
+
+    // How many events the ledger's consumer has taken so far: it must take every copy, and
+    // record nothing new.
+    let ledger = p.base("/v1/ledger");
+    let consumed = || async {
+        let text = p
+            .http
+            .get(format!("{ledger}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find(|l| {
+                l.starts_with("libertum_events_consumed_total{")
+                    && l.contains(r#"consumer="ledger""#)
+                    && l.contains(libertum_events::TOKENS_TOPIC)
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0) as u64
+    };
+    let before = consumed().await;
+    // Every event of the tokens topic, delivered a second time by another producer.
+    let reader: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &stack.backends.kafka_brokers)
+        .set("group.id", "duplicator")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    reader.subscribe(&[libertum_events::TOKENS_TOPIC]).unwrap();
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &stack.backends.kafka_brokers)
+        .create()
+        .unwrap();
+    // Read to the end first, then copy: the copies must not be copied again.
+    let mut originals = Vec::new();
+    while let Ok(Ok(message)) = tokio::time::timeout(Duration::from_secs(3), reader.recv()).await {
+        originals.push((
+            message.key().unwrap().to_vec(),
+            message.payload().unwrap().to_vec(),
+        ));
+    }
+    let mut copied = 0;
+    for (key, payload) in &originals {
+        let record = FutureRecord::to(libertum_events::TOKENS_TOPIC)
+            .payload(payload)
+            .key(key);
+        producer
+            .send(record, Duration::from_secs(10))
+            .await
+            .expect("a duplicate sent");
+        copied += 1;
+    }
+    assert!(copied >= 50, "the transfers' events were copied: {copied}");
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while consumed().await < before + copied {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the ledger never consumed the {copied} copies"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        p.get("/v1/ledger/head").await.1,
+        head,
+        "duplicates added no entry"
+    );
+    exactly_once(&p, &f, 50).await;
+    p.stop().await;
+}

@@ -125,8 +125,6 @@ struct Route<'a> {
     id: &'a str,
     #[serde(default, borrow)]
     partitionkey: Option<&'a str>,
-    #[serde(rename = "type", borrow)]
-    kind: &'a str,
 }
 
 /// Publishes a service's committed events to its topic, in log order, keyed by partition key so
@@ -211,19 +209,12 @@ impl Relay {
                 let route: Route = serde_json::from_slice(bytes).map_err(|e| {
                     StoreError::Backend(format!("event at {at} is not a CloudEvent: {e}"))
                 })?;
-                let headers = OwnedHeaders::new()
-                    .insert(Header {
-                        key: "ce_id",
-                        value: Some(route.id),
-                    })
-                    .insert(Header {
-                        key: "ce_type",
-                        value: Some(route.kind),
-                    })
-                    .insert(Header {
-                        key: "content-type",
-                        value: Some("application/cloudevents+json"),
-                    });
+                // CloudEvents' Kafka binding, structured mode: the whole event is the value, and
+                // only the content type travels as a header.
+                let headers = OwnedHeaders::new().insert(Header {
+                    key: "content-type",
+                    value: Some("application/cloudevents+json"),
+                });
                 let record = FutureRecord::to(&self.topic)
                     .payload(bytes.as_slice())
                     .key(route.partitionkey.unwrap_or(route.id))
@@ -290,6 +281,8 @@ impl EventBus for KafkaBus {
             .set("session.timeout.ms", "10000")
             .set("heartbeat.interval.ms", "1000")
             .set("fetch.wait.max.ms", "10")
+            // Small fetches: the first one after a backlog stays quick.
+            .set("max.partition.fetch.bytes", "1048576")
             .set("fetch.min.bytes", "1")
             .create()
             .map_err(StoreError::backend)?;

@@ -10,9 +10,12 @@
 //!    for durable HTTP writes, as the denominator of the durable transfers.
 //!
 //! `BENCH_SECONDS` sets each HTTP phase's length (default 10).
+//!
+//! `libertum-bench production` prints the production-mode figures instead (see production.rs).
 
 mod domain;
 mod load;
+mod production;
 
 use std::{sync::Arc, time::Duration};
 
@@ -46,6 +49,18 @@ fn peak_rss_mib() -> f64 {
 }
 
 fn main() -> anyhow::Result<()> {
+    if std::env::args().nth(1).as_deref() == Some("production") {
+        let seconds = std::env::var("BENCH_PRODUCTION_SECONDS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(60);
+        println!("libertum-bench production: the local stack, steady transfers for {seconds} s");
+        return tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?
+            .block_on(production::run(seconds, 2_000));
+    }
     let phase = Duration::from_secs(seconds());
     println!(
         "libertum-bench: {} cores, phases of {} s",

@@ -1,0 +1,272 @@
+//! Production-mode figures, against the local stack (tansu, nx-27017, redis-server started on
+//! free loopback ports):
+//!
+//! 1. the relay draining a backlog of 100,000 committed events to Kafka, events per second;
+//! 2. a consumer group reading them back, events per second;
+//! 3. the broker alone, measured first: the same 100,000 payloads from a bare rdkafka producer
+//!    (acks=all, idempotent), to tell the relay's cost from the test server's;
+//! 4. a steady stream of HTTP transfers (2,000/s for `BENCH_PRODUCTION_SECONDS`, default 60)
+//!    through the product on MongoDB, Kafka and Redis, and the time from each response to its
+//!    ledger entry, p50/p99.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use libertum_adapters::{KafkaBus, KafkaSettings, Relay, ensure_topics};
+use libertum_store::{Commit, EventBus, EventStore, RedbStore};
+use libertum_testkit::servers;
+use tokio::sync::watch;
+
+const BACKLOG: usize = 100_000;
+
+fn event(i: usize) -> Vec<u8> {
+    format!(
+        r#"{{"specversion":"1.0","id":"bench-{i}","source":"/bench","type":"libertum.bench.v1","subject":"tok_{k}","partitionkey":"tok_{k}","sequence":"{i}","time":"2026-11-25T00:00:00Z","datacontenttype":"application/json","data":{{"from":"inv_a","to":"inv_b","amount":"1"}}}}"#,
+        k = i % 16
+    )
+    .into_bytes()
+}
+
+pub async fn run(seconds: u64, rate: u64) -> anyhow::Result<()> {
+    let (_kafka, brokers) = servers::kafka();
+    let (_mongo, mongodb_uri) = servers::mongo();
+    let (_redis, redis_url) = servers::redis();
+    let kafka = KafkaSettings::new(&brokers);
+
+    // 1. The relay drains a backlog. The backlog sits in the embedded store so that the figure is
+    // the relay's and the broker's, not the MongoDB-wire test server's.
+    let dir = tempfile::tempdir()?;
+    let store: Arc<dyn EventStore> = Arc::new(RedbStore::open(dir.path(), "backlog")?);
+    for chunk in 0..BACKLOG / 1_000 {
+        let events = (chunk * 1_000..(chunk + 1) * 1_000).map(event).collect();
+        store
+            .commit(Commit {
+                expected_head: (chunk * 1_000) as u64,
+                events,
+                ..Commit::default()
+            })
+            .await?;
+    }
+    ensure_topics(&kafka, &["bench.relay", "bench.alone"]).await?;
+    // The broker alone first: the ceiling the relay works under.
+    let alone = producer_alone(&brokers).await?;
+    println!(
+        "the broker alone (bare idempotent producer): {:>8.0} events/s  ({alone:.2} s)",
+        BACKLOG as f64 / alone
+    );
+    let (stop, stopped) = watch::channel(false);
+    let started = Instant::now();
+    tokio::spawn(Relay::new(&kafka, store.clone(), "bench.relay")?.run(stopped));
+    while store.checkpoint("relay:bench.relay").await?.unwrap_or(0) < BACKLOG as u64 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let relay = started.elapsed().as_secs_f64();
+    let _ = stop.send(true);
+    println!(
+        "relay drains a backlog of {BACKLOG} events:     {:>8.0} events/s  ({relay:.2} s)",
+        BACKLOG as f64 / relay
+    );
+
+    // 2. A consumer group reads them back.
+    let bus = KafkaBus::new(&kafka)?;
+    let mut subscription = bus.subscribe("bench.relay", "bench-reader", None).await?;
+    let started = Instant::now();
+    let mut read = 0;
+    while read < BACKLOG {
+        match tokio::time::timeout(Duration::from_secs(30), subscription.next(10_000)).await {
+            Ok(batch) => {
+                let batch = batch?;
+                read += batch.len();
+                subscription.commit(&batch).await?;
+            }
+            Err(_) => break,
+        }
+    }
+    let consume = started.elapsed().as_secs_f64();
+    if read < BACKLOG {
+        println!(
+            "consumer group reads them back:              STALLED after {read} of {BACKLOG} events (30 s without one)"
+        );
+    } else {
+        println!(
+            "consumer group reads them back:              {:>8.0} events/s  ({consume:.2} s)",
+            BACKLOG as f64 / consume
+        );
+    }
+
+    // 4. Steady transfers through the product on the production backends.
+    steady(&brokers, &mongodb_uri, &redis_url, seconds, rate).await
+}
+
+async fn producer_alone(brokers: &str) -> anyhow::Result<f64> {
+    use rdkafka::{
+        ClientConfig,
+        producer::{FutureProducer, FutureRecord},
+    };
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "2")
+        .create()?;
+    let payloads: Vec<Vec<u8>> = (0..BACKLOG).map(event).collect();
+    let started = Instant::now();
+    for chunk in payloads.chunks(2_000) {
+        let mut acks = Vec::with_capacity(chunk.len());
+        for (i, p) in chunk.iter().enumerate() {
+            let key = format!("tok_{}", i % 16);
+            let record = FutureRecord::to("bench.alone").payload(p).key(&key);
+            acks.push(
+                producer
+                    .send_result(record)
+                    .map_err(|(e, _)| anyhow::anyhow!("{e}"))?,
+            );
+        }
+        for ack in futures::future::join_all(acks).await {
+            ack?.map_err(|(e, _)| anyhow::anyhow!("{e}"))?;
+        }
+    }
+    Ok(started.elapsed().as_secs_f64())
+}
+
+async fn steady(
+    brokers: &str,
+    mongodb_uri: &str,
+    redis_url: &str,
+    seconds: u64,
+    rate: u64,
+) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut settings = libertum_platform::config::Settings {
+        log_filter: "error".into(),
+        ..libertum_platform::config::Settings::for_test(dir.path())
+    };
+    settings.backends.kafka_brokers = Some(brokers.to_owned());
+    settings.backends.mongodb_uri = Some(mongodb_uri.to_owned());
+    settings.backends.redis_url = Some(redis_url.to_owned());
+    settings.backends.mongodb_database_prefix = "bench".into();
+    settings.backends.mongodb_write_concern = "majority".into();
+    settings.backends.mongodb_read_concern = "majority".into();
+    settings.backends.kafka_partitions = 3;
+    settings.backends.kafka_replication = 1;
+    settings.backends.cache_ttl_seconds = 300;
+    let app = libertum::Application::build(settings).await?;
+    let base = format!("http://{}", app.addr());
+    let tokens = app.tokens.engine().store().clone();
+    let ledger = app.ledger.engine().store().clone();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let served = tokio::spawn(app.run_until_stopped(async {
+        let _ = stopped.await;
+    }));
+    let fixture = crate::load::fixture(&base, 20).await?;
+    // Wait until the ledger holds every event so far: from here on, the ledger's position
+    // `offset + k` is the tokens service's event `k`.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let offset = loop {
+        let (t, l) = (tokens.head().await?, ledger.head().await?);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if l >= t && ledger.head().await? == l && tokens.head().await? == t {
+            break l - t;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the ledger did not catch up with the fixture"
+        );
+    };
+
+    // The ledger's head over time, from its commits.
+    let mut head = ledger.watch_head();
+    let entered = Arc::new(parking_lot::Mutex::new(Vec::<(u64, Instant)>::new()));
+    let recorder = {
+        let entered = entered.clone();
+        tokio::spawn(async move {
+            while head.changed().await.is_ok() {
+                let at = *head.borrow_and_update();
+                entered.lock().push((at, Instant::now()));
+            }
+        })
+    };
+
+    let http = reqwest::Client::new();
+    let answered = Arc::new(parking_lot::Mutex::new(Vec::<(u64, Instant)>::new()));
+    let total = seconds * rate;
+    let started = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    let per_tick = rate / 100;
+    let mut sent = 0u64;
+    let mut inflight = Vec::new();
+    while sent < total {
+        tick.tick().await;
+        for _ in 0..per_tick {
+            let (a, b) = (
+                sent as usize % 20,
+                (sent as usize + 1 + sent as usize / 20) % 20,
+            );
+            let b = if a == b { (b + 1) % 20 } else { b };
+            let body = serde_json::json!({"from": fixture.investors[a], "to": fixture.investors[b], "amount": "1"});
+            let (http, url, tokens, answered) = (
+                http.clone(),
+                format!("{base}/v1/tokens/{}/transfers", fixture.token_id),
+                tokens.clone(),
+                answered.clone(),
+            );
+            let key = format!("steady-{sent}");
+            inflight.push(tokio::spawn(async move {
+                let r = http
+                    .post(url)
+                    .header("idempotency-key", key)
+                    .json(&body)
+                    .send()
+                    .await;
+                if r.is_ok_and(|r| r.status().is_success())
+                    && let Ok(position) = tokens.head().await
+                {
+                    answered.lock().push((position, Instant::now()));
+                }
+            }));
+            sent += 1;
+        }
+    }
+    for task in inflight {
+        let _ = task.await;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    // Let the ledger finish, then match each answer with the first ledger commit covering it.
+    let last = tokens.head().await?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while ledger.head().await? < offset + last {
+        anyhow::ensure!(Instant::now() < deadline, "the ledger did not catch up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    recorder.abort();
+    let entered = entered.lock().clone();
+    let answered = answered.lock().clone();
+    let mut delays: Vec<f64> = answered
+        .iter()
+        .filter_map(|(position, at)| {
+            let i = entered.partition_point(|(h, _)| *h < offset + position);
+            entered
+                .get(i)
+                .map(|(_, t)| t.saturating_duration_since(*at).as_secs_f64() * 1e3)
+        })
+        .collect();
+    delays.sort_by(f64::total_cmp);
+    let pct = |p: f64| delays[((delays.len() as f64 - 1.0) * p) as usize];
+    anyhow::ensure!(!delays.is_empty(), "no transfer was answered");
+    println!(
+        "steady HTTP transfers on MongoDB+Kafka+Redis: {:>7.0} /s for {elapsed:.0} s ({} ok of {total})",
+        answered.len() as f64 / elapsed,
+        answered.len()
+    );
+    println!(
+        "  response to ledger entry: p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms",
+        pct(0.50),
+        pct(0.99),
+        delays[delays.len() - 1]
+    );
+    let _ = stop.send(());
+    let _ = served.await;
+    Ok(())
+}

@@ -307,6 +307,36 @@ async fn the_broker_stopped_and_restarted_while_transfers_continue() {
 
     wait_for(&done, N / 4).await;
     stack.kafka.kill();
+    // The service stays ready, and says Kafka is degraded.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let ready = p
+            .http
+            .get(format!("{}/readyz", p.base("/v1/tokens")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            ready.status(),
+            StatusCode::OK,
+            "a broker outage is not a reason to stop serving"
+        );
+        let ready: Value = ready.json().await.unwrap();
+        let kafka = ready["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "tokens.kafka")
+            .cloned();
+        if kafka.as_ref().map(|c| c["state"].clone()) == Some(json!("degraded")) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "readiness never noticed the broker down: {ready}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     // Transfers go on without the broker: they are committed to MongoDB; the relay waits.
     let during = done.load(Ordering::SeqCst);
     wait_for(&done, during + 20).await;

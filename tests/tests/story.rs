@@ -457,6 +457,7 @@ async fn the_whole_story_with_each_service_its_own_process_on_kafka_mongodb_and_
             "/v1/assets",
             vec![
                 "assets.mongodb",
+                "assets.kafka",
                 "assets.redis",
                 "assets.relay",
                 "assets.consumer",
@@ -466,6 +467,7 @@ async fn the_whole_story_with_each_service_its_own_process_on_kafka_mongodb_and_
             "/v1/tokens",
             vec![
                 "tokens.mongodb",
+                "tokens.kafka",
                 "tokens.redis",
                 "tokens.relay",
                 "tokens.consumer",
@@ -473,7 +475,12 @@ async fn the_whole_story_with_each_service_its_own_process_on_kafka_mongodb_and_
         ),
         (
             "/v1/ledger",
-            vec!["ledger.mongodb", "ledger.redis", "ledger.tokens_consumer"],
+            vec![
+                "ledger.mongodb",
+                "ledger.kafka",
+                "ledger.redis",
+                "ledger.tokens_consumer",
+            ],
         ),
     ] {
         let ready: Value = p

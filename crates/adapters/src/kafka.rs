@@ -22,7 +22,7 @@ use rdkafka::{
     consumer::{CommitMode, Consumer, StreamConsumer},
     error::KafkaError,
     message::{Header, OwnedHeaders},
-    producer::{FutureProducer, FutureRecord},
+    producer::{FutureProducer, FutureRecord, Producer},
     types::RDKafkaErrorCode,
 };
 use tokio::sync::watch;
@@ -74,6 +74,33 @@ impl KafkaSettings {
             .set("message.timeout.ms", "30000")
             .create()
             .map_err(StoreError::backend)
+    }
+}
+
+/// A client that only asks the cluster for its metadata, for readiness.
+pub struct KafkaPing {
+    client: Arc<rdkafka::producer::BaseProducer>,
+}
+
+impl KafkaPing {
+    pub fn new(settings: &KafkaSettings) -> Result<Self, StoreError> {
+        Ok(KafkaPing {
+            client: Arc::new(settings.config().create().map_err(StoreError::backend)?),
+        })
+    }
+
+    /// The number of brokers that answered, or why none did.
+    pub async fn ping(&self) -> Result<usize, String> {
+        let client = self.client.clone();
+        tokio::task::spawn_blocking(move || {
+            client
+                .client()
+                .fetch_metadata(None, Duration::from_secs(2))
+                .map(|m| m.brokers().len())
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| e.to_string())?
     }
 }
 

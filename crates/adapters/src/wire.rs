@@ -128,6 +128,27 @@ fn redis_probe(name: String, cache: Arc<RedisCache>) -> Probe {
     })
 }
 
+/// A probe of the Kafka cluster: degraded when no broker answers, since the service still takes
+/// writes (its log is the outbox) and the relay catches up once the brokers are back.
+pub fn kafka_probe(name: &str, settings: &KafkaSettings) -> anyhow::Result<Probe> {
+    let ping = Arc::new(crate::kafka::KafkaPing::new(settings)?);
+    let (name, brokers) = (name.to_owned(), settings.brokers.clone());
+    Ok(Arc::new(move || {
+        let (name, brokers, ping) = (name.clone(), brokers.clone(), ping.clone());
+        Box::pin(async move {
+            let (state, detail) = match ping.ping().await {
+                Ok(n) => ("up", format!("{brokers}: {n} broker(s)")),
+                Err(e) => ("degraded", format!("{brokers}: {e}")),
+            };
+            Check {
+                name,
+                state,
+                detail: Some(detail),
+            }
+        })
+    }))
+}
+
 /// A probe that reports a background task's lag: degraded past `limit`.
 pub fn lag_probe(name: &str, lag: Arc<AtomicU64>, what: &'static str, limit: u64) -> Probe {
     let name = name.to_owned();

@@ -96,8 +96,46 @@ pub async fn run(seconds: u64, rate: u64) -> anyhow::Result<()> {
         );
     }
 
+    // The broker alone again: a bare consumer reads the bare producer's 100,000 events.
+    match consumer_alone(&brokers).await? {
+        Ok(secs) => println!(
+            "the broker alone (bare consumer):            {:>8.0} events/s  ({secs:.2} s)",
+            BACKLOG as f64 / secs
+        ),
+        Err(read) => println!(
+            "the broker alone (bare consumer):            STALLED after {read} of {BACKLOG} events (30 s without one)"
+        ),
+    }
+
     // 4. Steady transfers through the product on the production backends.
     steady(&brokers, &mongodb_uri, &redis_url, seconds, rate).await
+}
+
+/// Seconds to read `bench.alone` whole with a bare rdkafka consumer, or how far it got.
+async fn consumer_alone(brokers: &str) -> anyhow::Result<Result<f64, usize>> {
+    use rdkafka::{
+        ClientConfig,
+        consumer::{Consumer, StreamConsumer},
+    };
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "bench-alone-reader")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()?;
+    consumer.subscribe(&["bench.alone"])?;
+    let started = Instant::now();
+    let mut read = 0;
+    while read < BACKLOG {
+        match tokio::time::timeout(Duration::from_secs(30), consumer.recv()).await {
+            Ok(message) => {
+                message?;
+                read += 1;
+            }
+            Err(_) => return Ok(Err(read)),
+        }
+    }
+    Ok(Ok(started.elapsed().as_secs_f64()))
 }
 
 async fn producer_alone(brokers: &str) -> anyhow::Result<f64> {

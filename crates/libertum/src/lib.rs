@@ -77,6 +77,7 @@ impl Application {
         let bus: Arc<dyn EventBus> =
             match wire::kafka(&settings, &[ASSETS_TOPIC, TOKENS_TOPIC]).await? {
                 Some((kafka, bus)) => {
+                    background.probes.push(wire::kafka_probe("kafka", &kafka)?);
                     background.relay("assets.relay", &kafka, assets_store.clone(), ASSETS_TOPIC)?;
                     background.relay("tokens.relay", &kafka, tokens_store.clone(), TOKENS_TOPIC)?;
                     bus

@@ -17,6 +17,9 @@ async fn main() -> anyhow::Result<()> {
     background.prune_idempotency(vec![backends.store.clone()], retention);
     match wire::kafka(&settings, &[ASSETS_TOPIC, TOKENS_TOPIC]).await? {
         Some((kafka, bus)) => {
+            background
+                .probes
+                .push(wire::kafka_probe("assets.kafka", &kafka)?);
             background.relay("assets.relay", &kafka, backends.store.clone(), ASSETS_TOPIC)?;
             background.consumer("assets.consumer", service.consumer(bus));
         }

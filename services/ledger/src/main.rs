@@ -15,7 +15,10 @@ async fn main() -> anyhow::Result<()> {
         libertum_ledger::Ledger::open(backends.store.clone(), settings.tokens_url.clone()).await?;
     let mut background = Background::default();
     match wire::kafka(&settings, &[ASSETS_TOPIC, TOKENS_TOPIC]).await? {
-        Some((_, bus)) => {
+        Some((kafka, bus)) => {
+            background
+                .probes
+                .push(wire::kafka_probe("ledger.kafka", &kafka)?);
             for (name, consumer) in ["ledger.assets_consumer", "ledger.tokens_consumer"]
                 .into_iter()
                 .zip(service.consumers(bus))

@@ -17,6 +17,9 @@ async fn main() -> anyhow::Result<()> {
     background.prune_idempotency(vec![backends.store.clone()], retention);
     match wire::kafka(&settings, &[ASSETS_TOPIC, TOKENS_TOPIC]).await? {
         Some((kafka, bus)) => {
+            background
+                .probes
+                .push(wire::kafka_probe("tokens.kafka", &kafka)?);
             background.relay("tokens.relay", &kafka, backends.store.clone(), TOKENS_TOPIC)?;
             background.consumer("tokens.consumer", service.consumer(bus));
         }

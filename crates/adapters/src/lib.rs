@@ -11,3 +11,13 @@ pub mod wire;
 pub use kafka::{KafkaBus, KafkaSettings, Relay, ensure_topics};
 pub use mongo::{MongoSettings, MongoStore};
 pub use redis_cache::RedisCache;
+
+/// A connection string without its password, for logs and readiness reports.
+pub(crate) fn redact(uri: &str) -> String {
+    match (uri.find("://"), uri.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://***@{}", &uri[..scheme], &uri[at + 1..])
+        }
+        _ => uri.to_owned(),
+    }
+}

@@ -28,6 +28,8 @@ use mongodb::{
 };
 use tokio::sync::watch;
 
+use crate::redact;
+
 /// How the store talks to MongoDB.
 #[derive(Debug, Clone)]
 pub struct MongoSettings {
@@ -231,16 +233,6 @@ impl MongoStore {
                 .map_err(StoreError::backend)?;
         }
         Ok(position)
-    }
-}
-
-/// The URI without its password, for logs and readiness.
-fn redact(uri: &str) -> String {
-    match (uri.find("://"), uri.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            format!("{}://***@{}", &uri[..scheme], &uri[at + 1..])
-        }
-        _ => uri.to_owned(),
     }
 }
 

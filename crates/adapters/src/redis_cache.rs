@@ -16,6 +16,8 @@ use libertum_store::{Cache, StoreError};
 use redis::{AsyncCommands, aio::ConnectionManager};
 use tokio::sync::Mutex;
 
+use crate::redact;
+
 /// Metric: cache operations that failed because Redis was unreachable.
 pub const REDIS_ERRORS: &str = "libertum_redis_errors_total";
 
@@ -170,16 +172,6 @@ impl Cache for RedisCache {
         if !deleted {
             self.suspect.store(true, Ordering::Release);
         }
-    }
-}
-
-/// The URL without its password.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            format!("{}://***@{}", &url[..scheme], &url[at + 1..])
-        }
-        _ => url.to_owned(),
     }
 }
 

@@ -307,6 +307,9 @@ async fn the_broker_stopped_and_restarted_while_transfers_continue() {
 
     wait_for(&done, N / 4).await;
     stack.kafka.kill();
+    // Transfers go on without the broker: they are committed to MongoDB; the relay waits.
+    let during = done.load(Ordering::SeqCst);
+    wait_for(&done, during + 20).await;
     // The service stays ready, and says Kafka is degraded.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
@@ -337,9 +340,6 @@ async fn the_broker_stopped_and_restarted_while_transfers_continue() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    // Transfers go on without the broker: they are committed to MongoDB; the relay waits.
-    let during = done.load(Ordering::SeqCst);
-    wait_for(&done, during + 20).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     stack.kafka.restart();
 

@@ -112,21 +112,23 @@ async fn fixture(p: &Product) -> Fixture {
 }
 
 /// Sends `n` transfers of one unit from Alice to Bob, four at a time, each with its own
-/// Idempotency-Key, retrying each with the same key until it gets a 2xx answer. `done` counts
-/// the acknowledged ones.
+/// Idempotency-Key, retrying each with the same key until it gets a 2xx answer. Returns the
+/// count of acknowledged ones and the task sending them.
 fn transfers(
-    url: String,
+    p: &Product,
     f: &Fixture,
     n: usize,
-    done: Arc<AtomicUsize>,
-) -> tokio::task::JoinHandle<()> {
+) -> (Arc<AtomicUsize>, tokio::task::JoinHandle<()>) {
+    let url = p.url(&format!("/v1/tokens/{}/transfers", f.token));
+    let done = Arc::new(AtomicUsize::new(0));
+    let count = done.clone();
     let body = json!({"from": f.alice, "to": f.bob, "amount": "1"});
     let next = Arc::new(AtomicUsize::new(0));
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()
         .unwrap();
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         let workers: Vec<_> = (0..4)
             .map(|_| {
                 let (url, body, next, done, http) = (
@@ -175,7 +177,17 @@ fn transfers(
         for worker in workers {
             worker.await.expect("a transfer worker");
         }
-    })
+    });
+    (count, task)
+}
+
+/// The stack, the three services on it and the fixture; the directory holds their data.
+async fn started(name: &str) -> (Stack, tempfile::TempDir, Product, Fixture) {
+    let stack = stack(name);
+    let dir = tempfile::tempdir().unwrap();
+    let p = Product::processes(dir.path(), &stack.backends).await;
+    let f = fixture(&p).await;
+    (stack, dir, p, f)
 }
 
 async fn wait_for(done: &AtomicUsize, at_least: usize) {
@@ -264,17 +276,8 @@ const N: usize = 300;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_service_killed_mid_stream_loses_and_duplicates_nothing() {
-    let stack = stack("kill");
-    let dir = tempfile::tempdir().unwrap();
-    let mut p = Product::processes(dir.path(), &stack.backends).await;
-    let f = fixture(&p).await;
-    let done = Arc::new(AtomicUsize::new(0));
-    let stream = transfers(
-        p.url(&format!("/v1/tokens/{}/transfers", f.token)),
-        &f,
-        N,
-        done.clone(),
-    );
+    let (_stack, _dir, mut p, f) = started("kill").await;
+    let (done, stream) = transfers(&p, &f, N);
 
     wait_for(&done, N / 4).await;
     p.kill("/v1/tokens");
@@ -293,17 +296,8 @@ async fn a_service_killed_mid_stream_loses_and_duplicates_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_broker_stopped_and_restarted_while_transfers_continue() {
-    let mut stack = stack("broker");
-    let dir = tempfile::tempdir().unwrap();
-    let p = Product::processes(dir.path(), &stack.backends).await;
-    let f = fixture(&p).await;
-    let done = Arc::new(AtomicUsize::new(0));
-    let stream = transfers(
-        p.url(&format!("/v1/tokens/{}/transfers", f.token)),
-        &f,
-        N,
-        done.clone(),
-    );
+    let (mut stack, _dir, p, f) = started("broker").await;
+    let (done, stream) = transfers(&p, &f, N);
 
     wait_for(&done, N / 4).await;
     stack.kafka.kill();
@@ -350,17 +344,8 @@ async fn the_broker_stopped_and_restarted_while_transfers_continue() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_redis_stopped_reads_and_writes_go_on_and_readiness_says_degraded() {
-    let mut stack = stack("redis");
-    let dir = tempfile::tempdir().unwrap();
-    let p = Product::processes(dir.path(), &stack.backends).await;
-    let f = fixture(&p).await;
-    let done = Arc::new(AtomicUsize::new(0));
-    let stream = transfers(
-        p.url(&format!("/v1/tokens/{}/transfers", f.token)),
-        &f,
-        N,
-        done.clone(),
-    );
+    let (mut stack, _dir, p, f) = started("redis").await;
+    let (done, stream) = transfers(&p, &f, N);
 
     wait_for(&done, N / 4).await;
     stack.redis.kill();
@@ -406,19 +391,8 @@ async fn a_duplicate_delivery_changes_nothing() {
         consumer::{Consumer, StreamConsumer},
         producer::{FutureProducer, FutureRecord},
     };
-    let stack = stack("duplicate");
-    let dir = tempfile::tempdir().unwrap();
-    let p = Product::processes(dir.path(), &stack.backends).await;
-    let f = fixture(&p).await;
-    let done = Arc::new(AtomicUsize::new(0));
-    transfers(
-        p.url(&format!("/v1/tokens/{}/transfers", f.token)),
-        &f,
-        50,
-        done.clone(),
-    )
-    .await
-    .expect("transfers");
+    let (stack, _dir, p, f) = started("duplicate").await;
+    transfers(&p, &f, 50).1.await.expect("transfers");
     exactly_once(&p, &f, 50).await;
     let head = p.get("/v1/ledger/head").await.1;
 

@@ -9,6 +9,7 @@
 use std::{
     collections::BTreeMap,
     sync::Arc,
+    sync::atomic::{AtomicU64, Ordering},
     time::{Duration, Instant},
 };
 
@@ -25,7 +26,7 @@ use rdkafka::{
     producer::{FutureProducer, FutureRecord, Producer},
     types::RDKafkaErrorCode,
 };
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 /// Metric names of the Kafka adapter.
 pub const EVENTS_PRODUCED: &str = "libertum_kafka_events_produced_total";
@@ -160,10 +161,20 @@ pub struct Relay {
     store: Arc<dyn EventStore>,
     producer: FutureProducer,
     topic: String,
-    backlog: Arc<std::sync::atomic::AtomicU64>,
+    backlog: Arc<AtomicU64>,
 }
 
 const RELAY_BATCH: usize = 2_000;
+/// Batches the relay sends ahead of the oldest one not yet acknowledged.
+const RELAY_WINDOW: usize = 4;
+/// How often the relay stores its checkpoint, at most.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
+
+/// A batch handed to the producer: its last position and one acknowledgement per record.
+struct Sent {
+    last: u64,
+    acks: Vec<rdkafka::producer::DeliveryFuture>,
+}
 
 impl Relay {
     pub fn new(
@@ -184,7 +195,7 @@ impl Relay {
     }
 
     /// Events committed but not yet acknowledged by the broker, as last measured.
-    pub fn backlog(&self) -> Arc<std::sync::atomic::AtomicU64> {
+    pub fn backlog(&self) -> Arc<AtomicU64> {
         self.backlog.clone()
     }
 
@@ -192,10 +203,10 @@ impl Relay {
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let mut pause = Duration::from_millis(100);
         loop {
-            let result = tokio::select! {
-                r = self.publish() => r,
-                _ = shutdown.wait_for(|stop| *stop) => return,
-            };
+            let result = self.publish(&mut shutdown).await;
+            if *shutdown.borrow() {
+                return;
+            }
             if let Err(error) = result {
                 tracing::error!(topic = %self.topic, %error, retry_in_ms = pause.as_millis() as u64, "relay failed");
                 tokio::select! {
@@ -207,23 +218,50 @@ impl Relay {
         }
     }
 
-    async fn publish(&self) -> Result<(), StoreError> {
-        let mut position = self
+    /// Sends and settles at once: the sender reads the next batch and hands it to the producer
+    /// while the broker acknowledges the previous ones (at most [`RELAY_WINDOW`] in flight), and
+    /// the settler stores the checkpoint past acknowledged batches only, so a restart re-sends,
+    /// never skips. Either failing ends both, and `run` starts again from the checkpoint.
+    /// On `shutdown` it stores the checkpoint past what is acknowledged so far and returns.
+    async fn publish(&self, shutdown: &mut watch::Receiver<bool>) -> Result<(), StoreError> {
+        let start = self
             .store
             .checkpoint(&self.checkpoint())
             .await?
             .unwrap_or(0);
+        let acknowledged = AtomicU64::new(start);
+        let (sent, in_flight) = mpsc::channel(RELAY_WINDOW);
+        tokio::select! {
+            r = self.send(start, sent, &acknowledged) => r,
+            r = self.settle(start, in_flight, &acknowledged) => r,
+            // The guard `wait_for` returns is dropped inside, before the write below awaits.
+            () = async { drop(shutdown.wait_for(|stop| *stop).await) } => {
+                let acked = acknowledged.load(Ordering::Relaxed);
+                if acked > start {
+                    self.store.save_checkpoint(&self.checkpoint(), acked).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn send(
+        &self,
+        mut sent_up_to: u64,
+        in_flight: mpsc::Sender<Sent>,
+        acknowledged: &AtomicU64,
+    ) -> Result<(), StoreError> {
         let mut head = self.store.watch_head();
         loop {
             let current = *head.borrow_and_update();
-            self.report_backlog(current, position);
-            if current <= position {
+            self.report_backlog(current, acknowledged.load(Ordering::Relaxed));
+            if current <= sent_up_to {
                 // Wakes on the next commit of this process's writer; the timeout keeps the
                 // backlog gauge fresh and notices a closed store.
                 let _ = tokio::time::timeout(Duration::from_secs(1), head.changed()).await;
                 continue;
             }
-            let events = self.store.read(position, RELAY_BATCH).await?;
+            let events = self.store.read(sent_up_to, RELAY_BATCH).await?;
             let Some(&(last, _)) = events.last() else {
                 continue;
             };
@@ -248,24 +286,67 @@ impl Relay {
                     .map_err(|(e, _)| StoreError::backend(e))?;
                 acks.push(ack);
             }
-            for ack in futures::future::join_all(acks).await {
-                match ack {
-                    Ok(Ok(_)) => {}
-                    Ok(Err((e, _))) => return Err(StoreError::backend(e)),
-                    Err(_) => return Err(StoreError::Backend("the producer was dropped".into())),
+            in_flight
+                .send(Sent { last, acks })
+                .await
+                .map_err(|_| StoreError::Backend("the relay's settler stopped".into()))?;
+            sent_up_to = last;
+        }
+    }
+
+    /// Waits for each batch's acknowledgements in order and stores the checkpoint past the last
+    /// acknowledged one, at most every [`CHECKPOINT_EVERY`]: one write per batch would load the
+    /// database as much as the services' own commits, and a checkpoint a little behind only
+    /// means a few records re-sent after a restart, which consumers ignore.
+    async fn settle(
+        &self,
+        start: u64,
+        mut in_flight: mpsc::Receiver<Sent>,
+        acknowledged: &AtomicU64,
+    ) -> Result<(), StoreError> {
+        let (mut saved, mut saved_at) = (start, Instant::now());
+        loop {
+            let acked = acknowledged.load(Ordering::Relaxed);
+            let next = if acked > saved {
+                let wait = CHECKPOINT_EVERY.saturating_sub(saved_at.elapsed());
+                tokio::time::timeout(wait, in_flight.recv()).await.ok()
+            } else {
+                Some(in_flight.recv().await)
+            };
+            match next {
+                Some(Some(Sent { last, acks })) => {
+                    let count = acks.len() as u64;
+                    for ack in futures::future::join_all(acks).await {
+                        match ack {
+                            Ok(Ok(_)) => {}
+                            Ok(Err((e, _))) => return Err(StoreError::backend(e)),
+                            Err(_) => {
+                                return Err(StoreError::Backend("the producer was dropped".into()));
+                            }
+                        }
+                    }
+                    metrics::counter!(EVENTS_PRODUCED, "topic" => self.topic.clone())
+                        .increment(count);
+                    acknowledged.store(last, Ordering::Relaxed);
                 }
+                // The sender stopped; its error is what `publish` returns.
+                Some(None) => return Ok(()),
+                None => {}
             }
-            metrics::counter!(EVENTS_PRODUCED, "topic" => self.topic.clone())
-                .increment(events.len() as u64);
-            self.store.save_checkpoint(&self.checkpoint(), last).await?;
-            position = last;
+            let acked = acknowledged.load(Ordering::Relaxed);
+            if acked > saved && saved_at.elapsed() >= CHECKPOINT_EVERY {
+                self.store
+                    .save_checkpoint(&self.checkpoint(), acked)
+                    .await?;
+                (saved, saved_at) = (acked, Instant::now());
+                self.report_backlog(*self.store.watch_head().borrow(), acked);
+            }
         }
     }
 
     fn report_backlog(&self, head: u64, position: u64) {
         let backlog = head.saturating_sub(position);
-        self.backlog
-            .store(backlog, std::sync::atomic::Ordering::Relaxed);
+        self.backlog.store(backlog, Ordering::Relaxed);
         metrics::gauge!(RELAY_BACKLOG, "topic" => self.topic.clone()).set(backlog as f64);
     }
 }
@@ -392,10 +473,11 @@ impl Subscription for KafkaSubscription {
                 .add_partition_offset(topic, partition, Offset::Offset(offset as i64))
                 .map_err(StoreError::backend)?;
         }
-        let consumer = self.consumer.clone();
-        tokio::task::spawn_blocking(move || consumer.commit(&offsets, CommitMode::Sync))
-            .await
-            .map_err(StoreError::backend)?
+        // Asynchronous: the effects are already stored, so a commit lost in a crash only means
+        // those events are delivered again, and redeliveries change nothing. Waiting for the
+        // broker here would add its round trip to every batch's delay.
+        self.consumer
+            .commit(&offsets, CommitMode::Async)
             .map_err(StoreError::backend)
     }
 

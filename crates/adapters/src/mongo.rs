@@ -304,6 +304,17 @@ fn conflict_or_backend(e: mongodb::error::Error, expected: u64) -> StoreError {
 
 #[async_trait]
 impl EventStore for MongoStore {
+    async fn shutdown(&self) {
+        // Waits for sessions and cursors still out, so it is bounded: a stuck one must not hold
+        // the process.
+        if tokio::time::timeout(Duration::from_secs(5), self.client.clone().shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!(store = %self.name, "MongoDB connections not closed within 5 s");
+        }
+    }
+
     async fn commit(&self, commit: Commit) -> Result<(), StoreError> {
         let mut session = self
             .client

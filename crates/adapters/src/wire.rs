@@ -64,10 +64,10 @@ pub async fn backends(settings: &Settings, service: &str) -> anyhow::Result<Back
     })
 }
 
-/// The Kafka bus when `LIBERTUM_KAFKA_BROKERS` is set, with `topics` created if missing.
+/// The Kafka bus when `LIBERTUM_KAFKA_BROKERS` is set, with the services' topics created if
+/// missing.
 pub async fn kafka(
     settings: &Settings,
-    topics: &[&str],
 ) -> anyhow::Result<Option<(KafkaSettings, Arc<dyn EventBus>)>> {
     let Some(brokers) = &settings.backends.kafka_brokers else {
         return Ok(None);
@@ -78,7 +78,7 @@ pub async fn kafka(
         replication: settings.backends.kafka_replication,
         instance_id: settings.backends.kafka_instance_id.clone(),
     };
-    crate::ensure_topics(&kafka, topics).await?;
+    crate::ensure_topics(&kafka, &settings.backends.topics.all()).await?;
     let bus: Arc<dyn EventBus> = Arc::new(KafkaBus::new(&kafka)?);
     Ok(Some((kafka, bus)))
 }

@@ -54,12 +54,20 @@ fn main() -> anyhow::Result<()> {
             .ok()
             .and_then(|s| s.parse().ok())
             .unwrap_or(60);
-        println!("libertum-bench production: the local stack, steady transfers for {seconds} s");
+        let rate = std::env::var("BENCH_PRODUCTION_RATE")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(2_000);
+        // `production steady` skips the backlog phases.
+        let backlog = std::env::args().nth(2).as_deref() != Some("steady");
+        println!(
+            "libertum-bench production: the local stack, steady transfers at {rate}/s for {seconds} s"
+        );
         return tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()?
-            .block_on(production::run(seconds, 2_000));
+            .block_on(production::run(seconds, rate, backlog));
     }
     let phase = Duration::from_secs(seconds());
     println!(

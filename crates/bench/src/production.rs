@@ -29,10 +29,212 @@ fn event(i: usize) -> Vec<u8> {
     .into_bytes()
 }
 
-pub async fn run(seconds: u64, rate: u64) -> anyhow::Result<()> {
-    let (kafka_server, brokers) = servers::kafka();
+pub async fn run(seconds: u64, rate: u64, backlog: bool) -> anyhow::Result<()> {
     let (_mongo, mongodb_uri) = servers::mongo();
     let (_redis, redis_url) = servers::redis();
+    mongo_alone(&mongodb_uri).await?;
+    if backlog {
+        backlogs().await?;
+    }
+    // Steady transfers through the product on the production backends, on a fresh broker: the
+    // backlog reads can leave the test broker unresponsive.
+    let (_kafka, brokers) = servers::kafka();
+    broker_round_trip(&brokers, rate.min(1_000)).await?;
+    steady(&brokers, &mongodb_uri, &redis_url, seconds, rate).await
+}
+
+/// The broker alone on the path a transfer takes to the ledger: a bare idempotent `acks=all`
+/// producer sends 2,000 records at `rate`/s and a bare consumer, already reading, receives them;
+/// the time from each send to its receipt, p50/p99.
+async fn broker_round_trip(brokers: &str, rate: u64) -> anyhow::Result<()> {
+    use rdkafka::{
+        ClientConfig, Message,
+        consumer::{Consumer, StreamConsumer},
+        producer::{FutureProducer, FutureRecord},
+    };
+    const RECORDS: usize = 2_000;
+    let kafka = KafkaSettings::new(brokers);
+    ensure_topics(&kafka, &["bench.round-trip"]).await?;
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "bench-round-trip")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "10")
+        .create()?;
+    consumer.subscribe(&["bench.round-trip"])?;
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "2")
+        .create()?;
+    let payload = event(0);
+    let send = |i: usize| {
+        let key = format!("tok_{}", i % 16);
+        let producer = producer.clone();
+        let payload = payload.clone();
+        async move {
+            producer
+                .send(
+                    FutureRecord::to("bench.round-trip")
+                        .payload(&payload)
+                        .key(&key)
+                        .partition((i % 3) as i32),
+                    Duration::from_secs(10),
+                )
+                .await
+                .map_err(|(e, _)| anyhow::anyhow!("{e}"))
+        }
+    };
+    // Warm up until the consumer has its partitions and reads live.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    'warm: loop {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the bare consumer never started reading"
+        );
+        for p in 0..3 {
+            send(p).await?;
+        }
+        let mut seen = 0;
+        while let Ok(message) = tokio::time::timeout(Duration::from_secs(2), consumer.recv()).await
+        {
+            message?;
+            seen += 1;
+            if seen == 3 {
+                break 'warm;
+            }
+        }
+    }
+    let sent = Arc::new(parking_lot::Mutex::new(vec![None::<Instant>; RECORDS]));
+    let reader = {
+        let sent = sent.clone();
+        tokio::spawn(async move {
+            let mut delays = Vec::with_capacity(RECORDS);
+            while delays.len() < RECORDS {
+                let message =
+                    match tokio::time::timeout(Duration::from_secs(30), consumer.recv()).await {
+                        Ok(Ok(message)) => message,
+                        _ => break,
+                    };
+                let Some(i) = message
+                    .key()
+                    .and_then(|k| std::str::from_utf8(k).ok())
+                    .and_then(|k| k.strip_prefix("rtt-"))
+                    .and_then(|k| k.parse::<usize>().ok())
+                else {
+                    continue;
+                };
+                if let Some(at) = sent.lock()[i] {
+                    delays.push(at.elapsed().as_secs_f64() * 1e3);
+                }
+            }
+            delays
+        })
+    };
+    let mut tick = tokio::time::interval(Duration::from_secs(1) / rate as u32);
+    let mut acks = Vec::with_capacity(RECORDS);
+    for i in 0..RECORDS {
+        tick.tick().await;
+        let key = format!("rtt-{i}");
+        sent.lock()[i] = Some(Instant::now());
+        acks.push(
+            producer
+                .send_result(
+                    FutureRecord::to("bench.round-trip")
+                        .payload(&payload)
+                        .key(&key),
+                )
+                .map_err(|(e, _)| anyhow::anyhow!("{e}"))?,
+        );
+    }
+    for ack in futures::future::join_all(acks).await {
+        ack?.map_err(|(e, _)| anyhow::anyhow!("{e}"))?;
+    }
+    let mut delays = reader.await?;
+    anyhow::ensure!(
+        delays.len() == RECORDS,
+        "the bare consumer received {} of {RECORDS} records",
+        delays.len()
+    );
+    delays.sort_by(f64::total_cmp);
+    println!(
+        "the broker alone, bare producer to bare consumer at {rate}/s: p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms",
+        delays[RECORDS / 2],
+        delays[RECORDS * 99 / 100],
+        delays[RECORDS - 1]
+    );
+    Ok(())
+}
+
+/// The MongoDB-wire server alone: a bare `mongodb` client committing, one after another,
+/// transactions shaped like the services' commits (read the head, insert the events), for 5 s
+/// each with 1, 20, 200 and 2,000 events per transaction.
+async fn mongo_alone(uri: &str) -> anyhow::Result<()> {
+    use mongodb::bson::{Document, doc};
+    let client = mongodb::Client::with_uri_str(uri).await?;
+    let events = client
+        .database("bench_alone")
+        .collection::<Document>("events");
+    events
+        .create_index(
+            mongodb::IndexModel::builder()
+                .keys(doc! {"seq": 1})
+                .options(
+                    mongodb::options::IndexOptions::builder()
+                        .unique(true)
+                        .build(),
+                )
+                .build(),
+        )
+        .await?;
+    let body = String::from_utf8(event(0))?;
+    let mut seq = 0i64;
+    for per_commit in [1, 20, 200, 2_000] {
+        let started = Instant::now();
+        let mut commits = 0u64;
+        while started.elapsed() < Duration::from_secs(5) {
+            let mut session = client.start_session().await?;
+            session.start_transaction().await?;
+            let head = events
+                .find_one(doc! {})
+                .sort(doc! {"seq": -1})
+                .session(&mut session)
+                .await?;
+            anyhow::ensure!(
+                head.and_then(|d| match d.get("seq") {
+                    Some(mongodb::bson::Bson::Int64(n)) => Some(*n),
+                    Some(mongodb::bson::Bson::Int32(n)) => Some(i64::from(*n)),
+                    _ => None,
+                })
+                .unwrap_or(0)
+                    == seq,
+                "the head moved under the benchmark"
+            );
+            let docs: Vec<Document> = (0..per_commit)
+                .map(|_| {
+                    seq += 1;
+                    doc! {"seq": seq, "body": body.as_str()}
+                })
+                .collect();
+            events.insert_many(docs).session(&mut session).await?;
+            session.commit_transaction().await?;
+            commits += 1;
+        }
+        let secs = started.elapsed().as_secs_f64();
+        println!(
+            "the MongoDB-wire server alone, {per_commit:>5} event(s) per transaction: {:>6.0} commits/s {:>7.0} events/s",
+            commits as f64 / secs,
+            (commits * per_commit) as f64 / secs
+        );
+    }
+    Ok(())
+}
+
+/// The relay and a consumer group on backlogs of 100,000 events, each after the broker alone.
+async fn backlogs() -> anyhow::Result<()> {
+    let (_kafka, brokers) = servers::kafka();
     let kafka = KafkaSettings::new(&brokers);
 
     // 1. The relay drains a backlog. The backlog sits in the embedded store so that the figure is
@@ -106,12 +308,7 @@ pub async fn run(seconds: u64, rate: u64) -> anyhow::Result<()> {
             "the broker alone (bare consumer):            STALLED after {read} of {BACKLOG} events (30 s without one)"
         ),
     }
-
-    // 4. Steady transfers through the product on the production backends, on a fresh broker:
-    // the backlog reads above can leave the test broker unresponsive.
-    drop(kafka_server);
-    let (_kafka, brokers) = servers::kafka();
-    steady(&brokers, &mongodb_uri, &redis_url, seconds, rate).await
+    Ok(())
 }
 
 /// Seconds to read `bench.alone` whole with a bare rdkafka consumer, or how far it got.
@@ -230,6 +427,29 @@ async fn steady(
         })
     };
 
+    // Where the stream is, every 5 s: committed by tokens, acknowledged by the broker, recorded
+    // by the ledger. It tells which stage falls behind.
+    let monitor = {
+        let (tokens, ledger) = (tokens.clone(), ledger.clone());
+        let relay = format!("relay:{}", libertum_events::TOKENS_TOPIC);
+        tokio::spawn(async move {
+            let started = Instant::now();
+            loop {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                let (t, r, l) = (
+                    tokens.head().await.unwrap_or(0),
+                    tokens.checkpoint(&relay).await.ok().flatten().unwrap_or(0),
+                    ledger.head().await.unwrap_or(0),
+                );
+                println!(
+                    "  at {:>3.0} s: tokens committed {t}, relayed {r}, ledger recorded {}",
+                    started.elapsed().as_secs_f64(),
+                    l.saturating_sub(offset)
+                );
+            }
+        })
+    };
+
     let http = reqwest::Client::new();
     let answered = Arc::new(parking_lot::Mutex::new(Vec::<(u64, Instant)>::new()));
     let total = seconds * rate;
@@ -282,6 +502,7 @@ async fn steady(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     recorder.abort();
+    monitor.abort();
     let entered = entered.lock().clone();
     let answered = answered.lock().clone();
     let mut delays: Vec<f64> = answered
@@ -307,6 +528,32 @@ async fn steady(
         pct(0.99),
         delays[delays.len() - 1]
     );
+    // How long the services' commits took on the MongoDB-wire server, from their metrics.
+    let metrics = reqwest::get(format!("{base}/metrics"))
+        .await?
+        .text()
+        .await?;
+    for service in ["tokens", "ledger"] {
+        let value = |suffix: &str| {
+            metrics
+                .lines()
+                .find(|l| {
+                    l.starts_with(&format!(
+                        "libertum_store_commit_duration_seconds_{suffix}{{"
+                    )) && l.contains(&format!("service=\"{service}\""))
+                })
+                .and_then(|l| l.rsplit(' ').next())
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        let (sum, count) = (value("sum"), value("count"));
+        if count > 0.0 {
+            println!(
+                "  {service} commits on the MongoDB-wire server: {count:.0}, {:.1} ms each on average",
+                sum / count * 1e3
+            );
+        }
+    }
     let _ = stop.send(());
     let _ = served.await;
     Ok(())

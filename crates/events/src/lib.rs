@@ -9,6 +9,29 @@ pub const ASSETS_TOPIC: &str = "libertum.assets.events";
 /// The tokens service's event stream.
 pub const TOKENS_TOPIC: &str = "libertum.tokens.events";
 
+/// The topics the services' events travel on (`LIBERTUM_KAFKA_ASSETS_TOPIC`,
+/// `LIBERTUM_KAFKA_TOKENS_TOPIC`); [`ASSETS_TOPIC`] and [`TOKENS_TOPIC`] unless configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topics {
+    pub assets: String,
+    pub tokens: String,
+}
+
+impl Default for Topics {
+    fn default() -> Self {
+        Topics {
+            assets: ASSETS_TOPIC.to_owned(),
+            tokens: TOKENS_TOPIC.to_owned(),
+        }
+    }
+}
+
+impl Topics {
+    pub fn all(&self) -> [&str; 2] {
+        [&self.assets, &self.tokens]
+    }
+}
+
 pub const ASSETS_SOURCE: &str = "/libertum/assets";
 pub const TOKENS_SOURCE: &str = "/libertum/tokens";
 

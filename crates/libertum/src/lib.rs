@@ -8,7 +8,6 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 use axum::Router;
 use libertum_adapters::wire::{self, Background};
 use libertum_assets::Assets;
-use libertum_events::{ASSETS_TOPIC, TOKENS_TOPIC};
 use libertum_ledger::Ledger;
 use libertum_platform::{
     config::Settings,
@@ -74,26 +73,26 @@ impl Application {
         let ledger = Ledger::open(ledger_backends.store, tokens_url).await?;
 
         let mut background = Background::default();
-        let bus: Arc<dyn EventBus> =
-            match wire::kafka(&settings, &[ASSETS_TOPIC, TOKENS_TOPIC]).await? {
-                Some((kafka, bus)) => {
-                    background.probes.push(wire::kafka_probe("kafka", &kafka)?);
-                    background.relay("assets.relay", &kafka, assets_store.clone(), ASSETS_TOPIC)?;
-                    background.relay("tokens.relay", &kafka, tokens_store.clone(), TOKENS_TOPIC)?;
-                    bus
-                }
-                None => {
-                    let bus = InProcessBus::new();
-                    bus.attach(ASSETS_TOPIC, assets_store.clone());
-                    bus.attach(TOKENS_TOPIC, tokens_store.clone());
-                    Arc::new(bus)
-                }
-            };
-        background.consumer("assets.consumer", assets.consumer(bus.clone()));
-        background.consumer("tokens.consumer", tokens.consumer(bus.clone()));
+        let topics = settings.backends.topics.clone();
+        let bus: Arc<dyn EventBus> = match wire::kafka(&settings).await? {
+            Some((kafka, bus)) => {
+                background.probes.push(wire::kafka_probe("kafka", &kafka)?);
+                background.relay("assets.relay", &kafka, assets_store.clone(), &topics.assets)?;
+                background.relay("tokens.relay", &kafka, tokens_store.clone(), &topics.tokens)?;
+                bus
+            }
+            None => {
+                let bus = InProcessBus::new();
+                bus.attach(&topics.assets, assets_store.clone());
+                bus.attach(&topics.tokens, tokens_store.clone());
+                Arc::new(bus)
+            }
+        };
+        background.consumer("assets.consumer", assets.consumer(bus.clone(), &topics));
+        background.consumer("tokens.consumer", tokens.consumer(bus.clone(), &topics));
         for (name, consumer) in ["ledger.assets_consumer", "ledger.tokens_consumer"]
             .into_iter()
-            .zip(ledger.consumers(bus.clone()))
+            .zip(ledger.consumers(bus.clone(), &topics))
         {
             background.consumer(name, consumer);
         }

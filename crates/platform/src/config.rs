@@ -72,6 +72,16 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
         "replication factor of the topics created when missing",
     ),
     (
+        "LIBERTUM_KAFKA_ASSETS_TOPIC",
+        libertum_events::ASSETS_TOPIC,
+        "the topic of the assets service's events",
+    ),
+    (
+        "LIBERTUM_KAFKA_TOKENS_TOPIC",
+        libertum_events::TOKENS_TOPIC,
+        "the topic of the tokens service's events",
+    ),
+    (
         "LIBERTUM_KAFKA_INSTANCE_ID",
         "(none)",
         "a name kept across restarts (e.g. a StatefulSet pod's); makes the consumers static group members",
@@ -98,6 +108,7 @@ pub struct Backends {
     pub kafka_brokers: Option<String>,
     pub kafka_partitions: i32,
     pub kafka_replication: i32,
+    pub topics: libertum_events::Topics,
     pub kafka_instance_id: Option<String>,
     pub redis_url: Option<String>,
     pub cache_ttl_seconds: u64,
@@ -219,6 +230,33 @@ impl Settings {
         {
             problems.push("LIBERTUM_REDIS_URL must start with redis:// or rediss://".into());
         }
+        let topics = libertum_events::Topics {
+            assets: get("LIBERTUM_KAFKA_ASSETS_TOPIC"),
+            tokens: get("LIBERTUM_KAFKA_TOKENS_TOPIC"),
+        };
+        for (key, topic) in [
+            ("LIBERTUM_KAFKA_ASSETS_TOPIC", &topics.assets),
+            ("LIBERTUM_KAFKA_TOKENS_TOPIC", &topics.tokens),
+        ] {
+            // Kafka's rule for topic names, less the room the `.dlq` suffix takes.
+            if topic.is_empty()
+                || topic.len() > 245
+                || topic == "."
+                || topic == ".."
+                || !topic
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+            {
+                problems.push(format!(
+                    "{key} must be 1 to 245 characters of letters, digits, '.', '_' and '-'"
+                ));
+            }
+        }
+        if topics.assets == topics.tokens {
+            problems.push(
+                "LIBERTUM_KAFKA_ASSETS_TOPIC and LIBERTUM_KAFKA_TOKENS_TOPIC must differ".into(),
+            );
+        }
         let kafka_brokers = set("LIBERTUM_KAFKA_BROKERS");
         if let Some(brokers) = &kafka_brokers
             && brokers.split(',').any(|b| !b.trim().contains(':'))
@@ -252,6 +290,7 @@ impl Settings {
             kafka_brokers,
             kafka_partitions,
             kafka_replication,
+            topics,
             kafka_instance_id: set("LIBERTUM_KAFKA_INSTANCE_ID"),
             redis_url,
             cache_ttl_seconds,
@@ -337,6 +376,38 @@ mod tests {
         ]))
         .expect_err("invalid");
         assert_eq!(err.0.len(), 4, "{err}");
+    }
+
+    #[test]
+    fn topic_names_are_configurable_and_checked() {
+        let s = Settings::from_vars(vars(&[])).expect("valid");
+        assert_eq!(s.backends.topics, libertum_events::Topics::default());
+        let s = Settings::from_vars(vars(&[
+            ("LIBERTUM_KAFKA_ASSETS_TOPIC", "prod.assets-v2"),
+            ("LIBERTUM_KAFKA_TOKENS_TOPIC", "prod.tokens_v2"),
+        ]))
+        .expect("valid");
+        assert_eq!(
+            s.backends.topics.all(),
+            ["prod.assets-v2", "prod.tokens_v2"]
+        );
+        let err = Settings::from_vars(vars(&[
+            ("LIBERTUM_KAFKA_ASSETS_TOPIC", "has space"),
+            ("LIBERTUM_KAFKA_TOKENS_TOPIC", ""),
+        ]))
+        .expect_err("invalid");
+        assert!(
+            err.0.len() == 2
+                && err.0[0].contains("LIBERTUM_KAFKA_ASSETS_TOPIC")
+                && err.0[1].contains("LIBERTUM_KAFKA_TOKENS_TOPIC"),
+            "{err}"
+        );
+        let err = Settings::from_vars(vars(&[
+            ("LIBERTUM_KAFKA_ASSETS_TOPIC", "same"),
+            ("LIBERTUM_KAFKA_TOKENS_TOPIC", "same"),
+        ]))
+        .expect_err("invalid");
+        assert!(err.0[0].contains("must differ"), "{err}");
     }
 
     #[test]

@@ -134,6 +134,11 @@ impl From<EngineError> for ApiError {
             )
             .at("Idempotency-Key"),
             EngineError::Unavailable(cause) => ApiError::unavailable(cause),
+            EngineError::Conflict => ApiError::new(
+                StatusCode::CONFLICT,
+                "concurrent_write",
+                "another writer changed this service's data first; nothing was changed; retry with the same Idempotency-Key",
+            ),
         }
     }
 }

@@ -5,7 +5,8 @@
 //! each against the state, commits all of it in one durable write, and only then answers. The
 //! state's write lock is held until the commit is durable and caches are invalidated, so no reader
 //! ever sees a change that is not on disk. If a commit fails the writer rebuilds the state from
-//! the log and answers 503 for that group: nothing acknowledged is lost, nothing lost is shown.
+//! the log and answers 503 for that group (409 if another writer appended first): nothing
+//! acknowledged is lost, nothing lost is shown.
 
 use std::{
     sync::{
@@ -93,6 +94,10 @@ pub enum EngineError {
     IdempotencyMismatch,
     #[error("the service cannot commit right now: {0}")]
     Unavailable(String),
+    /// Another writer appended to this service's log first (optimistic concurrency): nothing of
+    /// the request was changed, and the state now shows the other writer's events.
+    #[error("another writer changed this service's log first")]
+    Conflict,
 }
 
 type Outcome = Result<Reply, EngineError>;
@@ -163,6 +168,7 @@ impl<S: StateMachine> Engine<S> {
     pub async fn close(self) {
         let handle = self.writer.lock().take();
         let service = self.inner.service;
+        let store = self.inner.store.clone();
         drop(self);
         if let Some(handle) = handle
             && tokio::time::timeout(std::time::Duration::from_secs(5), handle)
@@ -174,6 +180,7 @@ impl<S: StateMachine> Engine<S> {
                 "the writer did not stop within five seconds: a handle is still held"
             );
         }
+        store.shutdown().await;
     }
 
     /// Submits a command and waits until its effect is durable (or refused).
@@ -309,7 +316,7 @@ async fn writer<S: StateMachine>(
             ..
         } = group;
         let failure = if poisoned {
-            Some("an event could not be encoded".to_owned())
+            Some(StoreError::Backend("an event could not be encoded".into()))
         } else if commit.is_empty() {
             None
         } else {
@@ -329,20 +336,23 @@ async fn writer<S: StateMachine>(
                     }
                     None
                 }
-                Err(error) => Some(error.to_string()),
+                Err(error) => Some(error),
             }
         };
         if let Some(error) = failure {
             // Memory is ahead of the log: nothing of this group stands. Everything in it is
-            // answered 503 (a consumer's batch is one job, so it fails or commits whole) and the
-            // state is rebuilt from the log.
+            // answered 409 if another writer appended first, 503 otherwise (a consumer's batch is
+            // one job, so it fails or commits whole), and the state is rebuilt from the log.
             tracing::error!(service, %error, "group commit failed; rebuilding the state from the log");
             inner.healthy.store(false, Ordering::Relaxed);
+            let conflict = matches!(error, StoreError::Conflict { .. });
             for (_, answers) in &mut outcomes {
                 for outcome in answers.iter_mut().filter(|o| o.is_ok()) {
-                    *outcome = Err(EngineError::Unavailable(
-                        "the commit failed; nothing was changed".into(),
-                    ));
+                    *outcome = Err(if conflict {
+                        EngineError::Conflict
+                    } else {
+                        EngineError::Unavailable("the commit failed; nothing was changed".into())
+                    });
                 }
             }
             match replay::<S>(inner.store.as_ref()).await {

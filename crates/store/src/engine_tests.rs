@@ -209,6 +209,40 @@ async fn a_failed_commit_answers_unavailable_and_shows_nothing_of_it() {
 }
 
 #[tokio::test]
+async fn a_write_that_loses_a_race_with_another_writer_answers_conflict_and_loses_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store: Arc<dyn EventStore> = Arc::new(RedbStore::open(dir.path(), "t").expect("open"));
+    // Two writers on one log, as two replicas of a service would be.
+    let first = Engine::<Counter>::start("first", store.clone(), None)
+        .await
+        .expect("start");
+    let second = Engine::<Counter>::start("second", store.clone(), None)
+        .await
+        .expect("start");
+    first.submit(add(1, None, "")).await.expect("applied");
+    let err = second
+        .submit(add(4, None, ""))
+        .await
+        .expect_err("the second writer's view is stale");
+    assert!(matches!(err, EngineError::Conflict), "{err:?}");
+    assert_eq!(
+        second.read().await.0,
+        1,
+        "the loser rebuilt its state, with the winner's event and without its own"
+    );
+    second
+        .submit(add(4, None, ""))
+        .await
+        .expect("the retry is applied");
+    assert_eq!(second.read().await.0, 5);
+    assert_eq!(
+        store.head().await.expect("head"),
+        2,
+        "one event per applied command"
+    );
+}
+
+#[tokio::test]
 async fn a_consumer_batch_that_fails_to_commit_is_applied_later_exactly_once() {
     use crate::{Consumer, InProcessBus, Verdict};
 

@@ -69,6 +69,9 @@ pub trait EventStore: Send + Sync + 'static {
     fn watch_head(&self) -> watch::Receiver<u64>;
     /// A short name for readiness reports.
     fn describe(&self) -> String;
+    /// Closes the connections to a server once the writer has stopped, so that none of its
+    /// background tasks outlives the runtime.
+    async fn shutdown(&self) {}
 }
 
 /// One event as the bus delivers it. `offset` is its position in its partition.

@@ -6,7 +6,7 @@ mod state;
 
 use std::sync::Arc;
 
-use libertum_events::{CloudEvent, TOKENS_SOURCE, TOKENS_TOPIC};
+use libertum_events::{CloudEvent, TOKENS_SOURCE, Topics};
 use libertum_platform::health::{self, Probe};
 use libertum_store::{Cache, Consumer, Engine, EventBus, EventStore, StoreError, Verdict};
 use utoipa_axum::router::OpenApiRouter;
@@ -36,10 +36,10 @@ impl Assets {
     }
 
     /// Learns from the tokens service's events which assets were tokenized.
-    pub fn consumer(&self, bus: Arc<dyn EventBus>) -> Consumer<AssetsState> {
+    pub fn consumer(&self, bus: Arc<dyn EventBus>, topics: &Topics) -> Consumer<AssetsState> {
         Consumer::new(
             "assets",
-            TOKENS_TOPIC,
+            &topics.tokens,
             self.engine.clone(),
             bus,
             decode_token_event,

@@ -6,7 +6,7 @@ use std::{sync::Arc, time::Duration};
 
 use common::{Server, asset, document, spawn};
 use libertum_domain::{Amount, Currency, Id, token};
-use libertum_events::{CloudEvent, TOKENS_SOURCE, TOKENS_TOPIC};
+use libertum_events::{CloudEvent, TOKENS_SOURCE, TOKENS_TOPIC, Topics};
 use libertum_store::{Commit, EventStore, InProcessBus, RedbStore};
 use serde_json::{Value, json};
 
@@ -65,7 +65,11 @@ async fn tokenize(s: &Server, asset_id: &str) -> Value {
     let bus = InProcessBus::new();
     bus.attach(TOKENS_TOPIC, tokens_store);
     let (_stop, stopped) = tokio::sync::watch::channel(false);
-    tokio::spawn(s.assets.consumer(Arc::new(bus)).run(stopped));
+    tokio::spawn(
+        s.assets
+            .consumer(Arc::new(bus), &Topics::default())
+            .run(stopped),
+    );
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     loop {
         let got = s.get(&format!("/v1/assets/{asset_id}")).await;

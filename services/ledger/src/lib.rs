@@ -8,7 +8,7 @@ mod state;
 use std::sync::Arc;
 
 use libertum_domain::{Id, asset, ledger, token};
-use libertum_events::{ASSETS_SOURCE, ASSETS_TOPIC, CloudEvent, TOKENS_SOURCE, TOKENS_TOPIC};
+use libertum_events::{ASSETS_SOURCE, CloudEvent, TOKENS_SOURCE, Topics};
 use libertum_platform::health::{self, Probe};
 use libertum_store::{Consumer, Delivery, Engine, EventBus, EventStore, StoreError, Verdict};
 use utoipa_axum::router::OpenApiRouter;
@@ -39,18 +39,18 @@ impl Ledger {
     }
 
     /// One consumer per topic it records.
-    pub fn consumers(&self, bus: Arc<dyn EventBus>) -> Vec<Consumer<LedgerState>> {
+    pub fn consumers(&self, bus: Arc<dyn EventBus>, topics: &Topics) -> Vec<Consumer<LedgerState>> {
         vec![
             Consumer::new(
                 "ledger",
-                ASSETS_TOPIC,
+                &topics.assets,
                 self.engine.clone(),
                 bus.clone(),
                 decode_asset_event,
             ),
             Consumer::new(
                 "ledger",
-                TOKENS_TOPIC,
+                &topics.tokens,
                 self.engine.clone(),
                 bus,
                 decode_token_event,

@@ -3,7 +3,6 @@
 //! three services together.
 
 use libertum_adapters::wire::{self, Background};
-use libertum_events::{ASSETS_TOPIC, TOKENS_TOPIC};
 use libertum_platform::{config::Settings, server, telemetry};
 
 #[tokio::main]
@@ -14,14 +13,14 @@ async fn main() -> anyhow::Result<()> {
     let service =
         libertum_ledger::Ledger::open(backends.store.clone(), settings.tokens_url.clone()).await?;
     let mut background = Background::default();
-    match wire::kafka(&settings, &[ASSETS_TOPIC, TOKENS_TOPIC]).await? {
+    match wire::kafka(&settings).await? {
         Some((kafka, bus)) => {
             background
                 .probes
                 .push(wire::kafka_probe("ledger.kafka", &kafka)?);
             for (name, consumer) in ["ledger.assets_consumer", "ledger.tokens_consumer"]
                 .into_iter()
-                .zip(service.consumers(bus))
+                .zip(service.consumers(bus, &settings.backends.topics))
             {
                 background.consumer(name, consumer);
             }

@@ -8,7 +8,7 @@ mod state;
 use std::sync::Arc;
 
 use libertum_domain::{Id, asset, token};
-use libertum_events::{ASSETS_SOURCE, ASSETS_TOPIC, CloudEvent};
+use libertum_events::{ASSETS_SOURCE, CloudEvent, Topics};
 use libertum_platform::health::{self, Probe};
 use libertum_store::{
     Cache, Consumer, Delivery, Engine, EventBus, EventStore, StoreError, Verdict,
@@ -38,10 +38,10 @@ impl Tokens {
     }
 
     /// Learns from the assets service's events which assets are approved.
-    pub fn consumer(&self, bus: Arc<dyn EventBus>) -> Consumer<TokensState> {
+    pub fn consumer(&self, bus: Arc<dyn EventBus>, topics: &Topics) -> Consumer<TokensState> {
         Consumer::new(
             "tokens",
-            ASSETS_TOPIC,
+            &topics.assets,
             self.engine.clone(),
             bus,
             decode_asset_event,

@@ -3,7 +3,6 @@
 //! three services together.
 
 use libertum_adapters::wire::{self, Background};
-use libertum_events::{ASSETS_TOPIC, TOKENS_TOPIC};
 use libertum_platform::{config::Settings, server, telemetry};
 
 #[tokio::main]
@@ -15,13 +14,21 @@ async fn main() -> anyhow::Result<()> {
     let retention = std::time::Duration::from_secs(settings.idempotency_retention_hours * 3600);
     let mut background = Background::default();
     background.prune_idempotency(vec![backends.store.clone()], retention);
-    match wire::kafka(&settings, &[ASSETS_TOPIC, TOKENS_TOPIC]).await? {
+    match wire::kafka(&settings).await? {
         Some((kafka, bus)) => {
             background
                 .probes
                 .push(wire::kafka_probe("tokens.kafka", &kafka)?);
-            background.relay("tokens.relay", &kafka, backends.store.clone(), TOKENS_TOPIC)?;
-            background.consumer("tokens.consumer", service.consumer(bus));
+            background.relay(
+                "tokens.relay",
+                &kafka,
+                backends.store.clone(),
+                &settings.backends.topics.tokens,
+            )?;
+            background.consumer(
+                "tokens.consumer",
+                service.consumer(bus, &settings.backends.topics),
+            );
         }
         None => tracing::warn!(
             service = "tokens",

@@ -396,7 +396,7 @@ impl EventBus for KafkaBus {
             producer: self.producer.clone(),
             topic: topic.to_owned(),
             group: group.to_owned(),
-            lag: (0, None),
+            lag: Arc::default(),
         }))
     }
 
@@ -410,8 +410,15 @@ struct KafkaSubscription {
     producer: FutureProducer,
     topic: String,
     group: String,
-    /// The last measured lag and when.
-    lag: (u64, Option<Instant>),
+    lag: Arc<parking_lot::Mutex<Lag>>,
+}
+
+/// A subscription's lag as last measured.
+#[derive(Default)]
+struct Lag {
+    events: u64,
+    at: Option<Instant>,
+    measuring: bool,
 }
 
 impl KafkaSubscription {
@@ -516,34 +523,45 @@ impl Subscription for KafkaSubscription {
         Ok(())
     }
 
+    /// The lag as last measured. Measuring asks the broker for each partition's high
+    /// watermark, so it runs in the background at most once a second and never holds up the
+    /// batch that asks.
     async fn lag(&mut self) -> Result<u64, StoreError> {
-        if self
-            .lag
-            .1
-            .is_some_and(|at| at.elapsed() < Duration::from_secs(1))
+        let mut last = self.lag.lock();
+        if last.measuring
+            || last
+                .at
+                .is_some_and(|at| at.elapsed() < Duration::from_secs(1))
         {
-            return Ok(self.lag.0);
+            return Ok(last.events);
         }
-        let consumer = self.consumer.clone();
-        let topic = self.topic.clone();
-        let lag = tokio::task::spawn_blocking(move || -> Result<u64, KafkaError> {
-            let positions = consumer.position()?;
-            let mut lag = 0u64;
-            for p in positions.elements_for_topic(&topic) {
-                let (_, high) =
-                    consumer.fetch_watermarks(&topic, p.partition(), Duration::from_secs(5))?;
-                let at = match p.offset() {
-                    Offset::Offset(o) => o,
-                    _ => 0,
-                };
-                lag += u64::try_from(high - at).unwrap_or(0);
+        last.measuring = true;
+        let known = last.events;
+        drop(last);
+        let (consumer, topic, lag) = (self.consumer.clone(), self.topic.clone(), self.lag.clone());
+        tokio::task::spawn_blocking(move || {
+            let measured = (|| -> Result<u64, KafkaError> {
+                let positions = consumer.position()?;
+                let mut lag = 0u64;
+                for p in positions.elements_for_topic(&topic) {
+                    let (_, high) =
+                        consumer.fetch_watermarks(&topic, p.partition(), Duration::from_secs(5))?;
+                    let at = match p.offset() {
+                        Offset::Offset(o) => o,
+                        _ => 0,
+                    };
+                    lag += u64::try_from(high - at).unwrap_or(0);
+                }
+                Ok(lag)
+            })();
+            let mut last = lag.lock();
+            last.measuring = false;
+            last.at = Some(Instant::now());
+            match measured {
+                Ok(events) => last.events = events,
+                Err(error) => tracing::warn!(%topic, %error, "consumer lag not measured"),
             }
-            Ok(lag)
-        })
-        .await
-        .map_err(StoreError::backend)?
-        .map_err(StoreError::backend)?;
-        self.lag = (lag, Some(Instant::now()));
-        Ok(lag)
+        });
+        Ok(known)
     }
 }

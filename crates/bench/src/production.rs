@@ -169,67 +169,101 @@ async fn broker_round_trip(brokers: &str, rate: u64) -> anyhow::Result<()> {
 }
 
 /// The MongoDB-wire server alone: a bare `mongodb` client committing, one after another,
-/// transactions shaped like the services' commits (read the head, insert the events), for 5 s
-/// each with 1, 20, 200 and 2,000 events per transaction.
+/// transactions shaped like the services' commits (read the head, insert the events, with the
+/// event store's documents and unique indexes), for 5 s each with 1, 20, 200 and 2,000 events
+/// per transaction; then two such writers at once on two databases, as the tokens service and
+/// the ledger are.
 async fn mongo_alone(uri: &str) -> anyhow::Result<()> {
-    use mongodb::bson::{Document, doc};
     let client = mongodb::Client::with_uri_str(uri).await?;
-    let events = client
-        .database("bench_alone")
-        .collection::<Document>("events");
-    events
-        .create_index(
-            mongodb::IndexModel::builder()
-                .keys(doc! {"seq": 1})
-                .options(
-                    mongodb::options::IndexOptions::builder()
-                        .unique(true)
-                        .build(),
-                )
-                .build(),
+    let five = Duration::from_secs(5);
+    for per_commit in [1, 20, 200, 2_000] {
+        let commits = mongo_writer(
+            &client,
+            &format!("bench_alone_{per_commit}"),
+            per_commit,
+            five,
         )
         .await?;
-    let body = String::from_utf8(event(0))?;
-    let mut seq = 0i64;
-    for per_commit in [1, 20, 200, 2_000] {
-        let started = Instant::now();
-        let mut commits = 0u64;
-        while started.elapsed() < Duration::from_secs(5) {
-            let mut session = client.start_session().await?;
-            session.start_transaction().await?;
-            let head = events
-                .find_one(doc! {})
-                .sort(doc! {"seq": -1})
-                .session(&mut session)
-                .await?;
-            anyhow::ensure!(
-                head.and_then(|d| match d.get("seq") {
-                    Some(mongodb::bson::Bson::Int64(n)) => Some(*n),
-                    Some(mongodb::bson::Bson::Int32(n)) => Some(i64::from(*n)),
-                    _ => None,
-                })
-                .unwrap_or(0)
-                    == seq,
-                "the head moved under the benchmark"
-            );
-            let docs: Vec<Document> = (0..per_commit)
-                .map(|_| {
-                    seq += 1;
-                    doc! {"seq": seq, "body": body.as_str()}
-                })
-                .collect();
-            events.insert_many(docs).session(&mut session).await?;
-            session.commit_transaction().await?;
-            commits += 1;
-        }
-        let secs = started.elapsed().as_secs_f64();
         println!(
             "the MongoDB-wire server alone, {per_commit:>5} event(s) per transaction: {:>6.0} commits/s {:>7.0} events/s",
-            commits as f64 / secs,
-            (commits * per_commit) as f64 / secs
+            commits as f64 / 5.0,
+            (commits * per_commit) as f64 / 5.0
         );
     }
+    let (a, b) = tokio::try_join!(
+        mongo_writer(&client, "bench_alone_a", 200, five),
+        mongo_writer(&client, "bench_alone_b", 200, five),
+    )?;
+    println!(
+        "the MongoDB-wire server alone, two writers at once, 200 events per transaction: {:>7.0} events/s in all",
+        ((a + b) * 200) as f64 / 5.0
+    );
     Ok(())
+}
+
+/// Commits `per_commit` events per transaction into database `name` for `duration`; returns
+/// how many transactions committed.
+async fn mongo_writer(
+    client: &mongodb::Client,
+    name: &str,
+    per_commit: u64,
+    duration: Duration,
+) -> anyhow::Result<u64> {
+    use mongodb::bson::{Bson, Document, doc};
+    let events = client.database(name).collection::<Document>("events");
+    // The documents and indexes of the services' event store (see `adapters::mongo`).
+    for key in ["seq", "event_id"] {
+        let unique = mongodb::options::IndexOptions::builder()
+            .unique(true)
+            .build();
+        events
+            .create_index(
+                mongodb::IndexModel::builder()
+                    .keys(doc! {key: 1})
+                    .options(unique)
+                    .build(),
+            )
+            .await?;
+    }
+    // A body the size of a ledger entry's event (about 1 KiB, as the steady phase prints).
+    let body = format!("{:<1024}", String::from_utf8(event(0))?);
+    let (mut seq, mut commits) = (0i64, 0u64);
+    let started = Instant::now();
+    while started.elapsed() < duration {
+        let mut session = client.start_session().await?;
+        session.start_transaction().await?;
+        let head = events
+            .find_one(doc! {})
+            .sort(doc! {"seq": -1})
+            .session(&mut session)
+            .await?;
+        let head = head.and_then(|d| match d.get("seq") {
+            Some(Bson::Int64(n)) => Some(*n),
+            Some(Bson::Int32(n)) => Some(i64::from(*n)),
+            _ => None,
+        });
+        anyhow::ensure!(
+            head.unwrap_or(0) == seq,
+            "the head moved under the benchmark"
+        );
+        let docs: Vec<Document> = (0..per_commit)
+            .map(|_| {
+                seq += 1;
+                doc! {
+                    "_id": seq,
+                    "seq": seq,
+                    "event_id": format!("{name}-{seq}"),
+                    "type": "libertum.ledger.entry_recorded.v1",
+                    "partitionkey": "tok_1",
+                    "body": body.as_str(),
+                }
+            })
+            .collect();
+        events.insert_many(docs).session(&mut session).await?;
+        session.commit_transaction().await?;
+        commits += 1;
+    }
+    Ok(commits)
 }
 
 /// The relay and a consumer group on backlogs of 100,000 events, each after the broker alone.
@@ -528,6 +562,15 @@ async fn steady(
         pct(0.99),
         delays[delays.len() - 1]
     );
+    for (service, store) in [("tokens", &tokens), ("ledger", &ledger)] {
+        let sample = store
+            .read(store.head().await?.saturating_sub(100), 100)
+            .await?;
+        println!(
+            "  {service} events are {} bytes on average",
+            sample.iter().map(|(_, b)| b.len()).sum::<usize>() / sample.len().max(1)
+        );
+    }
     // How long the services' commits took on the MongoDB-wire server, from their metrics.
     let metrics = reqwest::get(format!("{base}/metrics"))
         .await?

@@ -432,8 +432,13 @@ async fn run_one<S: StateMachine>(
             };
         }
     }
-    if let Some(checkpoint) = checkpoint {
-        commit.checkpoints.push(checkpoint);
+    if let Some((name, at)) = checkpoint {
+        // A consumer's batch carries one checkpoint per event: the last one supersedes the
+        // others, so the commit writes each stream's checkpoint once.
+        match commit.checkpoints.iter_mut().find(|(n, _)| *n == name) {
+            Some(stored) => stored.1 = at,
+            None => commit.checkpoints.push((name, at)),
+        }
     }
     let events = match command {
         None => Vec::new(),

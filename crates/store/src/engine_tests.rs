@@ -1,6 +1,6 @@
 //! The engine against a real redb store, and against one whose commits can be made to fail.
 
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 
 use async_trait::async_trait;
 use libertum_domain::Error;
@@ -65,6 +65,8 @@ fn add(n: u64, key: Option<&str>, body: &str) -> Submission<Counter> {
 struct Flaky {
     inner: RedbStore,
     failing: AtomicBool,
+    /// The most checkpoints one commit carried.
+    most_checkpoints: AtomicUsize,
 }
 
 #[async_trait]
@@ -73,6 +75,8 @@ impl EventStore for Flaky {
         if self.failing.load(Ordering::Relaxed) {
             return Err(StoreError::Backend("disk on fire".into()));
         }
+        self.most_checkpoints
+            .fetch_max(commit.checkpoints.len(), Ordering::Relaxed);
         self.inner.commit(commit).await
     }
     async fn read(&self, after: u64, max: usize) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
@@ -183,6 +187,7 @@ async fn a_failed_commit_answers_unavailable_and_shows_nothing_of_it() {
     let store = Arc::new(Flaky {
         inner: RedbStore::open(dir.path(), "t").expect("open"),
         failing: AtomicBool::new(false),
+        most_checkpoints: AtomicUsize::new(0),
     });
     let engine = Engine::<Counter>::start("test", store.clone(), None)
         .await
@@ -263,6 +268,7 @@ async fn a_consumer_batch_that_fails_to_commit_is_applied_later_exactly_once() {
     let store = Arc::new(Flaky {
         inner: RedbStore::open(dir.path(), "consumer").expect("open"),
         failing: AtomicBool::new(true),
+        most_checkpoints: AtomicUsize::new(0),
     });
     let engine = Engine::<Counter>::start("test", store.clone(), None)
         .await
@@ -303,6 +309,11 @@ async fn a_consumer_batch_that_fails_to_commit_is_applied_later_exactly_once() {
         store.head().await.expect("head"),
         10,
         "ten events recorded, none twice"
+    );
+    assert_eq!(
+        store.most_checkpoints.load(Ordering::Relaxed),
+        1,
+        "a batch's commit writes its stream's checkpoint once, not once per event"
     );
     let _ = stop.send(true);
     running.await.expect("the consumer stops");

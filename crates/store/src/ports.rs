@@ -39,6 +39,7 @@ pub struct Commit {
     pub expected_head: u64,
     pub events: Vec<Vec<u8>>,
     pub idempotency: Vec<(String, IdempotencyRecord)>,
+    /// At most one per name.
     pub checkpoints: Vec<(String, u64)>,
 }
 

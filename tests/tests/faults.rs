@@ -124,10 +124,7 @@ fn transfers(
     let count = done.clone();
     let body = json!({"from": f.alice, "to": f.bob, "amount": "1"});
     let next = Arc::new(AtomicUsize::new(0));
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap();
+    let http = p.http.clone();
     let task = tokio::spawn(async move {
         let workers: Vec<_> = (0..4)
             .map(|_| {
@@ -149,6 +146,7 @@ fn transfers(
                             let sent = http
                                 .post(&url)
                                 .header("idempotency-key", format!("fault-transfer-{i}"))
+                                .timeout(Duration::from_secs(10))
                                 .json(&body)
                                 .send()
                                 .await;

@@ -54,7 +54,7 @@ async fn post(http: &reqwest::Client, url: &str, body: Value) -> anyhow::Result<
 
 /// An approved, tokenized asset and `n` investors holding 1,000,000 each.
 pub async fn fixture(base: &str, n: usize) -> anyhow::Result<Fixture> {
-    let http = reqwest::Client::new();
+    let http = libertum_testkit::client();
     let asset = post(
         &http,
         &format!("{base}/v1/assets"),
@@ -171,7 +171,11 @@ pub fn wrk(
     let path = dir.path().join("script.lua");
     std::fs::write(&path, script)?;
     let output = std::process::Command::new("wrk")
-        .args(["-t2", &format!("-c{connections}"), &format!("-d{}s", duration.as_secs()), "--timeout", "10s", "-s"])
+        .args(["-t2", &format!("-c{connections}"), &format!("-d{}s", duration.as_secs()), "--timeout", "10s"])
+        // A platform admin's token on every request (wrk.format adds -H headers).
+        .arg("-H")
+        .arg(format!("Authorization: Bearer {}", libertum_testkit::token(&[libertum_platform::auth::Role::PlatformAdmin], None)))
+        .arg("-s")
         .arg(&path)
         .arg(url)
         .output()

@@ -181,7 +181,7 @@ fn main() -> anyhow::Result<()> {
 
     // The ledger matches the tokens service after all that.
     let check = client.block_on(async {
-        let http = reqwest::Client::new();
+        let http = libertum_testkit::client();
         let r: serde_json::Value = http.get(format!("{base}/v1/ledger/reconciliation")).send().await?.json().await?;
         let v: serde_json::Value = http.get(format!("{base}/v1/ledger/verification")).send().await?.json().await?;
         anyhow::Ok(json!({"reconciled": r["matched"], "chain_valid": v["valid"], "entries": v["entries_checked"]}))

@@ -484,7 +484,7 @@ async fn steady(
         })
     };
 
-    let http = reqwest::Client::new();
+    let http = libertum_testkit::client();
     let answered = Arc::new(parking_lot::Mutex::new(Vec::<(u64, Instant)>::new()));
     let total = seconds * rate;
     let started = Instant::now();

@@ -23,6 +23,7 @@ use utoipa_swagger_ui::SwaggerUi;
 
 #[derive(OpenApi)]
 #[openapi(
+    modifiers(&BearerAuth),
     info(
         title = "Libertum",
         description = "Tokenization of real-world assets: the asset registry, token classes with compliance, and the hash-chained ledger. Amounts are strings of digits in minor units. Errors are RFC 9457 problem+json with a stable `code`.",
@@ -39,6 +40,33 @@ use utoipa_swagger_ui::SwaggerUi;
     )
 )]
 struct ApiDoc;
+
+/// Every operation needs an OAuth 2.0 bearer token (JWT); see `docs/security.md`.
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{
+            HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
+        };
+        openapi
+            .components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme(
+                "bearer",
+                SecurityScheme::Http(
+                    HttpBuilder::new()
+                        .scheme(HttpAuthScheme::Bearer)
+                        .bearer_format("JWT")
+                        .build(),
+                ),
+            );
+        openapi.security = Some(vec![SecurityRequirement::new(
+            "bearer",
+            Vec::<String>::new(),
+        )]);
+    }
+}
 
 /// The running product, built but not yet serving.
 pub struct Application {
@@ -113,10 +141,12 @@ impl Application {
             .nest("/v1/tokens", tokens.router())
             .nest("/v1/ledger", ledger.router())
             .split_for_parts();
-        let router = server::stack(
-            api.merge(health::routes(probes))
-                .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi)),
+        // Everything but health and metrics needs a bearer token, the API's description too.
+        let protected = server::protect(
+            api.merge(SwaggerUi::new("/docs").url("/openapi.json", openapi)),
+            libertum_platform::auth::authenticator(&settings)?,
         );
+        let router = server::stack(protected.merge(health::routes(probes)));
         tracing::info!(%addr, data_dir = %settings.data_dir.display(), "libertum built");
         Ok(Application {
             listener,

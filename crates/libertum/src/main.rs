@@ -9,7 +9,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn usage() -> String {
     let mut text = String::from(
         "libertum: assets, tokens and ledger in one process, on embedded defaults\n\n\
-         usage: libertum [--help | --version]\n\nconfiguration (environment variables):\n",
+         usage: libertum [--help | --version]\n         \x20      libertum token --role ROLE [--role ROLE...] [--investor ID] [--subject NAME] [--ttl SECONDS]\n         \x20          prints a development bearer token (roles: platform_admin, asset_manager,\n         \x20          compliance_officer, token_agent, investor, auditor)\n\n         configuration (environment variables):\n",
     );
     for (name, default, what) in VARIABLES {
         text.push_str(&format!("  {name:<40} {what} (default {default})\n"));
@@ -28,6 +28,10 @@ async fn main() -> anyhow::Result<()> {
             println!("libertum {}", env!("CARGO_PKG_VERSION"));
             return Ok(());
         }
+        Some("token") => {
+            println!("{}", token(std::env::args().skip(2))?);
+            return Ok(());
+        }
         Some(other) => anyhow::bail!("unknown argument {other:?}\n\n{}", usage()),
         None => {}
     }
@@ -39,4 +43,52 @@ async fn main() -> anyhow::Result<()> {
         .await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// `libertum token ...`: a token from the development signer the product checks with the same
+/// settings (`LIBERTUM_DATA_DIR` or `LIBERTUM_AUTH_DEV_SECRET`).
+fn token(mut args: impl Iterator<Item = String>) -> anyhow::Result<String> {
+    use libertum_platform::auth::{self, Role};
+    let (mut roles, mut investor, mut subject, mut ttl) = (Vec::new(), None, None, 3600u64);
+    while let Some(flag) = args.next() {
+        let value = args
+            .next()
+            .ok_or_else(|| anyhow::anyhow!("{flag} needs a value\n\n{}", usage()))?;
+        match flag.as_str() {
+            "--role" => roles.push(
+                Role::parse(&value)
+                    .ok_or_else(|| anyhow::anyhow!("unknown role {value:?}\n\n{}", usage()))?,
+            ),
+            "--investor" => investor = Some(value),
+            "--subject" => subject = Some(value),
+            "--ttl" => {
+                ttl = value
+                    .parse()
+                    .ok()
+                    .filter(|t| (1..=7 * 24 * 3600).contains(t))
+                    .ok_or_else(|| anyhow::anyhow!("--ttl must be 1 to 604800 seconds"))?
+            }
+            other => anyhow::bail!("unknown argument {other:?}\n\n{}", usage()),
+        }
+    }
+    anyhow::ensure!(!roles.is_empty(), "give at least one --role\n\n{}", usage());
+    anyhow::ensure!(
+        !roles.contains(&Role::Investor) || investor.is_some(),
+        "the investor role needs --investor ID: an investor sees only their own holdings"
+    );
+    let settings = Settings::from_env()?;
+    anyhow::ensure!(
+        settings.auth.jwks_url.is_none(),
+        "LIBERTUM_AUTH_JWKS_URL is set: tokens come from the identity provider, not from here"
+    );
+    let subject = subject.unwrap_or_else(|| match &investor {
+        Some(i) => format!("investor-{i}"),
+        None => format!("dev-{}", roles[0].as_str()),
+    });
+    Ok(auth::dev_signer(&settings)?.token(
+        &subject,
+        &roles,
+        investor.as_deref(),
+        std::time::Duration::from_secs(ttl),
+    ))
 }

@@ -61,8 +61,31 @@ async fn a_kill_9_loses_no_acknowledged_write() {
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::new();
     let mut child = start(dir.path(), port);
+    // A token from `libertum token`, which signs with the development key kept in the same
+    // data directory as the running product.
+    let token = Command::new(env!("CARGO_BIN_EXE_libertum"))
+        .args([
+            "token",
+            "--role",
+            "platform_admin",
+            "--subject",
+            "kill-test",
+        ])
+        .env("LIBERTUM_DATA_DIR", dir.path())
+        .output()
+        .expect("libertum token runs");
+    assert!(token.status.success(), "{token:?}");
+    let token = String::from_utf8(token.stdout).expect("utf-8");
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {}", token.trim()).parse().expect("header"),
+    );
+    let http = reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .expect("client");
     ready(&http, &base).await;
 
     let asset = post(

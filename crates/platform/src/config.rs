@@ -87,6 +87,26 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
         "a name kept across restarts (e.g. a StatefulSet pod's); makes the consumers static group members",
     ),
     (
+        "LIBERTUM_AUTH_JWKS_URL",
+        "(none: the development signer)",
+        "the identity provider's JWKS URL (Entra ID: https://login.microsoftonline.com/{tenant}/discovery/v2.0/keys)",
+    ),
+    (
+        "LIBERTUM_AUTH_ISSUER",
+        crate::auth::DEV_ISSUER,
+        "the tokens' required iss (Entra ID: https://login.microsoftonline.com/{tenant}/v2.0)",
+    ),
+    (
+        "LIBERTUM_AUTH_AUDIENCE",
+        crate::auth::DEV_AUDIENCE,
+        "the tokens' required aud (Entra ID: the API's application id)",
+    ),
+    (
+        "LIBERTUM_AUTH_DEV_SECRET",
+        "(none: {LIBERTUM_DATA_DIR}/development-signing.key, made on first use)",
+        "the development signer's secret, at least 32 characters; ignored with a JWKS URL",
+    ),
+    (
         "LIBERTUM_REDIS_URL",
         "(none: the in-memory cache)",
         "Redis URL of the read cache shared by a service's replicas",
@@ -130,6 +150,7 @@ pub struct Settings {
     pub idempotency_retention_hours: u64,
     pub cache_entries: usize,
     pub backends: Backends,
+    pub auth: crate::auth::AuthSettings,
 }
 
 /// What is wrong with the configuration: every problem at once.
@@ -282,6 +303,34 @@ impl Settings {
             problems
                 .push("LIBERTUM_MONGODB_DATABASE_PREFIX must be letters, digits, _ or -".into());
         }
+        let jwks_url = set("LIBERTUM_AUTH_JWKS_URL");
+        if let Some(url) = &jwks_url
+            && !(url.starts_with("https://")
+                || url.starts_with("http://127.0.0.1")
+                || url.starts_with("http://localhost"))
+        {
+            problems.push(
+                "LIBERTUM_AUTH_JWKS_URL must start with https:// (http:// only on loopback)".into(),
+            );
+        }
+        let dev_secret = set("LIBERTUM_AUTH_DEV_SECRET");
+        if dev_secret.as_ref().is_some_and(|s| s.len() < 32) {
+            problems.push("LIBERTUM_AUTH_DEV_SECRET must be at least 32 characters".into());
+        }
+        let auth = crate::auth::AuthSettings {
+            jwks_url,
+            issuer: get("LIBERTUM_AUTH_ISSUER"),
+            audience: get("LIBERTUM_AUTH_AUDIENCE"),
+            dev_secret,
+        };
+        for (key, value) in [
+            ("LIBERTUM_AUTH_ISSUER", &auth.issuer),
+            ("LIBERTUM_AUTH_AUDIENCE", &auth.audience),
+        ] {
+            if value.is_empty() {
+                problems.push(format!("{key} must not be empty"));
+            }
+        }
         let backends = Backends {
             mongodb_uri,
             mongodb_database_prefix,
@@ -307,6 +356,7 @@ impl Settings {
             idempotency_retention_hours,
             cache_entries,
             backends,
+            auth,
         })
     }
 
@@ -321,6 +371,10 @@ impl Settings {
             idempotency_retention_hours: 24,
             cache_entries: 10_000,
             backends: Backends::default(),
+            auth: crate::auth::AuthSettings {
+                dev_secret: Some(crate::auth::TEST_SECRET.to_owned()),
+                ..crate::auth::AuthSettings::default()
+            },
         }
     }
 }

@@ -199,34 +199,6 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for Path<T>
     }
 }
 
-/// Who is acting. Until authentication lands (issue 5) it is the `X-Libertum-Actor` header,
-/// recorded on every event, or `anonymous`.
-pub struct Actor(pub String);
-
-impl<S: Send + Sync> FromRequestParts<S> for Actor {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        match parts.headers.get("x-libertum-actor") {
-            None => Ok(Actor("anonymous".into())),
-            Some(v) => v
-                .to_str()
-                .ok()
-                .filter(|a| {
-                    !a.is_empty() && a.len() <= 100 && a.bytes().all(|b| b.is_ascii_graphic())
-                })
-                .map(|a| Actor(a.to_owned()))
-                .ok_or_else(|| {
-                    ApiError::bad_request(
-                        "invalid_actor",
-                        "X-Libertum-Actor must be 1-100 visible ASCII characters",
-                    )
-                    .at("X-Libertum-Actor")
-                }),
-        }
-    }
-}
-
 /// A page request: `limit` (1-200, default 50) and an opaque `cursor` from the previous page.
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]

@@ -1,6 +1,7 @@
 //! What every service's HTTP side shares: problem+json errors, strict JSON and query extractors,
 //! idempotency keys and ETags, request metrics, health endpoints, configuration, logs, shutdown.
 
+pub mod auth;
 pub mod config;
 mod error;
 pub mod extract;

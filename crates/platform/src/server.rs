@@ -1,6 +1,6 @@
 //! The middleware stack every service's router gets, and serving with graceful shutdown.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use axum::{
     Router,
@@ -15,7 +15,7 @@ use tower_http::{
     trace::{DefaultOnRequest, TraceLayer},
 };
 
-use crate::{ApiError, error::InternalCause, extract::MAX_BODY, http_metrics};
+use crate::{ApiError, auth::Authenticator, error::InternalCause, extract::MAX_BODY, http_metrics};
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -91,9 +91,22 @@ pub async fn shutdown_signal() {
     tracing::info!("shutdown signal received; draining");
 }
 
-/// A service's routes with its health endpoints, `/metrics` and the middleware stack.
-pub fn service_router(routes: Router, probes: Vec<crate::health::Probe>) -> Router {
-    stack(routes.merge(crate::health::routes(probes)))
+/// Requires a valid bearer token on every route of `routes` (see [`crate::auth`]).
+pub fn protect(routes: Router, auth: Arc<Authenticator>) -> Router {
+    routes.layer(middleware::from_fn_with_state(
+        auth,
+        crate::auth::authenticate,
+    ))
+}
+
+/// A service's routes, behind authentication, with its anonymous health endpoints, `/metrics`
+/// and the middleware stack.
+pub fn service_router(
+    routes: Router,
+    probes: Vec<crate::health::Probe>,
+    auth: Arc<Authenticator>,
+) -> Router {
+    stack(protect(routes, auth).merge(crate::health::routes(probes)))
 }
 
 /// Serves one service on `settings.http_addr`: its routes, health over `probes`, `/metrics`,
@@ -104,7 +117,7 @@ pub async fn serve_alone(
     routes: Router,
     probes: Vec<crate::health::Probe>,
 ) -> std::io::Result<()> {
-    let router = service_router(routes, probes);
+    let router = service_router(routes, probes, crate::auth::authenticator(settings)?);
     let listener = TcpListener::bind(settings.http_addr).await?;
     tracing::info!(service = name, addr = %listener.local_addr()?, "listening");
     serve(listener, router, shutdown_signal()).await

@@ -3,8 +3,54 @@
 
 pub mod servers;
 
-use reqwest::{Client, RequestBuilder, StatusCode, header::HeaderMap};
+use std::{sync::Arc, time::Duration};
+
+use libertum_platform::auth::{
+    Authenticator, DEV_AUDIENCE, DEV_ISSUER, DevSigner, Role, TEST_SECRET,
+};
+use reqwest::{
+    Client, RequestBuilder, StatusCode,
+    header::{AUTHORIZATION, HeaderMap, HeaderValue},
+};
 use serde_json::Value;
+
+/// What the services check in tests: the development signer with [`TEST_SECRET`], as
+/// `Settings::for_test` configures it.
+pub fn authenticator() -> Arc<Authenticator> {
+    Arc::new(Authenticator::development(
+        TEST_SECRET.as_bytes(),
+        DEV_ISSUER,
+        DEV_AUDIENCE,
+    ))
+}
+
+/// The signer of test tokens.
+pub fn signer() -> DevSigner {
+    DevSigner::new(TEST_SECRET.as_bytes(), DEV_ISSUER, DEV_AUDIENCE)
+}
+
+/// A test token for `roles` (and `investor`, for the investor role), valid for an hour.
+pub fn token(roles: &[Role], investor: Option<&str>) -> String {
+    let subject = match investor {
+        Some(investor) => format!("user-{investor}"),
+        None => format!("user-{}", roles.first().map_or("nobody", |r| r.as_str())),
+    };
+    signer().token(&subject, roles, investor, Duration::from_secs(3600))
+}
+
+/// An HTTP client that sends a platform admin's token with every request unless the request
+/// sets its own `Authorization`.
+pub fn client() -> Client {
+    let mut headers = HeaderMap::new();
+    let bearer = format!("Bearer {}", token(&[Role::PlatformAdmin], None));
+    if let Ok(value) = HeaderValue::from_str(&bearer) {
+        headers.insert(AUTHORIZATION, value);
+    }
+    Client::builder()
+        .default_headers(headers)
+        .build()
+        .unwrap_or_default()
+}
 
 /// Serves `router` in the background on 127.0.0.1, on a port the system picks; returns its base
 /// URL, `http://127.0.0.1:<port>`.
@@ -85,7 +131,8 @@ pub async fn send(request: RequestBuilder) -> Reply {
 pub struct Http {
     /// `http://127.0.0.1:<port>`.
     pub base: String,
-    /// For requests built by hand; named so that `server.http` reads as before.
+    /// For requests built by hand; named so that `server.http` reads as before. It sends a
+    /// platform admin's token unless a request sets its own.
     pub http: Client,
 }
 
@@ -94,7 +141,7 @@ impl Http {
     pub fn new(base: String) -> Self {
         Self {
             base,
-            http: Client::new(),
+            http: client(),
         }
     }
 

@@ -9,7 +9,8 @@ use bytes::Bytes;
 use libertum_domain::{Amount, Country, Currency, Id, asset};
 use libertum_platform::{
     ApiError, Problem,
-    extract::{Actor, IfMatch, Json, Path, Posted, Query, cursor_position, etag, page_limit},
+    auth::{Operation, Principal},
+    extract::{IfMatch, Json, Path, Posted, Query, cursor_position, etag, page_limit},
     into_response, json_reply,
 };
 use libertum_store::{Engine, Submission};
@@ -299,9 +300,11 @@ async fn run(
     responses((status = 201, body = AssetView), (status = 422, body = Problem, content_type = "application/problem+json")))]
 async fn register(
     State(engine): State<AppState>,
-    Actor(actor): Actor,
+    principal: Principal,
     posted: Posted<AssetForCreate>,
 ) -> Result<Response, ApiError> {
+    principal.allow(Operation::AssetRegister)?;
+    let actor = principal.subject;
     let b = posted.body;
     let profile = asset::profile(
         &b.name,
@@ -330,8 +333,10 @@ async fn register(
     responses((status = 200, body = AssetPage), (status = 400, body = Problem, content_type = "application/problem+json")))]
 async fn list(
     State(engine): State<AppState>,
+    principal: Principal,
     Query(q): Query<ListQuery>,
 ) -> Result<axum::Json<AssetPage>, ApiError> {
+    principal.allow(Operation::AssetRead)?;
     let limit = page_limit(q.limit)?;
     let after = cursor_position(q.cursor.as_deref())?;
     let filter = asset::Filter {
@@ -352,8 +357,10 @@ async fn list(
     responses((status = 200, body = AssetView, headers(("ETag" = String))), (status = 404, body = Problem, content_type = "application/problem+json")))]
 async fn get_one(
     State(engine): State<AppState>,
+    principal: Principal,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
+    principal.allow(Operation::AssetRead)?;
     let key = cache_key(&id);
     let cache = engine.cache().cloned();
     if let Some(cache) = &cache
@@ -402,11 +409,13 @@ fn cached_response(value: Bytes) -> Response {
         (status = 412, body = Problem, content_type = "application/problem+json"), (status = 428, body = Problem, content_type = "application/problem+json")))]
 async fn update(
     State(engine): State<AppState>,
-    Actor(actor): Actor,
+    principal: Principal,
     Path(id): Path<String>,
     IfMatch(version): IfMatch,
     Json(b): Json<AssetForUpdate>,
 ) -> Result<Response, ApiError> {
+    principal.allow(Operation::AssetUpdate)?;
+    let actor = principal.subject;
     let current = {
         let state = engine.read().await;
         state.0.get(&id).map(|a| a.profile.clone())
@@ -445,10 +454,12 @@ async fn update(
     responses((status = 201, body = AssetView), (status = 409, body = Problem, content_type = "application/problem+json"), (status = 422, body = Problem, content_type = "application/problem+json")))]
 async fn add_document(
     State(engine): State<AppState>,
-    Actor(actor): Actor,
+    principal: Principal,
     Path(id): Path<String>,
     posted: Posted<DocumentForCreate>,
 ) -> Result<Response, ApiError> {
+    principal.allow(Operation::AssetDocumentAdd)?;
+    let actor = principal.subject;
     let b = posted.body;
     let id = Id::from(id);
     let document = asset::DocumentForCreate {
@@ -480,10 +491,12 @@ async fn add_document(
     responses((status = 201, body = AssetView), (status = 409, body = Problem, content_type = "application/problem+json"), (status = 422, body = Problem, content_type = "application/problem+json")))]
 async fn add_valuation(
     State(engine): State<AppState>,
-    Actor(actor): Actor,
+    principal: Principal,
     Path(id): Path<String>,
     posted: Posted<ValuationForCreate>,
 ) -> Result<Response, ApiError> {
+    principal.allow(Operation::AssetValuationAdd)?;
+    let actor = principal.subject;
     let b = posted.body;
     let id = Id::from(id);
     let valuation = asset::ValuationForCreate {
@@ -513,10 +526,15 @@ async fn add_valuation(
     responses((status = 200, body = AssetView), (status = 409, body = Problem, content_type = "application/problem+json")))]
 async fn transition(
     State(engine): State<AppState>,
-    Actor(actor): Actor,
+    principal: Principal,
     Path(id): Path<String>,
     posted: Posted<TransitionRequest>,
 ) -> Result<Response, ApiError> {
+    principal.allow(match posted.body.action {
+        asset::Action::Submit | asset::Action::Reopen => Operation::AssetSubmit,
+        _ => Operation::AssetReview,
+    })?;
+    let actor = principal.subject;
     let b = posted.body;
     let id = Id::from(id);
     let command = asset::Command::Transition {

@@ -158,24 +158,23 @@ async fn keys_are_scoped_to_the_path_and_must_be_visible_ascii() {
 }
 
 #[tokio::test]
-async fn the_actor_header_is_recorded_and_checked() {
+async fn the_token_subject_is_recorded_as_the_actor() {
     let s = spawn().await;
     let id = s.register(&asset("House", "real_estate", "Berlin")).await;
+    let token = libertum_testkit::signer().token(
+        "manager-7",
+        &[libertum_platform::auth::Role::AssetManager],
+        None,
+        std::time::Duration::from_secs(60),
+    );
     let reply = send(
         s.http
             .post(s.url(&format!("/v1/assets/{id}/transitions")))
-            .header("x-libertum-actor", "")
+            .bearer_auth(token)
             .json(&json!({"action": "submit"})),
     )
     .await;
-    reply.problem(400, "invalid_actor", Some("X-Libertum-Actor"));
-    let reply = s
-        .post(
-            &format!("/v1/assets/{id}/transitions"),
-            &json!({"action": "submit"}),
-        )
-        .await;
-    assert_eq!(reply.ok(200)["history"][0]["actor"], "anonymous");
+    assert_eq!(reply.ok(200)["history"][0]["actor"], "manager-7");
 }
 
 #[tokio::test]

@@ -14,7 +14,12 @@ async fn move_by(s: &Server, id: &str, body: Value) -> common::Reply {
     common::send(
         s.http
             .post(s.url(&format!("/v1/assets/{id}/transitions")))
-            .header("x-libertum-actor", "reviewer-1")
+            .bearer_auth(libertum_testkit::signer().token(
+                "reviewer-1",
+                &[libertum_platform::auth::Role::PlatformAdmin],
+                None,
+                std::time::Duration::from_secs(60),
+            ))
             .json(&body),
     )
     .await
@@ -217,7 +222,12 @@ async fn documents_are_checked_and_only_drafts_take_them() {
     let reply = common::send(
         s.http
             .post(s.url(&path))
-            .header("x-libertum-actor", "clerk")
+            .bearer_auth(libertum_testkit::signer().token(
+                "clerk",
+                &[libertum_platform::auth::Role::AssetManager],
+                None,
+                std::time::Duration::from_secs(60),
+            ))
             .json(&document()),
     )
     .await;

@@ -7,6 +7,7 @@ use libertum_domain::{
 };
 use libertum_platform::{
     ApiError, Problem,
+    auth::{Operation, Principal},
     extract::{Path, Query, cursor_position, page_limit},
 };
 use libertum_store::{Engine, EventStore};
@@ -125,8 +126,10 @@ fn parse_time(field: &str, value: Option<&str>) -> Result<Option<Timestamp>, Api
     responses((status = 200, body = EntryPage), (status = 422, body = Problem, content_type = JSON_PROBLEM)))]
 async fn list_entries(
     State(app): State<AppState>,
+    principal: Principal,
     Query(q): Query<EntryQuery>,
 ) -> Result<axum::Json<EntryPage>, ApiError> {
+    principal.allow(Operation::LedgerRead)?;
     let limit = page_limit(q.limit)?;
     let after = cursor_position(q.cursor.as_deref())? as usize;
     let from = parse_time("from", q.from.as_deref())?;
@@ -164,8 +167,10 @@ async fn list_entries(
     responses((status = 200, body = EntryView), (status = 404, body = Problem, content_type = JSON_PROBLEM)))]
 async fn get_entry(
     State(app): State<AppState>,
+    principal: Principal,
     Path(seq): Path<u64>,
 ) -> Result<axum::Json<EntryView>, ApiError> {
+    principal.allow(Operation::LedgerRead)?;
     let state = app.engine.read().await;
     seq.checked_sub(1)
         .and_then(|i| state.entries.get(i as usize))
@@ -182,9 +187,13 @@ pub struct Head {
 
 /// The chain head.
 #[utoipa::path(get, path = "/head", tag = "ledger", responses((status = 200, body = Head)))]
-async fn head(State(app): State<AppState>) -> axum::Json<Head> {
+async fn head(
+    State(app): State<AppState>,
+    principal: Principal,
+) -> Result<axum::Json<Head>, ApiError> {
+    principal.allow(Operation::LedgerRead)?;
     let (seq, hash) = app.engine.read().await.journal.head();
-    axum::Json(Head { seq, hash })
+    Ok(axum::Json(Head { seq, hash }))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -228,9 +237,14 @@ fn as_of(seq: Option<u64>, at: Option<Timestamp>) -> Result<AsOf, ApiError> {
     responses((status = 200, body = BalanceView), (status = 422, body = Problem, content_type = JSON_PROBLEM)))]
 async fn balance(
     State(app): State<AppState>,
+    principal: Principal,
     Path(account): Path<String>,
     Query(q): Query<BalanceQuery>,
 ) -> Result<axum::Json<BalanceView>, ApiError> {
+    match account.strip_prefix("investor:") {
+        Some(investor) => principal.allow_own(Operation::BalanceRead, investor)?,
+        None => principal.allow(Operation::BalanceRead)?,
+    }
     let at = parse_time("as_of", q.as_of.as_deref())?;
     let point = as_of(q.as_of_seq, at)?;
     let state = app.engine.read().await;
@@ -273,9 +287,11 @@ pub struct LedgerCapTable {
     responses((status = 200, body = LedgerCapTable), (status = 422, body = Problem, content_type = JSON_PROBLEM)))]
 async fn cap_table(
     State(app): State<AppState>,
+    principal: Principal,
     Path(token_id): Path<String>,
     Query(q): Query<CapTableQuery>,
 ) -> Result<axum::Json<LedgerCapTable>, ApiError> {
+    principal.allow(Operation::LedgerRead)?;
     let at = parse_time("as_of", q.as_of.as_deref())?;
     let point = as_of(q.as_of_seq, at)?;
     let state = app.engine.read().await;
@@ -319,7 +335,9 @@ pub struct VerificationView {
 #[utoipa::path(get, path = "/verification", tag = "ledger", responses((status = 200, body = VerificationView)))]
 async fn verify(
     State(app): State<AppState>,
+    principal: Principal,
 ) -> Result<(StatusCode, axum::Json<VerificationView>), ApiError> {
+    principal.allow(Operation::LedgerVerify)?;
     let view = verify_store(app.engine.store().as_ref()).await?;
     Ok((StatusCode::OK, axum::Json(view)))
 }

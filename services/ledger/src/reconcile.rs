@@ -3,9 +3,16 @@
 
 use std::time::Duration;
 
-use axum::extract::State;
+use axum::{
+    extract::State,
+    http::{HeaderMap, HeaderValue, header},
+};
 use libertum_domain::{Amount, ledger::AsOf};
-use libertum_platform::{ApiError, extract::Query};
+use libertum_platform::{
+    ApiError,
+    auth::{Operation, Principal},
+    extract::Query,
+};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -87,11 +94,19 @@ fn encode(s: &str) -> String {
         .collect()
 }
 
-async fn get<T: serde::de::DeserializeOwned>(app: &AppState, path: &str) -> Result<T, ApiError> {
+/// GETs `path` from the tokens service on behalf of the caller, with the caller's own token: the
+/// ledger gains no rights of its own there.
+async fn get<T: serde::de::DeserializeOwned>(
+    app: &AppState,
+    path: &str,
+    caller: Option<&HeaderValue>,
+) -> Result<T, ApiError> {
     let url = format!("{}{path}", app.tokens_url);
-    let response = app
-        .http
-        .get(&url)
+    let mut request = app.http.get(&url);
+    if let Some(authorization) = caller {
+        request = request.header(header::AUTHORIZATION, authorization);
+    }
+    let response = request
         .timeout(Duration::from_secs(10))
         .send()
         .await
@@ -116,8 +131,12 @@ async fn get<T: serde::de::DeserializeOwned>(app: &AppState, path: &str) -> Resu
     responses((status = 200, body = Reconciliation), (status = 503, body = libertum_platform::Problem, content_type = "application/problem+json")))]
 pub async fn reconcile(
     State(app): State<AppState>,
+    principal: Principal,
+    headers: HeaderMap,
     Query(q): Query<ReconcileQuery>,
 ) -> Result<axum::Json<Reconciliation>, ApiError> {
+    principal.allow(Operation::LedgerVerify)?;
+    let caller = headers.get(header::AUTHORIZATION);
     let ids = match q.token_id {
         Some(id) => vec![id],
         None => {
@@ -128,7 +147,7 @@ pub async fn reconcile(
                     Some(c) => format!("/v1/tokens?limit=200&cursor={}", encode(c)),
                     None => "/v1/tokens?limit=200".to_owned(),
                 };
-                let page: TokenPage = get(&app, &path).await?;
+                let page: TokenPage = get(&app, &path, caller).await?;
                 ids.extend(page.items.into_iter().map(|t| t.id));
                 match page.next_cursor {
                     Some(c) => cursor = Some(c),
@@ -140,7 +159,7 @@ pub async fn reconcile(
     };
     let mut tokens = Vec::with_capacity(ids.len());
     for id in ids {
-        tokens.push(reconcile_one(&app, &id).await?);
+        tokens.push(reconcile_one(&app, &id, caller).await?);
     }
     Ok(axum::Json(Reconciliation {
         matched: tokens.iter().all(|t| t.status == "matched"),
@@ -148,8 +167,17 @@ pub async fn reconcile(
     }))
 }
 
-async fn reconcile_one(app: &AppState, token_id: &str) -> Result<TokenReconciliation, ApiError> {
-    let theirs: CapTable = get(app, &format!("/v1/tokens/{}/holders", encode(token_id))).await?;
+async fn reconcile_one(
+    app: &AppState,
+    token_id: &str,
+    caller: Option<&HeaderValue>,
+) -> Result<TokenReconciliation, ApiError> {
+    let theirs: CapTable = get(
+        app,
+        &format!("/v1/tokens/{}/holders", encode(token_id)),
+        caller,
+    )
+    .await?;
     let version = theirs.version.unwrap_or(0);
     let deadline = tokio::time::Instant::now() + CATCH_UP;
     loop {

@@ -8,7 +8,8 @@ use axum::{
 use libertum_domain::{Id, Timestamp, token};
 use libertum_platform::{
     ApiError, Problem,
-    extract::{Actor, IfMatch, Json, PageQuery, Path, Posted, Query, etag},
+    auth::{Operation, Principal},
+    extract::{IfMatch, Json, PageQuery, Path, Posted, Query, etag},
     into_response, json_reply,
 };
 use libertum_store::{Engine, Submission};
@@ -138,9 +139,11 @@ const JSON_PROBLEM: &str = "application/problem+json";
     responses((status = 201, body = TokenView), (status = 409, body = Problem, content_type = JSON_PROBLEM), (status = 422, body = Problem, content_type = JSON_PROBLEM)))]
 async fn create_token(
     State(engine): State<AppState>,
-    Actor(actor): Actor,
+    principal: Principal,
     posted: Posted<TokenForCreate>,
 ) -> Result<Response, ApiError> {
+    principal.allow(Operation::TokenCreate)?;
+    let actor = principal.subject;
     let b = posted.body;
     let id = new_id("tok");
     let spec = token::TokenSpec {
@@ -168,8 +171,10 @@ async fn create_token(
 #[utoipa::path(get, path = "", tag = "tokens", params(PageQuery), responses((status = 200, body = Page<TokenView>)))]
 async fn list_tokens(
     State(engine): State<AppState>,
+    principal: Principal,
     Query(q): Query<PageQuery>,
 ) -> Result<axum::Json<Page<TokenView>>, ApiError> {
+    principal.allow(Operation::TokenRead)?;
     let (limit, after) = (q.limit()?, q.position()? as usize);
     let state = engine.read().await;
     let items: Vec<TokenView> = state
@@ -199,8 +204,10 @@ fn with_etag(mut response: Response, version: u64) -> Response {
     responses((status = 200, body = TokenView), (status = 404, body = Problem, content_type = JSON_PROBLEM)))]
 async fn get_token(
     State(engine): State<AppState>,
+    principal: Principal,
     Path(token_id): Path<String>,
 ) -> Result<Response, ApiError> {
+    principal.allow(Operation::TokenRead)?;
     let state = engine.read().await;
     let t = state
         .0
@@ -222,11 +229,13 @@ fn token_not_found(id: &str) -> ApiError {
     responses((status = 200, body = TokenView), (status = 412, body = Problem, content_type = JSON_PROBLEM), (status = 428, body = Problem, content_type = JSON_PROBLEM)))]
 async fn update_rules(
     State(engine): State<AppState>,
-    Actor(actor): Actor,
+    principal: Principal,
     Path(token_id): Path<String>,
     IfMatch(version): IfMatch,
     Json(rules): Json<RulesDto>,
 ) -> Result<Response, ApiError> {
+    principal.allow(Operation::TokenRulesUpdate)?;
+    let actor = principal.subject;
     let id = Id::from(token_id);
     let command = token::Command::UpdateRules {
         token_id: id.clone(),
@@ -249,9 +258,11 @@ async fn update_rules(
     responses((status = 201, body = InvestorView), (status = 422, body = Problem, content_type = JSON_PROBLEM)))]
 async fn register_investor(
     State(engine): State<AppState>,
-    Actor(actor): Actor,
+    principal: Principal,
     posted: Posted<InvestorForCreate>,
 ) -> Result<Response, ApiError> {
+    principal.allow(Operation::InvestorRegister)?;
+    let actor = principal.subject;
     let b = posted.body;
     let id = new_id("inv");
     let profile = token::InvestorProfile {
@@ -279,8 +290,10 @@ async fn register_investor(
 #[utoipa::path(get, path = "/investors", tag = "investors", params(PageQuery), responses((status = 200, body = Page<InvestorView>)))]
 async fn list_investors(
     State(engine): State<AppState>,
+    principal: Principal,
     Query(q): Query<PageQuery>,
 ) -> Result<axum::Json<Page<InvestorView>>, ApiError> {
+    principal.allow(Operation::InvestorList)?;
     let (limit, after) = (q.limit()?, q.position()? as usize);
     let state = engine.read().await;
     let items: Vec<InvestorView> = state
@@ -307,8 +320,10 @@ async fn list_investors(
     responses((status = 200, body = InvestorView), (status = 404, body = Problem, content_type = JSON_PROBLEM)))]
 async fn get_investor(
     State(engine): State<AppState>,
+    principal: Principal,
     Path(investor_id): Path<String>,
 ) -> Result<Response, ApiError> {
+    principal.allow_own(Operation::InvestorRead, &investor_id)?;
     let state = engine.read().await;
     let i = state.0.investor(&investor_id).ok_or_else(|| {
         ApiError::not_found(
@@ -328,11 +343,13 @@ async fn get_investor(
     responses((status = 200, body = InvestorView), (status = 412, body = Problem, content_type = JSON_PROBLEM), (status = 428, body = Problem, content_type = JSON_PROBLEM)))]
 async fn update_investor(
     State(engine): State<AppState>,
-    Actor(actor): Actor,
+    principal: Principal,
     Path(investor_id): Path<String>,
     IfMatch(version): IfMatch,
     Json(b): Json<InvestorForUpdate>,
 ) -> Result<Response, ApiError> {
+    principal.allow(Operation::InvestorUpdate)?;
+    let actor = principal.subject;
     let current = {
         let state = engine.read().await;
         state.0.investor(&investor_id).map(|i| i.profile.clone())
@@ -375,10 +392,12 @@ async fn update_investor(
     responses((status = 200, body = OperationResult), (status = 409, body = Problem, content_type = JSON_PROBLEM, description = "refused by a compliance rule; `code` names it")))]
 async fn issue(
     State(engine): State<AppState>,
-    Actor(actor): Actor,
+    principal: Principal,
     Path(token_id): Path<String>,
     posted: Posted<IssueRequest>,
 ) -> Result<Response, ApiError> {
+    principal.allow(Operation::Issue)?;
+    let actor = principal.subject;
     let b = posted.body;
     operate_one(
         &engine,
@@ -399,10 +418,12 @@ async fn issue(
     responses((status = 200, body = OperationResult), (status = 409, body = Problem, content_type = JSON_PROBLEM, description = "refused by a compliance rule; `code` names it")))]
 async fn transfer(
     State(engine): State<AppState>,
-    Actor(actor): Actor,
+    principal: Principal,
     Path(token_id): Path<String>,
     posted: Posted<TransferRequest>,
 ) -> Result<Response, ApiError> {
+    principal.allow_own(Operation::Transfer, &posted.body.from)?;
+    let actor = principal.subject;
     let b = posted.body;
     operate_one(
         &engine,
@@ -424,10 +445,12 @@ async fn transfer(
     responses((status = 200, body = TransferCheck), (status = 404, body = Problem, content_type = JSON_PROBLEM)))]
 async fn check_transfer(
     State(engine): State<AppState>,
-    Actor(actor): Actor,
+    principal: Principal,
     Path(token_id): Path<String>,
     Json(b): Json<TransferRequest>,
 ) -> Result<axum::Json<TransferCheck>, ApiError> {
+    principal.allow_own(Operation::TransferCheck, &b.from)?;
+    let actor = principal.subject;
     let command = op(
         &token_id,
         token::Operation::Transfer {
@@ -464,10 +487,12 @@ async fn check_transfer(
     responses((status = 200, body = OperationResult), (status = 409, body = Problem, content_type = JSON_PROBLEM)))]
 async fn redeem(
     State(engine): State<AppState>,
-    Actor(actor): Actor,
+    principal: Principal,
     Path(token_id): Path<String>,
     posted: Posted<RedeemRequest>,
 ) -> Result<Response, ApiError> {
+    principal.allow(Operation::Redeem)?;
+    let actor = principal.subject;
     let b = posted.body;
     operate_one(
         &engine,
@@ -488,10 +513,12 @@ async fn redeem(
     responses((status = 200, body = OperationResult), (status = 409, body = Problem, content_type = JSON_PROBLEM)))]
 async fn forced_transfer(
     State(engine): State<AppState>,
-    Actor(actor): Actor,
+    principal: Principal,
     Path(token_id): Path<String>,
     posted: Posted<ForcedTransferRequest>,
 ) -> Result<Response, ApiError> {
+    principal.allow(Operation::ForcedTransfer)?;
+    let actor = principal.subject;
     let b = posted.body;
     operate_one(
         &engine,
@@ -514,10 +541,12 @@ async fn forced_transfer(
     responses((status = 200, body = OperationResult), (status = 409, body = Problem, content_type = JSON_PROBLEM)))]
 async fn freeze(
     State(engine): State<AppState>,
-    Actor(actor): Actor,
+    principal: Principal,
     Path(token_id): Path<String>,
     posted: Posted<FreezeRequest>,
 ) -> Result<Response, ApiError> {
+    principal.allow(Operation::Freeze)?;
+    let actor = principal.subject;
     let b = posted.body;
     let investor_id = Id::from(b.investor_id);
     let operation = match b.amount {
@@ -536,10 +565,12 @@ async fn freeze(
     responses((status = 200, body = OperationResult), (status = 409, body = Problem, content_type = JSON_PROBLEM)))]
 async fn unfreeze(
     State(engine): State<AppState>,
-    Actor(actor): Actor,
+    principal: Principal,
     Path(token_id): Path<String>,
     posted: Posted<FreezeRequest>,
 ) -> Result<Response, ApiError> {
+    principal.allow(Operation::Freeze)?;
+    let actor = principal.subject;
     let b = posted.body;
     let investor_id = Id::from(b.investor_id);
     let operation = match b.amount {
@@ -558,10 +589,12 @@ async fn unfreeze(
     responses((status = 200, body = OperationResult), (status = 409, body = Problem, content_type = JSON_PROBLEM)))]
 async fn pause(
     State(engine): State<AppState>,
-    Actor(actor): Actor,
+    principal: Principal,
     Path(token_id): Path<String>,
     posted: Posted<Empty>,
 ) -> Result<Response, ApiError> {
+    principal.allow(Operation::Pause)?;
+    let actor = principal.subject;
     operate_one(
         &engine,
         actor,
@@ -578,10 +611,12 @@ async fn pause(
     responses((status = 200, body = OperationResult), (status = 409, body = Problem, content_type = JSON_PROBLEM)))]
 async fn unpause(
     State(engine): State<AppState>,
-    Actor(actor): Actor,
+    principal: Principal,
     Path(token_id): Path<String>,
     posted: Posted<Empty>,
 ) -> Result<Response, ApiError> {
+    principal.allow(Operation::Pause)?;
+    let actor = principal.subject;
     operate_one(
         &engine,
         actor,
@@ -598,10 +633,12 @@ async fn unpause(
     responses((status = 200, body = OperationResult), (status = 409, body = Problem, content_type = JSON_PROBLEM)))]
 async fn batch(
     State(engine): State<AppState>,
-    Actor(actor): Actor,
+    principal: Principal,
     Path(token_id): Path<String>,
     posted: Posted<BatchRequest>,
 ) -> Result<Response, ApiError> {
+    principal.allow(Operation::Batch)?;
+    let actor = principal.subject;
     let command = token::Command::Batch {
         token_id: Id::from(token_id.as_str()),
         operations: posted.body.operations,
@@ -621,9 +658,11 @@ pub struct AsOfQuery {
     responses((status = 200, body = CapTable), (status = 404, body = Problem, content_type = JSON_PROBLEM)))]
 async fn holders(
     State(engine): State<AppState>,
+    principal: Principal,
     Path(token_id): Path<String>,
     Query(q): Query<AsOfQuery>,
 ) -> Result<axum::Json<CapTable>, ApiError> {
+    principal.allow(Operation::HoldersList)?;
     let as_of = q
         .as_of
         .map(|s| Timestamp::parse(&s, &time::format_description::well_known::Rfc3339))
@@ -694,8 +733,10 @@ async fn holders(
     responses((status = 200, body = HoldingView), (status = 404, body = Problem, content_type = JSON_PROBLEM)))]
 async fn holding(
     State(engine): State<AppState>,
+    principal: Principal,
     Path((token_id, investor_id)): Path<(String, String)>,
 ) -> Result<axum::Json<HoldingView>, ApiError> {
+    principal.allow_own(Operation::HoldingRead, &investor_id)?;
     let now = time::OffsetDateTime::now_utc();
     let state = engine.read().await;
     let token = state
@@ -729,10 +770,12 @@ async fn holding(
     responses((status = 201, body = DistributionView), (status = 409, body = Problem, content_type = JSON_PROBLEM), (status = 422, body = Problem, content_type = JSON_PROBLEM)))]
 async fn distribute(
     State(engine): State<AppState>,
-    Actor(actor): Actor,
+    principal: Principal,
     Path(token_id): Path<String>,
     posted: Posted<DistributionRequest>,
 ) -> Result<Response, ApiError> {
+    principal.allow(Operation::Distribute)?;
+    let actor = principal.subject;
     let b = posted.body;
     let distribution = token::DistributionSpec {
         id: new_id("dst"),
@@ -764,9 +807,11 @@ async fn distribute(
     responses((status = 200, body = Page<DistributionView>), (status = 404, body = Problem, content_type = JSON_PROBLEM)))]
 async fn list_distributions(
     State(engine): State<AppState>,
+    principal: Principal,
     Path(token_id): Path<String>,
     Query(q): Query<PageQuery>,
 ) -> Result<axum::Json<Page<DistributionView>>, ApiError> {
+    principal.allow(Operation::DistributionsList)?;
     let (limit, after) = (q.limit()?, q.position()? as usize);
     let state = engine.read().await;
     state

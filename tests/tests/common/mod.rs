@@ -65,7 +65,7 @@ impl Product {
         });
         Product {
             routes: vec![("/", base)],
-            http: Client::new(),
+            http: libertum_testkit::client(),
             patience: Duration::from_secs(5),
             stop: Some(stop),
             task: Some(task),
@@ -99,6 +99,10 @@ impl Product {
                 )
                 .env("LIBERTUM_LOG_FORMAT", "text")
                 .env("LIBERTUM_TOKENS_URL", &tokens_url)
+                .env(
+                    "LIBERTUM_AUTH_DEV_SECRET",
+                    libertum_platform::auth::TEST_SECRET,
+                )
                 .env("LIBERTUM_KAFKA_BROKERS", &backends.kafka_brokers)
                 .env("LIBERTUM_MONGODB_URI", &backends.mongodb_uri)
                 .env(
@@ -122,7 +126,7 @@ impl Product {
         }
         let mut product = Product {
             routes,
-            http: Client::new(),
+            http: libertum_testkit::client(),
             // A restarted consumer waits for the broker to notice its predecessor left the group
             // (the session timeout) before it gets its partitions back.
             patience: Duration::from_secs(60),

@@ -38,7 +38,11 @@ pub async fn spawn() -> Server {
     let (router, _) = utoipa_axum::router::OpenApiRouter::new()
         .nest("/v1/assets", assets.router())
         .split_for_parts();
-    let router = libertum_platform::server::service_router(router, assets.probes());
+    let router = libertum_platform::server::service_router(
+        router,
+        assets.probes(),
+        libertum_testkit::authenticator(),
+    );
     Server {
         api: Http::new(libertum_testkit::serve(router).await),
         assets,

@@ -34,7 +34,11 @@ pub async fn spawn() -> Server {
     let (router, _) = utoipa_axum::router::OpenApiRouter::new()
         .nest("/v1/ledger", ledger.router())
         .split_for_parts();
-    let router = libertum_platform::server::service_router(router, ledger.probes());
+    let router = libertum_platform::server::service_router(
+        router,
+        ledger.probes(),
+        libertum_testkit::authenticator(),
+    );
     Server {
         api: Http::new(libertum_testkit::serve(router).await),
         ledger,

@@ -39,7 +39,11 @@ pub async fn spawn() -> Server {
     let (router, _) = utoipa_axum::router::OpenApiRouter::new()
         .nest("/v1/tokens", tokens.router())
         .split_for_parts();
-    let router = libertum_platform::server::service_router(router, tokens.probes());
+    let router = libertum_platform::server::service_router(
+        router,
+        tokens.probes(),
+        libertum_testkit::authenticator(),
+    );
     Server {
         api: Http::new(libertum_testkit::serve(router).await),
         tokens,

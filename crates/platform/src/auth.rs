@@ -1,0 +1,732 @@
+//! Who is calling, and what they may do.
+//!
+//! Authentication: OAuth 2.0 bearer tokens (JWT), checked for signature, issuer, audience, expiry
+//! and not-before. In production the keys come from the identity provider's JWKS endpoint
+//! (Microsoft Entra ID on Azure), cached and refetched when a token names a key the cache does
+//! not hold (rotation). For local runs and tests a development signer shares one HS256 secret
+//! with the `libertum token` command.
+//!
+//! Authorization: the matrix of [`Role`] x [`Operation`] in [`Operation::roles`] (written out in
+//! `docs/security.md`, which a test keeps equal to it), and, for an investor, only their own
+//! holdings ([`Principal::allow_own`]).
+
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use axum::{
+    extract::{FromRequestParts, Request, State},
+    http::{HeaderValue, StatusCode, header, request::Parts},
+    middleware::Next,
+    response::{IntoResponse, Response},
+};
+use jsonwebtoken::{
+    Algorithm, DecodingKey, EncodingKey, Header, Validation, decode, decode_header, encode,
+    errors::ErrorKind,
+    jwk::{AlgorithmParameters, JwkSet},
+};
+use serde::{Deserialize, Serialize};
+
+use crate::{ApiError, config::Settings};
+
+/// The development signer's secret in [`Settings::for_test`] and the test kit: never for a
+/// deployment, where `LIBERTUM_AUTH=jwks`.
+pub const TEST_SECRET: &str = "libertum-test-signing-secret-0123456789abcdef";
+
+/// What a principal is, as the `roles` claim names it (Entra ID app roles arrive there).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Everything.
+    PlatformAdmin,
+    /// Registers assets, documents and valuations, and submits them.
+    AssetManager,
+    /// Approves assets, verifies investors, sets rules, freezes and forces transfers.
+    ComplianceOfficer,
+    /// Creates token classes, issues, redeems, pauses and distributes.
+    TokenAgent,
+    /// Sees and moves only their own holdings (the `investor_id` claim).
+    Investor,
+    /// Reads the ledger and the registers, verifies the chain, writes nothing.
+    Auditor,
+}
+
+impl Role {
+    pub const ALL: [Role; 6] = [
+        Role::PlatformAdmin,
+        Role::AssetManager,
+        Role::ComplianceOfficer,
+        Role::TokenAgent,
+        Role::Investor,
+        Role::Auditor,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::PlatformAdmin => "platform_admin",
+            Role::AssetManager => "asset_manager",
+            Role::ComplianceOfficer => "compliance_officer",
+            Role::TokenAgent => "token_agent",
+            Role::Investor => "investor",
+            Role::Auditor => "auditor",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+}
+
+/// Every operation of the API, each allowed to the roles [`Operation::roles`] names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Operation {
+    AssetRegister,
+    AssetRead,
+    AssetUpdate,
+    AssetDocumentAdd,
+    AssetValuationAdd,
+    /// `submit` and `reopen`.
+    AssetSubmit,
+    /// `approve`, `reject`, `suspend`, `reactivate`, `retire`.
+    AssetReview,
+    TokenCreate,
+    TokenRead,
+    TokenRulesUpdate,
+    InvestorRegister,
+    InvestorList,
+    /// An investor may read their own record.
+    InvestorRead,
+    InvestorUpdate,
+    Issue,
+    /// An investor may move only their own holdings.
+    Transfer,
+    /// An investor may check only a transfer of their own holdings.
+    TransferCheck,
+    Redeem,
+    ForcedTransfer,
+    Freeze,
+    Pause,
+    Batch,
+    HoldersList,
+    /// An investor may read only their own holding.
+    HoldingRead,
+    Distribute,
+    DistributionsList,
+    LedgerRead,
+    /// An investor may read only their own account's balance.
+    BalanceRead,
+    LedgerVerify,
+}
+
+impl Operation {
+    pub const ALL: [Operation; 29] = [
+        Operation::AssetRegister,
+        Operation::AssetRead,
+        Operation::AssetUpdate,
+        Operation::AssetDocumentAdd,
+        Operation::AssetValuationAdd,
+        Operation::AssetSubmit,
+        Operation::AssetReview,
+        Operation::TokenCreate,
+        Operation::TokenRead,
+        Operation::TokenRulesUpdate,
+        Operation::InvestorRegister,
+        Operation::InvestorList,
+        Operation::InvestorRead,
+        Operation::InvestorUpdate,
+        Operation::Issue,
+        Operation::Transfer,
+        Operation::TransferCheck,
+        Operation::Redeem,
+        Operation::ForcedTransfer,
+        Operation::Freeze,
+        Operation::Pause,
+        Operation::Batch,
+        Operation::HoldersList,
+        Operation::HoldingRead,
+        Operation::Distribute,
+        Operation::DistributionsList,
+        Operation::LedgerRead,
+        Operation::BalanceRead,
+        Operation::LedgerVerify,
+    ];
+
+    /// The name in errors, logs and `docs/security.md`.
+    pub fn name(self) -> &'static str {
+        use Operation::*;
+        match self {
+            AssetRegister => "asset.register",
+            AssetRead => "asset.read",
+            AssetUpdate => "asset.update",
+            AssetDocumentAdd => "asset.document.add",
+            AssetValuationAdd => "asset.valuation.add",
+            AssetSubmit => "asset.submit",
+            AssetReview => "asset.review",
+            TokenCreate => "token.create",
+            TokenRead => "token.read",
+            TokenRulesUpdate => "token.rules.update",
+            InvestorRegister => "investor.register",
+            InvestorList => "investor.list",
+            InvestorRead => "investor.read",
+            InvestorUpdate => "investor.update",
+            Issue => "token.issue",
+            Transfer => "token.transfer",
+            TransferCheck => "token.transfer.check",
+            Redeem => "token.redeem",
+            ForcedTransfer => "token.forced_transfer",
+            Freeze => "token.freeze",
+            Pause => "token.pause",
+            Batch => "token.batch",
+            HoldersList => "token.holders.list",
+            HoldingRead => "token.holding.read",
+            Distribute => "token.distribute",
+            DistributionsList => "token.distributions.list",
+            LedgerRead => "ledger.read",
+            BalanceRead => "ledger.balance.read",
+            LedgerVerify => "ledger.verify",
+        }
+    }
+
+    /// Operations on one investor's holdings or record: an investor may perform them only on
+    /// their own ([`Principal::allow_own`]).
+    pub fn owned(self) -> bool {
+        use Operation::*;
+        matches!(
+            self,
+            InvestorRead | Transfer | TransferCheck | HoldingRead | BalanceRead
+        )
+    }
+
+    /// The matrix: who may perform this operation. [`Role::Investor`] here means "on their own
+    /// holdings" wherever the operation concerns one investor.
+    pub fn roles(self) -> &'static [Role] {
+        use Operation::*;
+        use Role::*;
+        const EVERYONE: &[Role] = &[
+            PlatformAdmin,
+            AssetManager,
+            ComplianceOfficer,
+            TokenAgent,
+            Investor,
+            Auditor,
+        ];
+        const STAFF_READERS: &[Role] = &[PlatformAdmin, ComplianceOfficer, TokenAgent, Auditor];
+        match self {
+            AssetRegister | AssetUpdate | AssetDocumentAdd | AssetValuationAdd | AssetSubmit => {
+                &[PlatformAdmin, AssetManager]
+            }
+            AssetRead | TokenRead => EVERYONE,
+            AssetReview | TokenRulesUpdate | InvestorRegister | InvestorUpdate | ForcedTransfer
+            | Freeze => &[PlatformAdmin, ComplianceOfficer],
+            TokenCreate | Issue | Redeem | Pause | Batch | Distribute => {
+                &[PlatformAdmin, TokenAgent]
+            }
+            InvestorList | HoldersList | DistributionsList | LedgerRead => STAFF_READERS,
+            InvestorRead | HoldingRead | BalanceRead => &[
+                PlatformAdmin,
+                ComplianceOfficer,
+                TokenAgent,
+                Auditor,
+                Investor,
+            ],
+            Transfer => &[PlatformAdmin, Investor],
+            TransferCheck => &[PlatformAdmin, ComplianceOfficer, TokenAgent, Investor],
+            LedgerVerify => &[PlatformAdmin, Auditor],
+        }
+    }
+}
+
+/// The authenticated caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// The token's `sub`: recorded as the actor of every event the request causes.
+    pub subject: String,
+    pub roles: Vec<Role>,
+    /// The investor this principal is (the `investor_id` claim), for the investor role.
+    pub investor: Option<String>,
+}
+
+impl Principal {
+    /// Allows `op` to any of the principal's roles the matrix names. On an operation that
+    /// concerns one investor ([`Operation::owned`]) the investor role counts only through
+    /// [`Principal::allow_own`].
+    pub fn allow(&self, op: Operation) -> Result<(), ApiError> {
+        if self
+            .roles
+            .iter()
+            .any(|r| op.roles().contains(r) && !(op.owned() && *r == Role::Investor))
+        {
+            Ok(())
+        } else {
+            Err(forbidden(op))
+        }
+    }
+
+    /// Allows `op` on investor `owner`'s holdings: to the staff roles the matrix names, and to
+    /// an investor only if `owner` is that investor.
+    pub fn allow_own(&self, op: Operation, owner: &str) -> Result<(), ApiError> {
+        let allowed = self.roles.iter().any(|r| {
+            op.roles().contains(r)
+                && (*r != Role::Investor || self.investor.as_deref() == Some(owner))
+        });
+        if allowed {
+            Ok(())
+        } else if self.roles.iter().any(|r| op.roles().contains(r)) {
+            Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "not_your_holding",
+                format!("{} is allowed on your own holdings only", op.name()),
+            ))
+        } else {
+            Err(forbidden(op))
+        }
+    }
+}
+
+fn forbidden(op: Operation) -> ApiError {
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        format!("your roles do not allow {}", op.name()),
+    )
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Principal {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        parts
+            .extensions
+            .get::<Principal>()
+            .cloned()
+            .ok_or_else(|| unauthorized(AuthError::Missing))
+    }
+}
+
+/// Why a request is not authenticated; each is a 401 with its own stable code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("this request needs an Authorization: Bearer token")]
+    Missing,
+    #[error("the bearer token has expired")]
+    Expired,
+    #[error("the bearer token is not valid yet (nbf)")]
+    NotYetValid,
+    #[error("the bearer token was issued for another audience")]
+    WrongAudience,
+    #[error("the bearer token was issued by an unknown issuer")]
+    WrongIssuer,
+    /// Bad signature, unknown key, wrong algorithm, malformed: told apart only in logs.
+    #[error("the bearer token is not valid")]
+    Invalid(String),
+    #[error("the identity provider's keys cannot be fetched")]
+    KeysUnavailable(String),
+}
+
+impl AuthError {
+    fn code(&self) -> &'static str {
+        match self {
+            AuthError::Missing => "missing_token",
+            AuthError::Expired => "token_expired",
+            AuthError::NotYetValid => "token_not_yet_valid",
+            AuthError::WrongAudience => "token_wrong_audience",
+            AuthError::WrongIssuer => "token_wrong_issuer",
+            AuthError::Invalid(_) => "invalid_token",
+            AuthError::KeysUnavailable(_) => "unavailable",
+        }
+    }
+}
+
+/// 401 problem+json with `WWW-Authenticate: Bearer` (RFC 6750); 503 if the keys cannot be had.
+fn unauthorized(error: AuthError) -> Response {
+    if let AuthError::KeysUnavailable(cause) = &error {
+        return ApiError::unavailable(cause).into_response();
+    }
+    if let AuthError::Invalid(cause) = &error {
+        tracing::info!(%cause, "bearer token refused");
+    }
+    let mut response = ApiError::new(StatusCode::UNAUTHORIZED, error.code(), error.to_string())
+        .at("Authorization")
+        .into_response();
+    let challenge = match error {
+        AuthError::Missing => r#"Bearer realm="libertum""#,
+        _ => r#"Bearer realm="libertum", error="invalid_token""#,
+    };
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static(challenge),
+    );
+    response
+}
+
+/// The claims the services read; `exp`, `nbf`, `iss` and `aud` are checked by the validation.
+#[derive(Debug, Serialize, Deserialize)]
+struct Claims {
+    sub: String,
+    #[serde(default)]
+    roles: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    investor_id: Option<String>,
+}
+
+/// Checks bearer tokens.
+pub struct Authenticator {
+    issuer: String,
+    audience: String,
+    leeway_seconds: u64,
+    keys: Keys,
+}
+
+enum Keys {
+    /// The development signer's shared secret, HS256 only.
+    Development(DecodingKey),
+    Jwks(Jwks),
+}
+
+impl Authenticator {
+    /// Tokens signed by the development signer with `secret`.
+    pub fn development(secret: &[u8], issuer: &str, audience: &str) -> Self {
+        Authenticator {
+            issuer: issuer.to_owned(),
+            audience: audience.to_owned(),
+            leeway_seconds: 30,
+            keys: Keys::Development(DecodingKey::from_secret(secret)),
+        }
+    }
+
+    /// Tokens signed by a key of the JWKS document at `url` (RS256 for RSA keys as Entra ID
+    /// publishes them, EdDSA for Ed25519 keys).
+    pub fn jwks(url: &str, issuer: &str, audience: &str) -> Self {
+        Authenticator {
+            issuer: issuer.to_owned(),
+            audience: audience.to_owned(),
+            leeway_seconds: 30,
+            keys: Keys::Jwks(Jwks {
+                url: url.to_owned(),
+                http: reqwest::Client::builder()
+                    .timeout(Duration::from_secs(5))
+                    .build()
+                    .unwrap_or_default(),
+                cache: tokio::sync::RwLock::new(Cached::default()),
+                refresh: tokio::sync::Mutex::new(()),
+            }),
+        }
+    }
+
+    fn validation(&self, algorithm: Algorithm) -> Validation {
+        let mut v = Validation::new(algorithm);
+        v.set_issuer(&[&self.issuer]);
+        v.set_audience(&[&self.audience]);
+        v.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
+        v.validate_exp = true;
+        v.validate_nbf = true;
+        v.leeway = self.leeway_seconds;
+        v
+    }
+
+    /// The principal a bearer token stands for, or why it is refused.
+    pub async fn authenticate(&self, token: &str) -> Result<Principal, AuthError> {
+        let claims = match &self.keys {
+            Keys::Development(key) => {
+                decode::<Claims>(token, key, &self.validation(Algorithm::HS256))
+            }
+            Keys::Jwks(jwks) => {
+                let header = decode_header(token).map_err(|e| AuthError::Invalid(e.to_string()))?;
+                let kid = header
+                    .kid
+                    .ok_or_else(|| AuthError::Invalid("the token names no key (kid)".into()))?;
+                let (key, algorithm) = jwks.key(&kid).await?;
+                decode::<Claims>(token, &key, &self.validation(algorithm))
+            }
+        }
+        .map_err(|e| match e.kind() {
+            ErrorKind::ExpiredSignature => AuthError::Expired,
+            ErrorKind::ImmatureSignature => AuthError::NotYetValid,
+            ErrorKind::InvalidAudience => AuthError::WrongAudience,
+            ErrorKind::InvalidIssuer => AuthError::WrongIssuer,
+            _ => AuthError::Invalid(e.to_string()),
+        })?
+        .claims;
+        if claims.sub.is_empty() || claims.sub.len() > 200 {
+            return Err(AuthError::Invalid("sub must be 1 to 200 characters".into()));
+        }
+        Ok(Principal {
+            subject: claims.sub,
+            // Roles this service does not know are ignored: they grant nothing here.
+            roles: claims.roles.iter().filter_map(|r| Role::parse(r)).collect(),
+            investor: claims.investor_id,
+        })
+    }
+}
+
+/// The identity provider's keys, by key id.
+struct Jwks {
+    url: String,
+    http: reqwest::Client,
+    cache: tokio::sync::RwLock<Cached>,
+    /// One refetch at a time.
+    refresh: tokio::sync::Mutex<()>,
+}
+
+#[derive(Default)]
+struct Cached {
+    keys: HashMap<String, (DecodingKey, Algorithm)>,
+    fetched: Option<Instant>,
+}
+
+/// Keys are refetched when older than this, so removed keys stop being trusted.
+const JWKS_MAX_AGE: Duration = Duration::from_secs(3600);
+/// An unknown key id refetches at most this often, so forged kids cannot flood the provider.
+const JWKS_MIN_REFETCH: Duration = Duration::from_secs(30);
+
+impl Jwks {
+    async fn key(&self, kid: &str) -> Result<(DecodingKey, Algorithm), AuthError> {
+        {
+            let cache = self.cache.read().await;
+            if cache.fetched.is_some_and(|at| at.elapsed() < JWKS_MAX_AGE)
+                && let Some(key) = cache.keys.get(kid)
+            {
+                return Ok(key.clone());
+            }
+        }
+        let _one = self.refresh.lock().await;
+        {
+            // Another request may have refetched while this one waited.
+            let cache = self.cache.read().await;
+            let fresh = cache
+                .fetched
+                .is_some_and(|at| at.elapsed() < JWKS_MIN_REFETCH);
+            if let Some(key) = cache.keys.get(kid)
+                && cache.fetched.is_some_and(|at| at.elapsed() < JWKS_MAX_AGE)
+            {
+                return Ok(key.clone());
+            }
+            if fresh {
+                return Err(AuthError::Invalid(format!("no key {kid} in the JWKS")));
+            }
+        }
+        let keys = self.fetch().await?;
+        let mut cache = self.cache.write().await;
+        *cache = Cached {
+            keys,
+            fetched: Some(Instant::now()),
+        };
+        cache
+            .keys
+            .get(kid)
+            .cloned()
+            .ok_or_else(|| AuthError::Invalid(format!("no key {kid} in the JWKS")))
+    }
+
+    async fn fetch(&self) -> Result<HashMap<String, (DecodingKey, Algorithm)>, AuthError> {
+        let unavailable = |e: String| {
+            tracing::error!(url = %self.url, error = %e, "JWKS fetch failed");
+            AuthError::KeysUnavailable(format!("JWKS at {}: {e}", self.url))
+        };
+        let set: JwkSet = self
+            .http
+            .get(&self.url)
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+            .map_err(|e| unavailable(e.to_string()))?
+            .json()
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
+        let mut keys = HashMap::new();
+        for jwk in &set.keys {
+            let Some(kid) = &jwk.common.key_id else {
+                continue;
+            };
+            // The algorithm follows from the key type, never from the token's header.
+            let algorithm = match &jwk.algorithm {
+                AlgorithmParameters::RSA(_) => Algorithm::RS256,
+                AlgorithmParameters::OctetKeyPair(_) => Algorithm::EdDSA,
+                _ => continue,
+            };
+            if let Ok(key) = DecodingKey::from_jwk(jwk) {
+                keys.insert(kid.clone(), (key, algorithm));
+            }
+        }
+        tracing::info!(url = %self.url, keys = keys.len(), "JWKS fetched");
+        Ok(keys)
+    }
+}
+
+/// Authenticates every request it wraps; the [`Principal`] goes into the request's extensions.
+pub async fn authenticate(
+    State(auth): State<Arc<Authenticator>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let token = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, token) = v.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        });
+    let Some(token) = token.filter(|t| !t.is_empty()) else {
+        return unauthorized(AuthError::Missing);
+    };
+    match auth.authenticate(token).await {
+        Ok(principal) => {
+            request.extensions_mut().insert(principal);
+            next.run(request).await
+        }
+        Err(error) => unauthorized(error),
+    }
+}
+
+/// Signs development tokens with the secret the services check in development mode.
+pub struct DevSigner {
+    key: EncodingKey,
+    issuer: String,
+    audience: String,
+}
+
+impl DevSigner {
+    pub fn new(secret: &[u8], issuer: &str, audience: &str) -> Self {
+        DevSigner {
+            key: EncodingKey::from_secret(secret),
+            issuer: issuer.to_owned(),
+            audience: audience.to_owned(),
+        }
+    }
+
+    /// A token for `subject` with `roles` (and `investor`, for the investor role), valid from
+    /// now for `ttl`.
+    pub fn token(
+        &self,
+        subject: &str,
+        roles: &[Role],
+        investor: Option<&str>,
+        ttl: Duration,
+    ) -> String {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.token_at(subject, roles, investor, now, now + ttl.as_secs())
+    }
+
+    /// A token valid from `nbf` to `exp` (Unix seconds), for tests of those checks.
+    pub fn token_at(
+        &self,
+        subject: &str,
+        roles: &[Role],
+        investor: Option<&str>,
+        nbf: u64,
+        exp: u64,
+    ) -> String {
+        #[derive(Serialize)]
+        struct Full<'a> {
+            #[serde(flatten)]
+            claims: Claims,
+            iss: &'a str,
+            aud: &'a str,
+            iat: u64,
+            nbf: u64,
+            exp: u64,
+        }
+        let full = Full {
+            claims: Claims {
+                sub: subject.to_owned(),
+                roles: roles.iter().map(|r| r.as_str().to_owned()).collect(),
+                investor_id: investor.map(str::to_owned),
+            },
+            iss: &self.issuer,
+            aud: &self.audience,
+            iat: nbf,
+            nbf,
+            exp,
+        };
+        // Signing claims that serialize cannot fail with an HMAC key.
+        encode(&Header::new(Algorithm::HS256), &full, &self.key).unwrap_or_default()
+    }
+}
+
+/// How the services check tokens (`LIBERTUM_AUTH*`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthSettings {
+    /// `Some(url)`: keys from the identity provider's JWKS; `None`: the development signer.
+    pub jwks_url: Option<String>,
+    pub issuer: String,
+    pub audience: String,
+    /// The development signer's secret; unset, it is kept in `{data_dir}/development-signing.key`.
+    pub dev_secret: Option<String>,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        AuthSettings {
+            jwks_url: None,
+            issuer: DEV_ISSUER.to_owned(),
+            audience: DEV_AUDIENCE.to_owned(),
+            dev_secret: None,
+        }
+    }
+}
+
+pub const DEV_ISSUER: &str = "libertum-development";
+pub const DEV_AUDIENCE: &str = "libertum";
+
+/// The development secret: `LIBERTUM_AUTH_DEV_SECRET`, or the one kept in the data directory,
+/// made on first use (readable by its owner only).
+fn dev_secret(settings: &Settings) -> std::io::Result<Vec<u8>> {
+    if let Some(secret) = &settings.auth.dev_secret {
+        return Ok(secret.as_bytes().to_vec());
+    }
+    let path = settings.data_dir.join("development-signing.key");
+    match std::fs::read(&path) {
+        Ok(secret) if !secret.is_empty() => return Ok(secret),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    std::fs::create_dir_all(&settings.data_dir)?;
+    let secret = format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    );
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(&path) {
+        Ok(mut file) => {
+            std::io::Write::write_all(&mut file, secret.as_bytes())?;
+            Ok(secret.into_bytes())
+        }
+        // Another process made it first: use theirs.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => std::fs::read(&path),
+        Err(e) => Err(e),
+    }
+}
+
+/// The authenticator the settings ask for.
+pub fn authenticator(settings: &Settings) -> std::io::Result<Arc<Authenticator>> {
+    let a = &settings.auth;
+    Ok(Arc::new(match &a.jwks_url {
+        Some(url) => Authenticator::jwks(url, &a.issuer, &a.audience),
+        None => {
+            tracing::warn!(
+                "authentication uses the development signer (LIBERTUM_AUTH_JWKS_URL unset): not for a deployment"
+            );
+            Authenticator::development(&dev_secret(settings)?, &a.issuer, &a.audience)
+        }
+    }))
+}
+
+/// The development signer matching [`authenticator`] for the same settings.
+pub fn dev_signer(settings: &Settings) -> std::io::Result<DevSigner> {
+    let a = &settings.auth;
+    Ok(DevSigner::new(
+        &dev_secret(settings)?,
+        &a.issuer,
+        &a.audience,
+    ))
+}

@@ -75,11 +75,11 @@ async fn story(p: &Product) -> Ending {
         .await;
     assert_eq!(status, StatusCode::CREATED);
 
-    // Compliance approves it.
-    for action in ["submit", "approve"] {
+    // The asset manager submits it; compliance approves it.
+    for (actor, action) in [("asset-manager", "submit"), ("compliance", "approve")] {
         let (status, body) = p
             .post_as(
-                "compliance",
+                actor,
                 &format!("/v1/assets/{asset_id}/transitions"),
                 json!({"action": action}),
             )

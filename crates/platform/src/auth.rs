@@ -411,6 +411,7 @@ impl Authenticator {
                     .unwrap_or_default(),
                 cache: tokio::sync::RwLock::new(Cached::default()),
                 refresh: tokio::sync::Mutex::new(()),
+                min_refetch: JWKS_MIN_REFETCH,
             }),
         }
     }
@@ -468,6 +469,7 @@ struct Jwks {
     cache: tokio::sync::RwLock<Cached>,
     /// One refetch at a time.
     refresh: tokio::sync::Mutex<()>,
+    min_refetch: Duration,
 }
 
 #[derive(Default)]
@@ -497,7 +499,7 @@ impl Jwks {
             let cache = self.cache.read().await;
             let fresh = cache
                 .fetched
-                .is_some_and(|at| at.elapsed() < JWKS_MIN_REFETCH);
+                .is_some_and(|at| at.elapsed() < self.min_refetch);
             if let Some(key) = cache.keys.get(kid)
                 && cache.fetched.is_some_and(|at| at.elapsed() < JWKS_MAX_AGE)
             {
@@ -729,4 +731,336 @@ pub fn dev_signer(settings: &Settings) -> std::io::Result<DevSigner> {
         &a.issuer,
         &a.audience,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::jwk::Jwk;
+
+    const SECRET: &[u8] = b"a-secret-of-at-least-thirty-two-bytes";
+
+    fn b64(bytes: &[u8]) -> String {
+        use base64::Engine;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    }
+
+    fn dev() -> (Authenticator, DevSigner) {
+        (
+            Authenticator::development(SECRET, "iss-test", "aud-test"),
+            DevSigner::new(SECRET, "iss-test", "aud-test"),
+        )
+    }
+
+    fn now() -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("clock")
+            .as_secs()
+    }
+
+    #[tokio::test]
+    async fn development_tokens_are_checked_for_signature_issuer_audience_expiry_and_not_before() {
+        let (auth, signer) = dev();
+        let good = signer.token("alice", &[Role::TokenAgent], None, Duration::from_secs(60));
+        let p = auth.authenticate(&good).await.expect("a good token");
+        assert_eq!(p.subject, "alice");
+        assert_eq!(p.roles, vec![Role::TokenAgent]);
+
+        let t = now();
+        let expired = signer.token_at("alice", &[Role::TokenAgent], None, t - 600, t - 300);
+        assert_eq!(auth.authenticate(&expired).await, Err(AuthError::Expired));
+        let early = signer.token_at("alice", &[Role::TokenAgent], None, t + 300, t + 600);
+        assert_eq!(auth.authenticate(&early).await, Err(AuthError::NotYetValid));
+
+        let other_aud = DevSigner::new(SECRET, "iss-test", "someone-else").token(
+            "alice",
+            &[Role::TokenAgent],
+            None,
+            Duration::from_secs(60),
+        );
+        assert_eq!(
+            auth.authenticate(&other_aud).await,
+            Err(AuthError::WrongAudience)
+        );
+        let other_iss = DevSigner::new(SECRET, "evil", "aud-test").token(
+            "alice",
+            &[Role::TokenAgent],
+            None,
+            Duration::from_secs(60),
+        );
+        assert_eq!(
+            auth.authenticate(&other_iss).await,
+            Err(AuthError::WrongIssuer)
+        );
+        let forged = DevSigner::new(
+            b"another-secret-of-thirty-two-bytes!",
+            "iss-test",
+            "aud-test",
+        )
+        .token(
+            "alice",
+            &[Role::PlatformAdmin],
+            None,
+            Duration::from_secs(60),
+        );
+        assert!(matches!(
+            auth.authenticate(&forged).await,
+            Err(AuthError::Invalid(_))
+        ));
+        // The signature covers the claims: a role added afterwards breaks it.
+        let mut parts: Vec<String> = good.split('.').map(str::to_owned).collect();
+        parts[1] = b64(
+            br#"{"sub":"alice","roles":["platform_admin"],"iss":"iss-test","aud":"aud-test","nbf":0,"exp":99999999999}"#,
+        );
+        assert!(matches!(
+            auth.authenticate(&parts.join(".")).await,
+            Err(AuthError::Invalid(_))
+        ));
+        // An unsigned token (alg none) is never accepted.
+        let none = format!("{}.{}.", b64(br#"{"alg":"none","typ":"JWT"}"#), parts[1]);
+        assert!(matches!(
+            auth.authenticate(&none).await,
+            Err(AuthError::Invalid(_))
+        ));
+        assert!(matches!(
+            auth.authenticate("not-a-jwt").await,
+            Err(AuthError::Invalid(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn unknown_roles_grant_nothing_and_the_investor_claim_is_kept() {
+        let (auth, _) = dev();
+        #[derive(Serialize)]
+        struct Raw<'a> {
+            sub: &'a str,
+            roles: Vec<&'a str>,
+            investor_id: &'a str,
+            iss: &'a str,
+            aud: &'a str,
+            nbf: u64,
+            exp: u64,
+        }
+        let t = now();
+        let raw = Raw {
+            sub: "bob",
+            roles: vec!["investor", "superuser", "Platform_Admin"],
+            investor_id: "inv_1",
+            iss: "iss-test",
+            aud: "aud-test",
+            nbf: t,
+            exp: t + 60,
+        };
+        let token = encode(
+            &Header::new(Algorithm::HS256),
+            &raw,
+            &EncodingKey::from_secret(SECRET),
+        )
+        .expect("signed");
+        let p = auth.authenticate(&token).await.expect("valid");
+        assert_eq!(p.roles, vec![Role::Investor]);
+        assert_eq!(p.investor.as_deref(), Some("inv_1"));
+    }
+
+    #[test]
+    fn investors_act_only_on_their_own_holdings() {
+        let investor = Principal {
+            subject: "bob".into(),
+            roles: vec![Role::Investor],
+            investor: Some("inv_bob".into()),
+        };
+        assert!(investor.allow_own(Operation::Transfer, "inv_bob").is_ok());
+        assert_eq!(
+            investor
+                .allow_own(Operation::Transfer, "inv_alice")
+                .expect_err("not theirs")
+                .status,
+            StatusCode::FORBIDDEN
+        );
+        // The plain check never lets the investor role through on an owned operation.
+        assert!(investor.allow(Operation::Transfer).is_err());
+        assert!(investor.allow(Operation::TokenRead).is_ok());
+        assert!(investor.allow(Operation::Issue).is_err());
+        let agent = Principal {
+            subject: "tina".into(),
+            roles: vec![Role::TokenAgent],
+            investor: None,
+        };
+        assert!(agent.allow_own(Operation::HoldingRead, "inv_alice").is_ok());
+        assert!(agent.allow_own(Operation::Transfer, "inv_alice").is_err());
+    }
+
+    #[test]
+    fn the_matrix_in_the_docs_is_the_matrix_in_the_code() {
+        let doc = include_str!("../../../docs/security.md");
+        let mut lines = doc
+            .lines()
+            .skip_while(|l| !l.starts_with("| operation | platform_admin"));
+        let header = lines.next().expect("the matrix table in docs/security.md");
+        let columns: Vec<Role> = header
+            .split('|')
+            .map(str::trim)
+            .filter(|c| !c.is_empty() && *c != "operation")
+            .map(|c| Role::parse(c).unwrap_or_else(|| panic!("unknown role column {c}")))
+            .collect();
+        assert_eq!(columns.len(), Role::ALL.len(), "one column per role");
+        let mut seen = Vec::new();
+        for line in lines.skip(1).take_while(|l| l.starts_with('|')) {
+            let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+            let name = cells[1].trim_matches('`');
+            let op = Operation::ALL
+                .into_iter()
+                .find(|o| o.name() == name)
+                .unwrap_or_else(|| panic!("docs/security.md names an unknown operation {name}"));
+            for (role, cell) in columns.iter().zip(&cells[2..]) {
+                let documented = !cell.is_empty() && *cell != "-";
+                assert_eq!(
+                    documented,
+                    op.roles().contains(role),
+                    "{name} x {}: the docs say {cell:?}",
+                    role.as_str()
+                );
+                if documented && *role == Role::Investor {
+                    assert_eq!(*cell == "own", op.owned(), "{name}: investor cell {cell:?}");
+                }
+            }
+            seen.push(op);
+        }
+        for op in Operation::ALL {
+            assert!(
+                seen.contains(&op),
+                "{} is missing from docs/security.md",
+                op.name()
+            );
+        }
+    }
+
+    /// An Ed25519 key made for the test, with its public JWK under `kid`.
+    fn ed25519(kid: &str) -> (EncodingKey, Jwk) {
+        // PKCS#8 v1 of an Ed25519 private key: this prefix, then the 32-byte seed.
+        const PREFIX: [u8; 16] = [
+            0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22,
+            0x04, 0x20,
+        ];
+        let seed = [
+            *uuid::Uuid::new_v4().as_bytes(),
+            *uuid::Uuid::new_v4().as_bytes(),
+        ]
+        .concat();
+        let der = [&PREFIX[..], &seed].concat();
+        let key = EncodingKey::from_ed_der(&der);
+        let mut jwk = Jwk::from_encoding_key(&key, Algorithm::EdDSA).expect("a public JWK");
+        jwk.common.key_id = Some(kid.to_owned());
+        (key, jwk)
+    }
+
+    fn signed(key: &EncodingKey, kid: &str, sub: &str) -> String {
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(kid.to_owned());
+        let t = now();
+        let claims = serde_json::json!({
+            "sub": sub, "roles": ["auditor"], "iss": "https://idp.test/", "aud": "api://libertum",
+            "nbf": t, "exp": t + 60,
+        });
+        encode(&header, &claims, key).expect("signed")
+    }
+
+    #[tokio::test]
+    async fn jwks_keys_are_fetched_cached_and_refetched_when_the_provider_rotates_them() {
+        let (old_key, old_jwk) = ed25519("2026-old");
+        let (new_key, new_jwk) = ed25519("2026-new");
+        let published = Arc::new(std::sync::Mutex::new(JwkSet {
+            keys: vec![old_jwk.clone()],
+        }));
+        let fetches = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let app = {
+            let (published, fetches) = (published.clone(), fetches.clone());
+            axum::Router::new().route(
+                "/keys",
+                axum::routing::get(move || {
+                    fetches.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let set =
+                        serde_json::to_value(&*published.lock().expect("lock")).expect("json");
+                    async move { axum::Json(set) }
+                }),
+            )
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}/keys", listener.local_addr().expect("addr"));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+
+        let mut auth = Authenticator::jwks(&url, "https://idp.test/", "api://libertum");
+        if let Keys::Jwks(jwks) = &mut auth.keys {
+            jwks.min_refetch = Duration::ZERO;
+        }
+        let p = auth
+            .authenticate(&signed(&old_key, "2026-old", "carol"))
+            .await
+            .expect("signed by a published key");
+        assert_eq!(
+            (p.subject.as_str(), p.roles.as_slice()),
+            ("carol", &[Role::Auditor][..])
+        );
+        auth.authenticate(&signed(&old_key, "2026-old", "carol"))
+            .await
+            .expect("again");
+        assert_eq!(
+            fetches.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "the keys are cached"
+        );
+
+        // The provider rotates: a token with the new key id makes the service refetch.
+        *published.lock().expect("lock") = JwkSet {
+            keys: vec![new_jwk],
+        };
+        auth.authenticate(&signed(&new_key, "2026-new", "carol"))
+            .await
+            .expect("signed by the rotated key");
+        assert_eq!(fetches.load(std::sync::atomic::Ordering::SeqCst), 2);
+        // A key that is not published is refused, whoever signs with it.
+        let (rogue, _) = ed25519("rogue");
+        assert!(matches!(
+            auth.authenticate(&signed(&rogue, "rogue", "mallory")).await,
+            Err(AuthError::Invalid(_))
+        ));
+        // A rogue signature under a published key id is refused too.
+        assert!(matches!(
+            auth.authenticate(&signed(&rogue, "2026-new", "mallory"))
+                .await,
+            Err(AuthError::Invalid(_))
+        ));
+        // With keys from the provider, a token signed with a shared secret (HS256, the
+        // algorithm-confusion attack) is refused.
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some("2026-new".into());
+        let t = now();
+        let hs = encode(
+            &header,
+            &serde_json::json!({"sub": "mallory", "roles": ["platform_admin"], "iss": "https://idp.test/", "aud": "api://libertum", "nbf": t, "exp": t + 60}),
+            &EncodingKey::from_secret(b"anything"),
+        )
+        .expect("signed");
+        assert!(matches!(
+            auth.authenticate(&hs).await,
+            Err(AuthError::Invalid(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_jwks_is_unavailable_not_unauthenticated() {
+        let auth = Authenticator::jwks(
+            "http://127.0.0.1:9/keys",
+            "https://idp.test/",
+            "api://libertum",
+        );
+        let (key, _) = ed25519("k");
+        assert!(matches!(
+            auth.authenticate(&signed(&key, "k", "carol")).await,
+            Err(AuthError::KeysUnavailable(_))
+        ));
+    }
 }

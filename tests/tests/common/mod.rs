@@ -236,11 +236,22 @@ impl Product {
         self.send(self.http.post(self.url(path)).json(&body)).await
     }
 
+    /// POSTs with a token for `actor` (its subject) holding the role its name says:
+    /// `asset-manager`, `compliance` or `token-agent`.
     pub async fn post_as(&self, actor: &str, path: &str, body: Value) -> (StatusCode, Value) {
+        use libertum_platform::auth::Role;
+        let role = match actor {
+            "asset-manager" => Role::AssetManager,
+            "compliance" => Role::ComplianceOfficer,
+            "token-agent" => Role::TokenAgent,
+            other => panic!("no role for actor {other}"),
+        };
+        let token =
+            libertum_testkit::signer().token(actor, &[role], None, Duration::from_secs(3600));
         self.send(
             self.http
                 .post(self.url(path))
-                .header("x-libertum-actor", actor)
+                .bearer_auth(token)
                 .json(&body),
         )
         .await

@@ -1,0 +1,596 @@
+//! Security over HTTP, against the whole product in one process: every cell of the role matrix,
+//! and the OWASP API Security Top 10 (2023) items that apply, each test named after its item.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Product, code};
+use libertum_platform::auth::{Operation, Role};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+/// An approved, tokenized asset with a token, three verified investors and some holdings.
+struct Fixture {
+    asset: String,
+    draft: String,
+    token: String,
+    alice: String,
+    bob: String,
+}
+
+async fn fixture(p: &Product) -> Fixture {
+    let asset_body = json!({"name": "Keizersgracht 1", "kind": "real_estate", "legal_owner": "K1 BV",
+        "location": {"address": "Keizersgracht 1", "city": "Amsterdam", "postal_code": "1015", "country": "NL"}});
+    let (status, asset) = p.post("/v1/assets", asset_body.clone()).await;
+    assert_eq!(status, StatusCode::CREATED, "{asset}");
+    let asset = asset["id"].as_str().expect("id").to_owned();
+    for action in ["submit", "approve"] {
+        let (status, body) = p
+            .post(
+                &format!("/v1/assets/{asset}/transitions"),
+                json!({"action": action}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let (status, draft) = p.post("/v1/assets", asset_body).await;
+    assert_eq!(status, StatusCode::CREATED, "{draft}");
+    let draft = draft["id"].as_str().expect("id").to_owned();
+    let spec = json!({"asset_id": asset, "symbol": "KEIZ1", "name": "Keizersgracht 1 shares", "decimals": 0,
+        "max_supply": "100000", "unit_price": "100", "currency": "EUR", "rules": {"allowed_countries": ["NL", "DE"]}});
+    let deadline = tokio::time::Instant::now() + p.patience;
+    let token = loop {
+        let (status, body) = p.post("/v1/tokens", spec.clone()).await;
+        if status == StatusCode::CREATED {
+            break body["id"].as_str().expect("id").to_owned();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the approval never reached the tokens service: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let mut investors = Vec::new();
+    for who in ["alice", "bob", "carol"] {
+        let (status, body) = p
+            .post(
+                "/v1/tokens/investors",
+                json!({"identity_ref": format!("idp|{who}"), "country": "NL", "kyc_status": "verified", "kyc_expires_on": "2099-12-31"}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        investors.push(body["id"].as_str().expect("id").to_owned());
+    }
+    for who in &investors {
+        let (status, body) = p
+            .post(
+                &format!("/v1/tokens/{token}/issuances"),
+                json!({"to": who, "amount": "1000"}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    Fixture {
+        asset,
+        draft,
+        token,
+        alice: investors[0].clone(),
+        bob: investors[1].clone(),
+    }
+}
+
+/// A request of one operation. `versioned` names the resource whose current version goes in
+/// `If-Match`.
+struct Call {
+    op: Operation,
+    method: Method,
+    path: String,
+    body: Option<Value>,
+    versioned: Option<String>,
+}
+
+fn call(op: Operation, method: Method, path: String, body: Option<Value>) -> Call {
+    Call {
+        op,
+        method,
+        path,
+        body,
+        versioned: None,
+    }
+}
+
+/// One well-formed request per operation, so that what is checked is who may send it. Where the
+/// operation concerns one investor, it is alice.
+fn calls(f: &Fixture) -> Vec<Call> {
+    use Method as M;
+    use Operation as O;
+    let (a, d, t, alice, bob) = (&f.asset, &f.draft, &f.token, &f.alice, &f.bob);
+    let now = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .expect("format");
+    let calls = vec![
+        call(
+            O::AssetRegister,
+            M::POST,
+            "/v1/assets".into(),
+            Some(
+                json!({"name": "Damrak 2", "kind": "real_estate", "legal_owner": "D2 BV",
+            "location": {"address": "Damrak 2", "city": "Amsterdam", "postal_code": "1012", "country": "NL"}}),
+            ),
+        ),
+        call(O::AssetRead, M::GET, format!("/v1/assets/{a}"), None),
+        Call {
+            versioned: Some(format!("/v1/assets/{d}")),
+            ..call(
+                O::AssetUpdate,
+                M::PATCH,
+                format!("/v1/assets/{d}"),
+                Some(json!({"description": "canal house"})),
+            )
+        },
+        call(
+            O::AssetDocumentAdd,
+            M::POST,
+            format!("/v1/assets/{d}/documents"),
+            Some(json!({"title": "Deed", "kind": "title_deed",
+            "sha256": "b".repeat(64), "size_bytes": 100, "media_type": "application/pdf"})),
+        ),
+        call(
+            O::AssetValuationAdd,
+            M::POST,
+            format!("/v1/assets/{d}/valuations"),
+            Some(json!({"amount": "100000", "currency": "EUR",
+            "effective_date": "2026-01-15", "appraiser": "Taxateurs BV"})),
+        ),
+        call(
+            O::AssetSubmit,
+            M::POST,
+            format!("/v1/assets/{a}/transitions"),
+            Some(json!({"action": "submit"})),
+        ),
+        call(
+            O::AssetReview,
+            M::POST,
+            format!("/v1/assets/{d}/transitions"),
+            Some(json!({"action": "approve"})),
+        ),
+        call(
+            O::TokenCreate,
+            M::POST,
+            "/v1/tokens".into(),
+            Some(
+                json!({"asset_id": d, "symbol": "DAM2", "name": "Damrak", "decimals": 0,
+            "max_supply": "10", "unit_price": "1", "currency": "EUR"}),
+            ),
+        ),
+        call(O::TokenRead, M::GET, format!("/v1/tokens/{t}"), None),
+        Call {
+            versioned: Some(format!("/v1/tokens/{t}")),
+            ..call(
+                O::TokenRulesUpdate,
+                M::PUT,
+                format!("/v1/tokens/{t}/rules"),
+                Some(json!({"allowed_countries": ["NL", "DE"]})),
+            )
+        },
+        call(
+            O::InvestorRegister,
+            M::POST,
+            "/v1/tokens/investors".into(),
+            Some(json!({"identity_ref": "idp|new",
+            "country": "DE", "kyc_status": "pending", "kyc_expires_on": "2099-12-31"})),
+        ),
+        call(O::InvestorList, M::GET, "/v1/tokens/investors".into(), None),
+        call(
+            O::InvestorRead,
+            M::GET,
+            format!("/v1/tokens/investors/{alice}"),
+            None,
+        ),
+        Call {
+            versioned: Some(format!("/v1/tokens/investors/{bob}")),
+            ..call(
+                O::InvestorUpdate,
+                M::PATCH,
+                format!("/v1/tokens/investors/{bob}"),
+                Some(json!({"country": "DE"})),
+            )
+        },
+        call(
+            O::Issue,
+            M::POST,
+            format!("/v1/tokens/{t}/issuances"),
+            Some(json!({"to": alice, "amount": "1"})),
+        ),
+        call(
+            O::Transfer,
+            M::POST,
+            format!("/v1/tokens/{t}/transfers"),
+            Some(json!({"from": alice, "to": bob, "amount": "1"})),
+        ),
+        call(
+            O::TransferCheck,
+            M::POST,
+            format!("/v1/tokens/{t}/transfers/check"),
+            Some(json!({"from": alice, "to": bob, "amount": "1"})),
+        ),
+        call(
+            O::Redeem,
+            M::POST,
+            format!("/v1/tokens/{t}/redemptions"),
+            Some(json!({"from": alice, "amount": "1"})),
+        ),
+        call(
+            O::ForcedTransfer,
+            M::POST,
+            format!("/v1/tokens/{t}/forced-transfers"),
+            Some(json!({"from": bob, "to": alice,
+            "amount": "1", "reason": "court order"})),
+        ),
+        call(
+            O::Freeze,
+            M::POST,
+            format!("/v1/tokens/{t}/freezes"),
+            Some(json!({"investor_id": bob, "amount": "1"})),
+        ),
+        // Unpausing a token that is not paused: a refusal for those allowed, and nothing stops.
+        call(
+            O::Pause,
+            M::POST,
+            format!("/v1/tokens/{t}/unpause"),
+            Some(json!({})),
+        ),
+        call(
+            O::Batch,
+            M::POST,
+            format!("/v1/tokens/{t}/batches"),
+            Some(json!({"operations": [{"op": "issue", "to": alice, "amount": "1"}]})),
+        ),
+        call(
+            O::HoldersList,
+            M::GET,
+            format!("/v1/tokens/{t}/holders"),
+            None,
+        ),
+        call(
+            O::HoldingRead,
+            M::GET,
+            format!("/v1/tokens/{t}/holders/{alice}"),
+            None,
+        ),
+        call(
+            O::Distribute,
+            M::POST,
+            format!("/v1/tokens/{t}/distributions"),
+            Some(json!({"total": "1000", "currency": "EUR",
+            "record_date": now, "memo": "rent"})),
+        ),
+        call(
+            O::DistributionsList,
+            M::GET,
+            format!("/v1/tokens/{t}/distributions"),
+            None,
+        ),
+        call(O::LedgerRead, M::GET, "/v1/ledger/entries".into(), None),
+        call(
+            O::BalanceRead,
+            M::GET,
+            format!("/v1/ledger/accounts/investor:{alice}/balance?unit={t}"),
+            None,
+        ),
+        call(
+            O::LedgerVerify,
+            M::GET,
+            "/v1/ledger/verification".into(),
+            None,
+        ),
+    ];
+    for op in Operation::ALL {
+        assert!(
+            calls.iter().any(|c| c.op == op),
+            "no request for {}",
+            op.name()
+        );
+    }
+    calls
+}
+
+/// A token of `role`; an investor's is alice's.
+fn token_of(role: Role, f: &Fixture) -> String {
+    let investor = (role == Role::Investor).then_some(f.alice.as_str());
+    libertum_testkit::token(&[role], investor)
+}
+
+async fn send(p: &Product, c: &Call, token: &str) -> (StatusCode, Value) {
+    let mut request = p
+        .http
+        .request(c.method.clone(), p.url(&c.path))
+        .bearer_auth(token);
+    if let Some(resource) = &c.versioned {
+        let version = p.get(resource).await.1["version"]
+            .as_u64()
+            .expect("a version");
+        request = request.header("if-match", format!("\"{version}\""));
+    }
+    if let Some(body) = &c.body {
+        request = request.json(body);
+    }
+    let r = request.send().await.expect("sent");
+    let status = r.status();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+/// API5:2023 Broken Function Level Authorization: each role x operation, as `docs/security.md`
+/// writes it, over HTTP.
+#[tokio::test]
+async fn api5_every_cell_of_the_role_matrix_is_enforced() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = Product::start(dir.path()).await;
+    let f = fixture(&p).await;
+    let mut cells = 0;
+    for c in calls(&f) {
+        for role in Role::ALL {
+            let (status, body) = send(&p, &c, &token_of(role, &f)).await;
+            let allowed = c.op.roles().contains(&role);
+            if allowed {
+                assert!(
+                    status != StatusCode::FORBIDDEN && status != StatusCode::UNAUTHORIZED,
+                    "{} x {} is allowed, got {status}: {body}",
+                    c.op.name(),
+                    role.as_str()
+                );
+            } else {
+                assert_eq!(
+                    (status, code(&body)),
+                    (StatusCode::FORBIDDEN, "forbidden"),
+                    "{} x {} is refused: {body}",
+                    c.op.name(),
+                    role.as_str()
+                );
+            }
+            cells += 1;
+        }
+    }
+    assert_eq!(cells, Operation::ALL.len() * Role::ALL.len());
+    p.stop().await;
+}
+
+/// API1:2023 Broken Object Level Authorization: an investor can never read or move another
+/// investor's holdings, whatever id they put in the URL or the body.
+#[tokio::test]
+async fn api1_an_investor_never_reads_or_moves_another_investors_holdings() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = Product::start(dir.path()).await;
+    let f = fixture(&p).await;
+    let t = &f.token;
+    let alice = libertum_testkit::token(&[Role::Investor], Some(&f.alice));
+    let before = p.get(&format!("/v1/tokens/{t}/holders")).await.1;
+    let bobs = [
+        (Method::GET, format!("/v1/tokens/investors/{}", f.bob), None),
+        (
+            Method::GET,
+            format!("/v1/tokens/{t}/holders/{}", f.bob),
+            None,
+        ),
+        (
+            Method::GET,
+            format!("/v1/ledger/accounts/investor:{}/balance?unit={t}", f.bob),
+            None,
+        ),
+        (
+            Method::POST,
+            format!("/v1/tokens/{t}/transfers"),
+            Some(json!({"from": f.bob, "to": f.alice, "amount": "500"})),
+        ),
+        (
+            Method::POST,
+            format!("/v1/tokens/{t}/transfers/check"),
+            Some(json!({"from": f.bob, "to": f.alice, "amount": "500"})),
+        ),
+    ];
+    for (method, path, body) in bobs {
+        let c = Call {
+            op: Operation::Transfer,
+            method,
+            path: path.clone(),
+            body,
+            versioned: None,
+        };
+        let (status, problem) = send(&p, &c, &alice).await;
+        assert_eq!(
+            (status, code(&problem)),
+            (StatusCode::FORBIDDEN, "not_your_holding"),
+            "{path}: {problem}"
+        );
+    }
+    // An investor token without an investor id owns nothing.
+    let nobody = libertum_testkit::token(&[Role::Investor], None);
+    let c = call(
+        Operation::HoldingRead,
+        Method::GET,
+        format!("/v1/tokens/{t}/holders/{}", f.alice),
+        None,
+    );
+    assert_eq!(send(&p, &c, &nobody).await.0, StatusCode::FORBIDDEN);
+    // Her own: allowed.
+    let c = call(
+        Operation::Transfer,
+        Method::POST,
+        format!("/v1/tokens/{t}/transfers"),
+        Some(json!({"from": f.alice, "to": f.bob, "amount": "5"})),
+    );
+    let (status, body) = send(&p, &c, &alice).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let after = p.get(&format!("/v1/tokens/{t}/holders")).await.1;
+    let balance = |holders: &Value, who: &str| {
+        holders["holders"]
+            .as_array()
+            .expect("holders")
+            .iter()
+            .find(|h| h["investor_id"] == who)
+            .map(|h| h["balance"].clone())
+    };
+    assert_eq!(balance(&after, &f.alice), Some(json!("995")));
+    assert_eq!(balance(&after, &f.bob), Some(json!("1005")));
+    assert_eq!(
+        before["total_supply"], after["total_supply"],
+        "only her own transfer moved anything"
+    );
+    p.stop().await;
+}
+
+/// API2:2023 Broken Authentication: no token, a bad one, an expired one, one for another
+/// audience: 401 with a challenge, and nothing changes. Only health and metrics are anonymous.
+#[tokio::test]
+async fn api2_requests_without_a_valid_token_get_401_and_change_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = Product::start(dir.path()).await;
+    let anonymous = reqwest::Client::new();
+    let body = json!({"identity_ref": "idp|x", "country": "NL", "kyc_status": "verified", "kyc_expires_on": "2099-12-31"});
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let signer = libertum_testkit::signer();
+    let cases = [
+        (None, "missing_token"),
+        (Some("not-a-jwt".to_owned()), "invalid_token"),
+        (
+            Some(signer.token_at("x", &[Role::PlatformAdmin], None, now - 7200, now - 3600)),
+            "token_expired",
+        ),
+        (
+            Some(signer.token_at("x", &[Role::PlatformAdmin], None, now + 3600, now + 7200)),
+            "token_not_yet_valid",
+        ),
+        (
+            Some(
+                libertum_platform::auth::DevSigner::new(
+                    libertum_platform::auth::TEST_SECRET.as_bytes(),
+                    libertum_platform::auth::DEV_ISSUER,
+                    "another-api",
+                )
+                .token("x", &[Role::PlatformAdmin], None, Duration::from_secs(60)),
+            ),
+            "token_wrong_audience",
+        ),
+    ];
+    for (token, expected) in cases {
+        let mut request = anonymous.post(p.url("/v1/tokens/investors")).json(&body);
+        if let Some(token) = &token {
+            request = request.bearer_auth(token);
+        }
+        let r = request.send().await.expect("sent");
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{expected}");
+        assert!(
+            r.headers()
+                .get("www-authenticate")
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.starts_with("Bearer")),
+            "{expected}: a Bearer challenge"
+        );
+        assert_eq!(
+            r.headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok()),
+            Some("application/problem+json")
+        );
+        let problem: Value = r.json().await.expect("json");
+        assert_eq!(code(&problem), expected, "{problem}");
+    }
+    let investors = p.get("/v1/tokens/investors").await.1;
+    assert_eq!(
+        investors["items"].as_array().map(Vec::len),
+        Some(0),
+        "nothing was created: {investors}"
+    );
+    for open in ["/healthz", "/readyz", "/metrics"] {
+        let r = anonymous.get(p.url(open)).send().await.expect("sent");
+        assert_eq!(r.status(), StatusCode::OK, "{open} is anonymous");
+    }
+    for closed in ["/openapi.json", "/docs/", "/v1/ledger/head", "/v1/assets"] {
+        let r = anonymous.get(p.url(closed)).send().await.expect("sent");
+        assert_eq!(
+            r.status(),
+            StatusCode::UNAUTHORIZED,
+            "{closed} needs a token"
+        );
+    }
+    p.stop().await;
+}
+
+/// API3:2023 Broken Object Property Level Authorization: unknown fields are refused (no mass
+/// assignment of, say, a balance or a KYC status), and nothing is created.
+#[tokio::test]
+async fn api3_unknown_fields_are_refused_so_nothing_is_mass_assigned() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = Product::start(dir.path()).await;
+    let f = fixture(&p).await;
+    let (status, body) = p
+        .post(
+            "/v1/tokens/investors",
+            json!({"identity_ref": "idp|mallory", "country": "NL", "kyc_status": "pending",
+                   "kyc_expires_on": "2099-12-31", "id": "inv_chosen", "roles": ["platform_admin"]}),
+        )
+        .await;
+    assert!(
+        status == StatusCode::BAD_REQUEST || status == StatusCode::UNPROCESSABLE_ENTITY,
+        "{status}: {body}"
+    );
+    assert!(
+        body["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("id") || d.contains("roles")),
+        "the message names the field: {body}"
+    );
+    let (_, listed) = p.get("/v1/tokens/investors").await;
+    assert_eq!(listed["items"].as_array().map(Vec::len), Some(3));
+    let (status, body) = p
+        .post(
+            &format!("/v1/tokens/{}/transfers", f.token),
+            json!({"from": f.alice, "to": f.bob, "amount": "1", "forced": true}),
+        )
+        .await;
+    assert!(status.is_client_error(), "{status}: {body}");
+    p.stop().await;
+}
+
+/// API9:2023 Improper Inventory Management: every operation the OpenAPI document describes
+/// exists and needs a token.
+#[tokio::test]
+async fn api9_every_documented_route_needs_a_token() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = Product::start(dir.path()).await;
+    let (status, doc) = p.get("/openapi.json").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearer"]["scheme"], "bearer",
+        "the document declares bearer authentication"
+    );
+    let anonymous = reqwest::Client::new();
+    let mut routes = 0;
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        let concrete = path
+            .split('/')
+            .map(|s| if s.starts_with('{') { "x" } else { s })
+            .collect::<Vec<_>>()
+            .join("/");
+        for method in item.as_object().expect("methods").keys() {
+            let method: Method = method.to_uppercase().parse().expect("a method");
+            let r = anonymous
+                .request(method.clone(), p.url(&concrete))
+                .send()
+                .await
+                .expect("sent");
+            assert_eq!(
+                r.status(),
+                StatusCode::UNAUTHORIZED,
+                "{method} {path} answers without a token"
+            );
+            routes += 1;
+        }
+    }
+    assert!(routes >= 30, "only {routes} documented operations");
+    p.stop().await;
+}

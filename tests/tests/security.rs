@@ -594,3 +594,95 @@ async fn api9_every_documented_route_needs_a_token() {
     assert!(routes >= 30, "only {routes} documented operations");
     p.stop().await;
 }
+
+/// API4:2023 Unrestricted Resource Consumption: a principal and a client address over their
+/// limits get 429 with `Retry-After`, and so do bodies, pages and strings over theirs (413, 422).
+#[tokio::test]
+async fn api4_limits_answer_429_with_retry_after_and_bound_bodies_pages_and_strings() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut settings = libertum_platform::config::Settings::for_test(dir.path());
+    settings.rate_limit_per_principal = 5;
+    settings.rate_limit_per_address = 8;
+    let p = Product::start_with(settings).await;
+    let agent = libertum_testkit::token(&[Role::TokenAgent], None);
+    let auditor = libertum_testkit::token(&[Role::Auditor], None);
+    let get = |token: &str| {
+        p.http
+            .get(p.url("/v1/tokens"))
+            .bearer_auth(token.to_owned())
+            .send()
+    };
+    // Requests in the same minute: the window may turn over mid-test, so allow one retry.
+    let mut limited = None;
+    for _ in 0..2 {
+        let mut statuses = Vec::new();
+        for _ in 0..6 {
+            statuses.push(get(&agent).await.expect("sent"));
+        }
+        let last = statuses.pop().expect("six");
+        if statuses.iter().all(|r| r.status() == StatusCode::OK)
+            && last.status() == StatusCode::TOO_MANY_REQUESTS
+        {
+            limited = Some(last);
+            break;
+        }
+    }
+    let limited = limited.expect("the sixth request of a principal in a minute gets 429");
+    let retry: u64 = limited
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .expect("Retry-After in seconds");
+    assert!((1..=60).contains(&retry), "Retry-After {retry}");
+    let problem: Value = limited.json().await.expect("json");
+    assert_eq!(code(&problem), "rate_limited");
+    // Another principal from the same address has its own count, until the address's runs out.
+    let mut auditor_statuses = Vec::new();
+    for _ in 0..4 {
+        auditor_statuses.push(get(&auditor).await.expect("sent").status());
+    }
+    assert!(
+        auditor_statuses.contains(&StatusCode::OK),
+        "another principal is not limited by the first: {auditor_statuses:?}"
+    );
+    assert_eq!(
+        auditor_statuses.last(),
+        Some(&StatusCode::TOO_MANY_REQUESTS),
+        "the address is over its limit of 8: {auditor_statuses:?}"
+    );
+    // Health stays open to probes whatever the limits.
+    let r = reqwest::get(p.url("/healthz")).await.expect("sent");
+    assert_eq!(r.status(), StatusCode::OK);
+    p.stop().await;
+
+    // Bodies, pages and strings, on a product without rate limits.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = Product::start(dir.path()).await;
+    let huge = json!({"identity_ref": "x".repeat(2 * 1024 * 1024), "country": "NL",
+        "kyc_status": "verified", "kyc_expires_on": "2099-12-31"});
+    let (status, body) = p.post("/v1/tokens/investors", huge).await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
+        "{body}"
+    );
+    let (status, body) = p.get("/v1/tokens/investors?limit=100000").await;
+    assert_eq!(
+        (status, &body["field"]),
+        (StatusCode::UNPROCESSABLE_ENTITY, &json!("limit")),
+        "{body}"
+    );
+    let long = json!({"identity_ref": "x".repeat(10_000), "country": "NL",
+        "kyc_status": "verified", "kyc_expires_on": "2099-12-31"});
+    let (status, body) = p.post("/v1/tokens/investors", long).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["field"], "identity_ref", "{body}");
+    let (_, listed) = p.get("/v1/tokens/investors").await;
+    assert_eq!(
+        listed["items"].as_array().map(Vec::len),
+        Some(0),
+        "nothing was created"
+    );
+    p.stop().await;
+}

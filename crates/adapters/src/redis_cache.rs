@@ -131,6 +131,33 @@ impl RedisCache {
     }
 }
 
+/// Rate-limit counters in Redis, shared by a service's replicas: one key per scope, subject and
+/// minute, expiring after two minutes.
+#[async_trait]
+impl libertum_platform::limit::RateLimiter for RedisCache {
+    async fn hit(&self, key: &str, window: u64) -> Option<u64> {
+        let mut c = self.connection().await?;
+        let key = format!(
+            "{}:ratelimit:{key}:{window}",
+            self.prefix.trim_end_matches(':')
+        );
+        match redis::pipe()
+            .atomic()
+            .incr(&key, 1u64)
+            .expire(&key, 120)
+            .ignore()
+            .query_async::<(u64,)>(&mut c)
+            .await
+        {
+            Ok((count,)) => Some(count),
+            Err(e) => {
+                self.failed("ratelimit", &e);
+                None
+            }
+        }
+    }
+}
+
 #[async_trait]
 impl Cache for RedisCache {
     async fn get(&self, key: &str) -> Option<Bytes> {

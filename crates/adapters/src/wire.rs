@@ -13,6 +13,7 @@ use std::{
 use libertum_platform::{
     config::Settings,
     health::{Check, Probe},
+    limit::{MemoryLimiter, RateLimiter},
 };
 use libertum_store::{Cache, Consumer, EventBus, EventStore, MemoryCache, RedbStore, StateMachine};
 use tokio::{sync::watch, task::JoinHandle};
@@ -23,6 +24,8 @@ use crate::{KafkaBus, KafkaSettings, MongoSettings, MongoStore, RedisCache, Rela
 pub struct Backends {
     pub store: Arc<dyn EventStore>,
     pub cache: Arc<dyn Cache>,
+    /// Rate-limit counters: in Redis with the cache, or in memory.
+    pub limiter: Arc<dyn RateLimiter>,
     pub probes: Vec<Probe>,
 }
 
@@ -45,7 +48,7 @@ pub async fn backends(settings: &Settings, service: &str) -> anyhow::Result<Back
         }
         None => Arc::new(RedbStore::open(&settings.data_dir, service)?),
     };
-    let cache: Arc<dyn Cache> = match &b.redis_url {
+    let (cache, limiter): (Arc<dyn Cache>, Arc<dyn RateLimiter>) = match &b.redis_url {
         Some(url) => {
             let cache = Arc::new(RedisCache::new(
                 url,
@@ -53,13 +56,17 @@ pub async fn backends(settings: &Settings, service: &str) -> anyhow::Result<Back
                 Duration::from_secs(b.cache_ttl_seconds),
             )?);
             probes.push(redis_probe(format!("{service}.redis"), cache.clone()));
-            cache
+            (cache.clone(), cache)
         }
-        None => Arc::new(MemoryCache::new(settings.cache_entries)),
+        None => (
+            Arc::new(MemoryCache::new(settings.cache_entries)),
+            Arc::new(MemoryLimiter::default()),
+        ),
     };
     Ok(Backends {
         store,
         cache,
+        limiter,
         probes,
     })
 }

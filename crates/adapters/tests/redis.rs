@@ -74,3 +74,31 @@ async fn with_redis_down_reads_miss_and_a_lost_invalidation_never_serves_stale_d
         "the cache works again"
     );
 }
+
+#[tokio::test]
+async fn rate_limit_counters_are_shared_by_replicas_and_fail_open_when_redis_is_down() {
+    use libertum_platform::limit::RateLimiter;
+    let (mut server, url) = servers::redis();
+    // Two replicas of one service: one count.
+    let a = RedisCache::new(&url, "libertum:tokens", Duration::from_secs(60)).expect("client");
+    let b = RedisCache::new(&url, "libertum:tokens", Duration::from_secs(60)).expect("client");
+    assert_eq!(a.hit("principal:alice", 7).await, Some(1));
+    assert_eq!(b.hit("principal:alice", 7).await, Some(2));
+    assert_eq!(a.hit("principal:alice", 7).await, Some(3));
+    assert_eq!(b.hit("principal:bob", 7).await, Some(1), "per key");
+    assert_eq!(b.hit("principal:alice", 8).await, Some(1), "per window");
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut raw = client.get_multiplexed_async_connection().await.unwrap();
+    let ttl: i64 = redis::cmd("TTL")
+        .arg("libertum:tokens:ratelimit:principal:alice:7")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert!((1..=120).contains(&ttl), "counters expire: ttl {ttl}");
+    server.kill();
+    assert_eq!(
+        a.hit("principal:alice", 7).await,
+        None,
+        "no count without Redis: the limit lets requests through"
+    );
+}

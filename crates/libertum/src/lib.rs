@@ -144,7 +144,7 @@ impl Application {
         // Everything but health and metrics needs a bearer token, the API's description too.
         let protected = server::protect(
             api.merge(SwaggerUi::new("/docs").url("/openapi.json", openapi)),
-            libertum_platform::auth::authenticator(&settings)?,
+            server::Guard::new(&settings, assets_backends.limiter.clone())?,
         );
         let router = server::stack(protected.merge(health::routes(probes)));
         tracing::info!(%addr, data_dir = %settings.data_dir.display(), "libertum built");

@@ -20,6 +20,7 @@ fn start(dir: &std::path::Path, port: u16) -> Child {
         .env("LIBERTUM_HTTP_ADDR", format!("127.0.0.1:{port}"))
         .env("LIBERTUM_DATA_DIR", dir)
         .env("LIBERTUM_LOG", "warn")
+        .env("LIBERTUM_RATE_LIMIT_PER_PRINCIPAL", "0")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()

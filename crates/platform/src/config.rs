@@ -107,6 +107,21 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
         "the development signer's secret, at least 32 characters; ignored with a JWKS URL",
     ),
     (
+        "LIBERTUM_RATE_LIMIT_PER_PRINCIPAL",
+        "1200",
+        "requests per minute one principal may send each service (0: no limit); 429 beyond",
+    ),
+    (
+        "LIBERTUM_RATE_LIMIT_PER_ADDRESS",
+        "2400",
+        "requests per minute one client address may send each service (0: no limit); 429 beyond",
+    ),
+    (
+        "LIBERTUM_CLIENT_ADDRESS_HEADER",
+        "(none: the TCP peer)",
+        "the header whose last entry is the client address, set by a trusted proxy (e.g. x-forwarded-for)",
+    ),
+    (
         "LIBERTUM_REDIS_URL",
         "(none: the in-memory cache)",
         "Redis URL of the read cache shared by a service's replicas",
@@ -151,6 +166,10 @@ pub struct Settings {
     pub cache_entries: usize,
     pub backends: Backends,
     pub auth: crate::auth::AuthSettings,
+    /// Requests per minute per principal and per client address; 0 is no limit.
+    pub rate_limit_per_principal: u64,
+    pub rate_limit_per_address: u64,
+    pub client_address_header: Option<axum::http::HeaderName>,
 }
 
 /// What is wrong with the configuration: every problem at once.
@@ -237,6 +256,8 @@ impl Settings {
         let kafka_partitions = number("LIBERTUM_KAFKA_TOPIC_PARTITIONS", 1, 10_000) as i32;
         let kafka_replication = number("LIBERTUM_KAFKA_TOPIC_REPLICATION", 1, 100) as i32;
         let cache_ttl_seconds = number("LIBERTUM_CACHE_TTL_SECONDS", 1, 7 * 24 * 3600);
+        let rate_limit_per_principal = number("LIBERTUM_RATE_LIMIT_PER_PRINCIPAL", 0, 10_000_000);
+        let rate_limit_per_address = number("LIBERTUM_RATE_LIMIT_PER_ADDRESS", 0, 10_000_000);
         let set = |key: &str| vars.get(key).filter(|v| !v.is_empty()).cloned();
         let mongodb_uri = set("LIBERTUM_MONGODB_URI");
         if let Some(uri) = &mongodb_uri
@@ -303,6 +324,16 @@ impl Settings {
             problems
                 .push("LIBERTUM_MONGODB_DATABASE_PREFIX must be letters, digits, _ or -".into());
         }
+        let client_address_header = match set("LIBERTUM_CLIENT_ADDRESS_HEADER") {
+            None => None,
+            Some(name) => match axum::http::HeaderName::try_from(name.to_ascii_lowercase()) {
+                Ok(name) => Some(name),
+                Err(_) => {
+                    problems.push("LIBERTUM_CLIENT_ADDRESS_HEADER is not a header name".into());
+                    None
+                }
+            },
+        };
         let jwks_url = set("LIBERTUM_AUTH_JWKS_URL");
         if let Some(url) = &jwks_url
             && !(url.starts_with("https://")
@@ -357,6 +388,9 @@ impl Settings {
             cache_entries,
             backends,
             auth,
+            rate_limit_per_principal,
+            rate_limit_per_address,
+            client_address_header,
         })
     }
 
@@ -375,6 +409,9 @@ impl Settings {
                 dev_secret: Some(crate::auth::TEST_SECRET.to_owned()),
                 ..crate::auth::AuthSettings::default()
             },
+            rate_limit_per_principal: 0,
+            rate_limit_per_address: 0,
+            client_address_header: None,
         }
     }
 }

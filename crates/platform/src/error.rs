@@ -90,6 +90,8 @@ impl ApiError {
     fn title(&self) -> &'static str {
         match self.status.as_u16() {
             400 => "Malformed request",
+            401 => "Unauthorized",
+            403 => "Forbidden",
             404 => "Not found",
             405 => "Method not allowed",
             409 => "Refused in the current state",
@@ -98,6 +100,7 @@ impl ApiError {
             415 => "Unsupported media type",
             422 => "Invalid request",
             428 => "Precondition required",
+            429 => "Too many requests",
             503 => "Unavailable",
             s if s >= 500 => "Internal error",
             _ => "Request failed",

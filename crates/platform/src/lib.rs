@@ -7,6 +7,7 @@ mod error;
 pub mod extract;
 pub mod health;
 pub mod http_metrics;
+pub mod limit;
 mod reply;
 pub mod server;
 pub mod telemetry;

@@ -15,7 +15,10 @@ use tower_http::{
     trace::{DefaultOnRequest, TraceLayer},
 };
 
-use crate::{ApiError, auth::Authenticator, error::InternalCause, extract::MAX_BODY, http_metrics};
+use crate::{
+    ApiError, auth::Authenticator, error::InternalCause, extract::MAX_BODY, http_metrics,
+    limit::RateLimits,
+};
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -63,9 +66,13 @@ pub async fn serve(
     router: Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
+    // The peer's address goes into each request, for the per-address rate limit.
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
 }
 
 /// Completes on SIGTERM or Ctrl-C.
@@ -91,22 +98,53 @@ pub async fn shutdown_signal() {
     tracing::info!("shutdown signal received; draining");
 }
 
-/// Requires a valid bearer token on every route of `routes` (see [`crate::auth`]).
-pub fn protect(routes: Router, auth: Arc<Authenticator>) -> Router {
-    routes.layer(middleware::from_fn_with_state(
-        auth,
-        crate::auth::authenticate,
-    ))
+/// What stands before every route but health and metrics: authentication and rate limits.
+#[derive(Clone)]
+pub struct Guard {
+    pub auth: Arc<Authenticator>,
+    pub limits: RateLimits,
 }
 
-/// A service's routes, behind authentication, with its anonymous health endpoints, `/metrics`
-/// and the middleware stack.
-pub fn service_router(
-    routes: Router,
-    probes: Vec<crate::health::Probe>,
-    auth: Arc<Authenticator>,
-) -> Router {
-    stack(protect(routes, auth).merge(crate::health::routes(probes)))
+impl Guard {
+    /// The authenticator and the limits `settings` ask for, counting in `limiter`.
+    pub fn new(
+        settings: &crate::config::Settings,
+        limiter: Arc<dyn crate::limit::RateLimiter>,
+    ) -> std::io::Result<Guard> {
+        Ok(Guard {
+            auth: crate::auth::authenticator(settings)?,
+            limits: RateLimits {
+                limiter,
+                per_principal: settings.rate_limit_per_principal,
+                per_address: settings.rate_limit_per_address,
+                address_header: settings.client_address_header.clone(),
+            },
+        })
+    }
+}
+
+/// Puts every route of `routes` behind `guard`: the client address's limit, then a valid
+/// bearer token (see [`crate::auth`]), then the principal's limit.
+pub fn protect(routes: Router, guard: Guard) -> Router {
+    routes
+        .layer(middleware::from_fn_with_state(
+            guard.limits.clone(),
+            crate::limit::per_principal,
+        ))
+        .layer(middleware::from_fn_with_state(
+            guard.auth,
+            crate::auth::authenticate,
+        ))
+        .layer(middleware::from_fn_with_state(
+            guard.limits,
+            crate::limit::per_address,
+        ))
+}
+
+/// A service's routes, behind `guard`, with its anonymous health endpoints, `/metrics` and the
+/// middleware stack.
+pub fn service_router(routes: Router, probes: Vec<crate::health::Probe>, guard: Guard) -> Router {
+    stack(protect(routes, guard).merge(crate::health::routes(probes)))
 }
 
 /// Serves one service on `settings.http_addr`: its routes, health over `probes`, `/metrics`,
@@ -116,8 +154,9 @@ pub async fn serve_alone(
     name: &str,
     routes: Router,
     probes: Vec<crate::health::Probe>,
+    guard: Guard,
 ) -> std::io::Result<()> {
-    let router = service_router(routes, probes, crate::auth::authenticator(settings)?);
+    let router = service_router(routes, probes, guard);
     let listener = TcpListener::bind(settings.http_addr).await?;
     tracing::info!(service = name, addr = %listener.local_addr()?, "listening");
     serve(listener, router, shutdown_signal()).await

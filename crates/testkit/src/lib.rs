@@ -24,6 +24,14 @@ pub fn authenticator() -> Arc<Authenticator> {
     ))
 }
 
+/// The guard of a service under test: [`authenticator`], no rate limits.
+pub fn guard() -> libertum_platform::server::Guard {
+    libertum_platform::server::Guard {
+        auth: authenticator(),
+        limits: libertum_platform::limit::RateLimits::off(),
+    }
+}
+
 /// The signer of test tokens.
 pub fn signer() -> DevSigner {
     DevSigner::new(TEST_SECRET.as_bytes(), DEV_ISSUER, DEV_AUDIENCE)

@@ -41,7 +41,8 @@ async fn main() -> anyhow::Result<()> {
     let (routes, _) = utoipa_axum::router::OpenApiRouter::new()
         .nest("/v1/assets", service.router())
         .split_for_parts();
-    let served = server::serve_alone(&settings, "assets", routes, probes).await;
+    let guard = server::Guard::new(&settings, backends.limiter.clone())?;
+    let served = server::serve_alone(&settings, "assets", routes, probes, guard).await;
     background.stop().await;
     service.close().await;
     served?;

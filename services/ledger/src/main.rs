@@ -36,7 +36,8 @@ async fn main() -> anyhow::Result<()> {
     let (routes, _) = utoipa_axum::router::OpenApiRouter::new()
         .nest("/v1/ledger", service.router())
         .split_for_parts();
-    let served = server::serve_alone(&settings, "ledger", routes, probes).await;
+    let guard = server::Guard::new(&settings, backends.limiter.clone())?;
+    let served = server::serve_alone(&settings, "ledger", routes, probes, guard).await;
     background.stop().await;
     service.close().await;
     served?;

@@ -51,7 +51,12 @@ fn free_port() -> u16 {
 impl Product {
     /// Builds the whole product on `dir` and serves it on a free loopback port.
     pub async fn start(dir: &std::path::Path) -> Product {
-        let app = libertum::Application::build(Settings::for_test(dir))
+        Self::start_with(Settings::for_test(dir)).await
+    }
+
+    /// The same with `settings`.
+    pub async fn start_with(settings: Settings) -> Product {
+        let app = libertum::Application::build(settings)
             .await
             .expect("the product starts");
         let base = format!("http://{}", app.addr());
@@ -103,6 +108,9 @@ impl Product {
                     "LIBERTUM_AUTH_DEV_SECRET",
                     libertum_platform::auth::TEST_SECRET,
                 )
+                // The tests send far more than a person would; the limits have their own test.
+                .env("LIBERTUM_RATE_LIMIT_PER_PRINCIPAL", "0")
+                .env("LIBERTUM_RATE_LIMIT_PER_ADDRESS", "0")
                 .env("LIBERTUM_KAFKA_BROKERS", &backends.kafka_brokers)
                 .env("LIBERTUM_MONGODB_URI", &backends.mongodb_uri)
                 .env(

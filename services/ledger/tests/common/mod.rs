@@ -37,7 +37,7 @@ pub async fn spawn() -> Server {
     let router = libertum_platform::server::service_router(
         router,
         ledger.probes(),
-        libertum_testkit::authenticator(),
+        libertum_testkit::guard(),
     );
     Server {
         api: Http::new(libertum_testkit::serve(router).await),

@@ -1,0 +1,167 @@
+//! Rate limits per client address and per principal, in fixed one-minute windows counted in
+//! Redis (shared by a service's replicas) or in memory (one process). Over the limit: 429 with
+//! `Retry-After`.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use async_trait::async_trait;
+use axum::{
+    extract::{ConnectInfo, Request, State},
+    http::{HeaderName, HeaderValue, StatusCode, header},
+    middleware::Next,
+    response::{IntoResponse, Response},
+};
+
+use crate::{ApiError, auth::Principal};
+
+/// The window every limit counts in.
+pub const WINDOW: Duration = Duration::from_secs(60);
+pub const RATE_LIMITED: &str = "libertum_http_rate_limited_total";
+
+/// Counts hits per key and window.
+#[async_trait]
+pub trait RateLimiter: Send + Sync + 'static {
+    /// Adds one hit to `key` in window `window` (its index since the epoch) and returns the
+    /// window's count so far, or `None` if the counter cannot be reached.
+    async fn hit(&self, key: &str, window: u64) -> Option<u64>;
+}
+
+/// Counters in this process's memory.
+#[derive(Default)]
+pub struct MemoryLimiter {
+    counts: parking_lot::Mutex<HashMap<String, (u64, u64)>>,
+}
+
+#[async_trait]
+impl RateLimiter for MemoryLimiter {
+    async fn hit(&self, key: &str, window: u64) -> Option<u64> {
+        let mut counts = self.counts.lock();
+        if counts.len() > 100_000 {
+            // Forget the keys of past windows so the map stays bounded.
+            counts.retain(|_, (w, _)| *w == window);
+        }
+        let entry = counts.entry(key.to_owned()).or_insert((window, 0));
+        if entry.0 != window {
+            *entry = (window, 0);
+        }
+        entry.1 += 1;
+        Some(entry.1)
+    }
+}
+
+/// The limits a service applies; a limit of 0 is off.
+#[derive(Clone)]
+pub struct RateLimits {
+    pub limiter: Arc<dyn RateLimiter>,
+    /// Requests per minute from one principal (the token's subject).
+    pub per_principal: u64,
+    /// Requests per minute from one client address.
+    pub per_address: u64,
+    /// Where the client address is when a proxy stands in front (its last entry, the one the
+    /// trusted ingress appended); `None`: the TCP peer.
+    pub address_header: Option<HeaderName>,
+}
+
+impl RateLimits {
+    /// No limits.
+    pub fn off() -> Self {
+        RateLimits {
+            limiter: Arc::new(MemoryLimiter::default()),
+            per_principal: 0,
+            per_address: 0,
+            address_header: None,
+        }
+    }
+
+    fn address(&self, request: &Request) -> String {
+        if let Some(name) = &self.address_header
+            && let Some(last) = request
+                .headers()
+                .get_all(name)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .last()
+        {
+            return last.to_owned();
+        }
+        request
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map_or_else(|| "unknown".to_owned(), |c| c.0.ip().to_string())
+    }
+
+    /// `None` if under `limit`, else the wait until the next window.
+    async fn check(&self, scope: &'static str, key: &str, limit: u64) -> Option<Duration> {
+        if limit == 0 {
+            return None;
+        }
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        let window = now.as_secs() / WINDOW.as_secs();
+        // Unreachable counters let requests through: the limit guards capacity, and a Redis
+        // outage must not take the service down with it (readiness says degraded).
+        let count = self.limiter.hit(&format!("{scope}:{key}"), window).await?;
+        if count <= limit {
+            return None;
+        }
+        metrics::counter!(RATE_LIMITED, "scope" => scope).increment(1);
+        let next = Duration::from_secs((window + 1) * WINDOW.as_secs());
+        Some(next.saturating_sub(now).max(Duration::from_secs(1)))
+    }
+}
+
+fn too_many(scope: &str, wait: Duration) -> Response {
+    let mut response = ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+        format!("too many requests from this {scope}; retry after the Retry-After seconds"),
+    )
+    .into_response();
+    let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
+        response.headers_mut().insert(header::RETRY_AFTER, value);
+    }
+    response
+}
+
+/// Before authentication: limits each client address, so that guessing tokens is limited too.
+pub async fn per_address(
+    State(limits): State<RateLimits>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let address = limits.address(&request);
+    match limits.check("address", &address, limits.per_address).await {
+        Some(wait) => too_many("address", wait),
+        None => next.run(request).await,
+    }
+}
+
+/// After authentication: limits each principal, wherever it calls from.
+pub async fn per_principal(
+    State(limits): State<RateLimits>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let subject = request
+        .extensions()
+        .get::<Principal>()
+        .map(|p| p.subject.clone());
+    if let Some(subject) = subject
+        && let Some(wait) = limits
+            .check("principal", &subject, limits.per_principal)
+            .await
+    {
+        return too_many("principal", wait);
+    }
+    next.run(request).await
+}

@@ -88,7 +88,7 @@ impl RateLimits {
                 .flat_map(|v| v.split(','))
                 .map(str::trim)
                 .filter(|v| !v.is_empty())
-                .last()
+                .next_back()
         {
             return last.to_owned();
         }

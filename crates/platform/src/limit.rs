@@ -87,8 +87,7 @@ impl RateLimits {
                 .filter_map(|v| v.to_str().ok())
                 .flat_map(|v| v.split(','))
                 .map(str::trim)
-                .filter(|v| !v.is_empty())
-                .next_back()
+                .rfind(|v| !v.is_empty())
         {
             return last.to_owned();
         }

@@ -467,3 +467,117 @@ async fn a_duplicate_delivery_changes_nothing() {
     exactly_once(&p, &f, 50).await;
     p.stop().await;
 }
+
+/// API10:2023 Unsafe Consumption of APIs, for events: whatever reaches the tokens topic that is
+/// not a well-formed event of the tokens service (another source, malformed bytes, a subject that
+/// is not its data's key) goes to the dead-letter topic with its origin, and never into
+/// balances.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn api10_forged_and_malformed_events_go_to_the_dead_letter_topic_never_into_balances() {
+    use rdkafka::{
+        ClientConfig, Message,
+        consumer::{Consumer, StreamConsumer},
+        message::Headers,
+        producer::{FutureProducer, FutureRecord},
+    };
+    let (stack, _dir, p, f) = started("forged").await;
+    transfers(&p, &f, 10).1.await.expect("transfers");
+    exactly_once(&p, &f, 10).await;
+    let head = p.get("/v1/ledger/head").await.1;
+    let brokers = &stack.backends.kafka_brokers;
+
+    // A genuine event to forge from.
+    let reader: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "forger")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    reader.subscribe(&[libertum_events::TOKENS_TOPIC]).unwrap();
+    let genuine: Value = loop {
+        let message = tokio::time::timeout(Duration::from_secs(30), reader.recv())
+            .await
+            .expect("an event on the tokens topic")
+            .unwrap();
+        let event: Value = serde_json::from_slice(message.payload().unwrap()).unwrap();
+        if event["type"] == "libertum.token.transferred.v1" {
+            break event;
+        }
+    };
+    let mut other_source = genuine.clone();
+    other_source["id"] = json!("forged-1");
+    other_source["source"] = json!("/evil");
+    let mut other_subject = genuine.clone();
+    other_subject["id"] = json!("forged-2");
+    other_subject["subject"] = json!("tok_someone_else");
+    let forgeries: Vec<Vec<u8>> = vec![
+        serde_json::to_vec(&other_source).unwrap(),
+        serde_json::to_vec(&other_subject).unwrap(),
+        b"{not json".to_vec(),
+    ];
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .unwrap();
+    for payload in &forgeries {
+        producer
+            .send(
+                FutureRecord::to(libertum_events::TOKENS_TOPIC)
+                    .payload(payload)
+                    .key(genuine["partitionkey"].as_str().unwrap()),
+                Duration::from_secs(10),
+            )
+            .await
+            .expect("a forgery sent");
+    }
+
+    // The ledger sets each aside on the dead-letter topic, with its origin and the reason.
+    let dlq: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "dlq-auditor")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    dlq.subscribe(&[&format!("{}.dlq", libertum_events::TOKENS_TOPIC)])
+        .unwrap();
+    let mut set_aside = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while set_aside.len() < forgeries.len() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {} of {} forgeries reached the ledger's dead letters",
+            set_aside.len(),
+            forgeries.len()
+        );
+        let Ok(Ok(message)) = tokio::time::timeout(Duration::from_secs(5), dlq.recv()).await else {
+            continue;
+        };
+        let header = |name: &str| {
+            message.headers().and_then(|h| {
+                h.iter()
+                    .find(|x| x.key == name)
+                    .and_then(|x| x.value)
+                    .map(|v| String::from_utf8_lossy(v).into_owned())
+            })
+        };
+        if header("dlq.group").is_some_and(|g| g.starts_with("ledger")) {
+            assert_eq!(
+                header("dlq.topic").as_deref(),
+                Some(libertum_events::TOKENS_TOPIC)
+            );
+            assert!(header("dlq.error").is_some_and(|e| !e.is_empty()));
+            set_aside.push(message.payload().unwrap().to_vec());
+        }
+    }
+    set_aside.sort();
+    let mut expected = forgeries.clone();
+    expected.sort();
+    assert_eq!(set_aside, expected, "byte for byte, each once");
+    assert_eq!(
+        p.get("/v1/ledger/head").await.1,
+        head,
+        "no forgery became a ledger entry"
+    );
+    exactly_once(&p, &f, 10).await;
+    p.stop().await;
+}

@@ -1,13 +1,16 @@
 #!/usr/bin/env python3
 """Recomputes the ledger's hash chain from its public API, independently of the service.
 
-usage: scripts/verify-ledger.py [BASE_URL]    (default http://127.0.0.1:8080)
+usage: LIBERTUM_TOKEN=... scripts/verify-ledger.py [BASE_URL]    (default http://127.0.0.1:8080)
+
+LIBERTUM_TOKEN is a bearer token allowed to read the ledger (an auditor's: `libertum token --role
+auditor`).
 
 Each entry's hash is SHA-256(previous hash bytes || canonical bytes), the first chaining to 32 zero
 bytes; the canonical bytes are compact JSON with keys in the order below and amounts as integers
 (docs/ledger.md). Exits 0 and prints the head if every entry checks out, 1 at the first broken one.
 """
-import calendar, hashlib, json, sys, urllib.request
+import calendar, hashlib, json, os, sys, urllib.request
 
 base = sys.argv[1] if len(sys.argv) > 1 else "http://127.0.0.1:8080"
 
@@ -34,7 +37,8 @@ def canonical(e: dict) -> bytes:
 prev, expected, cursor = bytes(32), 1, None
 while True:
     url = f"{base}/v1/ledger/entries?limit=200" + (f"&cursor={cursor}" if cursor else "")
-    page = json.load(urllib.request.urlopen(url))
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {os.environ['LIBERTUM_TOKEN']}"})
+    page = json.load(urllib.request.urlopen(request))
     for e in page["items"]:
         digest = hashlib.sha256(prev + canonical(e)).digest()
         if e["seq"] != expected or e["prev_hash"] != prev.hex() or e["hash"] != digest.hex():

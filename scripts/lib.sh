@@ -65,3 +65,21 @@ need_rdkafka_build() {
   need_deb libssl-dev
   need_deb libcurl4-openssl-dev
 }
+
+# cargo-fuzz 0.13.2, for the fuzz targets in fuzz/ (run on stable Rust with `-s none`).
+need_cargo_fuzz() {
+  export PATH="$TOOLS/bin:$PATH"
+  command -v cargo-fuzz >/dev/null && return 0
+  need_rust
+  echo "building cargo-fuzz (about 2 minutes the first time)" >&2
+  cargo install --quiet --locked cargo-fuzz --version 0.13.2 --root "$TOOLS" >&2
+}
+
+# schemathesis 4.32.5 (PyPI), in its own virtual environment: fuzzes the API from its OpenAPI.
+need_schemathesis() {
+  [ -x "$TOOLS/schemathesis/bin/st" ] && return 0
+  need_apt python3 python3
+  python3 -m venv "$TOOLS/schemathesis" 2>/dev/null || { need_apt python3-venv /usr/share/doc/python3-venv; python3 -m venv "$TOOLS/schemathesis"; }
+  echo "installing schemathesis" >&2
+  "$TOOLS/schemathesis/bin/pip" install -q schemathesis==4.32.5 >&2
+}

@@ -68,6 +68,60 @@ impl utoipa::Modify for BearerAuth {
     }
 }
 
+/// Adds to every operation (once the routers have added them) the problem+json answers that any request may get from the guard,
+/// the extractors or the store, where the operation does not describe them itself.
+fn document_common_problems(openapi: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+    let problem = |what: &str| {
+        ResponseBuilder::new()
+            .description(what)
+            .content(
+                "application/problem+json",
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("Problem")))
+                    .build(),
+            )
+            .build()
+    };
+    for item in openapi.paths.paths.values_mut() {
+        let operations = [
+            (&mut item.get, false),
+            (&mut item.post, true),
+            (&mut item.put, true),
+            (&mut item.patch, true),
+            (&mut item.delete, false),
+        ];
+        for (operation, writes) in operations {
+            let Some(operation) = operation.as_mut() else {
+                continue;
+            };
+            let mut common = vec![
+                ("400", "malformed path, query or header"),
+                ("401", "no valid bearer token"),
+                ("403", "the caller's roles do not allow it"),
+                ("404", "no such resource"),
+                ("422", "a field is invalid"),
+                ("429", "over a rate limit; see Retry-After"),
+                ("503", "the service cannot take the request now; retry"),
+            ];
+            if writes {
+                common.extend([
+                    ("409", "refused in the current state"),
+                    ("413", "body too large"),
+                    ("415", "not a JSON body"),
+                ]);
+            }
+            for (status, what) in common {
+                operation
+                    .responses
+                    .responses
+                    .entry(status.to_owned())
+                    .or_insert_with(|| problem(what).into());
+            }
+        }
+    }
+}
+
 /// The running product, built but not yet serving.
 pub struct Application {
     listener: TcpListener,
@@ -136,11 +190,12 @@ impl Application {
         probes.extend(ledger_backends.probes);
         probes.append(&mut background.probes);
 
-        let (api, openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        let (api, mut openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
             .nest("/v1/assets", assets.router())
             .nest("/v1/tokens", tokens.router())
             .nest("/v1/ledger", ledger.router())
             .split_for_parts();
+        document_common_problems(&mut openapi);
         // Everything but health and metrics needs a bearer token, the API's description too.
         let protected = server::protect(
             api.merge(SwaggerUi::new("/docs").url("/openapi.json", openapi)),

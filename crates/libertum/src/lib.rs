@@ -201,7 +201,11 @@ impl Application {
             api.merge(SwaggerUi::new("/docs").url("/openapi.json", openapi)),
             server::Guard::new(&settings, assets_backends.limiter.clone())?,
         );
-        let router = server::stack(protected.merge(health::routes(probes)));
+        let mut app = protected.merge(health::routes(probes));
+        if !server::serve_metrics_apart(&settings).await? {
+            app = app.merge(server::metrics_routes());
+        }
+        let router = server::stack(app);
         tracing::info!(%addr, data_dir = %settings.data_dir.display(), "libertum built");
         Ok(Application {
             listener,

@@ -107,6 +107,11 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
         "the development signer's secret, at least 32 characters; ignored with a JWKS URL",
     ),
     (
+        "LIBERTUM_METRICS_ADDR",
+        "(none: /metrics on LIBERTUM_HTTP_ADDR)",
+        "serve /metrics on this address instead, e.g. 0.0.0.0:9090 for the monitoring network only",
+    ),
+    (
         "LIBERTUM_RATE_LIMIT_PER_PRINCIPAL",
         "1200",
         "requests per minute one principal may send each service (0: no limit); 429 beyond",
@@ -170,6 +175,8 @@ pub struct Settings {
     pub rate_limit_per_principal: u64,
     pub rate_limit_per_address: u64,
     pub client_address_header: Option<axum::http::HeaderName>,
+    /// Where `/metrics` is served apart from the API; `None`: on `http_addr`.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 /// What is wrong with the configuration: every problem at once.
@@ -334,6 +341,16 @@ impl Settings {
                 }
             },
         };
+        let metrics_addr = match set("LIBERTUM_METRICS_ADDR") {
+            None => None,
+            Some(a) => match a.parse::<SocketAddr>() {
+                Ok(a) => Some(a),
+                Err(_) => {
+                    problems.push(format!("LIBERTUM_METRICS_ADDR is not host:port: {a:?}"));
+                    None
+                }
+            },
+        };
         let jwks_url = set("LIBERTUM_AUTH_JWKS_URL");
         if let Some(url) = &jwks_url
             && !(url.starts_with("https://")
@@ -391,6 +408,7 @@ impl Settings {
             rate_limit_per_principal,
             rate_limit_per_address,
             client_address_header,
+            metrics_addr,
         })
     }
 
@@ -412,6 +430,7 @@ impl Settings {
             rate_limit_per_principal: 0,
             rate_limit_per_address: 0,
             client_address_header: None,
+            metrics_addr: None,
         }
     }
 }

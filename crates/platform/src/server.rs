@@ -22,13 +22,11 @@ use crate::{
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// Wraps `router` with request ids, logs, metrics, the body limit and problem+json fallbacks,
-/// and adds `/metrics`.
+/// Wraps `router` with request ids, logs, metrics, the body limit and problem+json fallbacks.
 pub fn stack(router: Router) -> Router {
     // Install the recorder before the first request: until it exists, every metric is dropped.
     let _ = http_metrics::recorder();
     router
-        .route("/metrics", axum::routing::get(http_metrics::render))
         .fallback(|| async { ApiError::not_found("route_not_found", "no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not take that method")
@@ -141,10 +139,37 @@ pub fn protect(routes: Router, guard: Guard) -> Router {
         ))
 }
 
+/// `GET /metrics`, anonymous: on the service's own address, or on an address of its own
+/// (`LIBERTUM_METRICS_ADDR`) that only the monitoring network reaches.
+pub fn metrics_routes() -> Router {
+    Router::new().route("/metrics", axum::routing::get(http_metrics::render))
+}
+
 /// A service's routes, behind `guard`, with its anonymous health endpoints, `/metrics` and the
 /// middleware stack.
 pub fn service_router(routes: Router, probes: Vec<crate::health::Probe>, guard: Guard) -> Router {
-    stack(protect(routes, guard).merge(crate::health::routes(probes)))
+    stack(
+        protect(routes, guard)
+            .merge(crate::health::routes(probes))
+            .merge(metrics_routes()),
+    )
+}
+
+/// Serves `/metrics` on `LIBERTUM_METRICS_ADDR` when it is set, and says whether it did: then
+/// the service's own address must not serve it.
+pub async fn serve_metrics_apart(settings: &crate::config::Settings) -> std::io::Result<bool> {
+    let Some(addr) = settings.metrics_addr else {
+        return Ok(false);
+    };
+    let listener = TcpListener::bind(addr).await?;
+    tracing::info!(addr = %listener.local_addr()?, "metrics listening");
+    let _ = http_metrics::recorder();
+    tokio::spawn(async move {
+        if let Err(error) = axum::serve(listener, metrics_routes()).await {
+            tracing::error!(%error, "the metrics listener stopped");
+        }
+    });
+    Ok(true)
 }
 
 /// Serves one service on `settings.http_addr`: its routes, health over `probes`, `/metrics`,
@@ -156,7 +181,11 @@ pub async fn serve_alone(
     probes: Vec<crate::health::Probe>,
     guard: Guard,
 ) -> std::io::Result<()> {
-    let router = service_router(routes, probes, guard);
+    let mut app = protect(routes, guard).merge(crate::health::routes(probes));
+    if !serve_metrics_apart(settings).await? {
+        app = app.merge(metrics_routes());
+    }
+    let router = stack(app);
     let listener = TcpListener::bind(settings.http_addr).await?;
     tracing::info!(service = name, addr = %listener.local_addr()?, "listening");
     serve(listener, router, shutdown_signal()).await

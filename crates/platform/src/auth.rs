@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 use crate::{ApiError, config::Settings};
 
 /// The development signer's secret in [`Settings::for_test`] and the test kit: never for a
-/// deployment, where `LIBERTUM_AUTH=jwks`.
+/// deployment, which sets `LIBERTUM_AUTH_JWKS_URL`.
 pub const TEST_SECRET: &str = "libertum-test-signing-secret-0123456789abcdef";
 
 /// What a principal is, as the `roles` claim names it (Entra ID app roles arrive there).
@@ -475,12 +475,16 @@ struct Jwks {
 #[derive(Default)]
 struct Cached {
     keys: HashMap<String, (DecodingKey, Algorithm)>,
+    /// The last successful fetch.
     fetched: Option<Instant>,
+    /// The last attempt, successful or not.
+    attempted: Option<Instant>,
 }
 
-/// Keys are refetched when older than this, so removed keys stop being trusted.
+/// Keys are refetched when older than this, so removed keys stop being trusted (once the
+/// provider answers: while it does not, the last keys it published stand).
 const JWKS_MAX_AGE: Duration = Duration::from_secs(3600);
-/// An unknown key id refetches at most this often, so forged kids cannot flood the provider.
+/// The provider is asked at most this often, so forged key ids or an outage cannot flood it.
 const JWKS_MIN_REFETCH: Duration = Duration::from_secs(30);
 
 impl Jwks {
@@ -494,32 +498,46 @@ impl Jwks {
             }
         }
         let _one = self.refresh.lock().await;
-        {
-            // Another request may have refetched while this one waited.
-            let cache = self.cache.read().await;
-            let fresh = cache
-                .fetched
-                .is_some_and(|at| at.elapsed() < self.min_refetch);
-            if let Some(key) = cache.keys.get(kid)
-                && cache.fetched.is_some_and(|at| at.elapsed() < JWKS_MAX_AGE)
-            {
-                return Ok(key.clone());
-            }
-            if fresh {
-                return Err(AuthError::Invalid(format!("no key {kid} in the JWKS")));
-            }
-        }
-        let keys = self.fetch().await?;
         let mut cache = self.cache.write().await;
-        *cache = Cached {
-            keys,
-            fetched: Some(Instant::now()),
-        };
-        cache
-            .keys
-            .get(kid)
-            .cloned()
-            .ok_or_else(|| AuthError::Invalid(format!("no key {kid} in the JWKS")))
+        // Another request may have refetched while this one waited.
+        if cache.fetched.is_some_and(|at| at.elapsed() < JWKS_MAX_AGE)
+            && let Some(key) = cache.keys.get(kid)
+        {
+            return Ok(key.clone());
+        }
+        // Attempts, failed ones too, are spaced: forged key ids or a provider outage must not
+        // turn every request into a call to the provider.
+        if cache
+            .attempted
+            .is_some_and(|at| at.elapsed() < self.min_refetch)
+        {
+            return match cache.keys.get(kid) {
+                Some(key) => Ok(key.clone()),
+                None if cache.fetched.is_none() => Err(AuthError::KeysUnavailable(format!(
+                    "JWKS at {} not fetched yet",
+                    self.url
+                ))),
+                None => Err(AuthError::Invalid(format!("no key {kid} in the JWKS"))),
+            };
+        }
+        cache.attempted = Some(Instant::now());
+        // Readers with a cached key go on while this one asks the provider.
+        drop(cache);
+        let fetched = self.fetch().await;
+        let mut cache = self.cache.write().await;
+        match fetched {
+            Ok(keys) => {
+                cache.keys = keys;
+                cache.fetched = Some(Instant::now());
+                cache
+                    .keys
+                    .get(kid)
+                    .cloned()
+                    .ok_or_else(|| AuthError::Invalid(format!("no key {kid} in the JWKS")))
+            }
+            // The provider is unreachable: the keys it last published still stand.
+            Err(error) => cache.keys.get(kid).cloned().ok_or(error),
+        }
     }
 
     async fn fetch(&self) -> Result<HashMap<String, (DecodingKey, Algorithm)>, AuthError> {
@@ -682,9 +700,18 @@ fn dev_secret(settings: &Settings) -> std::io::Result<Vec<u8>> {
         return Ok(secret.as_bytes().to_vec());
     }
     let path = settings.data_dir.join("development-signing.key");
+    let usable = |secret: Vec<u8>| {
+        if secret.len() >= 32 {
+            Ok(secret)
+        } else {
+            Err(std::io::Error::other(format!(
+                "{} holds fewer than 32 bytes: delete it to have a new one made",
+                path.display()
+            )))
+        }
+    };
     match std::fs::read(&path) {
-        Ok(secret) if !secret.is_empty() => return Ok(secret),
-        Ok(_) => {}
+        Ok(secret) => return usable(secret),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
@@ -694,17 +721,26 @@ fn dev_secret(settings: &Settings) -> std::io::Result<Vec<u8>> {
         uuid::Uuid::new_v4().simple(),
         uuid::Uuid::new_v4().simple()
     );
+    // Written whole under a private name, then linked into place: a process that races this
+    // one sees either no file or the whole secret, never a part of it.
+    let staged = settings.data_dir.join(format!(
+        "development-signing.key.{}",
+        uuid::Uuid::new_v4().simple()
+    ));
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    match options.open(&path) {
-        Ok(mut file) => {
-            std::io::Write::write_all(&mut file, secret.as_bytes())?;
-            Ok(secret.into_bytes())
-        }
+    let mut file = options.open(&staged)?;
+    std::io::Write::write_all(&mut file, secret.as_bytes())?;
+    file.sync_all()?;
+    drop(file);
+    let linked = std::fs::hard_link(&staged, &path);
+    let _ = std::fs::remove_file(&staged);
+    match linked {
+        Ok(()) => Ok(secret.into_bytes()),
         // Another process made it first: use theirs.
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => std::fs::read(&path),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => usable(std::fs::read(&path)?),
         Err(e) => Err(e),
     }
 }
@@ -1051,16 +1087,35 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_unreachable_jwks_is_unavailable_not_unauthenticated() {
-        let auth = Authenticator::jwks(
-            "http://127.0.0.1:9/keys",
-            "https://idp.test/",
-            "api://libertum",
-        );
+    async fn a_failing_jwks_is_unavailable_not_unauthenticated_and_is_not_hammered() {
+        let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let app = {
+            let hits = hits.clone();
+            axum::Router::new().route(
+                "/keys",
+                axum::routing::get(move || {
+                    hits.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    async { StatusCode::INTERNAL_SERVER_ERROR }
+                }),
+            )
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}/keys", listener.local_addr().expect("addr"));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let auth = Authenticator::jwks(&url, "https://idp.test/", "api://libertum");
         let (key, _) = ed25519("k");
-        assert!(matches!(
-            auth.authenticate(&signed(&key, "k", "carol")).await,
-            Err(AuthError::KeysUnavailable(_))
-        ));
+        for _ in 0..3 {
+            assert!(matches!(
+                auth.authenticate(&signed(&key, "k", "carol")).await,
+                Err(AuthError::KeysUnavailable(_))
+            ));
+        }
+        assert_eq!(
+            hits.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "one attempt, then the provider is left alone for a while"
+        );
     }
 }

@@ -352,18 +352,44 @@ impl Settings {
             },
         };
         let jwks_url = set("LIBERTUM_AUTH_JWKS_URL");
-        if let Some(url) = &jwks_url
-            && !(url.starts_with("https://")
-                || url.starts_with("http://127.0.0.1")
-                || url.starts_with("http://localhost"))
-        {
-            problems.push(
-                "LIBERTUM_AUTH_JWKS_URL must start with https:// (http:// only on loopback)".into(),
-            );
+        if let Some(url) = &jwks_url {
+            let secure = match reqwest::Url::parse(url) {
+                Ok(u) if u.scheme() == "https" => u.host().is_some(),
+                Ok(u) if u.scheme() == "http" => u.host_str().is_some_and(|h| {
+                    h == "localhost"
+                        || h.trim_matches(['[', ']'])
+                            .parse::<std::net::IpAddr>()
+                            .is_ok_and(|ip| ip.is_loopback())
+                }),
+                _ => false,
+            };
+            if !secure {
+                problems.push(
+                    "LIBERTUM_AUTH_JWKS_URL must be an https:// URL (http:// only on loopback)"
+                        .into(),
+                );
+            }
+            for key in ["LIBERTUM_AUTH_ISSUER", "LIBERTUM_AUTH_AUDIENCE"] {
+                if !vars.contains_key(key) {
+                    problems.push(format!(
+                        "{key} must be set with LIBERTUM_AUTH_JWKS_URL: the identity provider's, not the development default"
+                    ));
+                }
+            }
         }
         let dev_secret = set("LIBERTUM_AUTH_DEV_SECRET");
         if dev_secret.as_ref().is_some_and(|s| s.len() < 32) {
             problems.push("LIBERTUM_AUTH_DEV_SECRET must be at least 32 characters".into());
+        }
+        if jwks_url.is_none()
+            && dev_secret.is_none()
+            && (mongodb_uri.is_some() || kafka_brokers.is_some())
+        {
+            // Services on shared backends must share their signer, and a deployment must not
+            // fall back to a development one unawares.
+            problems.push(
+                "with LIBERTUM_MONGODB_URI or LIBERTUM_KAFKA_BROKERS set, set LIBERTUM_AUTH_JWKS_URL (the identity provider) or, for a development setup, LIBERTUM_AUTH_DEV_SECRET".into(),
+            );
         }
         let auth = crate::auth::AuthSettings {
             jwks_url,
@@ -474,6 +500,10 @@ mod tests {
             ("LIBERTUM_MONGODB_URI", "mongodb://db:27017/?replicaSet=rs0"),
             ("LIBERTUM_KAFKA_BROKERS", "k1:9092,k2:9092"),
             ("LIBERTUM_REDIS_URL", "redis://cache:6379"),
+            (
+                "LIBERTUM_AUTH_DEV_SECRET",
+                "a-development-secret-of-32-bytes!!",
+            ),
         ]))
         .expect("valid");
         assert_eq!(s.backends.mongodb_write_concern, "majority");
@@ -483,9 +513,52 @@ mod tests {
             ("LIBERTUM_KAFKA_BROKERS", "k1"),
             ("LIBERTUM_REDIS_URL", "http://x"),
             ("LIBERTUM_MONGODB_WRITE_CONCERN", "most"),
+            (
+                "LIBERTUM_AUTH_DEV_SECRET",
+                "a-development-secret-of-32-bytes!!",
+            ),
         ]))
         .expect_err("invalid");
         assert_eq!(err.0.len(), 4, "{err}");
+    }
+
+    #[test]
+    fn authentication_settings_are_checked() {
+        let entra = [
+            (
+                "LIBERTUM_AUTH_JWKS_URL",
+                "https://login.microsoftonline.com/t/discovery/v2.0/keys",
+            ),
+            (
+                "LIBERTUM_AUTH_ISSUER",
+                "https://login.microsoftonline.com/t/v2.0",
+            ),
+            ("LIBERTUM_AUTH_AUDIENCE", "api://libertum"),
+            ("LIBERTUM_MONGODB_URI", "mongodb://db:27017/"),
+        ];
+        let s = Settings::from_vars(vars(&entra)).expect("valid");
+        assert_eq!(s.auth.audience, "api://libertum");
+        for (url, ok) in [
+            ("http://127.0.0.1:9000/keys", true),
+            ("http://[::1]:9000/keys", true),
+            ("http://localhost/keys", true),
+            ("http://idp.example/keys", false),
+            ("http://127.0.0.1.evil.example/keys", false),
+            ("http://localhost@evil.example/keys", false),
+            ("ftp://idp.example/keys", false),
+        ] {
+            let mut v = entra.to_vec();
+            v[0].1 = url;
+            assert_eq!(Settings::from_vars(vars(&v)).is_ok(), ok, "{url}");
+        }
+        let err = Settings::from_vars(vars(&entra[..1])).expect_err("issuer and audience");
+        assert_eq!(err.0.len(), 2, "{err}");
+        let err = Settings::from_vars(vars(&[("LIBERTUM_KAFKA_BROKERS", "k:9092")]))
+            .expect_err("shared backends need a shared signer");
+        assert!(err.0[0].contains("LIBERTUM_AUTH_JWKS_URL"), "{err}");
+        let err = Settings::from_vars(vars(&[("LIBERTUM_AUTH_DEV_SECRET", "short")]))
+            .expect_err("too short");
+        assert!(err.0[0].contains("32"), "{err}");
     }
 
     #[test]

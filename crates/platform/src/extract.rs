@@ -101,6 +101,13 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Posted<T> {
 
     async fn from_request(req: Request, _state: &S) -> Result<Self, Self::Rejection> {
         let key = idempotency_key(req.headers())?;
+        // Keys belong to the caller who sent them: another principal's same key is another key,
+        // so no one can replay, or block, someone else's request by guessing its key.
+        let caller = req
+            .extensions()
+            .get::<crate::auth::Principal>()
+            .map(|p| p.subject.clone())
+            .unwrap_or_default();
         let method = req.method().clone();
         let path = req.uri().path().to_owned();
         let bytes = json_bytes(req).await?;
@@ -113,8 +120,12 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Posted<T> {
             h.update(b"\n");
             h.update(&bytes);
             let fingerprint = hex::encode(h.finalize());
-            // Keys are scoped by path so one key cannot collide across resources.
-            (format!("{path}#{key}"), fingerprint)
+            // Keys are scoped by caller and path so one key cannot collide across either.
+            // The caller's length first keeps the parts apart whatever characters they hold.
+            (
+                format!("{}:{caller}{path}#{key}", caller.len()),
+                fingerprint,
+            )
         });
         Ok(Posted { body, idempotency })
     }

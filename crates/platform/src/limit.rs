@@ -4,7 +4,7 @@
 
 use std::{
     collections::HashMap,
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     sync::Arc,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -42,8 +42,13 @@ impl RateLimiter for MemoryLimiter {
     async fn hit(&self, key: &str, window: u64) -> Option<u64> {
         let mut counts = self.counts.lock();
         if counts.len() > 100_000 {
-            // Forget the keys of past windows so the map stays bounded.
+            // Forget the keys of past windows so the map stays bounded; if this window alone
+            // holds that many keys, forget them all: a limit briefly too lenient beats a map
+            // without bound.
             counts.retain(|_, (w, _)| *w == window);
+            if counts.len() > 100_000 {
+                counts.clear();
+            }
         }
         let entry = counts.entry(key.to_owned()).or_insert((window, 0));
         if entry.0 != window {
@@ -79,8 +84,8 @@ impl RateLimits {
     }
 
     fn address(&self, request: &Request) -> String {
-        if let Some(name) = &self.address_header
-            && let Some(last) = request
+        let from_proxy = self.address_header.as_ref().and_then(|name| {
+            request
                 .headers()
                 .get_all(name)
                 .iter()
@@ -88,13 +93,27 @@ impl RateLimits {
                 .flat_map(|v| v.split(','))
                 .map(str::trim)
                 .rfind(|v| !v.is_empty())
-        {
-            return last.to_owned();
+                // Only an address counts: anything else is the peer's, not a key of its choice.
+                .and_then(|v| v.parse::<IpAddr>().ok())
+        });
+        let ip = from_proxy.or_else(|| {
+            request
+                .extensions()
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0.ip())
+        });
+        match ip {
+            Some(IpAddr::V6(v6)) => match v6.to_ipv4_mapped() {
+                Some(v4) => v4.to_string(),
+                // One IPv6 host usually holds a whole /64: it counts as one address.
+                None => {
+                    let s = v6.segments();
+                    format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+                }
+            },
+            Some(ip) => ip.to_string(),
+            None => "unknown".to_owned(),
         }
-        request
-            .extensions()
-            .get::<ConnectInfo<SocketAddr>>()
-            .map_or_else(|| "unknown".to_owned(), |c| c.0.ip().to_string())
     }
 
     /// `None` if under `limit`, else the wait until the next window.

@@ -117,6 +117,24 @@ async fn get<T: serde::de::DeserializeOwned>(
             "the tokens service knows no such token",
         ));
     }
+    // The tokens service's refusal of the caller is the caller's answer here too.
+    match response.status() {
+        reqwest::StatusCode::UNAUTHORIZED | reqwest::StatusCode::FORBIDDEN => {
+            return Err(ApiError::new(
+                axum::http::StatusCode::FORBIDDEN,
+                "forbidden",
+                "the tokens service does not let this caller read its cap tables",
+            ));
+        }
+        reqwest::StatusCode::TOO_MANY_REQUESTS => {
+            return Err(ApiError::new(
+                axum::http::StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "the tokens service limits this caller's requests; retry later",
+            ));
+        }
+        _ => {}
+    }
     if !response.status().is_success() {
         return Err(ApiError::unavailable(format!(
             "GET {url} answered {}",

@@ -638,6 +638,26 @@ async fn batch(
     posted: Posted<BatchRequest>,
 ) -> Result<Response, ApiError> {
     principal.allow(Operation::Batch)?;
+    // A batch grants nothing by itself: each operation in it needs what it needs alone.
+    for op in &posted.body.operations {
+        match op {
+            token::Operation::Issue { .. } => principal.allow(Operation::Issue)?,
+            token::Operation::Transfer { from, .. } => {
+                principal.allow_own(Operation::Transfer, from.as_str())?
+            }
+            token::Operation::Redeem { .. } => principal.allow(Operation::Redeem)?,
+            token::Operation::ForcedTransfer { .. } => {
+                principal.allow(Operation::ForcedTransfer)?
+            }
+            token::Operation::Freeze { .. }
+            | token::Operation::Unfreeze { .. }
+            | token::Operation::FreezeAmount { .. }
+            | token::Operation::UnfreezeAmount { .. } => principal.allow(Operation::Freeze)?,
+            token::Operation::Pause | token::Operation::Unpause => {
+                principal.allow(Operation::Pause)?
+            }
+        }
+    }
     let actor = principal.subject;
     let command = token::Command::Batch {
         token_id: Id::from(token_id.as_str()),

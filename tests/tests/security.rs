@@ -749,3 +749,49 @@ async fn api4_limits_answer_429_with_retry_after_and_bound_bodies_pages_and_stri
     );
     p.stop().await;
 }
+
+/// API8:2023 Security Misconfiguration: a failure inside answers a generic problem: no address,
+/// no error text of a dependency, no stack; the cause stays in the log.
+#[tokio::test]
+async fn api8_a_failing_dependency_leaves_no_internal_detail_in_the_answer() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut settings = libertum_platform::config::Settings::for_test(dir.path());
+    // Reconciliation asks the tokens service over HTTP: here, at an address nothing answers.
+    // (On port 0 the product would ask itself.)
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    settings.http_addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    settings.tokens_url = "http://127.0.0.1:9".into();
+    let p = Product::start_with(settings).await;
+    let auditor = libertum_testkit::token(&[Role::Auditor], None);
+    let r = p
+        .http
+        .get(p.url("/v1/ledger/reconciliation"))
+        .bearer_auth(auditor)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        r.headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok()),
+        Some("application/problem+json")
+    );
+    let text = r.text().await.expect("body");
+    let problem: Value = serde_json::from_str(&text).expect("json");
+    assert_eq!(code(&problem), "unavailable");
+    for detail in ["127.0.0.1", ":9", "error", "reqwest", "connect", "tokens"] {
+        assert!(!text.contains(detail), "{detail:?} leaked: {text}");
+    }
+    let mut fields: Vec<&String> = problem.as_object().expect("object").keys().collect();
+    fields.sort();
+    assert_eq!(
+        fields,
+        ["code", "detail", "status", "title", "type"],
+        "only the problem's own fields"
+    );
+    p.stop().await;
+}

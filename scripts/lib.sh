@@ -69,7 +69,7 @@ need_rdkafka_build() {
 # cargo-fuzz 0.13.2, for the fuzz targets in fuzz/ (run on stable Rust with `-s none`).
 need_cargo_fuzz() {
   export PATH="$TOOLS/bin:$PATH"
-  command -v cargo-fuzz >/dev/null && return 0
+  [ -x "$TOOLS/bin/cargo-fuzz" ] && return 0
   need_rust
   echo "building cargo-fuzz (about 2 minutes the first time)" >&2
   cargo install --quiet --locked cargo-fuzz --version 0.13.2 --root "$TOOLS" >&2

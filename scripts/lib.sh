@@ -33,7 +33,9 @@ need_rust() {
 }
 
 # The servers of the local test stack (docs/production.md): installed under $TOOLS, once.
-TOOLS=${LIBERTUM_TOOLS:-$HOME/.cache/libertum-tools}
+# Not LIBERTUM_*: the product refuses unknown LIBERTUM_ variables, and the tests' processes
+# inherit this one.
+TOOLS=${STACK_TOOLS_DIR:-$HOME/.cache/libertum-tools}
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 

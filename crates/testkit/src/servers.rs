@@ -3,7 +3,7 @@
 //! it keeps its data across a restart) and the nx-27017 MongoDB-wire server.
 //!
 //! They are installed by `scripts/stack install` (which `scripts/test` runs) under
-//! `$LIBERTUM_TOOLS`, by default `~/.cache/libertum-tools`. A missing server fails the test with
+//! `$STACK_TOOLS_DIR`, by default `~/.cache/libertum-tools`. A missing server fails the test with
 //! the command that installs it: it never skips.
 
 use std::{
@@ -14,7 +14,7 @@ use std::{
 };
 
 pub fn tools_dir() -> PathBuf {
-    std::env::var_os("LIBERTUM_TOOLS")
+    std::env::var_os("STACK_TOOLS_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
             PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))

@@ -48,27 +48,18 @@ pub async fn run(seconds: u64, rate: u64, backlog: bool) -> anyhow::Result<()> {
 /// the time from each send to its receipt, p50/p99.
 async fn broker_round_trip(brokers: &str, rate: u64) -> anyhow::Result<()> {
     use rdkafka::{
-        ClientConfig, Message,
+        Message,
         consumer::{Consumer, StreamConsumer},
         producer::{FutureProducer, FutureRecord},
     };
     const RECORDS: usize = 2_000;
     let kafka = KafkaSettings::new(brokers);
     ensure_topics(&kafka, &["bench.round-trip"]).await?;
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", "bench-round-trip")
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
+    let consumer: StreamConsumer = bare_consumer(brokers, "bench-round-trip")
         .set("fetch.wait.max.ms", "10")
         .create()?;
     consumer.subscribe(&["bench.round-trip"])?;
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("linger.ms", "2")
-        .create()?;
+    let producer: FutureProducer = bare_producer(brokers).create()?;
     let payload = event(0);
     let send = |i: usize| {
         let key = format!("tok_{}", i % 16);
@@ -345,18 +336,32 @@ async fn backlogs() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A bare rdkafka producer as the relay's: idempotent, `acks=all`, 2 ms linger.
+fn bare_producer(brokers: &str) -> rdkafka::ClientConfig {
+    let mut config = rdkafka::ClientConfig::new();
+    config
+        .set("bootstrap.servers", brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "2");
+    config
+}
+
+/// A bare rdkafka consumer in `group`, from the earliest offset, committing nothing.
+fn bare_consumer(brokers: &str, group: &str) -> rdkafka::ClientConfig {
+    let mut config = rdkafka::ClientConfig::new();
+    config
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false");
+    config
+}
+
 /// Seconds to read `bench.alone` whole with a bare rdkafka consumer, or how far it got.
 async fn consumer_alone(brokers: &str) -> anyhow::Result<Result<f64, usize>> {
-    use rdkafka::{
-        ClientConfig,
-        consumer::{Consumer, StreamConsumer},
-    };
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", "bench-alone-reader")
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .create()?;
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    let consumer: StreamConsumer = bare_consumer(brokers, "bench-alone-reader").create()?;
     consumer.subscribe(&["bench.alone"])?;
     let started = Instant::now();
     let mut read = 0;
@@ -373,16 +378,8 @@ async fn consumer_alone(brokers: &str) -> anyhow::Result<Result<f64, usize>> {
 }
 
 async fn producer_alone(brokers: &str) -> anyhow::Result<f64> {
-    use rdkafka::{
-        ClientConfig,
-        producer::{FutureProducer, FutureRecord},
-    };
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("linger.ms", "2")
-        .create()?;
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let producer: FutureProducer = bare_producer(brokers).create()?;
     let payloads: Vec<Vec<u8>> = (0..BACKLOG).map(event).collect();
     let started = Instant::now();
     for chunk in payloads.chunks(2_000) {

@@ -204,20 +204,12 @@ impl Operation {
     pub fn roles(self) -> &'static [Role] {
         use Operation::*;
         use Role::*;
-        const EVERYONE: &[Role] = &[
-            PlatformAdmin,
-            AssetManager,
-            ComplianceOfficer,
-            TokenAgent,
-            Investor,
-            Auditor,
-        ];
         const STAFF_READERS: &[Role] = &[PlatformAdmin, ComplianceOfficer, TokenAgent, Auditor];
         match self {
             AssetRegister | AssetUpdate | AssetDocumentAdd | AssetValuationAdd | AssetSubmit => {
                 &[PlatformAdmin, AssetManager]
             }
-            AssetRead | TokenRead => EVERYONE,
+            AssetRead | TokenRead => &Role::ALL,
             AssetReview | TokenRulesUpdate | InvestorRegister | InvestorUpdate | ForcedTransfer
             | Freeze => &[PlatformAdmin, ComplianceOfficer],
             TokenCreate | Issue | Redeem | Pause | Batch | Distribute => {

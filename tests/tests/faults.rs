@@ -30,9 +30,9 @@ struct Stack {
 }
 
 fn stack(name: &str) -> Stack {
-    let (redis, redis_url) = servers::redis();
-    let (kafka, kafka_brokers) = servers::kafka();
-    let (mongo, mongodb_uri) = servers::mongo();
+    let (redis, redis_url) = servers::redis_standin();
+    let (kafka, kafka_brokers) = servers::kafka_standin();
+    let (mongo, mongodb_uri) = servers::mongo_standin();
     Stack {
         redis,
         kafka,

@@ -507,6 +507,7 @@ async fn the_whole_story_with_each_service_its_own_process_on_kafka_mongodb_and_
     }
 
     let ending = story(&p).await;
+    common::observability::check(&p).await;
 
     // An independent Kafka client reads both topics: every event is a well-formed CloudEvent,
     // keyed by its partition key, in order per key, and there are as many as the ledger recorded.

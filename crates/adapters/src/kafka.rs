@@ -182,6 +182,7 @@ impl Relay {
         store: Arc<dyn EventStore>,
         topic: &str,
     ) -> Result<Self, StoreError> {
+        metrics::counter!(EVENTS_PRODUCED, "topic" => topic.to_owned()).increment(0);
         Ok(Relay {
             store,
             producer: settings.producer()?,
@@ -391,6 +392,7 @@ impl EventBus for KafkaBus {
             .create()
             .map_err(StoreError::backend)?;
         consumer.subscribe(&[topic]).map_err(StoreError::backend)?;
+        metrics::counter!(DEAD_LETTERED, "topic" => topic.to_owned()).increment(0);
         Ok(Box::new(KafkaSubscription {
             consumer: Arc::new(consumer),
             producer: self.producer.clone(),

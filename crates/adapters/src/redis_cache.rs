@@ -36,6 +36,10 @@ impl RedisCache {
     /// A cache under `prefix` on the Redis at `url`. It connects on first use, so the service
     /// starts even when Redis does not answer yet.
     pub fn new(url: &str, prefix: &str, ttl: Duration) -> Result<Self, StoreError> {
+        // Every series from zero, so that an alert on their increase sees the first error.
+        for op in ["connect", "clear", "ratelimit", "get", "put", "invalidate"] {
+            metrics::counter!(REDIS_ERRORS, "op" => op).increment(0);
+        }
         Ok(RedisCache {
             client: redis::Client::open(url).map_err(StoreError::backend)?,
             url: redact(url),

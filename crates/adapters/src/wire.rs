@@ -32,6 +32,8 @@ pub struct Backends {
 /// Opens `service`'s store (MongoDB database `{prefix}_{service}`, or `{data_dir}/{service}.redb`)
 /// and its cache (Redis under the key prefix `libertum:{service}`, or in memory).
 pub async fn backends(settings: &Settings, service: &str) -> anyhow::Result<Backends> {
+    // The adapters start their series at zero: the recorder must exist before they do.
+    let _ = libertum_platform::http_metrics::recorder();
     let b = &settings.backends;
     let mut probes = Vec::new();
     let store: Arc<dyn EventStore> = match &b.mongodb_uri {
@@ -215,20 +217,35 @@ impl Background {
 
     /// Deletes idempotency records older than the retention, every ten minutes.
     pub fn prune_idempotency(&mut self, stores: Vec<Arc<dyn EventStore>>, retention: Duration) {
-        let mut stop = self.stop.subscribe();
-        self.tasks.push(tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(600)) => {}
-                    _ = stop.wait_for(|s| *s) => return,
-                }
+        let stores = Arc::new(stores);
+        self.periodic(Duration::from_secs(600), move || {
+            let stores = stores.clone();
+            async move {
                 let before = time_now() - retention.as_secs() as i64;
-                for store in &stores {
+                for store in stores.iter() {
                     match store.prune_idempotency(before).await {
                         Ok(n) if n > 0 => tracing::info!(store = %store.describe(), removed = n, "idempotency records pruned"),
                         Ok(_) => {}
                         Err(error) => tracing::warn!(store = %store.describe(), %error, "pruning idempotency records failed"),
                     }
+                }
+            }
+        });
+    }
+
+    /// Runs `step` now and then every `every` until stopped; a stop waits for the running step.
+    pub fn periodic<F, Fut>(&mut self, every: Duration, step: F)
+    where
+        F: Fn() -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send,
+    {
+        let mut stop = self.stop.subscribe();
+        self.tasks.push(tokio::spawn(async move {
+            loop {
+                step().await;
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    _ = stop.wait_for(|s| *s) => return,
                 }
             }
         }));

@@ -17,7 +17,7 @@ async fn the_redis_cache_honours_the_cache_contract() {
 
 #[tokio::test]
 async fn with_redis_down_reads_miss_and_a_lost_invalidation_never_serves_stale_data() {
-    let (mut server, url) = servers::redis();
+    let (mut server, url) = servers::redis_standin();
     let cache = RedisCache::new(&url, "libertum:test", Duration::from_secs(60)).expect("client");
     cache.put("asset:1", Bytes::from_static(b"old")).await;
     assert_eq!(cache.get("asset:1").await, Some(Bytes::from_static(b"old")));
@@ -78,7 +78,7 @@ async fn with_redis_down_reads_miss_and_a_lost_invalidation_never_serves_stale_d
 #[tokio::test]
 async fn rate_limit_counters_are_shared_by_replicas_and_fail_open_when_redis_is_down() {
     use libertum_platform::limit::RateLimiter;
-    let (mut server, url) = servers::redis();
+    let (mut server, url) = servers::redis_standin();
     // Two replicas of one service: one count.
     let a = RedisCache::new(&url, "libertum:tokens", Duration::from_secs(60)).expect("client");
     let b = RedisCache::new(&url, "libertum:tokens", Duration::from_secs(60)).expect("client");

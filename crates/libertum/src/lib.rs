@@ -180,6 +180,10 @@ impl Application {
         }
         let retention = Duration::from_secs(settings.idempotency_retention_hours * 3600);
         background.prune_idempotency(vec![assets_store, tokens_store], retention);
+        if settings.ledger_verify_interval_seconds > 0 {
+            let (ledger, every) = (ledger.clone(), settings.ledger_verify_interval_seconds);
+            background.periodic(Duration::from_secs(every), move || ledger.clone().audit());
+        }
 
         let mut probes: Vec<Probe> = Vec::new();
         probes.extend(assets.probes());

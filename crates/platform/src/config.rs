@@ -32,6 +32,11 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
         "how long a response is kept for retries with the same Idempotency-Key",
     ),
     (
+        "LIBERTUM_LEDGER_VERIFY_INTERVAL_SECONDS",
+        "3600",
+        "how often the ledger re-verifies its whole hash chain as stored, for the libertum_ledger_chain_valid metric; 0 never",
+    ),
+    (
         "LIBERTUM_CACHE_ENTRIES",
         "100000",
         "capacity of the in-memory read cache",
@@ -168,6 +173,8 @@ pub struct Settings {
     pub log_format: LogFormat,
     pub tokens_url: String,
     pub idempotency_retention_hours: u64,
+    /// Seconds between the ledger's verifications of its chain; 0: never.
+    pub ledger_verify_interval_seconds: u64,
     pub cache_entries: usize,
     pub backends: Backends,
     pub auth: crate::auth::AuthSettings,
@@ -259,6 +266,8 @@ impl Settings {
         };
         let idempotency_retention_hours =
             number("LIBERTUM_IDEMPOTENCY_RETENTION_HOURS", 1, 24 * 365);
+        let ledger_verify_interval_seconds =
+            number("LIBERTUM_LEDGER_VERIFY_INTERVAL_SECONDS", 0, 7 * 24 * 3600);
         let cache_entries = number("LIBERTUM_CACHE_ENTRIES", 1, 100_000_000) as usize;
         let kafka_partitions = number("LIBERTUM_KAFKA_TOPIC_PARTITIONS", 1, 10_000) as i32;
         let kafka_replication = number("LIBERTUM_KAFKA_TOPIC_REPLICATION", 1, 100) as i32;
@@ -428,6 +437,7 @@ impl Settings {
             log_format,
             tokens_url: tokens_url.trim_end_matches('/').to_owned(),
             idempotency_retention_hours,
+            ledger_verify_interval_seconds,
             cache_entries,
             backends,
             auth,
@@ -447,6 +457,7 @@ impl Settings {
             log_format: LogFormat::Text,
             tokens_url: String::new(),
             idempotency_retention_hours: 24,
+            ledger_verify_interval_seconds: 0,
             cache_entries: 10_000,
             backends: Backends::default(),
             auth: crate::auth::AuthSettings {

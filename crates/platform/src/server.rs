@@ -109,6 +109,10 @@ impl Guard {
         settings: &crate::config::Settings,
         limiter: Arc<dyn crate::limit::RateLimiter>,
     ) -> std::io::Result<Guard> {
+        let _ = http_metrics::recorder();
+        for scope in ["address", "principal"] {
+            metrics::counter!(crate::limit::RATE_LIMITED, "scope" => scope).increment(0);
+        }
         Ok(Guard {
             auth: crate::auth::authenticator(settings)?,
             limits: RateLimits {

@@ -81,6 +81,11 @@ impl<S: StateMachine> Consumer<S> {
 
     /// Runs until `shutdown` turns true, or the bus fails for good.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        // Every series from zero, so that an alert on their increase sees the first one.
+        for name in [m::EVENTS_CONSUMED, m::EVENTS_REJECTED] {
+            metrics::counter!(name, "consumer" => self.name.clone(), "topic" => self.topic.clone())
+                .increment(0);
+        }
         loop {
             let result = tokio::select! {
                 r = self.consume() => r,

@@ -5,6 +5,11 @@
 //! They are installed by `scripts/stack install` (which `scripts/test` runs) under
 //! `$STACK_TOOLS_DIR`, by default `~/.cache/libertum-tools`. A missing server fails the test with
 //! the command that installs it: it never skips.
+//!
+//! `TESTKIT_REDIS_URL`, `TESTKIT_KAFKA_BROKERS` and `TESTKIT_MONGODB_URI` point `redis()`,
+//! `kafka()` and `mongo()` at servers already running instead: the hosted CI runs the adapters'
+//! tests against real Redis 7, Apache Kafka and MongoDB 7 that way. Tests that stop and start
+//! their server use the `*_standin()` functions, which always start their own.
 
 use std::{
     net::TcpStream,
@@ -45,10 +50,12 @@ fn which(program: &Path) -> bool {
         })
 }
 
-/// One server process on 127.0.0.1:`port`, with its data under `dir`.
+/// One server process on 127.0.0.1:`port`, with its data under `dir`; or a server someone else
+/// runs (`external`), which a test may use but not stop.
 pub struct Server {
     pub port: u16,
     what: &'static str,
+    external: Option<&'static str>,
     program: PathBuf,
     args: Vec<String>,
     child: Option<Child>,
@@ -69,6 +76,7 @@ impl Server {
         let mut server = Server {
             port,
             what,
+            external: None,
             args: args(dir.path(), port),
             program,
             child: None,
@@ -79,9 +87,35 @@ impl Server {
         server
     }
 
+    /// The server named by the environment variable `var`, if it is set.
+    fn external(what: &'static str, var: &'static str) -> Option<(Server, String)> {
+        let address = std::env::var(var).ok().filter(|v| !v.is_empty())?;
+        let server = Server {
+            port: 0,
+            what,
+            external: Some(var),
+            program: PathBuf::new(),
+            args: Vec::new(),
+            child: None,
+            dir: tempfile::tempdir().expect("a directory"),
+            log: PathBuf::new(),
+        };
+        Some((server, address))
+    }
+
+    fn owned(&self) {
+        if let Some(var) = self.external {
+            panic!(
+                "{} is the server {var} names: a test that stops or starts its server must use a stand-in (servers::*_standin())",
+                self.what
+            );
+        }
+    }
+
     /// Starts the process again, on the same port with the same data, and waits until it accepts
     /// connections.
     pub fn restart(&mut self) {
+        self.owned();
         assert!(self.child.is_none(), "{} is already running", self.what);
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -125,6 +159,7 @@ impl Server {
 
     /// Kills the process (SIGKILL); its data stays for `restart`.
     pub fn kill(&mut self) {
+        self.owned();
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
@@ -140,12 +175,30 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        self.kill();
+        if self.external.is_none() {
+            self.kill();
+        }
     }
 }
 
-/// redis-server with no persistence.
+/// Redis: the one `TESTKIT_REDIS_URL` names, or a stand-in.
 pub fn redis() -> (Server, String) {
+    Server::external("Redis", "TESTKIT_REDIS_URL").unwrap_or_else(redis_standin)
+}
+
+/// A Kafka broker: the one `TESTKIT_KAFKA_BROKERS` names, or a stand-in.
+pub fn kafka() -> (Server, String) {
+    Server::external("Kafka", "TESTKIT_KAFKA_BROKERS").unwrap_or_else(kafka_standin)
+}
+
+/// MongoDB: the one `TESTKIT_MONGODB_URI` names (a replica set: the store needs transactions),
+/// or a stand-in.
+pub fn mongo() -> (Server, String) {
+    Server::external("MongoDB", "TESTKIT_MONGODB_URI").unwrap_or_else(mongo_standin)
+}
+
+/// redis-server with no persistence.
+pub fn redis_standin() -> (Server, String) {
     let server = Server::start("redis-server", PathBuf::from("redis-server"), |_, port| {
         [
             "--port",
@@ -165,7 +218,7 @@ pub fn redis() -> (Server, String) {
 }
 
 /// The tansu broker on SQLite: topics, messages and committed offsets survive `kill` + `restart`.
-pub fn kafka() -> (Server, String) {
+pub fn kafka_standin() -> (Server, String) {
     let server = Server::start(
         "the tansu Kafka broker",
         tools_dir().join("bin/tansu"),
@@ -188,7 +241,7 @@ pub fn kafka() -> (Server, String) {
 }
 
 /// The nx-27017 MongoDB-wire server on SQLite.
-pub fn mongo() -> (Server, String) {
+pub fn mongo_standin() -> (Server, String) {
     let server = Server::start(
         "the nx-27017 MongoDB-wire server",
         tools_dir().join("nx/bin/nx-27017"),

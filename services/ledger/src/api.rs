@@ -338,7 +338,9 @@ async fn verify(
     principal: Principal,
 ) -> Result<(StatusCode, axum::Json<VerificationView>), ApiError> {
     principal.allow(Operation::LedgerVerify)?;
-    let view = verify_store(app.engine.store().as_ref()).await?;
+    let result = verify_store(app.engine.store().as_ref()).await;
+    crate::audit::verified(&result);
+    let view = result?;
     Ok((StatusCode::OK, axum::Json(view)))
 }
 

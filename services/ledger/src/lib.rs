@@ -2,6 +2,7 @@
 //! balances and cap tables at any point, chain verification and reconciliation.
 
 mod api;
+mod audit;
 mod reconcile;
 mod state;
 
@@ -24,6 +25,8 @@ pub struct Ledger {
 impl Ledger {
     /// `tokens_url` is the tokens service's base URL, for reconciliation.
     pub async fn open(store: Arc<dyn EventStore>, tokens_url: String) -> Result<Self, StoreError> {
+        let _ = libertum_platform::http_metrics::recorder();
+        audit::describe();
         Ok(Ledger {
             engine: Engine::start("ledger", store, None).await?,
             tokens_url,
@@ -61,6 +64,30 @@ impl Ledger {
     /// Waits for the writer to finish and release the store; call once nothing else holds the service.
     pub async fn close(self) {
         self.engine.close().await;
+    }
+
+    /// Verifies the whole chain as stored and records the outcome (`libertum_ledger_chain_valid`);
+    /// run periodically by the binaries (`LIBERTUM_LEDGER_VERIFY_INTERVAL_SECONDS`).
+    pub async fn audit(self) {
+        let result = api::verify_store(self.engine.store().as_ref()).await;
+        audit::verified(&result);
+        match result {
+            Ok(view) if view.valid => {
+                tracing::info!(
+                    entries = view.entries_checked,
+                    head_seq = view.head_seq,
+                    "ledger chain verified"
+                )
+            }
+            Ok(view) => tracing::error!(
+                first_broken_seq = view.first_broken_seq,
+                problem = view.problem.as_deref().unwrap_or_default(),
+                "the ledger chain is broken"
+            ),
+            Err(error) => {
+                tracing::warn!(error = %error.detail, "the ledger chain could not be verified")
+            }
+        }
     }
 
     pub fn probes(&self) -> Vec<Probe> {

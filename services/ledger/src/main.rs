@@ -2,6 +2,8 @@
 //! without it, on embedded defaults, it receives no events. The `libertum` binary runs all
 //! three services together.
 
+use std::time::Duration;
+
 use libertum_adapters::wire::{self, Background};
 use libertum_platform::{config::Settings, server, telemetry};
 
@@ -29,6 +31,10 @@ async fn main() -> anyhow::Result<()> {
             service = "ledger",
             "no LIBERTUM_KAFKA_BROKERS: running alone, it receives no events"
         ),
+    }
+    if settings.ledger_verify_interval_seconds > 0 {
+        let (ledger, every) = (service.clone(), settings.ledger_verify_interval_seconds);
+        background.periodic(Duration::from_secs(every), move || ledger.clone().audit());
     }
     let mut probes = service.probes();
     probes.extend(backends.probes);

@@ -177,7 +177,9 @@ pub async fn reconcile(
     };
     let mut tokens = Vec::with_capacity(ids.len());
     for id in ids {
-        tokens.push(reconcile_one(&app, &id, caller).await?);
+        let token = reconcile_one(&app, &id, caller).await?;
+        crate::audit::reconciled(&token.status);
+        tokens.push(token);
     }
     Ok(axum::Json(Reconciliation {
         matched: tokens.iter().all(|t| t.status == "matched"),

@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod observability;
+
 use std::time::Duration;
 
 use libertum_platform::config::Settings;

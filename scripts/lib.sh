@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared by the scripts: install what is missing, quietly, on Debian.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)

@@ -88,12 +88,14 @@ need_schemathesis() {
 }
 
 # The deployment checks (scripts/check-deploy): checkov, kubernetes-validate, yamllint and
-# hadolint (PyPI, one virtual environment), action-validator and the Azurite blob emulator (npm),
-# promtool and a Prometheus server, and shellcheck (Debian). Versions are pinned.
+# hadolint (PyPI, one virtual environment), action-validator, HashiCorp's HCL parser and the
+# Azurite blob emulator (npm), promtool and a Prometheus server, cloud-init (its schema check)
+# and shellcheck (Debian). Versions are pinned in deploy/tools.
 need_deploy_tools() {
   need_apt python3 python3
   need_apt shellcheck shellcheck
   need_apt prometheus promtool
+  need_apt cloud-init cloud-init
   need_apt npm npm
   if [ ! -x "$TOOLS/deploy/bin/checkov" ]; then
     python3 -m venv "$TOOLS/deploy" 2>/dev/null || { need_apt python3-venv /usr/share/doc/python3-venv; python3 -m venv "$TOOLS/deploy"; }

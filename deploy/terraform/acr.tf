@@ -1,0 +1,31 @@
+# The container registry for the libertum and libertum-backup images: Entra ID only (no admin
+# user, no anonymous pull); the kubelets pull with AcrPull, CD pushes with AcrPush (identity.tf).
+# Premium for zone redundancy, dedicated data endpoints and the untagged-manifest retention.
+
+resource "azurerm_container_registry" "main" {
+  #checkov:skip=CKV_AZURE_139:GitHub-hosted CD runners push from changing Internet addresses, so the registry keeps a public endpoint; every call needs an Entra ID token with AcrPush/AcrPull, and there is no admin user or anonymous pull.
+  #checkov:skip=CKV_AZURE_165:One region: the cluster and the registry live in the same region, and losing the region loses the cluster too; geo-replication would double the registry's cost for nothing.
+  #checkov:skip=CKV_AZURE_166:Quarantine holds every pushed image until a scanner releases it; with no scanner wired to the quarantine API, deployments would never get their images. Images are scanned in CI (and by Defender for Containers if enabled).
+  #checkov:skip=CKV_AZURE_164:Docker Content Trust is being retired by Azure in favour of Notation signatures; images are immutable sha-<commit> tags pushed only by the CD identity.
+  name                = local.acr_name
+  location            = azurerm_resource_group.main.location
+  resource_group_name = azurerm_resource_group.main.name
+  sku                 = "Premium"
+
+  admin_enabled                 = false
+  anonymous_pull_enabled        = false
+  public_network_access_enabled = true
+  zone_redundancy_enabled       = true
+  data_endpoint_enabled         = true
+  # Untagged manifests (superseded pushes) are deleted after a week.
+  retention_policy_in_days = 7
+
+  tags = local.tags
+}
+
+resource "azurerm_role_assignment" "aks_acr_pull" {
+  scope                            = azurerm_container_registry.main.id
+  role_definition_name             = "AcrPull"
+  principal_id                     = azurerm_user_assigned_identity.aks_kubelet.principal_id
+  skip_service_principal_aad_check = true
+}

@@ -1,0 +1,201 @@
+# Managed identities and their role assignments:
+#   - the AKS control plane and kubelet identities (created here so that their roles exist
+#     before the cluster does: no race between the first image pull and the AcrPull assignment);
+#   - one workload identity per Kubernetes service account (assets, tokens, ledger,
+#     mongodb-backup), federated with the cluster's OIDC issuer;
+#   - a Key Vault reader federated with the three services' service accounts, for the one
+#     SecretProviderClass they share (deploy/k8s/base/secretproviderclass.yaml names one
+#     clientID, and the CSI driver exchanges the token of whichever pod mounts it); the backup
+#     CronJob's own SecretProviderClass uses the mongodb-backup identity;
+#   - the CD identity for GitHub Actions (AcrPush), when github_repository is set.
+
+# --- AKS -------------------------------------------------------------------------------------
+
+resource "azurerm_user_assigned_identity" "aks_control_plane" {
+  name                = "id-${local.name}-aks"
+  location            = azurerm_resource_group.main.location
+  resource_group_name = azurerm_resource_group.main.name
+  tags                = local.tags
+}
+
+resource "azurerm_user_assigned_identity" "aks_kubelet" {
+  name                = "id-${local.name}-aks-kubelet"
+  location            = azurerm_resource_group.main.location
+  resource_group_name = azurerm_resource_group.main.name
+  tags                = local.tags
+}
+
+# The cloud provider joins load balancers and nodes to the subnets of this VNet, and
+# userAssignedNATGateway makes AKS check the NAT gateway on the node subnet.
+resource "azurerm_role_assignment" "aks_network" {
+  scope                            = azurerm_virtual_network.main.id
+  role_definition_name             = "Network Contributor"
+  principal_id                     = azurerm_user_assigned_identity.aks_control_plane.principal_id
+  skip_service_principal_aad_check = true
+}
+
+resource "azurerm_role_assignment" "aks_nat_gateway" {
+  scope                            = azurerm_nat_gateway.main.id
+  role_definition_name             = "Network Contributor"
+  principal_id                     = azurerm_user_assigned_identity.aks_control_plane.principal_id
+  skip_service_principal_aad_check = true
+}
+
+# Required for a control plane to hand a user-assigned kubelet identity to the nodes.
+resource "azurerm_role_assignment" "aks_kubelet_operator" {
+  scope                            = azurerm_user_assigned_identity.aks_kubelet.id
+  role_definition_name             = "Managed Identity Operator"
+  principal_id                     = azurerm_user_assigned_identity.aks_control_plane.principal_id
+  skip_service_principal_aad_check = true
+}
+
+# The application routing add-on reads the ingress certificate (kubernetes.azure.com/
+# tls-cert-keyvault-uri in deploy/k8s/base/ingress.yaml) with its own identity.
+resource "azurerm_role_assignment" "app_routing_certificates" {
+  scope                            = azurerm_key_vault.main.id
+  role_definition_name             = "Key Vault Certificate User"
+  principal_id                     = azurerm_kubernetes_cluster.main.web_app_routing[0].web_app_routing_identity[0].object_id
+  skip_service_principal_aad_check = true
+}
+
+# --- Workload identities ---------------------------------------------------------------------
+
+resource "azurerm_user_assigned_identity" "workload" {
+  for_each            = toset(local.service_accounts)
+  name                = "id-${local.name}-${each.key}"
+  location            = azurerm_resource_group.main.location
+  resource_group_name = azurerm_resource_group.main.name
+  tags                = local.tags
+}
+
+resource "azurerm_federated_identity_credential" "workload" {
+  for_each                  = toset(local.service_accounts)
+  name                      = "aks-${var.kubernetes_namespace}-${each.key}"
+  user_assigned_identity_id = azurerm_user_assigned_identity.workload[each.key].id
+  audience                  = ["api://AzureADTokenExchange"]
+  issuer                    = azurerm_kubernetes_cluster.main.oidc_issuer_url
+  subject                   = "system:serviceaccount:${var.kubernetes_namespace}:${each.key}"
+}
+
+resource "azurerm_role_assignment" "workload_key_vault" {
+  for_each                         = toset(local.service_accounts)
+  scope                            = azurerm_key_vault.main.id
+  role_definition_name             = "Key Vault Secrets User"
+  principal_id                     = azurerm_user_assigned_identity.workload[each.key].principal_id
+  skip_service_principal_aad_check = true
+}
+
+resource "azurerm_role_assignment" "backup_blob" {
+  scope                            = azurerm_storage_container.backups.id
+  role_definition_name             = "Storage Blob Data Contributor"
+  principal_id                     = azurerm_user_assigned_identity.workload["mongodb-backup"].principal_id
+  skip_service_principal_aad_check = true
+}
+
+# --- The shared Key Vault reader -------------------------------------------------------------
+
+resource "azurerm_user_assigned_identity" "key_vault_reader" {
+  name                = "id-${local.name}-kv-reader"
+  location            = azurerm_resource_group.main.location
+  resource_group_name = azurerm_resource_group.main.name
+  tags                = local.tags
+}
+
+resource "azurerm_role_assignment" "key_vault_reader" {
+  scope                            = azurerm_key_vault.main.id
+  role_definition_name             = "Key Vault Secrets User"
+  principal_id                     = azurerm_user_assigned_identity.key_vault_reader.principal_id
+  skip_service_principal_aad_check = true
+}
+
+# Azure refuses concurrent writes of federated credentials under one identity (409), so these
+# three are chained rather than created with for_each.
+resource "azurerm_federated_identity_credential" "key_vault_reader_assets" {
+  name                      = "aks-${var.kubernetes_namespace}-assets"
+  user_assigned_identity_id = azurerm_user_assigned_identity.key_vault_reader.id
+  audience                  = ["api://AzureADTokenExchange"]
+  issuer                    = azurerm_kubernetes_cluster.main.oidc_issuer_url
+  subject                   = "system:serviceaccount:${var.kubernetes_namespace}:assets"
+}
+
+resource "azurerm_federated_identity_credential" "key_vault_reader_tokens" {
+  name                      = "aks-${var.kubernetes_namespace}-tokens"
+  user_assigned_identity_id = azurerm_user_assigned_identity.key_vault_reader.id
+  audience                  = ["api://AzureADTokenExchange"]
+  issuer                    = azurerm_kubernetes_cluster.main.oidc_issuer_url
+  subject                   = "system:serviceaccount:${var.kubernetes_namespace}:tokens"
+  depends_on                = [azurerm_federated_identity_credential.key_vault_reader_assets]
+}
+
+resource "azurerm_federated_identity_credential" "key_vault_reader_ledger" {
+  name                      = "aks-${var.kubernetes_namespace}-ledger"
+  user_assigned_identity_id = azurerm_user_assigned_identity.key_vault_reader.id
+  audience                  = ["api://AzureADTokenExchange"]
+  issuer                    = azurerm_kubernetes_cluster.main.oidc_issuer_url
+  subject                   = "system:serviceaccount:${var.kubernetes_namespace}:ledger"
+  depends_on                = [azurerm_federated_identity_credential.key_vault_reader_tokens]
+}
+
+# --- Continuous delivery (GitHub Actions, OIDC) ----------------------------------------------
+
+resource "azurerm_user_assigned_identity" "github_cd" {
+  count               = var.github_repository == null ? 0 : 1
+  name                = "id-${local.name}-github-cd"
+  location            = azurerm_resource_group.main.location
+  resource_group_name = azurerm_resource_group.main.name
+  tags                = local.tags
+}
+
+# Only workflow runs of the named repository get tokens for this identity, and only on the named
+# branch (dev: the CD job after CI on main) or in the named GitHub environment (prod: the manual
+# promotion, which the environment's protection rules can hold for approval); never pull
+# requests, other branches or forks.
+locals {
+  github_subject = var.github_environment == null ? "ref:refs/heads/${var.github_branch}" : "environment:${var.github_environment}"
+}
+
+resource "azurerm_federated_identity_credential" "github_cd" {
+  count                     = var.github_repository == null ? 0 : 1
+  name                      = "github-${replace("${var.github_repository}-${local.github_subject}", "/[^0-9A-Za-z_-]/", "-")}"
+  user_assigned_identity_id = azurerm_user_assigned_identity.github_cd[0].id
+  audience                  = ["api://AzureADTokenExchange"]
+  issuer                    = "https://token.actions.githubusercontent.com"
+  subject                   = "repo:${var.github_repository}:${local.github_subject}"
+}
+
+# Promotion copies the image that ran in dev into this registry with `az acr import`, which
+# AcrPush does not allow: a role with that one action, and read access to the source registry.
+resource "azurerm_role_definition" "acr_import" {
+  count       = var.github_repository != null && var.github_promote_from_acr_id != null ? 1 : 0
+  name        = "${local.name}-acr-import"
+  scope       = azurerm_container_registry.main.id
+  description = "Import images into the Libertum registry from another registry (promotion)."
+  permissions {
+    actions = ["Microsoft.ContainerRegistry/registries/importImage/action"]
+  }
+  assignable_scopes = [azurerm_container_registry.main.id]
+}
+
+resource "azurerm_role_assignment" "github_cd_acr_import" {
+  count                            = length(azurerm_role_definition.acr_import)
+  scope                            = azurerm_container_registry.main.id
+  role_definition_id               = azurerm_role_definition.acr_import[0].role_definition_resource_id
+  principal_id                     = azurerm_user_assigned_identity.github_cd[0].principal_id
+  skip_service_principal_aad_check = true
+}
+
+resource "azurerm_role_assignment" "github_cd_source_acr_pull" {
+  count                            = length(azurerm_role_definition.acr_import)
+  scope                            = var.github_promote_from_acr_id
+  role_definition_name             = "AcrPull"
+  principal_id                     = azurerm_user_assigned_identity.github_cd[0].principal_id
+  skip_service_principal_aad_check = true
+}
+
+resource "azurerm_role_assignment" "github_cd_acr_push" {
+  count                            = var.github_repository == null ? 0 : 1
+  scope                            = azurerm_container_registry.main.id
+  role_definition_name             = "AcrPush"
+  principal_id                     = azurerm_user_assigned_identity.github_cd[0].principal_id
+  skip_service_principal_aad_check = true
+}

@@ -1,0 +1,136 @@
+# Key Vault: the backends' credentials (generated here, used by the VM's cloud-init and read by
+# the pods through the Secrets Store CSI driver) and the ingress TLS certificate (imported by an
+# operator, read by the application routing add-on). Azure RBAC only, no access policies.
+
+resource "azurerm_key_vault" "main" {
+  #checkov:skip=CKV_AZURE_189:The public endpoint is off unless operator_ip_ranges names where Terraform runs (it writes the secrets); even then the firewall denies every other address and the cluster uses the private endpoint.
+  name                       = local.key_vault_name
+  location                   = azurerm_resource_group.main.location
+  resource_group_name        = azurerm_resource_group.main.name
+  tenant_id                  = data.azurerm_client_config.current.tenant_id
+  sku_name                   = "standard"
+  rbac_authorization_enabled = true
+  purge_protection_enabled   = true
+  soft_delete_retention_days = 90
+
+  # The private endpoint serves the cluster. The public endpoint exists only for the operators'
+  # addresses (Terraform writes the secrets from there); without any it is switched off.
+  public_network_access_enabled = length(var.operator_ip_ranges) > 0
+
+  network_acls {
+    default_action = "Deny"
+    bypass         = "AzureServices"
+    ip_rules       = var.operator_ip_ranges
+  }
+
+  tags = local.tags
+}
+
+resource "azurerm_private_endpoint" "key_vault" {
+  name                = "pe-${local.name}-kv"
+  location            = azurerm_resource_group.main.location
+  resource_group_name = azurerm_resource_group.main.name
+  subnet_id           = azurerm_subnet.endpoints.id
+  tags                = local.tags
+
+  private_service_connection {
+    name                           = "vault"
+    private_connection_resource_id = azurerm_key_vault.main.id
+    subresource_names              = ["vault"]
+    is_manual_connection           = false
+  }
+
+  private_dns_zone_group {
+    name                 = "vault"
+    private_dns_zone_ids = [azurerm_private_dns_zone.key_vault.id]
+  }
+}
+
+# Whoever runs Terraform writes the generated secrets.
+resource "azurerm_role_assignment" "key_vault_terraform" {
+  scope                = azurerm_key_vault.main.id
+  role_definition_name = "Key Vault Secrets Officer"
+  principal_id         = data.azurerm_client_config.current.object_id
+}
+
+resource "azurerm_role_assignment" "key_vault_administrators" {
+  for_each             = toset(var.key_vault_administrator_object_ids)
+  scope                = azurerm_key_vault.main.id
+  role_definition_name = "Key Vault Administrator"
+  principal_id         = each.value
+}
+
+# A new role assignment takes a minute or two to reach Key Vault's data plane; writing a secret
+# before that fails with 403.
+resource "time_sleep" "key_vault_rbac" {
+  create_duration = "120s"
+  depends_on      = [azurerm_role_assignment.key_vault_terraform]
+}
+
+# --- Generated credentials -------------------------------------------------------------------
+# Letters and digits only: they go into URIs and config files unescaped. 32 of them are ~190
+# bits. They are in the Terraform state (and the VM's cloud-init data): the state container must
+# be as private as the vault.
+
+resource "random_password" "mongodb_admin" {
+  length  = 32
+  special = false
+}
+
+resource "random_password" "mongodb_app" {
+  length  = 32
+  special = false
+}
+
+resource "random_password" "mongodb_backup" {
+  length  = 32
+  special = false
+}
+
+resource "random_password" "redis" {
+  length  = 32
+  special = false
+}
+
+locals {
+  # readWrite on the three services' databases only; authSource admin is where the VM creates
+  # the users; replicaSet rs0 because the services need transactions.
+  mongodb_uri       = "mongodb://libertum:${random_password.mongodb_app.result}@${var.backend_vm_private_ip}:27017/?replicaSet=rs0&authSource=admin"
+  mongodb_admin_uri = "mongodb://admin:${random_password.mongodb_admin.result}@${var.backend_vm_private_ip}:27017/?replicaSet=rs0&authSource=admin"
+  redis_url         = "redis://:${random_password.redis.result}@${var.backend_vm_private_ip}:6379"
+}
+
+# The names are what deploy/k8s/base/secretproviderclass.yaml asks for.
+resource "azurerm_key_vault_secret" "mongodb_uri" {
+  #checkov:skip=CKV_AZURE_41:Key Vault does not enforce expiry on reads, so a date would only be a reminder; the value changes only when the password on the backend VM changes, which README "Rotate the backend credentials" describes and an expiry on this copy cannot drive.
+  name         = "mongodb-uri"
+  value        = local.mongodb_uri
+  key_vault_id = azurerm_key_vault.main.id
+  content_type = "text/x-mongodb-uri"
+  tags         = local.tags
+
+  depends_on = [time_sleep.key_vault_rbac, azurerm_private_endpoint.key_vault]
+}
+
+resource "azurerm_key_vault_secret" "redis_url" {
+  #checkov:skip=CKV_AZURE_41:Key Vault does not enforce expiry on reads, so a date would only be a reminder; the value changes only when the password on the backend VM changes, which README "Rotate the backend credentials" describes and an expiry on this copy cannot drive.
+  name         = "redis-url"
+  value        = local.redis_url
+  key_vault_id = azurerm_key_vault.main.id
+  content_type = "text/x-redis-url"
+  tags         = local.tags
+
+  depends_on = [time_sleep.key_vault_rbac, azurerm_private_endpoint.key_vault]
+}
+
+# For an operator's restore (root on MongoDB); no pod mounts it.
+resource "azurerm_key_vault_secret" "mongodb_admin_uri" {
+  #checkov:skip=CKV_AZURE_41:Key Vault does not enforce expiry on reads, so a date would only be a reminder; the value changes only when the password on the backend VM changes, which README "Rotate the backend credentials" describes and an expiry on this copy cannot drive.
+  name         = "mongodb-admin-uri"
+  value        = local.mongodb_admin_uri
+  key_vault_id = azurerm_key_vault.main.id
+  content_type = "text/x-mongodb-uri"
+  tags         = local.tags
+
+  depends_on = [time_sleep.key_vault_rbac, azurerm_private_endpoint.key_vault]
+}

@@ -1,0 +1,272 @@
+# Azure Monitor: a Log Analytics workspace (Container Insights, control-plane and resource logs),
+# an Azure Monitor workspace for managed Prometheus (the cluster's own metrics), an action group
+# that mails the operators, and a few platform alerts on what no in-cluster Prometheus can see:
+# the backend VM itself. The services' own metrics and alerts (deploy/observability) are
+# scraped and evaluated by the in-cluster Prometheus (ServiceMonitor, PrometheusRule).
+
+resource "azurerm_log_analytics_workspace" "main" {
+  name                = "log-${local.name}"
+  location            = azurerm_resource_group.main.location
+  resource_group_name = azurerm_resource_group.main.name
+  sku                 = "PerGB2018"
+  retention_in_days   = var.log_analytics_retention_days
+  daily_quota_gb      = var.log_analytics_daily_quota_gb
+  # Only Entra ID callers (the agents use their managed identities).
+  local_authentication_enabled = false
+  tags                         = local.tags
+}
+
+# --- Container Insights (the AKS monitoring add-on with managed identity) --------------------
+# With msi_auth_for_monitoring_enabled the add-on only collects what a data collection rule
+# associated with the cluster asks for; the portal creates this rule, Terraform must.
+
+resource "azurerm_monitor_data_collection_rule" "container_insights" {
+  name                = "MSCI-${local.name}"
+  location            = azurerm_resource_group.main.location
+  resource_group_name = azurerm_resource_group.main.name
+  tags                = local.tags
+
+  destinations {
+    log_analytics {
+      name                  = "ciworkspace"
+      workspace_resource_id = azurerm_log_analytics_workspace.main.id
+    }
+  }
+
+  data_flow {
+    streams      = ["Microsoft-ContainerInsights-Group-Default"]
+    destinations = ["ciworkspace"]
+  }
+
+  data_sources {
+    extension {
+      name           = "ContainerInsightsExtension"
+      extension_name = "ContainerInsights"
+      streams        = ["Microsoft-ContainerInsights-Group-Default"]
+      extension_json = jsonencode({
+        dataCollectionSettings = {
+          interval               = "1m"
+          namespaceFilteringMode = "Off"
+          enableContainerLogV2   = true
+        }
+      })
+    }
+  }
+}
+
+resource "azurerm_monitor_data_collection_rule_association" "container_insights" {
+  name                    = "ContainerInsightsExtension"
+  target_resource_id      = azurerm_kubernetes_cluster.main.id
+  data_collection_rule_id = azurerm_monitor_data_collection_rule.container_insights.id
+}
+
+# --- Managed Prometheus ----------------------------------------------------------------------
+
+resource "azurerm_monitor_workspace" "main" {
+  count               = var.managed_prometheus_enabled ? 1 : 0
+  name                = "amw-${local.name}"
+  location            = azurerm_resource_group.main.location
+  resource_group_name = azurerm_resource_group.main.name
+  tags                = local.tags
+}
+
+resource "azurerm_monitor_data_collection_endpoint" "prometheus" {
+  count               = var.managed_prometheus_enabled ? 1 : 0
+  name                = "MSProm-${local.name}"
+  location            = azurerm_resource_group.main.location
+  resource_group_name = azurerm_resource_group.main.name
+  kind                = "Linux"
+  tags                = local.tags
+}
+
+resource "azurerm_monitor_data_collection_rule" "prometheus" {
+  count                       = var.managed_prometheus_enabled ? 1 : 0
+  name                        = "MSProm-${local.name}"
+  location                    = azurerm_resource_group.main.location
+  resource_group_name         = azurerm_resource_group.main.name
+  data_collection_endpoint_id = azurerm_monitor_data_collection_endpoint.prometheus[0].id
+  kind                        = "Linux"
+  tags                        = local.tags
+
+  destinations {
+    monitor_account {
+      name               = "MonitoringAccount1"
+      monitor_account_id = azurerm_monitor_workspace.main[0].id
+    }
+  }
+
+  data_flow {
+    streams      = ["Microsoft-PrometheusMetrics"]
+    destinations = ["MonitoringAccount1"]
+  }
+
+  data_sources {
+    prometheus_forwarder {
+      name    = "PrometheusDataSource"
+      streams = ["Microsoft-PrometheusMetrics"]
+    }
+  }
+}
+
+resource "azurerm_monitor_data_collection_rule_association" "prometheus" {
+  count                   = var.managed_prometheus_enabled ? 1 : 0
+  name                    = "MSProm-${local.name}"
+  target_resource_id      = azurerm_kubernetes_cluster.main.id
+  data_collection_rule_id = azurerm_monitor_data_collection_rule.prometheus[0].id
+}
+
+# --- Diagnostic settings ---------------------------------------------------------------------
+
+resource "azurerm_monitor_diagnostic_setting" "aks" {
+  name                       = "to-log-analytics"
+  target_resource_id         = azurerm_kubernetes_cluster.main.id
+  log_analytics_workspace_id = azurerm_log_analytics_workspace.main.id
+  # Resource-specific tables (AKSAudit, AKSControlPlane...) instead of AzureDiagnostics.
+  log_analytics_destination_type = "Dedicated"
+
+  # The API server's audit log of writes (not reads: kube-audit would multiply the volume),
+  # the control plane's own logs, the autoscaler's decisions and Entra ID sign-ins (guard).
+  dynamic "enabled_log" {
+    for_each = ["kube-audit-admin", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "cluster-autoscaler", "guard"]
+    content {
+      category = enabled_log.value
+    }
+  }
+
+  enabled_metric {
+    category = "AllMetrics"
+  }
+}
+
+resource "azurerm_monitor_diagnostic_setting" "key_vault" {
+  name                       = "to-log-analytics"
+  target_resource_id         = azurerm_key_vault.main.id
+  log_analytics_workspace_id = azurerm_log_analytics_workspace.main.id
+
+  # Every secret read and every change, with the caller.
+  enabled_log {
+    category_group = "audit"
+  }
+
+  enabled_metric {
+    category = "AllMetrics"
+  }
+}
+
+resource "azurerm_monitor_diagnostic_setting" "storage" {
+  name                       = "to-log-analytics"
+  target_resource_id         = azurerm_storage_account.main.id
+  log_analytics_workspace_id = azurerm_log_analytics_workspace.main.id
+
+  enabled_metric {
+    category = "Transaction"
+  }
+}
+
+# Who read, wrote or deleted which backup.
+resource "azurerm_monitor_diagnostic_setting" "storage_blob" {
+  name                       = "to-log-analytics"
+  target_resource_id         = "${azurerm_storage_account.main.id}/blobServices/default"
+  log_analytics_workspace_id = azurerm_log_analytics_workspace.main.id
+
+  enabled_log {
+    category = "StorageRead"
+  }
+
+  enabled_log {
+    category = "StorageWrite"
+  }
+
+  enabled_log {
+    category = "StorageDelete"
+  }
+
+  enabled_metric {
+    category = "Transaction"
+  }
+}
+
+# --- Alerts ----------------------------------------------------------------------------------
+
+resource "azurerm_monitor_action_group" "operators" {
+  name                = "ag-${local.name}-operators"
+  resource_group_name = azurerm_resource_group.main.name
+  short_name          = substr("lbt${var.environment}", 0, 12)
+  tags                = local.tags
+
+  email_receiver {
+    name                    = "operators"
+    email_address           = var.alert_email
+    use_common_alert_schema = true
+  }
+}
+
+# The single Kafka/Redis/MongoDB node: its loss stops every service.
+resource "azurerm_monitor_metric_alert" "backend_vm_availability" {
+  name                = "backend-vm-unavailable-${local.name}"
+  resource_group_name = azurerm_resource_group.main.name
+  scopes              = [azurerm_linux_virtual_machine.backend.id]
+  description         = "The backend VM (Kafka, Redis, MongoDB) is not available: every service is down or degraded."
+  severity            = 0
+  frequency           = "PT1M"
+  window_size         = "PT5M"
+  tags                = local.tags
+
+  criteria {
+    metric_namespace = "Microsoft.Compute/virtualMachines"
+    metric_name      = "VmAvailabilityMetric"
+    aggregation      = "Average"
+    operator         = "LessThan"
+    threshold        = 1
+  }
+
+  action {
+    action_group_id = azurerm_monitor_action_group.operators.id
+  }
+}
+
+resource "azurerm_monitor_metric_alert" "backend_vm_cpu" {
+  name                = "backend-vm-cpu-${local.name}"
+  resource_group_name = azurerm_resource_group.main.name
+  scopes              = [azurerm_linux_virtual_machine.backend.id]
+  description         = "The backend VM has used more than 85% CPU for 15 minutes: Kafka and MongoDB latency will follow."
+  severity            = 2
+  frequency           = "PT5M"
+  window_size         = "PT15M"
+  tags                = local.tags
+
+  criteria {
+    metric_namespace = "Microsoft.Compute/virtualMachines"
+    metric_name      = "Percentage CPU"
+    aggregation      = "Average"
+    operator         = "GreaterThan"
+    threshold        = 85
+  }
+
+  action {
+    action_group_id = azurerm_monitor_action_group.operators.id
+  }
+}
+
+resource "azurerm_monitor_metric_alert" "backend_vm_memory" {
+  name                = "backend-vm-memory-${local.name}"
+  resource_group_name = azurerm_resource_group.main.name
+  scopes              = [azurerm_linux_virtual_machine.backend.id]
+  description         = "The backend VM has had less than 256 MiB of available memory for 15 minutes: the OOM killer would pick Kafka or MongoDB."
+  severity            = 1
+  frequency           = "PT5M"
+  window_size         = "PT15M"
+  tags                = local.tags
+
+  criteria {
+    metric_namespace = "Microsoft.Compute/virtualMachines"
+    metric_name      = "Available Memory Bytes"
+    aggregation      = "Average"
+    operator         = "LessThan"
+    threshold        = 268435456
+  }
+
+  action {
+    action_group_id = azurerm_monitor_action_group.operators.id
+  }
+}

@@ -1,0 +1,127 @@
+# What the Kubernetes overlays (deploy/k8s/overlays/<env>), CD and operators need from this
+# deployment. Nothing secret: the connection strings are in Key Vault, not in outputs.
+
+output "resource_group_name" {
+  description = "Resource group holding everything but the AKS nodes."
+  value       = azurerm_resource_group.main.name
+}
+
+output "aks_cluster_name" {
+  description = "AKS cluster name (az aks get-credentials / az aks command invoke)."
+  value       = azurerm_kubernetes_cluster.main.name
+}
+
+output "aks_private_fqdn" {
+  description = "Private FQDN of the API server, resolvable only inside the VNet."
+  value       = azurerm_kubernetes_cluster.main.private_fqdn
+}
+
+output "aks_oidc_issuer_url" {
+  description = "OIDC issuer of the cluster (workload identity)."
+  value       = azurerm_kubernetes_cluster.main.oidc_issuer_url
+}
+
+output "acr_login_server" {
+  description = "Registry host for the images (overlays' images: newName)."
+  value       = azurerm_container_registry.main.login_server
+}
+
+output "acr_id" {
+  description = "Registry resource ID: prod's github_promote_from_acr_id is dev's."
+  value       = azurerm_container_registry.main.id
+}
+
+output "key_vault_name" {
+  description = "Key Vault name: the SecretProviderClass keyvaultName and the ingress certificate URI's host."
+  value       = azurerm_key_vault.main.name
+}
+
+output "key_vault_uri" {
+  description = "Key Vault URI."
+  value       = azurerm_key_vault.main.vault_uri
+}
+
+output "ingress_certificate_uri" {
+  description = "Where the ingress expects its TLS certificate (import it under this name; kubernetes.azure.com/tls-cert-keyvault-uri)."
+  value       = "${azurerm_key_vault.main.vault_uri}certificates/libertum-tls"
+}
+
+output "tenant_id" {
+  description = "Entra ID tenant (SecretProviderClass tenantId; the JWKS and issuer URLs of LIBERTUM_AUTH_*)."
+  value       = data.azurerm_client_config.current.tenant_id
+}
+
+output "workload_identity_client_ids" {
+  description = "Client ID per Kubernetes service account (annotation azure.workload.identity/client-id)."
+  value       = { for sa, identity in azurerm_user_assigned_identity.workload : sa => identity.client_id }
+}
+
+output "key_vault_reader_client_id" {
+  description = "Client ID for the services' shared SecretProviderClass (clientID): federated with the assets, tokens and ledger service accounts, may read the vault's secrets."
+  value       = azurerm_user_assigned_identity.key_vault_reader.client_id
+}
+
+output "backend_private_ip" {
+  description = "The backend VM's address: LIBERTUM_KAFKA_BROKERS is <this>:9092."
+  value       = var.backend_vm_private_ip
+}
+
+output "kafka_brokers" {
+  description = "LIBERTUM_KAFKA_BROKERS."
+  value       = "${var.backend_vm_private_ip}:9092"
+}
+
+output "backend_subnet_cidr" {
+  description = "The backend subnet (the allow-backends-egress NetworkPolicy's ipBlock)."
+  value       = var.subnet_prefixes.backend
+}
+
+output "backend_vm_name" {
+  description = "The backend VM (az vm run-command invoke --name ...)."
+  value       = azurerm_linux_virtual_machine.backend.name
+}
+
+output "storage_account_name" {
+  description = "Storage account of the backups and the log archive."
+  value       = azurerm_storage_account.main.name
+}
+
+output "backup_storage_account_url" {
+  description = "AZURE_STORAGE_ACCOUNT_URL of the backup jobs (resolves to the private endpoint inside the VNet)."
+  value       = trimsuffix(azurerm_storage_account.main.primary_blob_endpoint, "/")
+}
+
+output "backup_container_name" {
+  description = "BACKUP_CONTAINER of the backup jobs."
+  value       = azurerm_storage_container.backups.name
+}
+
+output "log_archive_container_name" {
+  description = "Container for archived logs (e.g. Loki's chunks)."
+  value       = azurerm_storage_container.log_archive.name
+}
+
+output "nat_public_ip" {
+  description = "The single egress address of the cluster and the backend VM, for allow-lists elsewhere."
+  value       = azurerm_public_ip.nat.ip_address
+}
+
+output "log_analytics_workspace_id" {
+  description = "Log Analytics workspace (Container Insights, resource logs)."
+  value       = azurerm_log_analytics_workspace.main.id
+}
+
+output "monitor_workspace_query_endpoint" {
+  description = "PromQL endpoint of the managed Prometheus workspace (null when disabled)."
+  value       = var.managed_prometheus_enabled ? azurerm_monitor_workspace.main[0].query_endpoint : null
+}
+
+output "github_cd_client_id" {
+  description = "Client ID for azure/login in the CD workflow (AZURE_CLIENT_ID), null without github_repository."
+  value       = var.github_repository == null ? null : azurerm_user_assigned_identity.github_cd[0].client_id
+}
+
+output "subscription_id" {
+  description = "Subscription deployed into (AZURE_SUBSCRIPTION_ID of the CD workflow)."
+  value       = data.azurerm_client_config.current.subscription_id
+}

@@ -1,6 +1,7 @@
 //! The whole story over HTTP: an asset registered, approved and tokenized, investors onboarded,
 //! tokens issued and moved, one refusal per rule, freezes, redemption, a distribution, and the
-//! ledger verified and reconciled, before and after a restart.
+//! ledger verified and reconciled, before and after a restart. With the services as three
+//! processes, the shipped monitoring is checked against them too (`common/observability.rs`).
 
 mod common;
 

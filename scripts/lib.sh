@@ -96,6 +96,13 @@ need_deploy_tools() {
   need_apt shellcheck shellcheck
   need_apt prometheus promtool
   need_apt cloud-init cloud-init
+  # kubectl (with kustomize built in) is not in Debian 12's archive: the machines this runs on
+  # (this workplace's image, GitHub's runners) carry it. Without it the checks cannot render.
+  command -v kubectl >/dev/null 2>&1 || {
+    echo "kubectl is not installed and Debian has no package of it: install it from" \
+      "https://kubernetes.io/docs/tasks/tools/ (it brings kustomize) and run this again" >&2
+    exit 1
+  }
   need_apt npm npm
   if [ ! -x "$TOOLS/deploy/bin/checkov" ]; then
     python3 -m venv "$TOOLS/deploy" 2>/dev/null || { need_apt python3-venv /usr/share/doc/python3-venv; python3 -m venv "$TOOLS/deploy"; }

@@ -795,3 +795,58 @@ async fn api8_a_failing_dependency_leaves_no_internal_detail_in_the_answer() {
     );
     p.stop().await;
 }
+
+/// API8:2023 Security Misconfiguration: every answer tells a browser to treat it as data (never
+/// sniffed, framed, or leaked as a referrer), and JSON answers, problems included, run nothing and
+/// are never stored by a cache; the Swagger UI keeps its own policy so that it still works.
+#[tokio::test]
+async fn api8_every_answer_carries_the_security_headers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = Product::start(dir.path()).await;
+    for (path, status, json) in [
+        ("/v1/assets", StatusCode::OK, true),
+        ("/v1/assets/ast_missing", StatusCode::NOT_FOUND, true),
+        ("/nowhere", StatusCode::NOT_FOUND, true),
+        ("/healthz", StatusCode::OK, true),
+        ("/docs/", StatusCode::OK, false),
+    ] {
+        let r = p.http.get(p.url(path)).send().await.expect("sent");
+        assert_eq!(r.status(), status, "{path}");
+        let header = |name: &str| {
+            r.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        assert_eq!(
+            header("x-content-type-options").as_deref(),
+            Some("nosniff"),
+            "{path}"
+        );
+        assert_eq!(header("x-frame-options").as_deref(), Some("DENY"), "{path}");
+        assert_eq!(
+            header("referrer-policy").as_deref(),
+            Some("no-referrer"),
+            "{path}"
+        );
+        if json {
+            assert_eq!(
+                header("content-security-policy").as_deref(),
+                Some("default-src 'none'; frame-ancestors 'none'"),
+                "{path}"
+            );
+            assert_eq!(
+                header("cache-control").as_deref(),
+                Some("no-store"),
+                "{path}"
+            );
+        } else {
+            assert_eq!(
+                header("content-security-policy"),
+                None,
+                "{path}: the UI runs its scripts"
+            );
+        }
+    }
+    p.stop().await;
+}

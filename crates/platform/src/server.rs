@@ -22,7 +22,8 @@ use crate::{
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// Wraps `router` with request ids, logs, metrics, the body limit and problem+json fallbacks.
+/// Wraps `router` with request ids, logs, metrics, the body limit, security headers and
+/// problem+json fallbacks.
 pub fn stack(router: Router) -> Router {
     // Install the recorder before the first request: until it exists, every metric is dropped.
     let _ = http_metrics::recorder();
@@ -32,6 +33,7 @@ pub fn stack(router: Router) -> Router {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not take that method")
         })
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(middleware::from_fn(security_headers))
         .layer(middleware::from_fn(log_internal_errors))
         .layer(middleware::from_fn(http_metrics::track))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
@@ -47,6 +49,41 @@ pub fn stack(router: Router) -> Router {
                 }),
         )
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+}
+
+/// The headers a browser needs to treat the answers as data, on every answer, so that no proxy
+/// has to add them: never sniffed, framed or sent as a referrer; JSON answers (the API's and its
+/// problems) also never run anything and are never stored by a cache. HTML and scripts (the
+/// Swagger UI of `libertum`) keep their own policy.
+async fn security_headers(req: Request, next: middleware::Next) -> Response {
+    use axum::http::{HeaderValue, header};
+    let mut response = next.run(req).await;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.starts_with("application/json") || v.starts_with("application/problem+json")
+        });
+    if json {
+        headers.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
+        );
+        headers
+            .entry(header::CACHE_CONTROL)
+            .or_insert(HeaderValue::from_static("no-store"));
+    }
+    response
 }
 
 /// Logs the hidden cause of every 5xx; the client only got a generic problem.

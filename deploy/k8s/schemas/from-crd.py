@@ -13,8 +13,9 @@ CEL rules (x-kubernetes-validations) are not evaluated.
 SOURCE is recorded in the schema ($comment), e.g. "prometheus-operator v0.93.0
 example/prometheus-operator-crd/monitoring.coreos.com_servicemonitors.yaml". --keep prunes the
 properties of the object at a JSON pointer (into the openAPIV3Schema) to the names given: a
-huge CRD (ApplicationSet) can be cut to what this repository uses, and any other field is then
-reported as unknown, which is the point.
+huge CRD (ApplicationSet, Application) can be cut to what this repository uses, and any other
+field is then reported as unknown, which is the point. The pointer "/" is the document itself
+(e.g. --keep /=apiVersion,kind,metadata,spec drops status).
 """
 
 import argparse
@@ -53,7 +54,8 @@ def strict(node):
 
 def prune(schema, pointer, keep):
     node = schema
-    for part in pointer.strip("/").split("/"):
+    # "/" is the openAPIV3Schema itself (the document's top-level fields).
+    for part in filter(None, pointer.strip("/").split("/")):
         node = node[part.replace("~1", "/").replace("~0", "~")]
     unknown = set(keep) - set(node["properties"])
     if unknown:

@@ -5,23 +5,24 @@
 #   .github/scripts/set-overlay-images.sh ENVIRONMENT REGISTRY COMMIT [--forward-only]
 #
 # ENVIRONMENT is an overlay under deploy/k8s/overlays; REGISTRY the ACR login server
-# (libertumdevacr.azurecr.io); COMMIT the full SHA the images were built from (tags sha-<7>).
+# (libertumdevacr.azurecr.io); COMMIT the full SHA the images were built from (tag sha-<COMMIT>,
+# all 40 hex digits, which CD locks in the registry after pushing it).
 # --forward-only (dev): do nothing when the overlay already names a newer commit, so that a CD
 # run that finishes late never rolls dev back. Promotion to prod may go back on purpose.
-# The commit says [skip ci]; GITHUB_TOKEN pushes start no workflow anyway.
+# The commit is made as whoever git's configuration or GIT_AUTHOR_*/GIT_COMMITTER_* name, and
+# pushed with the credentials git has for origin: in CD both are its GitHub App's (cd.yml says
+# why and how main's ruleset must let that App, and only it, push). The commit says [skip ci]:
+# unlike a push made with GITHUB_TOKEN, the App's push would otherwise start CI.
 set -euo pipefail
 
-[ $# -ge 3 ] || { sed -n '2,11p' "$0" >&2; exit 2; }
+[ $# -ge 3 ] || { sed -n '2,15p' "$0" >&2; exit 2; }
 environment=$1 registry=$2 commit=$3 forward_only=${4:-}
 [[ $commit =~ ^[0-9a-f]{40}$ ]] || { echo "not a full commit SHA: $commit" >&2; exit 2; }
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 overlay=deploy/k8s/overlays/$environment
 file=$overlay/kustomization.yaml
-tag=sha-${commit:0:7}
+tag=sha-$commit
 repositories=(libertum libertum-backup)
-
-git config user.name "github-actions[bot]"
-git config user.email "41898282+github-actions[bot]@users.noreply.github.com"
 
 for attempt in 1 2 3 4 5; do
   # From main as it is now, every attempt: another CD run or a person may have pushed meanwhile.

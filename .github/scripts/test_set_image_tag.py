@@ -61,6 +61,18 @@ class SetImageTag(unittest.TestCase):
         self.assertIn('  newTag: sha-abc1234  # quoted, with a comment\n', after)
         self.assertEqual(len(after.splitlines()), len(OVERLAY.splitlines()))
 
+    def test_sets_a_full_commit_tag(self) -> None:
+        # What CD writes: sha- and all 40 hex digits of the commit, the tag it locks in the registry.
+        tag = "sha-" + "0123456789abcdef" * 2 + "01234567"
+        done, after = self.run_script(OVERLAY, "libertum", tag)
+        self.assertEqual(done.returncode, 0, done.stderr)
+        done, after = self.run_script(after, "libertum-backup", tag)
+        self.assertEqual(done.returncode, 0, done.stderr)
+        self.assertEqual(after.count(f"  newTag: {tag}\n"), 1)
+        self.assertEqual(after.count(f"  newTag: {tag}  # quoted, with a comment\n"), 1)
+        done, _ = self.run_script(after, "libertum")
+        self.assertEqual((done.returncode, done.stdout), (0, tag + "\n"))
+
     def test_prints_the_current_tag(self) -> None:
         done, _ = self.run_script(OVERLAY, "libertum-backup")
         self.assertEqual((done.returncode, done.stdout), (0, "sha-0000000\n"))
@@ -81,9 +93,19 @@ class SetImageTag(unittest.TestCase):
         self.assertEqual(after, OVERLAY)
 
     def test_refuses_a_bad_tag(self) -> None:
-        done, after = self.run_script(OVERLAY, "libertum", "sha 1; rm")
+        for tag in ("sha 1; rm", "-sha", "sha-" + "a" * 125):  # the last is 129 characters
+            with self.subTest(tag=tag):
+                done, after = self.run_script(OVERLAY, "libertum", tag)
+                self.assertEqual(done.returncode, 1)
+                self.assertEqual(after, OVERLAY)
+
+    def test_prints_nothing_for_an_entry_without_a_tag_and_refuses_two_tags(self) -> None:
+        text = "images:\n- name: libertum\n"
+        done, _ = self.run_script(text, "libertum")
+        self.assertEqual((done.returncode, done.stdout), (0, "\n"))
+        text = "images:\n- name: a/libertum\n  newTag: sha-1\n- name: b/libertum\n  newTag: sha-2\n"
+        done, _ = self.run_script(text, "libertum")
         self.assertEqual(done.returncode, 1)
-        self.assertEqual(after, OVERLAY)
 
     def test_refuses_what_it_does_not_understand(self) -> None:
         done, _ = self.run_script("images:\n- name: libertum\n  newTag: [a, b]\n", "libertum", "sha-1")

@@ -6,7 +6,7 @@ resource "azurerm_container_registry" "main" {
   #checkov:skip=CKV_AZURE_139:GitHub-hosted CD runners push from changing Internet addresses, so the registry keeps a public endpoint; every call needs an Entra ID token with AcrPush/AcrPull, and there is no admin user or anonymous pull.
   #checkov:skip=CKV_AZURE_165:One region: the cluster and the registry live in the same region, and losing the region loses the cluster too; geo-replication would double the registry's cost for nothing.
   #checkov:skip=CKV_AZURE_166:Quarantine holds every pushed image until a scanner releases it; with no scanner wired to the quarantine API, deployments would never get their images. Images are scanned in CI (and by Defender for Containers if enabled).
-  #checkov:skip=CKV_AZURE_164:Docker Content Trust is being retired by Azure in favour of Notation signatures; images are immutable sha-<commit> tags pushed only by the CD identity.
+  #checkov:skip=CKV_AZURE_164:Docker Content Trust is being retired by Azure in favour of Notation signatures; images are sha-<full commit> tags pushed only by the CD identity, which locks each one right after pushing or importing it (az acr repository update --write-enabled false), so no tag can be moved or deleted.
   name                = local.acr_name
   location            = azurerm_resource_group.main.location
   resource_group_name = azurerm_resource_group.main.name

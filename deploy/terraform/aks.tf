@@ -85,8 +85,9 @@ resource "azurerm_kubernetes_cluster" "main" {
     dns_service_ip    = var.aks_dns_service_ip
   }
 
-  # The Secrets Store CSI driver: mongodb-uri and redis-url into the pods; rotation picks up a
-  # new secret version within two minutes (the pods read env vars, so they restart to use it).
+  # The Secrets Store CSI driver: mongodb-uri and redis-url into the services' pods,
+  # mongodb-backup-uri into the backup's; rotation picks up a new secret version within two
+  # minutes (the services read env vars, so they restart to use it).
   key_vault_secrets_provider {
     secret_rotation_enabled  = true
     secret_rotation_interval = "2m"

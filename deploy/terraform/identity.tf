@@ -2,12 +2,20 @@
 #   - the AKS control plane and kubelet identities (created here so that their roles exist
 #     before the cluster does: no race between the first image pull and the AcrPull assignment);
 #   - one workload identity per Kubernetes service account (assets, tokens, ledger,
-#     mongodb-backup), federated with the cluster's OIDC issuer;
+#     mongodb-backup), federated with the cluster's OIDC issuer. The services' three carry no
+#     role: the services call no Azure API themselves. The backup's may write the backups
+#     container and read one Key Vault secret, mongodb-backup-uri (MongoDB's backup role);
 #   - a Key Vault reader federated with the three services' service accounts, for the one
 #     SecretProviderClass they share (deploy/k8s/base/secretproviderclass.yaml names one
-#     clientID, and the CSI driver exchanges the token of whichever pod mounts it); the backup
-#     CronJob's own SecretProviderClass uses the mongodb-backup identity;
-#   - the CD identity for GitHub Actions (AcrPush), when github_repository is set.
+#     clientID, and the CSI driver exchanges the token of whichever pod mounts it): it may read
+#     mongodb-uri and redis-url, nothing else. The backup CronJob's own SecretProviderClass uses
+#     the mongodb-backup identity;
+#   - the CD identity for GitHub Actions (AcrPush; for prod also the import), when
+#     github_repository is set.
+#
+# The workloads' Key Vault roles are granted per secret (scope <vault id>/secrets/<name>), never
+# on the vault: the vault also holds mongodb-admin-uri (MongoDB root), which no workload may
+# read. The one role on the whole vault is the application routing add-on's (below).
 
 # --- AKS -------------------------------------------------------------------------------------
 
@@ -50,7 +58,10 @@ resource "azurerm_role_assignment" "aks_kubelet_operator" {
 }
 
 # The application routing add-on reads the ingress certificate (kubernetes.azure.com/
-# tls-cert-keyvault-uri in deploy/k8s/base/ingress.yaml) with its own identity.
+# tls-cert-keyvault-uri in deploy/k8s/base/ingress.yaml) with its own identity. On the vault,
+# because the certificate exists only once an operator has imported it, after this apply; the
+# role reads secrets too (secrets/getSecret/action), so this identity could read every secret
+# (README "Known limits").
 resource "azurerm_role_assignment" "app_routing_certificates" {
   scope                            = azurerm_key_vault.main.id
   role_definition_name             = "Key Vault Certificate User"
@@ -77,11 +88,23 @@ resource "azurerm_federated_identity_credential" "workload" {
   subject                   = "system:serviceaccount:${var.kubernetes_namespace}:${each.key}"
 }
 
-resource "azurerm_role_assignment" "workload_key_vault" {
-  for_each                         = toset(local.service_accounts)
-  scope                            = azurerm_key_vault.main.id
+# The backup's MongoDB user (MongoDB's backup role: it reads, it cannot write), through the
+# backup's SecretProviderClass (deploy/k8s/base/backup/secretproviderclass.yaml).
+resource "azurerm_role_assignment" "backup_key_vault" {
+  scope                            = azurerm_key_vault_secret.mongodb_backup_uri.resource_versionless_id
   role_definition_name             = "Key Vault Secrets User"
-  principal_id                     = azurerm_user_assigned_identity.workload[each.key].principal_id
+  principal_id                     = azurerm_user_assigned_identity.workload["mongodb-backup"].principal_id
+  skip_service_principal_aad_check = true
+}
+
+# Only while a restore runs on AKS (backup_restore_access = true): the services' user
+# (readWrite on libertum_*), which a restore needs to write and which restore-job.yaml.example
+# mounts through the SecretProviderClass mongodb-restore. Off again once the restore is done.
+resource "azurerm_role_assignment" "backup_restore_key_vault" {
+  count                            = var.backup_restore_access ? 1 : 0
+  scope                            = azurerm_key_vault_secret.mongodb_uri.resource_versionless_id
+  role_definition_name             = "Key Vault Secrets User"
+  principal_id                     = azurerm_user_assigned_identity.workload["mongodb-backup"].principal_id
   skip_service_principal_aad_check = true
 }
 
@@ -101,8 +124,13 @@ resource "azurerm_user_assigned_identity" "key_vault_reader" {
   tags                = local.tags
 }
 
+# The two secrets the services' SecretProviderClass asks for.
 resource "azurerm_role_assignment" "key_vault_reader" {
-  scope                            = azurerm_key_vault.main.id
+  for_each = {
+    mongodb-uri = azurerm_key_vault_secret.mongodb_uri.resource_versionless_id
+    redis-url   = azurerm_key_vault_secret.redis_url.resource_versionless_id
+  }
+  scope                            = each.value
   role_definition_name             = "Key Vault Secrets User"
   principal_id                     = azurerm_user_assigned_identity.key_vault_reader.principal_id
   skip_service_principal_aad_check = true
@@ -146,10 +174,10 @@ resource "azurerm_user_assigned_identity" "github_cd" {
   tags                = local.tags
 }
 
-# Only workflow runs of the named repository get tokens for this identity, and only on the named
-# branch (dev: the CD job after CI on main) or in the named GitHub environment (prod: the manual
-# promotion, which the environment's protection rules can hold for approval); never pull
-# requests, other branches or forks.
+# Only workflow runs of the named repository get tokens for this identity, and only in the named
+# GitHub environment (.github/workflows/cd.yml: `dev` for the job after CI on main, `production`
+# for the manual promotion, which the environment's protection rules can hold for approval), or,
+# with no environment named, on the named branch; never pull requests, other branches or forks.
 locals {
   github_subject = var.github_environment == null ? "ref:refs/heads/${var.github_branch}" : "environment:${var.github_environment}"
 }
@@ -163,15 +191,20 @@ resource "azurerm_federated_identity_credential" "github_cd" {
   subject                   = "repo:${var.github_repository}:${local.github_subject}"
 }
 
-# Promotion copies the image that ran in dev into this registry with `az acr import`, which
-# AcrPush does not allow: a role with that one action, and read access to the source registry.
+# Promotion copies the image that ran in dev into this registry with
+#   az acr import --name <this acr> --registry <dev's acr_id> --source libertum:sha-<full commit>
+# which AcrPush does not allow. Here: a role with the import action, and the read of this
+# registry's resource (az acr import looks the registry up by name first: registries/read).
 resource "azurerm_role_definition" "acr_import" {
   count       = var.github_repository != null && var.github_promote_from_acr_id != null ? 1 : 0
   name        = "${local.name}-acr-import"
   scope       = azurerm_container_registry.main.id
   description = "Import images into the Libertum registry from another registry (promotion)."
   permissions {
-    actions = ["Microsoft.ContainerRegistry/registries/importImage/action"]
+    actions = [
+      "Microsoft.ContainerRegistry/registries/read",
+      "Microsoft.ContainerRegistry/registries/importImage/action",
+    ]
   }
   assignable_scopes = [azurerm_container_registry.main.id]
 }
@@ -184,14 +217,21 @@ resource "azurerm_role_assignment" "github_cd_acr_import" {
   skip_service_principal_aad_check = true
 }
 
-resource "azurerm_role_assignment" "github_cd_source_acr_pull" {
+# On the source (dev's registry, possibly in another subscription), the import reads the
+# registry's resource (registries/read: the source is named by resource ID) and pulls the image
+# (registries/pull/read). Reader on that one registry is both, and every other right it gives
+# there is a read too. A custom role with just those two actions would be narrower, but it
+# would have to be defined in dev's subscription, which takes the right to define roles there.
+resource "azurerm_role_assignment" "github_cd_source_acr_read" {
   count                            = length(azurerm_role_definition.acr_import)
   scope                            = var.github_promote_from_acr_id
-  role_definition_name             = "AcrPull"
+  role_definition_name             = "Reader"
   principal_id                     = azurerm_user_assigned_identity.github_cd[0].principal_id
   skip_service_principal_aad_check = true
 }
 
+# Push (dev), and in either registry look a tag up (az acr repository show) and lock it
+# (az acr repository update --write-enabled false): AcrPush pulls, pushes and manages tags.
 resource "azurerm_role_assignment" "github_cd_acr_push" {
   count                            = var.github_repository == null ? 0 : 1
   scope                            = azurerm_container_registry.main.id

@@ -1,6 +1,7 @@
 # Key Vault: the backends' credentials (generated here, used by the VM's cloud-init and read by
 # the pods through the Secrets Store CSI driver) and the ingress TLS certificate (imported by an
-# operator, read by the application routing add-on). Azure RBAC only, no access policies.
+# operator, read by the application routing add-on). Azure RBAC only, no access policies; the
+# workloads' readers are granted single secrets (identity.tf), never the vault.
 
 resource "azurerm_key_vault" "main" {
   #checkov:skip=CKV_AZURE_189:The public endpoint is off unless operator_ip_ranges names where Terraform runs (it writes the secrets); even then the firewall denies every other address and the cluster uses the private endpoint.
@@ -95,12 +96,16 @@ resource "random_password" "redis" {
 locals {
   # readWrite on the three services' databases only; authSource admin is where the VM creates
   # the users; replicaSet rs0 because the services need transactions.
-  mongodb_uri       = "mongodb://libertum:${random_password.mongodb_app.result}@${var.backend_vm_private_ip}:27017/?replicaSet=rs0&authSource=admin"
-  mongodb_admin_uri = "mongodb://admin:${random_password.mongodb_admin.result}@${var.backend_vm_private_ip}:27017/?replicaSet=rs0&authSource=admin"
-  redis_url         = "redis://:${random_password.redis.result}@${var.backend_vm_private_ip}:6379"
+  mongodb_uri = "mongodb://libertum:${random_password.mongodb_app.result}@${var.backend_vm_private_ip}:27017/?replicaSet=rs0&authSource=admin"
+  # The user the VM's cloud-init creates with MongoDB's backup role (and clusterMonitor): it
+  # reads every database and writes none.
+  mongodb_backup_uri = "mongodb://backup:${random_password.mongodb_backup.result}@${var.backend_vm_private_ip}:27017/?replicaSet=rs0&authSource=admin"
+  mongodb_admin_uri  = "mongodb://admin:${random_password.mongodb_admin.result}@${var.backend_vm_private_ip}:27017/?replicaSet=rs0&authSource=admin"
+  redis_url          = "redis://:${random_password.redis.result}@${var.backend_vm_private_ip}:6379"
 }
 
-# The names are what deploy/k8s/base/secretproviderclass.yaml asks for.
+# The names are what deploy/k8s/base/secretproviderclass.yaml (mongodb-uri, redis-url) and
+# deploy/k8s/base/backup/secretproviderclass.yaml (mongodb-backup-uri) ask for.
 resource "azurerm_key_vault_secret" "mongodb_uri" {
   #checkov:skip=CKV_AZURE_41:Key Vault does not enforce expiry on reads, so a date would only be a reminder; the value changes only when the password on the backend VM changes, which README "Rotate the backend credentials" describes and an expiry on this copy cannot drive.
   name         = "mongodb-uri"
@@ -123,7 +128,21 @@ resource "azurerm_key_vault_secret" "redis_url" {
   depends_on = [time_sleep.key_vault_rbac, azurerm_private_endpoint.key_vault]
 }
 
-# For an operator's restore (root on MongoDB); no pod mounts it.
+# The AKS backup CronJob's MongoDB login (its SecretProviderClass mounts it as a file).
+resource "azurerm_key_vault_secret" "mongodb_backup_uri" {
+  #checkov:skip=CKV_AZURE_41:Key Vault does not enforce expiry on reads, so a date would only be a reminder; the value changes only when the password on the backend VM changes, which README "Rotate the backend credentials" describes and an expiry on this copy cannot drive.
+  name         = "mongodb-backup-uri"
+  value        = local.mongodb_backup_uri
+  key_vault_id = azurerm_key_vault.main.id
+  content_type = "text/x-mongodb-uri"
+  tags         = local.tags
+
+  depends_on = [time_sleep.key_vault_rbac, azurerm_private_endpoint.key_vault]
+}
+
+# For an operator's restore (root on MongoDB); no pod mounts it and no workload's identity may
+# read it (identity.tf grants them single other secrets; the application routing add-on's
+# vault-wide certificate role is the exception, README "Known limits").
 resource "azurerm_key_vault_secret" "mongodb_admin_uri" {
   #checkov:skip=CKV_AZURE_41:Key Vault does not enforce expiry on reads, so a date would only be a reminder; the value changes only when the password on the backend VM changes, which README "Rotate the backend credentials" describes and an expiry on this copy cannot drive.
   name         = "mongodb-admin-uri"

@@ -1,8 +1,9 @@
 # Azure Monitor: a Log Analytics workspace (Container Insights, control-plane and resource logs),
 # an Azure Monitor workspace for managed Prometheus (the cluster's own metrics), an action group
 # that mails the operators, and a few platform alerts on what no in-cluster Prometheus can see:
-# the backend VM itself. The services' own metrics and alerts (deploy/observability) are
-# scraped and evaluated by the in-cluster Prometheus (ServiceMonitor, PrometheusRule).
+# the backend VM itself and its own backup. The services' own metrics and alerts
+# (deploy/observability) are scraped and evaluated by the in-cluster Prometheus
+# (ServiceMonitor, PrometheusRule).
 
 resource "azurerm_log_analytics_workspace" "main" {
   name                = "log-${local.name}"
@@ -268,5 +269,55 @@ resource "azurerm_monitor_metric_alert" "backend_vm_memory" {
 
   action {
     action_group_id = azurerm_monitor_action_group.operators.id
+  }
+}
+
+# The backend VM's daily backup (its systemd timer, 03:30 UTC, into mongodb-backups/mongodb-vm/)
+# would otherwise fail unnoticed: nothing in the cluster watches the VM (the in-cluster
+# Prometheus alerts on the AKS CronJob's backup, LibertumBackupMissing). The blob diagnostic
+# setting above logs every write, so: no sidecar manifest (<time>.manifest.json, one Put Blob
+# that deploy/backup/libertum-backup.py writes only once the archive is committed and read back
+# intact) under that prefix for 26 hours, a day plus a margin for a slow run. The rule's window
+# is two days (the nearest allowed value above 26 h) and the query narrows it to 26 h. The union
+# with an empty table keeps the query valid before the first blob log has created the table
+# StorageBlobLogs in the workspace (it then counts 0 and fires: no backup was written yet).
+# Logs that stop arriving (the workspace's daily cap reached) also make it fire.
+resource "azurerm_monitor_scheduled_query_rules_alert_v2" "backend_vm_backup_missing" {
+  name                    = "backend-vm-backup-missing-${local.name}"
+  resource_group_name     = azurerm_resource_group.main.name
+  location                = azurerm_resource_group.main.location
+  scopes                  = [azurerm_log_analytics_workspace.main.id]
+  description             = "No MongoDB backup from the backend VM (${local.backup_container}/${local.vm_backup_prefix}) for 26 hours: its daily timer failed or did not run. On the VM: systemctl list-timers libertum-backup.timer; journalctl -u libertum-backup."
+  severity                = 1
+  evaluation_frequency    = "PT1H"
+  window_duration         = "P2D"
+  auto_mitigation_enabled = true
+  tags                    = local.tags
+
+  criteria {
+    query                   = <<-KQL
+      union isfuzzy=true
+          (datatable(TimeGenerated: datetime, AccountName: string, OperationName: string, StatusText: string, ObjectKey: string)[]),
+          StorageBlobLogs
+      | where TimeGenerated > ago(26h)
+      | where AccountName == "${azurerm_storage_account.main.name}"
+      | where OperationName == "PutBlob" and StatusText == "Success"
+      | where ObjectKey startswith "/${azurerm_storage_account.main.name}/${local.backup_container}/${local.vm_backup_prefix}"
+      | where ObjectKey endswith ".manifest.json"
+      | summarize Backups = count()
+    KQL
+    time_aggregation_method = "Total"
+    metric_measure_column   = "Backups"
+    operator                = "LessThan"
+    threshold               = 1
+
+    failing_periods {
+      minimum_failing_periods_to_trigger_alert = 1
+      number_of_evaluation_periods             = 1
+    }
+  }
+
+  action {
+    action_groups = [azurerm_monitor_action_group.operators.id]
   }
 }

@@ -192,10 +192,11 @@ resource "azurerm_network_security_group" "backend" {
     destination_address_prefix = "*"
   }
 
-  # Out: the private endpoints (the backup upload) and the Internet through the NAT gateway
-  # (packages); nothing else in the VNet, so a compromised VM cannot reach the cluster.
+  # Out: blob storage's private endpoint (the backup upload) and the Internet through the NAT
+  # gateway (packages); nothing else in the VNet (not Key Vault's endpoint either), so a
+  # compromised VM cannot reach the cluster.
   security_rule {
-    name                       = "allow-https-to-endpoints"
+    name                       = "allow-https-to-blob-endpoint"
     priority                   = 100
     direction                  = "Outbound"
     access                     = "Allow"
@@ -203,7 +204,7 @@ resource "azurerm_network_security_group" "backend" {
     source_port_range          = "*"
     destination_port_range     = "443"
     source_address_prefix      = "*"
-    destination_address_prefix = var.subnet_prefixes.endpoints
+    destination_address_prefix = "${var.blob_private_endpoint_ip}/32"
   }
 
   security_rule {

@@ -57,7 +57,7 @@ output "workload_identity_client_ids" {
 }
 
 output "key_vault_reader_client_id" {
-  description = "Client ID for the services' shared SecretProviderClass (clientID): federated with the assets, tokens and ledger service accounts, may read the vault's secrets."
+  description = "Client ID for the services' shared SecretProviderClass (clientID): federated with the assets, tokens and ledger service accounts, may read the secrets mongodb-uri and redis-url."
   value       = azurerm_user_assigned_identity.key_vault_reader.client_id
 }
 
@@ -99,6 +99,11 @@ output "backup_container_name" {
 output "log_archive_container_name" {
   description = "Container for archived logs (e.g. Loki's chunks)."
   value       = azurerm_storage_container.log_archive.name
+}
+
+output "blob_private_endpoint_ip" {
+  description = "Blob storage's private endpoint: the backup NetworkPolicy's blob ipBlock is <this>/32."
+  value       = azurerm_private_endpoint.blob.private_service_connection[0].private_ip_address
 }
 
 output "nat_public_ip" {

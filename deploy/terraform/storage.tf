@@ -128,13 +128,29 @@ resource "azurerm_storage_management_policy" "main" {
 }
 
 # The only way in: the backend VM and the cluster reach blob storage here (the account's public
-# name resolves to this address inside the VNet through the linked private DNS zone).
+# name resolves to this address inside the VNet through the linked private DNS zone). A static
+# address, so that the backup's NetworkPolicy and the VM's NSG can name it alone (/32) rather
+# than the endpoints subnet, where Key Vault's endpoint is too.
 resource "azurerm_private_endpoint" "blob" {
   name                = "pe-${local.name}-blob"
   location            = azurerm_resource_group.main.location
   resource_group_name = azurerm_resource_group.main.name
   subnet_id           = azurerm_subnet.endpoints.id
   tags                = local.tags
+
+  ip_configuration {
+    name               = "blob"
+    private_ip_address = var.blob_private_endpoint_ip
+    subresource_name   = "blob"
+    member_name        = "blob"
+  }
+
+  lifecycle {
+    precondition {
+      condition     = cidrsubnet("${var.blob_private_endpoint_ip}/${split("/", var.subnet_prefixes.endpoints)[1]}", 0, 0) == var.subnet_prefixes.endpoints
+      error_message = "blob_private_endpoint_ip must be an address in subnet_prefixes.endpoints."
+    }
+  }
 
   private_service_connection {
     name                           = "blob"

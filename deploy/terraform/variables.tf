@@ -342,14 +342,20 @@ variable "backup_retention_days" {
 }
 
 variable "backup_lifecycle_days" {
-  description = "Lifecycle of blobs in mongodb-backups, in days since last modification: to cool, to archive, deleted. A backstop behind the tool's own retention, and the tiering for backups kept longer."
+  description = <<-EOT
+    Lifecycle of blobs in mongodb-backups, in days since last modification: to cool, to archive,
+    deleted. A backup is read only to restore it, so it goes cool after a day; with the backup
+    jobs' 35-day retention it is then pruned after more than the cool tier's 30-day minimum (no
+    early-deletion charge). Archive applies only to backups kept longer than 90 days (a raised
+    BACKUP_RETENTION_DAYS); the delete step is the backstop behind the jobs' own pruning.
+  EOT
   type = object({
     cool    = number
     archive = number
     delete  = number
   })
   default = {
-    cool    = 30
+    cool    = 1
     archive = 90
     delete  = 365
   }
@@ -367,6 +373,29 @@ variable "log_archive_lifecycle_days" {
     archive = 90
     delete  = 365
   }
+}
+
+variable "blob_private_endpoint_ip" {
+  description = <<-EOT
+    Static address of the blob storage private endpoint, in subnet_prefixes.endpoints. The backup
+    pods' NetworkPolicy (deploy/k8s/base/backup/networkpolicy.yaml) and the backend VM's NSG admit
+    443 to exactly this address, not to the whole subnet, which also holds Key Vault's endpoint.
+    Above the low addresses Azure gives dynamically allocated endpoints (Key Vault's takes the
+    first free one, 10.20.2.4).
+  EOT
+  type        = string
+  default     = "10.20.2.10"
+}
+
+variable "backup_restore_access" {
+  description = <<-EOT
+    true only while a MongoDB restore runs on AKS (deploy/k8s/base/backup/restore-job.yaml.example):
+    lets the mongodb-backup identity read the Key Vault secret mongodb-uri (the services' user,
+    readWrite on libertum_*), which a restore needs and the daily backup does not. false (the
+    default): that identity reads mongodb-backup-uri (MongoDB's backup role) and nothing else.
+  EOT
+  type        = bool
+  default     = false
 }
 
 variable "blob_soft_delete_days" {
@@ -403,7 +432,7 @@ variable "alert_email" {
 # --- Continuous delivery ---------------------------------------------------------------------
 
 variable "github_repository" {
-  description = "GitHub repository (owner/name) whose workflows on github_branch may push images (AcrPush) through OIDC. null: no CD identity."
+  description = "GitHub repository (owner/name) whose CD workflow (in github_environment, or on github_branch) may push images (AcrPush) through OIDC. null: no CD identity."
   type        = string
   default     = null
 }
@@ -415,13 +444,13 @@ variable "github_branch" {
 }
 
 variable "github_environment" {
-  description = "GitHub environment whose workflow runs get the CD identity instead of a branch's: \"production\" for prod, whose images are promoted by a manual run in that environment. null: the branch."
+  description = "GitHub environment whose workflow runs get the CD identity instead of a branch's. .github/workflows/cd.yml runs its jobs in environments: \"dev\" for dev (after CI on main), \"production\" for prod (the manual promotion). null: runs on github_branch without an environment."
   type        = string
   default     = null
 }
 
 variable "github_promote_from_acr_id" {
-  description = "Resource ID of the registry this environment's images are promoted from (prod: dev's registry, the dev outputs' acr_id). Gives the CD identity AcrPull there and the import action here. null: this environment builds its own images."
+  description = "Resource ID of the registry this environment's images are promoted from (prod: dev's registry, the dev outputs' acr_id). Gives the CD identity Reader on that registry (read and pull) and, here, a role with the import action and the registry's read. null: this environment builds its own images."
   type        = string
   default     = null
 }

@@ -26,6 +26,11 @@ output "acr_login_server" {
   value       = azurerm_container_registry.main.login_server
 }
 
+output "acr_name" {
+  description = "Registry name: CD's DEV_ACR_NAME / PROD_ACR_NAME repository variables."
+  value       = azurerm_container_registry.main.name
+}
+
 output "acr_id" {
   description = "Registry resource ID: prod's github_promote_from_acr_id is dev's."
   value       = azurerm_container_registry.main.id

@@ -5,6 +5,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::{Backends, Product, code};
 use libertum_testkit::servers;
 use reqwest::StatusCode;
@@ -484,26 +486,40 @@ async fn the_whole_story_with_each_service_its_own_process_on_kafka_mongodb_and_
             ],
         ),
     ] {
-        let ready: Value = p
-            .http
-            .get(format!("{}/readyz", p.base(prefix)))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        for name in names {
-            let check = ready["checks"]
-                .as_array()
+        // A service is ready with Redis degraded (its first connection attempt may time out on
+        // a loaded machine, and the next comes a second later): wait for every check to be up.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let ready: Value = p
+                .http
+                .get(format!("{}/readyz", p.base(prefix)))
+                .send()
+                .await
                 .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let state = |name: &str| {
+                ready["checks"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|c| c["name"] == name)
+                    .map(|c| c["state"].clone())
+            };
+            let down: Vec<&str> = names
                 .iter()
-                .find(|c| c["name"] == name);
-            assert_eq!(
-                check.map(|c| &c["state"]),
-                Some(&json!("up")),
-                "{name} in {ready}"
+                .copied()
+                .filter(|name| state(name) != Some(json!("up")))
+                .collect();
+            if down.is_empty() {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{down:?} not up within 30 s: {ready}"
             );
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 

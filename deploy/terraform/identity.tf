@@ -91,7 +91,7 @@ resource "azurerm_federated_identity_credential" "workload" {
 # The backup's MongoDB user (MongoDB's backup role: it reads, it cannot write), through the
 # backup's SecretProviderClass (deploy/k8s/base/backup/secretproviderclass.yaml).
 resource "azurerm_role_assignment" "backup_key_vault" {
-  scope                            = azurerm_key_vault_secret.mongodb_backup_uri.resource_versionless_id
+  scope                            = azurerm_key_vault_secret.backend["mongodb-backup-uri"].resource_versionless_id
   role_definition_name             = "Key Vault Secrets User"
   principal_id                     = azurerm_user_assigned_identity.workload["mongodb-backup"].principal_id
   skip_service_principal_aad_check = true
@@ -102,7 +102,7 @@ resource "azurerm_role_assignment" "backup_key_vault" {
 # mounts through the SecretProviderClass mongodb-restore. Off again once the restore is done.
 resource "azurerm_role_assignment" "backup_restore_key_vault" {
   count                            = var.backup_restore_access ? 1 : 0
-  scope                            = azurerm_key_vault_secret.mongodb_uri.resource_versionless_id
+  scope                            = azurerm_key_vault_secret.backend["mongodb-uri"].resource_versionless_id
   role_definition_name             = "Key Vault Secrets User"
   principal_id                     = azurerm_user_assigned_identity.workload["mongodb-backup"].principal_id
   skip_service_principal_aad_check = true
@@ -127,8 +127,8 @@ resource "azurerm_user_assigned_identity" "key_vault_reader" {
 # The two secrets the services' SecretProviderClass asks for.
 resource "azurerm_role_assignment" "key_vault_reader" {
   for_each = {
-    mongodb-uri = azurerm_key_vault_secret.mongodb_uri.resource_versionless_id
-    redis-url   = azurerm_key_vault_secret.redis_url.resource_versionless_id
+    mongodb-uri = azurerm_key_vault_secret.backend["mongodb-uri"].resource_versionless_id
+    redis-url   = azurerm_key_vault_secret.backend["redis-url"].resource_versionless_id
   }
   scope                            = each.value
   role_definition_name             = "Key Vault Secrets User"

@@ -106,49 +106,25 @@ locals {
 
 # The names are what deploy/k8s/base/secretproviderclass.yaml (mongodb-uri, redis-url) and
 # deploy/k8s/base/backup/secretproviderclass.yaml (mongodb-backup-uri) ask for.
-resource "azurerm_key_vault_secret" "mongodb_uri" {
-  #checkov:skip=CKV_AZURE_41:Key Vault does not enforce expiry on reads, so a date would only be a reminder; the value changes only when the password on the backend VM changes, which README "Rotate the backend credentials" describes and an expiry on this copy cannot drive.
-  name         = "mongodb-uri"
-  value        = local.mongodb_uri
-  key_vault_id = azurerm_key_vault.main.id
-  content_type = "text/x-mongodb-uri"
-  tags         = local.tags
-
-  depends_on = [time_sleep.key_vault_rbac, azurerm_private_endpoint.key_vault]
+# mongodb-admin-uri is for an operator's restore (root on MongoDB): no pod mounts it and no
+# workload's identity may read it (identity.tf grants them single other secrets; the application
+# routing add-on's vault-wide certificate role is the exception, README "Known limits").
+locals {
+  backend_secrets = {
+    "mongodb-uri"        = { value = local.mongodb_uri, content_type = "text/x-mongodb-uri" }
+    "redis-url"          = { value = local.redis_url, content_type = "text/x-redis-url" }
+    "mongodb-backup-uri" = { value = local.mongodb_backup_uri, content_type = "text/x-mongodb-uri" }
+    "mongodb-admin-uri"  = { value = local.mongodb_admin_uri, content_type = "text/x-mongodb-uri" }
+  }
 }
 
-resource "azurerm_key_vault_secret" "redis_url" {
+resource "azurerm_key_vault_secret" "backend" {
   #checkov:skip=CKV_AZURE_41:Key Vault does not enforce expiry on reads, so a date would only be a reminder; the value changes only when the password on the backend VM changes, which README "Rotate the backend credentials" describes and an expiry on this copy cannot drive.
-  name         = "redis-url"
-  value        = local.redis_url
+  for_each     = local.backend_secrets
+  name         = each.key
+  value        = each.value.value
   key_vault_id = azurerm_key_vault.main.id
-  content_type = "text/x-redis-url"
-  tags         = local.tags
-
-  depends_on = [time_sleep.key_vault_rbac, azurerm_private_endpoint.key_vault]
-}
-
-# The AKS backup CronJob's MongoDB login (its SecretProviderClass mounts it as a file).
-resource "azurerm_key_vault_secret" "mongodb_backup_uri" {
-  #checkov:skip=CKV_AZURE_41:Key Vault does not enforce expiry on reads, so a date would only be a reminder; the value changes only when the password on the backend VM changes, which README "Rotate the backend credentials" describes and an expiry on this copy cannot drive.
-  name         = "mongodb-backup-uri"
-  value        = local.mongodb_backup_uri
-  key_vault_id = azurerm_key_vault.main.id
-  content_type = "text/x-mongodb-uri"
-  tags         = local.tags
-
-  depends_on = [time_sleep.key_vault_rbac, azurerm_private_endpoint.key_vault]
-}
-
-# For an operator's restore (root on MongoDB); no pod mounts it and no workload's identity may
-# read it (identity.tf grants them single other secrets; the application routing add-on's
-# vault-wide certificate role is the exception, README "Known limits").
-resource "azurerm_key_vault_secret" "mongodb_admin_uri" {
-  #checkov:skip=CKV_AZURE_41:Key Vault does not enforce expiry on reads, so a date would only be a reminder; the value changes only when the password on the backend VM changes, which README "Rotate the backend credentials" describes and an expiry on this copy cannot drive.
-  name         = "mongodb-admin-uri"
-  value        = local.mongodb_admin_uri
-  key_vault_id = azurerm_key_vault.main.id
-  content_type = "text/x-mongodb-uri"
+  content_type = each.value.content_type
   tags         = local.tags
 
   depends_on = [time_sleep.key_vault_rbac, azurerm_private_endpoint.key_vault]

@@ -169,9 +169,15 @@ pub fn postings_for(event: &TokenEvent) -> Vec<Posting> {
             .iter()
             .filter(|a| !a.amount.is_zero())
             .map(|a| {
+                // A frozen holder's share is held back in an account of its own.
+                let to = if a.withheld {
+                    format!("withheld:{}", a.investor_id)
+                } else {
+                    investor_account(&a.investor_id)
+                };
                 posting(
                     format!("distribution:{token_id}"),
-                    investor_account(&a.investor_id),
+                    to,
                     distribution.currency.as_str(),
                     a.amount,
                 )

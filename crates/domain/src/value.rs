@@ -132,6 +132,34 @@ code_type!(
     Country, 2, "a country (ISO 3166-1 alpha-2)"
 );
 
+/// The 249 officially assigned ISO 3166-1 alpha-2 codes, sorted. User-assigned codes (`XX`,
+/// `AA`, `QM`-`QZ`, `XA`-`XZ`, `ZZ`) and reserved ones name no country.
+const ASSIGNED_COUNTRIES: [&str; 249] = [
+    "AD", "AE", "AF", "AG", "AI", "AL", "AM", "AO", "AQ", "AR", "AS", "AT", "AU", "AW", "AX", "AZ",
+    "BA", "BB", "BD", "BE", "BF", "BG", "BH", "BI", "BJ", "BL", "BM", "BN", "BO", "BQ", "BR", "BS",
+    "BT", "BV", "BW", "BY", "BZ", "CA", "CC", "CD", "CF", "CG", "CH", "CI", "CK", "CL", "CM", "CN",
+    "CO", "CR", "CU", "CV", "CW", "CX", "CY", "CZ", "DE", "DJ", "DK", "DM", "DO", "DZ", "EC", "EE",
+    "EG", "EH", "ER", "ES", "ET", "FI", "FJ", "FK", "FM", "FO", "FR", "GA", "GB", "GD", "GE", "GF",
+    "GG", "GH", "GI", "GL", "GM", "GN", "GP", "GQ", "GR", "GS", "GT", "GU", "GW", "GY", "HK", "HM",
+    "HN", "HR", "HT", "HU", "ID", "IE", "IL", "IM", "IN", "IO", "IQ", "IR", "IS", "IT", "JE", "JM",
+    "JO", "JP", "KE", "KG", "KH", "KI", "KM", "KN", "KP", "KR", "KW", "KY", "KZ", "LA", "LB", "LC",
+    "LI", "LK", "LR", "LS", "LT", "LU", "LV", "LY", "MA", "MC", "MD", "ME", "MF", "MG", "MH", "MK",
+    "ML", "MM", "MN", "MO", "MP", "MQ", "MR", "MS", "MT", "MU", "MV", "MW", "MX", "MY", "MZ", "NA",
+    "NC", "NE", "NF", "NG", "NI", "NL", "NO", "NP", "NR", "NU", "NZ", "OM", "PA", "PE", "PF", "PG",
+    "PH", "PK", "PL", "PM", "PN", "PR", "PS", "PT", "PW", "PY", "QA", "RE", "RO", "RS", "RU", "RW",
+    "SA", "SB", "SC", "SD", "SE", "SG", "SH", "SI", "SJ", "SK", "SL", "SM", "SN", "SO", "SR", "SS",
+    "ST", "SV", "SX", "SY", "SZ", "TC", "TD", "TF", "TG", "TH", "TJ", "TK", "TL", "TM", "TN", "TO",
+    "TR", "TT", "TV", "TW", "TZ", "UA", "UG", "UM", "US", "UY", "UZ", "VA", "VC", "VE", "VG", "VI",
+    "VN", "VU", "WF", "WS", "YE", "YT", "ZA", "ZM", "ZW",
+];
+
+impl Country {
+    /// Whether ISO 3166-1 assigns this code to a country or territory.
+    pub fn is_assigned(&self) -> bool {
+        ASSIGNED_COUNTRIES.binary_search(&self.as_str()).is_ok()
+    }
+}
+
 /// An identifier: cheap to clone, compared by value, printed as is.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -193,7 +221,47 @@ pub fn bounded_text(field: &'static str, value: &str, max: usize) -> Result<Stri
             format!("{field} must not contain control characters"),
         ));
     }
+    if trimmed.chars().any(is_bidi_control) {
+        return Err(Error::invalid(
+            field,
+            format!("{field} must not contain bidirectional control characters (such as U+202E)"),
+        ));
+    }
+    if trimmed.chars().all(|c| c.is_whitespace() || is_invisible(c)) {
+        return Err(Error::invalid(
+            field,
+            format!("{field} must contain a visible character"),
+        ));
+    }
     Ok(trimmed.to_owned())
+}
+
+/// The characters that reorder text on display (Unicode's bidirectional embeddings, overrides,
+/// isolates and marks): a name holding them can read as something else than it is.
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
+/// Characters that show nothing: zero-width ones, joiners, the word joiner and invisible
+/// operators, soft hyphen, byte-order mark, fillers and the blank Braille pattern.
+fn is_invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{034F}'
+            | '\u{115F}'
+            | '\u{1160}'
+            | '\u{17B4}'
+            | '\u{17B5}'
+            | '\u{180B}'..='\u{180F}'
+            | '\u{200B}'..='\u{200D}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{2800}'
+            | '\u{3164}'
+            | '\u{FE00}'..='\u{FE0F}'
+            | '\u{FEFF}'
+            | '\u{FFA0}'
+    ) || is_bidi_control(c)
 }
 
 /// Like [`bounded_text`], for an optional field: `None` and blank both mean absent.
@@ -242,6 +310,28 @@ mod tests {
             serde_json::from_str::<Amount>("12").is_err(),
             "a JSON number is refused"
         );
+    }
+
+    #[test]
+    fn only_assigned_countries_are_countries() {
+        for code in ["DE", "US", "FR", "AX", "ZW", "SS"] {
+            assert!(code.parse::<Country>().expect("parses").is_assigned(), "{code}");
+        }
+        for code in ["XX", "AA", "QZ", "XK", "ZZ", "UK", "EU"] {
+            assert!(!code.parse::<Country>().expect("parses").is_assigned(), "{code}");
+        }
+        assert_eq!(ASSIGNED_COUNTRIES.len(), 249);
+        assert!(ASSIGNED_COUNTRIES.windows(2).all(|w| w[0] < w[1]), "sorted");
+    }
+
+    #[test]
+    fn names_that_hide_or_reorder_their_text_are_refused() {
+        assert_eq!(bounded_text("name", "  Alice Müller ", 50).as_deref(), Ok("Alice Müller"));
+        assert_eq!(bounded_text("name", "مبنى ١٢٣", 50).as_deref(), Ok("مبنى ١٢٣"));
+        for bad in ["evil\u{202E}fdp.exe", "a\u{2066}b", "\u{200B}\u{200B}", "\u{3164}", "\u{FEFF} \u{2800}"] {
+            let e = bounded_text("name", bad, 50).expect_err(bad);
+            assert_eq!(e.field.as_deref(), Some("name"), "{bad:?}");
+        }
     }
 
     #[test]

@@ -19,11 +19,9 @@ use libertum_tokens::Tokens;
 use tokio::net::TcpListener;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
-use utoipa_swagger_ui::SwaggerUi;
 
 #[derive(OpenApi)]
 #[openapi(
-    modifiers(&BearerAuth),
     info(
         title = "Libertum",
         description = "Tokenization of real-world assets: the asset registry, token classes with compliance, and the hash-chained ledger. Amounts are strings of digits in minor units. Errors are RFC 9457 problem+json with a stable `code`.",
@@ -41,91 +39,11 @@ use utoipa_swagger_ui::SwaggerUi;
 )]
 struct ApiDoc;
 
-/// Every operation needs an OAuth 2.0 bearer token (JWT); see `docs/security.md`.
-struct BearerAuth;
-
-impl utoipa::Modify for BearerAuth {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::security::{
-            HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
-        };
-        openapi
-            .components
-            .get_or_insert_with(Default::default)
-            .add_security_scheme(
-                "bearer",
-                SecurityScheme::Http(
-                    HttpBuilder::new()
-                        .scheme(HttpAuthScheme::Bearer)
-                        .bearer_format("JWT")
-                        .build(),
-                ),
-            );
-        openapi.security = Some(vec![SecurityRequirement::new(
-            "bearer",
-            Vec::<String>::new(),
-        )]);
-    }
-}
-
-/// Adds to every operation (once the routers have added them) the problem+json answers that any request may get from the guard,
-/// the extractors or the store, where the operation does not describe them itself.
-fn document_common_problems(openapi: &mut utoipa::openapi::OpenApi) {
-    use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
-    let problem = |what: &str| {
-        ResponseBuilder::new()
-            .description(what)
-            .content(
-                "application/problem+json",
-                ContentBuilder::new()
-                    .schema(Some(Ref::from_schema_name("Problem")))
-                    .build(),
-            )
-            .build()
-    };
-    for item in openapi.paths.paths.values_mut() {
-        let operations = [
-            (&mut item.get, false),
-            (&mut item.post, true),
-            (&mut item.put, true),
-            (&mut item.patch, true),
-            (&mut item.delete, false),
-        ];
-        for (operation, writes) in operations {
-            let Some(operation) = operation.as_mut() else {
-                continue;
-            };
-            let mut common = vec![
-                ("400", "malformed path, query or header"),
-                ("401", "no valid bearer token"),
-                ("403", "the caller's roles do not allow it"),
-                ("404", "no such resource"),
-                ("422", "a field is invalid"),
-                ("429", "over a rate limit; see Retry-After"),
-                ("503", "the service cannot take the request now; retry"),
-            ];
-            if writes {
-                common.extend([
-                    ("409", "refused in the current state"),
-                    ("413", "body too large"),
-                    ("415", "not a JSON body"),
-                ]);
-            }
-            for (status, what) in common {
-                operation
-                    .responses
-                    .responses
-                    .entry(status.to_owned())
-                    .or_insert_with(|| problem(what).into());
-            }
-        }
-    }
-}
-
 /// The running product, built but not yet serving.
 pub struct Application {
     listener: TcpListener,
     router: Router,
+    limits: server::ConnectionLimits,
     background: Background,
     pub assets: Assets,
     pub tokens: Tokens,
@@ -194,26 +112,26 @@ impl Application {
         probes.extend(ledger_backends.probes);
         probes.append(&mut background.probes);
 
-        let (api, mut openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        let (api, openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
             .nest("/v1/assets", assets.router())
             .nest("/v1/tokens", tokens.router())
             .nest("/v1/ledger", ledger.router())
             .split_for_parts();
-        document_common_problems(&mut openapi);
-        // Everything but health and metrics needs a bearer token, the API's description too.
-        let protected = server::protect(
-            api.merge(SwaggerUi::new("/docs").url("/openapi.json", openapi)),
-            server::Guard::new(&settings, assets_backends.limiter.clone())?,
-        );
-        let mut app = protected.merge(health::routes(probes));
+        // Everything but health, metrics and the API's description needs a bearer token.
+        let guard = server::Guard::new(&settings, assets_backends.limiter.clone())?;
+        let auth = guard.auth.clone();
+        let mut app = server::protect(api, guard)
+            .merge(libertum_platform::openapi::docs(openapi))
+            .merge(health::routes(probes, auth));
         if !server::serve_metrics_apart(&settings).await? {
             app = app.merge(server::metrics_routes());
         }
-        let router = server::stack(app);
+        let router = server::stack(app, settings.connection_limits);
         tracing::info!(%addr, data_dir = %settings.data_dir.display(), "libertum built");
         Ok(Application {
             listener,
             router,
+            limits: settings.connection_limits,
             background,
             assets,
             tokens,
@@ -233,7 +151,7 @@ impl Application {
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        let result = server::serve(self.listener, self.router, shutdown).await;
+        let result = server::serve(self.listener, self.router, self.limits, shutdown).await;
         self.background.stop().await;
         self.assets.close().await;
         self.tokens.close().await;

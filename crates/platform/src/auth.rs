@@ -25,7 +25,7 @@ use axum::{
 use jsonwebtoken::{
     Algorithm, DecodingKey, EncodingKey, Header, Validation, decode, decode_header, encode,
     errors::ErrorKind,
-    jwk::{AlgorithmParameters, JwkSet},
+    jwk::{AlgorithmParameters, JwkSet, KeyOperations, PublicKeyUse},
 };
 use serde::{Deserialize, Serialize};
 
@@ -334,7 +334,13 @@ impl AuthError {
 /// 401 problem+json with `WWW-Authenticate: Bearer` (RFC 6750); 503 if the keys cannot be had.
 fn unauthorized(error: AuthError) -> Response {
     if let AuthError::KeysUnavailable(cause) = &error {
-        return ApiError::unavailable(cause).into_response();
+        let mut response = ApiError::unavailable(cause).into_response();
+        // The keys are asked for again at most this often.
+        response.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(JWKS_MIN_REFETCH.as_secs()),
+        );
+        return response;
     }
     if let AuthError::Invalid(cause) = &error {
         tracing::info!(%cause, "bearer token refused");
@@ -353,9 +359,20 @@ fn unauthorized(error: AuthError) -> Response {
     response
 }
 
+/// The longest bearer token looked at, and the longest header segment: anything longer is
+/// refused before it is decoded.
+const MAX_TOKEN: usize = 8 * 1024;
+const MAX_TOKEN_HEADER: usize = 1024;
+/// No token is accepted that expires further away than this (the development signer issues at
+/// most this much; an identity provider's access tokens live an hour or so).
+pub const MAX_LIFETIME: Duration = Duration::from_secs(7 * 24 * 3600);
+
 /// The claims the services read; `exp`, `nbf`, `iss` and `aud` are checked by the validation.
 #[derive(Debug, Serialize, Deserialize)]
 struct Claims {
+    /// Read to bound the lifetime; the signer writes it itself.
+    #[serde(default, skip_serializing)]
+    exp: Option<u64>,
     sub: String,
     #[serde(default)]
     roles: Vec<String>,
@@ -408,6 +425,14 @@ impl Authenticator {
         }
     }
 
+    /// Which signer's tokens are checked: `development` or `jwks`.
+    pub fn signer(&self) -> &'static str {
+        match self.keys {
+            Keys::Development(_) => "development",
+            Keys::Jwks(_) => "jwks",
+        }
+    }
+
     fn validation(&self, algorithm: Algorithm) -> Validation {
         let mut v = Validation::new(algorithm);
         v.set_issuer(&[&self.issuer]);
@@ -421,12 +446,28 @@ impl Authenticator {
 
     /// The principal a bearer token stands for, or why it is refused.
     pub async fn authenticate(&self, token: &str) -> Result<Principal, AuthError> {
+        // Sizes first: nothing large is decoded before the signature is checked.
+        let header_part = token.split('.').next().unwrap_or_default();
+        if token.len() > MAX_TOKEN || header_part.len() > MAX_TOKEN_HEADER {
+            return Err(AuthError::Invalid(format!(
+                "a token of {} bytes (header {}): at most {MAX_TOKEN} (header {MAX_TOKEN_HEADER})",
+                token.len(),
+                header_part.len()
+            )));
+        }
+        let header = decode_header(token).map_err(|e| AuthError::Invalid(e.to_string()))?;
+        // RFC 7515 4.1.11: an extension named critical that is not understood (none is here)
+        // makes the token invalid.
+        if let Some(crit) = &header.crit {
+            return Err(AuthError::Invalid(format!(
+                "critical header extensions {crit:?} are not understood"
+            )));
+        }
         let claims = match &self.keys {
             Keys::Development(key) => {
                 decode::<Claims>(token, key, &self.validation(Algorithm::HS256))
             }
             Keys::Jwks(jwks) => {
-                let header = decode_header(token).map_err(|e| AuthError::Invalid(e.to_string()))?;
                 let kid = header
                     .kid
                     .ok_or_else(|| AuthError::Invalid("the token names no key (kid)".into()))?;
@@ -442,6 +483,18 @@ impl Authenticator {
             _ => AuthError::Invalid(e.to_string()),
         })?
         .claims;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if claims
+            .exp
+            .is_some_and(|exp| exp > now.saturating_add(MAX_LIFETIME.as_secs() + self.leeway_seconds))
+        {
+            return Err(AuthError::Invalid(format!(
+                "the token expires more than {} days from now",
+                MAX_LIFETIME.as_secs() / 86_400
+            )));
+        }
         if claims.sub.is_empty() || claims.sub.len() > 200 {
             return Err(AuthError::Invalid("sub must be 1 to 200 characters".into()));
         }
@@ -552,6 +605,18 @@ impl Jwks {
             let Some(kid) = &jwk.common.key_id else {
                 continue;
             };
+            // Only keys published for signatures verify tokens (RFC 7517 4.2, 4.3).
+            let for_signatures = !matches!(
+                jwk.common.public_key_use,
+                Some(PublicKeyUse::Encryption | PublicKeyUse::Other(_))
+            ) && jwk
+                .common
+                .key_operations
+                .as_ref()
+                .is_none_or(|ops| ops.contains(&KeyOperations::Verify));
+            if !for_signatures {
+                continue;
+            }
             // The algorithm follows from the key type, never from the token's header.
             let algorithm = match &jwk.algorithm {
                 AlgorithmParameters::RSA(_) => Algorithm::RS256,
@@ -645,6 +710,7 @@ impl DevSigner {
         }
         let full = Full {
             claims: Claims {
+                exp: None,
                 sub: subject.to_owned(),
                 roles: roles.iter().map(|r| r.as_str().to_owned()).collect(),
                 investor_id: investor.map(str::to_owned),
@@ -687,7 +753,7 @@ pub const DEV_AUDIENCE: &str = "libertum";
 
 /// The development secret: `LIBERTUM_AUTH_DEV_SECRET`, or the one kept in the data directory,
 /// made on first use (readable by its owner only).
-fn dev_secret(settings: &Settings) -> std::io::Result<Vec<u8>> {
+fn dev_secret(settings: &Settings, create: bool) -> std::io::Result<Vec<u8>> {
     if let Some(secret) = &settings.auth.dev_secret {
         return Ok(secret.as_bytes().to_vec());
     }
@@ -704,10 +770,23 @@ fn dev_secret(settings: &Settings) -> std::io::Result<Vec<u8>> {
     };
     match std::fs::read(&path) {
         Ok(secret) => return usable(secret),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(std::io::Error::new(
+                e.kind(),
+                format!(
+                    "there is no development signing key at {}: the product makes it when it first starts; run this from the directory the product runs in, or set LIBERTUM_DATA_DIR to its data directory (or LIBERTUM_AUTH_DEV_SECRET to the secret the services were given)",
+                    path.display()
+                ),
+            ));
+        }
         Err(e) => return Err(e),
     }
-    std::fs::create_dir_all(&settings.data_dir)?;
+    let mut dir = std::fs::DirBuilder::new();
+    dir.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut dir, 0o700);
+    dir.create(&settings.data_dir)?;
     let secret = format!(
         "{}{}",
         uuid::Uuid::new_v4().simple(),
@@ -746,19 +825,32 @@ pub fn authenticator(settings: &Settings) -> std::io::Result<Arc<Authenticator>>
             tracing::warn!(
                 "authentication uses the development signer (LIBERTUM_AUTH_JWKS_URL unset): not for a deployment"
             );
-            Authenticator::development(&dev_secret(settings)?, &a.issuer, &a.audience)
+            Authenticator::development(&dev_secret(settings, true)?, &a.issuer, &a.audience)
         }
     }))
 }
 
-/// The development signer matching [`authenticator`] for the same settings.
+/// The development signer matching [`authenticator`] for the same settings. It never makes a
+/// key: a signer whose key no service has would sign tokens every service refuses.
 pub fn dev_signer(settings: &Settings) -> std::io::Result<DevSigner> {
     let a = &settings.auth;
     Ok(DevSigner::new(
-        &dev_secret(settings)?,
+        &dev_secret(settings, false)?,
         &a.issuer,
         &a.audience,
     ))
+}
+
+/// Where [`dev_signer`] takes its secret from, for a person reading it.
+pub fn dev_signer_source(settings: &Settings) -> String {
+    match settings.auth.dev_secret {
+        Some(_) => "LIBERTUM_AUTH_DEV_SECRET".to_owned(),
+        None => settings
+            .data_dir
+            .join("development-signing.key")
+            .display()
+            .to_string(),
+    }
 }
 
 #[cfg(test)]

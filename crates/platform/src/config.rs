@@ -112,6 +112,26 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
         "the development signer's secret, at least 32 characters; ignored with a JWKS URL",
     ),
     (
+        "LIBERTUM_AUTH_INSECURE_DEV_SIGNER",
+        "false",
+        "true lets the development signer run with production backends or on a non-loopback address: anyone with its secret is every role; never for a deployment",
+    ),
+    (
+        "LIBERTUM_HTTP_HEADER_TIMEOUT_SECONDS",
+        "10",
+        "a request's head must arrive within this; also how long an idle connection is kept",
+    ),
+    (
+        "LIBERTUM_HTTP_BODY_TIMEOUT_SECONDS",
+        "30",
+        "a request's body must arrive within this (408 beyond)",
+    ),
+    (
+        "LIBERTUM_HTTP_MAX_CONNECTIONS",
+        "1024",
+        "connections served at once; beyond, new ones are closed at once",
+    ),
+    (
         "LIBERTUM_METRICS_ADDR",
         "(none: /metrics on LIBERTUM_HTTP_ADDR)",
         "serve /metrics on this address instead, e.g. 0.0.0.0:9090 for the monitoring network only",
@@ -184,11 +204,13 @@ pub struct Settings {
     pub client_address_header: Option<axum::http::HeaderName>,
     /// Where `/metrics` is served apart from the API; `None`: on `http_addr`.
     pub metrics_addr: Option<SocketAddr>,
+    /// Timeouts and the connection cap of the HTTP server.
+    pub connection_limits: crate::server::ConnectionLimits,
 }
 
 /// What is wrong with the configuration: every problem at once.
 #[derive(Debug, thiserror::Error)]
-#[error("invalid configuration:\n  {}", .0.join("\n  "))]
+#[error("invalid configuration: {}", .0.join("; "))]
 pub struct ConfigError(pub Vec<String>);
 
 impl Settings {
@@ -274,6 +296,19 @@ impl Settings {
         let cache_ttl_seconds = number("LIBERTUM_CACHE_TTL_SECONDS", 1, 7 * 24 * 3600);
         let rate_limit_per_principal = number("LIBERTUM_RATE_LIMIT_PER_PRINCIPAL", 0, 10_000_000);
         let rate_limit_per_address = number("LIBERTUM_RATE_LIMIT_PER_ADDRESS", 0, 10_000_000);
+        let connection_limits = crate::server::ConnectionLimits {
+            header_timeout: std::time::Duration::from_secs(number(
+                "LIBERTUM_HTTP_HEADER_TIMEOUT_SECONDS",
+                1,
+                3600,
+            )),
+            body_timeout: std::time::Duration::from_secs(number(
+                "LIBERTUM_HTTP_BODY_TIMEOUT_SECONDS",
+                1,
+                3600,
+            )),
+            max_connections: number("LIBERTUM_HTTP_MAX_CONNECTIONS", 1, 1_000_000) as usize,
+        };
         let set = |key: &str| vars.get(key).filter(|v| !v.is_empty()).cloned();
         let mongodb_uri = set("LIBERTUM_MONGODB_URI");
         if let Some(uri) = &mongodb_uri
@@ -400,6 +435,25 @@ impl Settings {
                 "with LIBERTUM_MONGODB_URI or LIBERTUM_KAFKA_BROKERS set, set LIBERTUM_AUTH_JWKS_URL (the identity provider) or, for a development setup, LIBERTUM_AUTH_DEV_SECRET".into(),
             );
         }
+        let insecure_dev_signer = match get("LIBERTUM_AUTH_INSECURE_DEV_SIGNER").as_str() {
+            "true" => true,
+            "false" => false,
+            _ => {
+                problems.push("LIBERTUM_AUTH_INSECURE_DEV_SIGNER must be true or false".into());
+                false
+            }
+        };
+        let exposed = mongodb_uri.is_some()
+            || kafka_brokers.is_some()
+            || redis_url.is_some()
+            || !http_addr.ip().is_loopback();
+        if jwks_url.is_none() && exposed && !insecure_dev_signer {
+            // Whoever holds the development secret (a file, a compose file, an environment
+            // variable) is every role: that may not reach a network or shared data unawares.
+            problems.push(format!(
+                "the development signer (no LIBERTUM_AUTH_JWKS_URL) is refused with production backends or a non-loopback LIBERTUM_HTTP_ADDR ({http_addr}): set LIBERTUM_AUTH_JWKS_URL for a deployment, or LIBERTUM_AUTH_INSECURE_DEV_SIGNER=true for a development setup"
+            ));
+        }
         let auth = crate::auth::AuthSettings {
             jwks_url,
             issuer: get("LIBERTUM_AUTH_ISSUER"),
@@ -445,6 +499,7 @@ impl Settings {
             rate_limit_per_address,
             client_address_header,
             metrics_addr,
+            connection_limits,
         })
     }
 
@@ -468,6 +523,7 @@ impl Settings {
             rate_limit_per_address: 0,
             client_address_header: None,
             metrics_addr: None,
+            connection_limits: crate::server::ConnectionLimits::default(),
         }
     }
 }
@@ -515,6 +571,7 @@ mod tests {
                 "LIBERTUM_AUTH_DEV_SECRET",
                 "a-development-secret-of-32-bytes!!",
             ),
+            ("LIBERTUM_AUTH_INSECURE_DEV_SIGNER", "true"),
         ]))
         .expect("valid");
         assert_eq!(s.backends.mongodb_write_concern, "majority");
@@ -528,6 +585,7 @@ mod tests {
                 "LIBERTUM_AUTH_DEV_SECRET",
                 "a-development-secret-of-32-bytes!!",
             ),
+            ("LIBERTUM_AUTH_INSECURE_DEV_SIGNER", "true"),
         ]))
         .expect_err("invalid");
         assert_eq!(err.0.len(), 4, "{err}");
@@ -570,6 +628,39 @@ mod tests {
         let err = Settings::from_vars(vars(&[("LIBERTUM_AUTH_DEV_SECRET", "short")]))
             .expect_err("too short");
         assert!(err.0[0].contains("32"), "{err}");
+    }
+
+    #[test]
+    fn the_development_signer_needs_an_explicit_opt_in_beyond_one_machine() {
+        let secret = (
+            "LIBERTUM_AUTH_DEV_SECRET",
+            "a-development-secret-of-32-bytes!!",
+        );
+        assert!(Settings::from_vars(vars(&[secret])).is_ok(), "loopback alone");
+        for exposed in [
+            ("LIBERTUM_HTTP_ADDR", "0.0.0.0:8080"),
+            ("LIBERTUM_HTTP_ADDR", "[::]:8080"),
+            ("LIBERTUM_MONGODB_URI", "mongodb://db:27017/"),
+            ("LIBERTUM_KAFKA_BROKERS", "k:9092"),
+            ("LIBERTUM_REDIS_URL", "redis://cache:6379"),
+        ] {
+            let err = Settings::from_vars(vars(&[secret, exposed])).expect_err("refused");
+            assert!(
+                err.to_string()
+                    .contains("LIBERTUM_AUTH_INSECURE_DEV_SIGNER=true"),
+                "{exposed:?}: {err}"
+            );
+            Settings::from_vars(vars(&[
+                secret,
+                exposed,
+                ("LIBERTUM_AUTH_INSECURE_DEV_SIGNER", "true"),
+            ]))
+            .expect("the opt-in allows it");
+        }
+        let err = Settings::from_vars(vars(&[("LIBERTUM_AUTH_INSECURE_DEV_SIGNER", "yes")]))
+            .expect_err("true or false only");
+        assert!(err.0[0].contains("true or false"), "{err}");
+        assert!(!err.to_string().contains('\n'), "one line: {err}");
     }
 
     #[test]

@@ -21,7 +21,7 @@ pub struct Json<T>(pub T);
 fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
-        let path = e.path().to_string();
+        let path = known_path(e.path());
         let inner = e.into_inner();
         let status = if inner.is_data() {
             StatusCode::UNPROCESSABLE_ENTITY
@@ -39,8 +39,8 @@ fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             .strip_prefix("missing field `")
             .and_then(|rest| rest.split('`').next());
         let field = match (path.as_str(), missing) {
-            (".", None) => None,
-            (".", Some(name)) => Some(name.to_owned()),
+            ("", None) => None,
+            ("", Some(name)) => Some(name.to_owned()),
             (parent, Some(name)) => Some(format!("{parent}.{name}")),
             (path, None) => Some(path.to_owned()),
         };
@@ -54,6 +54,33 @@ fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     de.end()
         .map_err(|e| ApiError::bad_request("invalid_json", format!("{e}")))?;
     Ok(value)
+}
+
+/// The path of the offending value as far as it is known: `location.city`, `items[2].amount`;
+/// empty at the top level. Where the parser stopped before it could tell (a malformed body),
+/// the unknown part is left out rather than named `?`.
+fn known_path(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let mut out = String::new();
+    for segment in path.iter() {
+        match segment {
+            Segment::Seq { index } => out.push_str(&format!("[{index}]")),
+            Segment::Map { key } => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(key);
+            }
+            Segment::Enum { variant } => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(variant);
+            }
+            Segment::Unknown => break,
+        }
+    }
+    out
 }
 
 async fn json_bytes(req: Request) -> Result<Bytes, ApiError> {
@@ -277,6 +304,16 @@ mod tests {
         assert_eq!((e.code.as_ref(), e.status.as_u16()), ("invalid_field", 422));
         let e = parse::<Body>(br#"{"name":5}"#).expect_err("wrong type");
         assert_eq!(e.field.as_deref(), Some("name"));
+        // A malformed body names the field only as far as the parser got, never a `?`.
+        let e = parse::<Body>(br#"{"name":"#).expect_err("truncated");
+        assert_eq!(e.code, "invalid_json");
+        assert!(
+            e.field.as_deref().is_none_or(|f| !f.contains('?')),
+            "{:?}",
+            e.field
+        );
+        let e = parse::<Body>(br#"{"name" 5}"#).expect_err("no colon");
+        assert!(!format!("{:?}", e.field).contains('?'), "{:?}", e.field);
         let e = parse::<Body>(br#"{}"#).expect_err("missing");
         assert_eq!(
             (e.code.as_ref(), e.field.as_deref()),

@@ -45,19 +45,24 @@ pub fn engine_probe<S: libertum_store::StateMachine>(
     })
 }
 
-/// The two health routes, over `probes`.
-pub fn routes(probes: Vec<Probe>) -> Router {
+/// The two health routes, over `probes`. `/readyz` answers anonymous callers with the status
+/// alone; the checks (hosts, paths, driver errors) need a valid bearer token of a staff role.
+pub fn routes(probes: Vec<Probe>, auth: Arc<crate::auth::Authenticator>) -> Router {
     Router::new()
         .route(
             "/healthz",
             get(|| async { Json(serde_json::json!({"status": "ok"})) }),
         )
         .route("/readyz", get(ready))
-        .with_state(Arc::new(probes))
+        .with_state(Arc::new((probes, auth)))
 }
 
-async fn ready(State(probes): State<Arc<Vec<Probe>>>) -> impl IntoResponse {
-    let mut checks = Vec::with_capacity(probes.len());
+async fn ready(
+    State(state): State<Arc<(Vec<Probe>, Arc<crate::auth::Authenticator>)>>,
+    headers: axum::http::HeaderMap,
+) -> impl IntoResponse {
+    let (probes, auth) = state.as_ref();
+    let mut checks = Vec::with_capacity(probes.len() + 1);
     for probe in probes.iter() {
         checks.push(probe().await);
     }
@@ -67,11 +72,34 @@ async fn ready(State(probes): State<Arc<Vec<Probe>>>) -> impl IntoResponse {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
+    let token = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim());
+    let staff = match token {
+        Some(token) => auth.authenticate(token).await.is_ok_and(|p| {
+            p.roles
+                .iter()
+                .any(|r| *r != crate::auth::Role::Investor)
+        }),
+        None => false,
+    };
+    let status_word = if ready { "ready" } else { "unready" };
+    if !staff {
+        return (status, Json(serde_json::json!({ "status": status_word })));
+    }
+    checks.push(Check {
+        name: "auth".into(),
+        state: "up",
+        detail: Some(format!("{} signer", auth.signer())),
+    });
     (
         status,
-        Json(Readiness {
-            status: if ready { "ready" } else { "unready" },
+        Json(serde_json::json!(Readiness {
+            status: status_word,
             checks,
-        }),
+        })),
     )
 }

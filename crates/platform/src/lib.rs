@@ -8,6 +8,7 @@ pub mod extract;
 pub mod health;
 pub mod http_metrics;
 pub mod limit;
+pub mod openapi;
 mod reply;
 pub mod server;
 pub mod telemetry;

@@ -3,7 +3,6 @@
 //! `Retry-After`.
 
 use std::{
-    collections::HashMap,
     net::{IpAddr, SocketAddr},
     sync::Arc,
     time::{Duration, SystemTime, UNIX_EPOCH},
@@ -31,31 +30,41 @@ pub trait RateLimiter: Send + Sync + 'static {
     async fn hit(&self, key: &str, window: u64) -> Option<u64>;
 }
 
-/// Counters in this process's memory.
-#[derive(Default)]
+/// Counters in this process's memory, at most a fixed number of keys: past it, the keys seen
+/// least (one-off addresses, say) are forgotten one by one, while the busy ones (a client over
+/// its limit) keep their counts.
 pub struct MemoryLimiter {
-    counts: parking_lot::Mutex<HashMap<String, (u64, u64)>>,
+    counts: parking_lot::Mutex<quick_cache::unsync::Cache<String, (u64, u64)>>,
+}
+
+impl MemoryLimiter {
+    /// A limiter that remembers up to `keys` keys.
+    pub fn with_capacity(keys: usize) -> Self {
+        MemoryLimiter {
+            counts: parking_lot::Mutex::new(quick_cache::unsync::Cache::new(keys)),
+        }
+    }
+}
+
+impl Default for MemoryLimiter {
+    fn default() -> Self {
+        MemoryLimiter::with_capacity(100_000)
+    }
 }
 
 #[async_trait]
 impl RateLimiter for MemoryLimiter {
     async fn hit(&self, key: &str, window: u64) -> Option<u64> {
         let mut counts = self.counts.lock();
-        if counts.len() > 100_000 {
-            // Forget the keys of past windows so the map stays bounded; if this window alone
-            // holds that many keys, forget them all: a limit briefly too lenient beats a map
-            // without bound.
-            counts.retain(|_, (w, _)| *w == window);
-            if counts.len() > 100_000 {
-                counts.clear();
+        if let Some(mut entry) = counts.get_mut(key) {
+            if entry.0 != window {
+                *entry = (window, 0);
             }
+            entry.1 += 1;
+            return Some(entry.1);
         }
-        let entry = counts.entry(key.to_owned()).or_insert((window, 0));
-        if entry.0 != window {
-            *entry = (window, 0);
-        }
-        entry.1 += 1;
-        Some(entry.1)
+        counts.insert(key.to_owned(), (window, 1));
+        Some(1)
     }
 }
 
@@ -182,4 +191,30 @@ pub async fn per_principal(
         return too_many("principal", wait);
     }
     next.run(request).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_flood_of_new_keys_does_not_reset_a_busy_clients_count() {
+        let limiter = MemoryLimiter::with_capacity(1_000);
+        let mut expected = 0;
+        for i in 0..20_000u64 {
+            if i % 10 == 0 {
+                expected += 1;
+                assert_eq!(
+                    limiter.hit("address:203.0.113.7", 1).await,
+                    Some(expected),
+                    "after {i} other keys"
+                );
+            }
+            limiter.hit(&format!("address:one-off-{i}"), 1).await;
+        }
+        assert_eq!(expected, 2_000);
+        assert!(limiter.counts.lock().len() <= 1_000, "bounded");
+        // A new window starts the count again.
+        assert_eq!(limiter.hit("address:203.0.113.7", 2).await, Some(1));
+    }
 }

@@ -24,15 +24,12 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Wraps `router` with request ids, logs, metrics, the body limit, security headers and
 /// problem+json fallbacks.
-pub fn stack(router: Router) -> Router {
+pub fn stack(router: Router, limits: ConnectionLimits) -> Router {
     // Install the recorder before the first request: until it exists, every metric is dropped.
     let _ = http_metrics::recorder();
     router
-        .fallback(|| async { ApiError::not_found("route_not_found", "no such route") })
-        .method_not_allowed_fallback(|| async {
-            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not take that method")
-        })
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(middleware::from_fn_with_state(limits.body_timeout, body_within))
         .layer(middleware::from_fn(security_headers))
         .layer(middleware::from_fn(log_internal_errors))
         .layer(middleware::from_fn(http_metrics::track))
@@ -49,6 +46,66 @@ pub fn stack(router: Router) -> Router {
                 }),
         )
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        .layer(middleware::from_fn(sane_request_id))
+}
+
+/// The longest client `X-Request-Id` that is kept (and echoed); a longer one, or one with
+/// anything but letters, digits and `-_.:`, is replaced by a fresh id.
+const MAX_REQUEST_ID: usize = 128;
+
+async fn sane_request_id(mut req: Request, next: middleware::Next) -> Response {
+    let sane = req.headers().get(&REQUEST_ID).is_none_or(|v| {
+        let v = v.as_bytes();
+        !v.is_empty()
+            && v.len() <= MAX_REQUEST_ID
+            && v
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(b))
+    });
+    if !sane {
+        req.headers_mut().remove(&REQUEST_ID);
+    }
+    next.run(req).await
+}
+
+/// Reads the whole body within `deadline` before any handler sees it, so a client trickling
+/// its body cannot hold a connection and a handler: 408 after the deadline, 413 past the size
+/// limit.
+async fn body_within(
+    axum::extract::State(deadline): axum::extract::State<Duration>,
+    req: Request,
+    next: middleware::Next,
+) -> Response {
+    use axum::http::{Method, header};
+    let bodiless = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS)
+        && !req.headers().contains_key(header::CONTENT_LENGTH)
+        && !req.headers().contains_key(header::TRANSFER_ENCODING);
+    if bodiless {
+        return next.run(req).await;
+    }
+    let (parts, body) = req.into_parts();
+    match tokio::time::timeout(deadline, axum::body::to_bytes(body, MAX_BODY)).await {
+        Ok(Ok(bytes)) => next.run(Request::from_parts(parts, axum::body::Body::from(bytes))).await,
+        Ok(Err(_)) => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("the body must be at most {MAX_BODY} bytes"),
+        )
+        .into_response(),
+        Err(_) => {
+            let mut response = ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                format!("the body did not arrive within {} s", deadline.as_secs()),
+            )
+            .into_response();
+            response.headers_mut().insert(
+                header::CONNECTION,
+                axum::http::HeaderValue::from_static("close"),
+            );
+            response
+        }
+    }
 }
 
 /// The headers a browser needs to treat the answers as data, on every answer, so that no proxy
@@ -82,6 +139,14 @@ async fn security_headers(req: Request, next: middleware::Next) -> Response {
         headers
             .entry(header::CACHE_CONTROL)
             .or_insert(HeaderValue::from_static("no-store"));
+    } else {
+        // The API page: its own scripts and styles (Swagger UI sets inline styles), its icons as
+        // data: URIs, calls to this origin only; nothing from elsewhere, never framed.
+        headers.entry(header::CONTENT_SECURITY_POLICY).or_insert(HeaderValue::from_static(
+            "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; \
+             img-src 'self' data:; font-src 'self' data:; connect-src 'self'; \
+             base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+        ));
     }
     response
 }
@@ -95,19 +160,104 @@ async fn log_internal_errors(req: Request, next: middleware::Next) -> Response {
     response.into_response()
 }
 
-/// Serves `router` on `listener` until `shutdown` completes, then drains in-flight requests.
+/// What keeps slow, idle or too many clients from holding the server (`LIBERTUM_HTTP_*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// The whole request head must arrive within this; it is also how long an idle keep-alive
+    /// connection is kept waiting for its next request.
+    pub header_timeout: Duration,
+    /// The whole request body must arrive within this.
+    pub body_timeout: Duration,
+    /// Connections served at once; beyond, new ones are closed at once.
+    pub max_connections: usize,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits {
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            max_connections: 1024,
+        }
+    }
+}
+
+pub const HTTP_CONNECTIONS_OPEN: &str = "libertum_http_connections_open";
+pub const HTTP_CONNECTIONS_REFUSED: &str = "libertum_http_connections_refused_total";
+
+/// Serves `router` on `listener` (HTTP/1.1) within `limits` until `shutdown` completes, then
+/// stops accepting and drains in-flight requests; idle connections close at once.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
+    limits: ConnectionLimits,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    // The peer's address goes into each request, for the per-address rate limit.
-    axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let _ = http_metrics::recorder();
+    metrics::counter!(HTTP_CONNECTIONS_REFUSED).increment(0);
+    let open = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    // Every connection holds a receiver: the sender's `closed()` is all of them gone.
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors, or a connection reset before it was accepted:
+                    // wait a moment rather than spin.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let Ok(permit) = open.clone().try_acquire_owned() else {
+            metrics::counter!(HTTP_CONNECTIONS_REFUSED).increment(1);
+            tracing::warn!(%peer, max = limits.max_connections, "connection refused: too many open");
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let router = router.clone();
+        let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+            req.extensions_mut()
+                .insert(axum::extract::ConnectInfo(peer));
+            let mut router = router.clone();
+            async move {
+                tower::Service::call(&mut router, req.map(axum::body::Body::new)).await
+            }
+        });
+        let mut stopping = stopping.clone();
+        tokio::spawn(async move {
+            metrics::gauge!(HTTP_CONNECTIONS_OPEN).increment(1.0);
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(TokioTimer::new())
+                .header_read_timeout(limits.header_timeout)
+                .max_buf_size(64 * 1024);
+            let mut connection = std::pin::pin!(http.serve_connection(TokioIo::new(stream), service));
+            tokio::select! {
+                result = connection.as_mut() => {
+                    if let Err(error) = result {
+                        tracing::debug!(%peer, %error, "connection ended");
+                    }
+                }
+                _ = stopping.changed() => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.as_mut().await;
+                }
+            }
+            metrics::gauge!(HTTP_CONNECTIONS_OPEN).decrement(1.0);
+            drop(permit);
+        });
+    }
+    drop(listener);
+    drop(stopping);
+    let _ = stop.send(true);
+    stop.closed().await;
+    Ok(())
 }
 
 /// Completes on SIGTERM or Ctrl-C.
@@ -133,6 +283,9 @@ pub async fn shutdown_signal() {
     tracing::info!("shutdown signal received; draining");
 }
 
+/// 1 for the signer whose tokens this process accepts (`kind` development or jwks), 0 for the other.
+pub const AUTH_SIGNER: &str = "libertum_auth_signer";
+
 /// What stands before every route but health and metrics: authentication and rate limits.
 #[derive(Clone)]
 pub struct Guard {
@@ -150,8 +303,13 @@ impl Guard {
         for scope in ["address", "principal"] {
             metrics::counter!(crate::limit::RATE_LIMITED, "scope" => scope).increment(0);
         }
+        let auth = crate::auth::authenticator(settings)?;
+        for kind in ["development", "jwks"] {
+            let on = if kind == auth.signer() { 1.0 } else { 0.0 };
+            metrics::gauge!(AUTH_SIGNER, "kind" => kind).set(on);
+        }
         Ok(Guard {
-            auth: crate::auth::authenticator(settings)?,
+            auth,
             limits: RateLimits {
                 limiter,
                 per_principal: settings.rate_limit_per_principal,
@@ -164,8 +322,18 @@ impl Guard {
 
 /// Puts every route of `routes` behind `guard`: the client address's limit, then a valid
 /// bearer token (see [`crate::auth`]), then the principal's limit.
+/// Unknown routes and methods are answered behind the same guard, so that they count against
+/// the client address's limit like any other request.
 pub fn protect(routes: Router, guard: Guard) -> Router {
     routes
+        .fallback(|| async { ApiError::not_found("route_not_found", "no such route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this route does not take that method",
+            )
+        })
         .layer(middleware::from_fn_with_state(
             guard.limits.clone(),
             crate::limit::per_principal,
@@ -189,10 +357,12 @@ pub fn metrics_routes() -> Router {
 /// A service's routes, behind `guard`, with its anonymous health endpoints, `/metrics` and the
 /// middleware stack.
 pub fn service_router(routes: Router, probes: Vec<crate::health::Probe>, guard: Guard) -> Router {
+    let auth = guard.auth.clone();
     stack(
         protect(routes, guard)
-            .merge(crate::health::routes(probes))
+            .merge(crate::health::routes(probes, auth))
             .merge(metrics_routes()),
+        ConnectionLimits::default(),
     )
 }
 
@@ -213,21 +383,26 @@ pub async fn serve_metrics_apart(settings: &crate::config::Settings) -> std::io:
     Ok(true)
 }
 
-/// Serves one service on `settings.http_addr`: its routes, health over `probes`, `/metrics`,
-/// until SIGTERM or Ctrl-C, then drains in-flight requests.
+/// Serves one service on `settings.http_addr`: its routes, their OpenAPI description at
+/// `/openapi.json` with the API page at `/docs` (both anonymous), health over `probes`,
+/// `/metrics`, until SIGTERM or Ctrl-C, then drains in-flight requests.
 pub async fn serve_alone(
     settings: &crate::config::Settings,
     name: &str,
     routes: Router,
+    openapi: utoipa::openapi::OpenApi,
     probes: Vec<crate::health::Probe>,
     guard: Guard,
 ) -> std::io::Result<()> {
-    let mut app = protect(routes, guard).merge(crate::health::routes(probes));
+    let auth = guard.auth.clone();
+    let mut app = protect(routes, guard)
+        .merge(crate::openapi::docs(openapi))
+        .merge(crate::health::routes(probes, auth));
     if !serve_metrics_apart(settings).await? {
         app = app.merge(metrics_routes());
     }
-    let router = stack(app);
+    let router = stack(app, settings.connection_limits);
     let listener = TcpListener::bind(settings.http_addr).await?;
-    tracing::info!(service = name, addr = %listener.local_addr()?, "listening");
-    serve(listener, router, shutdown_signal()).await
+    tracing::info!(service = name, addr = %listener.local_addr()?, "listening; the API page at /docs");
+    serve(listener, router, settings.connection_limits, shutdown_signal()).await
 }

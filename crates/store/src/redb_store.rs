@@ -21,10 +21,28 @@ pub struct RedbStore {
 }
 
 impl RedbStore {
-    /// Opens (or creates) `dir/{name}.redb`.
+    /// Opens (or creates) `dir/{name}.redb`. A directory it creates is its owner's only
+    /// (0700), and the file is readable and writable by its owner only (0600).
     pub fn open(dir: &Path, name: &str) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(dir).map_err(StoreError::backend)?;
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+        builder.create(dir).map_err(StoreError::backend)?;
         let path = dir.join(format!("{name}.redb"));
+        let mut options = std::fs::OpenOptions::new();
+        options.create(true).truncate(false).write(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let file = options.open(&path).map_err(StoreError::backend)?;
+        #[cfg(unix)]
+        {
+            // A file made before this rule (0644) is narrowed too.
+            use std::os::unix::fs::PermissionsExt;
+            file.set_permissions(std::fs::Permissions::from_mode(0o600))
+                .map_err(StoreError::backend)?;
+        }
+        drop(file);
         let db = Database::create(&path).map_err(StoreError::backend)?;
         let tx = db.begin_write().map_err(StoreError::backend)?;
         {
@@ -218,6 +236,23 @@ mod tests {
         let bus = crate::InProcessBus::new();
         bus.attach("contract.events", store.clone());
         crate::contract::event_bus(store, Arc::new(bus), "contract.events").await;
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_data_directory_and_files_are_their_owners_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = tempfile::tempdir().expect("tempdir");
+        let dir = root.path().join("data");
+        let mode = |p: &Path| std::fs::metadata(p).expect("metadata").permissions().mode() & 0o777;
+        drop(RedbStore::open(&dir, "made").expect("open"));
+        assert_eq!(mode(&dir), 0o700, "a new data directory");
+        assert_eq!(mode(&dir.join("made.redb")), 0o600, "a new store file");
+        let old = dir.join("old.redb");
+        std::fs::write(&old, b"").expect("write");
+        std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        drop(RedbStore::open(&dir, "old").expect("open an existing file"));
+        assert_eq!(mode(&old), 0o600, "an older, wider file is narrowed");
     }
 
     #[tokio::test]

@@ -8,7 +8,18 @@ use libertum_adapters::wire::{self, Background};
 use libertum_platform::{config::Settings, server, telemetry};
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
+    // One line, never a backtrace: what is wrong and which setting.
+    match run().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("ledger: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
     let settings = Settings::from_env()?;
     telemetry::init(&settings);
     let backends = wire::backends(&settings, "ledger").await?;
@@ -39,11 +50,16 @@ async fn main() -> anyhow::Result<()> {
     let mut probes = service.probes();
     probes.extend(backends.probes);
     probes.append(&mut background.probes);
-    let (routes, _) = utoipa_axum::router::OpenApiRouter::new()
-        .nest("/v1/ledger", service.router())
-        .split_for_parts();
+    let (routes, openapi) = utoipa_axum::router::OpenApiRouter::with_openapi(
+        libertum_platform::openapi::base(
+            "Libertum ledger",
+            "The append-only, hash-chained double-entry record of every event: balances at any point, verification and reconciliation.",
+        ),
+    )
+    .nest("/v1/ledger", service.router())
+    .split_for_parts();
     let guard = server::Guard::new(&settings, backends.limiter.clone())?;
-    let served = server::serve_alone(&settings, "ledger", routes, probes, guard).await;
+    let served = server::serve_alone(&settings, "ledger", routes, openapi, probes, guard).await;
     background.stop().await;
     service.close().await;
     served?;

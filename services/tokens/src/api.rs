@@ -423,6 +423,7 @@ async fn transfer(
     posted: Posted<TransferRequest>,
 ) -> Result<Response, ApiError> {
     principal.allow_own(Operation::Transfer, &posted.body.from)?;
+    let staff = is_staff(&principal);
     let actor = principal.subject;
     let b = posted.body;
     operate_one(
@@ -437,6 +438,32 @@ async fn transfer(
         posted.idempotency,
     )
     .await
+    .map_err(|e| seen_by(staff, e))
+}
+
+/// Whether the principal acts as staff (any role but investor), who may learn why a receiver
+/// cannot take tokens.
+fn is_staff(principal: &Principal) -> bool {
+    principal
+        .roles
+        .iter()
+        .any(|r| *r != libertum_platform::auth::Role::Investor)
+}
+
+/// What a refusal tells its caller. To an investor, a refusal on the receiver's side (their
+/// balance against the maximum, KYC, country, a freeze, or whether they exist at all) says only
+/// `receiver_not_eligible`: another investor's data and an AML freeze are not theirs to learn.
+/// Staff keep the detailed code.
+fn seen_by(staff: bool, error: ApiError) -> ApiError {
+    if staff || error.field.as_deref() != Some("to") || error.status.is_server_error() {
+        return error;
+    }
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "receiver_not_eligible",
+        "the receiver cannot take this transfer",
+    )
+    .at("to")
 }
 
 /// Dry run: could this transfer happen now, and if not, which rule says no? Changes nothing.
@@ -450,6 +477,7 @@ async fn check_transfer(
     Json(b): Json<TransferRequest>,
 ) -> Result<axum::Json<TransferCheck>, ApiError> {
     principal.allow_own(Operation::TransferCheck, &b.from)?;
+    let staff = is_staff(&principal);
     let actor = principal.subject;
     let command = op(
         &token_id,
@@ -472,12 +500,15 @@ async fn check_transfer(
             field: None,
         })),
         Err(e) if e.code == "token_not_found" => Err(e.into()),
-        Err(e) => Ok(axum::Json(TransferCheck {
-            allowed: false,
-            code: Some(e.code.to_owned()),
-            message: Some(e.message),
-            field: e.field.map(|f| f.into_owned()),
-        })),
+        Err(e) => {
+            let e = seen_by(staff, e.into());
+            Ok(axum::Json(TransferCheck {
+                allowed: false,
+                code: Some(e.code.into_owned()),
+                message: Some(e.detail),
+                field: e.field,
+            }))
+        }
     }
 }
 
@@ -871,6 +902,7 @@ fn distribution_view(
                 investor_id: a.investor_id.to_string(),
                 balance: a.balance,
                 amount: a.amount,
+                withheld: a.withheld,
             })
             .collect(),
     }

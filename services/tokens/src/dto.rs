@@ -357,6 +357,9 @@ pub struct AllocationView {
     pub balance: Amount,
     #[schema(value_type = String)]
     pub amount: Amount,
+    /// The holder was fully frozen when it was paid: the amount is held back in the ledger's
+    /// `withheld:{investor}` account instead of reaching theirs.
+    pub withheld: bool,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -385,12 +388,8 @@ pub fn percentage(part: u128, whole: u128) -> String {
     if whole == 0 {
         return "0.0000".into();
     }
-    // part <= whole <= 10^36, so part * 10^6 fits in u128 only up to ~3.4 * 10^32: divide first
-    // when needed, losing nothing that four decimals show.
-    let scaled = match part.checked_mul(1_000_000) {
-        Some(p) => p / whole,
-        None => part / (whole / 1_000_000).max(1),
-    };
+    // part * 10^6 / whole, truncated, on the 256-bit product: exact at every size.
+    let (scaled, _) = libertum_domain::token::mul_div_rem(1_000_000, part.min(whole), whole);
     format!("{}.{:04}", scaled / 10_000, scaled % 10_000)
 }
 
@@ -404,5 +403,11 @@ mod tests {
         assert_eq!(percentage(1, 3), "33.3333");
         assert_eq!(percentage(5, 5), "100.0000");
         assert_eq!(percentage(0, 5), "0.0000");
+        // Very large balances: exact truncation, not a rounded division.
+        let supply = 10u128.pow(36) - 1;
+        assert_eq!(percentage(supply / 2, supply), "49.9999");
+        assert_eq!(percentage(supply, supply), "100.0000");
+        assert_eq!(percentage(1, supply), "0.0000");
+        assert_eq!(percentage(supply / 3, supply), "33.3333");
     }
 }

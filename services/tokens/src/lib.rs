@@ -79,8 +79,11 @@ fn decode_asset_event(delivery: &Delivery) -> Verdict<Command> {
     };
     let state = match to {
         asset::Status::Approved => token::AssetState::Approved,
-        // This service marked it tokenized itself when it created the token class.
-        asset::Status::Tokenized => return Verdict::Skip,
+        // This service marks it tokenized itself when it creates the token class; hearing it
+        // again matters after a suspension: the asset was reactivated.
+        asset::Status::Tokenized => token::AssetState::Tokenized,
+        asset::Status::Suspended => token::AssetState::Suspended,
+        asset::Status::Retired => token::AssetState::Retired,
         _ => token::AssetState::Unavailable,
     };
     Verdict::Apply(Command {

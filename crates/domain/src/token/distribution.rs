@@ -8,6 +8,9 @@ pub struct Allocation {
     pub investor_id: Id,
     pub balance: crate::Amount,
     pub amount: crate::Amount,
+    /// The holder was fully frozen when it was paid: the amount is held back for them.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub withheld: bool,
 }
 
 /// Splits `total` over `holdings` (investor, balance > 0) pro rata.
@@ -47,12 +50,13 @@ pub fn split(total: u128, holdings: &[(Id, u128)]) -> Vec<Allocation> {
             investor_id: holdings[i].0.clone(),
             balance: crate::Amount(holdings[i].1),
             amount: crate::Amount(q),
+            withheld: false,
         })
         .collect()
 }
 
 /// `(a * b) / d` and `(a * b) % d` without overflow, for `b <= d`.
-fn mul_div_rem(a: u128, b: u128, d: u128) -> (u128, u128) {
+pub fn mul_div_rem(a: u128, b: u128, d: u128) -> (u128, u128) {
     // Split into 64-bit halves and do schoolbook long division on the 256-bit product.
     let (hi, lo) = mul_wide(a, b);
     if hi == 0 {

@@ -11,7 +11,7 @@ mod model;
 use rustc_hash::FxHashMap;
 
 pub use compliance::{CHECK_ORDER, Rules};
-pub use distribution::{Allocation, split};
+pub use distribution::{Allocation, mul_div_rem, split};
 pub use model::*;
 
 use crate::{Amount, Error, ErrorKind, Id, Result, Timestamp};
@@ -32,6 +32,9 @@ pub struct Book {
     symbols: FxHashMap<String, Id>,
     investors: FxHashMap<Id, Investor>,
     investor_order: Vec<Id>,
+    /// Who each identity reference is: one person is one investor, so that their maximum
+    /// balance and limits count once.
+    identities: FxHashMap<String, Id>,
     /// Every balance change per token, in order, for balances as of an earlier moment.
     history: FxHashMap<Id, Vec<Movement>>,
     /// Every distribution paid, per token, in order.
@@ -97,6 +100,42 @@ impl Book {
             .collect();
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out
+    }
+
+    /// Refuses a second investor for one identity reference.
+    fn identity_free(&self, profile: &InvestorProfile, id: &Id) -> Result<()> {
+        match self.identities.get(profile.identity_ref.trim()) {
+            Some(other) if other != id => Err(Error::conflict(
+                "duplicate_identity_ref",
+                "another investor is registered with this identity_ref",
+            )
+            .at("identity_ref")),
+            _ => Ok(()),
+        }
+    }
+
+    /// What the asset's status allows: while it is suspended nothing moves; once it is
+    /// retired, only redemptions (the holders bought out). Freezes and pauses stay possible.
+    fn asset_allows(&self, token: &Token, operation: &Operation) -> Result<()> {
+        let moves = matches!(
+            operation,
+            Operation::Issue { .. } | Operation::Transfer { .. } | Operation::ForcedTransfer { .. }
+        );
+        match self.assets.get(&token.spec.asset_id) {
+            Some(AssetState::Suspended)
+                if moves || matches!(operation, Operation::Redeem { .. }) =>
+            {
+                Err(asset_suspended(token))
+            }
+            Some(AssetState::Retired) if moves => Err(Error::refused(
+                "asset_retired",
+                format!(
+                    "the asset of {} is retired: its tokens can only be redeemed",
+                    token.spec.symbol
+                ),
+            )),
+            _ => Ok(()),
+        }
     }
 
     fn existing_token(&self, id: &str) -> Result<&Token> {
@@ -185,6 +224,7 @@ impl Book {
                     ));
                 }
                 profile.validate()?;
+                self.identity_free(profile, id)?;
                 Ok(vec![event(Change::InvestorRegistered {
                     investor_id: id.clone(),
                     profile: profile.clone(),
@@ -200,6 +240,7 @@ impl Book {
                     return Err(stale("investor", id, investor.version));
                 }
                 profile.validate()?;
+                self.identity_free(profile, id)?;
                 Ok(vec![event(Change::InvestorUpdated {
                     investor_id: id.clone(),
                     profile: profile.clone(),
@@ -210,6 +251,7 @@ impl Book {
                 operation,
             } => {
                 let token = self.existing_token(token_id)?;
+                self.asset_allows(token, operation)?;
                 let change = compliance::decide(token, &self.investors, operation, ctx)?;
                 Ok(vec![event(change)])
             }
@@ -228,7 +270,11 @@ impl Book {
                 let mut scratch = self.existing_token(token_id)?.clone();
                 let mut events = Vec::with_capacity(operations.len());
                 for (i, operation) in operations.iter().enumerate() {
-                    let change = compliance::decide(&scratch, &self.investors, operation, ctx)
+                    let change = self
+                        .asset_allows(&scratch, operation)
+                        .and_then(|()| {
+                            compliance::decide(&scratch, &self.investors, operation, ctx)
+                        })
                         .map_err(|e| {
                             let field = match &e.field {
                                 Some(f) => format!("operations[{i}].{f}"),
@@ -257,6 +303,42 @@ impl Book {
                         format!("distribution {} was already paid", distribution.id),
                     ));
                 }
+                if distribution.currency != token.spec.currency {
+                    return Err(Error::new(
+                        ErrorKind::Invalid,
+                        "currency_mismatch",
+                        format!(
+                            "{} pays in {}, the currency of its price, not {}",
+                            token.spec.symbol, token.spec.currency, distribution.currency
+                        ),
+                    )
+                    .at("currency"));
+                }
+                if token.paused {
+                    return Err(Error::refused(
+                        "token_paused",
+                        format!("token {} is paused: nothing is paid while it is", token.spec.symbol),
+                    ));
+                }
+                if self.assets.get(&token.spec.asset_id) == Some(&AssetState::Suspended) {
+                    return Err(asset_suspended(token));
+                }
+                // The same payment asked twice (a client retrying without an Idempotency-Key)
+                // must not pay twice.
+                let paid = self.paid.get(token_id).map_or(&[][..], Vec::as_slice);
+                if let Some(earlier) = paid.iter().find(|p| {
+                    p.spec.record_date == distribution.record_date
+                        && p.spec.currency == distribution.currency
+                }) {
+                    return Err(Error::conflict(
+                        "duplicate_distribution",
+                        format!(
+                            "distribution {} already paid {} {} to the holders at this record date",
+                            earlier.spec.id, earlier.spec.total, earlier.spec.currency
+                        ),
+                    )
+                    .at("record_date"));
+                }
                 let holdings: Vec<(Id, u128)> = self
                     .balances_as_of(token_id, distribution.record_date)
                     .into_iter()
@@ -269,7 +351,14 @@ impl Book {
                     )
                     .at("record_date"));
                 }
-                let allocations = split(distribution.total.0, &holdings);
+                let mut allocations = split(distribution.total.0, &holdings);
+                // A fully frozen holder's share is computed like anyone's (no one else gets
+                // more), but withheld: it goes to a withheld account until the freeze is lifted.
+                for allocation in &mut allocations {
+                    allocation.withheld = token
+                        .holding(&allocation.investor_id)
+                        .is_some_and(|h| h.frozen);
+                }
                 Ok(vec![event(Change::DistributionPaid {
                     token_id: token_id.clone(),
                     distribution: distribution.clone(),
@@ -297,6 +386,8 @@ impl Book {
                 investor_id,
                 profile,
             } => {
+                self.identities
+                    .insert(profile.identity_ref.trim().to_owned(), investor_id.clone());
                 self.investor_order.push(investor_id.clone());
                 self.investors.insert(
                     investor_id.clone(),
@@ -314,6 +405,12 @@ impl Book {
                 profile,
             } => {
                 if let Some(investor) = self.investors.get_mut(investor_id) {
+                    let before = investor.profile.identity_ref.trim();
+                    if self.identities.get(before) == Some(investor_id) {
+                        self.identities.remove(before);
+                    }
+                    self.identities
+                        .insert(profile.identity_ref.trim().to_owned(), investor_id.clone());
                     investor.profile = profile.clone();
                     investor.version += 1;
                     investor.updated_at = event.at;
@@ -417,6 +514,16 @@ fn apply_to_token(token: &mut Token, change: &Change, now: Timestamp) {
         | Change::InvestorRegistered { .. }
         | Change::InvestorUpdated { .. } => {}
     }
+}
+
+fn asset_suspended(token: &Token) -> Error {
+    Error::refused(
+        "asset_suspended",
+        format!(
+            "the asset of {} is suspended: nothing moves until it is reactivated",
+            token.spec.symbol
+        ),
+    )
 }
 
 fn stale(what: &str, id: &str, version: u64) -> Error {

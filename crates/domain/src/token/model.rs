@@ -21,6 +21,10 @@ pub const MAX_SUPPLY: Amount = Amount(1_000_000_000_000_000_000_000_000_000_000_
 pub enum AssetState {
     Approved,
     Tokenized,
+    /// Its token's movements are halted until the asset is reactivated.
+    Suspended,
+    /// Its token can only be redeemed.
+    Retired,
     /// Any other status: not open to tokenization.
     Unavailable,
 }
@@ -249,6 +253,15 @@ pub struct InvestorProfile {
 impl InvestorProfile {
     pub fn validate(&self) -> Result<()> {
         bounded_text("identity_ref", &self.identity_ref, 200)?;
+        if !self.country.is_assigned() {
+            return Err(Error::invalid(
+                "country",
+                format!(
+                    "{} is not a country: ISO 3166-1 assigns no country that code",
+                    self.country
+                ),
+            ));
+        }
         optional_text("wallet", self.wallet.as_deref(), 200)?;
         if self.kyc_status == KycStatus::Verified && self.kyc_expires_on.is_none() {
             return Err(Error::invalid(

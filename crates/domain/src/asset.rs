@@ -519,13 +519,19 @@ impl Registry {
             Command::Transition { id, action, reason } => {
                 let asset = self.existing(id)?;
                 let to = action.target(asset.status).ok_or_else(|| {
-                    Error::conflict(
-                        "illegal_transition",
-                        format!(
-                            "an asset that is {} cannot be moved by {action:?}",
-                            asset.status.as_str()
-                        ),
-                    )
+                    let mut message = format!(
+                        "an asset that is {} cannot be moved by {action:?}",
+                        asset.status.as_str()
+                    );
+                    if asset.status == Status::Approved
+                        && matches!(action, Action::Suspend | Action::Retire)
+                    {
+                        // Tokenization is asynchronous: the token class may be on its way.
+                        message.push_str(
+                            ": it becomes tokenized once its token class is created; if a token class was just created, it is still being recorded here, so retry in a moment",
+                        );
+                    }
+                    Error::conflict("illegal_transition", message)
                 })?;
                 let reason = optional_text("reason", reason.as_deref(), 1_000)?;
                 if action.needs_reason() && reason.is_none() {

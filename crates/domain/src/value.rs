@@ -227,7 +227,10 @@ pub fn bounded_text(field: &'static str, value: &str, max: usize) -> Result<Stri
             format!("{field} must not contain bidirectional control characters (such as U+202E)"),
         ));
     }
-    if trimmed.chars().all(|c| c.is_whitespace() || is_invisible(c)) {
+    if trimmed
+        .chars()
+        .all(|c| c.is_whitespace() || is_invisible(c))
+    {
         return Err(Error::invalid(
             field,
             format!("{field} must contain a visible character"),
@@ -315,10 +318,16 @@ mod tests {
     #[test]
     fn only_assigned_countries_are_countries() {
         for code in ["DE", "US", "FR", "AX", "ZW", "SS"] {
-            assert!(code.parse::<Country>().expect("parses").is_assigned(), "{code}");
+            assert!(
+                code.parse::<Country>().expect("parses").is_assigned(),
+                "{code}"
+            );
         }
         for code in ["XX", "AA", "QZ", "XK", "ZZ", "UK", "EU"] {
-            assert!(!code.parse::<Country>().expect("parses").is_assigned(), "{code}");
+            assert!(
+                !code.parse::<Country>().expect("parses").is_assigned(),
+                "{code}"
+            );
         }
         assert_eq!(ASSIGNED_COUNTRIES.len(), 249);
         assert!(ASSIGNED_COUNTRIES.windows(2).all(|w| w[0] < w[1]), "sorted");
@@ -326,9 +335,21 @@ mod tests {
 
     #[test]
     fn names_that_hide_or_reorder_their_text_are_refused() {
-        assert_eq!(bounded_text("name", "  Alice Müller ", 50).as_deref(), Ok("Alice Müller"));
-        assert_eq!(bounded_text("name", "مبنى ١٢٣", 50).as_deref(), Ok("مبنى ١٢٣"));
-        for bad in ["evil\u{202E}fdp.exe", "a\u{2066}b", "\u{200B}\u{200B}", "\u{3164}", "\u{FEFF} \u{2800}"] {
+        assert_eq!(
+            bounded_text("name", "  Alice Müller ", 50).as_deref(),
+            Ok("Alice Müller")
+        );
+        assert_eq!(
+            bounded_text("name", "مبنى ١٢٣", 50).as_deref(),
+            Ok("مبنى ١٢٣")
+        );
+        for bad in [
+            "evil\u{202E}fdp.exe",
+            "a\u{2066}b",
+            "\u{200B}\u{200B}",
+            "\u{3164}",
+            "\u{FEFF} \u{2800}",
+        ] {
             let e = bounded_text("name", bad, 50).expect_err(bad);
             assert_eq!(e.field.as_deref(), Some("name"), "{bad:?}");
         }

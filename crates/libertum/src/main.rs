@@ -17,10 +17,32 @@ fn usage() -> String {
     text
 }
 
+const TOKEN_USAGE: &str = "usage: libertum token --role ROLE [--role ROLE...] [--investor ID] [--subject NAME] [--ttl SECONDS]
+
+Prints a bearer token of the development signer the product checks, for the roles given:
+platform_admin, asset_manager, compliance_officer, token_agent, investor (needs --investor ID),
+auditor. --ttl is 1 to 604800 seconds (default 3600).
+
+It reads the same settings as the product: the key in LIBERTUM_DATA_DIR (default ./data, made
+when the product first starts), or LIBERTUM_AUTH_DEV_SECRET, which the product's processes must
+share (scripts/production keeps it in .stack/development-signing.key). It never makes a key.
+";
+
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
+    // Errors are one line, never a backtrace: what is wrong, and where to look.
+    match run().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("libertum: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
     match std::env::args().nth(1).as_deref() {
-        Some("--help" | "-h") => {
+        Some("--help" | "-h" | "help") => {
             print!("{}", usage());
             return Ok(());
         }
@@ -29,10 +51,17 @@ async fn main() -> anyhow::Result<()> {
             return Ok(());
         }
         Some("token") => {
-            println!("{}", token(std::env::args().skip(2))?);
+            let args: Vec<String> = std::env::args().skip(2).collect();
+            if args.iter().any(|a| a == "--help" || a == "-h") {
+                print!("{TOKEN_USAGE}");
+                return Ok(());
+            }
+            println!("{}", token(args.into_iter())?);
             return Ok(());
         }
-        Some(other) => anyhow::bail!("unknown argument {other:?}\n\n{}", usage()),
+        Some(other) => {
+            anyhow::bail!("unknown argument {other:?}: see libertum --help")
+        }
         None => {}
     }
     let settings = Settings::from_env()?;
@@ -53,12 +82,11 @@ fn token(mut args: impl Iterator<Item = String>) -> anyhow::Result<String> {
     while let Some(flag) = args.next() {
         let value = args
             .next()
-            .ok_or_else(|| anyhow::anyhow!("{flag} needs a value\n\n{}", usage()))?;
+            .ok_or_else(|| anyhow::anyhow!("{flag} needs a value: see libertum token --help"))?;
         match flag.as_str() {
-            "--role" => roles.push(
-                Role::parse(&value)
-                    .ok_or_else(|| anyhow::anyhow!("unknown role {value:?}\n\n{}", usage()))?,
-            ),
+            "--role" => roles.push(Role::parse(&value).ok_or_else(|| {
+                anyhow::anyhow!("unknown role {value:?}: see libertum token --help")
+            })?),
             "--investor" => investor = Some(value),
             "--subject" => subject = Some(value),
             "--ttl" => {
@@ -68,10 +96,13 @@ fn token(mut args: impl Iterator<Item = String>) -> anyhow::Result<String> {
                     .filter(|t| (1..=7 * 24 * 3600).contains(t))
                     .ok_or_else(|| anyhow::anyhow!("--ttl must be 1 to 604800 seconds"))?
             }
-            other => anyhow::bail!("unknown argument {other:?}\n\n{}", usage()),
+            other => anyhow::bail!("unknown argument {other:?}: see libertum token --help"),
         }
     }
-    anyhow::ensure!(!roles.is_empty(), "give at least one --role\n\n{}", usage());
+    anyhow::ensure!(
+        !roles.is_empty(),
+        "give at least one --role: see libertum token --help"
+    );
     anyhow::ensure!(
         !roles.contains(&Role::Investor) || investor.is_some(),
         "the investor role needs --investor ID: an investor sees only their own holdings"
@@ -85,7 +116,14 @@ fn token(mut args: impl Iterator<Item = String>) -> anyhow::Result<String> {
         Some(i) => format!("investor-{i}"),
         None => format!("dev-{}", roles[0].as_str()),
     });
-    Ok(auth::dev_signer(&settings)?.token(
+    let signer = auth::dev_signer(&settings)?;
+    // Said on stderr, so that `$(libertum token ...)` takes the token alone: a token from
+    // another key than the services' is refused with 401.
+    eprintln!(
+        "libertum: signed with the development key from {}",
+        auth::dev_signer_source(&settings)
+    );
+    Ok(signer.token(
         &subject,
         &roles,
         investor.as_deref(),

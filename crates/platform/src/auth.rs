@@ -315,6 +315,11 @@ pub enum AuthError {
     Invalid(String),
     #[error("the identity provider's keys cannot be fetched")]
     KeysUnavailable(String),
+    /// A development token of another key: the usual slip of a development setup, told.
+    #[error(
+        "the bearer token is not signed by this service's development signer: make it with `libertum token` given the same LIBERTUM_DATA_DIR or LIBERTUM_AUTH_DEV_SECRET as the service"
+    )]
+    OtherDevelopmentKey,
 }
 
 impl AuthError {
@@ -325,7 +330,7 @@ impl AuthError {
             AuthError::NotYetValid => "token_not_yet_valid",
             AuthError::WrongAudience => "token_wrong_audience",
             AuthError::WrongIssuer => "token_wrong_issuer",
-            AuthError::Invalid(_) => "invalid_token",
+            AuthError::Invalid(_) | AuthError::OtherDevelopmentKey => "invalid_token",
             AuthError::KeysUnavailable(_) => "unavailable",
         }
     }
@@ -476,6 +481,9 @@ impl Authenticator {
             }
         }
         .map_err(|e| match e.kind() {
+            ErrorKind::InvalidSignature if matches!(self.keys, Keys::Development(_)) => {
+                AuthError::OtherDevelopmentKey
+            }
             ErrorKind::ExpiredSignature => AuthError::Expired,
             ErrorKind::ImmatureSignature => AuthError::NotYetValid,
             ErrorKind::InvalidAudience => AuthError::WrongAudience,
@@ -486,10 +494,9 @@ impl Authenticator {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        if claims
-            .exp
-            .is_some_and(|exp| exp > now.saturating_add(MAX_LIFETIME.as_secs() + self.leeway_seconds))
-        {
+        if claims.exp.is_some_and(|exp| {
+            exp > now.saturating_add(MAX_LIFETIME.as_secs() + self.leeway_seconds)
+        }) {
             return Err(AuthError::Invalid(format!(
                 "the token expires more than {} days from now",
                 MAX_LIFETIME.as_secs() / 86_400

@@ -636,7 +636,10 @@ mod tests {
             "LIBERTUM_AUTH_DEV_SECRET",
             "a-development-secret-of-32-bytes!!",
         );
-        assert!(Settings::from_vars(vars(&[secret])).is_ok(), "loopback alone");
+        assert!(
+            Settings::from_vars(vars(&[secret])).is_ok(),
+            "loopback alone"
+        );
         for exposed in [
             ("LIBERTUM_HTTP_ADDR", "0.0.0.0:8080"),
             ("LIBERTUM_HTTP_ADDR", "[::]:8080"),

@@ -13,9 +13,7 @@ use utoipa_swagger_ui::SwaggerUi;
 /// served with its page.
 pub fn docs(mut openapi: OpenApi) -> Router {
     complete(&mut openapi);
-    SwaggerUi::new("/docs")
-        .url("/openapi.json", openapi)
-        .into()
+    SwaggerUi::new("/docs").url("/openapi.json", openapi).into()
 }
 
 /// Adds the bearer scheme every operation needs and the problem+json answers any request may

@@ -58,8 +58,7 @@ async fn sane_request_id(mut req: Request, next: middleware::Next) -> Response {
         let v = v.as_bytes();
         !v.is_empty()
             && v.len() <= MAX_REQUEST_ID
-            && v
-                .iter()
+            && v.iter()
                 .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(b))
     });
     if !sane {
@@ -85,7 +84,10 @@ async fn body_within(
     }
     let (parts, body) = req.into_parts();
     match tokio::time::timeout(deadline, axum::body::to_bytes(body, MAX_BODY)).await {
-        Ok(Ok(bytes)) => next.run(Request::from_parts(parts, axum::body::Body::from(bytes))).await,
+        Ok(Ok(bytes)) => {
+            next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+                .await
+        }
         Ok(Err(_)) => ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "body_too_large",
@@ -142,11 +144,13 @@ async fn security_headers(req: Request, next: middleware::Next) -> Response {
     } else {
         // The API page: its own scripts and styles (Swagger UI sets inline styles), its icons as
         // data: URIs, calls to this origin only; nothing from elsewhere, never framed.
-        headers.entry(header::CONTENT_SECURITY_POLICY).or_insert(HeaderValue::from_static(
-            "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; \
+        headers
+            .entry(header::CONTENT_SECURITY_POLICY)
+            .or_insert(HeaderValue::from_static(
+                "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; \
              img-src 'self' data:; font-src 'self' data:; connect-src 'self'; \
              base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
-        ));
+            ));
     }
     response
 }
@@ -222,14 +226,14 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let router = router.clone();
-        let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-            req.extensions_mut()
-                .insert(axum::extract::ConnectInfo(peer));
-            let mut router = router.clone();
-            async move {
-                tower::Service::call(&mut router, req.map(axum::body::Body::new)).await
-            }
-        });
+        let service = hyper::service::service_fn(
+            move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
+                let mut router = router.clone();
+                async move { tower::Service::call(&mut router, req.map(axum::body::Body::new)).await }
+            },
+        );
         let mut stopping = stopping.clone();
         tokio::spawn(async move {
             metrics::gauge!(HTTP_CONNECTIONS_OPEN).increment(1.0);
@@ -237,7 +241,8 @@ pub async fn serve(
             http.timer(TokioTimer::new())
                 .header_read_timeout(limits.header_timeout)
                 .max_buf_size(64 * 1024);
-            let mut connection = std::pin::pin!(http.serve_connection(TokioIo::new(stream), service));
+            let mut connection =
+                std::pin::pin!(http.serve_connection(TokioIo::new(stream), service));
             tokio::select! {
                 result = connection.as_mut() => {
                     if let Err(error) = result {
@@ -404,5 +409,11 @@ pub async fn serve_alone(
     let router = stack(app, settings.connection_limits);
     let listener = TcpListener::bind(settings.http_addr).await?;
     tracing::info!(service = name, addr = %listener.local_addr()?, "listening; the API page at /docs");
-    serve(listener, router, settings.connection_limits, shutdown_signal()).await
+    serve(
+        listener,
+        router,
+        settings.connection_limits,
+        shutdown_signal(),
+    )
+    .await
 }

@@ -49,14 +49,13 @@ async fn run() -> anyhow::Result<()> {
     let mut probes = service.probes();
     probes.extend(backends.probes);
     probes.append(&mut background.probes);
-    let (routes, openapi) = utoipa_axum::router::OpenApiRouter::with_openapi(
-        libertum_platform::openapi::base(
+    let (routes, openapi) =
+        utoipa_axum::router::OpenApiRouter::with_openapi(libertum_platform::openapi::base(
             "Libertum assets",
             "The registry of real-world assets: documents, valuations and the approval lifecycle.",
-        ),
-    )
-    .nest("/v1/assets", service.router())
-    .split_for_parts();
+        ))
+        .nest("/v1/assets", service.router())
+        .split_for_parts();
     let guard = server::Guard::new(&settings, backends.limiter.clone())?;
     let served = server::serve_alone(&settings, "assets", routes, openapi, probes, guard).await;
     background.stop().await;

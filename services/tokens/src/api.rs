@@ -455,7 +455,9 @@ fn is_staff(principal: &Principal) -> bool {
 /// `receiver_not_eligible`: another investor's data and an AML freeze are not theirs to learn.
 /// Staff keep the detailed code.
 fn seen_by(staff: bool, error: ApiError) -> ApiError {
-    if staff || error.field.as_deref() != Some("to") || error.status.is_server_error() {
+    // `max_balance_exceeded` names the amount, but it is the receiver's balance it tells.
+    let receivers = error.field.as_deref() == Some("to") || error.code == "max_balance_exceeded";
+    if staff || !receivers || error.status.is_server_error() {
         return error;
     }
     ApiError::new(

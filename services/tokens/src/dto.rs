@@ -263,8 +263,54 @@ pub struct Empty {}
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BatchRequest {
-    #[schema(value_type = Vec<Object>)]
+    #[schema(value_type = Vec<BatchOperation>, min_items = 1, max_items = 1000)]
     pub operations: Vec<token::Operation>,
+}
+
+/// One operation of a batch: `op` names it; the other fields are that operation's, as in its
+/// own request. It documents `token::Operation`, which the body is parsed into.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+#[allow(dead_code)]
+pub enum BatchOperation {
+    Issue {
+        to: String,
+        #[schema(example = "1000")]
+        amount: String,
+    },
+    Transfer {
+        from: String,
+        to: String,
+        #[schema(example = "250")]
+        amount: String,
+    },
+    Redeem {
+        from: String,
+        #[schema(example = "100")]
+        amount: String,
+    },
+    ForcedTransfer {
+        from: String,
+        to: String,
+        amount: String,
+        reason: String,
+    },
+    Freeze {
+        investor_id: String,
+    },
+    Unfreeze {
+        investor_id: String,
+    },
+    FreezeAmount {
+        investor_id: String,
+        amount: String,
+    },
+    UnfreezeAmount {
+        investor_id: String,
+        amount: String,
+    },
+    Pause,
+    Unpause,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]

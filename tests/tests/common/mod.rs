@@ -110,6 +110,7 @@ impl Product {
                     "LIBERTUM_AUTH_DEV_SECRET",
                     libertum_platform::auth::TEST_SECRET,
                 )
+                .env("LIBERTUM_AUTH_INSECURE_DEV_SIGNER", "true")
                 // The tests send far more than a person would; the limits have their own test.
                 .env("LIBERTUM_RATE_LIMIT_PER_PRINCIPAL", "0")
                 .env("LIBERTUM_RATE_LIMIT_PER_ADDRESS", "0")

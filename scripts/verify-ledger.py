@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """Recomputes the ledger's hash chain from its public API, independently of the service.
 
-usage: LIBERTUM_TOKEN=... scripts/verify-ledger.py [BASE_URL]    (default http://127.0.0.1:8080)
+usage: BEARER_TOKEN=... scripts/verify-ledger.py [BASE_URL]    (default http://127.0.0.1:8080)
 
-LIBERTUM_TOKEN is a bearer token allowed to read the ledger (an auditor's: `libertum token --role
-auditor`).
+BEARER_TOKEN is a bearer token allowed to read the ledger (an auditor's: `libertum token --role
+auditor`). Not a LIBERTUM_* name: the product refuses to start with an unknown LIBERTUM_ variable
+in its environment, and this one would often be exported in the same shell.
 
 Each entry's hash is SHA-256(previous hash bytes || canonical bytes), the first chaining to 32 zero
 bytes; the canonical bytes are compact JSON with keys in the order below and amounts as integers
@@ -13,6 +14,8 @@ bytes; the canonical bytes are compact JSON with keys in the order below and amo
 import calendar, hashlib, json, os, sys, urllib.request
 
 base = sys.argv[1] if len(sys.argv) > 1 else "http://127.0.0.1:8080"
+token = os.environ.get("BEARER_TOKEN") or sys.exit(
+    "verify-ledger.py: set BEARER_TOKEN to an auditor's token (`libertum token --role auditor`)")
 
 
 def unix_nanos(rfc3339: str) -> int:
@@ -37,7 +40,7 @@ def canonical(e: dict) -> bytes:
 prev, expected, cursor = bytes(32), 1, None
 while True:
     url = f"{base}/v1/ledger/entries?limit=200" + (f"&cursor={cursor}" if cursor else "")
-    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {os.environ['LIBERTUM_TOKEN']}"})
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
     page = json.load(urllib.request.urlopen(request))
     for e in page["items"]:
         digest = hashlib.sha256(prev + canonical(e)).digest()

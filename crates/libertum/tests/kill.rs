@@ -63,8 +63,9 @@ async fn a_kill_9_loses_no_acknowledged_write() {
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
     let mut child = start(dir.path(), port);
-    // A token from `libertum token`, which signs with the development key kept in the same
-    // data directory as the running product.
+    // Once the product has started (and made its key): a token from `libertum token`, which
+    // signs with the development key kept in the same data directory as the running product.
+    ready(&reqwest::Client::new(), &base).await;
     let token = Command::new(env!("CARGO_BIN_EXE_libertum"))
         .args([
             "token",

@@ -101,8 +101,20 @@ async fn tokens_and_secrets_never_reach_the_log_and_metrics_can_have_their_own_a
             .contains("libertum_http_requests_total"),
         "the API's requests are counted"
     );
+    // Not on the API's address: there it is an unknown route, behind the guard like any.
     let on_api = http
         .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(
+        on_api.status(),
+        401,
+        "not on the API's address, anonymously"
+    );
+    let on_api = http
+        .get(format!("{base}/metrics"))
+        .bearer_auth(&token)
         .send()
         .await
         .expect("sent");

@@ -347,8 +347,15 @@ fn unauthorized(error: AuthError) -> Response {
         );
         return response;
     }
-    if let AuthError::Invalid(cause) = &error {
-        tracing::info!(%cause, "bearer token refused");
+    match &error {
+        AuthError::Invalid(cause) => tracing::info!(%cause, "bearer token refused"),
+        AuthError::OtherDevelopmentKey => {
+            tracing::info!(
+                cause = "signed with another development key",
+                "bearer token refused"
+            )
+        }
+        _ => {}
     }
     let mut response = ApiError::new(StatusCode::UNAUTHORIZED, error.code(), error.to_string())
         .at("Authorization")
@@ -931,10 +938,11 @@ mod tests {
             None,
             Duration::from_secs(60),
         );
-        assert!(matches!(
+        assert_eq!(
             auth.authenticate(&forged).await,
-            Err(AuthError::Invalid(_))
-        ));
+            Err(AuthError::OtherDevelopmentKey),
+            "another key's token is refused, and says so"
+        );
         // The signature covers the claims: a role added afterwards breaks it.
         let mut parts: Vec<String> = good.split('.').map(str::to_owned).collect();
         parts[1] = b64(
@@ -942,7 +950,7 @@ mod tests {
         );
         assert!(matches!(
             auth.authenticate(&parts.join(".")).await,
-            Err(AuthError::Invalid(_))
+            Err(AuthError::Invalid(_) | AuthError::OtherDevelopmentKey)
         ));
         // An unsigned token (alg none) is never accepted.
         let none = format!("{}.{}.", b64(br#"{"alg":"none","typ":"JWT"}"#), parts[1]);
@@ -1203,10 +1211,90 @@ mod tests {
                 Err(AuthError::KeysUnavailable(_))
             ));
         }
+        let answer = unauthorized(AuthError::KeysUnavailable("down".into()));
+        assert_eq!(answer.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            answer
+                .headers()
+                .get(header::RETRY_AFTER)
+                .map(|v| v.as_bytes()),
+            Some(&b"30"[..]),
+            "the caller is told when to try again"
+        );
         assert_eq!(
             hits.load(std::sync::atomic::Ordering::SeqCst),
             1,
             "one attempt, then the provider is left alone for a while"
         );
+    }
+
+    #[tokio::test]
+    async fn oversized_critical_and_everlasting_tokens_are_refused() {
+        let (auth, signer) = dev();
+        let t = now();
+        let forever = signer.token_at("alice", &[Role::Auditor], None, t, 1_000_000_000_000_000);
+        assert!(matches!(
+            auth.authenticate(&forever).await,
+            Err(AuthError::Invalid(e)) if e.contains("days")
+        ));
+        let week = signer.token_at("alice", &[Role::Auditor], None, t, t + 6 * 86_400);
+        assert!(auth.authenticate(&week).await.is_ok(), "within the maximum");
+        let mut header = Header::new(Algorithm::HS256);
+        header.crit = Some(vec!["exp-extension".into()]);
+        let claims = serde_json::json!({"sub": "alice", "roles": ["auditor"], "iss": "iss-test",
+            "aud": "aud-test", "nbf": t, "exp": t + 60});
+        let critical = encode(&header, &claims, &EncodingKey::from_secret(SECRET)).expect("signed");
+        assert!(matches!(
+            auth.authenticate(&critical).await,
+            Err(AuthError::Invalid(e)) if e.contains("critical")
+        ));
+        // A 60 KB header is refused on its size, before it is decoded.
+        let huge = format!("{}.{}.sig", b64(&vec![b'a'; 60 * 1024]), b64(b"{}"));
+        let started = Instant::now();
+        assert!(matches!(
+            auth.authenticate(&huge).await,
+            Err(AuthError::Invalid(e)) if e.contains("at most")
+        ));
+        assert!(started.elapsed() < Duration::from_millis(50));
+    }
+
+    #[tokio::test]
+    async fn jwks_keys_for_encryption_never_verify_a_signature() {
+        let (sig_key, mut sig_jwk) = ed25519("sig");
+        let (enc_key, mut enc_jwk) = ed25519("enc");
+        let (ops_key, mut ops_jwk) = ed25519("ops");
+        sig_jwk.common.public_key_use = Some(PublicKeyUse::Signature);
+        enc_jwk.common.public_key_use = Some(PublicKeyUse::Encryption);
+        ops_jwk.common.key_operations = Some(vec![KeyOperations::Encrypt]);
+        let set = JwkSet {
+            keys: vec![sig_jwk, enc_jwk, ops_jwk],
+        };
+        let app = axum::Router::new().route(
+            "/keys",
+            axum::routing::get(move || {
+                let set = set.clone();
+                async move { axum::Json(set) }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}/keys", listener.local_addr().expect("addr"));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let auth = Authenticator::jwks(&url, "https://idp.test/", "api://libertum");
+        assert!(
+            auth.authenticate(&signed(&sig_key, "sig", "a"))
+                .await
+                .is_ok()
+        );
+        for (key, kid) in [(&enc_key, "enc"), (&ops_key, "ops")] {
+            assert!(
+                matches!(
+                    auth.authenticate(&signed(key, kid, "a")).await,
+                    Err(AuthError::Invalid(_))
+                ),
+                "{kid}"
+            );
+        }
     }
 }

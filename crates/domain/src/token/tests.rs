@@ -177,7 +177,10 @@ impl World {
         Ok(events)
     }
 
-    fn register(&mut self, id: &str, profile: InvestorProfile) {
+    /// Registers `profile` as investor `id`, as its own person (one identity_ref is one
+    /// investor).
+    fn register(&mut self, id: &str, mut profile: InvestorProfile) {
+        profile.identity_ref = format!("{}/{id}", profile.identity_ref);
         self.run(Command::RegisterInvestor {
             id: id.into(),
             profile,

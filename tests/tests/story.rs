@@ -18,11 +18,17 @@ fn amount(v: &Value) -> u128 {
         .unwrap_or_else(|| panic!("not an amount: {v}"))
 }
 
+/// A number not given before in this process: one identity_ref is one investor.
+fn next() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
 async fn investor(p: &Product, country: &str, kyc: &str, expires: &str) -> String {
     let (status, body) = p
         .post(
             "/v1/tokens/investors",
-            json!({"identity_ref": format!("idp|{country}-{kyc}"), "country": country, "kyc_status": kyc, "kyc_expires_on": expires}),
+            json!({"identity_ref": format!("idp|{country}-{kyc}-{}", next()), "country": country, "kyc_status": kyc, "kyc_expires_on": expires}),
         )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");

@@ -126,7 +126,7 @@ impl Application {
         if !server::serve_metrics_apart(&settings).await? {
             app = app.merge(server::metrics_routes());
         }
-        let router = server::stack(app, settings.connection_limits);
+        let router = server::stack(app);
         tracing::info!(%addr, data_dir = %settings.data_dir.display(), "libertum built");
         Ok(Application {
             listener,

@@ -24,12 +24,11 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Wraps `router` with request ids, logs, metrics, the body limit, security headers and
 /// problem+json fallbacks.
-pub fn stack(router: Router, limits: ConnectionLimits) -> Router {
+pub fn stack(router: Router) -> Router {
     // Install the recorder before the first request: until it exists, every metric is dropped.
     let _ = http_metrics::recorder();
     router
         .layer(DefaultBodyLimit::max(MAX_BODY))
-        .layer(middleware::from_fn_with_state(limits.body_timeout, body_within))
         .layer(middleware::from_fn(security_headers))
         .layer(middleware::from_fn(log_internal_errors))
         .layer(middleware::from_fn(http_metrics::track))
@@ -69,7 +68,7 @@ async fn sane_request_id(mut req: Request, next: middleware::Next) -> Response {
 
 /// Reads the whole body within `deadline` before any handler sees it, so a client trickling
 /// its body cannot hold a connection and a handler: 408 after the deadline, 413 past the size
-/// limit.
+/// limit. It runs after authentication: an anonymous body is never read.
 async fn body_within(
     axum::extract::State(deadline): axum::extract::State<Duration>,
     req: Request,
@@ -296,6 +295,8 @@ pub const AUTH_SIGNER: &str = "libertum_auth_signer";
 pub struct Guard {
     pub auth: Arc<Authenticator>,
     pub limits: RateLimits,
+    /// How long an authenticated request's body may take to arrive.
+    pub body_timeout: Duration,
 }
 
 impl Guard {
@@ -315,6 +316,7 @@ impl Guard {
         }
         Ok(Guard {
             auth,
+            body_timeout: settings.connection_limits.body_timeout,
             limits: RateLimits {
                 limiter,
                 per_principal: settings.rate_limit_per_principal,
@@ -339,6 +341,10 @@ pub fn protect(routes: Router, guard: Guard) -> Router {
                 "this route does not take that method",
             )
         })
+        .layer(middleware::from_fn_with_state(
+            guard.body_timeout,
+            body_within,
+        ))
         .layer(middleware::from_fn_with_state(
             guard.limits.clone(),
             crate::limit::per_principal,
@@ -367,7 +373,6 @@ pub fn service_router(routes: Router, probes: Vec<crate::health::Probe>, guard: 
         protect(routes, guard)
             .merge(crate::health::routes(probes, auth))
             .merge(metrics_routes()),
-        ConnectionLimits::default(),
     )
 }
 
@@ -406,7 +411,7 @@ pub async fn serve_alone(
     if !serve_metrics_apart(settings).await? {
         app = app.merge(metrics_routes());
     }
-    let router = stack(app, settings.connection_limits);
+    let router = stack(app);
     let listener = TcpListener::bind(settings.http_addr).await?;
     tracing::info!(service = name, addr = %listener.local_addr()?, "listening; the API page at /docs");
     serve(

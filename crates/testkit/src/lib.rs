@@ -29,6 +29,7 @@ pub fn guard() -> libertum_platform::server::Guard {
     libertum_platform::server::Guard {
         auth: authenticator(),
         limits: libertum_platform::limit::RateLimits::off(),
+        body_timeout: std::time::Duration::from_secs(30),
     }
 }
 

@@ -156,10 +156,13 @@ pub fn token_body(asset_id: &str, symbol: &str) -> Value {
     })
 }
 
+/// A new investor's body: each call is another person (one identity_ref is one investor).
 pub fn investor_body(country: &str, kyc: &str) -> Value {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let expires = (kyc == "verified").then_some("2099-12-31");
     json!({
-        "identity_ref": format!("idp-{country}-{kyc}"),
+        "identity_ref": format!("idp-{country}-{kyc}-{n}"),
         "country": country,
         "kyc_status": kyc,
         "kyc_expires_on": expires,

@@ -64,16 +64,19 @@ async fn eligibility_rules_refuse_receivers_with_their_code() {
         .to_owned();
     let plain = s.investor("DE", "verified").await;
     accredited["country"] = json!("FR");
+    accredited["identity_ref"] = json!("idp-accredited-fr");
     let french = s.post("/v1/tokens/investors", &accredited).await.ok(201)["id"]
         .as_str()
         .unwrap()
         .to_owned();
     accredited["country"] = json!("US");
+    accredited["identity_ref"] = json!("idp-accredited-us");
     let american = s.post("/v1/tokens/investors", &accredited).await.ok(201)["id"]
         .as_str()
         .unwrap()
         .to_owned();
     accredited["country"] = json!("DE");
+    accredited["identity_ref"] = json!("idp-accredited-expired");
     accredited["kyc_expires_on"] = json!("2020-01-01");
     let expired = s.post("/v1/tokens/investors", &accredited).await.ok(201)["id"]
         .as_str()

@@ -219,7 +219,8 @@ pub async fn serve(
         };
         let Ok(permit) = open.clone().try_acquire_owned() else {
             metrics::counter!(HTTP_CONNECTIONS_REFUSED).increment(1);
-            tracing::warn!(%peer, max = limits.max_connections, "connection refused: too many open");
+            // Counted, and logged at debug only: a flood must not flood the log too.
+            tracing::debug!(%peer, max = limits.max_connections, "connection refused: too many open");
             drop(stream);
             continue;
         };

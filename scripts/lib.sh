@@ -84,18 +84,18 @@ need_nx27017() {
   "$TOOLS/nx/bin/pip" install -q nx-27017==0.8.1 >&2
 }
 
-# What building rdkafka's bundled librdkafka needs (rdkafka-sys 4.10, features cmake-build and
-# the default libz; see Cargo.toml): cmake and make, C and C++ compilers (CMake's project enables
-# both, and librdkafka++ is built too), zlib's headers (WITH_ZLIB: find_package(ZLIB REQUIRED))
-# and pkg-config (libz-sys finds zlib with it). Not OpenSSL, curl, SASL or zstd: the workspace
-# enables none of rdkafka's ssl, curl, gssapi or zstd features (Cargo.lock has no openssl-sys or
-# curl-sys), as docker/Dockerfile's build stage relies on. scripts/run, test, production and bench.
+# What building rdkafka's bundled librdkafka needs (rdkafka-sys 4.10, feature cmake-build): cmake
+# and make, C and C++ compilers, zlib's headers and pkg-config, and curl's and OpenSSL's headers:
+# librdkafka 2.12's rdkafka_conf.c includes <curl/curl.h> even with WITH_CURL=0 (seen failing on
+# a fresh Debian 12 root without libcurl4-openssl-dev). scripts/run, test, production and bench.
 need_rdkafka_build() {
   need_apt cmake cmake
   need_apt make make
   need_apt g++ g++
   need_apt pkg-config pkg-config
   need_deb zlib1g-dev
+  need_deb libssl-dev
+  need_deb libcurl4-openssl-dev
 }
 
 # cargo-fuzz 0.13.2, for the fuzz targets in fuzz/ (run on stable Rust with `-s none`).

@@ -241,6 +241,11 @@ pub struct Principal {
 }
 
 impl Principal {
+    /// Whether the principal acts as staff: any role but investor.
+    pub fn is_staff(&self) -> bool {
+        self.roles.iter().any(|r| *r != Role::Investor)
+    }
+
     /// Allows `op` to any of the principal's roles the matrix names. On an operation that
     /// concerns one investor ([`Operation::owned`]) the investor role counts only through
     /// [`Principal::allow_own`].

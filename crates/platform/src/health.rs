@@ -79,10 +79,7 @@ async fn ready(
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
         .map(|(_, token)| token.trim());
     let staff = match token {
-        Some(token) => auth
-            .authenticate(token)
-            .await
-            .is_ok_and(|p| p.roles.iter().any(|r| *r != crate::auth::Role::Investor)),
+        Some(token) => auth.authenticate(token).await.is_ok_and(|p| p.is_staff()),
         None => false,
     };
     let status_word = if ready { "ready" } else { "unready" };

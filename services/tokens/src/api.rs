@@ -423,7 +423,7 @@ async fn transfer(
     posted: Posted<TransferRequest>,
 ) -> Result<Response, ApiError> {
     principal.allow_own(Operation::Transfer, &posted.body.from)?;
-    let staff = is_staff(&principal);
+    let staff = principal.is_staff();
     let actor = principal.subject;
     let b = posted.body;
     operate_one(
@@ -439,15 +439,6 @@ async fn transfer(
     )
     .await
     .map_err(|e| seen_by(staff, e))
-}
-
-/// Whether the principal acts as staff (any role but investor), who may learn why a receiver
-/// cannot take tokens.
-fn is_staff(principal: &Principal) -> bool {
-    principal
-        .roles
-        .iter()
-        .any(|r| *r != libertum_platform::auth::Role::Investor)
 }
 
 /// What a refusal tells its caller. To an investor, a refusal on the receiver's side (their
@@ -479,7 +470,7 @@ async fn check_transfer(
     Json(b): Json<TransferRequest>,
 ) -> Result<axum::Json<TransferCheck>, ApiError> {
     principal.allow_own(Operation::TransferCheck, &b.from)?;
-    let staff = is_staff(&principal);
+    let staff = principal.is_staff();
     let actor = principal.subject;
     let command = op(
         &token_id,

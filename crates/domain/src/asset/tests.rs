@@ -903,6 +903,33 @@ fn rejecting_suspending_and_retiring_need_a_reason() {
 }
 
 #[test]
+fn suspending_an_approved_asset_says_its_token_class_may_still_be_on_its_way() {
+    let mut w = World::default();
+    w.drive_to("a", Status::Approved);
+    for action in [Action::Suspend, Action::Retire] {
+        let err = w.refuse(Command::Transition {
+            id: "a".into(),
+            action,
+            reason: Some("audit".into()),
+        });
+        assert_eq!(err.code, "illegal_transition");
+        assert!(
+            err.message.contains("still being recorded") && err.message.contains("retry"),
+            "{action:?}: {}",
+            err.message
+        );
+    }
+    // Other refusals keep their plain message.
+    w.drive_to("d", Status::Draft);
+    let err = w.refuse(Command::Transition {
+        id: "d".into(),
+        action: Action::Suspend,
+        reason: Some("audit".into()),
+    });
+    assert!(!err.message.contains("retry"), "{}", err.message);
+}
+
+#[test]
 fn only_an_approved_asset_is_marked_tokenized() {
     let mut w = World::default();
     for status in ALL_STATUSES.into_iter().filter(|s| *s != Status::Approved) {

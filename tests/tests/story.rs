@@ -529,6 +529,31 @@ async fn the_whole_story_with_each_service_its_own_process_on_kafka_mongodb_and_
         }
     }
 
+    // Each service, as deployed, serves its own API description and page, without a token:
+    // its own operations, and only those.
+    let anonymous = reqwest::Client::new();
+    for prefix in ["/v1/assets", "/v1/tokens", "/v1/ledger"] {
+        let doc: Value = anonymous
+            .get(format!("{}/openapi.json", p.base(prefix)))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let paths: Vec<&String> = doc["paths"].as_object().expect("paths").keys().collect();
+        assert!(
+            !paths.is_empty() && paths.iter().all(|path| path.starts_with(prefix)),
+            "{prefix}: {paths:?}"
+        );
+        let page = anonymous
+            .get(format!("{}/docs/", p.base(prefix)))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(page.status(), StatusCode::OK, "{prefix}/docs/");
+    }
+
     let ending = story(&p).await;
     common::observability::check(&p).await;
 

@@ -30,14 +30,8 @@ share (scripts/production keeps it in .stack/development-signing.key). It never 
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    // Errors are one line, never a backtrace: what is wrong, and where to look.
-    match run().await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("libertum: {error:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    // One line, never a backtrace: what is wrong and which setting.
+    libertum_platform::exit("libertum", run().await)
 }
 
 async fn run() -> anyhow::Result<()> {

@@ -1095,6 +1095,16 @@ mod tests {
         (key, jwk)
     }
 
+    /// Serves `app` (an identity provider's `/keys`) on a free port; its JWKS URL.
+    async fn serve_keys(app: axum::Router) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}/keys", listener.local_addr().expect("addr"));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        url
+    }
+
     fn signed(key: &EncodingKey, kid: &str, sub: &str) -> String {
         let mut header = Header::new(Algorithm::EdDSA);
         header.kid = Some(kid.to_owned());
@@ -1126,11 +1136,7 @@ mod tests {
                 }),
             )
         };
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let url = format!("http://{}/keys", listener.local_addr().expect("addr"));
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        let url = serve_keys(app).await;
 
         let mut auth = Authenticator::jwks(&url, "https://idp.test/", "api://libertum");
         if let Keys::Jwks(jwks) = &mut auth.keys {
@@ -1203,11 +1209,7 @@ mod tests {
                 }),
             )
         };
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let url = format!("http://{}/keys", listener.local_addr().expect("addr"));
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        let url = serve_keys(app).await;
         let auth = Authenticator::jwks(&url, "https://idp.test/", "api://libertum");
         let (key, _) = ed25519("k");
         for _ in 0..3 {
@@ -1281,11 +1283,7 @@ mod tests {
                 async move { axum::Json(set) }
             }),
         );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let url = format!("http://{}/keys", listener.local_addr().expect("addr"));
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        let url = serve_keys(app).await;
         let auth = Authenticator::jwks(&url, "https://idp.test/", "api://libertum");
         assert!(
             auth.authenticate(&signed(&sig_key, "sig", "a"))

@@ -230,7 +230,9 @@ impl Settings {
         let mut problems = Vec::new();
         for key in vars.keys() {
             if !VARIABLES.iter().any(|(name, _, _)| name == key) {
-                problems.push(format!("{key} is not a known setting (known: {})", known()));
+                problems.push(format!(
+                    "{key} is not a known setting (`libertum --help` lists them)"
+                ));
             }
         }
         let get = |key: &str| -> String {
@@ -526,14 +528,6 @@ impl Settings {
             connection_limits: crate::server::ConnectionLimits::default(),
         }
     }
-}
-
-fn known() -> String {
-    VARIABLES
-        .iter()
-        .map(|(k, _, _)| *k)
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 #[cfg(test)]

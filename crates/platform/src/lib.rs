@@ -15,3 +15,15 @@ pub mod telemetry;
 
 pub use error::{ApiError, Problem};
 pub use reply::{into_response, json_reply};
+
+/// How a binary ends: success, or its error on one line (`name: what went wrong: why`), never
+/// a backtrace, so that a configuration mistake reads as one clear sentence.
+pub fn exit(name: &str, result: Result<(), impl std::fmt::Display>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("{name}: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

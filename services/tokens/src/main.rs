@@ -8,13 +8,7 @@ use libertum_platform::{config::Settings, server, telemetry};
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     // One line, never a backtrace: what is wrong and which setting.
-    match run().await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("tokens: {error:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    libertum_platform::exit("tokens", run().await)
 }
 
 async fn run() -> anyhow::Result<()> {

@@ -482,7 +482,8 @@ async fn api1_an_investor_never_reads_or_moves_another_investors_holdings() {
 }
 
 /// API2:2023 Broken Authentication: no token, a bad one, an expired one, one for another
-/// audience: 401 with a challenge, and nothing changes. Only health and metrics are anonymous.
+/// audience: 401 with a challenge, and nothing changes. Only health, metrics and the API's
+/// description and page are anonymous.
 #[tokio::test]
 async fn api2_requests_without_a_valid_token_get_401_and_change_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -651,21 +651,25 @@ impl Jwks {
     }
 }
 
+/// The bearer token of `Authorization: Bearer ...`, if there is a non-empty one.
+pub fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, token) = v.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        })
+        .filter(|t| !t.is_empty())
+}
+
 /// Authenticates every request it wraps; the [`Principal`] goes into the request's extensions.
 pub async fn authenticate(
     State(auth): State<Arc<Authenticator>>,
     mut request: Request,
     next: Next,
 ) -> Response {
-    let token = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            let (scheme, token) = v.split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-        });
-    let Some(token) = token.filter(|t| !t.is_empty()) else {
+    let Some(token) = bearer(request.headers()) else {
         return unauthorized(AuthError::Missing);
     };
     match auth.authenticate(token).await {
@@ -776,7 +780,7 @@ fn dev_secret(settings: &Settings, create: bool) -> std::io::Result<Vec<u8>> {
     if let Some(secret) = &settings.auth.dev_secret {
         return Ok(secret.as_bytes().to_vec());
     }
-    let path = settings.data_dir.join("development-signing.key");
+    let path = dev_key_path(settings);
     let usable = |secret: Vec<u8>| {
         if secret.len() >= 32 {
             Ok(secret)
@@ -801,11 +805,7 @@ fn dev_secret(settings: &Settings, create: bool) -> std::io::Result<Vec<u8>> {
         }
         Err(e) => return Err(e),
     }
-    let mut dir = std::fs::DirBuilder::new();
-    dir.recursive(true);
-    #[cfg(unix)]
-    std::os::unix::fs::DirBuilderExt::mode(&mut dir, 0o700);
-    dir.create(&settings.data_dir)?;
+    libertum_store::private_dir(&settings.data_dir)?;
     let secret = format!(
         "{}{}",
         uuid::Uuid::new_v4().simple(),
@@ -864,12 +864,13 @@ pub fn dev_signer(settings: &Settings) -> std::io::Result<DevSigner> {
 pub fn dev_signer_source(settings: &Settings) -> String {
     match settings.auth.dev_secret {
         Some(_) => "LIBERTUM_AUTH_DEV_SECRET".to_owned(),
-        None => settings
-            .data_dir
-            .join("development-signing.key")
-            .display()
-            .to_string(),
+        None => dev_key_path(settings).display().to_string(),
     }
+}
+
+/// Where the development secret is kept when `LIBERTUM_AUTH_DEV_SECRET` is unset.
+fn dev_key_path(settings: &Settings) -> std::path::PathBuf {
+    settings.data_dir.join("development-signing.key")
 }
 
 #[cfg(test)]

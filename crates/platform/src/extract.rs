@@ -97,13 +97,18 @@ async fn json_bytes(req: Request) -> Result<Bytes, ApiError> {
             "the body must be JSON with Content-Type: application/json",
         ));
     }
-    Bytes::from_request(req, &()).await.map_err(|_| {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
-            format!("the body must be at most {MAX_BODY} bytes"),
-        )
-    })
+    Bytes::from_request(req, &())
+        .await
+        .map_err(|_| body_too_large())
+}
+
+/// 413: a body over [`MAX_BODY`].
+pub fn body_too_large() -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body_too_large",
+        format!("the body must be at most {MAX_BODY} bytes"),
+    )
 }
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {

@@ -72,13 +72,7 @@ async fn ready(
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let token = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, token)| token.trim());
-    let staff = match token {
+    let staff = match crate::auth::bearer(&headers) {
         Some(token) => auth.authenticate(token).await.is_ok_and(|p| p.is_staff()),
         None => false,
     };

@@ -87,12 +87,7 @@ async fn body_within(
             next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
                 .await
         }
-        Ok(Err(_)) => ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
-            format!("the body must be at most {MAX_BODY} bytes"),
-        )
-        .into_response(),
+        Ok(Err(_)) => crate::extract::body_too_large().into_response(),
         Err(_) => {
             let mut response = ApiError::new(
                 StatusCode::REQUEST_TIMEOUT,

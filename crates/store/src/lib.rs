@@ -22,3 +22,13 @@ pub use ports::{
     Cache, Commit, Delivery, EventBus, EventStore, IdempotencyRecord, StoreError, Subscription,
 };
 pub use redb_store::RedbStore;
+
+/// Creates `dir` (and its parents) if missing; what it creates is its owner's only (0700):
+/// the data directory holds the stores and the development signing key.
+pub fn private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)
+}

@@ -24,11 +24,7 @@ impl RedbStore {
     /// Opens (or creates) `dir/{name}.redb`. A directory it creates is its owner's only
     /// (0700), and the file is readable and writable by its owner only (0600).
     pub fn open(dir: &Path, name: &str) -> Result<Self, StoreError> {
-        let mut builder = std::fs::DirBuilder::new();
-        builder.recursive(true);
-        #[cfg(unix)]
-        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-        builder.create(dir).map_err(StoreError::backend)?;
+        crate::private_dir(dir).map_err(StoreError::backend)?;
         let path = dir.join(format!("{name}.redb"));
         let mut options = std::fs::OpenOptions::new();
         options.create(true).truncate(false).write(true);

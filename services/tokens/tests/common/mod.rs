@@ -66,7 +66,6 @@ impl Server {
                     command: token::Command::ObserveAsset {
                         asset_id: asset_id.into(),
                         state: token::AssetState::Approved,
-                        sequence: 0,
                     },
                 }),
                 idempotency: None,

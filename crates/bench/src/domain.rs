@@ -36,6 +36,7 @@ pub fn run(transfers: usize) -> (usize, f64) {
         &Command::ObserveAsset {
             asset_id: Id::from("ast_bench"),
             state: AssetState::Approved,
+            sequence: 0,
         },
         &ctx,
     );

@@ -27,6 +27,9 @@ pub struct Context {
 #[derive(Debug, Default, Clone)]
 pub struct Book {
     assets: FxHashMap<Id, AssetState>,
+    /// The newest position of each asset's stream observed: older news of an asset (a relay
+    /// publishing its backlog again) never overrides newer.
+    asset_positions: FxHashMap<Id, u64>,
     tokens: FxHashMap<Id, Token>,
     token_order: Vec<Id>,
     symbols: FxHashMap<String, Id>,
@@ -162,13 +165,23 @@ impl Book {
             change,
         };
         match command {
-            Command::ObserveAsset { asset_id, state } => {
-                if self.assets.get(asset_id) == Some(state) {
+            Command::ObserveAsset {
+                asset_id,
+                state,
+                sequence,
+            } => {
+                let known = self.asset_positions.get(asset_id).copied().unwrap_or(0);
+                let older = *sequence != 0 && *sequence <= known;
+                let same = self.assets.get(asset_id) == Some(state);
+                // Older news, or the same news again: nothing to do. Newer news of the same
+                // state is recorded for its position, so that older news cannot slip in after it.
+                if older || (same && *sequence <= known) {
                     return Ok(Vec::new());
                 }
                 Ok(vec![event(Change::AssetObserved {
                     asset_id: asset_id.clone(),
                     state: *state,
+                    sequence: *sequence,
                 })])
             }
             Command::CreateToken(spec) => {
@@ -374,8 +387,15 @@ impl Book {
     /// Applies an event decided earlier; replaying the log calls only this.
     pub fn apply(&mut self, event: &Event) {
         match &event.change {
-            Change::AssetObserved { asset_id, state } => {
+            Change::AssetObserved {
+                asset_id,
+                state,
+                sequence,
+            } => {
                 self.assets.insert(asset_id.clone(), *state);
+                if *sequence != 0 {
+                    self.asset_positions.insert(asset_id.clone(), *sequence);
+                }
             }
             Change::TokenCreated { spec } => {
                 self.assets

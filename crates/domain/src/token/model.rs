@@ -353,9 +353,12 @@ pub enum Operation {
 
 #[derive(Debug, Clone)]
 pub enum Command {
+    /// What the assets service says of an asset, at `sequence` of that asset's stream (its
+    /// events' CloudEvents `sequence`; 0 when unknown): an older or repeated one changes nothing.
     ObserveAsset {
         asset_id: Id,
         state: AssetState,
+        sequence: u64,
     },
     CreateToken(TokenSpec),
     UpdateRules {
@@ -403,6 +406,9 @@ pub enum Change {
     AssetObserved {
         asset_id: Id,
         state: AssetState,
+        /// The position in the asset's stream it was observed at; absent in older events.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        sequence: u64,
     },
     TokenCreated {
         spec: TokenSpec,
@@ -539,4 +545,8 @@ impl Change {
         };
         pair.into_iter().flatten()
     }
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }

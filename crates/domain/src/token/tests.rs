@@ -138,6 +138,7 @@ impl World {
         w.run(Command::ObserveAsset {
             asset_id: "asset1".into(),
             state: AssetState::Approved,
+            sequence: 0,
         })
         .expect("asset observed");
         w.run(Command::CreateToken(spec(
@@ -1323,6 +1324,7 @@ fn creating_a_token_needs_an_approved_asset_and_a_unique_symbol() {
     w.run(Command::ObserveAsset {
         asset_id: "a1".into(),
         state: AssetState::Unavailable,
+        sequence: 0,
     })
     .expect("observed");
     assert_eq!(
@@ -1335,6 +1337,7 @@ fn creating_a_token_needs_an_approved_asset_and_a_unique_symbol() {
             .run(Command::ObserveAsset {
                 asset_id: asset.into(),
                 state: AssetState::Approved,
+                sequence: 0,
             })
             .expect("observed");
         assert_eq!(events.len(), 1);
@@ -1343,6 +1346,7 @@ fn creating_a_token_needs_an_approved_asset_and_a_unique_symbol() {
         .run(Command::ObserveAsset {
             asset_id: "a1".into(),
             state: AssetState::Approved,
+            sequence: 0,
         })
         .expect("observed");
     assert!(
@@ -1857,4 +1861,50 @@ fn generated_plans_reach_every_compliance_code() {
         applied > 32 * 40,
         "plenty of commands pass: {applied}; refused {seen:?}"
     );
+}
+
+#[test]
+fn older_news_of_an_asset_never_overrides_newer() {
+    let mut w = World::empty();
+    let observe = |w: &mut World, state: AssetState, sequence: u64| {
+        w.run(Command::ObserveAsset {
+            asset_id: "a9".into(),
+            state,
+            sequence,
+        })
+        .expect("observed")
+        .len()
+    };
+    // The asset's stream: 3 approved, 4 tokenized, 5 suspended, 6 reactivated (tokenized).
+    assert_eq!(observe(&mut w, AssetState::Approved, 3), 1);
+    assert_eq!(observe(&mut w, AssetState::Tokenized, 4), 1);
+    assert_eq!(observe(&mut w, AssetState::Suspended, 5), 1);
+    assert_eq!(observe(&mut w, AssetState::Tokenized, 6), 1);
+    // A relay publishes its backlog again: each older event changes nothing.
+    for (state, sequence) in [
+        (AssetState::Approved, 3),
+        (AssetState::Tokenized, 4),
+        (AssetState::Suspended, 5),
+        (AssetState::Tokenized, 6),
+    ] {
+        assert_eq!(
+            observe(&mut w, state, sequence),
+            0,
+            "{state:?} at {sequence}"
+        );
+        assert_eq!(w.book.asset_state("a9"), Some(AssetState::Tokenized));
+    }
+    // Newer news still counts, and the position survives a replay of the log.
+    assert_eq!(observe(&mut w, AssetState::Retired, 7), 1);
+    let mut replayed = Book::default();
+    for event in &w.log {
+        replayed.apply(event);
+    }
+    assert_eq!(replayed.asset_state("a9"), Some(AssetState::Retired));
+    let stale = Command::ObserveAsset {
+        asset_id: "a9".into(),
+        state: AssetState::Suspended,
+        sequence: 5,
+    };
+    assert_eq!(replayed.decide(&stale, &w.ctx()).expect("decided").len(), 0);
 }

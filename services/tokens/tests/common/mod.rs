@@ -66,6 +66,7 @@ impl Server {
                     command: token::Command::ObserveAsset {
                         asset_id: asset_id.into(),
                         state: token::AssetState::Approved,
+                        sequence: 0,
                     },
                 }),
                 idempotency: None,

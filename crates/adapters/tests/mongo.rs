@@ -78,3 +78,72 @@ async fn a_bad_write_concern_is_refused_at_start() {
     let error = MongoStore::open(&settings).await.err().expect("refused");
     assert!(error.to_string().contains("write concern"), "{error}");
 }
+
+/// Set in the child process of the test below, which opens a transaction, writes in it and dies.
+const DIE_IN_TRANSACTION: &str = "LIBERTUM_TEST_DIE_IN_TRANSACTION";
+
+/// A writer killed between its writes and its commit (a service's `kill -9` mid-commit) leaves
+/// nothing that another client reads, and the next writer's commit is read back.
+#[tokio::test]
+async fn what_a_writer_killed_mid_transaction_wrote_is_never_read() {
+    use mongodb::bson::doc;
+    if let Ok(uri) = std::env::var(DIE_IN_TRANSACTION) {
+        let client = mongodb::Client::with_uri_str(&uri).await.expect("client");
+        let events = client
+            .database("abandoned")
+            .collection::<mongodb::bson::Document>("events");
+        let mut session = client.start_session().await.expect("session");
+        session.start_transaction().await.expect("transaction");
+        events
+            .insert_one(
+                doc! {"_id": 1_000_i64, "seq": 1_000_i64, "event_id": "orphan", "body": "{}"},
+            )
+            .session(&mut session)
+            .await
+            .expect("written inside the transaction");
+        // No commit, no abort, no goodbye: the process is gone, as under kill -9.
+        std::process::abort();
+    }
+
+    let (_server, uri) = servers::mongo();
+    let settings = MongoSettings::new(&uri, "abandoned");
+    drop(MongoStore::open(&settings).await.expect("indexes created"));
+    let status = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "what_a_writer_killed_mid_transaction_wrote_is_never_read",
+            "--nocapture",
+        ])
+        .env(DIE_IN_TRANSACTION, &uri)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("the writer process");
+    assert!(!status.success(), "the writer was meant to die: {status}");
+    // The server notices the closed connection on its own schedule.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+
+    let store = MongoStore::open(&settings).await.expect("open");
+    assert_eq!(
+        store.head().await.unwrap(),
+        0,
+        "the orphan write is not the head"
+    );
+    assert!(
+        store.read(0, 10).await.unwrap().is_empty(),
+        "nor in the log"
+    );
+    store
+        .commit(Commit {
+            expected_head: 0,
+            events: vec![contract::event("after", "k")],
+            ..Commit::default()
+        })
+        .await
+        .expect("the next writer commits");
+    drop(store);
+    let again = MongoStore::open(&settings).await.expect("reopen");
+    let log = again.read(0, 10).await.unwrap();
+    assert_eq!(log.len(), 1, "exactly the committed event: {log:?}");
+    assert_eq!(again.head().await.unwrap(), 1);
+}

@@ -240,26 +240,28 @@ pub fn kafka_standin() -> (Server, String) {
     (server, brokers)
 }
 
-/// The nx-27017 MongoDB-wire server on SQLite.
+/// The nx-27017 MongoDB-wire server on SQLite, started through `mongo_standin.py`: that launcher
+/// rolls back a transaction whose client went away, as MongoDB does, instead of leaving it open
+/// and readable by every other client.
 pub fn mongo_standin() -> (Server, String) {
-    let server = Server::start(
-        "the nx-27017 MongoDB-wire server",
-        tools_dir().join("nx/bin/nx-27017"),
-        |dir, port| {
-            let data = dir.join("data");
-            std::fs::create_dir_all(&data).expect("data directory");
-            vec![
-                "--data-dir".into(),
-                data.display().to_string(),
-                "--port".into(),
-                port.to_string(),
-                "--log-file".into(),
-                dir.join("nx.log").display().to_string(),
-                "--pid-file".into(),
-                dir.join("nx.pid").display().to_string(),
-            ]
-        },
-    );
+    const WHAT: &str = "the nx-27017 MongoDB-wire server";
+    require(&tools_dir().join("nx/bin/nx-27017"), WHAT);
+    let server = Server::start(WHAT, tools_dir().join("nx/bin/python3"), |dir, port| {
+        let data = dir.join("data");
+        std::fs::create_dir_all(&data).expect("data directory");
+        vec![
+            "-c".into(),
+            include_str!("mongo_standin.py").into(),
+            "--data-dir".into(),
+            data.display().to_string(),
+            "--port".into(),
+            port.to_string(),
+            "--log-file".into(),
+            dir.join("nx.log").display().to_string(),
+            "--pid-file".into(),
+            dir.join("nx.pid").display().to_string(),
+        ]
+    });
     let uri = format!("mongodb://127.0.0.1:{}/?directConnection=true", server.port);
     (server, uri)
 }

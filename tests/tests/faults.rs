@@ -268,6 +268,50 @@ async fn exactly_once(p: &Product, f: &Fixture, n: usize) {
         true,
         "the chain is intact"
     );
+    lag_settles_at_zero(p).await;
+}
+
+/// Every consumer's `libertum_consumer_lag_events`, from each service's `/metrics`.
+async fn lags(p: &Product) -> Vec<(String, f64)> {
+    let mut all = Vec::new();
+    for prefix in ["/v1/assets", "/v1/tokens", "/v1/ledger"] {
+        let text = p
+            .http
+            .get(format!("{}/metrics", p.base(prefix)))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        all.extend(
+            text.lines()
+                .filter(|l| l.starts_with("libertum_consumer_lag_events{"))
+                .filter_map(|l| {
+                    let (series, value) = l.rsplit_once(' ')?;
+                    Some((series.to_owned(), value.parse().ok()?))
+                }),
+        );
+    }
+    all
+}
+
+/// Once the traffic is over, every consumer reports the lag the broker shows now (none), not
+/// the figure it measured during the burst.
+async fn lag_settles_at_zero(p: &Product) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let lags = lags(p).await;
+        assert!(lags.len() >= 4, "four consumers report their lag: {lags:?}");
+        if lags.iter().all(|(_, lag)| *lag == 0.0) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "consumer lag still reported 15 s after the traffic stopped: {lags:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 const N: usize = 300;

@@ -544,13 +544,22 @@ impl Subscription for KafkaSubscription {
         tokio::task::spawn_blocking(move || {
             let measured = (|| -> Result<u64, KafkaError> {
                 let positions = consumer.position()?;
+                // A partition this process has read nothing from since it started has no
+                // position yet: the group's committed offset says where it stands.
+                let committed = consumer.committed(Duration::from_secs(5))?;
                 let mut lag = 0u64;
                 for p in positions.elements_for_topic(&topic) {
-                    let (_, high) =
+                    let (low, high) =
                         consumer.fetch_watermarks(&topic, p.partition(), Duration::from_secs(5))?;
                     let at = match p.offset() {
                         Offset::Offset(o) => o,
-                        _ => 0,
+                        _ => match committed
+                            .find_partition(&topic, p.partition())
+                            .map(|c| c.offset())
+                        {
+                            Some(Offset::Offset(o)) => o,
+                            _ => low,
+                        },
                     };
                     lag += u64::try_from(high - at).unwrap_or(0);
                 }

@@ -6,7 +6,7 @@
 //! "postings":[{"from","to","unit","amount"}]}` with keys in exactly that order, no whitespace, the
 //! time as integer nanoseconds since the Unix epoch and amounts as JSON integers (docs/ledger.md).
 
-use rustc_hash::{FxHashMap, FxHashSet};
+use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -39,6 +39,10 @@ pub struct Entry {
     pub postings: Vec<Posting>,
     /// The token whose event this is and the token's version after it, for reconciliation.
     pub token: Option<(Id, u64)>,
+    /// The version of the event's subject after it (its `subjectversion`): a delivery of the
+    /// subject's stream at or below the version recorded is not recorded again.
+    #[serde(default)]
+    pub subject_version: u64,
     pub prev_hash: String,
     pub hash: String,
 }
@@ -106,6 +110,8 @@ pub struct Incoming {
     pub actor: String,
     pub postings: Vec<Posting>,
     pub token: Option<(Id, u64)>,
+    /// The version of the subject's stream after this event.
+    pub subject_version: u64,
 }
 
 pub fn investor_account(id: &str) -> String {
@@ -190,12 +196,21 @@ pub fn postings_for(event: &TokenEvent) -> Vec<Posting> {
 /// A balance after an entry: `(seq, at, balance)`.
 type Point = (u64, Timestamp, i128);
 
-/// The ledger's state: the chain head, which events it holds, and every account's balance history.
+/// The stream an event belongs to: its family (`asset`, `token`) and subject.
+fn stream_of(event_type: &str, subject: &str) -> String {
+    let family = event_type.split('.').nth(1).unwrap_or_default();
+    format!("{family}/{subject}")
+}
+
+/// The ledger's state: the chain head, how far each subject's stream is recorded, and every
+/// account's balance history.
 #[derive(Debug, Clone)]
 pub struct Journal {
     head_seq: u64,
     head_hash: [u8; 32],
-    seen: FxHashSet<String>,
+    /// Per stream ([`stream_of`]), the latest subject version recorded: one number per subject,
+    /// however long its history.
+    streams: FxHashMap<String, u64>,
     /// `(account, unit) -> balance after each entry that touched it`.
     accounts: FxHashMap<(String, String), Vec<Point>>,
     /// Per unit, the accounts that ever held it.
@@ -209,7 +224,7 @@ impl Default for Journal {
         Journal {
             head_seq: 0,
             head_hash: GENESIS,
-            seen: FxHashSet::default(),
+            streams: FxHashMap::default(),
             accounts: FxHashMap::default(),
             holders: FxHashMap::default(),
             token_versions: FxHashMap::default(),
@@ -230,8 +245,12 @@ impl Journal {
         (self.head_seq, hex::encode(self.head_hash))
     }
 
-    pub fn contains(&self, event_id: &str) -> bool {
-        self.seen.contains(event_id)
+    /// The latest version of the subject's stream recorded, 0 if none.
+    pub fn stream_version(&self, event_type: &str, subject: &str) -> u64 {
+        self.streams
+            .get(&stream_of(event_type, subject))
+            .copied()
+            .unwrap_or(0)
     }
 
     /// The latest version of `token_id` recorded, 0 if none.
@@ -249,13 +268,22 @@ impl Journal {
         Some(versions[i].1)
     }
 
-    /// Turns an incoming event into the next entry; an event already recorded gives none.
+    /// Turns an incoming event into the next entry. An event at or below the version of its
+    /// subject's stream already recorded (a duplicate, or an older event delivered again) gives
+    /// none.
     pub fn decide(&self, incoming: &Incoming) -> Result<Option<Entry>> {
-        if self.seen.contains(&incoming.event_id) {
-            return Ok(None);
-        }
         if incoming.event_id.is_empty() {
             return Err(Error::invalid("id", "an event needs an id"));
+        }
+        if incoming.subject_version == 0 {
+            return Err(Error::invalid(
+                "subjectversion",
+                "an event needs its subject's version",
+            ));
+        }
+        if incoming.subject_version <= self.stream_version(&incoming.event_type, &incoming.subject)
+        {
+            return Ok(None);
         }
         let mut entry = Entry {
             seq: self.head_seq + 1,
@@ -266,6 +294,7 @@ impl Journal {
             actor: incoming.actor.clone(),
             postings: incoming.postings.clone(),
             token: incoming.token.clone(),
+            subject_version: incoming.subject_version,
             prev_hash: hex::encode(self.head_hash),
             hash: String::new(),
         };
@@ -281,7 +310,13 @@ impl Journal {
         {
             self.head_hash = hash;
         }
-        self.seen.insert(entry.event_id.clone());
+        if entry.subject_version != 0 {
+            let stream = self
+                .streams
+                .entry(stream_of(&entry.event_type, &entry.subject))
+                .or_insert(0);
+            *stream = (*stream).max(entry.subject_version);
+        }
         if let Some((token, version)) = &entry.token {
             self.token_versions
                 .entry(token.clone())
@@ -416,7 +451,7 @@ mod tests {
 
     use super::*;
 
-    fn incoming(id: &str, postings: Vec<Posting>) -> Incoming {
+    fn incoming(id: &str, version: u64, postings: Vec<Posting>) -> Incoming {
         Incoming {
             event_id: id.into(),
             event_type: "libertum.token.transferred.v1".into(),
@@ -425,6 +460,7 @@ mod tests {
             actor: "agent".into(),
             postings,
             token: None,
+            subject_version: version,
         }
     }
 
@@ -444,6 +480,7 @@ mod tests {
             let e = journal
                 .decide(&incoming(
                     &format!("ev{i}"),
+                    i as u64 + 1,
                     vec![post("issuance:tok_1", "investor:a", 10)],
                 ))
                 .expect("valid")
@@ -497,9 +534,40 @@ mod tests {
         let (journal, _) = journal_of(1);
         let again = journal.decide(&incoming(
             "ev0",
+            1,
             vec![post("issuance:tok_1", "investor:a", 10)],
         ));
         assert_eq!(again, Ok(None));
+    }
+
+    #[test]
+    fn an_older_event_of_a_subject_delivered_after_a_newer_one_is_not_recorded() {
+        let (journal, _) = journal_of(3);
+        let older = journal.decide(&incoming(
+            "a-copy-of-ev1-with-a-new-id",
+            2,
+            vec![post("issuance:tok_1", "investor:a", 10)],
+        ));
+        assert_eq!(older, Ok(None), "version 2 of tok_1 is already recorded");
+        // Another subject's stream is its own.
+        let mut other = incoming("other", 1, Vec::new());
+        other.subject = "tok_2".into();
+        assert!(journal.decide(&other).unwrap().is_some());
+        // The same subject name in another family is another stream.
+        other.event_type = "libertum.asset.approved.v1".into();
+        other.subject = "tok_1".into();
+        assert!(journal.decide(&other).unwrap().is_some());
+        assert_eq!(
+            journal.stream_version("libertum.token.issued.v1", "tok_1"),
+            3
+        );
+    }
+
+    #[test]
+    fn an_event_without_its_subject_version_is_refused() {
+        let journal = Journal::default();
+        let err = journal.decide(&incoming("x", 0, Vec::new())).unwrap_err();
+        assert_eq!(err.field.as_deref(), Some("subjectversion"));
     }
 
     #[test]
@@ -523,6 +591,7 @@ mod tests {
         for (i, version) in [1u64, 2, 3].into_iter().enumerate() {
             let mut event = incoming(
                 &format!("t{i}"),
+                version,
                 vec![post("issuance:tok_1", "investor:a", 10)],
             );
             event.token = Some((Id::from("tok_1"), version));

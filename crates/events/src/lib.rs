@@ -1,5 +1,12 @@
 //! The envelope of every event: CloudEvents 1.0 in its JSON structured form, with the
-//! `partitionkey` and `sequence` extensions, and the names of the topics.
+//! `partitionkey` and `sequence` extensions, Libertum's `subjectversion` extension, and the names
+//! of the topics.
+//!
+//! `sequence` orders the events of one source as the CloudEvents sequence extension says:
+//! lexicographically. It is the event's position in its service's log, written as 20 decimal
+//! digits with leading zeros, so that string order is numeric order. `subjectversion` is the
+//! version of the event's subject (asset, token or investor) after it, 1 for the subject's first
+//! event: consumers apply each subject's events in that order and ignore older ones.
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -32,6 +39,14 @@ impl Topics {
     }
 }
 
+/// The width of `sequence`: every `u64` fits in 20 digits.
+pub const SEQUENCE_DIGITS: usize = 20;
+
+/// `position` as a CloudEvents `sequence`: zero-padded, so that string order is numeric order.
+pub fn sequence_of(position: u64) -> String {
+    format!("{position:0SEQUENCE_DIGITS$}")
+}
+
 pub const ASSETS_SOURCE: &str = "/libertum/assets";
 pub const TOKENS_SOURCE: &str = "/libertum/tokens";
 
@@ -50,8 +65,13 @@ pub struct CloudEvent {
     pub datacontenttype: String,
     /// Extension: the key that keeps one asset's or token's events in order (the Kafka key).
     pub partitionkey: String,
-    /// Extension: the version of the subject's stream after this event, as decimal digits.
+    /// Extension: the event's position in its source's log, as [`SEQUENCE_DIGITS`] decimal
+    /// digits with leading zeros (lexicographic order is the log's order).
     pub sequence: String,
+    /// Extension: the version of the subject's stream after this event, as decimal digits.
+    /// Absent in events written before it existed, whose `sequence` held that version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subjectversion: Option<String>,
     /// Extension: who caused the event.
     pub actor: String,
     pub data: Box<RawValue>,
@@ -76,7 +96,8 @@ impl CloudEvent {
         name: &str,
         time: time::OffsetDateTime,
         subject: &str,
-        sequence: u64,
+        position: u64,
+        subject_version: u64,
         actor: &str,
         data: &impl Serialize,
     ) -> Result<Self, Error> {
@@ -89,7 +110,8 @@ impl CloudEvent {
             subject: subject.into(),
             datacontenttype: "application/json".into(),
             partitionkey: subject.into(),
-            sequence: sequence.to_string(),
+            sequence: sequence_of(position),
+            subjectversion: Some(subject_version.to_string()),
             actor: actor.into(),
             data: serde_json::value::to_raw_value(data)?,
         })
@@ -122,9 +144,15 @@ impl CloudEvent {
         if !family_ok {
             return Err(Error::Unexpected("type"));
         }
-        if event.id.is_empty() || event.subject.is_empty() || event.sequence.parse::<u64>().is_err()
+        let number = |s: &str| {
+            !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) && s.parse::<u64>().is_ok()
+        };
+        if event.id.is_empty()
+            || event.subject.is_empty()
+            || !number(&event.sequence)
+            || !event.subjectversion.as_deref().is_none_or(number)
         {
-            return Err(Error::Unexpected("id, subject or sequence"));
+            return Err(Error::Unexpected("id, subject, sequence or subjectversion"));
         }
         Ok(event)
     }
@@ -134,8 +162,19 @@ impl CloudEvent {
         Ok(serde_json::from_str(self.data.get())?)
     }
 
+    /// The event's position in its source's log (for events written before `subjectversion`
+    /// existed, the subject's version).
     pub fn sequence(&self) -> u64 {
         self.sequence.parse().unwrap_or(0)
+    }
+
+    /// The version of the event's subject after it: the order in which a consumer applies the
+    /// subject's events.
+    pub fn subject_version(&self) -> u64 {
+        match &self.subjectversion {
+            Some(version) => version.parse().unwrap_or(0),
+            None => self.sequence(),
+        }
     }
 }
 
@@ -151,6 +190,7 @@ mod tests {
             "transferred",
             time::OffsetDateTime::UNIX_EPOCH,
             "tok_1",
+            42,
             7,
             "agent",
             &serde_json::json!({"amount": "5"}),
@@ -163,7 +203,9 @@ mod tests {
         let bytes = sample().to_bytes();
         let back = CloudEvent::decode(&bytes, TOKENS_SOURCE, "token").expect("decodes");
         assert_eq!(back.ty, "libertum.token.transferred.v1");
-        assert_eq!(back.sequence(), 7);
+        assert_eq!(back.sequence(), 42);
+        assert_eq!(back.sequence, "00000000000000000042");
+        assert_eq!(back.subject_version(), 7);
         assert_eq!(back.data.get(), r#"{"amount":"5"}"#);
     }
 
@@ -173,5 +215,41 @@ mod tests {
         assert!(CloudEvent::decode(&bytes, ASSETS_SOURCE, "token").is_err());
         assert!(CloudEvent::decode(&bytes, TOKENS_SOURCE, "asset").is_err());
         assert!(CloudEvent::decode(b"{\"id\":1}", TOKENS_SOURCE, "token").is_err());
+    }
+
+    #[test]
+    fn sequences_sort_as_strings_in_log_order() {
+        let mut sequences: Vec<String> = [10u64, 9, 1, 100, u64::MAX, 0]
+            .into_iter()
+            .map(sequence_of)
+            .collect();
+        sequences.sort();
+        let numbers: Vec<u64> = sequences.iter().map(|s| s.parse().unwrap()).collect();
+        assert_eq!(numbers, [0, 1, 9, 10, 100, u64::MAX]);
+        assert!(sequences.iter().all(|s| s.len() == SEQUENCE_DIGITS));
+    }
+
+    #[test]
+    fn an_event_written_before_subjectversion_reads_its_version_from_sequence() {
+        let mut old = sample();
+        old.sequence = "7".into();
+        old.subjectversion = None;
+        let bytes = old.to_bytes();
+        assert!(!String::from_utf8_lossy(&bytes).contains("subjectversion"));
+        let back = CloudEvent::decode(&bytes, TOKENS_SOURCE, "token").expect("decodes");
+        assert_eq!(back.subject_version(), 7);
+    }
+
+    #[test]
+    fn a_sequence_or_version_that_is_not_digits_is_refused() {
+        for (sequence, version) in [("-1", "1"), ("1", "+1"), ("", "1"), ("1", ""), ("1.0", "1")] {
+            let mut event = sample();
+            event.sequence = sequence.into();
+            event.subjectversion = Some(version.into());
+            assert!(
+                CloudEvent::decode(&event.to_bytes(), TOKENS_SOURCE, "token").is_err(),
+                "{sequence:?} {version:?}"
+            );
+        }
     }
 }

@@ -10,13 +10,19 @@ use tokio::sync::watch;
 
 use crate::{
     Engine, EventBus, StateMachine, Submission,
-    engine::{EngineError, Reply},
+    engine::{EngineError, Outcome, Reply},
     metrics as m,
-    ports::Delivery,
+    ports::{Delivery, Subscription},
 };
 
 const MAX_BATCH: usize = 1_024;
 const LINGER: std::time::Duration = std::time::Duration::from_millis(5);
+/// With no event for this long, the consumer measures its lag again: an idle consumer reports
+/// what the broker says now, not the figure of its last batch.
+const IDLE: std::time::Duration = std::time::Duration::from_secs(1);
+/// Backoff between retries of a batch whose commit failed, inside the same subscription.
+const RETRY_FIRST: std::time::Duration = std::time::Duration::from_millis(100);
+const RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// What a consumer makes of one delivered event.
 pub enum Verdict<C> {
@@ -82,7 +88,7 @@ impl<S: StateMachine> Consumer<S> {
     /// Runs until `shutdown` turns true, or the bus fails for good.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         // Every series from zero, so that an alert on their increase sees the first one.
-        for name in [m::EVENTS_CONSUMED, m::EVENTS_REJECTED] {
+        for name in [m::EVENTS_CONSUMED, m::EVENTS_REJECTED, m::CONSUMER_RETRIES] {
             metrics::counter!(name, "consumer" => self.name.clone(), "topic" => self.topic.clone())
                 .increment(0);
         }
@@ -110,7 +116,14 @@ impl<S: StateMachine> Consumer<S> {
         let mut subscription = self.bus.subscribe(&self.topic, &group, resume).await?;
         let mut last_skip_commit = std::time::Instant::now();
         loop {
-            let batch = subscription.next(MAX_BATCH).await?;
+            let batch = match tokio::time::timeout(IDLE, subscription.next(MAX_BATCH)).await {
+                Ok(batch) => batch?,
+                // Both buses' `next` are cancel-safe: nothing is lost by asking again.
+                Err(_) => {
+                    self.measure_lag(subscription.as_mut()).await?;
+                    continue;
+                }
+            };
             if batch.len() < MAX_BATCH / 4 {
                 // A short pause after a small batch lets the next one grow: far fewer commits
                 // (each an fsync) under load, for a few milliseconds of lag.
@@ -144,19 +157,14 @@ impl<S: StateMachine> Consumer<S> {
             }
             // Events this consumer ignores need no commit of their own: re-reading them after a
             // crash is harmless. Their position is stored at most once a second.
-            if let Some(offset) = skipped_to
-                && last_skip_commit.elapsed() >= std::time::Duration::from_secs(1)
-            {
+            let skip_checkpoint = skipped_to
+                .filter(|_| last_skip_commit.elapsed() >= std::time::Duration::from_secs(1));
+            if let Some(offset) = skip_checkpoint {
                 submissions.push(self.submission(None, offset));
                 last_skip_commit = std::time::Instant::now();
             }
             if !submissions.is_empty() {
-                let outcomes = self
-                    .engine
-                    .enqueue_many(submissions)
-                    .await?
-                    .await
-                    .map_err(|_| EngineError::Unavailable("the writer stopped".into()))?;
+                let outcomes = self.apply(submissions, &applied, skip_checkpoint).await?;
                 for (delivery, outcome) in applied.into_iter().zip(outcomes) {
                     match outcome {
                         Ok(_) => {}
@@ -167,16 +175,66 @@ impl<S: StateMachine> Consumer<S> {
                             let reason = format!("refused: {}: {}", refusal.code, refusal.message);
                             subscription.dead_letter(delivery, &reason).await?;
                         }
-                        // The whole batch failed together: resume from the stored checkpoint.
+                        // `apply` retries a batch that failed whole until it commits.
                         Err(error) => return Err(error.into()),
                     }
                 }
             }
             subscription.commit(&batch).await?;
             metrics::counter!(m::EVENTS_CONSUMED, "consumer" => self.name.clone(), "topic" => self.topic.clone()).increment(batch.len() as u64);
-            let lag = subscription.lag().await?;
-            self.lag.store(lag, Ordering::Relaxed);
-            metrics::gauge!(m::CONSUMER_LAG, "consumer" => self.name.clone(), "topic" => self.topic.clone()).set(lag as f64);
+            self.measure_lag(subscription.as_mut()).await?;
+        }
+    }
+
+    async fn measure_lag(&self, subscription: &mut dyn Subscription) -> anyhow_like::Result<()> {
+        let lag = subscription.lag().await?;
+        self.lag.store(lag, Ordering::Relaxed);
+        metrics::gauge!(m::CONSUMER_LAG, "consumer" => self.name.clone(), "topic" => self.topic.clone()).set(lag as f64);
+        Ok(())
+    }
+
+    /// Submits a batch's commands and waits for their outcomes. A batch commits whole or not
+    /// at all; one that failed (the store unavailable, another writer first) is tried again
+    /// here, decoded afresh, with backoff, without leaving the subscription: a re-subscription
+    /// would rebalance the consumer group.
+    async fn apply(
+        &self,
+        mut submissions: Vec<Submission<S>>,
+        applied: &[&Delivery],
+        skip_checkpoint: Option<u64>,
+    ) -> anyhow_like::Result<Vec<Outcome>> {
+        let mut pause = RETRY_FIRST;
+        loop {
+            let outcomes = self
+                .engine
+                .enqueue_many(submissions)
+                .await?
+                .await
+                .map_err(|_| EngineError::Unavailable("the writer stopped".into()))?;
+            let failed = outcomes.iter().find_map(|o| match o {
+                Err(e @ (EngineError::Unavailable(_) | EngineError::Conflict)) => {
+                    Some(e.to_string())
+                }
+                _ => None,
+            });
+            let Some(error) = failed else {
+                return Ok(outcomes);
+            };
+            tracing::warn!(consumer = %self.name, topic = %self.topic, %error, retry_in_ms = pause.as_millis() as u64, "batch not committed; trying it again");
+            metrics::counter!(m::CONSUMER_RETRIES, "consumer" => self.name.clone(), "topic" => self.topic.clone()).increment(1);
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(RETRY_MAX);
+            // The commands were consumed by the failed try; decoding is deterministic.
+            submissions = applied
+                .iter()
+                .filter_map(|delivery| match (self.decode)(delivery) {
+                    Verdict::Apply(command) => {
+                        Some(self.submission(Some(command), delivery.offset))
+                    }
+                    _ => None,
+                })
+                .chain(skip_checkpoint.map(|offset| self.submission(None, offset)))
+                .collect();
         }
     }
 }

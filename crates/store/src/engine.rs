@@ -100,7 +100,7 @@ pub enum EngineError {
     Conflict,
 }
 
-type Outcome = Result<Reply, EngineError>;
+pub(crate) type Outcome = Result<Reply, EngineError>;
 
 /// Submissions that go into the same group commit: all of them stand, or none.
 struct Job<S: StateMachine> {
@@ -133,7 +133,7 @@ impl<S: StateMachine> Clone for Engine<S> {
     }
 }
 
-/// Per-subject stream versions, the `sequence` of each event.
+/// Per-subject stream versions, the `subjectversion` of each event.
 type Versions = FxHashMap<String, u64>;
 
 impl<S: StateMachine> Engine<S> {
@@ -256,7 +256,7 @@ async fn replay<S: StateMachine>(store: &dyn EventStore) -> Result<Replayed<S>, 
                 ))
             })?;
             r.versions
-                .insert(envelope.subject.clone(), envelope.sequence());
+                .insert(envelope.subject.clone(), envelope.subject_version());
             r.last_time = r.last_time.max(S::describe(&event).time);
             r.state.apply(&event);
         }
@@ -454,6 +454,8 @@ async fn run_one<S: StateMachine>(
         let d = S::describe(event);
         let version = versions.entry(d.subject.to_owned()).or_insert(0);
         *version += 1;
+        // The group appends its events right after the head it was decided on.
+        let position = commit.expected_head + commit.events.len() as u64 + 1;
         let envelope = CloudEvent::new(
             uuid::Uuid::now_v7().to_string(),
             S::SOURCE,
@@ -461,6 +463,7 @@ async fn run_one<S: StateMachine>(
             d.name,
             d.time,
             d.subject,
+            position,
             *version,
             d.actor,
             event,

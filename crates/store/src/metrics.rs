@@ -7,6 +7,7 @@ pub const EVENTS_APPENDED: &str = "libertum_events_appended_total";
 pub const EVENTS_CONSUMED: &str = "libertum_events_consumed_total";
 pub const EVENTS_REJECTED: &str = "libertum_events_rejected_total";
 pub const CONSUMER_LAG: &str = "libertum_consumer_lag_events";
+pub const CONSUMER_RETRIES: &str = "libertum_consumer_batch_retries_total";
 pub const COMMANDS_REFUSED: &str = "libertum_commands_refused_total";
 
 /// Registers the descriptions once at start-up.
@@ -36,6 +37,10 @@ pub fn describe() {
     metrics::describe_gauge!(
         CONSUMER_LAG,
         "events of a topic a consumer has not applied yet"
+    );
+    metrics::describe_counter!(
+        CONSUMER_RETRIES,
+        "consumer batches tried again because their commit failed, by consumer and topic"
     );
     metrics::describe_counter!(
         COMMANDS_REFUSED,

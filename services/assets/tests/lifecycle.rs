@@ -55,6 +55,7 @@ async fn tokenize(s: &Server, asset_id: &str) -> Value {
         now,
         "tok_test",
         1,
+        1,
         "issuer-1",
         &event,
     )

@@ -112,6 +112,7 @@ fn incoming(
         actor: event.actor.clone(),
         postings,
         token,
+        subject_version: event.subject_version(),
     }
 }
 
@@ -145,6 +146,6 @@ fn decode_token_event(delivery: &Delivery) -> Verdict<ledger::Incoming> {
     let token = data
         .change
         .token_id()
-        .map(|id| (id.clone(), event.sequence()));
+        .map(|id| (id.clone(), event.subject_version()));
     Verdict::Apply(incoming(&event, ledger::postings_for(&data), token))
 }

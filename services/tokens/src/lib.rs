@@ -91,8 +91,8 @@ fn decode_asset_event(delivery: &Delivery) -> Verdict<Command> {
         command: token::Command::ObserveAsset {
             asset_id: data.asset_id,
             state,
-            // The asset's stream position: a re-published older event is recognised as such.
-            sequence: event.sequence(),
+            // The asset's version: a re-published older event is recognised as such.
+            sequence: event.subject_version(),
         },
     })
 }

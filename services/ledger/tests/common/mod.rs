@@ -72,7 +72,7 @@ pub fn at(minutes: i64) -> Timestamp {
 }
 
 /// A token event as the ledger's consumer turns it into an incoming entry: postings from the
-/// domain's own mapping, the token's version from the envelope's sequence.
+/// domain's own mapping, the token's version from the envelope's `subjectversion`.
 pub fn token_event(
     event_id: &str,
     minutes: i64,
@@ -93,6 +93,7 @@ pub fn token_event(
         actor: "agent-1".into(),
         postings: ledger::postings_for(&event),
         token,
+        subject_version: version,
     }
 }
 
@@ -134,6 +135,7 @@ pub fn asset_event(event_id: &str, minutes: i64) -> ledger::Incoming {
         actor: "reviewer-1".into(),
         postings: Vec::new(),
         token: None,
+        subject_version: 1,
     }
 }
 

@@ -47,6 +47,7 @@ fn stack(name: &str) -> Stack {
 }
 
 struct Fixture {
+    asset: String,
     token: String,
     alice: String,
     bob: String,
@@ -105,6 +106,7 @@ async fn fixture(p: &Product) -> Fixture {
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     Fixture {
+        asset: asset_id,
         token,
         alice: investors[0].clone(),
         bob: investors[1].clone(),
@@ -419,11 +421,6 @@ async fn with_redis_stopped_reads_and_writes_go_on_and_readiness_says_degraded()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_duplicate_delivery_changes_nothing() {
-    use rdkafka::{
-        ClientConfig, Message,
-        consumer::{Consumer, StreamConsumer},
-        producer::{FutureProducer, FutureRecord},
-    };
     let (stack, _dir, p, f) = started("duplicate").await;
     transfers(&p, &f, 50).1.await.expect("transfers");
     exactly_once(&p, &f, 50).await;
@@ -431,59 +428,10 @@ async fn a_duplicate_delivery_changes_nothing() {
 
     // How many events the ledger's consumer has taken so far: it must take every copy, and
     // record nothing new.
-    let ledger = p.base("/v1/ledger");
-    let consumed = || async {
-        let text = p
-            .http
-            .get(format!("{ledger}/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        text.lines()
-            .find(|l| {
-                l.starts_with("libertum_events_consumed_total{")
-                    && l.contains(r#"consumer="ledger""#)
-                    && l.contains(libertum_events::TOKENS_TOPIC)
-            })
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0) as u64
-    };
+    let consumed = || consumed(&p, "/v1/ledger", "ledger", libertum_events::TOKENS_TOPIC);
     let before = consumed().await;
     // Every event of the tokens topic, delivered a second time by another producer.
-    let reader: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &stack.backends.kafka_brokers)
-        .set("group.id", "duplicator")
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .unwrap();
-    reader.subscribe(&[libertum_events::TOKENS_TOPIC]).unwrap();
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &stack.backends.kafka_brokers)
-        .create()
-        .unwrap();
-    // Read to the end first, then copy: the copies must not be copied again.
-    let mut originals = Vec::new();
-    while let Ok(Ok(message)) = tokio::time::timeout(Duration::from_secs(3), reader.recv()).await {
-        originals.push((
-            message.key().unwrap().to_vec(),
-            message.payload().unwrap().to_vec(),
-        ));
-    }
-    let mut copied = 0;
-    for (key, payload) in &originals {
-        let record = FutureRecord::to(libertum_events::TOKENS_TOPIC)
-            .payload(payload)
-            .key(key);
-        producer
-            .send(record, Duration::from_secs(10))
-            .await
-            .expect("a duplicate sent");
-        copied += 1;
-    }
+    let copied = republish(&stack.backends.kafka_brokers, libertum_events::TOKENS_TOPIC).await;
     assert!(copied >= 50, "the transfers' events were copied: {copied}");
 
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -500,6 +448,144 @@ async fn a_duplicate_delivery_changes_nothing() {
         "duplicates added no entry"
     );
     exactly_once(&p, &f, 50).await;
+    p.stop().await;
+}
+
+/// Publishes every event of `topic` once more, in order, as a relay re-publishing its backlog
+/// would; returns how many.
+async fn republish(brokers: &str, topic: &str) -> u64 {
+    use rdkafka::{
+        ClientConfig, Message,
+        consumer::{Consumer, StreamConsumer},
+        producer::{FutureProducer, FutureRecord},
+    };
+    let reader: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("republisher-{topic}"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    reader.subscribe(&[topic]).unwrap();
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .unwrap();
+    // Read to the end first, then copy: the copies must not be copied again.
+    let mut originals = Vec::new();
+    while let Ok(Ok(message)) = tokio::time::timeout(Duration::from_secs(3), reader.recv()).await {
+        originals.push((
+            message.key().unwrap().to_vec(),
+            message.payload().unwrap().to_vec(),
+        ));
+    }
+    let mut copied = 0;
+    for (key, payload) in &originals {
+        let record = FutureRecord::to(topic).payload(payload).key(key);
+        producer
+            .send(record, Duration::from_secs(10))
+            .await
+            .expect("a copy sent");
+        copied += 1;
+    }
+    copied
+}
+
+/// How many events of `topic` the service behind `prefix` has consumed, from its `/metrics`.
+async fn consumed(p: &Product, prefix: &str, consumer: &str, topic: &str) -> u64 {
+    let text = p
+        .http
+        .get(format!("{}/metrics", p.base(prefix)))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find(|l| {
+            l.starts_with("libertum_events_consumed_total{")
+                && l.contains(&format!(r#"consumer="{consumer}""#))
+                && l.contains(topic)
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0) as u64
+}
+
+/// A relay that publishes its whole backlog again (both topics, every event since the first)
+/// after the asset was suspended: the older `approved` and `tokenized` events do not bring the
+/// asset back, the ledger records nothing twice, and every balance stays where it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_republished_backlog_leaves_every_state_where_it_was() {
+    let (stack, _dir, p, f) = started("backlog").await;
+    transfers(&p, &f, 20).1.await.expect("transfers");
+    exactly_once(&p, &f, 20).await;
+    let (status, body) = p
+        .post(
+            &format!("/v1/assets/{}/transitions", f.asset),
+            json!({"action": "suspend", "reason": "title dispute"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let transfer = format!("/v1/tokens/{}/transfers", f.token);
+    let one = json!({"from": f.alice, "to": f.bob, "amount": "1"});
+    // The suspension reaches the tokens service through the assets topic.
+    let check = format!("{transfer}/check");
+    let deadline = tokio::time::Instant::now() + p.patience;
+    loop {
+        let (status, body) = p.post(&check, one.clone()).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        if body["code"] == "asset_suspended" {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the suspension never reached the tokens service: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let head = p.get("/v1/ledger/head").await.1;
+    let brokers = &stack.backends.kafka_brokers;
+    let topics = libertum_events::Topics::default();
+    let before = (
+        consumed(&p, "/v1/tokens", "tokens", &topics.assets).await,
+        consumed(&p, "/v1/ledger", "ledger", &topics.tokens).await,
+    );
+    let copies = (
+        republish(brokers, &topics.assets).await,
+        republish(brokers, &topics.tokens).await,
+    );
+    assert!(
+        copies.0 >= 4 && copies.1 >= 20,
+        "the backlog was copied: {copies:?}"
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = (
+            consumed(&p, "/v1/tokens", "tokens", &topics.assets).await,
+            consumed(&p, "/v1/ledger", "ledger", &topics.tokens).await,
+        );
+        if now.0 >= before.0 + copies.0 && now.1 >= before.1 + copies.1 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the backlog was not consumed: {now:?} of {before:?} + {copies:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (status, body) = p.post(&transfer, one).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (StatusCode::CONFLICT, Some("asset_suspended")),
+        "the re-published approval did not reactivate the asset: {body}"
+    );
+    assert_eq!(
+        p.get("/v1/ledger/head").await.1,
+        head,
+        "the ledger recorded nothing twice"
+    );
+    exactly_once(&p, &f, 20).await;
     p.stop().await;
 }
 

@@ -9,6 +9,11 @@
 //!   concurrency).
 //! - `idempotency`: `{_id: key, fingerprint, status, body, created_at}`.
 //! - `checkpoints`: `{_id: name, position}`.
+//! - `snapshots`: the latest snapshot of the service's state, in chunks of at most
+//!   [`SNAPSHOT_CHUNK`] bytes (`{_id, snapshot, i, data}`, a snapshot being larger than a
+//!   document may be), and `{_id: "latest", snapshot, position, chunks, bytes}`, written after
+//!   every chunk of its snapshot: a save interrupted before it leaves the previous one latest,
+//!   and its chunks are deleted by the next save.
 //!
 //! A commit writes its events, idempotency records and checkpoints in one multi-document
 //! transaction with the configured write concern (majority by default): all of it or none.
@@ -84,6 +89,7 @@ pub struct MongoStore {
     events: Collection<Document>,
     idempotency: Collection<Document>,
     checkpoints: Collection<Document>,
+    snapshots: Collection<Document>,
     write_concern: WriteConcern,
     read_concern: ReadConcern,
     name: String,
@@ -117,6 +123,7 @@ impl MongoStore {
             events: db.collection("events"),
             idempotency: db.collection("idempotency"),
             checkpoints: db.collection("checkpoints"),
+            snapshots: db.collection("snapshots"),
             db,
             client,
             write_concern,
@@ -154,6 +161,19 @@ impl MongoStore {
                 IndexModel::builder()
                     .keys(doc! {"created_at": 1})
                     .options(by_age)
+                    .build(),
+            )
+            .await
+            .map_err(StoreError::backend)?;
+        self.snapshots
+            .create_index(
+                IndexModel::builder()
+                    .keys(doc! {"snapshot": 1, "i": 1})
+                    .options(
+                        IndexOptions::builder()
+                            .name("snapshot_chunks".to_owned())
+                            .build(),
+                    )
                     .build(),
             )
             .await
@@ -280,6 +300,15 @@ fn event_document(position: u64, bytes: &[u8]) -> Result<Document, StoreError> {
 }
 
 const DUPLICATE_KEY: i32 = 11000;
+
+/// The most bytes of a snapshot one document holds (a document is at most 16 MiB).
+pub const SNAPSHOT_CHUNK: usize = 4 * 1024 * 1024;
+
+/// A whole number stored in a document, whatever integer width the server returns.
+fn whole(d: &Document, field: &str) -> Result<u64, StoreError> {
+    position(d.get(field))
+        .map_err(|_| StoreError::Backend(format!("snapshot field {field} is not a count")))
+}
 
 /// A duplicate key means another writer got there first: the caller's head is stale.
 fn conflict_or_backend(e: mongodb::error::Error, expected: u64) -> StoreError {
@@ -419,6 +448,91 @@ impl EventStore for MongoStore {
             .await
             .map_err(StoreError::backend)?;
         Ok(())
+    }
+
+    async fn save_snapshot(&self, position: u64, bytes: Vec<u8>) -> Result<(), StoreError> {
+        use mongodb::bson::{Binary, spec::BinarySubtype};
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        // Each save has its own name: chunks of an interrupted one are never read.
+        let snapshot = format!("{position:020}-{nanos}");
+        let chunks = bytes.chunks(SNAPSHOT_CHUNK).count();
+        for (i, chunk) in bytes.chunks(SNAPSHOT_CHUNK).enumerate() {
+            self.snapshots
+                .insert_one(doc! {
+                    "_id": format!("{snapshot}:{i:06}"),
+                    "snapshot": &snapshot,
+                    "i": to_i64(i as u64)?,
+                    "data": Binary { subtype: BinarySubtype::Generic, bytes: chunk.to_vec() },
+                })
+                .await
+                .map_err(StoreError::backend)?;
+        }
+        self.snapshots
+            .update_one(
+                doc! {"_id": "latest"},
+                doc! {"$set": {
+                    "snapshot": &snapshot,
+                    "position": to_i64(position)?,
+                    "chunks": to_i64(chunks as u64)?,
+                    "bytes": to_i64(bytes.len() as u64)?,
+                }},
+            )
+            .upsert(true)
+            .await
+            .map_err(StoreError::backend)?;
+        self.snapshots
+            .delete_many(doc! {"_id": {"$ne": "latest"}, "snapshot": {"$ne": &snapshot}})
+            .await
+            .map_err(StoreError::backend)?;
+        Ok(())
+    }
+
+    async fn latest_snapshot(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        use futures::TryStreamExt;
+        let Some(latest) = self
+            .snapshots
+            .find_one(doc! {"_id": "latest"})
+            .await
+            .map_err(StoreError::backend)?
+        else {
+            return Ok(None);
+        };
+        let snapshot = latest.get_str("snapshot").map_err(StoreError::backend)?;
+        let (at, chunks, size) = (
+            whole(&latest, "position")?,
+            whole(&latest, "chunks")?,
+            whole(&latest, "bytes")?,
+        );
+        let mut cursor = self
+            .snapshots
+            .find(doc! {"_id": {"$ne": "latest"}, "snapshot": snapshot})
+            .sort(doc! {"i": 1})
+            .await
+            .map_err(StoreError::backend)?;
+        let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+        let mut read = 0u64;
+        while let Some(chunk) = cursor.try_next().await.map_err(StoreError::backend)? {
+            if whole(&chunk, "i")? != read {
+                return Err(StoreError::Backend(format!(
+                    "snapshot {snapshot}: chunk {read} is missing"
+                )));
+            }
+            bytes.extend_from_slice(
+                chunk
+                    .get_binary_generic("data")
+                    .map_err(StoreError::backend)?,
+            );
+            read += 1;
+        }
+        if read != chunks || bytes.len() as u64 != size {
+            return Err(StoreError::Backend(format!(
+                "snapshot {snapshot} is incomplete: {read} of {chunks} chunks, {} of {size} bytes",
+                bytes.len()
+            )));
+        }
+        Ok(Some((at, bytes)))
     }
 
     fn watch_head(&self) -> watch::Receiver<u64> {

@@ -15,7 +15,9 @@ use libertum_platform::{
     health::{Check, Probe},
     limit::{MemoryLimiter, RateLimiter},
 };
-use libertum_store::{Cache, Consumer, EventBus, EventStore, MemoryCache, RedbStore, StateMachine};
+use libertum_store::{
+    Cache, Consumer, EventBus, EventStore, MemoryCache, RedbStore, SnapshotPolicy, StateMachine,
+};
 use tokio::{sync::watch, task::JoinHandle};
 
 use crate::{KafkaBus, KafkaSettings, MongoSettings, MongoStore, RedisCache, Relay};
@@ -27,6 +29,16 @@ pub struct Backends {
     /// Rate-limit counters: in Redis with the cache, or in memory.
     pub limiter: Arc<dyn RateLimiter>,
     pub probes: Vec<Probe>,
+    /// When the service snapshots its state.
+    pub snapshots: SnapshotPolicy,
+}
+
+/// The snapshot policy the settings give.
+pub fn snapshot_policy(settings: &Settings) -> SnapshotPolicy {
+    SnapshotPolicy {
+        every_events: settings.snapshot_every_events,
+        interval: Duration::from_secs(settings.snapshot_interval_seconds),
+    }
 }
 
 /// Opens `service`'s store (MongoDB database `{prefix}_{service}`, or `{data_dir}/{service}.redb`)
@@ -70,6 +82,7 @@ pub async fn backends(settings: &Settings, service: &str) -> anyhow::Result<Back
         cache,
         limiter,
         probes,
+        snapshots: snapshot_policy(settings),
     })
 }
 

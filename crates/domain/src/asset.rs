@@ -345,7 +345,7 @@ fn validate_document(doc: &DocumentForCreate) -> Result<DocumentForCreate> {
 }
 
 /// Every asset, in registration order.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct Registry {
     assets: FxHashMap<Id, Asset>,
     order: Vec<Id>,

@@ -204,7 +204,7 @@ fn stream_of(event_type: &str, subject: &str) -> String {
 
 /// The ledger's state: the chain head, how far each subject's stream is recorded, and every
 /// account's balance history.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Journal {
     head_seq: u64,
     head_hash: [u8; 32],

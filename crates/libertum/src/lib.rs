@@ -68,9 +68,20 @@ impl Application {
         let (assets_store, tokens_store) =
             (assets_backends.store.clone(), tokens_backends.store.clone());
 
-        let assets = Assets::open(assets_store.clone(), assets_backends.cache).await?;
-        let tokens = Tokens::open(tokens_store.clone(), tokens_backends.cache).await?;
-        let ledger = Ledger::open(ledger_backends.store, tokens_url).await?;
+        let assets = Assets::open(
+            assets_store.clone(),
+            assets_backends.cache,
+            assets_backends.snapshots,
+        )
+        .await?;
+        let tokens = Tokens::open(
+            tokens_store.clone(),
+            tokens_backends.cache,
+            tokens_backends.snapshots,
+        )
+        .await?;
+        let ledger =
+            Ledger::open(ledger_backends.store, tokens_url, ledger_backends.snapshots).await?;
 
         let mut background = Background::default();
         let topics = settings.backends.topics.clone();

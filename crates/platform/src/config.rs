@@ -37,6 +37,16 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
         "how often the ledger re-verifies its whole hash chain as stored, for the libertum_ledger_chain_valid metric; 0 never",
     ),
     (
+        "LIBERTUM_SNAPSHOT_EVERY_EVENTS",
+        "50000",
+        "each service writes a snapshot of its state after this many events, so that a start reads the snapshot and only the events after it; 0 not on a count",
+    ),
+    (
+        "LIBERTUM_SNAPSHOT_INTERVAL_SECONDS",
+        "300",
+        "each service also writes a snapshot this long after the last one if any event came since; 0 not on time",
+    ),
+    (
         "LIBERTUM_CACHE_ENTRIES",
         "100000",
         "capacity of the in-memory read cache",
@@ -195,6 +205,9 @@ pub struct Settings {
     pub idempotency_retention_hours: u64,
     /// Seconds between the ledger's verifications of its chain; 0: never.
     pub ledger_verify_interval_seconds: u64,
+    /// Events after which, and seconds after which, a service snapshots its state; 0: never.
+    pub snapshot_every_events: u64,
+    pub snapshot_interval_seconds: u64,
     pub cache_entries: usize,
     pub backends: Backends,
     pub auth: crate::auth::AuthSettings,
@@ -292,6 +305,9 @@ impl Settings {
             number("LIBERTUM_IDEMPOTENCY_RETENTION_HOURS", 1, 24 * 365);
         let ledger_verify_interval_seconds =
             number("LIBERTUM_LEDGER_VERIFY_INTERVAL_SECONDS", 0, 7 * 24 * 3600);
+        let snapshot_every_events = number("LIBERTUM_SNAPSHOT_EVERY_EVENTS", 0, 1_000_000_000);
+        let snapshot_interval_seconds =
+            number("LIBERTUM_SNAPSHOT_INTERVAL_SECONDS", 0, 7 * 24 * 3600);
         let cache_entries = number("LIBERTUM_CACHE_ENTRIES", 1, 100_000_000) as usize;
         let kafka_partitions = number("LIBERTUM_KAFKA_TOPIC_PARTITIONS", 1, 10_000) as i32;
         let kafka_replication = number("LIBERTUM_KAFKA_TOPIC_REPLICATION", 1, 100) as i32;
@@ -494,6 +510,8 @@ impl Settings {
             tokens_url: tokens_url.trim_end_matches('/').to_owned(),
             idempotency_retention_hours,
             ledger_verify_interval_seconds,
+            snapshot_every_events,
+            snapshot_interval_seconds,
             cache_entries,
             backends,
             auth,
@@ -515,6 +533,8 @@ impl Settings {
             tokens_url: String::new(),
             idempotency_retention_hours: 24,
             ledger_verify_interval_seconds: 0,
+            snapshot_every_events: 50_000,
+            snapshot_interval_seconds: 300,
             cache_entries: 10_000,
             backends: Backends::default(),
             auth: crate::auth::AuthSettings {

@@ -135,9 +135,43 @@ pub async fn event_store(open: Open) {
     assert_eq!(store.idempotency("k-1").await.unwrap(), None);
     assert!(store.idempotency("k-3").await.unwrap().is_some());
 
+    // Snapshots: none at first, then the latest one replaces the one before, byte for byte,
+    // whatever its size (larger than a MongoDB document).
+    assert_eq!(
+        store.latest_snapshot().await.unwrap(),
+        None,
+        "no snapshot yet"
+    );
+    store
+        .save_snapshot(1, b"state at 1".to_vec())
+        .await
+        .unwrap();
+    let big: Vec<u8> = (0..20 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    store.save_snapshot(2, big.clone()).await.unwrap();
+    let latest = store.latest_snapshot().await.unwrap();
+    assert!(
+        latest.as_ref().is_some_and(|(p, b)| *p == 2 && *b == big),
+        "the latest snapshot comes back whole: {:?}",
+        latest.map(|(p, b)| (p, b.len()))
+    );
+    store
+        .save_snapshot(2, b"small again".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(
+        store.latest_snapshot().await.unwrap(),
+        Some((2, b"small again".to_vec())),
+        "a new snapshot at the same position replaces the old one"
+    );
+
     // Everything survives reopening.
     drop(store);
     let store = open().await;
+    assert_eq!(
+        store.latest_snapshot().await.unwrap(),
+        Some((2, b"small again".to_vec())),
+        "the snapshot survives reopening"
+    );
     assert_eq!(
         store.head().await.unwrap(),
         2,

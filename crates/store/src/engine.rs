@@ -4,14 +4,17 @@
 //! Commands queue on a channel; the writer takes everything queued (up to [`MAX_GROUP`]), decides
 //! each against the state, commits all of it in one durable write, and only then answers. The
 //! state's write lock is held until the commit is durable and caches are invalidated, so no reader
-//! ever sees a change that is not on disk. If a commit fails the writer rebuilds the state from
-//! the log and answers 503 for that group (409 if another writer appended first): nothing
-//! acknowledged is lost, nothing lost is shown.
+//! ever sees a change that is not on disk. If a commit fails the writer restores the state from
+//! the latest snapshot and the log after it, and answers 503 for that group (409 if another
+//! writer appended first): nothing acknowledged is lost, nothing lost is shown.
+//!
+//! The state starts from the latest snapshot and the events after it; a background task writes
+//! a new snapshot when the [`SnapshotPolicy`] says one is due (see `snapshot.rs`).
 
 use std::{
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::Instant,
 };
@@ -21,6 +24,8 @@ use libertum_domain as domain;
 use libertum_events::CloudEvent;
 use rustc_hash::FxHashMap;
 use serde::{Serialize, de::DeserializeOwned};
+
+use crate::snapshot::{self, SnapshotPolicy};
 use time::OffsetDateTime;
 use tokio::sync::{RwLock, RwLockReadGuard, mpsc, oneshot};
 
@@ -44,8 +49,8 @@ pub struct Described<'a> {
     pub time: OffsetDateTime,
 }
 
-/// A service's state, changed only by its own events.
-pub trait StateMachine: Default + Send + Sync + 'static {
+/// A service's state, changed only by its own events; serialisable, for snapshots.
+pub trait StateMachine: Default + Send + Sync + Serialize + DeserializeOwned + 'static {
     type Command: Send + 'static;
     type Event: Serialize + DeserializeOwned + Send + Sync + 'static;
     /// The CloudEvents `source` of this service's events.
@@ -108,12 +113,36 @@ struct Job<S: StateMachine> {
     done: oneshot::Sender<Vec<Outcome>>,
 }
 
+/// The state with the writer's bookkeeping, under one lock: whoever reads it sees the three
+/// agree with one position of the log.
+struct Held<S> {
+    state: S,
+    versions: Versions,
+    /// The position of the last event applied.
+    head: u64,
+    /// The latest event time, so new events never get an earlier one after a restart.
+    last_time: OffsetDateTime,
+}
+
+impl<S: Default> Default for Held<S> {
+    fn default() -> Self {
+        Held {
+            state: S::default(),
+            versions: Versions::default(),
+            head: 0,
+            last_time: OffsetDateTime::UNIX_EPOCH,
+        }
+    }
+}
+
 struct Inner<S: StateMachine> {
-    state: RwLock<S>,
+    held: RwLock<Held<S>>,
     store: Arc<dyn EventStore>,
     cache: Option<Arc<dyn Cache>>,
     service: &'static str,
     healthy: AtomicBool,
+    /// The position of the latest snapshot saved or restored.
+    snapshot_at: AtomicU64,
 }
 
 /// A handle on one service's state and writer; cheap to clone.
@@ -121,6 +150,8 @@ pub struct Engine<S: StateMachine> {
     inner: Arc<Inner<S>>,
     tx: mpsc::Sender<Job<S>>,
     writer: Arc<parking_lot::Mutex<Option<tokio::task::JoinHandle<()>>>>,
+    /// Stops the snapshot task.
+    stop: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl<S: StateMachine> Clone for Engine<S> {
@@ -129,43 +160,74 @@ impl<S: StateMachine> Clone for Engine<S> {
             inner: self.inner.clone(),
             tx: self.tx.clone(),
             writer: self.writer.clone(),
+            stop: self.stop.clone(),
         }
     }
 }
 
 /// Per-subject stream versions, the `subjectversion` of each event.
-type Versions = FxHashMap<String, u64>;
+pub(crate) type Versions = FxHashMap<String, u64>;
 
 impl<S: StateMachine> Engine<S> {
-    /// Rebuilds the state from `store`'s log, then starts the writer.
+    /// Restores the state from `store` (its latest snapshot and the events after it), then
+    /// starts the writer, with snapshots taken on the default policy.
     pub async fn start(
         service: &'static str,
         store: Arc<dyn EventStore>,
         cache: Option<Arc<dyn Cache>>,
     ) -> Result<Self, StoreError> {
-        let mut replayed = replay::<S>(store.as_ref()).await?;
-        let state = std::mem::take(&mut replayed.state);
-        let head = replayed.head;
-        tracing::info!(service, events = head, "state rebuilt from the log");
+        Self::start_with(service, store, cache, SnapshotPolicy::default()).await
+    }
+
+    /// [`Engine::start`], with snapshots taken when `policy` says.
+    pub async fn start_with(
+        service: &'static str,
+        store: Arc<dyn EventStore>,
+        cache: Option<Arc<dyn Cache>>,
+        policy: SnapshotPolicy,
+    ) -> Result<Self, StoreError> {
+        let started = Instant::now();
+        let (held, snapshot_at) = restore::<S>(service, store.as_ref()).await?;
+        tracing::info!(
+            service,
+            head = held.head,
+            snapshot = snapshot_at,
+            replayed = held.head - snapshot_at,
+            seconds = started.elapsed().as_secs_f64(),
+            "state restored"
+        );
         let inner = Arc::new(Inner {
-            state: RwLock::new(state),
+            held: RwLock::new(held),
             store,
             cache,
             service,
             healthy: AtomicBool::new(true),
+            snapshot_at: AtomicU64::new(snapshot_at),
         });
         let (tx, rx) = mpsc::channel(QUEUE);
-        let handle = tokio::spawn(writer(inner.clone(), rx, replayed));
+        let handle = tokio::spawn(writer(inner.clone(), rx));
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        if !policy.is_never() {
+            tokio::spawn(snapshots(Arc::downgrade(&inner), policy, stopped));
+        }
         Ok(Engine {
             inner,
             tx,
             writer: Arc::new(parking_lot::Mutex::new(Some(handle))),
+            stop: Arc::new(stop),
         })
+    }
+
+    /// Writes a snapshot of the state now (the background task does it when due); returns its
+    /// position.
+    pub async fn snapshot(&self) -> Result<u64, StoreError> {
+        take_snapshot(&self.inner).await
     }
 
     /// Drops this handle and, once every other handle is gone too, waits (up to five seconds)
     /// for the writer to finish what is queued and release the store.
     pub async fn close(self) {
+        self.stop.send_replace(true);
         let handle = self.writer.lock().take();
         let service = self.inner.service;
         let store = self.inner.store.clone();
@@ -209,7 +271,7 @@ impl<S: StateMachine> Engine<S> {
 
     /// Read access to the committed state.
     pub async fn read(&self) -> RwLockReadGuard<'_, S> {
-        self.inner.state.read().await
+        RwLockReadGuard::map(self.inner.held.read().await, |held| &held.state)
     }
 
     pub fn store(&self) -> &Arc<dyn EventStore> {
@@ -226,25 +288,16 @@ impl<S: StateMachine> Engine<S> {
     }
 }
 
-/// The state rebuilt from a log, with what the writer needs to continue it.
-struct Replayed<S> {
-    state: S,
-    versions: Versions,
-    head: u64,
-    /// The latest event time, so new events never get an earlier one after a restart.
-    last_time: OffsetDateTime,
-}
-
-async fn replay<S: StateMachine>(store: &dyn EventStore) -> Result<Replayed<S>, StoreError> {
-    let mut r = Replayed {
-        state: S::default(),
-        versions: Versions::default(),
-        head: 0,
-        last_time: OffsetDateTime::UNIX_EPOCH,
-    };
+/// Applies the events after `held.head` to `held`.
+async fn replay_tail<S: StateMachine>(
+    store: &dyn EventStore,
+    held: &mut Held<S>,
+) -> Result<(), StoreError> {
     loop {
-        let chunk = store.read(r.head, 4_096).await?;
-        let Some((last, _)) = chunk.last() else { break };
+        let chunk = store.read(held.head, 4_096).await?;
+        let Some((last, _)) = chunk.last() else {
+            return Ok(());
+        };
         let last = *last;
         for (position, bytes) in chunk {
             let envelope: CloudEvent = serde_json::from_slice(&bytes).map_err(|e| {
@@ -255,30 +308,127 @@ async fn replay<S: StateMachine>(store: &dyn EventStore) -> Result<Replayed<S>, 
                     "event at position {position} has unreadable data: {e}"
                 ))
             })?;
-            r.versions
+            held.versions
                 .insert(envelope.subject.clone(), envelope.subject_version());
-            r.last_time = r.last_time.max(S::describe(&event).time);
-            r.state.apply(&event);
+            held.last_time = held.last_time.max(S::describe(&event).time);
+            held.state.apply(&event);
         }
-        r.head = last;
+        held.head = last;
     }
-    Ok(r)
 }
 
-async fn writer<S: StateMachine>(
-    inner: Arc<Inner<S>>,
-    mut rx: mpsc::Receiver<Job<S>>,
-    mut replayed: Replayed<S>,
+/// The state as of the store's head: the latest snapshot and the events after it, or the whole
+/// log when there is no usable snapshot. Returns it with the snapshot's position (0 if none).
+async fn restore<S: StateMachine>(
+    service: &'static str,
+    store: &dyn EventStore,
+) -> Result<(Held<S>, u64), StoreError> {
+    let head = store.head().await?;
+    let from_snapshot = match store.latest_snapshot().await {
+        Ok(None) => None,
+        Ok(Some((position, _))) if position > head => {
+            fallback(
+                service,
+                position,
+                &format!("the log ends at {head}, before it"),
+            );
+            None
+        }
+        Ok(Some((position, bytes))) => match snapshot::decode::<S>(position, &bytes) {
+            Ok(restored) => Some(Held {
+                state: restored.state,
+                versions: restored.versions,
+                head: restored.position,
+                last_time: restored.last_time,
+            }),
+            Err(why) => {
+                fallback(service, position, &why);
+                None
+            }
+        },
+        Err(error) => {
+            fallback(service, 0, &format!("it could not be read: {error}"));
+            None
+        }
+    };
+    let mut held = from_snapshot.unwrap_or_default();
+    let snapshot_at = held.head;
+    replay_tail(store, &mut held).await?;
+    Ok((held, snapshot_at))
+}
+
+/// Says, loudly, that a snapshot is not used and the whole log is read instead.
+fn fallback(service: &'static str, position: u64, why: &str) {
+    tracing::error!(
+        service,
+        snapshot = position,
+        reason = why,
+        "the latest snapshot is unusable: rebuilding the state from the whole log"
+    );
+    metrics::counter!(m::SNAPSHOT_FALLBACKS, "service" => service).increment(1);
+}
+
+/// Encodes the state under the read lock (writers wait for that long) and saves it.
+async fn take_snapshot<S: StateMachine>(inner: &Inner<S>) -> Result<u64, StoreError> {
+    let started = Instant::now();
+    let (position, bytes) = {
+        let held = inner.held.read().await;
+        let bytes = snapshot::encode(held.head, held.last_time, &held.versions, &held.state)
+            .map_err(StoreError::Backend)?;
+        (held.head, bytes)
+    };
+    let size = bytes.len();
+    inner.store.save_snapshot(position, bytes).await?;
+    inner.snapshot_at.store(position, Ordering::Relaxed);
+    metrics::counter!(m::SNAPSHOTS, "service" => inner.service).increment(1);
+    metrics::gauge!(m::SNAPSHOT_BYTES, "service" => inner.service).set(size as f64);
+    metrics::histogram!(m::SNAPSHOT_SECONDS, "service" => inner.service)
+        .record(started.elapsed().as_secs_f64());
+    tracing::info!(
+        service = inner.service,
+        position,
+        bytes = size,
+        seconds = started.elapsed().as_secs_f64(),
+        "snapshot saved"
+    );
+    Ok(position)
+}
+
+/// Writes a snapshot whenever `policy` says one is due, until `stop` or the engine is gone.
+async fn snapshots<S: StateMachine>(
+    inner: std::sync::Weak<Inner<S>>,
+    policy: SnapshotPolicy,
+    mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
+    let mut last = Instant::now();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+            _ = stop.wait_for(|stop| *stop) => return,
+        }
+        let Some(inner) = inner.upgrade() else { return };
+        let head = *inner.store.watch_head().borrow();
+        let appended = head.saturating_sub(inner.snapshot_at.load(Ordering::Relaxed));
+        if !policy.due(appended, last.elapsed()) {
+            continue;
+        }
+        last = Instant::now();
+        if let Err(error) = take_snapshot(&inner).await {
+            // The log holds everything: a missed snapshot only makes the next start longer.
+            tracing::warn!(service = inner.service, %error, "snapshot not saved");
+        }
+    }
+}
+
+async fn writer<S: StateMachine>(inner: Arc<Inner<S>>, mut rx: mpsc::Receiver<Job<S>>) {
     let service = inner.service;
-    let mut versions = std::mem::take(&mut replayed.versions);
-    let (mut head, mut last_now) = (replayed.head, replayed.last_time);
     let mut jobs = Vec::with_capacity(MAX_GROUP);
     while rx.recv_many(&mut jobs, MAX_GROUP).await > 0 {
-        let mut state = inner.state.write().await;
+        let mut guard = inner.held.write().await;
+        let held = &mut *guard;
         let mut group = Group {
             commit: Commit {
-                expected_head: head,
+                expected_head: held.head,
                 ..Commit::default()
             },
             pending: FxHashMap::default(),
@@ -292,14 +442,14 @@ async fn writer<S: StateMachine>(
             let mut answers = Vec::with_capacity(submissions.len());
             for submission in submissions {
                 // Time never runs backwards inside one log, whatever the wall clock does.
-                last_now = OffsetDateTime::now_utc().max(last_now);
+                held.last_time = OffsetDateTime::now_utc().max(held.last_time);
                 answers.push(
                     run_one(
-                        &mut *state,
+                        &mut held.state,
                         submission,
-                        last_now,
+                        held.last_time,
                         &inner,
-                        &mut versions,
+                        &mut held.versions,
                         &mut group,
                     )
                     .await,
@@ -324,7 +474,7 @@ async fn writer<S: StateMachine>(
             let started = Instant::now();
             match inner.store.commit(commit).await {
                 Ok(()) => {
-                    head += appended;
+                    held.head += appended;
                     metrics::counter!(m::COMMITS, "service" => service).increment(1);
                     metrics::counter!(m::EVENTS_APPENDED, "service" => service).increment(appended);
                     metrics::histogram!(m::COMMIT_SECONDS, "service" => service)
@@ -342,8 +492,9 @@ async fn writer<S: StateMachine>(
         if let Some(error) = failure {
             // Memory is ahead of the log: nothing of this group stands. Everything in it is
             // answered 409 if another writer appended first, 503 otherwise (a consumer's batch is
-            // one job, so it fails or commits whole), and the state is rebuilt from the log.
-            tracing::error!(service, %error, "group commit failed; rebuilding the state from the log");
+            // one job, so it fails or commits whole), and the state is restored from the latest
+            // snapshot and the log after it.
+            tracing::error!(service, %error, "group commit failed; restoring the state from the latest snapshot and the log");
             inner.healthy.store(false, Ordering::Relaxed);
             let conflict = matches!(error, StoreError::Conflict { .. });
             for (_, answers) in &mut outcomes {
@@ -355,18 +506,25 @@ async fn writer<S: StateMachine>(
                     });
                 }
             }
-            match replay::<S>(inner.store.as_ref()).await {
-                Ok(fresh) => {
-                    *state = fresh.state;
-                    versions = fresh.versions;
-                    head = fresh.head;
-                    last_now = last_now.max(fresh.last_time);
+            let started = Instant::now();
+            match restore::<S>(service, inner.store.as_ref()).await {
+                Ok((fresh, snapshot_at)) => {
+                    tracing::info!(
+                        service,
+                        head = fresh.head,
+                        replayed = fresh.head - snapshot_at,
+                        seconds = started.elapsed().as_secs_f64(),
+                        "state restored after the failed commit"
+                    );
+                    let last_time = held.last_time.max(fresh.last_time);
+                    *held = fresh;
+                    held.last_time = last_time;
                     inner.healthy.store(true, Ordering::Relaxed);
                 }
                 Err(error) => {
                     // The state may show what the log does not hold: stop serving writes.
                     tracing::error!(service, %error, "cannot rebuild the state; the writer stops");
-                    drop(state);
+                    drop(guard);
                     for (done, answers) in outcomes {
                         let _ = done.send(answers);
                     }
@@ -374,7 +532,7 @@ async fn writer<S: StateMachine>(
                 }
             }
         }
-        drop(state);
+        drop(guard);
         for (done, answers) in outcomes {
             // The requester may have gone away; its effect stands either way.
             let _ = done.send(answers);

@@ -11,7 +11,7 @@ use super::*;
 use crate::{IdempotencyRecord, RedbStore, ports::EventStore};
 
 /// A counter that refuses to go above 10: the smallest state machine with a rule.
-#[derive(Default)]
+#[derive(Default, Serialize, Deserialize)]
 struct Counter(u64);
 
 #[derive(Clone, Serialize, Deserialize)]
@@ -67,6 +67,24 @@ struct Flaky {
     failing: AtomicBool,
     /// The most checkpoints one commit carried.
     most_checkpoints: AtomicUsize,
+    /// The `after` of every read, to see where a restore started.
+    reads_after: parking_lot::Mutex<Vec<u64>>,
+}
+
+impl Flaky {
+    fn open(dir: &std::path::Path, name: &str) -> Arc<Flaky> {
+        Arc::new(Flaky {
+            inner: RedbStore::open(dir, name).expect("open"),
+            failing: AtomicBool::new(false),
+            most_checkpoints: AtomicUsize::new(0),
+            reads_after: parking_lot::Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Where the reads since the last call started.
+    fn reads(&self) -> Vec<u64> {
+        std::mem::take(&mut *self.reads_after.lock())
+    }
 }
 
 #[async_trait]
@@ -80,6 +98,7 @@ impl EventStore for Flaky {
         self.inner.commit(commit).await
     }
     async fn read(&self, after: u64, max: usize) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        self.reads_after.lock().push(after);
         self.inner.read(after, max).await
     }
     async fn head(&self) -> Result<u64, StoreError> {
@@ -96,6 +115,12 @@ impl EventStore for Flaky {
     }
     async fn save_checkpoint(&self, name: &str, position: u64) -> Result<(), StoreError> {
         self.inner.save_checkpoint(name, position).await
+    }
+    async fn save_snapshot(&self, position: u64, bytes: Vec<u8>) -> Result<(), StoreError> {
+        self.inner.save_snapshot(position, bytes).await
+    }
+    async fn latest_snapshot(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        self.inner.latest_snapshot().await
     }
     fn watch_head(&self) -> watch::Receiver<u64> {
         self.inner.watch_head()
@@ -184,11 +209,7 @@ async fn a_retry_with_the_same_key_gets_the_first_response_and_another_body_is_r
 #[tokio::test]
 async fn a_failed_commit_answers_unavailable_and_shows_nothing_of_it() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = Arc::new(Flaky {
-        inner: RedbStore::open(dir.path(), "t").expect("open"),
-        failing: AtomicBool::new(false),
-        most_checkpoints: AtomicUsize::new(0),
-    });
+    let store = Flaky::open(dir.path(), "t");
     let engine = Engine::<Counter>::start("test", store.clone(), None)
         .await
         .expect("start");
@@ -265,11 +286,8 @@ async fn a_consumer_batch_that_fails_to_commit_is_applied_later_exactly_once() {
     let bus = InProcessBus::new();
     bus.attach("numbers", producer);
 
-    let store = Arc::new(Flaky {
-        inner: RedbStore::open(dir.path(), "consumer").expect("open"),
-        failing: AtomicBool::new(true),
-        most_checkpoints: AtomicUsize::new(0),
-    });
+    let store = Flaky::open(dir.path(), "consumer");
+    store.failing.store(true, Ordering::Relaxed);
     let engine = Engine::<Counter>::start("test", store.clone(), None)
         .await
         .expect("start");
@@ -317,4 +335,117 @@ async fn a_consumer_batch_that_fails_to_commit_is_applied_later_exactly_once() {
     );
     let _ = stop.send(true);
     running.await.expect("the consumer stops");
+}
+
+/// An engine on `store` that takes snapshots only when asked.
+async fn engine_on(store: Arc<Flaky>) -> Engine<Counter> {
+    Engine::<Counter>::start_with("test", store, None, SnapshotPolicy::NEVER)
+        .await
+        .expect("start")
+}
+
+#[tokio::test]
+async fn a_restart_reads_the_latest_snapshot_and_only_the_events_after_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Flaky::open(dir.path(), "t");
+    let engine = engine_on(store.clone()).await;
+    for _ in 0..4 {
+        engine.submit(add(1, None, "")).await.expect("applied");
+    }
+    assert_eq!(engine.snapshot().await.expect("snapshot"), 4);
+    engine.submit(add(2, None, "")).await.expect("applied");
+    engine.close().await;
+
+    store.reads();
+    let engine = engine_on(store.clone()).await;
+    assert_eq!(engine.read().await.0, 6, "snapshot (4) plus the tail (2)");
+    assert_eq!(
+        store.reads(),
+        [4, 5],
+        "the log was read from the snapshot on"
+    );
+    // The subject's version continues from the snapshot: the next event is the sixth.
+    engine.submit(add(1, None, "")).await.expect("applied");
+    let (_, last) = store.read(5, 1).await.unwrap().pop().expect("an event");
+    let event: CloudEvent = serde_json::from_slice(&last).unwrap();
+    assert_eq!((event.sequence(), event.subject_version()), (6, 6));
+}
+
+#[tokio::test]
+async fn a_corrupt_or_future_snapshot_is_not_used_and_the_whole_log_is() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Flaky::open(dir.path(), "t");
+    let engine = engine_on(store.clone()).await;
+    for _ in 0..3 {
+        engine.submit(add(1, None, "")).await.expect("applied");
+    }
+    engine.snapshot().await.expect("snapshot");
+    engine.close().await;
+
+    // A flipped byte, as a bad disk or a partial copy would leave it.
+    let (position, mut bytes) = store.latest_snapshot().await.unwrap().expect("saved");
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    store.save_snapshot(position, bytes).await.unwrap();
+    store.reads();
+    let engine = engine_on(store.clone()).await;
+    assert_eq!(engine.read().await.0, 3);
+    assert_eq!(store.reads().first(), Some(&0), "read from the beginning");
+    engine.close().await;
+
+    // A snapshot ahead of the log (a log restored from an older backup) is not trusted either.
+    store.save_snapshot(99, b"whatever".to_vec()).await.unwrap();
+    let engine = engine_on(store.clone()).await;
+    assert_eq!(engine.read().await.0, 3);
+    assert_eq!(store.reads().first(), Some(&0));
+}
+
+#[tokio::test]
+async fn a_failed_commit_restores_from_the_snapshot_not_from_the_beginning() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Flaky::open(dir.path(), "t");
+    let engine = engine_on(store.clone()).await;
+    for _ in 0..3 {
+        engine.submit(add(1, None, "")).await.expect("applied");
+    }
+    engine.snapshot().await.expect("snapshot");
+    engine.submit(add(1, None, "")).await.expect("applied");
+    store.failing.store(true, Ordering::Relaxed);
+    store.reads();
+    engine
+        .submit(add(5, None, ""))
+        .await
+        .expect_err("the commit fails");
+    assert_eq!(
+        engine.read().await.0,
+        4,
+        "restored: 3 from the snapshot, 1 after it"
+    );
+    assert_eq!(store.reads(), [3, 4], "from the snapshot's position on");
+}
+
+#[tokio::test]
+async fn snapshots_are_taken_in_the_background_when_the_policy_says() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Flaky::open(dir.path(), "t");
+    let policy = SnapshotPolicy {
+        every_events: 3,
+        interval: std::time::Duration::ZERO,
+    };
+    let engine = Engine::<Counter>::start_with("test", store.clone(), None, policy)
+        .await
+        .expect("start");
+    for _ in 0..3 {
+        engine.submit(add(1, None, "")).await.expect("applied");
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while store.latest_snapshot().await.unwrap().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no snapshot within 10 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let (position, _) = store.latest_snapshot().await.unwrap().unwrap();
+    assert_eq!(position, 3);
 }

@@ -13,6 +13,7 @@ mod engine;
 pub mod metrics;
 mod ports;
 mod redb_store;
+mod snapshot;
 
 pub use bus::InProcessBus;
 pub use cache::MemoryCache;
@@ -22,6 +23,7 @@ pub use ports::{
     Cache, Commit, Delivery, EventBus, EventStore, IdempotencyRecord, StoreError, Subscription,
 };
 pub use redb_store::RedbStore;
+pub use snapshot::SnapshotPolicy;
 
 /// Creates `dir` (and its parents) if missing; what it creates is its owner's only (0700):
 /// the data directory holds the stores and the development signing key.

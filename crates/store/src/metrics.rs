@@ -8,6 +8,10 @@ pub const EVENTS_CONSUMED: &str = "libertum_events_consumed_total";
 pub const EVENTS_REJECTED: &str = "libertum_events_rejected_total";
 pub const CONSUMER_LAG: &str = "libertum_consumer_lag_events";
 pub const CONSUMER_RETRIES: &str = "libertum_consumer_batch_retries_total";
+pub const SNAPSHOTS: &str = "libertum_snapshots_total";
+pub const SNAPSHOT_BYTES: &str = "libertum_snapshot_bytes";
+pub const SNAPSHOT_SECONDS: &str = "libertum_snapshot_duration_seconds";
+pub const SNAPSHOT_FALLBACKS: &str = "libertum_snapshot_fallbacks_total";
 pub const COMMANDS_REFUSED: &str = "libertum_commands_refused_total";
 
 /// Registers the descriptions once at start-up.
@@ -41,6 +45,21 @@ pub fn describe() {
     metrics::describe_counter!(
         CONSUMER_RETRIES,
         "consumer batches tried again because their commit failed, by consumer and topic"
+    );
+    metrics::describe_counter!(SNAPSHOTS, "snapshots of a service's state saved");
+    metrics::describe_gauge!(
+        SNAPSHOT_BYTES,
+        metrics::Unit::Bytes,
+        "size of a service's latest snapshot"
+    );
+    metrics::describe_histogram!(
+        SNAPSHOT_SECONDS,
+        metrics::Unit::Seconds,
+        "time to encode and save one snapshot"
+    );
+    metrics::describe_counter!(
+        SNAPSHOT_FALLBACKS,
+        "starts or restores that found the latest snapshot unusable and read the whole log"
     );
     metrics::describe_counter!(
         COMMANDS_REFUSED,

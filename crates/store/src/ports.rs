@@ -66,6 +66,12 @@ pub trait EventStore: Send + Sync + 'static {
     /// Stores a checkpoint outside the log, for a reader that is not the log's writer (the
     /// relay that publishes the log to Kafka). It does not move the head.
     async fn save_checkpoint(&self, name: &str, position: u64) -> Result<(), StoreError>;
+    /// Stores `bytes`, the state as of the event at `position`, as the latest snapshot, in one
+    /// atomic write; the snapshot it replaces is deleted. An interrupted save leaves the previous
+    /// snapshot the latest.
+    async fn save_snapshot(&self, position: u64, bytes: Vec<u8>) -> Result<(), StoreError>;
+    /// The latest snapshot saved, as `(position, bytes)`.
+    async fn latest_snapshot(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError>;
     /// The head after each commit, for readers that wait for new events.
     fn watch_head(&self) -> watch::Receiver<u64>;
     /// A short name for readiness reports.

@@ -11,6 +11,8 @@ use crate::ports::{Commit, EventStore, IdempotencyRecord, StoreError};
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 const IDEMPOTENCY: TableDefinition<&str, &[u8]> = TableDefinition::new("idempotency");
 const CHECKPOINTS: TableDefinition<&str, u64> = TableDefinition::new("checkpoints");
+/// The latest snapshot, keyed by its position (one row).
+const SNAPSHOTS: TableDefinition<u64, &[u8]> = TableDefinition::new("snapshots");
 
 /// A durable log in a redb file; every commit is fsynced before it returns.
 #[derive(Clone)]
@@ -45,6 +47,7 @@ impl RedbStore {
             tx.open_table(EVENTS).map_err(StoreError::backend)?;
             tx.open_table(IDEMPOTENCY).map_err(StoreError::backend)?;
             tx.open_table(CHECKPOINTS).map_err(StoreError::backend)?;
+            tx.open_table(SNAPSHOTS).map_err(StoreError::backend)?;
         }
         tx.commit().map_err(StoreError::backend)?;
         let head = last_position(&db)?;
@@ -193,6 +196,38 @@ impl EventStore for RedbStore {
                 .insert(name.as_str(), position)
                 .map_err(StoreError::backend)?;
             tx.commit().map_err(StoreError::backend)
+        })
+        .await
+        .map_err(StoreError::backend)?
+    }
+
+    async fn save_snapshot(&self, position: u64, bytes: Vec<u8>) -> Result<(), StoreError> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut tx = db.begin_write().map_err(StoreError::backend)?;
+            tx.set_durability(Durability::Immediate);
+            {
+                let mut table = tx.open_table(SNAPSHOTS).map_err(StoreError::backend)?;
+                table.retain(|_, _| false).map_err(StoreError::backend)?;
+                table
+                    .insert(position, bytes.as_slice())
+                    .map_err(StoreError::backend)?;
+            }
+            tx.commit().map_err(StoreError::backend)
+        })
+        .await
+        .map_err(StoreError::backend)?
+    }
+
+    async fn latest_snapshot(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || {
+            let tx = db.begin_read().map_err(StoreError::backend)?;
+            let table = tx.open_table(SNAPSHOTS).map_err(StoreError::backend)?;
+            Ok(table
+                .last()
+                .map_err(StoreError::backend)?
+                .map(|(k, v)| (k.value(), v.value().to_vec())))
         })
         .await
         .map_err(StoreError::backend)?

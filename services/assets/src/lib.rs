@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use libertum_events::{CloudEvent, TOKENS_SOURCE, Topics};
 use libertum_platform::health::{self, Probe};
-use libertum_store::{Cache, Consumer, Engine, EventBus, EventStore, StoreError, Verdict};
+use libertum_store::{
+    Cache, Consumer, Engine, EventBus, EventStore, SnapshotPolicy, StoreError, Verdict,
+};
 use utoipa_axum::router::OpenApiRouter;
 
 pub use state::AssetsState;
@@ -24,9 +26,10 @@ impl Assets {
     pub async fn open(
         store: Arc<dyn EventStore>,
         cache: Arc<dyn Cache>,
+        snapshots: SnapshotPolicy,
     ) -> Result<Self, StoreError> {
         Ok(Assets {
-            engine: Engine::start("assets", store, Some(cache)).await?,
+            engine: Engine::start_with("assets", store, Some(cache), snapshots).await?,
         })
     }
 

@@ -15,7 +15,9 @@ async fn run() -> anyhow::Result<()> {
     let settings = Settings::from_env()?;
     telemetry::init(&settings);
     let backends = wire::backends(&settings, "assets").await?;
-    let service = libertum_assets::Assets::open(backends.store.clone(), backends.cache).await?;
+    let service =
+        libertum_assets::Assets::open(backends.store.clone(), backends.cache, backends.snapshots)
+            .await?;
     let mut background = Background::default();
     let retention = std::time::Duration::from_secs(settings.idempotency_retention_hours * 3600);
     background.prune_idempotency(vec![backends.store.clone()], retention);

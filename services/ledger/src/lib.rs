@@ -11,7 +11,9 @@ use std::sync::Arc;
 use libertum_domain::{Id, asset, ledger, token};
 use libertum_events::{ASSETS_SOURCE, CloudEvent, TOKENS_SOURCE, Topics};
 use libertum_platform::health::{self, Probe};
-use libertum_store::{Consumer, Delivery, Engine, EventBus, EventStore, StoreError, Verdict};
+use libertum_store::{
+    Consumer, Delivery, Engine, EventBus, EventStore, SnapshotPolicy, StoreError, Verdict,
+};
 use utoipa_axum::router::OpenApiRouter;
 
 pub use state::LedgerState;
@@ -24,11 +26,15 @@ pub struct Ledger {
 
 impl Ledger {
     /// `tokens_url` is the tokens service's base URL, for reconciliation.
-    pub async fn open(store: Arc<dyn EventStore>, tokens_url: String) -> Result<Self, StoreError> {
+    pub async fn open(
+        store: Arc<dyn EventStore>,
+        tokens_url: String,
+        snapshots: SnapshotPolicy,
+    ) -> Result<Self, StoreError> {
         let _ = libertum_platform::http_metrics::recorder();
         audit::describe();
         Ok(Ledger {
-            engine: Engine::start("ledger", store, None).await?,
+            engine: Engine::start_with("ledger", store, None, snapshots).await?,
             tokens_url,
         })
     }

@@ -17,8 +17,12 @@ async fn run() -> anyhow::Result<()> {
     let settings = Settings::from_env()?;
     telemetry::init(&settings);
     let backends = wire::backends(&settings, "ledger").await?;
-    let service =
-        libertum_ledger::Ledger::open(backends.store.clone(), settings.tokens_url.clone()).await?;
+    let service = libertum_ledger::Ledger::open(
+        backends.store.clone(),
+        settings.tokens_url.clone(),
+        backends.snapshots,
+    )
+    .await?;
     let mut background = Background::default();
     match wire::kafka(&settings).await? {
         Some((kafka, bus)) => {

@@ -6,7 +6,7 @@ use time::OffsetDateTime;
 
 pub const LEDGER_SOURCE: &str = "/libertum/ledger";
 
-#[derive(Default)]
+#[derive(Default, serde::Serialize, serde::Deserialize)]
 pub struct LedgerState {
     pub journal: ledger::Journal,
     /// Every entry, in sequence order (`entries[seq - 1]`).

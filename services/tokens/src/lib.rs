@@ -11,7 +11,7 @@ use libertum_domain::{Id, asset, token};
 use libertum_events::{ASSETS_SOURCE, CloudEvent, Topics};
 use libertum_platform::health::{self, Probe};
 use libertum_store::{
-    Cache, Consumer, Delivery, Engine, EventBus, EventStore, StoreError, Verdict,
+    Cache, Consumer, Delivery, Engine, EventBus, EventStore, SnapshotPolicy, StoreError, Verdict,
 };
 use utoipa_axum::router::OpenApiRouter;
 
@@ -26,9 +26,10 @@ impl Tokens {
     pub async fn open(
         store: Arc<dyn EventStore>,
         cache: Arc<dyn Cache>,
+        snapshots: SnapshotPolicy,
     ) -> Result<Self, StoreError> {
         Ok(Tokens {
-            engine: Engine::start("tokens", store, Some(cache)).await?,
+            engine: Engine::start_with("tokens", store, Some(cache), snapshots).await?,
         })
     }
 

@@ -15,7 +15,9 @@ async fn run() -> anyhow::Result<()> {
     let settings = Settings::from_env()?;
     telemetry::init(&settings);
     let backends = wire::backends(&settings, "tokens").await?;
-    let service = libertum_tokens::Tokens::open(backends.store.clone(), backends.cache).await?;
+    let service =
+        libertum_tokens::Tokens::open(backends.store.clone(), backends.cache, backends.snapshots)
+            .await?;
     let retention = std::time::Duration::from_secs(settings.idempotency_retention_hours * 3600);
     let mut background = Background::default();
     background.prune_idempotency(vec![backends.store.clone()], retention);

@@ -14,7 +14,7 @@ pub struct Command {
     pub command: token::Command,
 }
 
-#[derive(Default)]
+#[derive(Default, serde::Serialize, serde::Deserialize)]
 pub struct TokensState(pub token::Book);
 
 impl StateMachine for TokensState {

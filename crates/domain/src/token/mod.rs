@@ -24,7 +24,7 @@ pub struct Context {
 }
 
 /// The tokens service's state: what it knows of assets, its token classes and investors.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Book {
     assets: FxHashMap<Id, AssetState>,
     /// The newest position of each asset's stream observed: older news of an asset (a relay
@@ -45,7 +45,7 @@ pub struct Book {
 }
 
 /// A distribution as paid: what was asked and who got how much.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PaidDistribution {
     pub spec: DistributionSpec,
     pub allocations: Vec<Allocation>,
@@ -54,7 +54,7 @@ pub struct PaidDistribution {
 }
 
 /// One change of one holder's balance.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct Movement {
     at: Timestamp,
     investor: Id,

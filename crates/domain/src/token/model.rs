@@ -166,7 +166,7 @@ fn month_of(t: Timestamp) -> (i32, u8) {
 }
 
 /// A token class and every holding in it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Token {
     pub spec: TokenSpec,
     pub rules: Rules,
@@ -273,7 +273,7 @@ impl InvestorProfile {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Investor {
     pub id: Id,
     pub profile: InvestorProfile,

@@ -32,7 +32,7 @@ pub async fn spawn() -> Server {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = Arc::new(libertum_store::RedbStore::open(dir.path(), "assets").expect("store"));
     let cache = Arc::new(libertum_store::MemoryCache::new(1000));
-    let assets = libertum_assets::Assets::open(store, cache)
+    let assets = libertum_assets::Assets::open(store, cache, Default::default())
         .await
         .expect("assets service");
     let (router, _) = utoipa_axum::router::OpenApiRouter::new()

@@ -28,9 +28,10 @@ pub async fn spawn() -> Server {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = Arc::new(libertum_store::RedbStore::open(dir.path(), "ledger").expect("store"));
     // Reconciliation is not exercised here; nothing listens on this address.
-    let ledger = libertum_ledger::Ledger::open(store, "http://127.0.0.1:9".into())
-        .await
-        .expect("ledger service");
+    let ledger =
+        libertum_ledger::Ledger::open(store, "http://127.0.0.1:9".into(), Default::default())
+            .await
+            .expect("ledger service");
     let (router, _) = utoipa_axum::router::OpenApiRouter::new()
         .nest("/v1/ledger", ledger.router())
         .split_for_parts();

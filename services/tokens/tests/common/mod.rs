@@ -33,7 +33,7 @@ pub async fn spawn() -> Server {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = Arc::new(libertum_store::RedbStore::open(dir.path(), "tokens").expect("store"));
     let cache = Arc::new(libertum_store::MemoryCache::new(1000));
-    let tokens = libertum_tokens::Tokens::open(store, cache)
+    let tokens = libertum_tokens::Tokens::open(store, cache, Default::default())
         .await
         .expect("tokens service");
     let (router, _) = utoipa_axum::router::OpenApiRouter::new()

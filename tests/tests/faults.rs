@@ -544,7 +544,18 @@ async fn a_republished_backlog_leaves_every_state_where_it_was() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let head = p.get("/v1/ledger/head").await.1;
+    // Every consumer has caught up (the ledger has recorded the suspension too): no lag, and
+    // the ledger's head stays put for a second.
+    lag_settles_at_zero(&p).await;
+    let mut head = p.get("/v1/ledger/head").await.1;
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = p.get("/v1/ledger/head").await.1;
+        if now == head {
+            break;
+        }
+        head = now;
+    }
     let brokers = &stack.backends.kafka_brokers;
     let topics = libertum_events::Topics::default();
     let before = (

@@ -147,3 +147,46 @@ async fn what_a_writer_killed_mid_transaction_wrote_is_never_read() {
     assert_eq!(log.len(), 1, "exactly the committed event: {log:?}");
     assert_eq!(again.head().await.unwrap(), 1);
 }
+
+/// A service killed while it saves a snapshot leaves chunks without a manifest: the previous
+/// snapshot stays the latest, and the next save deletes the orphans.
+#[tokio::test]
+async fn a_snapshot_save_interrupted_before_its_manifest_changes_nothing() {
+    use mongodb::bson::{Binary, Document, doc, spec::BinarySubtype};
+    let (_server, uri) = servers::mongo();
+    let settings = MongoSettings::new(&uri, "torn_snapshot");
+    let store = MongoStore::open(&settings).await.expect("open");
+    store
+        .save_snapshot(3, b"state at 3".to_vec())
+        .await
+        .unwrap();
+    let snapshots = store.database().collection::<Document>("snapshots");
+    // What a save killed after its first chunk leaves behind.
+    snapshots
+        .insert_one(doc! {
+            "_id": "00000000000000000009-1:000000",
+            "snapshot": "00000000000000000009-1",
+            "i": 0_i64,
+            "data": Binary { subtype: BinarySubtype::Generic, bytes: b"half of".to_vec() },
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        store.latest_snapshot().await.unwrap(),
+        Some((3, b"state at 3".to_vec())),
+        "the interrupted save is invisible"
+    );
+    store
+        .save_snapshot(9, b"state at 9".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(
+        store.latest_snapshot().await.unwrap(),
+        Some((9, b"state at 9".to_vec()))
+    );
+    assert_eq!(
+        snapshots.count_documents(doc! {}).await.unwrap(),
+        2,
+        "one chunk and the manifest: older and orphaned chunks are gone"
+    );
+}

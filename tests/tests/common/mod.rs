@@ -114,6 +114,9 @@ impl Product {
                 // The tests send far more than a person would; the limits have their own test.
                 .env("LIBERTUM_RATE_LIMIT_PER_PRINCIPAL", "0")
                 .env("LIBERTUM_RATE_LIMIT_PER_ADDRESS", "0")
+                // Snapshots all the time: every restart (a kill -9 among them) restores from a
+                // snapshot and a tail, and a kill may land in the middle of one.
+                .env("LIBERTUM_SNAPSHOT_EVERY_EVENTS", "20")
                 .env("LIBERTUM_KAFKA_BROKERS", &backends.kafka_brokers)
                 .env("LIBERTUM_MONGODB_URI", &backends.mongodb_uri)
                 .env(

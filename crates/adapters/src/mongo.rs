@@ -9,6 +9,8 @@
 //!   concurrency).
 //! - `idempotency`: `{_id: key, fingerprint, status, body, created_at}`.
 //! - `checkpoints`: `{_id: name, position}`.
+//! - `index_rows`: the service's index rows, `{_id: key, v: value}`; keys are strings, which MongoDB
+//!   (and the wire-compatible test server) order byte for byte.
 //! - `snapshots`: the latest snapshot of the service's state, in chunks of at most
 //!   [`SNAPSHOT_CHUNK`] bytes (`{_id, snapshot, i, data}`, a snapshot being larger than a
 //!   document may be), and `{_id: "latest", snapshot, position, chunks, bytes}`, written after
@@ -90,6 +92,7 @@ pub struct MongoStore {
     idempotency: Collection<Document>,
     checkpoints: Collection<Document>,
     snapshots: Collection<Document>,
+    index: Collection<Document>,
     write_concern: WriteConcern,
     read_concern: ReadConcern,
     name: String,
@@ -124,6 +127,7 @@ impl MongoStore {
             idempotency: db.collection("idempotency"),
             checkpoints: db.collection("checkpoints"),
             snapshots: db.collection("snapshots"),
+            index: db.collection("index_rows"),
             db,
             client,
             write_concern,
@@ -236,6 +240,24 @@ impl MongoStore {
                 })
                 .collect();
             self.idempotency
+                .insert_many(docs)
+                .session(&mut *session)
+                .await
+                .map_err(|e| conflict_or_backend(e, commit.expected_head))?;
+        }
+        if !commit.index.is_empty() {
+            use mongodb::bson::{Binary, spec::BinarySubtype};
+            let docs: Vec<Document> = commit
+                .index
+                .iter()
+                .map(|(key, value)| {
+                    doc! {
+                        "_id": key.as_str(),
+                        "v": Binary { subtype: BinarySubtype::Generic, bytes: value.clone() },
+                    }
+                })
+                .collect();
+            self.index
                 .insert_many(docs)
                 .session(&mut *session)
                 .await
@@ -448,6 +470,28 @@ impl EventStore for MongoStore {
             .await
             .map_err(StoreError::backend)?;
         Ok(())
+    }
+
+    async fn index_last(
+        &self,
+        low: &str,
+        high: &str,
+    ) -> Result<Option<(String, Vec<u8>)>, StoreError> {
+        let Some(row) = self
+            .index
+            .find_one(doc! {"_id": {"$gte": low, "$lte": high}})
+            .sort(doc! {"_id": -1})
+            .await
+            .map_err(StoreError::backend)?
+        else {
+            return Ok(None);
+        };
+        Ok(Some((
+            row.get_str("_id").map_err(StoreError::backend)?.to_owned(),
+            row.get_binary_generic("v")
+                .map_err(StoreError::backend)?
+                .clone(),
+        )))
     }
 
     async fn save_snapshot(&self, position: u64, bytes: Vec<u8>) -> Result<(), StoreError> {

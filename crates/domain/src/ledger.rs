@@ -193,17 +193,94 @@ pub fn postings_for(event: &TokenEvent) -> Vec<Posting> {
     }
 }
 
-/// A balance after an entry: `(seq, at, balance)`.
-type Point = (u64, Timestamp, i128);
-
 /// The stream an event belongs to: its family (`asset`, `token`) and subject.
 fn stream_of(event_type: &str, subject: &str) -> String {
     let family = event_type.split('.').nth(1).unwrap_or_default();
     format!("{family}/{subject}")
 }
 
+/// Keys of the ledger's index rows: the balance history and the token versions, read from the
+/// store by key instead of held in memory.
+///
+/// - `s|{unit}|{account}|{seq}`: the account's balance in `unit` after entry `seq`;
+/// - `t|{unit}|{account}|{at}|{seq}`: the same balance, ordered by the entry's time (nanoseconds
+///   since the epoch), for balances as of a moment;
+/// - `v|{token}|{version}`: the entry that took `token` to `version`.
+///
+/// Numbers are 20 digits with leading zeros, so that key order is numeric order; `%` and `|` in a
+/// component are escaped. Balances are stored as 16 bytes little-endian, sequence numbers as 8.
+pub mod keys {
+    use std::borrow::Cow;
+
+    use crate::Timestamp;
+
+    fn part(s: &str) -> Cow<'_, str> {
+        if s.contains(['%', '|']) {
+            Cow::Owned(s.replace('%', "%25").replace('|', "%7C"))
+        } else {
+            Cow::Borrowed(s)
+        }
+    }
+
+    /// Nanoseconds since the epoch, clamped to what the keys hold.
+    pub fn nanos(at: Timestamp) -> u64 {
+        u64::try_from(at.unix_timestamp_nanos().max(0)).unwrap_or(u64::MAX)
+    }
+
+    pub fn by_seq(unit: &str, account: &str, seq: u64) -> String {
+        format!("s|{}|{}|{seq:020}", part(unit), part(account))
+    }
+
+    pub fn by_time(unit: &str, account: &str, at: Timestamp, seq: u64) -> String {
+        format!(
+            "t|{}|{}|{:020}|{seq:020}",
+            part(unit),
+            part(account),
+            nanos(at)
+        )
+    }
+
+    /// The range whose greatest key is the account's balance after entry `seq`.
+    pub fn as_of_seq(unit: &str, account: &str, seq: u64) -> (String, String) {
+        (
+            format!("s|{}|{}|", part(unit), part(account)),
+            by_seq(unit, account, seq),
+        )
+    }
+
+    /// The range whose greatest key is the account's balance at the end of moment `at`.
+    pub fn as_of_time(unit: &str, account: &str, at: Timestamp) -> (String, String) {
+        (
+            format!("t|{}|{}|", part(unit), part(account)),
+            format!("t|{}|{}|{:020}|~", part(unit), part(account), nanos(at)),
+        )
+    }
+
+    pub fn version(token: &str, version: u64) -> String {
+        format!("v|{}|{version:020}", part(token))
+    }
+
+    pub fn balance_value(balance: i128) -> Vec<u8> {
+        balance.to_le_bytes().to_vec()
+    }
+
+    pub fn balance_of(value: &[u8]) -> Option<i128> {
+        Some(i128::from_le_bytes(value.try_into().ok()?))
+    }
+
+    pub fn seq_value(seq: u64) -> Vec<u8> {
+        seq.to_le_bytes().to_vec()
+    }
+
+    pub fn seq_of(value: &[u8]) -> Option<u64> {
+        Some(u64::from_le_bytes(value.try_into().ok()?))
+    }
+}
+
 /// The ledger's state: the chain head, how far each subject's stream is recorded, and every
-/// account's balance history.
+/// account's latest balance. Balances at earlier points and the entries themselves are read from
+/// the store ([`keys`] and the log), so memory grows with accounts and subjects, not with
+/// history.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Journal {
     head_seq: u64,
@@ -211,12 +288,15 @@ pub struct Journal {
     /// Per stream ([`stream_of`]), the latest subject version recorded: one number per subject,
     /// however long its history.
     streams: FxHashMap<String, u64>,
-    /// `(account, unit) -> balance after each entry that touched it`.
-    accounts: FxHashMap<(String, String), Vec<Point>>,
+    /// `(account, unit) -> balance after the latest entry that touched it`.
+    balances: FxHashMap<(String, String), i128>,
     /// Per unit, the accounts that ever held it.
     holders: FxHashMap<String, Vec<String>>,
-    /// Each token's versions as recorded: `(version, seq of its entry)`, in order.
-    token_versions: FxHashMap<Id, Vec<(u64, u64)>>,
+    /// Each token's latest version recorded.
+    token_versions: FxHashMap<Id, u64>,
+    /// Index rows of the entries applied since the last [`Journal::take_index`].
+    #[serde(skip)]
+    index: Vec<(String, Vec<u8>)>,
 }
 
 impl Default for Journal {
@@ -225,9 +305,10 @@ impl Default for Journal {
             head_seq: 0,
             head_hash: GENESIS,
             streams: FxHashMap::default(),
-            accounts: FxHashMap::default(),
+            balances: FxHashMap::default(),
             holders: FxHashMap::default(),
             token_versions: FxHashMap::default(),
+            index: Vec::new(),
         }
     }
 }
@@ -255,17 +336,7 @@ impl Journal {
 
     /// The latest version of `token_id` recorded, 0 if none.
     pub fn token_version(&self, token_id: &str) -> u64 {
-        self.token_versions
-            .get(token_id)
-            .and_then(|v| v.last())
-            .map_or(0, |(version, _)| *version)
-    }
-
-    /// The sequence number of the entry that took `token_id` to `version`.
-    pub fn seq_of_token_version(&self, token_id: &str, version: u64) -> Option<u64> {
-        let versions = self.token_versions.get(token_id)?;
-        let i = versions.binary_search_by_key(&version, |(v, _)| *v).ok()?;
-        Some(versions[i].1)
+        self.token_versions.get(token_id).copied().unwrap_or(0)
     }
 
     /// Turns an incoming event into the next entry. An event at or below the version of its
@@ -302,7 +373,8 @@ impl Journal {
         Ok(Some(entry))
     }
 
-    /// Applies an entry decided earlier (or read back from the store).
+    /// Applies an entry decided earlier (or read back from the store), and prepares its index
+    /// rows.
     pub fn apply(&mut self, entry: &Entry) {
         self.head_seq = entry.seq;
         if let Ok(bytes) = hex::decode(&entry.hash)
@@ -318,10 +390,9 @@ impl Journal {
             *stream = (*stream).max(entry.subject_version);
         }
         if let Some((token, version)) = &entry.token {
-            self.token_versions
-                .entry(token.clone())
-                .or_default()
-                .push((*version, entry.seq));
+            self.token_versions.insert(token.clone(), *version);
+            self.index
+                .push((keys::version(token, *version), keys::seq_value(entry.seq)));
         }
         for p in &entry.postings {
             let amount = p.amount.0 as i128;
@@ -332,29 +403,44 @@ impl Journal {
 
     fn move_balance(&mut self, account: &str, unit: &str, delta: i128, entry: &Entry) {
         let key = (account.to_owned(), unit.to_owned());
-        let points = self.accounts.entry(key).or_insert_with(|| {
+        let balance = self.balances.entry(key).or_insert_with(|| {
             self.holders
                 .entry(unit.to_owned())
                 .or_default()
                 .push(account.to_owned());
-            Vec::new()
+            0
         });
-        let before = points.last().map_or(0, |p| p.2);
         // Amounts are bounded by 10^36, so only an absurd history could reach the bound.
-        points.push((entry.seq, entry.at, before.saturating_add(delta)));
+        *balance = balance.saturating_add(delta);
+        let value = keys::balance_value(*balance);
+        // One entry may touch an account twice (a posting to itself): the last row wins.
+        self.index
+            .push((keys::by_seq(unit, account, entry.seq), value.clone()));
+        self.index
+            .push((keys::by_time(unit, account, entry.at, entry.seq), value));
     }
 
-    /// The balance of `account` in `unit` at `as_of`.
-    pub fn balance(&self, account: &str, unit: &str, as_of: AsOf) -> i128 {
-        let Some(points) = self.accounts.get(&(account.to_owned(), unit.to_owned())) else {
-            return 0;
-        };
-        let end = match as_of {
-            AsOf::Latest => points.len(),
-            AsOf::Seq(seq) => points.partition_point(|p| p.0 <= seq),
-            AsOf::Time(t) => points.partition_point(|p| p.1 <= t),
-        };
-        end.checked_sub(1).map_or(0, |i| points[i].2)
+    /// The index rows of the entries applied since the last call.
+    pub fn take_index(&mut self) -> Vec<(String, Vec<u8>)> {
+        let mut rows = std::mem::take(&mut self.index);
+        // A key written twice in one entry keeps its last value.
+        let mut seen = rustc_hash::FxHashSet::default();
+        let mut out = Vec::with_capacity(rows.len());
+        while let Some((key, value)) = rows.pop() {
+            if seen.insert(key.clone()) {
+                out.push((key, value));
+            }
+        }
+        out.reverse();
+        out
+    }
+
+    /// The latest balance of `account` in `unit`.
+    pub fn balance(&self, account: &str, unit: &str) -> i128 {
+        self.balances
+            .get(&(account.to_owned(), unit.to_owned()))
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Every account that ever held `unit`.
@@ -364,24 +450,9 @@ impl Journal {
 
     /// Every account and unit, with its latest balance.
     pub fn all_balances(&self) -> impl Iterator<Item = (&str, &str, i128)> {
-        self.accounts
+        self.balances
             .iter()
-            .map(|((a, u), points)| (a.as_str(), u.as_str(), points.last().map_or(0, |p| p.2)))
-    }
-
-    /// Investors' positive balances of `token_id` at `as_of`, sorted by investor.
-    pub fn cap_table(&self, token_id: &str, as_of: AsOf) -> Vec<(String, Amount)> {
-        let mut rows: Vec<(String, Amount)> = self
-            .accounts_of(token_id)
-            .iter()
-            .filter_map(|account| {
-                let investor = account.strip_prefix("investor:")?;
-                let balance = self.balance(account, token_id, as_of);
-                (balance > 0).then(|| (investor.to_owned(), Amount(balance.unsigned_abs())))
-            })
-            .collect();
-        rows.sort();
-        rows
+            .map(|((a, u), balance)| (a.as_str(), u.as_str(), *balance))
     }
 }
 
@@ -402,47 +473,79 @@ pub struct Broken {
     pub problem: String,
 }
 
-/// Walks entries in stored order, recomputing each hash; stops at the first broken one.
-pub fn verify(entries: impl IntoIterator<Item = Entry>) -> Verification {
-    let mut prev = GENESIS;
-    let mut expected = 1;
-    let mut checked = 0;
-    for entry in entries {
-        let problem = if entry.seq != expected {
+/// Walks entries in stored order, recomputing each hash, one at a time: what it holds does not
+/// grow with the chain.
+#[derive(Debug, Clone)]
+pub struct Verifier {
+    prev: [u8; 32],
+    expected: u64,
+    broken: Option<Broken>,
+}
+
+impl Default for Verifier {
+    fn default() -> Self {
+        Verifier {
+            prev: GENESIS,
+            expected: 1,
+            broken: None,
+        }
+    }
+}
+
+impl Verifier {
+    /// Checks the next entry; false once the chain is broken (later entries are not looked at).
+    pub fn push(&mut self, entry: &Entry) -> bool {
+        if self.broken.is_some() {
+            return false;
+        }
+        let problem = if entry.seq != self.expected {
             Some("sequence_gap")
-        } else if entry.prev_hash != hex::encode(prev) {
+        } else if entry.prev_hash != hex::encode(self.prev) {
             Some("prev_hash_mismatch")
         } else {
-            let hash = entry.compute_hash(&prev);
+            let hash = entry.compute_hash(&self.prev);
             if entry.hash != hex::encode(hash) {
                 Some("hash_mismatch")
             } else {
-                prev = hash;
+                self.prev = hash;
                 None
             }
         };
-        if let Some(problem) = problem {
-            return Verification {
-                valid: false,
-                entries_checked: checked,
-                head_seq: expected - 1,
-                head_hash: hex::encode(prev),
-                first_broken: Some(Broken {
+        match problem {
+            Some(problem) => {
+                self.broken = Some(Broken {
                     seq: entry.seq,
                     problem: problem.to_owned(),
-                }),
-            };
+                });
+                false
+            }
+            None => {
+                self.expected += 1;
+                true
+            }
         }
-        checked += 1;
-        expected += 1;
     }
-    Verification {
-        valid: true,
-        entries_checked: checked,
-        head_seq: expected - 1,
-        head_hash: hex::encode(prev),
-        first_broken: None,
+
+    pub fn finish(self) -> Verification {
+        Verification {
+            valid: self.broken.is_none(),
+            entries_checked: self.expected - 1,
+            head_seq: self.expected - 1,
+            head_hash: hex::encode(self.prev),
+            first_broken: self.broken,
+        }
     }
+}
+
+/// Verifies `entries` in stored order; stops at the first broken one.
+pub fn verify(entries: impl IntoIterator<Item = Entry>) -> Verification {
+    let mut verifier = Verifier::default();
+    for entry in entries {
+        if !verifier.push(&entry) {
+            break;
+        }
+    }
+    verifier.finish()
 }
 
 #[cfg(test)]
@@ -571,17 +674,51 @@ mod tests {
     }
 
     #[test]
-    fn balances_at_a_sequence_number_come_from_the_entries_before_it() {
-        let (journal, _) = journal_of(3);
-        assert_eq!(journal.balance("investor:a", "tok_1", AsOf::Seq(2)), 20);
-        assert_eq!(journal.balance("investor:a", "tok_1", AsOf::Latest), 30);
+    fn each_entry_leaves_the_balances_after_it_as_index_rows() {
+        let (mut journal, _) = journal_of(3);
+        assert_eq!(journal.balance("investor:a", "tok_1"), 30);
+        assert_eq!(journal.balance("issuance:tok_1", "tok_1"), -30);
+        let rows: FxHashMap<String, Vec<u8>> = journal.take_index().into_iter().collect();
+        for (seq, balance) in [(1u64, 10i128), (2, 20), (3, 30)] {
+            let value = &rows[&keys::by_seq("tok_1", "investor:a", seq)];
+            assert_eq!(keys::balance_of(value), Some(balance));
+            let at = datetime!(2026-01-01 00:00 UTC);
+            let value = &rows[&keys::by_time("tok_1", "investor:a", at, seq)];
+            assert_eq!(keys::balance_of(value), Some(balance));
+        }
         assert_eq!(
-            journal.balance("issuance:tok_1", "tok_1", AsOf::Latest),
-            -30
+            keys::balance_of(&rows[&keys::by_seq("tok_1", "issuance:tok_1", 2)]),
+            Some(-20)
         );
-        assert_eq!(
-            journal.cap_table("tok_1", AsOf::Seq(1)),
-            vec![("a".to_owned(), Amount(10))]
+        assert!(journal.take_index().is_empty(), "taken once");
+    }
+
+    #[test]
+    fn index_keys_sort_in_numeric_order_and_ranges_bound_them() {
+        let (low, high) = keys::as_of_seq("tok_1", "investor:a", 10);
+        let nine = keys::by_seq("tok_1", "investor:a", 9);
+        let ten = keys::by_seq("tok_1", "investor:a", 10);
+        let eleven = keys::by_seq("tok_1", "investor:a", 11);
+        let hundred = keys::by_seq("tok_1", "investor:a", 100);
+        assert!(low < nine && nine < ten && ten <= high && high < eleven && eleven < hundred);
+        // Another account whose name starts the same is outside the range.
+        let other = keys::by_seq("tok_1", "investor:ab", 1);
+        assert!(!(low <= other && other <= high));
+        let at = datetime!(2026-01-01 00:00 UTC);
+        let (low, high) = keys::as_of_time("tok_1", "investor:a", at);
+        let same_moment = keys::by_time("tok_1", "investor:a", at, 99);
+        let later = keys::by_time(
+            "tok_1",
+            "investor:a",
+            at + time::Duration::nanoseconds(1),
+            1,
+        );
+        assert!(low < same_moment && same_moment <= high && high < later);
+        // A separator inside a name cannot fake another key.
+        assert_ne!(
+            keys::by_seq("a|b", "c", 1),
+            keys::by_seq("a", "b|c", 1),
+            "components are escaped"
         );
     }
 
@@ -599,11 +736,9 @@ mod tests {
             journal.apply(&entry);
         }
         assert_eq!(journal.token_version("tok_1"), 3);
-        assert_eq!(journal.seq_of_token_version("tok_1", 2), Some(2));
-        assert_eq!(journal.seq_of_token_version("tok_1", 9), None);
-        // Reconciling at version 2 compares the balances as they were then.
-        let seq = journal.seq_of_token_version("tok_1", 2).expect("recorded");
-        assert_eq!(journal.balance("investor:a", "tok_1", AsOf::Seq(seq)), 20);
+        let rows: FxHashMap<String, Vec<u8>> = journal.take_index().into_iter().collect();
+        assert_eq!(keys::seq_of(&rows[&keys::version("tok_1", 2)]), Some(2));
+        assert!(!rows.contains_key(&keys::version("tok_1", 9)));
     }
 
     #[test]

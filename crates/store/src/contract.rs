@@ -43,6 +43,7 @@ pub async fn event_store(open: Open) {
             events: vec![event("e-1", "a"), event("e-2", "b")],
             idempotency: vec![("k-1".into(), record(1_000, "first"))],
             checkpoints: vec![("reader:topic".into(), 7)],
+            index: Vec::new(),
         })
         .await
         .expect("a commit at the expected head succeeds");
@@ -86,6 +87,7 @@ pub async fn event_store(open: Open) {
             events: vec![event("e-3", "a")],
             idempotency: vec![("k-2".into(), record(1_000, "stale"))],
             checkpoints: vec![("reader:topic".into(), 9)],
+            index: vec![("refused".into(), b"x".to_vec())],
         })
         .await;
     assert!(
@@ -134,6 +136,49 @@ pub async fn event_store(open: Open) {
     );
     assert_eq!(store.idempotency("k-1").await.unwrap(), None);
     assert!(store.idempotency("k-3").await.unwrap().is_some());
+
+    // Index rows commit with events, and the greatest key in a range comes back.
+    store
+        .commit(Commit {
+            expected_head: 2,
+            index: vec![
+                ("p|a|0001".into(), b"one".to_vec()),
+                ("p|a|0003".into(), b"three".to_vec()),
+                ("p|b|0002".into(), b"other".to_vec()),
+            ],
+            ..Commit::default()
+        })
+        .await
+        .expect("a commit of index rows");
+    let last = |low: &'static str, high: &'static str| {
+        let store = store.clone();
+        async move { store.index_last(low, high).await.unwrap() }
+    };
+    assert_eq!(
+        last("p|a|", "p|a|0002").await,
+        Some(("p|a|0001".into(), b"one".to_vec())),
+        "the greatest key at or below the bound"
+    );
+    assert_eq!(
+        last("p|a|", "p|a|0003").await,
+        Some(("p|a|0003".into(), b"three".to_vec())),
+        "the bound is inclusive"
+    );
+    assert_eq!(last("p|a|", "p|a|0000").await, None, "nothing at or below");
+    assert_eq!(last("p|c|", "p|c|~").await, None, "nothing in the range");
+    let stale = store
+        .commit(Commit {
+            expected_head: 1,
+            index: vec![("p|a|0002".into(), b"stale".to_vec())],
+            ..Commit::default()
+        })
+        .await;
+    assert!(matches!(stale, Err(StoreError::Conflict { .. })));
+    assert_eq!(
+        last("p|a|", "p|a|0002").await,
+        Some(("p|a|0001".into(), b"one".to_vec())),
+        "a refused commit writes no index row"
+    );
 
     // Snapshots: none at first, then the latest one replaces the one before, byte for byte,
     // whatever its size (larger than a MongoDB document).

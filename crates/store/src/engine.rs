@@ -67,6 +67,12 @@ pub trait StateMachine: Default + Send + Sync + Serialize + DeserializeOwned + '
     fn describe(event: &Self::Event) -> Described<'_>;
     /// Cache keys that `event` makes stale.
     fn invalidates(_event: &Self::Event, _keys: &mut Vec<String>) {}
+    /// The index rows (see [`crate::Commit::index`]) the events applied since the last call
+    /// produced. The engine commits those of a command with its events, and drops those of
+    /// events read back from the log, whose rows are already stored.
+    fn take_index(&mut self) -> Vec<(String, Vec<u8>)> {
+        Vec::new()
+    }
 }
 
 /// A response, as first given and as replayed for a retry with the same idempotency key.
@@ -312,6 +318,7 @@ async fn replay_tail<S: StateMachine>(
                 .insert(envelope.subject.clone(), envelope.subject_version());
             held.last_time = held.last_time.max(S::describe(&event).time);
             held.state.apply(&event);
+            held.state.take_index();
         }
         held.head = last;
     }
@@ -634,6 +641,7 @@ async fn run_one<S: StateMachine>(
         commit.events.push(envelope.to_bytes());
         S::invalidates(event, stale_keys);
     }
+    commit.index.extend(state.take_index());
     let reply = reply(state, &events);
     if let Some((key, fingerprint)) = idempotency {
         let record = IdempotencyRecord {

@@ -116,6 +116,13 @@ impl EventStore for Flaky {
     async fn save_checkpoint(&self, name: &str, position: u64) -> Result<(), StoreError> {
         self.inner.save_checkpoint(name, position).await
     }
+    async fn index_last(
+        &self,
+        low: &str,
+        high: &str,
+    ) -> Result<Option<(String, Vec<u8>)>, StoreError> {
+        self.inner.index_last(low, high).await
+    }
     async fn save_snapshot(&self, position: u64, bytes: Vec<u8>) -> Result<(), StoreError> {
         self.inner.save_snapshot(position, bytes).await
     }

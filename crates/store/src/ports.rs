@@ -33,7 +33,7 @@ pub struct IdempotencyRecord {
 }
 
 /// What one commit writes, atomically: new events appended at consecutive positions after
-/// `expected_head`, idempotency records and consumer checkpoints.
+/// `expected_head`, idempotency records, consumer checkpoints and index rows.
 #[derive(Debug, Default)]
 pub struct Commit {
     pub expected_head: u64,
@@ -41,11 +41,17 @@ pub struct Commit {
     pub idempotency: Vec<(String, IdempotencyRecord)>,
     /// At most one per name.
     pub checkpoints: Vec<(String, u64)>,
+    /// Rows of the service's index: history that is read by key rather than held in memory
+    /// (a balance after each entry, say). Keys are unique and never rewritten.
+    pub index: Vec<(String, Vec<u8>)>,
 }
 
 impl Commit {
     pub fn is_empty(&self) -> bool {
-        self.events.is_empty() && self.idempotency.is_empty() && self.checkpoints.is_empty()
+        self.events.is_empty()
+            && self.idempotency.is_empty()
+            && self.checkpoints.is_empty()
+            && self.index.is_empty()
     }
 }
 
@@ -66,6 +72,12 @@ pub trait EventStore: Send + Sync + 'static {
     /// Stores a checkpoint outside the log, for a reader that is not the log's writer (the
     /// relay that publishes the log to Kafka). It does not move the head.
     async fn save_checkpoint(&self, name: &str, position: u64) -> Result<(), StoreError>;
+    /// The index row with the greatest key in `low..=high` (keys compare as byte strings).
+    async fn index_last(
+        &self,
+        low: &str,
+        high: &str,
+    ) -> Result<Option<(String, Vec<u8>)>, StoreError>;
     /// Stores `bytes`, the state as of the event at `position`, as the latest snapshot, in one
     /// atomic write; the snapshot it replaces is deleted. An interrupted save leaves the previous
     /// snapshot the latest.

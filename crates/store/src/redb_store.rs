@@ -11,6 +11,8 @@ use crate::ports::{Commit, EventStore, IdempotencyRecord, StoreError};
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 const IDEMPOTENCY: TableDefinition<&str, &[u8]> = TableDefinition::new("idempotency");
 const CHECKPOINTS: TableDefinition<&str, u64> = TableDefinition::new("checkpoints");
+/// The service's index rows (see `Commit::index`).
+const INDEX: TableDefinition<&str, &[u8]> = TableDefinition::new("index_rows");
 /// The latest snapshot, keyed by its position (one row).
 const SNAPSHOTS: TableDefinition<u64, &[u8]> = TableDefinition::new("snapshots");
 
@@ -48,6 +50,7 @@ impl RedbStore {
             tx.open_table(IDEMPOTENCY).map_err(StoreError::backend)?;
             tx.open_table(CHECKPOINTS).map_err(StoreError::backend)?;
             tx.open_table(SNAPSHOTS).map_err(StoreError::backend)?;
+            tx.open_table(INDEX).map_err(StoreError::backend)?;
         }
         tx.commit().map_err(StoreError::backend)?;
         let head = last_position(&db)?;
@@ -90,6 +93,12 @@ impl RedbStore {
             for (name, position) in &commit.checkpoints {
                 checkpoints
                     .insert(name.as_str(), *position)
+                    .map_err(StoreError::backend)?;
+            }
+            let mut index = tx.open_table(INDEX).map_err(StoreError::backend)?;
+            for (key, value) in &commit.index {
+                index
+                    .insert(key.as_str(), value.as_slice())
                     .map_err(StoreError::backend)?;
             }
         }
@@ -199,6 +208,23 @@ impl EventStore for RedbStore {
         })
         .await
         .map_err(StoreError::backend)?
+    }
+
+    async fn index_last(
+        &self,
+        low: &str,
+        high: &str,
+    ) -> Result<Option<(String, Vec<u8>)>, StoreError> {
+        // A B-tree seek in the page cache: not worth a thread hop.
+        let tx = self.db.begin_read().map_err(StoreError::backend)?;
+        let table = tx.open_table(INDEX).map_err(StoreError::backend)?;
+        let last = table
+            .range(low..=high)
+            .map_err(StoreError::backend)?
+            .next_back()
+            .transpose()
+            .map_err(StoreError::backend)?;
+        Ok(last.map(|(k, v)| (k.value().to_owned(), v.value().to_vec())))
     }
 
     async fn save_snapshot(&self, position: u64, bytes: Vec<u8>) -> Result<(), StoreError> {

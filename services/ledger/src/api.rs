@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use crate::{reconcile, state::LedgerState};
+use crate::{history, reconcile, state::LedgerState};
 
 #[derive(Clone)]
 pub struct AppState {
@@ -134,8 +134,7 @@ async fn list_entries(
     let after = cursor_position(q.cursor.as_deref())? as usize;
     let from = parse_time("from", q.from.as_deref())?;
     let to = parse_time("to", q.to.as_deref())?;
-    let state = app.engine.read().await;
-    let matches = |e: &&ledger::Entry| {
+    let matches = |e: &ledger::Entry| {
         q.token_id.as_deref().is_none_or(|t| {
             e.subject == t
                 || e.token.as_ref().is_some_and(|(id, _)| id.as_str() == t)
@@ -147,18 +146,13 @@ async fn list_entries(
             && from.is_none_or(|f| e.at >= f)
             && to.is_none_or(|t| e.at < t)
     };
-    let mut items = Vec::with_capacity(limit);
-    let mut next = None;
-    for entry in state.entries.iter().skip(after).filter(matches) {
-        if items.len() == limit {
-            next = Some((entry.seq - 1).to_string());
-            break;
-        }
-        items.push(EntryView::from(entry));
-    }
+    // The entries are read from the log, in chunks: a page costs what it scans, never the
+    // whole history in memory.
+    let (found, next) =
+        history::entries(app.engine.store().as_ref(), after as u64, limit, matches).await?;
     Ok(axum::Json(EntryPage {
-        items,
-        next_cursor: next,
+        items: found.iter().map(EntryView::from).collect(),
+        next_cursor: next.map(|n| n.to_string()),
     }))
 }
 
@@ -171,10 +165,9 @@ async fn get_entry(
     Path(seq): Path<u64>,
 ) -> Result<axum::Json<EntryView>, ApiError> {
     principal.allow(Operation::LedgerRead)?;
-    let state = app.engine.read().await;
-    seq.checked_sub(1)
-        .and_then(|i| state.entries.get(i as usize))
-        .map(|e| axum::Json(EntryView::from(e)))
+    history::entry_at(app.engine.store().as_ref(), seq)
+        .await?
+        .map(|e| axum::Json(EntryView::from(&e)))
         .ok_or_else(|| ApiError::not_found("entry_not_found", format!("there is no entry {seq}")))
 }
 
@@ -247,8 +240,16 @@ async fn balance(
     }
     let at = parse_time("as_of", q.as_of.as_deref())?;
     let point = as_of(q.as_of_seq, at)?;
-    let state = app.engine.read().await;
-    let balance = state.journal.balance(&account, &q.unit, point);
+    let (reading, latest) = {
+        let state = app.engine.read().await;
+        (
+            history::Reading::new(point, state.journal.head().0),
+            state.journal.balance(&account, &q.unit),
+        )
+    };
+    let balance = reading
+        .balance(app.engine.store().as_ref(), &account, &q.unit, latest)
+        .await?;
     Ok(axum::Json(BalanceView {
         account,
         unit: q.unit,
@@ -294,29 +295,29 @@ async fn cap_table(
     principal.allow(Operation::LedgerRead)?;
     let at = parse_time("as_of", q.as_of.as_deref())?;
     let point = as_of(q.as_of_seq, at)?;
-    let state = app.engine.read().await;
-    Ok(axum::Json(ledger_cap_table(
-        &state.journal,
-        &token_id,
-        point,
-    )))
+    Ok(axum::Json(
+        ledger_cap_table(&app.engine, &token_id, point).await?,
+    ))
 }
 
-pub fn ledger_cap_table(journal: &ledger::Journal, token_id: &str, point: AsOf) -> LedgerCapTable {
-    let minted = -journal.balance(&format!("issuance:{token_id}"), token_id, point);
-    let redeemed = journal.balance(&format!("redemption:{token_id}"), token_id, point);
-    LedgerCapTable {
+/// A token's holders at `point`, from the journal and the ledger's index.
+pub async fn ledger_cap_table(
+    engine: &Engine<LedgerState>,
+    token_id: &str,
+    point: AsOf,
+) -> Result<LedgerCapTable, ApiError> {
+    let (total_supply, holders) = history::cap_table(engine, token_id, point).await?;
+    Ok(LedgerCapTable {
         token_id: token_id.to_owned(),
-        total_supply: Amount((minted - redeemed).max(0).unsigned_abs()),
-        holders: journal
-            .cap_table(token_id, point)
+        total_supply,
+        holders: holders
             .into_iter()
             .map(|(investor_id, balance)| LedgerHolder {
                 investor_id,
                 balance,
             })
             .collect(),
-    }
+    })
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -345,10 +346,12 @@ async fn verify(
 }
 
 /// Reads the entries back from the store, not from memory: what is verified is what is kept.
+/// The chain is walked as it is read, so memory does not grow with it.
 pub async fn verify_store(store: &dyn EventStore) -> Result<VerificationView, ApiError> {
-    let mut entries = Vec::new();
+    let mut verifier = ledger::Verifier::default();
     let mut after = 0;
-    loop {
+    let mut unreadable = None;
+    'read: loop {
         let chunk = store
             .read(after, 4_096)
             .await
@@ -356,32 +359,36 @@ pub async fn verify_store(store: &dyn EventStore) -> Result<VerificationView, Ap
         let Some((last, _)) = chunk.last() else { break };
         after = *last;
         for (position, bytes) in chunk {
-            let entry = serde_json::from_slice::<libertum_events::CloudEvent>(&bytes)
-                .ok()
-                .and_then(|e| e.data::<ledger::Entry>().ok());
-            match entry {
-                Some(entry) => entries.push(entry),
+            match history::entry(&bytes) {
+                Some(entry) => {
+                    if !verifier.push(&entry) {
+                        break 'read;
+                    }
+                }
                 None => {
-                    let partial = ledger::verify(entries);
-                    return Ok(VerificationView {
-                        valid: false,
-                        entries_checked: partial.entries_checked,
-                        head_seq: partial.head_seq,
-                        head_hash: partial.head_hash,
-                        first_broken_seq: partial.first_broken.map(|b| b.seq).or(Some(position)),
-                        problem: Some("unreadable".into()),
-                    });
+                    unreadable = Some(position);
+                    break 'read;
                 }
             }
         }
     }
-    let v = ledger::verify(entries);
-    Ok(VerificationView {
-        valid: v.valid,
-        entries_checked: v.entries_checked,
-        head_seq: v.head_seq,
-        head_hash: v.head_hash,
-        first_broken_seq: v.first_broken.as_ref().map(|b| b.seq),
-        problem: v.first_broken.map(|b| b.problem),
+    let v = verifier.finish();
+    Ok(match unreadable {
+        Some(position) if v.valid => VerificationView {
+            valid: false,
+            entries_checked: v.entries_checked,
+            head_seq: v.head_seq,
+            head_hash: v.head_hash,
+            first_broken_seq: Some(position),
+            problem: Some("unreadable".into()),
+        },
+        _ => VerificationView {
+            valid: v.valid,
+            entries_checked: v.entries_checked,
+            head_seq: v.head_seq,
+            head_hash: v.head_hash,
+            first_broken_seq: v.first_broken.as_ref().map(|b| b.seq),
+            problem: v.first_broken.map(|b| b.problem),
+        },
     })
 }

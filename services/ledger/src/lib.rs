@@ -3,6 +3,7 @@
 
 mod api;
 mod audit;
+mod history;
 mod reconcile;
 mod state;
 

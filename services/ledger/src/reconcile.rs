@@ -16,7 +16,10 @@ use libertum_platform::{
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use crate::api::{AppState, ledger_cap_table};
+use crate::{
+    api::{AppState, ledger_cap_table},
+    history,
+};
 
 /// How long to wait for the ledger to catch up with a token's latest version.
 const CATCH_UP: Duration = Duration::from_secs(5);
@@ -201,18 +204,21 @@ async fn reconcile_one(
     let version = theirs.version.unwrap_or(0);
     let deadline = tokio::time::Instant::now() + CATCH_UP;
     loop {
-        let state = app.engine.read().await;
-        let ledger_version = state.journal.token_version(token_id);
+        let ledger_version = app.engine.read().await.journal.token_version(token_id);
         // Events of a token reach the ledger in order, so the ledger's cap table as of the entry
         // that took the token to the tokens service's version must be the same. If the ledger
         // is ahead (the token moved since), that earlier point is still the one to compare.
         let reached = ledger_version >= version;
         if reached || tokio::time::Instant::now() >= deadline {
-            let point = match state.journal.seq_of_token_version(token_id, version) {
-                Some(seq) if reached => AsOf::Seq(seq),
-                _ => AsOf::Latest,
+            let seq = match reached {
+                true => {
+                    history::seq_of_token_version(app.engine.store().as_ref(), token_id, version)
+                        .await?
+                }
+                false => None,
             };
-            let ours = ledger_cap_table(&state.journal, token_id, point);
+            let point = seq.map_or(AsOf::Latest, AsOf::Seq);
+            let ours = ledger_cap_table(&app.engine, token_id, point).await?;
             let mut differences = Vec::new();
             let mut all: Vec<&str> = theirs
                 .holders
@@ -258,7 +264,6 @@ async fn reconcile_one(
                 differences,
             });
         }
-        drop(state);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -6,11 +6,12 @@ use time::OffsetDateTime;
 
 pub const LEDGER_SOURCE: &str = "/libertum/ledger";
 
+/// The journal: the chain head, each subject's version and every account's latest balance.
+/// The entries are the log itself (an entry's sequence number is its position), and earlier
+/// balances are index rows: neither is held in memory.
 #[derive(Default, serde::Serialize, serde::Deserialize)]
 pub struct LedgerState {
     pub journal: ledger::Journal,
-    /// Every entry, in sequence order (`entries[seq - 1]`).
-    pub entries: Vec<ledger::Entry>,
 }
 
 impl StateMachine for LedgerState {
@@ -33,7 +34,10 @@ impl StateMachine for LedgerState {
 
     fn apply(&mut self, entry: &ledger::Entry) {
         self.journal.apply(entry);
-        self.entries.push(entry.clone());
+    }
+
+    fn take_index(&mut self) -> Vec<(String, Vec<u8>)> {
+        self.journal.take_index()
     }
 
     fn describe(entry: &ledger::Entry) -> Described<'_> {

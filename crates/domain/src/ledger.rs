@@ -214,7 +214,8 @@ pub mod keys {
 
     use crate::Timestamp;
 
-    fn part(s: &str) -> Cow<'_, str> {
+    /// A key component, with `%` and `|` escaped.
+    pub fn part(s: &str) -> Cow<'_, str> {
         if s.contains(['%', '|']) {
             Cow::Owned(s.replace('%', "%25").replace('|', "%7C"))
         } else {

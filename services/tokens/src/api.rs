@@ -717,55 +717,56 @@ async fn holders(
                 "as_of must be an RFC 3339 time such as 2026-01-31T23:59:59Z",
             )
         })?;
+    if let Some(at) = as_of {
+        let record = crate::history::balances_as_of(&engine, &token_id, at)
+            .await?
+            .ok_or_else(|| token_not_found(&token_id))?;
+        let total: u128 = record.balances.iter().map(|(_, b)| b.0).sum();
+        return Ok(axum::Json(CapTable {
+            token_id: token_id.clone(),
+            version: None,
+            as_of: Some(at),
+            total_supply: libertum_domain::Amount(total),
+            holders: record
+                .balances
+                .into_iter()
+                .map(|(id, b)| HolderRow {
+                    investor_id: id.to_string(),
+                    balance: b,
+                    frozen_amount: Default::default(),
+                    frozen: false,
+                    percentage: percentage(b.0, total),
+                })
+                .collect(),
+        }));
+    }
     let state = engine.read().await;
     let token = state
         .0
         .token(&token_id)
         .ok_or_else(|| token_not_found(&token_id))?;
-    let table = match as_of {
-        None => {
-            let mut rows: Vec<_> = token
-                .holdings
-                .iter()
-                .filter(|(_, h)| !h.balance.is_zero() || h.frozen)
-                .collect();
-            rows.sort_by(|a, b| a.0.cmp(b.0));
-            CapTable {
-                token_id: token_id.clone(),
-                version: Some(token.version),
-                as_of: None,
-                total_supply: token.total_supply,
-                holders: rows
-                    .into_iter()
-                    .map(|(id, h)| HolderRow {
-                        investor_id: id.to_string(),
-                        balance: h.balance,
-                        frozen_amount: h.frozen_amount,
-                        frozen: h.frozen,
-                        percentage: percentage(h.balance.0, token.total_supply.0),
-                    })
-                    .collect(),
-            }
-        }
-        Some(at) => {
-            let balances = state.0.balances_as_of(&token_id, at);
-            let total: u128 = balances.iter().map(|(_, b)| b.0).sum();
-            CapTable {
-                token_id: token_id.clone(),
-                version: None,
-                as_of: Some(at),
-                total_supply: libertum_domain::Amount(total),
-                holders: balances
-                    .into_iter()
-                    .map(|(id, b)| HolderRow {
-                        investor_id: id.to_string(),
-                        balance: b,
-                        frozen_amount: Default::default(),
-                        frozen: false,
-                        percentage: percentage(b.0, total),
-                    })
-                    .collect(),
-            }
+    let table = {
+        let mut rows: Vec<_> = token
+            .holdings
+            .iter()
+            .filter(|(_, h)| !h.balance.is_zero() || h.frozen)
+            .collect();
+        rows.sort_by(|a, b| a.0.cmp(b.0));
+        CapTable {
+            token_id: token_id.clone(),
+            version: Some(token.version),
+            as_of: None,
+            total_supply: token.total_supply,
+            holders: rows
+                .into_iter()
+                .map(|(id, h)| HolderRow {
+                    investor_id: id.to_string(),
+                    balance: h.balance,
+                    frozen_amount: h.frozen_amount,
+                    frozen: h.frozen,
+                    percentage: percentage(h.balance.0, token.total_supply.0),
+                })
+                .collect(),
         }
     };
     Ok(axum::Json(table))
@@ -828,9 +829,19 @@ async fn distribute(
         record_date: b.record_date,
         memo: b.memo,
     };
+    // The holders' balances at the record date come from the history on disk; the writer only
+    // decides with them.
+    let record_balances =
+        crate::history::balances_as_of(&engine, &token_id, distribution.record_date)
+            .await?
+            .unwrap_or(token::RecordBalances {
+                taken_at: time::OffsetDateTime::now_utc(),
+                balances: Vec::new(),
+            });
     let command = token::Command::Distribute {
         token_id: Id::from(token_id.as_str()),
         distribution,
+        record_balances,
     };
     let reply = Box::new(move |_: &TokensState, events: &[token::Event]| {
         let paid = events.iter().find_map(|e| match &e.change {

@@ -3,6 +3,7 @@
 
 mod api;
 mod dto;
+mod history;
 mod state;
 
 use std::sync::Arc;

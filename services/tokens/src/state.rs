@@ -39,6 +39,10 @@ impl StateMachine for TokensState {
         self.0.apply(event);
     }
 
+    fn take_index(&mut self) -> Vec<(String, Vec<u8>)> {
+        self.0.take_index()
+    }
+
     fn describe(event: &token::Event) -> Described<'_> {
         Described {
             family: "token",

@@ -14,7 +14,7 @@ pub use compliance::{CHECK_ORDER, Rules};
 pub use distribution::{Allocation, mul_div_rem, split};
 pub use model::*;
 
-use crate::{Amount, Error, ErrorKind, Id, Result, Timestamp};
+use crate::{Error, ErrorKind, Id, Result, Timestamp};
 
 /// Who asks, and when.
 #[derive(Debug, Clone)]
@@ -38,8 +38,11 @@ pub struct Book {
     /// Who each identity reference is: one person is one investor, so that their maximum
     /// balance and limits count once.
     identities: FxHashMap<String, Id>,
-    /// Every balance change per token, in order, for balances as of an earlier moment.
-    history: FxHashMap<Id, Vec<Movement>>,
+    /// Index rows of the events applied since the last [`Book::take_index`]: each holder's
+    /// balance after each movement, for balances as of an earlier moment (see [`keys`]). The
+    /// history is on disk, not here.
+    #[serde(skip)]
+    index: Vec<(String, Vec<u8>)>,
     /// Every distribution paid, per token, in order.
     paid: FxHashMap<Id, Vec<PaidDistribution>>,
 }
@@ -53,12 +56,33 @@ pub struct PaidDistribution {
     pub paid_by: Id,
 }
 
-/// One change of one holder's balance.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-struct Movement {
-    at: Timestamp,
-    investor: Id,
-    delta: i128,
+/// Keys of the tokens service's index rows: `h|{token}|{investor}|{at}|{version}`, a holder's
+/// balance after the token's event `version` at `at` (nanoseconds since the epoch), 16 bytes
+/// little-endian (see `ledger::keys` for the encoding).
+pub mod keys {
+    use crate::{
+        Timestamp,
+        ledger::keys::{nanos, part},
+    };
+
+    pub fn holder(token: &str, investor: &str, at: Timestamp, version: u64) -> String {
+        format!(
+            "h|{}|{}|{:020}|{version:020}",
+            part(token),
+            part(investor),
+            nanos(at)
+        )
+    }
+
+    /// The range whose greatest key is the holder's balance at the end of moment `at`.
+    pub fn holder_as_of(token: &str, investor: &str, at: Timestamp) -> (String, String) {
+        (
+            format!("h|{}|{}|", part(token), part(investor)),
+            format!("h|{}|{}|{:020}|~", part(token), part(investor), nanos(at)),
+        )
+    }
+
+    pub use crate::ledger::keys::{balance_of, balance_value};
 }
 
 impl Book {
@@ -87,22 +111,21 @@ impl Book {
         self.investor_order.iter().map(|id| &self.investors[id])
     }
 
-    /// Balances of every holder of `token_id` at the end of `at` (inclusive), from the history.
-    pub fn balances_as_of(&self, token_id: &str, at: Timestamp) -> Vec<(Id, Amount)> {
-        let mut balances: FxHashMap<&Id, i128> = FxHashMap::default();
-        if let Some(moves) = self.history.get(token_id) {
-            let end = moves.partition_point(|m| m.at <= at);
-            for m in &moves[..end] {
-                *balances.entry(&m.investor).or_default() += m.delta;
-            }
-        }
-        let mut out: Vec<(Id, Amount)> = balances
-            .into_iter()
-            .filter(|(_, b)| *b > 0)
-            .map(|(id, b)| (id.clone(), Amount(b.unsigned_abs())))
-            .collect();
-        out.sort_by(|a, b| a.0.cmp(&b.0));
-        out
+    /// Everyone who ever held `token_id`, sorted: whose history a balance as of an earlier
+    /// moment is read from.
+    pub fn holders_ever(&self, token_id: &str) -> Vec<Id> {
+        let mut ids: Vec<Id> = self
+            .tokens
+            .get(token_id)
+            .map(|t| t.holdings.keys().cloned().collect())
+            .unwrap_or_default();
+        ids.sort();
+        ids
+    }
+
+    /// The index rows of the events applied since the last call.
+    pub fn take_index(&mut self) -> Vec<(String, Vec<u8>)> {
+        std::mem::take(&mut self.index)
     }
 
     /// Refuses a second investor for one identity reference.
@@ -307,9 +330,16 @@ impl Book {
             Command::Distribute {
                 token_id,
                 distribution,
+                record_balances,
             } => {
                 let token = self.existing_token(token_id)?;
                 distribution.validate(ctx.now)?;
+                if distribution.record_date > record_balances.taken_at {
+                    return Err(Error::invalid(
+                        "record_date",
+                        "record_date must not be in the future",
+                    ));
+                }
                 if token.distributions.contains(&distribution.id) {
                     return Err(Error::conflict(
                         "distribution_exists",
@@ -355,11 +385,14 @@ impl Book {
                     )
                     .at("record_date"));
                 }
-                let holdings: Vec<(Id, u128)> = self
-                    .balances_as_of(token_id, distribution.record_date)
-                    .into_iter()
-                    .map(|(id, b)| (id, b.0))
+                let mut holdings: Vec<(Id, u128)> = record_balances
+                    .balances
+                    .iter()
+                    .filter(|(_, b)| !b.is_zero())
+                    .map(|(id, b)| (id.clone(), b.0))
                     .collect();
+                // The remainder goes by investor order, whatever order the balances came in.
+                holdings.sort();
                 if holdings.is_empty() {
                     return Err(Error::conflict(
                         "no_holders",
@@ -463,13 +496,12 @@ impl Book {
                             paid_by: event.actor.clone(),
                         });
                 }
-                let history = self.history.entry(token_id.clone()).or_default();
-                for (investor, delta) in change.balance_deltas() {
-                    history.push(Movement {
-                        at: event.at,
-                        investor: investor.clone(),
-                        delta,
-                    });
+                for (investor, _) in change.balance_deltas() {
+                    let balance = token.holdings.get(investor).map_or(0, |h| h.balance.0);
+                    self.index.push((
+                        keys::holder(token_id, investor, event.at, token.version),
+                        keys::balance_value(balance as i128),
+                    ));
                 }
             }
         }

@@ -387,7 +387,20 @@ pub enum Command {
     Distribute {
         token_id: Id,
         distribution: DistributionSpec,
+        /// The holders' balances at the record date, read from the history by whoever gives
+        /// the command (the history is on disk, not in the book).
+        record_balances: RecordBalances,
     },
+}
+
+/// Holders' positive balances of a token at a record date, as read from its history at
+/// `taken_at`: everything that happened up to then is in them, so a record date after it
+/// cannot be paid from them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordBalances {
+    pub taken_at: Timestamp,
+    /// Sorted by investor.
+    pub balances: Vec<(Id, Amount)>,
 }
 
 /// Something that happened in the tokens service.

@@ -1,0 +1,49 @@
+//! Balances at an earlier moment, read from the service's index (each holder's balance after
+//! each movement, see `token::keys`) rather than from memory.
+
+use libertum_domain::{
+    Amount, Timestamp,
+    token::{self, RecordBalances, keys},
+};
+use libertum_platform::ApiError;
+use libertum_store::Engine;
+
+use crate::TokensState;
+
+/// The positive balances of `token_id`'s holders at the end of `at`, sorted by investor, with
+/// the moment they were read; `None` if there is no such token.
+///
+/// The moment is taken while the state is held: every event committed by then is in the index,
+/// and any later one is stamped later, so a record date up to that moment reads complete.
+pub async fn balances_as_of(
+    engine: &Engine<TokensState>,
+    token_id: &str,
+    at: Timestamp,
+) -> Result<Option<RecordBalances>, ApiError> {
+    let (holders, taken_at) = {
+        let state = engine.read().await;
+        if state.0.token(token_id).is_none() {
+            return Ok(None);
+        }
+        (
+            state.0.holders_ever(token_id),
+            time::OffsetDateTime::now_utc(),
+        )
+    };
+    let store = engine.store();
+    let mut balances = Vec::with_capacity(holders.len());
+    for investor in holders {
+        let (low, high) = keys::holder_as_of(token_id, &investor, at);
+        let row = store
+            .index_last(&low, &high)
+            .await
+            .map_err(ApiError::unavailable)?;
+        let Some((key, value)) = row else { continue };
+        let balance = keys::balance_of(&value)
+            .ok_or_else(|| ApiError::unavailable(format!("index row {key} is unreadable")))?;
+        if balance > 0 {
+            balances.push((investor, Amount(balance.unsigned_abs())));
+        }
+    }
+    Ok(Some(token::RecordBalances { taken_at, balances }))
+}

@@ -60,7 +60,11 @@ pub async fn backends(settings: &Settings, service: &str) -> anyhow::Result<Back
             probes.push(mongo_probe(format!("{service}.mongodb"), store.clone()));
             Arc::new(store)
         }
-        None => Arc::new(RedbStore::open(&settings.data_dir, service)?),
+        None => Arc::new(RedbStore::open_with_cache(
+            &settings.data_dir,
+            service,
+            usize::try_from(settings.store_cache_mib << 20).unwrap_or(usize::MAX),
+        )?),
     };
     let (cache, limiter): (Arc<dyn Cache>, Arc<dyn RateLimiter>) = match &b.redis_url {
         Some(url) => {

@@ -11,9 +11,11 @@
 //!
 //! `BENCH_SECONDS` sets each HTTP phase's length (default 10).
 //!
-//! `libertum-bench production` prints the production-mode figures instead (see production.rs).
+//! `libertum-bench production` prints the production-mode figures instead (see production.rs),
+//! and `libertum-bench history` the history phase (see history.rs).
 
 mod domain;
+mod history;
 mod load;
 mod production;
 
@@ -49,6 +51,13 @@ fn peak_rss_mib() -> f64 {
 }
 
 fn main() -> anyhow::Result<()> {
+    if std::env::args().nth(1).as_deref() == Some("history") {
+        return tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?
+            .block_on(history::run());
+    }
     if std::env::args().nth(1).as_deref() == Some("production") {
         let seconds = std::env::var("BENCH_PRODUCTION_SECONDS")
             .ok()

@@ -37,6 +37,11 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
         "how often the ledger re-verifies its whole hash chain as stored, for the libertum_ledger_chain_valid metric; 0 never",
     ),
     (
+        "LIBERTUM_STORE_CACHE_MIB",
+        "32",
+        "page cache of each service's embedded store (redb), in MiB: what of the data files stays in memory",
+    ),
+    (
         "LIBERTUM_SNAPSHOT_EVERY_EVENTS",
         "50000",
         "each service writes a snapshot of its state after this many events, so that a start reads the snapshot and only the events after it; 0 not on a count",
@@ -205,6 +210,8 @@ pub struct Settings {
     pub idempotency_retention_hours: u64,
     /// Seconds between the ledger's verifications of its chain; 0: never.
     pub ledger_verify_interval_seconds: u64,
+    /// Page cache of each embedded store, in MiB.
+    pub store_cache_mib: u64,
     /// Events after which, and seconds after which, a service snapshots its state; 0: never.
     pub snapshot_every_events: u64,
     pub snapshot_interval_seconds: u64,
@@ -305,6 +312,7 @@ impl Settings {
             number("LIBERTUM_IDEMPOTENCY_RETENTION_HOURS", 1, 24 * 365);
         let ledger_verify_interval_seconds =
             number("LIBERTUM_LEDGER_VERIFY_INTERVAL_SECONDS", 0, 7 * 24 * 3600);
+        let store_cache_mib = number("LIBERTUM_STORE_CACHE_MIB", 1, 1 << 20);
         let snapshot_every_events = number("LIBERTUM_SNAPSHOT_EVERY_EVENTS", 0, 1_000_000_000);
         let snapshot_interval_seconds =
             number("LIBERTUM_SNAPSHOT_INTERVAL_SECONDS", 0, 7 * 24 * 3600);
@@ -510,6 +518,7 @@ impl Settings {
             tokens_url: tokens_url.trim_end_matches('/').to_owned(),
             idempotency_retention_hours,
             ledger_verify_interval_seconds,
+            store_cache_mib,
             snapshot_every_events,
             snapshot_interval_seconds,
             cache_entries,
@@ -533,6 +542,7 @@ impl Settings {
             tokens_url: String::new(),
             idempotency_retention_hours: 24,
             ledger_verify_interval_seconds: 0,
+            store_cache_mib: 32,
             snapshot_every_events: 50_000,
             snapshot_interval_seconds: 300,
             cache_entries: 10_000,

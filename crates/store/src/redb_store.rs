@@ -24,10 +24,20 @@ pub struct RedbStore {
     head: Arc<watch::Sender<u64>>,
 }
 
+/// The page cache of one store unless configured (`LIBERTUM_STORE_CACHE_MIB`): redb's own
+/// default (1 GiB) would let a long history fill memory with pages read once.
+pub const DEFAULT_CACHE_BYTES: usize = 32 * 1024 * 1024;
+
 impl RedbStore {
-    /// Opens (or creates) `dir/{name}.redb`. A directory it creates is its owner's only
-    /// (0700), and the file is readable and writable by its owner only (0600).
+    /// Opens (or creates) `dir/{name}.redb` with the default page cache. A directory it creates
+    /// is its owner's only (0700), and the file is readable and writable by its owner only
+    /// (0600).
     pub fn open(dir: &Path, name: &str) -> Result<Self, StoreError> {
+        Self::open_with_cache(dir, name, DEFAULT_CACHE_BYTES)
+    }
+
+    /// [`RedbStore::open`] with a page cache of `cache_bytes`.
+    pub fn open_with_cache(dir: &Path, name: &str, cache_bytes: usize) -> Result<Self, StoreError> {
         crate::private_dir(dir).map_err(StoreError::backend)?;
         let path = dir.join(format!("{name}.redb"));
         let mut options = std::fs::OpenOptions::new();
@@ -43,7 +53,10 @@ impl RedbStore {
                 .map_err(StoreError::backend)?;
         }
         drop(file);
-        let db = Database::create(&path).map_err(StoreError::backend)?;
+        let db = redb::Builder::new()
+            .set_cache_size(cache_bytes)
+            .create(&path)
+            .map_err(StoreError::backend)?;
         let tx = db.begin_write().map_err(StoreError::backend)?;
         {
             tx.open_table(EVENTS).map_err(StoreError::backend)?;

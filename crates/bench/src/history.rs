@@ -9,7 +9,8 @@
 //! caught up, it prints the process's resident memory and the data files' size per transfer.
 //! Then it reads the cap table as of 20 past moments, from the tokens service and from the
 //! ledger (which must agree), restarts the process and times it until `/readyz` answers 200 and
-//! a cap table is served, and prints the memory after the restart.
+//! a cap table is served, and prints the memory after the restart. `BENCH_HISTORY_KEEP=1` keeps
+//! the data directory.
 
 use std::{
     path::{Path, PathBuf},
@@ -123,6 +124,12 @@ impl Drop for Product {
     }
 }
 
+/// Bytes the files hold on disk (allocated blocks: redb grows its files ahead of use, and
+/// what is not written yet takes no space).
+fn used(m: &std::fs::Metadata) -> u64 {
+    std::os::unix::fs::MetadataExt::blocks(m) * 512
+}
+
 fn bytes_on_disk(dir: &Path) -> u64 {
     std::fs::read_dir(dir)
         .map(|entries| {
@@ -130,7 +137,7 @@ fn bytes_on_disk(dir: &Path) -> u64 {
                 .flatten()
                 .filter_map(|e| e.metadata().ok())
                 .filter(|m| m.is_file())
-                .map(|m| m.len())
+                .map(|m| used(&m))
                 .sum()
         })
         .unwrap_or(0)
@@ -141,7 +148,7 @@ fn file_sizes(dir: &Path) -> String {
         .map(|entries| {
             entries
                 .flatten()
-                .filter_map(|e| Some((e.file_name().into_string().ok()?, e.metadata().ok()?.len())))
+                .filter_map(|e| Some((e.file_name().into_string().ok()?, used(&e.metadata().ok()?))))
                 .collect()
         })
         .unwrap_or_default();
@@ -359,5 +366,68 @@ pub async fn run() -> anyhow::Result<()> {
         verified["valid"], verified["entries_checked"]
     );
     product.stop()?;
+    for service in ["tokens", "ledger"] {
+        println!(
+            "  {service}.redb content per transfer: {}",
+            content(&data.join(format!("{service}.redb")), total)?
+        );
+    }
+    if std::env::var_os("BENCH_HISTORY_KEEP").is_some() {
+        println!("  data kept in {}", scratch.keep().display());
+    }
     Ok(())
+}
+
+/// What a store file holds, per transfer: keys and values of each table, and of each kind of
+/// index row (the key's first letter), without the B-tree's own overhead.
+fn content(path: &Path, transfers: u64) -> anyhow::Result<String> {
+    use redb::{ReadableTable, TableDefinition};
+    const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
+    const INDEX: TableDefinition<&str, &[u8]> = TableDefinition::new("index_rows");
+    const IDEMPOTENCY: TableDefinition<&str, &[u8]> = TableDefinition::new("idempotency");
+    let db = redb::Database::open(path)?;
+    let tx = db.begin_read()?;
+    let mut parts: Vec<(String, u64, u64)> = Vec::new();
+    let (mut n, mut bytes) = (0u64, 0u64);
+    for row in tx.open_table(EVENTS)?.iter()? {
+        let (_, v) = row?;
+        n += 1;
+        bytes += 8 + v.value().len() as u64;
+    }
+    parts.push(("events".into(), n, bytes));
+    let (mut n, mut bytes) = (0u64, 0u64);
+    for row in tx.open_table(IDEMPOTENCY)?.iter()? {
+        let (k, v) = row?;
+        n += 1;
+        bytes += (k.value().len() + v.value().len()) as u64;
+    }
+    parts.push(("idempotency".into(), n, bytes));
+    let mut kinds: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
+    for row in tx.open_table(INDEX)?.iter()? {
+        let (k, v) = row?;
+        let key = k.value();
+        let kind = key.split('|').next().unwrap_or_default().to_owned();
+        let e = kinds.entry(format!("index {kind}|")).or_default();
+        e.0 += 1;
+        e.1 += (key.len() + v.value().len()) as u64;
+    }
+    parts.extend(kinds.into_iter().map(|(k, (n, b))| (k, n, b)));
+    let total: u64 = parts.iter().map(|p| p.2).sum();
+    let mut out = format!("{:.0} bytes (", total as f64 / transfers as f64);
+    out.push_str(
+        &parts
+            .iter()
+            .filter(|p| p.1 > 0)
+            .map(|(name, n, b)| {
+                format!(
+                    "{name}: {:.1} rows, {:.0} bytes",
+                    *n as f64 / transfers as f64,
+                    *b as f64 / transfers as f64
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; "),
+    );
+    out.push(')');
+    Ok(out)
 }

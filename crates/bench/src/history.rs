@@ -148,7 +148,9 @@ fn file_sizes(dir: &Path) -> String {
         .map(|entries| {
             entries
                 .flatten()
-                .filter_map(|e| Some((e.file_name().into_string().ok()?, used(&e.metadata().ok()?))))
+                .filter_map(|e| {
+                    Some((e.file_name().into_string().ok()?, used(&e.metadata().ok()?)))
+                })
                 .collect()
         })
         .unwrap_or_default();
@@ -285,7 +287,7 @@ pub async fn run() -> anyhow::Result<()> {
             for task in inflight {
                 task.await??;
             }
-            if batch_no % 100 == 0 {
+            if batch_no.is_multiple_of(100) {
                 moments.push((sent, OffsetDateTime::now_utc()));
             }
         }

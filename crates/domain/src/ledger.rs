@@ -199,66 +199,64 @@ fn stream_of(event_type: &str, subject: &str) -> String {
     format!("{family}/{subject}")
 }
 
-/// Keys of the ledger's index rows: the balance history and the token versions, read from the
-/// store by key instead of held in memory.
+/// Keys of the index rows: history read from the store by key instead of held in memory.
 ///
-/// - `s|{unit}|{account}|{seq}`: the account's balance in `unit` after entry `seq`;
-/// - `t|{unit}|{account}|{at}|{seq}`: the same balance, ordered by the entry's time (nanoseconds
-///   since the epoch), for balances as of a moment;
-/// - `v|{token}|{version}`: the entry that took `token` to `version`.
+/// Accounts (an account in a unit) and tokens are numbered in the order the journal first sees
+/// them, so a key names them in a few bytes instead of repeating their names in every row:
 ///
-/// Numbers are 20 digits with leading zeros, so that key order is numeric order; `%` and `|` in a
-/// component are escaped. Balances are stored as 16 bytes little-endian, sequence numbers as 8.
+/// - `s{no}|{seq}`: account `no`'s balance after entry `seq`;
+/// - `t{no}|{at}|{seq}`: the same balance, ordered by the entry's time (nanoseconds since the
+///   epoch), for balances as of a moment;
+/// - `v{no}|{version}`: the entry that took token `no` to `version`;
+/// - `h{no}|{at}|{version}`: (tokens service) holding `no`'s balance after the token's event
+///   `version`.
+///
+/// Numbers are lower-case hexadecimal; those after the first `|` have 16 digits, so that key
+/// order is numeric order, and `|` sorts after every digit, so one number's rows never mix with
+/// another's. Balances are stored as 16 bytes little-endian, sequence numbers as 8.
 pub mod keys {
-    use std::borrow::Cow;
-
     use crate::Timestamp;
-
-    /// A key component, with `%` and `|` escaped.
-    pub fn part(s: &str) -> Cow<'_, str> {
-        if s.contains(['%', '|']) {
-            Cow::Owned(s.replace('%', "%25").replace('|', "%7C"))
-        } else {
-            Cow::Borrowed(s)
-        }
-    }
 
     /// Nanoseconds since the epoch, clamped to what the keys hold.
     pub fn nanos(at: Timestamp) -> u64 {
         u64::try_from(at.unix_timestamp_nanos().max(0)).unwrap_or(u64::MAX)
     }
 
-    pub fn by_seq(unit: &str, account: &str, seq: u64) -> String {
-        format!("s|{}|{}|{seq:020}", part(unit), part(account))
+    pub fn by_seq(account: u64, seq: u64) -> String {
+        format!("s{account:x}|{seq:016x}")
     }
 
-    pub fn by_time(unit: &str, account: &str, at: Timestamp, seq: u64) -> String {
-        format!(
-            "t|{}|{}|{:020}|{seq:020}",
-            part(unit),
-            part(account),
-            nanos(at)
-        )
+    pub fn by_time(account: u64, at: Timestamp, seq: u64) -> String {
+        format!("t{account:x}|{:016x}|{seq:016x}", nanos(at))
     }
 
     /// The range whose greatest key is the account's balance after entry `seq`.
-    pub fn as_of_seq(unit: &str, account: &str, seq: u64) -> (String, String) {
-        (
-            format!("s|{}|{}|", part(unit), part(account)),
-            by_seq(unit, account, seq),
-        )
+    pub fn as_of_seq(account: u64, seq: u64) -> (String, String) {
+        (format!("s{account:x}|"), by_seq(account, seq))
     }
 
     /// The range whose greatest key is the account's balance at the end of moment `at`.
-    pub fn as_of_time(unit: &str, account: &str, at: Timestamp) -> (String, String) {
+    pub fn as_of_time(account: u64, at: Timestamp) -> (String, String) {
         (
-            format!("t|{}|{}|", part(unit), part(account)),
-            format!("t|{}|{}|{:020}|~", part(unit), part(account), nanos(at)),
+            format!("t{account:x}|"),
+            format!("t{account:x}|{:016x}|~", nanos(at)),
         )
     }
 
-    pub fn version(token: &str, version: u64) -> String {
-        format!("v|{}|{version:020}", part(token))
+    pub fn version(token: u64, version: u64) -> String {
+        format!("v{token:x}|{version:016x}")
+    }
+
+    pub fn holding(holding: u64, at: Timestamp, version: u64) -> String {
+        format!("h{holding:x}|{:016x}|{version:016x}", nanos(at))
+    }
+
+    /// The range whose greatest key is the holding's balance at the end of moment `at`.
+    pub fn holding_as_of(holding: u64, at: Timestamp) -> (String, String) {
+        (
+            format!("h{holding:x}|"),
+            format!("h{holding:x}|{:016x}|~", nanos(at)),
+        )
     }
 
     pub fn balance_value(balance: i128) -> Vec<u8> {
@@ -278,6 +276,20 @@ pub mod keys {
     }
 }
 
+/// An account in one unit: its number in the index and its latest balance.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct Account {
+    pub no: u64,
+    pub balance: i128,
+}
+
+/// A token as the journal knows it: its number in the index and its latest version.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct TokenSeen {
+    pub no: u64,
+    pub version: u64,
+}
+
 /// The ledger's state: the chain head, how far each subject's stream is recorded, and every
 /// account's latest balance. Balances at earlier points and the entries themselves are read from
 /// the store ([`keys`] and the log), so memory grows with accounts and subjects, not with
@@ -289,12 +301,13 @@ pub struct Journal {
     /// Per stream ([`stream_of`]), the latest subject version recorded: one number per subject,
     /// however long its history.
     streams: FxHashMap<String, u64>,
-    /// `(account, unit) -> balance after the latest entry that touched it`.
-    balances: FxHashMap<(String, String), i128>,
+    /// `(account, unit)`: its number and latest balance.
+    accounts: FxHashMap<(String, String), Account>,
     /// Per unit, the accounts that ever held it.
     holders: FxHashMap<String, Vec<String>>,
-    /// Each token's latest version recorded.
-    token_versions: FxHashMap<Id, u64>,
+    tokens: FxHashMap<Id, TokenSeen>,
+    /// The number the next account or token gets.
+    next_no: u64,
     /// Index rows of the entries applied since the last [`Journal::take_index`].
     #[serde(skip)]
     index: Vec<(String, Vec<u8>)>,
@@ -306,9 +319,10 @@ impl Default for Journal {
             head_seq: 0,
             head_hash: GENESIS,
             streams: FxHashMap::default(),
-            balances: FxHashMap::default(),
+            accounts: FxHashMap::default(),
             holders: FxHashMap::default(),
-            token_versions: FxHashMap::default(),
+            tokens: FxHashMap::default(),
+            next_no: 1,
             index: Vec::new(),
         }
     }
@@ -337,7 +351,19 @@ impl Journal {
 
     /// The latest version of `token_id` recorded, 0 if none.
     pub fn token_version(&self, token_id: &str) -> u64 {
-        self.token_versions.get(token_id).copied().unwrap_or(0)
+        self.tokens.get(token_id).map_or(0, |t| t.version)
+    }
+
+    /// The token's number in the index, if the journal has seen it.
+    pub fn token_no(&self, token_id: &str) -> Option<u64> {
+        self.tokens.get(token_id).map(|t| t.no)
+    }
+
+    /// The account's number in the index and latest balance, if it ever held `unit`.
+    pub fn account(&self, account: &str, unit: &str) -> Option<Account> {
+        self.accounts
+            .get(&(account.to_owned(), unit.to_owned()))
+            .copied()
     }
 
     /// Turns an incoming event into the next entry. An event at or below the version of its
@@ -391,9 +417,17 @@ impl Journal {
             *stream = (*stream).max(entry.subject_version);
         }
         if let Some((token, version)) = &entry.token {
-            self.token_versions.insert(token.clone(), *version);
+            let next_no = &mut self.next_no;
+            let seen = self.tokens.entry(token.clone()).or_insert_with(|| {
+                *next_no += 1;
+                TokenSeen {
+                    no: *next_no - 1,
+                    version: 0,
+                }
+            });
+            seen.version = *version;
             self.index
-                .push((keys::version(token, *version), keys::seq_value(entry.seq)));
+                .push((keys::version(seen.no, *version), keys::seq_value(entry.seq)));
         }
         for p in &entry.postings {
             let amount = p.amount.0 as i128;
@@ -404,21 +438,26 @@ impl Journal {
 
     fn move_balance(&mut self, account: &str, unit: &str, delta: i128, entry: &Entry) {
         let key = (account.to_owned(), unit.to_owned());
-        let balance = self.balances.entry(key).or_insert_with(|| {
-            self.holders
+        let (holders, next_no) = (&mut self.holders, &mut self.next_no);
+        let state = self.accounts.entry(key).or_insert_with(|| {
+            holders
                 .entry(unit.to_owned())
                 .or_default()
                 .push(account.to_owned());
-            0
+            *next_no += 1;
+            Account {
+                no: *next_no - 1,
+                balance: 0,
+            }
         });
         // Amounts are bounded by 10^36, so only an absurd history could reach the bound.
-        *balance = balance.saturating_add(delta);
-        let value = keys::balance_value(*balance);
+        state.balance = state.balance.saturating_add(delta);
+        let value = keys::balance_value(state.balance);
         // One entry may touch an account twice (a posting to itself): the last row wins.
         self.index
-            .push((keys::by_seq(unit, account, entry.seq), value.clone()));
+            .push((keys::by_seq(state.no, entry.seq), value.clone()));
         self.index
-            .push((keys::by_time(unit, account, entry.at, entry.seq), value));
+            .push((keys::by_time(state.no, entry.at, entry.seq), value));
     }
 
     /// The index rows of the entries applied since the last call.
@@ -438,10 +477,7 @@ impl Journal {
 
     /// The latest balance of `account` in `unit`.
     pub fn balance(&self, account: &str, unit: &str) -> i128 {
-        self.balances
-            .get(&(account.to_owned(), unit.to_owned()))
-            .copied()
-            .unwrap_or(0)
+        self.account(account, unit).map_or(0, |a| a.balance)
     }
 
     /// Every account that ever held `unit`.
@@ -451,9 +487,9 @@ impl Journal {
 
     /// Every account and unit, with its latest balance.
     pub fn all_balances(&self) -> impl Iterator<Item = (&str, &str, i128)> {
-        self.balances
+        self.accounts
             .iter()
-            .map(|((a, u), balance)| (a.as_str(), u.as_str(), *balance))
+            .map(|((a, u), state)| (a.as_str(), u.as_str(), state.balance))
     }
 }
 
@@ -679,16 +715,25 @@ mod tests {
         let (mut journal, _) = journal_of(3);
         assert_eq!(journal.balance("investor:a", "tok_1"), 30);
         assert_eq!(journal.balance("issuance:tok_1", "tok_1"), -30);
+        let a = journal.account("investor:a", "tok_1").expect("numbered").no;
+        let issuance = journal
+            .account("issuance:tok_1", "tok_1")
+            .expect("numbered")
+            .no;
+        assert_ne!(a, issuance, "each account in a unit has its own number");
+        assert_eq!(journal.account("investor:a", "EUR").map(|a| a.no), None);
         let rows: FxHashMap<String, Vec<u8>> = journal.take_index().into_iter().collect();
         for (seq, balance) in [(1u64, 10i128), (2, 20), (3, 30)] {
-            let value = &rows[&keys::by_seq("tok_1", "investor:a", seq)];
-            assert_eq!(keys::balance_of(value), Some(balance));
+            assert_eq!(
+                keys::balance_of(&rows[&keys::by_seq(a, seq)]),
+                Some(balance)
+            );
             let at = datetime!(2026-01-01 00:00 UTC);
-            let value = &rows[&keys::by_time("tok_1", "investor:a", at, seq)];
+            let value = &rows[&keys::by_time(a, at, seq)];
             assert_eq!(keys::balance_of(value), Some(balance));
         }
         assert_eq!(
-            keys::balance_of(&rows[&keys::by_seq("tok_1", "issuance:tok_1", 2)]),
+            keys::balance_of(&rows[&keys::by_seq(issuance, 2)]),
             Some(-20)
         );
         assert!(journal.take_index().is_empty(), "taken once");
@@ -696,31 +741,26 @@ mod tests {
 
     #[test]
     fn index_keys_sort_in_numeric_order_and_ranges_bound_them() {
-        let (low, high) = keys::as_of_seq("tok_1", "investor:a", 10);
-        let nine = keys::by_seq("tok_1", "investor:a", 9);
-        let ten = keys::by_seq("tok_1", "investor:a", 10);
-        let eleven = keys::by_seq("tok_1", "investor:a", 11);
-        let hundred = keys::by_seq("tok_1", "investor:a", 100);
-        assert!(low < nine && nine < ten && ten <= high && high < eleven && eleven < hundred);
-        // Another account whose name starts the same is outside the range.
-        let other = keys::by_seq("tok_1", "investor:ab", 1);
-        assert!(!(low <= other && other <= high));
+        let (low, high) = keys::as_of_seq(1, 10);
+        let nine = keys::by_seq(1, 9);
+        let ten = keys::by_seq(1, 10);
+        let eleven = keys::by_seq(1, 11);
+        let big = keys::by_seq(1, 0x100);
+        assert!(low < nine && nine < ten && ten <= high && high < eleven && eleven < big);
+        // Accounts whose numbers start alike are outside each other's ranges.
+        for other in [0x10, 0x1a, 0x100] {
+            let key = keys::by_seq(other, 1);
+            assert!(!(low <= key && key <= high), "{key}");
+        }
         let at = datetime!(2026-01-01 00:00 UTC);
-        let (low, high) = keys::as_of_time("tok_1", "investor:a", at);
-        let same_moment = keys::by_time("tok_1", "investor:a", at, 99);
-        let later = keys::by_time(
-            "tok_1",
-            "investor:a",
-            at + time::Duration::nanoseconds(1),
-            1,
-        );
+        let (low, high) = keys::as_of_time(1, at);
+        let same_moment = keys::by_time(1, at, 99);
+        let later = keys::by_time(1, at + time::Duration::nanoseconds(1), 1);
         assert!(low < same_moment && same_moment <= high && high < later);
-        // A separator inside a name cannot fake another key.
-        assert_ne!(
-            keys::by_seq("a|b", "c", 1),
-            keys::by_seq("a", "b|c", 1),
-            "components are escaped"
-        );
+        let (low, high) = keys::holding_as_of(1, at);
+        let same_moment = keys::holding(1, at, u64::MAX);
+        assert!(low < same_moment && same_moment <= high);
+        assert!(keys::holding(1, at + time::Duration::nanoseconds(1), 0) > high);
     }
 
     #[test]
@@ -737,9 +777,10 @@ mod tests {
             journal.apply(&entry);
         }
         assert_eq!(journal.token_version("tok_1"), 3);
+        let token = journal.token_no("tok_1").expect("numbered");
         let rows: FxHashMap<String, Vec<u8>> = journal.take_index().into_iter().collect();
-        assert_eq!(keys::seq_of(&rows[&keys::version("tok_1", 2)]), Some(2));
-        assert!(!rows.contains_key(&keys::version("tok_1", 9)));
+        assert_eq!(keys::seq_of(&rows[&keys::version(token, 2)]), Some(2));
+        assert!(!rows.contains_key(&keys::version(token, 9)));
     }
 
     #[test]

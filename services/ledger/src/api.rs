@@ -240,16 +240,14 @@ async fn balance(
     }
     let at = parse_time("as_of", q.as_of.as_deref())?;
     let point = as_of(q.as_of_seq, at)?;
-    let (reading, latest) = {
+    let (reading, known) = {
         let state = app.engine.read().await;
         (
             history::Reading::new(point, state.journal.head().0),
-            state.journal.balance(&account, &q.unit),
+            state.journal.account(&account, &q.unit),
         )
     };
-    let balance = reading
-        .balance(app.engine.store().as_ref(), &account, &q.unit, latest)
-        .await?;
+    let balance = reading.balance(app.engine.store().as_ref(), known).await?;
     Ok(axum::Json(BalanceView {
         account,
         unit: q.unit,

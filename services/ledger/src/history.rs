@@ -86,19 +86,21 @@ impl Reading {
         Reading { point, head }
     }
 
-    /// The balance of `account` in `unit` at this point; `latest` is the journal's latest.
+    /// The balance at this point of an account the journal knows as `account` (its number and
+    /// latest balance; `None`: it never held the unit).
     pub async fn balance(
         &self,
         store: &dyn EventStore,
-        account: &str,
-        unit: &str,
-        latest: i128,
+        account: Option<ledger::Account>,
     ) -> Result<i128, ApiError> {
+        let Some(account) = account else {
+            return Ok(0);
+        };
         let (low, high) = match self.point {
-            AsOf::Latest => return Ok(latest),
+            AsOf::Latest => return Ok(account.balance),
             AsOf::Seq(0) => return Ok(0),
-            AsOf::Seq(seq) => keys::as_of_seq(unit, account, seq.min(self.head)),
-            AsOf::Time(at) => keys::as_of_time(unit, account, at),
+            AsOf::Seq(seq) => keys::as_of_seq(account.no, seq.min(self.head)),
+            AsOf::Time(at) => keys::as_of_time(account.no, at),
         };
         let row = store
             .index_last(&low, &high)
@@ -114,11 +116,15 @@ impl Reading {
 
 /// The sequence number of the entry that took `token_id` to `version`.
 pub async fn seq_of_token_version(
-    store: &dyn EventStore,
+    engine: &Engine<LedgerState>,
     token_id: &str,
     version: u64,
 ) -> Result<Option<u64>, ApiError> {
-    let key = keys::version(token_id, version);
+    let store = engine.store().as_ref();
+    let Some(token) = engine.read().await.journal.token_no(token_id) else {
+        return Ok(None);
+    };
+    let key = keys::version(token, version);
     let row = store
         .index_last(&key, &key)
         .await
@@ -139,22 +145,22 @@ pub async fn cap_table(
     let (reading, accounts) = {
         let state = engine.read().await;
         let journal = &state.journal;
-        let mut accounts: Vec<(String, i128)> = journal
+        let mut accounts: Vec<(String, Option<ledger::Account>)> = journal
             .accounts_of(token_id)
             .iter()
             .filter(|a| a.starts_with("investor:"))
-            .map(|a| (a.clone(), journal.balance(a, token_id)))
+            .map(|a| (a.clone(), journal.account(a, token_id)))
             .collect();
         for account in [&issuance, &redemption] {
-            accounts.push((account.clone(), journal.balance(account, token_id)));
+            accounts.push((account.clone(), journal.account(account, token_id)));
         }
         (Reading::new(point, journal.head().0), accounts)
     };
     let store = engine.store().as_ref();
     let (mut minted, mut redeemed) = (0i128, 0i128);
     let mut holders = Vec::new();
-    for (account, latest) in accounts {
-        let balance = reading.balance(store, &account, token_id, latest).await?;
+    for (account, known) in accounts {
+        let balance = reading.balance(store, known).await?;
         if account == issuance {
             minted = -balance;
         } else if account == redemption {

@@ -211,10 +211,7 @@ async fn reconcile_one(
         let reached = ledger_version >= version;
         if reached || tokio::time::Instant::now() >= deadline {
             let seq = match reached {
-                true => {
-                    history::seq_of_token_version(app.engine.store().as_ref(), token_id, version)
-                        .await?
-                }
+                true => history::seq_of_token_version(&app.engine, token_id, version).await?,
                 false => None,
             };
             let point = seq.map_or(AsOf::Latest, AsOf::Seq);

@@ -32,8 +32,8 @@ pub async fn balances_as_of(
     };
     let store = engine.store();
     let mut balances = Vec::with_capacity(holders.len());
-    for investor in holders {
-        let (low, high) = keys::holder_as_of(token_id, &investor, at);
+    for (investor, no) in holders {
+        let (low, high) = keys::holding_as_of(no, at);
         let row = store
             .index_last(&low, &high)
             .await

@@ -43,6 +43,9 @@ pub struct Book {
     /// history is on disk, not here.
     #[serde(skip)]
     index: Vec<(String, Vec<u8>)>,
+    /// Each holding's number in the index, `(token, investor) -> no`, in the order they
+    /// first moved.
+    holding_nos: FxHashMap<(Id, Id), u64>,
     /// Every distribution paid, per token, in order.
     paid: FxHashMap<Id, Vec<PaidDistribution>>,
 }
@@ -56,34 +59,9 @@ pub struct PaidDistribution {
     pub paid_by: Id,
 }
 
-/// Keys of the tokens service's index rows: `h|{token}|{investor}|{at}|{version}`, a holder's
-/// balance after the token's event `version` at `at` (nanoseconds since the epoch), 16 bytes
-/// little-endian (see `ledger::keys` for the encoding).
-pub mod keys {
-    use crate::{
-        Timestamp,
-        ledger::keys::{nanos, part},
-    };
-
-    pub fn holder(token: &str, investor: &str, at: Timestamp, version: u64) -> String {
-        format!(
-            "h|{}|{}|{:020}|{version:020}",
-            part(token),
-            part(investor),
-            nanos(at)
-        )
-    }
-
-    /// The range whose greatest key is the holder's balance at the end of moment `at`.
-    pub fn holder_as_of(token: &str, investor: &str, at: Timestamp) -> (String, String) {
-        (
-            format!("h|{}|{}|", part(token), part(investor)),
-            format!("h|{}|{}|{:020}|~", part(token), part(investor), nanos(at)),
-        )
-    }
-
-    pub use crate::ledger::keys::{balance_of, balance_value};
-}
+/// Keys of the tokens service's index rows: `ledger::keys::holding`, a holding's balance after
+/// each of its token's events that moved it.
+pub use crate::ledger::keys;
 
 impl Book {
     pub fn token(&self, id: &str) -> Option<&Token> {
@@ -111,16 +89,24 @@ impl Book {
         self.investor_order.iter().map(|id| &self.investors[id])
     }
 
-    /// Everyone who ever held `token_id`, sorted: whose history a balance as of an earlier
-    /// moment is read from.
-    pub fn holders_ever(&self, token_id: &str) -> Vec<Id> {
-        let mut ids: Vec<Id> = self
-            .tokens
-            .get(token_id)
-            .map(|t| t.holdings.keys().cloned().collect())
-            .unwrap_or_default();
-        ids.sort();
-        ids
+    /// Everyone whose balance of `token_id` ever moved, with their holding's number in the
+    /// index, sorted by investor: whose history a balance as of an earlier moment is read from.
+    pub fn holders_ever(&self, token_id: &str) -> Vec<(Id, u64)> {
+        let Some(token) = self.tokens.get(token_id) else {
+            return Vec::new();
+        };
+        let mut holders: Vec<(Id, u64)> = token
+            .holdings
+            .keys()
+            .filter_map(|investor| {
+                let no = self
+                    .holding_nos
+                    .get(&(token.spec.id.clone(), investor.clone()))?;
+                Some((investor.clone(), *no))
+            })
+            .collect();
+        holders.sort();
+        holders
     }
 
     /// The index rows of the events applied since the last call.
@@ -498,8 +484,13 @@ impl Book {
                 }
                 for (investor, _) in change.balance_deltas() {
                     let balance = token.holdings.get(investor).map_or(0, |h| h.balance.0);
+                    let next = self.holding_nos.len() as u64 + 1;
+                    let no = *self
+                        .holding_nos
+                        .entry((token_id.clone(), investor.clone()))
+                        .or_insert(next);
                     self.index.push((
-                        keys::holder(token_id, investor, event.at, token.version),
+                        keys::holding(no, event.at, token.version),
                         keys::balance_value(balance as i128),
                     ));
                 }

@@ -1,8 +1,9 @@
 //! The MongoDB event store: one database per service, the event log as its own outbox.
 //!
 //! Collections:
-//! - `events`: `{_id: position, seq: position, event_id, type, partitionkey, body: the
-//!   CloudEvent JSON}`, with unique indexes on `seq` and `event_id`. Reads sort and filter on
+//! - `events`: `{_id: position, seq: position, event_id, body: the CloudEvent JSON}`, with
+//!   unique indexes on `seq` and `event_id`; nothing else of the event is copied out of `body`,
+//!   since nothing queries it. Reads sort and filter on
 //!   `seq`, not `_id` (the MongoDB-wire test server orders `_id` as text), and the event id is
 //!   not called `id` (that server reserves the name). Positions are consecutive, and `_id` is
 //!   unique by nature, so two writers appending after the same head collide there (optimistic
@@ -294,14 +295,10 @@ fn position(value: Option<&Bson>) -> Result<u64, StoreError> {
     }
 }
 
-/// The fields of a CloudEvent the store indexes; the event itself is kept byte for byte.
+/// The field of a CloudEvent the store indexes; the event itself is kept byte for byte.
 #[derive(serde::Deserialize)]
 struct Head {
     id: String,
-    #[serde(default, rename = "type")]
-    kind: Option<String>,
-    #[serde(default)]
-    partitionkey: Option<String>,
 }
 
 fn event_document(position: u64, bytes: &[u8]) -> Result<Document, StoreError> {
@@ -311,14 +308,7 @@ fn event_document(position: u64, bytes: &[u8]) -> Result<Document, StoreError> {
         ))
     })?;
     let body = std::str::from_utf8(bytes).map_err(StoreError::backend)?;
-    let mut doc = doc! {"_id": to_i64(position)?, "seq": to_i64(position)?, "event_id": head.id, "body": body};
-    if let Some(kind) = head.kind {
-        doc.insert("type", kind);
-    }
-    if let Some(key) = head.partitionkey {
-        doc.insert("partitionkey", key);
-    }
-    Ok(doc)
+    Ok(doc! {"_id": to_i64(position)?, "seq": to_i64(position)?, "event_id": head.id, "body": body})
 }
 
 const DUPLICATE_KEY: i32 = 11000;
@@ -613,7 +603,7 @@ mod tests {
     }
 
     #[test]
-    fn an_event_is_indexed_by_its_cloud_event_fields() {
+    fn an_event_is_stored_once_with_only_its_position_and_id_beside_it() {
         let d = event_document(
             3,
             br#"{"id":"e-1","type":"t","partitionkey":"k","data":{}}"#,
@@ -621,7 +611,11 @@ mod tests {
         .unwrap();
         assert_eq!(d.get_i64("_id").unwrap(), 3);
         assert_eq!(d.get_str("event_id").unwrap(), "e-1");
-        assert_eq!(d.get_str("partitionkey").unwrap(), "k");
+        assert_eq!(
+            d.get_str("body").unwrap(),
+            r#"{"id":"e-1","type":"t","partitionkey":"k","data":{}}"#
+        );
+        assert_eq!(d.len(), 4, "_id, seq, event_id and body: {d}");
         assert!(event_document(1, b"not json").is_err());
     }
 }

@@ -408,8 +408,8 @@ fn content(path: &Path, transfers: u64) -> anyhow::Result<String> {
     for row in tx.open_table(INDEX)?.iter()? {
         let (k, v) = row?;
         let key = k.value();
-        let kind = key.split('|').next().unwrap_or_default().to_owned();
-        let e = kinds.entry(format!("index {kind}|")).or_default();
+        let kind = key.chars().next().unwrap_or_default().to_string();
+        let e = kinds.entry(format!("index {kind}")).or_default();
         e.0 += 1;
         e.1 += (key.len() + v.value().len()) as u64;
     }

@@ -489,8 +489,10 @@ impl EventStore for MongoStore {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
-        // Each save has its own name: chunks of an interrupted one are never read.
-        let snapshot = format!("{position:020}-{nanos}");
+        // Each save has its own name, ordered as the snapshots are (by position, then by when
+        // it was taken): chunks of an interrupted save are never read, and of two replicas
+        // saving at once the newer snapshot stays the latest.
+        let snapshot = format!("{position:020}-{nanos:039}");
         let chunks = bytes.chunks(SNAPSHOT_CHUNK).count();
         for (i, chunk) in bytes.chunks(SNAPSHOT_CHUNK).enumerate() {
             self.snapshots
@@ -503,9 +505,12 @@ impl EventStore for MongoStore {
                 .await
                 .map_err(StoreError::backend)?;
         }
-        self.snapshots
+        // The manifest moves only forward: if a newer snapshot is already the latest, the
+        // filter matches nothing, the upsert collides with its `_id`, and this one is dropped.
+        let manifest = self
+            .snapshots
             .update_one(
-                doc! {"_id": "latest"},
+                doc! {"_id": "latest", "snapshot": {"$lt": &snapshot}},
                 doc! {"$set": {
                     "snapshot": &snapshot,
                     "position": to_i64(position)?,
@@ -514,10 +519,23 @@ impl EventStore for MongoStore {
                 }},
             )
             .upsert(true)
-            .await
-            .map_err(StoreError::backend)?;
+            .await;
+        match manifest.map_err(|e| conflict_or_backend(e, 0)) {
+            Ok(_) => {}
+            Err(StoreError::Conflict { .. }) => {
+                self.snapshots
+                    .delete_many(doc! {"_id": {"$ne": "latest"}, "snapshot": &snapshot})
+                    .await
+                    .map_err(StoreError::backend)?;
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        }
+        let latest = snapshot;
+        // Older snapshots' chunks (and those of saves interrupted before them) go; a save still
+        // writing a newer one is left alone.
         self.snapshots
-            .delete_many(doc! {"_id": {"$ne": "latest"}, "snapshot": {"$ne": &snapshot}})
+            .delete_many(doc! {"_id": {"$ne": "latest"}, "snapshot": {"$lt": &latest}})
             .await
             .map_err(StoreError::backend)?;
         Ok(())

@@ -164,8 +164,8 @@ async fn a_snapshot_save_interrupted_before_its_manifest_changes_nothing() {
     // What a save killed after its first chunk leaves behind.
     snapshots
         .insert_one(doc! {
-            "_id": "00000000000000000009-1:000000",
-            "snapshot": "00000000000000000009-1",
+            "_id": "00000000000000000009-000000000000000000000000000000000000001:000000",
+            "snapshot": "00000000000000000009-000000000000000000000000000000000000001",
             "i": 0_i64,
             "data": Binary { subtype: BinarySubtype::Generic, bytes: b"half of".to_vec() },
         })
@@ -188,5 +188,33 @@ async fn a_snapshot_save_interrupted_before_its_manifest_changes_nothing() {
         snapshots.count_documents(doc! {}).await.unwrap(),
         2,
         "one chunk and the manifest: older and orphaned chunks are gone"
+    );
+}
+
+/// Two replicas saving snapshots of one log: whichever saves last, the newer snapshot stays the
+/// latest, whole.
+#[tokio::test]
+async fn an_older_snapshot_saved_after_a_newer_one_does_not_replace_it() {
+    let (_server, uri) = servers::mongo();
+    let settings = MongoSettings::new(&uri, "racing_snapshots");
+    let a = MongoStore::open(&settings).await.expect("open a");
+    let b = MongoStore::open(&settings).await.expect("open b");
+    a.save_snapshot(10, b"state at 10".to_vec()).await.unwrap();
+    b.save_snapshot(7, b"state at 7".to_vec()).await.unwrap();
+    assert_eq!(
+        a.latest_snapshot().await.unwrap(),
+        Some((10, b"state at 10".to_vec())),
+        "the newer snapshot is still the latest, with its chunks"
+    );
+    let snapshots = a
+        .database()
+        .collection::<mongodb::bson::Document>("snapshots");
+    assert_eq!(
+        snapshots
+            .count_documents(mongodb::bson::doc! {})
+            .await
+            .unwrap(),
+        2,
+        "the older one's chunk is gone: one chunk and the manifest"
     );
 }

@@ -273,19 +273,23 @@ async fn exactly_once(p: &Product, f: &Fixture, n: usize) {
     lag_settles_at_zero(p).await;
 }
 
+/// The `/metrics` page of the service behind `prefix`.
+async fn metrics_text(p: &Product, prefix: &str) -> String {
+    p.http
+        .get(format!("{}/metrics", p.base(prefix)))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 /// Every consumer's `libertum_consumer_lag_events`, from each service's `/metrics`.
 async fn lags(p: &Product) -> Vec<(String, f64)> {
     let mut all = Vec::new();
     for prefix in ["/v1/assets", "/v1/tokens", "/v1/ledger"] {
-        let text = p
-            .http
-            .get(format!("{}/metrics", p.base(prefix)))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = metrics_text(p, prefix).await;
         all.extend(
             text.lines()
                 .filter(|l| l.starts_with("libertum_consumer_lag_events{"))
@@ -492,16 +496,9 @@ async fn republish(brokers: &str, topic: &str) -> u64 {
 
 /// How many events of `topic` the service behind `prefix` has consumed, from its `/metrics`.
 async fn consumed(p: &Product, prefix: &str, consumer: &str, topic: &str) -> u64 {
-    let text = p
-        .http
-        .get(format!("{}/metrics", p.base(prefix)))
-        .send()
+    metrics_text(p, prefix)
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
+        .lines()
         .find(|l| {
             l.starts_with("libertum_events_consumed_total{")
                 && l.contains(&format!(r#"consumer="{consumer}""#))

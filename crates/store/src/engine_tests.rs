@@ -351,14 +351,20 @@ async fn engine_on(store: Arc<Flaky>) -> Engine<Counter> {
         .expect("start")
 }
 
+/// [`engine_on`] a new store in `dir`, after `n` commands adding one each.
+async fn counted(dir: &std::path::Path, n: usize) -> (Arc<Flaky>, Engine<Counter>) {
+    let store = Flaky::open(dir, "t");
+    let engine = engine_on(store.clone()).await;
+    for _ in 0..n {
+        engine.submit(add(1, None, "")).await.expect("applied");
+    }
+    (store, engine)
+}
+
 #[tokio::test]
 async fn a_restart_reads_the_latest_snapshot_and_only_the_events_after_it() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = Flaky::open(dir.path(), "t");
-    let engine = engine_on(store.clone()).await;
-    for _ in 0..4 {
-        engine.submit(add(1, None, "")).await.expect("applied");
-    }
+    let (store, engine) = counted(dir.path(), 4).await;
     assert_eq!(engine.snapshot().await.expect("snapshot"), 4);
     engine.submit(add(2, None, "")).await.expect("applied");
     engine.close().await;
@@ -381,11 +387,7 @@ async fn a_restart_reads_the_latest_snapshot_and_only_the_events_after_it() {
 #[tokio::test]
 async fn a_corrupt_or_future_snapshot_is_not_used_and_the_whole_log_is() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = Flaky::open(dir.path(), "t");
-    let engine = engine_on(store.clone()).await;
-    for _ in 0..3 {
-        engine.submit(add(1, None, "")).await.expect("applied");
-    }
+    let (store, engine) = counted(dir.path(), 3).await;
     engine.snapshot().await.expect("snapshot");
     engine.close().await;
 
@@ -410,11 +412,7 @@ async fn a_corrupt_or_future_snapshot_is_not_used_and_the_whole_log_is() {
 #[tokio::test]
 async fn a_failed_commit_restores_from_the_snapshot_not_from_the_beginning() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = Flaky::open(dir.path(), "t");
-    let engine = engine_on(store.clone()).await;
-    for _ in 0..3 {
-        engine.submit(add(1, None, "")).await.expect("applied");
-    }
+    let (store, engine) = counted(dir.path(), 3).await;
     engine.snapshot().await.expect("snapshot");
     engine.submit(add(1, None, "")).await.expect("applied");
     store.failing.store(true, Ordering::Relaxed);

@@ -24,14 +24,13 @@ use libertum_domain as domain;
 use libertum_events::CloudEvent;
 use rustc_hash::FxHashMap;
 use serde::{Serialize, de::DeserializeOwned};
-
-use crate::snapshot::{self, SnapshotPolicy};
 use time::OffsetDateTime;
 use tokio::sync::{RwLock, RwLockReadGuard, mpsc, oneshot};
 
 use crate::{
     metrics as m,
     ports::{Cache, Commit, EventStore, IdempotencyRecord, StoreError},
+    snapshot::{self, SnapshotPolicy},
 };
 
 /// The most commands one group commit takes.

@@ -313,6 +313,19 @@ fn event_document(position: u64, bytes: &[u8]) -> Result<Document, StoreError> {
 
 const DUPLICATE_KEY: i32 = 11000;
 
+/// Whether every error of an insert is a duplicate key.
+fn only_duplicates(e: &mongodb::error::Error) -> bool {
+    match e.kind.as_ref() {
+        ErrorKind::InsertMany(m) => {
+            m.write_concern_error.is_none()
+                && m.write_errors
+                    .as_ref()
+                    .is_some_and(|errors| errors.iter().all(|w| w.code == DUPLICATE_KEY))
+        }
+        _ => false,
+    }
+}
+
 /// The most bytes of a snapshot one document holds (a document is at most 16 MiB).
 pub const SNAPSHOT_CHUNK: usize = 4 * 1024 * 1024;
 
@@ -459,6 +472,37 @@ impl EventStore for MongoStore {
             .upsert(true)
             .await
             .map_err(StoreError::backend)?;
+        Ok(())
+    }
+
+    async fn put_index(&self, rows: Vec<(String, Vec<u8>)>) -> Result<(), StoreError> {
+        use mongodb::bson::{Binary, spec::BinarySubtype};
+        // Replace by key, a thousand at a time: delete what is there, insert anew. Only a
+        // starting writer does this, before it serves; a crash in between leaves rows that the
+        // next start writes again.
+        for chunk in rows.chunks(1_000) {
+            let keys: Vec<&str> = chunk.iter().map(|(k, _)| k.as_str()).collect();
+            self.index
+                .delete_many(doc! {"_id": {"$in": &keys}})
+                .await
+                .map_err(StoreError::backend)?;
+            let docs: Vec<Document> = chunk
+                .iter()
+                .map(|(key, value)| {
+                    doc! {
+                        "_id": key.as_str(),
+                        "v": Binary { subtype: BinarySubtype::Generic, bytes: value.clone() },
+                    }
+                })
+                .collect();
+            // Another replica starting at the same time may have written the same rows (they
+            // are derived from the same log, so equal): a duplicate key is not a failure.
+            match self.index.insert_many(docs).ordered(false).await {
+                Ok(_) => {}
+                Err(e) if only_duplicates(&e) => {}
+                Err(e) => return Err(StoreError::backend(e)),
+            }
+        }
         Ok(())
     }
 

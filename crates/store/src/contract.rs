@@ -180,6 +180,32 @@ pub async fn event_store(open: Open) {
         "a refused commit writes no index row"
     );
 
+    // Rows written again outside a commit replace those with the same key, and add the others.
+    store
+        .put_index(vec![
+            ("p|a|0001".into(), b"one again".to_vec()),
+            ("p|a|0004".into(), b"four".to_vec()),
+        ])
+        .await
+        .expect("rows put");
+    store
+        .put_index(vec![("p|a|0004".into(), b"four".to_vec())])
+        .await
+        .expect("the same rows put twice");
+    assert_eq!(
+        last("p|a|", "p|a|0002").await,
+        Some(("p|a|0001".into(), b"one again".to_vec()))
+    );
+    assert_eq!(
+        last("p|a|", "p|a|9999").await,
+        Some(("p|a|0004".into(), b"four".to_vec()))
+    );
+    assert_eq!(
+        store.head().await.unwrap(),
+        2,
+        "putting rows appends no event"
+    );
+
     // Snapshots: none at first, then the latest one replaces the one before, byte for byte,
     // whatever its size (larger than a MongoDB document).
     assert_eq!(

@@ -192,7 +192,7 @@ impl<S: StateMachine> Engine<S> {
         policy: SnapshotPolicy,
     ) -> Result<Self, StoreError> {
         let started = Instant::now();
-        let (held, snapshot_at) = restore::<S>(service, store.as_ref()).await?;
+        let (held, snapshot_at) = restore::<S>(service, store.as_ref(), true).await?;
         tracing::info!(
             service,
             head = held.head,
@@ -293,15 +293,18 @@ impl<S: StateMachine> Engine<S> {
     }
 }
 
-/// Applies the events after `held.head` to `held`.
+/// Applies the events after `held.head` to `held`. With `reindex`, it also writes the index
+/// rows those events derive (see [`restore`]); otherwise they are dropped, being stored already.
 async fn replay_tail<S: StateMachine>(
     store: &dyn EventStore,
     held: &mut Held<S>,
+    reindex: bool,
 ) -> Result<(), StoreError> {
+    let mut rows = Vec::new();
     loop {
         let chunk = store.read(held.head, 4_096).await?;
         let Some((last, _)) = chunk.last() else {
-            return Ok(());
+            return store.put_index(rows).await;
         };
         let last = *last;
         for (position, bytes) in chunk {
@@ -317,9 +320,15 @@ async fn replay_tail<S: StateMachine>(
                 .insert(envelope.subject.clone(), envelope.subject_version());
             held.last_time = held.last_time.max(S::describe(&event).time);
             held.state.apply(&event);
-            held.state.take_index();
+            let derived = held.state.take_index();
+            if reindex {
+                rows.extend(derived);
+            }
         }
         held.head = last;
+        if rows.len() >= 16_384 {
+            store.put_index(std::mem::take(&mut rows)).await?;
+        }
     }
 }
 
@@ -328,6 +337,7 @@ async fn replay_tail<S: StateMachine>(
 async fn restore<S: StateMachine>(
     service: &'static str,
     store: &dyn EventStore,
+    at_start: bool,
 ) -> Result<(Held<S>, u64), StoreError> {
     let head = store.head().await?;
     let from_snapshot = match store.latest_snapshot().await {
@@ -357,9 +367,15 @@ async fn restore<S: StateMachine>(
             None
         }
     };
+    // Reading the whole log at start, the engine also writes again the index rows it derives:
+    // the same rows as stored, or the ones a log written before the index existed lacks (a
+    // distribution paid from a missing row would pay the wrong holders). A snapshot exists only
+    // where the index does, so the tail after one needs nothing; and a restore after a failed
+    // commit only reads, so that a store refusing writes cannot stop the writer.
+    let reindex = at_start && from_snapshot.is_none();
     let mut held = from_snapshot.unwrap_or_default();
     let snapshot_at = held.head;
-    replay_tail(store, &mut held).await?;
+    replay_tail(store, &mut held, reindex).await?;
     Ok((held, snapshot_at))
 }
 
@@ -513,7 +529,7 @@ async fn writer<S: StateMachine>(inner: Arc<Inner<S>>, mut rx: mpsc::Receiver<Jo
                 }
             }
             let started = Instant::now();
-            match restore::<S>(service, inner.store.as_ref()).await {
+            match restore::<S>(service, inner.store.as_ref(), false).await {
                 Ok((fresh, snapshot_at)) => {
                     tracing::info!(
                         service,

@@ -10,9 +10,10 @@ use tokio::sync::watch;
 use super::*;
 use crate::{IdempotencyRecord, RedbStore, ports::EventStore};
 
-/// A counter that refuses to go above 10: the smallest state machine with a rule.
+/// A counter that refuses to go above 10: the smallest state machine with a rule. Its index
+/// holds each total it reached (`c|{total}`).
 #[derive(Default, Serialize, Deserialize)]
-struct Counter(u64);
+struct Counter(u64, #[serde(skip)] Vec<(String, Vec<u8>)>);
 
 #[derive(Clone, Serialize, Deserialize)]
 struct Added {
@@ -35,6 +36,12 @@ impl StateMachine for Counter {
 
     fn apply(&mut self, event: &Added) {
         self.0 += event.n;
+        self.1
+            .push((format!("c|{:016x}", self.0), event.n.to_le_bytes().to_vec()));
+    }
+
+    fn take_index(&mut self) -> Vec<(String, Vec<u8>)> {
+        std::mem::take(&mut self.1)
     }
 
     fn describe(_: &Added) -> Described<'_> {
@@ -115,6 +122,9 @@ impl EventStore for Flaky {
     }
     async fn save_checkpoint(&self, name: &str, position: u64) -> Result<(), StoreError> {
         self.inner.save_checkpoint(name, position).await
+    }
+    async fn put_index(&self, rows: Vec<(String, Vec<u8>)>) -> Result<(), StoreError> {
+        self.inner.put_index(rows).await
     }
     async fn index_last(
         &self,
@@ -453,4 +463,35 @@ async fn snapshots_are_taken_in_the_background_when_the_policy_says() {
     }
     let (position, _) = store.latest_snapshot().await.unwrap().unwrap();
     assert_eq!(position, 3);
+}
+
+#[tokio::test]
+async fn index_rows_commit_with_their_events_and_a_log_without_them_gets_them_at_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (store, engine) = counted(dir.path(), 3).await;
+    let top = store.index_last("c|", "c|~").await.unwrap();
+    assert_eq!(top.map(|(k, _)| k), Some(format!("c|{:016x}", 3)));
+    engine.close().await;
+
+    // The same log copied into a store without its index, as a log written before the index
+    // existed would be.
+    let old = Flaky::open(dir.path(), "old");
+    let events = store.read(0, 10).await.unwrap();
+    old.commit(Commit {
+        expected_head: 0,
+        events: events.into_iter().map(|(_, bytes)| bytes).collect(),
+        ..Commit::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(old.index_last("c|", "c|~").await.unwrap(), None);
+    let engine = engine_on(old.clone()).await;
+    assert_eq!(engine.read().await.0, 3);
+    for total in 1..=3u64 {
+        let key = format!("c|{total:016x}");
+        assert!(
+            old.index_last(&key, &key).await.unwrap().is_some(),
+            "row {key} written at start"
+        );
+    }
 }

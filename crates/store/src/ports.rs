@@ -72,6 +72,10 @@ pub trait EventStore: Send + Sync + 'static {
     /// Stores a checkpoint outside the log, for a reader that is not the log's writer (the
     /// relay that publishes the log to Kafka). It does not move the head.
     async fn save_checkpoint(&self, name: &str, position: u64) -> Result<(), StoreError>;
+    /// Writes index rows outside a commit, replacing any with the same key: how a start that
+    /// read the whole log writes again the rows it derived (they are the same as the commits
+    /// wrote, or missing if the log predates them). Idempotent.
+    async fn put_index(&self, rows: Vec<(String, Vec<u8>)>) -> Result<(), StoreError>;
     /// The index row with the greatest key in `low..=high` (keys compare as byte strings).
     async fn index_last(
         &self,

@@ -223,6 +223,28 @@ impl EventStore for RedbStore {
         .map_err(StoreError::backend)?
     }
 
+    async fn put_index(&self, rows: Vec<(String, Vec<u8>)>) -> Result<(), StoreError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut tx = db.begin_write().map_err(StoreError::backend)?;
+            tx.set_durability(Durability::Immediate);
+            {
+                let mut index = tx.open_table(INDEX).map_err(StoreError::backend)?;
+                for (key, value) in &rows {
+                    index
+                        .insert(key.as_str(), value.as_slice())
+                        .map_err(StoreError::backend)?;
+                }
+            }
+            tx.commit().map_err(StoreError::backend)
+        })
+        .await
+        .map_err(StoreError::backend)?
+    }
+
     async fn index_last(
         &self,
         low: &str,

@@ -545,21 +545,28 @@ impl Subscription for KafkaSubscription {
             let measured = (|| -> Result<u64, KafkaError> {
                 let positions = consumer.position()?;
                 // A partition this process has read nothing from since it started has no
-                // position yet: the group's committed offset says where it stands.
-                let committed = consumer.committed(Duration::from_secs(5))?;
+                // position yet: the group's committed offset says where it stands (asked for
+                // only then: it is a round trip to the coordinator).
+                let mut committed = None;
                 let mut lag = 0u64;
                 for p in positions.elements_for_topic(&topic) {
                     let (low, high) =
                         consumer.fetch_watermarks(&topic, p.partition(), Duration::from_secs(5))?;
                     let at = match p.offset() {
                         Offset::Offset(o) => o,
-                        _ => match committed
-                            .find_partition(&topic, p.partition())
-                            .map(|c| c.offset())
-                        {
-                            Some(Offset::Offset(o)) => o,
-                            _ => low,
-                        },
+                        _ => {
+                            if committed.is_none() {
+                                committed = Some(consumer.committed(Duration::from_secs(5))?);
+                            }
+                            match committed
+                                .as_ref()
+                                .and_then(|c| c.find_partition(&topic, p.partition()))
+                                .map(|c| c.offset())
+                            {
+                                Some(Offset::Offset(o)) => o,
+                                _ => low,
+                            }
+                        }
                     };
                     lag += u64::try_from(high - at).unwrap_or(0);
                 }

@@ -247,16 +247,10 @@ impl MongoStore {
                 .map_err(|e| conflict_or_backend(e, commit.expected_head))?;
         }
         if !commit.index.is_empty() {
-            use mongodb::bson::{Binary, spec::BinarySubtype};
             let docs: Vec<Document> = commit
                 .index
                 .iter()
-                .map(|(key, value)| {
-                    doc! {
-                        "_id": key.as_str(),
-                        "v": Binary { subtype: BinarySubtype::Generic, bytes: value.clone() },
-                    }
-                })
+                .map(|(key, value)| index_document(key, value))
                 .collect();
             self.index
                 .insert_many(docs)
@@ -309,6 +303,19 @@ fn event_document(position: u64, bytes: &[u8]) -> Result<Document, StoreError> {
     })?;
     let body = std::str::from_utf8(bytes).map_err(StoreError::backend)?;
     Ok(doc! {"_id": to_i64(position)?, "seq": to_i64(position)?, "event_id": head.id, "body": body})
+}
+
+/// Bytes as a BSON binary value.
+fn binary(bytes: &[u8]) -> mongodb::bson::Binary {
+    mongodb::bson::Binary {
+        subtype: mongodb::bson::spec::BinarySubtype::Generic,
+        bytes: bytes.to_vec(),
+    }
+}
+
+/// An index row as a document: `{_id: key, v: value}`.
+fn index_document(key: &str, value: &[u8]) -> Document {
+    doc! {"_id": key, "v": binary(value)}
 }
 
 const DUPLICATE_KEY: i32 = 11000;
@@ -476,7 +483,6 @@ impl EventStore for MongoStore {
     }
 
     async fn put_index(&self, rows: Vec<(String, Vec<u8>)>) -> Result<(), StoreError> {
-        use mongodb::bson::{Binary, spec::BinarySubtype};
         // Replace by key, a thousand at a time: delete what is there, insert anew. Only a
         // starting writer does this, before it serves; a crash in between leaves rows that the
         // next start writes again.
@@ -488,12 +494,7 @@ impl EventStore for MongoStore {
                 .map_err(StoreError::backend)?;
             let docs: Vec<Document> = chunk
                 .iter()
-                .map(|(key, value)| {
-                    doc! {
-                        "_id": key.as_str(),
-                        "v": Binary { subtype: BinarySubtype::Generic, bytes: value.clone() },
-                    }
-                })
+                .map(|(key, value)| index_document(key, value))
                 .collect();
             // Another replica starting at the same time may have written the same rows (they
             // are derived from the same log, so equal): a duplicate key is not a failure.
@@ -529,7 +530,6 @@ impl EventStore for MongoStore {
     }
 
     async fn save_snapshot(&self, position: u64, bytes: Vec<u8>) -> Result<(), StoreError> {
-        use mongodb::bson::{Binary, spec::BinarySubtype};
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
@@ -544,7 +544,7 @@ impl EventStore for MongoStore {
                     "_id": format!("{snapshot}:{i:06}"),
                     "snapshot": &snapshot,
                     "i": to_i64(i as u64)?,
-                    "data": Binary { subtype: BinarySubtype::Generic, bytes: chunk.to_vec() },
+                    "data": binary(chunk),
                 })
                 .await
                 .map_err(StoreError::backend)?;

@@ -321,20 +321,17 @@ pub async fn run() -> anyhow::Result<()> {
         let as_of = at
             .format(&time::format_description::well_known::Rfc3339)?
             .replace('+', "%2B");
-        let t = Instant::now();
-        let ours = get(
-            &http,
-            &format!("{base}/v1/tokens/{token}/holders?as_of={as_of}"),
-        )
+        let mut timed = async |url: String| -> anyhow::Result<Value> {
+            let t = Instant::now();
+            let body = get(&http, &url).await?;
+            reads.push(t.elapsed());
+            Ok(body)
+        };
+        let ours = timed(format!("{base}/v1/tokens/{token}/holders?as_of={as_of}")).await?;
+        let ledger = timed(format!(
+            "{base}/v1/ledger/tokens/{token}/cap-table?as_of={as_of}"
+        ))
         .await?;
-        reads.push(t.elapsed());
-        let t = Instant::now();
-        let ledger = get(
-            &http,
-            &format!("{base}/v1/ledger/tokens/{token}/cap-table?as_of={as_of}"),
-        )
-        .await?;
-        reads.push(t.elapsed());
         anyhow::ensure!(
             holders(&ours) == holders(&ledger),
             "the tokens service and the ledger disagree about the cap table as of {at} (after about {done} transfers)"

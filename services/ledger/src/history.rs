@@ -73,7 +73,6 @@ pub async fn entries(
 /// A point to read balances at, with what memory says now.
 pub struct Reading {
     point: AsOf,
-    head: u64,
 }
 
 impl Reading {
@@ -83,7 +82,7 @@ impl Reading {
             AsOf::Seq(seq) if seq >= head => AsOf::Latest,
             other => other,
         };
-        Reading { point, head }
+        Reading { point }
     }
 
     /// The balance at this point of an account the journal knows as `account` (its number and
@@ -99,7 +98,7 @@ impl Reading {
         let (low, high) = match self.point {
             AsOf::Latest => return Ok(account.balance),
             AsOf::Seq(0) => return Ok(0),
-            AsOf::Seq(seq) => keys::as_of_seq(account.no, seq.min(self.head)),
+            AsOf::Seq(seq) => keys::as_of_seq(account.no, seq),
             AsOf::Time(at) => keys::as_of_time(account.no, at),
         };
         let row = store

@@ -1,10 +1,14 @@
 //! Kafka through rdkafka (bundled librdkafka): the relay that publishes a service's committed
-//! events, the consumer-group subscription, the dead-letter topic and topic creation.
+//! events, the consumers (every partition assigned, resuming from positions stored with the
+//! effects), the dead-letter topic and topic creation.
 //!
 //! Delivery is at least once. The relay stores its position in the service's own store only
 //! after the broker acknowledged every event up to it (idempotent producer, `acks=all`), so a
-//! crash republishes at most the unacknowledged tail. Consumers commit their group's offsets only
-//! after the effects are stored, and deduplicate by event id.
+//! crash republishes at most the unacknowledged tail. Consumers store each partition's position
+//! in the same commit as the effects and resume from it; no broker group membership decides who
+//! consumes (the lease of the service's writes does), so a failover never waits for the broker
+//! to expire a dead member's session. The group's offsets are still committed, after the
+//! effects, for monitoring tools.
 
 use std::{
     collections::BTreeMap,
@@ -15,7 +19,7 @@ use std::{
 
 use async_trait::async_trait;
 use futures::FutureExt;
-use libertum_store::{Delivery, EventBus, EventStore, StoreError, Subscription};
+use libertum_store::{Delivery, EventBus, EventStore, Ownership, StoreError, Subscription};
 use rdkafka::{
     ClientConfig, Message, Offset, TopicPartitionList,
     admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
@@ -42,10 +46,6 @@ pub struct KafkaSettings {
     pub partitions: i32,
     /// Replication factor of the topics created when missing.
     pub replication: i32,
-    /// A name this process keeps across restarts (a StatefulSet pod's name, say). With it the
-    /// consumers are static group members: a restarted process takes its partitions back at
-    /// once instead of waiting for the broker to expire its previous session.
-    pub instance_id: Option<String>,
 }
 
 impl KafkaSettings {
@@ -54,7 +54,6 @@ impl KafkaSettings {
             brokers: brokers.to_owned(),
             partitions: 3,
             replication: 1,
-            instance_id: None,
         }
     }
 
@@ -157,11 +156,14 @@ struct Route<'a> {
 
 /// Publishes a service's committed events to its topic, in log order, keyed by partition key so
 /// one asset's or token's events stay in one partition and in order.
+#[derive(Clone)]
 pub struct Relay {
     store: Arc<dyn EventStore>,
     producer: FutureProducer,
     topic: String,
     backlog: Arc<AtomicU64>,
+    /// On a replica, the relay sends only while this replica owns the writes.
+    ownership: Option<Ownership>,
 }
 
 const RELAY_BATCH: usize = 2_000;
@@ -188,7 +190,16 @@ impl Relay {
             producer: settings.producer()?,
             topic: topic.to_owned(),
             backlog: Arc::default(),
+            ownership: None,
         })
+    }
+
+    /// Makes the relay send only while `ownership` says this replica owns the writes: it asks
+    /// before every batch, so a paused former owner that wakes up after its lease ran out sends
+    /// nothing more.
+    pub fn owned_by(mut self, ownership: Option<Ownership>) -> Self {
+        self.ownership = ownership;
+        self
     }
 
     fn checkpoint(&self) -> String {
@@ -253,14 +264,28 @@ impl Relay {
         acknowledged: &AtomicU64,
     ) -> Result<(), StoreError> {
         let mut head = self.store.watch_head();
+        // What another replica appended is seen by asking the store, at start and every second.
+        let mut current = self.store.head().await?;
         loop {
-            let current = *head.borrow_and_update();
+            current = current.max(*head.borrow_and_update());
             self.report_backlog(current, acknowledged.load(Ordering::Relaxed));
             if current <= sent_up_to {
                 // Wakes on the next commit of this process's writer; the timeout keeps the
                 // backlog gauge fresh and notices a closed store.
-                let _ = tokio::time::timeout(Duration::from_secs(1), head.changed()).await;
+                if tokio::time::timeout(Duration::from_secs(1), head.changed())
+                    .await
+                    .is_err()
+                {
+                    current = self.store.head().await?;
+                }
                 continue;
+            }
+            if let Some(ownership) = &self.ownership
+                && !ownership.is_owner()
+            {
+                return Err(StoreError::Backend(
+                    "this replica no longer owns the writes; the relay stops sending".into(),
+                ));
             }
             let events = self.store.read(sent_up_to, RELAY_BATCH).await?;
             let Some(&(last, _)) = events.last() else {
@@ -352,7 +377,8 @@ impl Relay {
     }
 }
 
-/// The bus on Kafka: consumer groups, offsets committed after the effects, a dead-letter topic.
+/// The bus on Kafka: every partition assigned, positions stored with the effects (and offsets
+/// committed after them), a dead-letter topic.
 pub struct KafkaBus {
     settings: KafkaSettings,
     producer: FutureProducer,
@@ -369,29 +395,65 @@ impl KafkaBus {
 
 #[async_trait]
 impl EventBus for KafkaBus {
+    async fn partitions(&self, topic: &str) -> Result<Vec<i32>, StoreError> {
+        let client: rdkafka::consumer::BaseConsumer = self
+            .settings
+            .config()
+            .create()
+            .map_err(StoreError::backend)?;
+        let topic = topic.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let metadata = client
+                .fetch_metadata(Some(&topic), Duration::from_secs(10))
+                .map_err(StoreError::backend)?;
+            let partitions: Vec<i32> = metadata
+                .topics()
+                .iter()
+                .filter(|t| t.name() == topic && t.error().is_none())
+                .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+                .collect();
+            if partitions.is_empty() {
+                return Err(StoreError::Backend(format!(
+                    "topic {topic} has no partitions the broker knows of"
+                )));
+            }
+            Ok(partitions)
+        })
+        .await
+        .map_err(StoreError::backend)?
+    }
+
     async fn subscribe(
         &self,
         topic: &str,
         group: &str,
-        _resume_after: Option<u64>,
+        resume: &BTreeMap<i32, u64>,
     ) -> Result<Box<dyn Subscription>, StoreError> {
-        let mut config = self.settings.config();
-        if let Some(instance) = &self.settings.instance_id {
-            config.set("group.instance.id", format!("{instance}.{group}"));
-        }
-        let consumer: StreamConsumer = config
+        let consumer: StreamConsumer = self
+            .settings
+            .config()
             .set("group.id", group)
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
-            .set("session.timeout.ms", "10000")
-            .set("heartbeat.interval.ms", "1000")
             .set("fetch.wait.max.ms", "10")
             // Small fetches: the first one after a backlog stays quick.
             .set("max.partition.fetch.bytes", "1048576")
             .set("fetch.min.bytes", "1")
             .create()
             .map_err(StoreError::backend)?;
-        consumer.subscribe(&[topic]).map_err(StoreError::backend)?;
+        let mut assignment = TopicPartitionList::new();
+        for partition in self.partitions(topic).await? {
+            let from = match resume.get(&partition) {
+                Some(&at) => Offset::Offset(i64::try_from(at + 1).map_err(StoreError::backend)?),
+                // Never applied anything here: the group's committed offset (an older version
+                // kept only that), else the beginning.
+                None => Offset::Stored,
+            };
+            assignment
+                .add_partition_offset(topic, partition, from)
+                .map_err(StoreError::backend)?;
+        }
+        consumer.assign(&assignment).map_err(StoreError::backend)?;
         metrics::counter!(DEAD_LETTERED, "topic" => topic.to_owned()).increment(0);
         Ok(Box::new(KafkaSubscription {
             consumer: Arc::new(consumer),
@@ -404,6 +466,10 @@ impl EventBus for KafkaBus {
 
     fn describe(&self) -> String {
         format!("kafka:{}", self.settings.brokers)
+    }
+
+    fn checkpoint_name(&self, base: &str, partition: i32) -> String {
+        format!("{base}#{partition}")
     }
 }
 

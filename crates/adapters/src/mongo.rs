@@ -18,13 +18,20 @@
 //!   every chunk of its snapshot: a save interrupted before it leaves the previous one latest,
 //!   and its chunks are deleted by the next save.
 //!
+//! - `leases`: `{_id: "log", holder, address, epoch, expires_at_ms}`, the lease of the log's
+//!   writes, renewed by its holder; and `{_id: "log.fence", epoch}`, the epoch commits must
+//!   carry. A replica that takes the lease raises the fence to its new epoch; every commit
+//!   updates the fence document filtered on its own epoch inside its transaction, so a former
+//!   holder's commit matches nothing (or conflicts with the raise) and writes nothing. Renewals
+//!   touch the other document, so they never conflict with a commit.
+//!
 //! A commit writes its events, idempotency records and checkpoints in one multi-document
 //! transaction with the configured write concern (majority by default): all of it or none.
 
 use std::{sync::Arc, time::Duration};
 
 use async_trait::async_trait;
-use libertum_store::{Commit, EventStore, IdempotencyRecord, StoreError};
+use libertum_store::{Commit, EventStore, IdempotencyRecord, Lease, StoreError};
 use mongodb::{
     Client, ClientSession, Collection, Database, IndexModel,
     bson::{Bson, Document, doc},
@@ -94,6 +101,7 @@ pub struct MongoStore {
     checkpoints: Collection<Document>,
     snapshots: Collection<Document>,
     index: Collection<Document>,
+    leases: Collection<Document>,
     write_concern: WriteConcern,
     read_concern: ReadConcern,
     name: String,
@@ -129,6 +137,7 @@ impl MongoStore {
             checkpoints: db.collection("checkpoints"),
             snapshots: db.collection("snapshots"),
             index: db.collection("index_rows"),
+            leases: db.collection("leases"),
             db,
             client,
             write_concern,
@@ -206,6 +215,20 @@ impl MongoStore {
         session: &mut ClientSession,
         commit: &Commit,
     ) -> Result<u64, StoreError> {
+        if let Some(epoch) = commit.fence {
+            let fenced = self
+                .leases
+                .update_one(
+                    doc! {"_id": FENCE, "epoch": to_i64(epoch)?},
+                    doc! {"$set": {"head": to_i64(commit.expected_head + commit.events.len() as u64)?}},
+                )
+                .session(&mut *session)
+                .await
+                .map_err(StoreError::backend)?;
+            if fenced.matched_count == 0 {
+                return Err(StoreError::Fenced { epoch });
+            }
+        }
         let head = self.read_head(Some(&mut *session)).await?;
         if head != commit.expected_head {
             return Err(StoreError::Conflict {
@@ -319,6 +342,32 @@ fn index_document(key: &str, value: &[u8]) -> Document {
 }
 
 const DUPLICATE_KEY: i32 = 11000;
+/// The `_id`s of the lease and of the fence in `leases`.
+const LEASE: &str = "log";
+const FENCE: &str = "log.fence";
+
+fn lease_of(d: &Document) -> Result<Lease, StoreError> {
+    let text = |field: &str| {
+        d.get_str(field)
+            .map(str::to_owned)
+            .map_err(|_| StoreError::Backend(format!("lease field {field} is not text")))
+    };
+    let expires_at_ms = match d.get("expires_at_ms") {
+        Some(Bson::Int64(n)) => *n,
+        Some(Bson::Int32(n)) => i64::from(*n),
+        other => {
+            return Err(StoreError::Backend(format!(
+                "lease field expires_at_ms is not a number: {other:?}"
+            )));
+        }
+    };
+    Ok(Lease {
+        holder: text("holder")?,
+        address: text("address")?,
+        epoch: position(d.get("epoch"))?,
+        expires_at_ms,
+    })
+}
 
 /// Whether every error of an insert is a duplicate key.
 fn only_duplicates(e: &mongodb::error::Error) -> bool {
@@ -422,7 +471,16 @@ impl EventStore for MongoStore {
     }
 
     async fn head(&self) -> Result<u64, StoreError> {
-        Ok(*self.head.borrow())
+        // Asked of the database: with several replicas, another one may have appended.
+        let head = self.read_head(None).await?;
+        self.head.send_if_modified(|known| {
+            let newer = head > *known;
+            if newer {
+                *known = head;
+            }
+            newer
+        });
+        Ok(head)
     }
 
     async fn idempotency(&self, key: &str) -> Result<Option<IdempotencyRecord>, StoreError> {
@@ -474,9 +532,97 @@ impl EventStore for MongoStore {
         self.checkpoints
             .update_one(
                 doc! {"_id": name},
-                doc! {"$set": {"position": Bson::Int64(to_i64(at)?)}},
+                doc! {"$max": {"position": Bson::Int64(to_i64(at)?)}},
             )
             .upsert(true)
+            .await
+            .map_err(StoreError::backend)?;
+        Ok(())
+    }
+
+    async fn lease(&self) -> Result<Option<Lease>, StoreError> {
+        self.leases
+            .find_one(doc! {"_id": LEASE})
+            .await
+            .map_err(StoreError::backend)?
+            .map(|d| lease_of(&d))
+            .transpose()
+    }
+
+    async fn acquire_lease(
+        &self,
+        holder: &str,
+        address: &str,
+        epoch: Option<u64>,
+        now_ms: i64,
+        ttl_ms: i64,
+    ) -> Result<Option<Lease>, StoreError> {
+        let expires_at_ms = now_ms + ttl_ms;
+        if let Some(epoch) = epoch {
+            let renewed = self
+                .leases
+                .update_one(
+                    doc! {"_id": LEASE, "holder": holder, "epoch": to_i64(epoch)?},
+                    doc! {"$set": {"expires_at_ms": expires_at_ms, "address": address}},
+                )
+                .await
+                .map_err(StoreError::backend)?;
+            return Ok((renewed.matched_count == 1).then(|| Lease {
+                holder: holder.to_owned(),
+                address: address.to_owned(),
+                epoch,
+                expires_at_ms,
+            }));
+        }
+        // One atomic update takes an expired lease (or a released one), so of two replicas
+        // trying at once only one matches.
+        let taken = self
+            .leases
+            .update_one(
+                doc! {"_id": LEASE, "expires_at_ms": {"$lte": now_ms}},
+                doc! {
+                    "$set": {"holder": holder, "address": address, "expires_at_ms": expires_at_ms},
+                    "$inc": {"epoch": 1_i64},
+                },
+            )
+            .await
+            .map_err(StoreError::backend)?;
+        if taken.matched_count == 0 {
+            let first = self
+                .leases
+                .insert_one(doc! {
+                    "_id": LEASE, "holder": holder, "address": address,
+                    "epoch": 1_i64, "expires_at_ms": expires_at_ms,
+                })
+                .await;
+            match first.map_err(|e| conflict_or_backend(e, 0)) {
+                Ok(_) => {}
+                // Someone holds it (or took it first).
+                Err(StoreError::Conflict { .. }) => return Ok(None),
+                Err(e) => return Err(e),
+            }
+        }
+        let Some(lease) = self.lease().await?.filter(|l| l.holder == holder) else {
+            return Ok(None);
+        };
+        // From here no commit of an earlier epoch can be written.
+        self.leases
+            .update_one(
+                doc! {"_id": FENCE},
+                doc! {"$max": {"epoch": to_i64(lease.epoch)?}},
+            )
+            .upsert(true)
+            .await
+            .map_err(StoreError::backend)?;
+        Ok(Some(lease))
+    }
+
+    async fn release_lease(&self, holder: &str, epoch: u64) -> Result<(), StoreError> {
+        self.leases
+            .update_one(
+                doc! {"_id": LEASE, "holder": holder, "epoch": to_i64(epoch)?},
+                doc! {"$set": {"expires_at_ms": i64::MIN}},
+            )
             .await
             .map_err(StoreError::backend)?;
         Ok(())

@@ -4,6 +4,11 @@
 //! (served from the service's state) and a write still succeeds. An invalidation that could not
 //! reach Redis leaves it suspect, so before the cache is used again every key under its prefix is
 //! deleted: a value cached before a write can never be served after it.
+//!
+//! Each key holds its subject's version (20 digits), a tag (`v` a value, `t` the mark an
+//! invalidation leaves) and the value. One script sets a key only if what it holds sorts below
+//! the new version and tag, so a replica that read an older state cannot put back what an
+//! invalidation removed, whatever the order the two reach Redis in. Marks expire with the TTL.
 
 use std::{
     sync::atomic::{AtomicBool, Ordering},
@@ -20,6 +25,29 @@ use crate::redact;
 
 /// Metric: cache operations that failed because Redis was unreachable.
 pub const REDIS_ERRORS: &str = "libertum_redis_errors_total";
+
+/// Sets `KEYS[1]` to `ARGV[1] .. ARGV[2]` for `ARGV[3]` seconds unless its version and tag
+/// (the first 21 bytes) are at least `ARGV[1]`.
+const SET_IF_NEWER: &str = r"
+local held = redis.call('GET', KEYS[1])
+if held and string.sub(held, 1, 21) >= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1] .. ARGV[2], 'EX', ARGV[3])
+return 1
+";
+
+/// Deletes the keys in `KEYS` that hold a value, keeping invalidation marks.
+const DROP_VALUES: &str = r"
+for _, key in ipairs(KEYS) do
+  local held = redis.call('GET', key)
+  if held and string.sub(held, 21, 21) == 'v' then redis.call('DEL', key) end
+end
+return 0
+";
+
+/// The version and tag that lead a stored entry.
+fn stamp(version: u64, tag: char) -> String {
+    format!("{version:020}{tag}")
+}
 
 pub struct RedisCache {
     client: redis::Client,
@@ -113,13 +141,36 @@ impl RedisCache {
                 .query_async(c)
                 .await?;
             if !keys.is_empty() {
-                let _: () = c.del(keys).await?;
+                // Values only: the marks still stop a late put of what they invalidated.
+                let drop_values = redis::Script::new(DROP_VALUES);
+                let mut script = drop_values.prepare_invoke();
+                for key in &keys {
+                    script.key(key);
+                }
+                let _: i64 = script.invoke_async(c).await?;
             }
             if next == 0 {
                 return Ok(());
             }
             cursor = next;
         }
+    }
+
+    async fn set_if_newer(
+        &self,
+        c: &mut ConnectionManager,
+        key: &str,
+        stamp: &str,
+        value: &[u8],
+    ) -> redis::RedisResult<()> {
+        let _: i64 = redis::Script::new(SET_IF_NEWER)
+            .key(format!("{}{key}", self.prefix))
+            .arg(stamp)
+            .arg(value)
+            .arg(self.ttl.as_secs().max(1))
+            .invoke_async(c)
+            .await?;
+        Ok(())
     }
 
     /// Whether Redis answers a PING now, for readiness.
@@ -170,7 +221,10 @@ impl Cache for RedisCache {
             .get::<_, Option<Vec<u8>>>(format!("{}{key}", self.prefix))
             .await
         {
-            Ok(v) => v.map(Bytes::from),
+            Ok(Some(held)) if held.len() > 20 && held[20] == b'v' => {
+                Some(Bytes::from(held).slice(21..))
+            }
+            Ok(_) => None,
             Err(e) => {
                 self.failed("get", &e);
                 None
@@ -178,29 +232,28 @@ impl Cache for RedisCache {
         }
     }
 
-    async fn put(&self, key: &str, value: Bytes) {
+    async fn put(&self, key: &str, version: u64, value: Bytes) {
         let Some(mut c) = self.ready().await else {
             return;
         };
-        let ttl = self.ttl.as_secs().max(1);
-        if let Err(e) = c
-            .set_ex::<_, _, ()>(format!("{}{key}", self.prefix), value.as_ref(), ttl)
+        if let Err(e) = self
+            .set_if_newer(&mut c, key, &stamp(version, 'v'), value.as_ref())
             .await
         {
             self.failed("put", &e);
         }
     }
 
-    async fn invalidate(&self, key: &str) {
-        let deleted = match self.connection().await {
-            Some(mut c) => c
-                .del::<_, ()>(format!("{}{key}", self.prefix))
+    async fn invalidate(&self, key: &str, version: u64) {
+        let marked = match self.connection().await {
+            Some(mut c) => self
+                .set_if_newer(&mut c, key, &stamp(version, 't'), b"")
                 .await
                 .map_err(|e| self.failed("invalidate", &e))
                 .is_ok(),
             None => false,
         };
-        if !deleted {
+        if !marked {
             self.suspect.store(true, Ordering::Release);
         }
     }

@@ -16,7 +16,8 @@ use libertum_platform::{
     limit::{MemoryLimiter, RateLimiter},
 };
 use libertum_store::{
-    Cache, Consumer, EventBus, EventStore, MemoryCache, RedbStore, SnapshotPolicy, StateMachine,
+    Cache, Consumer, EventBus, EventStore, LeaseSettings, MemoryCache, OwnedWork, Ownership,
+    RedbStore, SnapshotPolicy, StateMachine, ownership::Writer,
 };
 use tokio::{sync::watch, task::JoinHandle};
 
@@ -31,6 +32,9 @@ pub struct Backends {
     pub probes: Vec<Probe>,
     /// When the service snapshots its state.
     pub snapshots: SnapshotPolicy,
+    /// With a shared store (MongoDB) the service runs as one of several replicas, and this
+    /// says which of them owns the writes; `None` for the embedded store's sole writer.
+    pub ownership: Option<Ownership>,
 }
 
 /// The snapshot policy the settings give.
@@ -48,6 +52,7 @@ pub async fn backends(settings: &Settings, service: &str) -> anyhow::Result<Back
     let _ = libertum_platform::http_metrics::recorder();
     let b = &settings.backends;
     let mut probes = Vec::new();
+    let replicated = b.mongodb_uri.is_some();
     let store: Arc<dyn EventStore> = match &b.mongodb_uri {
         Some(uri) => {
             let mongo = MongoSettings {
@@ -81,13 +86,54 @@ pub async fn backends(settings: &Settings, service: &str) -> anyhow::Result<Back
             Arc::new(MemoryLimiter::default()),
         ),
     };
+    let ownership = replicated.then(|| {
+        let ttl = if b.lease_ttl.is_zero() {
+            LeaseSettings::default().ttl
+        } else {
+            b.lease_ttl
+        };
+        Ownership::new(
+            leak(service),
+            &replica_id(service),
+            &b.advertise_addr,
+            store.clone(),
+            LeaseSettings::with_ttl(ttl),
+        )
+    });
+    if let Some(ownership) = &ownership {
+        probes.push(libertum_platform::replica::ownership_probe(
+            &format!("{service}.ownership"),
+            ownership.clone(),
+        ));
+    }
     Ok(Backends {
         store,
         cache,
         limiter,
         probes,
         snapshots: snapshot_policy(settings),
+        ownership,
     })
+}
+
+/// A replica's id, unique per process start: the host's name (a pod's), the process id and a
+/// random suffix, so a restarted process never passes for its predecessor.
+fn replica_id(service: &str) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "host".into());
+    let nonce = uuid::Uuid::new_v4().simple().to_string();
+    format!("{service}@{host}:{}:{}", std::process::id(), &nonce[..8])
+}
+
+/// The service names are a handful of literals; metrics labels want them `'static`.
+fn leak(service: &str) -> &'static str {
+    match service {
+        "assets" => "assets",
+        "tokens" => "tokens",
+        "ledger" => "ledger",
+        other => Box::leak(other.to_owned().into_boxed_str()),
+    }
 }
 
 /// The Kafka bus when `LIBERTUM_KAFKA_BROKERS` is set, with the services' topics created if
@@ -102,7 +148,6 @@ pub async fn kafka(
         brokers: brokers.clone(),
         partitions: settings.backends.kafka_partitions,
         replication: settings.backends.kafka_replication,
-        instance_id: settings.backends.kafka_instance_id.clone(),
     };
     crate::ensure_topics(&kafka, &settings.backends.topics.all()).await?;
     let bus: Arc<dyn EventBus> = Arc::new(KafkaBus::new(&kafka)?);
@@ -190,11 +235,15 @@ pub fn lag_probe(name: &str, lag: Arc<AtomicU64>, what: &'static str, limit: u64
     })
 }
 
-/// A service's background tasks and their probes; `stop` ends them all.
+/// A service's background tasks and their probes; `stop` ends them all. With an
+/// [`Ownership`], the consumers and the relay run only while this replica owns the writes.
 pub struct Background {
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     pub probes: Vec<Probe>,
+    ownership: Option<Ownership>,
+    owned: Vec<OwnedWork>,
+    leading: Option<JoinHandle<()>>,
 }
 
 impl Default for Background {
@@ -203,17 +252,52 @@ impl Default for Background {
             stop: watch::channel(false).0,
             tasks: Vec::new(),
             probes: Vec::new(),
+            ownership: None,
+            owned: Vec::new(),
+            leading: None,
         }
     }
 }
 
 impl Background {
+    /// Background tasks of a replica: the work that must run once runs on the owner only.
+    pub fn replicated(ownership: Option<Ownership>) -> Self {
+        Background {
+            ownership,
+            ..Background::default()
+        }
+    }
+
+    /// Runs `start` now, or on this replica only while it owns the writes.
+    fn once<F>(&mut self, start: F)
+    where
+        F: Fn(
+                watch::Receiver<bool>,
+            ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+            + Send
+            + Sync
+            + 'static,
+    {
+        if self.ownership.is_some() {
+            self.owned.push(Arc::new(start));
+        } else {
+            self.tasks.push(tokio::spawn(start(self.stop.subscribe())));
+        }
+    }
+
     /// Runs `consumer`, reporting its lag as `name`.
     pub fn consumer<S: StateMachine>(&mut self, name: &str, consumer: Consumer<S>) {
         self.probes
             .push(lag_probe(name, consumer.lag(), "lag", 100_000));
-        self.tasks
-            .push(tokio::spawn(consumer.run(self.stop.subscribe())));
+        self.once(move |stop| Box::pin(consumer.clone().run(stop)));
+    }
+
+    /// Starts taking the lease of the writes for `writer` (the service's engine), with the
+    /// work registered so far; nothing without an [`Ownership`].
+    pub fn lead(&mut self, writer: Arc<dyn Writer>) {
+        if let Some(ownership) = &self.ownership {
+            self.leading = Some(ownership.run(writer, std::mem::take(&mut self.owned)));
+        }
     }
 
     /// Publishes `store` to `topic` on Kafka, reporting the backlog as `name`.
@@ -224,11 +308,10 @@ impl Background {
         store: Arc<dyn EventStore>,
         topic: &str,
     ) -> anyhow::Result<()> {
-        let relay = Relay::new(kafka, store, topic)?;
+        let relay = Relay::new(kafka, store, topic)?.owned_by(self.ownership.clone());
         self.probes
             .push(lag_probe(name, relay.backlog(), "backlog", 100_000));
-        self.tasks
-            .push(tokio::spawn(relay.run(self.stop.subscribe())));
+        self.once(move |stop| Box::pin(relay.clone().run(stop)));
         Ok(())
     }
 
@@ -268,11 +351,40 @@ impl Background {
         }));
     }
 
+    /// What hands the writes over at shutdown (see [`HandOver::run`]), to run while the
+    /// replica still serves: it then forwards writes to the new owner until it stops serving.
+    pub fn hand_over(&mut self) -> HandOver {
+        HandOver {
+            ownership: self.ownership.clone(),
+            leading: self.leading.take(),
+        }
+    }
+
     /// Stops every task and waits for it to finish its current step.
-    pub async fn stop(self) {
+    pub async fn stop(mut self) {
+        self.hand_over().run().await;
         let _ = self.stop.send(true);
         for task in self.tasks {
             let _ = task.await;
+        }
+    }
+}
+
+/// Hands a replica's writes over: see [`Ownership::leave`].
+pub struct HandOver {
+    ownership: Option<Ownership>,
+    leading: Option<JoinHandle<()>>,
+}
+
+impl HandOver {
+    /// Stops taking writes, finishes those in flight, stops the owned work and releases the
+    /// lease; returns once another replica may take it. Nothing for a sole writer.
+    pub async fn run(self) {
+        if let Some(ownership) = &self.ownership {
+            ownership.leave().await;
+        }
+        if let Some(leading) = self.leading {
+            let _ = leading.await;
         }
     }
 }

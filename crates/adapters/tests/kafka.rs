@@ -38,7 +38,7 @@ async fn the_kafka_bus_honours_the_event_bus_contract() {
 }
 
 #[tokio::test]
-async fn a_group_resumes_after_its_committed_offsets_and_the_relay_after_its_checkpoint() {
+async fn a_consumer_resumes_after_the_positions_it_stored_and_the_relay_after_its_checkpoint() {
     let (_broker, brokers) = servers::kafka();
     let topic = "resume.events";
     let (dir, store, stop) = relayed(&brokers, topic).await;
@@ -55,14 +55,22 @@ async fn a_group_resumes_after_its_committed_offsets_and_the_relay_after_its_che
         .await
         .unwrap();
 
-    let mut subscription = bus.subscribe(topic, "resumer", None).await.unwrap();
+    let mut subscription = bus
+        .subscribe(topic, "resumer", &Default::default())
+        .await
+        .unwrap();
     let mut got = Vec::new();
+    // What a consumer stores with its effects: the last position applied in each partition.
+    let mut applied = std::collections::BTreeMap::new();
     while got.len() < first.len() {
         let batch = tokio::time::timeout(Duration::from_secs(30), subscription.next(100))
             .await
             .expect("events within 30 s")
             .unwrap();
         subscription.commit(&batch).await.unwrap();
+        for d in &batch {
+            applied.insert(d.partition, d.offset);
+        }
         got.extend(batch.into_iter().map(|d| d.payload));
     }
     assert_eq!(got, first);
@@ -89,7 +97,11 @@ async fn a_group_resumes_after_its_committed_offsets_and_the_relay_after_its_che
             .run(stopped),
     );
 
-    let mut subscription = bus.subscribe(topic, "resumer", None).await.unwrap();
+    let mut subscription = bus
+        // Another group name: the positions given decide, not what a group committed.
+        .subscribe(topic, "resumer-2", &applied)
+        .await
+        .unwrap();
     let mut got = Vec::new();
     while got.len() < second.len() {
         let batch = tokio::time::timeout(Duration::from_secs(30), subscription.next(100))
@@ -101,7 +113,7 @@ async fn a_group_resumes_after_its_committed_offsets_and_the_relay_after_its_che
     }
     assert_eq!(
         got, second,
-        "the group starts after what it committed, and nothing committed is lost"
+        "the consumer starts after what it stored, and nothing committed is lost"
     );
     // The checkpoint follows the acknowledgements within a tenth of a second.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
@@ -133,7 +145,10 @@ async fn a_dead_lettered_event_keeps_its_origin_and_the_error_in_headers() {
         .await
         .unwrap();
     let bus = KafkaBus::new(&KafkaSettings::new(&brokers)).unwrap();
-    let mut subscription = bus.subscribe(topic, "poisoned", None).await.unwrap();
+    let mut subscription = bus
+        .subscribe(topic, "poisoned", &Default::default())
+        .await
+        .unwrap();
     let batch = tokio::time::timeout(Duration::from_secs(30), subscription.next(10))
         .await
         .expect("an event")
@@ -185,7 +200,10 @@ async fn without_failures_each_event_is_delivered_once() {
     let topic = "once.events";
     let (_dir, store, _stop) = relayed(&brokers, topic).await;
     let bus = KafkaBus::new(&KafkaSettings::new(&brokers)).unwrap();
-    let mut subscription = bus.subscribe(topic, "once", None).await.unwrap();
+    let mut subscription = bus
+        .subscribe(topic, "once", &Default::default())
+        .await
+        .unwrap();
     let producer = {
         let store = store.clone();
         tokio::spawn(async move {

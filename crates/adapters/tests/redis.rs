@@ -19,7 +19,7 @@ async fn the_redis_cache_honours_the_cache_contract() {
 async fn with_redis_down_reads_miss_and_a_lost_invalidation_never_serves_stale_data() {
     let (mut server, url) = servers::redis_standin();
     let cache = RedisCache::new(&url, "libertum:test", Duration::from_secs(60)).expect("client");
-    cache.put("asset:1", Bytes::from_static(b"old")).await;
+    cache.put("asset:1", 1, Bytes::from_static(b"old")).await;
     assert_eq!(cache.get("asset:1").await, Some(Bytes::from_static(b"old")));
 
     server.kill();
@@ -30,7 +30,7 @@ async fn with_redis_down_reads_miss_and_a_lost_invalidation_never_serves_stale_d
         "a read with Redis down is a miss, not an error"
     );
     // A write happened meanwhile: its invalidation cannot reach Redis.
-    cache.invalidate("asset:1").await;
+    cache.invalidate("asset:1", 2).await;
 
     // Redis comes back with its old contents (it never lost them here: same process data).
     server.restart();
@@ -39,7 +39,7 @@ async fn with_redis_down_reads_miss_and_a_lost_invalidation_never_serves_stale_d
     let mut raw = client.get_multiplexed_async_connection().await.unwrap();
     let _: () = redis::cmd("SET")
         .arg("libertum:test:asset:1")
-        .arg("old")
+        .arg(format!("{:020}vold", 1))
         .query_async(&mut raw)
         .await
         .unwrap();
@@ -67,7 +67,7 @@ async fn with_redis_down_reads_miss_and_a_lost_invalidation_never_serves_stale_d
         stored, None,
         "the suspect prefix was cleared on reconnection"
     );
-    cache.put("asset:1", Bytes::from_static(b"new")).await;
+    cache.put("asset:1", 2, Bytes::from_static(b"new")).await;
     assert_eq!(
         cache.get("asset:1").await,
         Some(Bytes::from_static(b"new")),

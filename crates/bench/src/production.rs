@@ -298,7 +298,9 @@ async fn backlogs() -> anyhow::Result<()> {
 
     // 2. A consumer group reads them back.
     let bus = KafkaBus::new(&kafka)?;
-    let mut subscription = bus.subscribe("bench.relay", "bench-reader", None).await?;
+    let mut subscription = bus
+        .subscribe("bench.relay", "bench-reader", &Default::default())
+        .await?;
     let started = Instant::now();
     let mut read = 0;
     while read < BACKLOG {

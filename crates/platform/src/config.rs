@@ -102,11 +102,6 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
         "the topic of the tokens service's events",
     ),
     (
-        "LIBERTUM_KAFKA_INSTANCE_ID",
-        "(none)",
-        "a name kept across restarts (e.g. a StatefulSet pod's); makes the consumers static group members",
-    ),
-    (
         "LIBERTUM_AUTH_JWKS_URL",
         "(none: the development signer)",
         "the identity provider's JWKS URL (Entra ID: https://login.microsoftonline.com/{tenant}/discovery/v2.0/keys)",
@@ -167,6 +162,16 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
         "the header whose last entry is the client address, set by a trusted proxy (e.g. x-forwarded-for)",
     ),
     (
+        "LIBERTUM_LEASE_TTL_MILLIS",
+        "6000",
+        "with MongoDB, a service runs as replicas: the one holding the lease owns the writes; a lease not renewed for this long is taken by another replica (the failover time)",
+    ),
+    (
+        "LIBERTUM_ADVERTISE_ADDR",
+        "(LIBERTUM_HTTP_ADDR, 127.0.0.1 for an unspecified address)",
+        "host:port where the other replicas send this replica the writes it owns (Kubernetes: the pod's IP and port)",
+    ),
+    (
         "LIBERTUM_REDIS_URL",
         "(none: the in-memory cache)",
         "Redis URL of the read cache shared by a service's replicas",
@@ -189,7 +194,10 @@ pub struct Backends {
     pub kafka_partitions: i32,
     pub kafka_replication: i32,
     pub topics: libertum_events::Topics,
-    pub kafka_instance_id: Option<String>,
+    /// How long a lease of a service's writes lasts without renewal.
+    pub lease_ttl: std::time::Duration,
+    /// Where the other replicas reach this one.
+    pub advertise_addr: String,
     pub redis_url: Option<String>,
     pub cache_ttl_seconds: u64,
 }
@@ -320,6 +328,8 @@ impl Settings {
         let kafka_partitions = number("LIBERTUM_KAFKA_TOPIC_PARTITIONS", 1, 10_000) as i32;
         let kafka_replication = number("LIBERTUM_KAFKA_TOPIC_REPLICATION", 1, 100) as i32;
         let cache_ttl_seconds = number("LIBERTUM_CACHE_TTL_SECONDS", 1, 7 * 24 * 3600);
+        let lease_ttl =
+            std::time::Duration::from_millis(number("LIBERTUM_LEASE_TTL_MILLIS", 300, 600_000));
         let rate_limit_per_principal = number("LIBERTUM_RATE_LIMIT_PER_PRINCIPAL", 0, 10_000_000);
         let rate_limit_per_address = number("LIBERTUM_RATE_LIMIT_PER_ADDRESS", 0, 10_000_000);
         let connection_limits = crate::server::ConnectionLimits {
@@ -503,7 +513,15 @@ impl Settings {
             kafka_partitions,
             kafka_replication,
             topics,
-            kafka_instance_id: set("LIBERTUM_KAFKA_INSTANCE_ID"),
+            lease_ttl,
+            advertise_addr: set("LIBERTUM_ADVERTISE_ADDR").unwrap_or_else(|| {
+                let ip = if http_addr.ip().is_unspecified() {
+                    std::net::IpAddr::from([127, 0, 0, 1])
+                } else {
+                    http_addr.ip()
+                };
+                SocketAddr::new(ip, http_addr.port()).to_string()
+            }),
             redis_url,
             cache_ttl_seconds,
         };

@@ -142,6 +142,11 @@ impl From<EngineError> for ApiError {
                 "concurrent_write",
                 "another writer changed this service's data first; nothing was changed; retry with the same Idempotency-Key",
             ),
+            EngineError::NotOwner => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not_owner",
+                "this replica does not own this service's writes; nothing was changed; retry with the same Idempotency-Key",
+            ),
         }
     }
 }
@@ -166,6 +171,15 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
+        if self.code == "not_owner" {
+            // The forwarding middleware sends such a write on to the owner.
+            response
+                .headers_mut()
+                .insert(crate::replica::NOT_OWNER, HeaderValue::from_static("true"));
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
         if let Some(cause) = self.internal {
             response.extensions_mut().insert(InternalCause(cause));
         }

@@ -9,6 +9,7 @@ pub mod health;
 pub mod http_metrics;
 pub mod limit;
 pub mod openapi;
+pub mod replica;
 mod reply;
 pub mod server;
 pub mod telemetry;

@@ -14,6 +14,7 @@ pub fn json_reply(status: StatusCode, value: &impl Serialize) -> Reply {
         status: status.as_u16(),
         body: Bytes::from(serde_json::to_vec(value).unwrap_or_default()),
         replayed: false,
+        position: 0,
     }
 }
 
@@ -28,6 +29,9 @@ pub fn into_response(reply: Reply) -> Response {
     );
     if reply.replayed {
         headers.insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    if reply.position > 0 {
+        headers.insert(crate::replica::POSITION, HeaderValue::from(reply.position));
     }
     response
 }

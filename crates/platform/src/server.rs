@@ -293,6 +293,8 @@ pub struct Guard {
     pub limits: RateLimits,
     /// How long an authenticated request's body may take to arrive.
     pub body_timeout: Duration,
+    /// Sends writes to the replica that owns them (a service with several replicas).
+    pub forward: Option<crate::replica::Forwarder>,
 }
 
 impl Guard {
@@ -312,6 +314,7 @@ impl Guard {
         }
         Ok(Guard {
             auth,
+            forward: None,
             body_timeout: settings.connection_limits.body_timeout,
             limits: RateLimits {
                 limiter,
@@ -328,6 +331,14 @@ impl Guard {
 /// Unknown routes and methods are answered behind the same guard, so that they count against
 /// the client address's limit like any other request.
 pub fn protect(routes: Router, guard: Guard) -> Router {
+    let routes = match guard.forward {
+        // Innermost: only authenticated, whole writes are forwarded.
+        Some(forwarder) => routes.layer(middleware::from_fn_with_state(
+            forwarder,
+            crate::replica::forward,
+        )),
+        None => routes,
+    };
     routes
         .fallback(|| async { ApiError::not_found("route_not_found", "no such route") })
         .method_not_allowed_fallback(|| async {
@@ -391,7 +402,8 @@ pub async fn serve_metrics_apart(settings: &crate::config::Settings) -> std::io:
 
 /// Serves one service on `settings.http_addr`: its routes, their OpenAPI description at
 /// `/openapi.json` with the API page at `/docs` (both anonymous), health over `probes`,
-/// `/metrics`, until SIGTERM or Ctrl-C, then drains in-flight requests.
+/// `/metrics`, until `shutdown` completes (SIGTERM or Ctrl-C, and a replica's hand-over), then
+/// drains in-flight requests.
 pub async fn serve_alone(
     settings: &crate::config::Settings,
     name: &str,
@@ -399,6 +411,7 @@ pub async fn serve_alone(
     openapi: utoipa::openapi::OpenApi,
     probes: Vec<crate::health::Probe>,
     guard: Guard,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let auth = guard.auth.clone();
     let mut app = protect(routes, guard)
@@ -410,11 +423,5 @@ pub async fn serve_alone(
     let router = stack(app);
     let listener = TcpListener::bind(settings.http_addr).await?;
     tracing::info!(service = name, addr = %listener.local_addr()?, "listening; the API page at /docs");
-    serve(
-        listener,
-        router,
-        settings.connection_limits,
-        shutdown_signal(),
-    )
-    .await
+    serve(listener, router, settings.connection_limits, shutdown).await
 }

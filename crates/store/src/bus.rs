@@ -38,18 +38,22 @@ impl InProcessBus {
 
 #[async_trait]
 impl EventBus for InProcessBus {
+    async fn partitions(&self, topic: &str) -> Result<Vec<i32>, StoreError> {
+        self.topic(topic).map(|_| vec![0])
+    }
+
     async fn subscribe(
         &self,
         topic: &str,
         _group: &str,
-        resume_after: Option<u64>,
+        resume: &std::collections::BTreeMap<i32, u64>,
     ) -> Result<Box<dyn Subscription>, StoreError> {
         let store = self.topic(topic)?;
         Ok(Box::new(LogSubscription {
             topic: topic.to_owned(),
             head: store.watch_head(),
             store,
-            position: resume_after.unwrap_or(0),
+            position: resume.get(&0).copied().unwrap_or(0),
         }))
     }
 

@@ -45,6 +45,19 @@ pub struct Consumer<S: StateMachine> {
     lag: Arc<AtomicU64>,
 }
 
+impl<S: StateMachine> Clone for Consumer<S> {
+    fn clone(&self) -> Self {
+        Consumer {
+            name: self.name.clone(),
+            topic: self.topic.clone(),
+            engine: self.engine.clone(),
+            bus: self.bus.clone(),
+            decode: self.decode.clone(),
+            lag: self.lag.clone(),
+        }
+    }
+}
+
 impl<S: StateMachine> Consumer<S> {
     pub fn new(
         name: &str,
@@ -68,15 +81,20 @@ impl<S: StateMachine> Consumer<S> {
         self.lag.clone()
     }
 
-    fn submission(&self, command: Option<S::Command>, offset: u64) -> Submission<S> {
+    fn submission(&self, command: Option<S::Command>, delivery: &Delivery) -> Submission<S> {
         Submission {
             command,
             idempotency: None,
-            checkpoint: Some((self.checkpoint_name(), offset)),
+            checkpoint: Some((
+                self.bus
+                    .checkpoint_name(&self.checkpoint_name(), delivery.partition),
+                delivery.offset,
+            )),
             reply: Box::new(|_, _| Reply {
                 status: 200,
                 body: Default::default(),
                 replayed: false,
+                position: 0,
             }),
         }
     }
@@ -105,15 +123,18 @@ impl<S: StateMachine> Consumer<S> {
     }
 
     async fn consume(&self) -> anyhow_like::Result<()> {
-        let resume = self
-            .engine
-            .store()
-            .checkpoint(&self.checkpoint_name())
-            .await?;
-        // One consumer group per service and topic: a service's consumers of different topics
-        // are independent, and must not share (or rebalance) each other's partitions.
+        // Every partition, each from the position stored with the effects of what was applied.
+        let mut resume = std::collections::BTreeMap::new();
+        for partition in self.bus.partitions(&self.topic).await? {
+            let name = self.bus.checkpoint_name(&self.checkpoint_name(), partition);
+            if let Some(at) = self.engine.store().checkpoint(&name).await? {
+                resume.insert(partition, at);
+            }
+        }
+        // One group name per service and topic, for the offsets it commits (which monitoring
+        // reads); the group has no members to rebalance.
         let group = format!("{}.{}", self.name, self.topic);
-        let mut subscription = self.bus.subscribe(&self.topic, &group, resume).await?;
+        let mut subscription = self.bus.subscribe(&self.topic, &group, &resume).await?;
         let mut last_skip_commit = std::time::Instant::now();
         loop {
             let batch = match tokio::time::timeout(IDLE, subscription.next(MAX_BATCH)).await {
@@ -140,27 +161,27 @@ impl<S: StateMachine> Consumer<S> {
                 let command = match (self.decode)(delivery) {
                     Verdict::Apply(command) => command,
                     Verdict::Skip => {
-                        skipped_to = Some(delivery.offset);
+                        skipped_to = Some(delivery);
                         continue;
                     }
                     Verdict::Reject(reason) => {
                         tracing::warn!(consumer = %self.name, topic = %delivery.topic, partition = delivery.partition, offset = delivery.offset, %reason, "event rejected");
                         metrics::counter!(m::EVENTS_REJECTED, "consumer" => self.name.clone(), "topic" => self.topic.clone()).increment(1);
                         subscription.dead_letter(delivery, &reason).await?;
-                        skipped_to = Some(delivery.offset);
+                        skipped_to = Some(delivery);
                         continue;
                     }
                 };
                 skipped_to = None;
                 applied.push(delivery);
-                submissions.push(self.submission(Some(command), delivery.offset));
+                submissions.push(self.submission(Some(command), delivery));
             }
             // Events this consumer ignores need no commit of their own: re-reading them after a
             // crash is harmless. Their position is stored at most once a second.
             let skip_checkpoint = skipped_to
                 .filter(|_| last_skip_commit.elapsed() >= std::time::Duration::from_secs(1));
-            if let Some(offset) = skip_checkpoint {
-                submissions.push(self.submission(None, offset));
+            if let Some(delivery) = skip_checkpoint {
+                submissions.push(self.submission(None, delivery));
                 last_skip_commit = std::time::Instant::now();
             }
             if !submissions.is_empty() {
@@ -201,7 +222,7 @@ impl<S: StateMachine> Consumer<S> {
         &self,
         mut submissions: Vec<Submission<S>>,
         applied: &[&Delivery],
-        skip_checkpoint: Option<u64>,
+        skip_checkpoint: Option<&Delivery>,
     ) -> anyhow_like::Result<Vec<Outcome>> {
         let mut pause = RETRY_FIRST;
         loop {
@@ -212,9 +233,13 @@ impl<S: StateMachine> Consumer<S> {
                 .await
                 .map_err(|_| EngineError::Unavailable("the writer stopped".into()))?;
             let failed = outcomes.iter().find_map(|o| match o {
-                Err(e @ (EngineError::Unavailable(_) | EngineError::Conflict)) => {
-                    Some(e.to_string())
-                }
+                // Not the owner (any more): the batch is tried again until this consumer is
+                // stopped, which a replica that lost its lease does at once.
+                Err(
+                    e @ (EngineError::Unavailable(_)
+                    | EngineError::Conflict
+                    | EngineError::NotOwner),
+                ) => Some(e.to_string()),
                 _ => None,
             });
             let Some(error) = failed else {
@@ -228,12 +253,10 @@ impl<S: StateMachine> Consumer<S> {
             submissions = applied
                 .iter()
                 .filter_map(|delivery| match (self.decode)(delivery) {
-                    Verdict::Apply(command) => {
-                        Some(self.submission(Some(command), delivery.offset))
-                    }
+                    Verdict::Apply(command) => Some(self.submission(Some(command), delivery)),
                     _ => None,
                 })
-                .chain(skip_checkpoint.map(|offset| self.submission(None, offset)))
+                .chain(skip_checkpoint.map(|delivery| self.submission(None, delivery)))
                 .collect();
         }
     }

@@ -44,6 +44,7 @@ pub async fn event_store(open: Open) {
             idempotency: vec![("k-1".into(), record(1_000, "first"))],
             checkpoints: vec![("reader:topic".into(), 7)],
             index: Vec::new(),
+            fence: None,
         })
         .await
         .expect("a commit at the expected head succeeds");
@@ -88,6 +89,7 @@ pub async fn event_store(open: Open) {
             idempotency: vec![("k-2".into(), record(1_000, "stale"))],
             checkpoints: vec![("reader:topic".into(), 9)],
             index: vec![("refused".into(), b"x".to_vec())],
+            fence: None,
         })
         .await;
     assert!(
@@ -303,7 +305,7 @@ pub async fn event_bus(store: Arc<dyn EventStore>, bus: Arc<dyn EventBus>, topic
         })
         .collect();
     let mut subscription = bus
-        .subscribe(topic, "contract", None)
+        .subscribe(topic, "contract", &Default::default())
         .await
         .expect("subscribe");
     store
@@ -363,23 +365,162 @@ fn contains(haystack: &[u8], key: &str) -> bool {
         .any(|w| w == needle.as_bytes())
 }
 
-/// The cache's contract.
+/// The lease's contract: one holder at a time, taken over only once expired or released, with
+/// an epoch that grows at every change of holder and fences every commit of an earlier one.
+pub async fn leases(open: Open) {
+    let store = open().await;
+    let ttl = 10_000;
+    assert_eq!(
+        store.lease().await.unwrap(),
+        None,
+        "nobody holds a new log's lease"
+    );
+    let a = store
+        .acquire_lease("a", "10.0.0.1:8080", None, 1_000, ttl)
+        .await
+        .unwrap()
+        .expect("a free lease is taken");
+    assert_eq!((a.holder.as_str(), a.epoch), ("a", 1));
+    assert_eq!(
+        store.lease().await.unwrap(),
+        Some(a.clone()),
+        "the lease reads back"
+    );
+    assert_eq!(
+        store
+            .acquire_lease("b", "10.0.0.2:8080", None, 2_000, ttl)
+            .await
+            .unwrap(),
+        None,
+        "a held lease is not taken before it expires"
+    );
+    let renewed = store
+        .acquire_lease("a", "10.0.0.1:8080", Some(1), 5_000, ttl)
+        .await
+        .unwrap()
+        .expect("the holder renews");
+    assert_eq!((renewed.epoch, renewed.expires_at_ms), (1, 15_000));
+    store
+        .commit(Commit {
+            expected_head: 0,
+            events: vec![event("l-1", "a")],
+            fence: Some(1),
+            ..Commit::default()
+        })
+        .await
+        .expect("the holder's commit is written");
+
+    // The holder pauses past its lease; another replica takes it.
+    let b = store
+        .acquire_lease("b", "10.0.0.2:8080", None, 15_000, ttl)
+        .await
+        .unwrap()
+        .expect("an expired lease is taken");
+    assert_eq!((b.holder.as_str(), b.epoch), ("b", 2), "the epoch grows");
+    let late = store
+        .commit(Commit {
+            expected_head: 1,
+            events: vec![event("l-late", "a")],
+            idempotency: vec![("late".into(), record(1, "late"))],
+            checkpoints: vec![("late".into(), 1)],
+            index: vec![("late".into(), b"x".to_vec())],
+            fence: Some(1),
+        })
+        .await;
+    assert!(
+        matches!(late, Err(StoreError::Fenced { epoch: 1 })),
+        "the former holder's commit is fenced, got {late:?}"
+    );
+    assert_eq!(
+        store.read(0, 10).await.unwrap().len(),
+        1,
+        "it appended nothing"
+    );
+    assert_eq!(
+        store.idempotency("late").await.unwrap(),
+        None,
+        "nor a record"
+    );
+    assert_eq!(
+        store.checkpoint("late").await.unwrap(),
+        None,
+        "nor a checkpoint"
+    );
+    assert_eq!(
+        store
+            .acquire_lease("a", "10.0.0.1:8080", Some(1), 16_000, ttl)
+            .await
+            .unwrap(),
+        None,
+        "the former holder cannot renew"
+    );
+    store
+        .commit(Commit {
+            expected_head: 1,
+            events: vec![event("l-2", "a")],
+            fence: Some(2),
+            ..Commit::default()
+        })
+        .await
+        .expect("the new holder's commit is written");
+
+    // A release lets another take it at once, with a greater epoch.
+    store.release_lease("a", 1).await.unwrap();
+    assert_eq!(
+        store.lease().await.unwrap().map(|l| l.holder),
+        Some("b".into()),
+        "only the holder can release"
+    );
+    store.release_lease("b", 2).await.unwrap();
+    let c = store
+        .acquire_lease("c", "10.0.0.3:8080", None, 16_000, ttl)
+        .await
+        .unwrap()
+        .expect("a released lease is taken before its time");
+    assert_eq!(c.epoch, 3);
+
+    // The relay's checkpoint never moves back.
+    store.save_checkpoint("relay:t", 9).await.unwrap();
+    store.save_checkpoint("relay:t", 4).await.unwrap();
+    assert_eq!(store.checkpoint("relay:t").await.unwrap(), Some(9));
+}
+
+/// The cache's contract, with versions: a lagging replica never puts back what an
+/// invalidation removed.
 pub async fn cache(cache: Arc<dyn Cache>) {
     let key = "contract:asset:1";
-    cache.invalidate(key).await;
+    cache.invalidate(key, 1).await;
     assert_eq!(cache.get(key).await, None, "a missing key is a miss");
-    cache.put(key, Bytes::from_static(b"v1")).await;
+    cache.put(key, 1, Bytes::from_static(b"v1")).await;
     assert_eq!(
         cache.get(key).await,
         Some(Bytes::from_static(b"v1")),
-        "a put value is read back"
+        "a value read at the invalidated version is put and read back"
     );
-    cache.put(key, Bytes::from_static(b"v2")).await;
+    cache.put(key, 2, Bytes::from_static(b"v2")).await;
     assert_eq!(
         cache.get(key).await,
         Some(Bytes::from_static(b"v2")),
-        "a put replaces"
+        "a newer put replaces"
     );
-    cache.invalidate(key).await;
+    cache.put(key, 1, Bytes::from_static(b"v1")).await;
+    assert_eq!(
+        cache.get(key).await,
+        Some(Bytes::from_static(b"v2")),
+        "an older put does not replace a newer value"
+    );
+    cache.invalidate(key, 3).await;
     assert_eq!(cache.get(key).await, None, "an invalidated key is a miss");
+    cache.put(key, 2, Bytes::from_static(b"v2")).await;
+    assert_eq!(
+        cache.get(key).await,
+        None,
+        "a value read before the invalidation is never put back"
+    );
+    cache.put(key, 3, Bytes::from_static(b"v3")).await;
+    assert_eq!(
+        cache.get(key).await,
+        Some(Bytes::from_static(b"v3")),
+        "a value read at the invalidating version is"
+    );
 }

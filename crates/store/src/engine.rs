@@ -10,6 +10,12 @@
 //!
 //! The state starts from the latest snapshot and the events after it; a background task writes
 //! a new snapshot when the [`SnapshotPolicy`] says one is due (see `snapshot.rs`).
+//!
+//! A **replica** engine ([`Engine::start_replica`]) shares its log with other processes. It
+//! writes only while it holds the log's lease ([`Engine::promote`] with the lease's epoch, which
+//! every commit carries: see `ownership.rs`); otherwise it is a follower, which applies what the
+//! owner appended by reading the log, and refuses commands with [`EngineError::NotOwner`] so
+//! that they are forwarded to the owner.
 
 use std::{
     sync::{
@@ -80,6 +86,9 @@ pub struct Reply {
     pub status: u16,
     pub body: Bytes,
     pub replayed: bool,
+    /// The log position whose state includes this reply's effect (set by the writer after the
+    /// commit): a later read can ask to see at least this position (read-your-writes).
+    pub position: u64,
 }
 
 /// Builds the response from the state after the command's events are applied.
@@ -108,6 +117,10 @@ pub enum EngineError {
     /// the request was changed, and the state now shows the other writer's events.
     #[error("another writer changed this service's log first")]
     Conflict,
+    /// This replica does not own the log's writes (now): nothing was done, and the request may
+    /// be sent to the owner.
+    #[error("this replica does not own this service's writes")]
+    NotOwner,
 }
 
 pub(crate) type Outcome = Result<Reply, EngineError>;
@@ -148,6 +161,26 @@ struct Inner<S: StateMachine> {
     healthy: AtomicBool,
     /// The position of the latest snapshot saved or restored.
     snapshot_at: AtomicU64,
+    /// A replica shares its log and writes only while it holds the lease.
+    replica: bool,
+    /// The lease epoch a replica writes under; 0 while it does not own the writes.
+    epoch: AtomicU64,
+    /// The position of the state readers see.
+    applied: tokio::sync::watch::Sender<u64>,
+}
+
+impl<S: StateMachine> Inner<S> {
+    /// The fence of the next commit: `Ok(None)` for a sole writer, `Err` for a replica that
+    /// does not own the writes.
+    fn fence(&self) -> Result<Option<u64>, EngineError> {
+        if !self.replica {
+            return Ok(None);
+        }
+        match self.epoch.load(Ordering::Acquire) {
+            0 => Err(EngineError::NotOwner),
+            epoch => Ok(Some(epoch)),
+        }
+    }
 }
 
 /// A handle on one service's state and writer; cheap to clone.
@@ -191,6 +224,27 @@ impl<S: StateMachine> Engine<S> {
         cache: Option<Arc<dyn Cache>>,
         policy: SnapshotPolicy,
     ) -> Result<Self, StoreError> {
+        Self::launch(service, store, cache, policy, false).await
+    }
+
+    /// Starts a replica: one of several processes sharing `store`'s log. It begins as a
+    /// follower, applying what the owner appends, and writes only after [`Engine::promote`].
+    pub async fn start_replica(
+        service: &'static str,
+        store: Arc<dyn EventStore>,
+        cache: Option<Arc<dyn Cache>>,
+        policy: SnapshotPolicy,
+    ) -> Result<Self, StoreError> {
+        Self::launch(service, store, cache, policy, true).await
+    }
+
+    async fn launch(
+        service: &'static str,
+        store: Arc<dyn EventStore>,
+        cache: Option<Arc<dyn Cache>>,
+        policy: SnapshotPolicy,
+        replica: bool,
+    ) -> Result<Self, StoreError> {
         let started = Instant::now();
         let (held, snapshot_at) = restore::<S>(service, store.as_ref(), true).await?;
         tracing::info!(
@@ -202,18 +256,24 @@ impl<S: StateMachine> Engine<S> {
             "state restored"
         );
         let inner = Arc::new(Inner {
+            applied: tokio::sync::watch::channel(held.head).0,
             held: RwLock::new(held),
             store,
             cache,
             service,
             healthy: AtomicBool::new(true),
             snapshot_at: AtomicU64::new(snapshot_at),
+            replica,
+            epoch: AtomicU64::new(0),
         });
         let (tx, rx) = mpsc::channel(QUEUE);
         let handle = tokio::spawn(writer(inner.clone(), rx));
         let (stop, stopped) = tokio::sync::watch::channel(false);
         if !policy.is_never() {
-            tokio::spawn(snapshots(Arc::downgrade(&inner), policy, stopped));
+            tokio::spawn(snapshots(Arc::downgrade(&inner), policy, stopped.clone()));
+        }
+        if replica {
+            tokio::spawn(follow(Arc::downgrade(&inner), stopped));
         }
         Ok(Engine {
             inner,
@@ -291,6 +351,123 @@ impl<S: StateMachine> Engine<S> {
     pub fn healthy(&self) -> bool {
         self.inner.healthy.load(Ordering::Relaxed)
     }
+
+    /// The service's name.
+    pub fn service(&self) -> &'static str {
+        self.inner.service
+    }
+
+    /// The position of the state readers see, as it moves.
+    pub fn applied(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.applied.subscribe()
+    }
+
+    /// Whether this engine takes commands now: a sole writer always, a replica while it owns
+    /// the writes.
+    pub fn is_writer(&self) -> bool {
+        self.inner.fence().is_ok()
+    }
+
+    /// Makes a replica the writer under `epoch`, the lease it just took (whose fence the store
+    /// has raised, so no earlier owner can append any more): it first applies everything the
+    /// log holds, then takes commands.
+    pub async fn promote(&self, epoch: u64) -> Result<(), StoreError> {
+        let mut held = self.inner.held.write().await;
+        let from = held.head;
+        replay_tail(self.inner.store.as_ref(), &mut held, false).await?;
+        self.inner.epoch.store(epoch, Ordering::Release);
+        self.inner.applied.send_replace(held.head);
+        tracing::info!(
+            service = self.inner.service,
+            epoch,
+            head = held.head,
+            caught_up = held.head - from,
+            "this replica now owns the writes"
+        );
+        Ok(())
+    }
+
+    /// Stops a replica writing: what is queued after this is refused with
+    /// [`EngineError::NotOwner`]. A group being committed finishes (under the old epoch, which
+    /// the store accepts only while it is still the lease's).
+    pub async fn demote(&self) {
+        let previous = self.inner.epoch.swap(0, Ordering::AcqRel);
+        if previous != 0 {
+            // Taking the lock waits for a group in flight.
+            drop(self.inner.held.write().await);
+            tracing::info!(
+                service = self.inner.service,
+                epoch = previous,
+                "this replica no longer owns the writes"
+            );
+        }
+    }
+
+    /// Waits until the state readers see includes `position` (read-your-writes), up to
+    /// `within`; says whether it does. A follower looks at the log at once.
+    pub async fn wait_applied(&self, position: u64, within: std::time::Duration) -> bool {
+        let mut applied = self.inner.applied.subscribe();
+        if *applied.borrow() >= position {
+            return true;
+        }
+        if self.inner.replica && !self.is_writer() {
+            let _ = follow_once(&self.inner).await;
+        }
+        tokio::time::timeout(within, applied.wait_for(|at| *at >= position))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+}
+
+/// How often a follower looks for what the owner appended.
+const FOLLOW_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Applies to a follower's state what the owner appends, until `stop` or the engine is gone.
+async fn follow<S: StateMachine>(
+    inner: std::sync::Weak<Inner<S>>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(FOLLOW_EVERY) => {}
+            _ = stop.wait_for(|stop| *stop) => return,
+        }
+        let Some(inner) = inner.upgrade() else { return };
+        if inner.epoch.load(Ordering::Acquire) != 0 {
+            continue;
+        }
+        if let Err(error) = follow_once(&inner).await {
+            tracing::warn!(service = inner.service, %error, "could not read the log the owner appends to; trying again");
+        }
+    }
+}
+
+/// Reads what was appended after the follower's state, outside the lock, and applies it under
+/// the lock if nothing moved meanwhile.
+async fn follow_once<S: StateMachine>(inner: &Inner<S>) -> Result<(), StoreError> {
+    loop {
+        let from = inner.held.read().await.head;
+        let chunk = inner.store.read(from, 4_096).await?;
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        let full = chunk.len() == 4_096;
+        let mut held = inner.held.write().await;
+        if held.head != from || inner.epoch.load(Ordering::Acquire) != 0 {
+            return Ok(());
+        }
+        let mut stale = Vec::new();
+        apply_chunk(&mut held, chunk, None, Some(&mut stale))?;
+        if let Some(cache) = &inner.cache {
+            for (key, version) in &stale {
+                cache.invalidate(key, *version).await;
+            }
+        }
+        inner.applied.send_replace(held.head);
+        if !full {
+            return Ok(());
+        }
+    }
 }
 
 /// Applies the events after `held.head` to `held`. With `reindex`, it also writes the index
@@ -303,33 +480,49 @@ async fn replay_tail<S: StateMachine>(
     let mut rows = Vec::new();
     loop {
         let chunk = store.read(held.head, 4_096).await?;
-        let Some((last, _)) = chunk.last() else {
+        if chunk.is_empty() {
             return store.put_index(rows).await;
-        };
-        let last = *last;
-        for (position, bytes) in chunk {
-            let envelope: CloudEvent = serde_json::from_slice(&bytes).map_err(|e| {
-                StoreError::Backend(format!("event at position {position} is unreadable: {e}"))
-            })?;
-            let event: S::Event = envelope.data().map_err(|e| {
-                StoreError::Backend(format!(
-                    "event at position {position} has unreadable data: {e}"
-                ))
-            })?;
-            held.versions
-                .insert(envelope.subject.clone(), envelope.subject_version());
-            held.last_time = held.last_time.max(S::describe(&event).time);
-            held.state.apply(&event);
-            let derived = held.state.take_index();
-            if reindex {
-                rows.extend(derived);
-            }
         }
-        held.head = last;
+        apply_chunk(held, chunk, reindex.then_some(&mut rows), None)?;
         if rows.len() >= 16_384 {
             store.put_index(std::mem::take(&mut rows)).await?;
         }
     }
+}
+
+/// Applies events read from the log to `held`, collecting the index rows they derive into
+/// `rows` (else dropping them) and the cache keys they make stale into `stale`.
+fn apply_chunk<S: StateMachine>(
+    held: &mut Held<S>,
+    chunk: Vec<(u64, Vec<u8>)>,
+    mut rows: Option<&mut Vec<(String, Vec<u8>)>>,
+    mut stale: Option<&mut Vec<(String, u64)>>,
+) -> Result<(), StoreError> {
+    for (position, bytes) in chunk {
+        let envelope: CloudEvent = serde_json::from_slice(&bytes).map_err(|e| {
+            StoreError::Backend(format!("event at position {position} is unreadable: {e}"))
+        })?;
+        let event: S::Event = envelope.data().map_err(|e| {
+            StoreError::Backend(format!(
+                "event at position {position} has unreadable data: {e}"
+            ))
+        })?;
+        let version = envelope.subject_version();
+        held.versions.insert(envelope.subject.clone(), version);
+        held.last_time = held.last_time.max(S::describe(&event).time);
+        held.state.apply(&event);
+        let derived = held.state.take_index();
+        if let Some(rows) = rows.as_deref_mut() {
+            rows.extend(derived);
+        }
+        if let Some(stale) = stale.as_deref_mut() {
+            let mut keys = Vec::new();
+            S::invalidates(&event, &mut keys);
+            stale.extend(keys.into_iter().map(|key| (key, version)));
+        }
+        held.head = position;
+    }
+    Ok(())
 }
 
 /// The state as of the store's head: the latest snapshot and the events after it, or the whole
@@ -429,7 +622,11 @@ async fn snapshots<S: StateMachine>(
             _ = stop.wait_for(|stop| *stop) => return,
         }
         let Some(inner) = inner.upgrade() else { return };
-        let head = *inner.store.watch_head().borrow();
+        if inner.fence().is_err() {
+            // A follower leaves snapshots to the owner.
+            continue;
+        }
+        let head = *inner.applied.borrow();
         let appended = head.saturating_sub(inner.snapshot_at.load(Ordering::Relaxed));
         if !policy.due(appended, last.elapsed()) {
             continue;
@@ -448,9 +645,26 @@ async fn writer<S: StateMachine>(inner: Arc<Inner<S>>, mut rx: mpsc::Receiver<Jo
     while rx.recv_many(&mut jobs, MAX_GROUP).await > 0 {
         let mut guard = inner.held.write().await;
         let held = &mut *guard;
+        let fence = match inner.fence() {
+            Ok(fence) => fence,
+            Err(_) => {
+                // Not the owner: nothing is decided here; the requests go to the owner.
+                drop(guard);
+                for Job { submissions, done } in jobs.drain(..) {
+                    let _ = done.send(
+                        submissions
+                            .iter()
+                            .map(|_| Err(EngineError::NotOwner))
+                            .collect(),
+                    );
+                }
+                continue;
+            }
+        };
         let mut group = Group {
             commit: Commit {
                 expected_head: held.head,
+                fence,
                 ..Commit::default()
             },
             pending: FxHashMap::default(),
@@ -502,10 +716,11 @@ async fn writer<S: StateMachine>(inner: Arc<Inner<S>>, mut rx: mpsc::Receiver<Jo
                     metrics::histogram!(m::COMMIT_SECONDS, "service" => service)
                         .record(started.elapsed().as_secs_f64());
                     if let Some(cache) = &inner.cache {
-                        for key in &stale_keys {
-                            cache.invalidate(key).await;
+                        for (key, version) in &stale_keys {
+                            cache.invalidate(key, *version).await;
                         }
                     }
+                    inner.applied.send_replace(held.head);
                     None
                 }
                 Err(error) => Some(error),
@@ -519,9 +734,16 @@ async fn writer<S: StateMachine>(inner: Arc<Inner<S>>, mut rx: mpsc::Receiver<Jo
             tracing::error!(service, %error, "group commit failed; restoring the state from the latest snapshot and the log");
             inner.healthy.store(false, Ordering::Relaxed);
             let conflict = matches!(error, StoreError::Conflict { .. });
+            let fenced = matches!(error, StoreError::Fenced { .. });
+            if fenced {
+                // Another replica took the lease: this one must not write again.
+                inner.epoch.store(0, Ordering::Release);
+            }
             for (_, answers) in &mut outcomes {
                 for outcome in answers.iter_mut().filter(|o| o.is_ok()) {
-                    *outcome = Err(if conflict {
+                    *outcome = Err(if fenced {
+                        EngineError::NotOwner
+                    } else if conflict {
                         EngineError::Conflict
                     } else {
                         EngineError::Unavailable("the commit failed; nothing was changed".into())
@@ -541,6 +763,7 @@ async fn writer<S: StateMachine>(inner: Arc<Inner<S>>, mut rx: mpsc::Receiver<Jo
                     let last_time = held.last_time.max(fresh.last_time);
                     *held = fresh;
                     held.last_time = last_time;
+                    inner.applied.send_replace(held.head);
                     inner.healthy.store(true, Ordering::Relaxed);
                 }
                 Err(error) => {
@@ -554,8 +777,12 @@ async fn writer<S: StateMachine>(inner: Arc<Inner<S>>, mut rx: mpsc::Receiver<Jo
                 }
             }
         }
+        let position = held.head;
         drop(guard);
-        for (done, answers) in outcomes {
+        for (done, mut answers) in outcomes {
+            for reply in answers.iter_mut().flatten() {
+                reply.position = position;
+            }
             // The requester may have gone away; its effect stands either way.
             let _ = done.send(answers);
         }
@@ -566,7 +793,8 @@ async fn writer<S: StateMachine>(inner: Arc<Inner<S>>, mut rx: mpsc::Receiver<Jo
 struct Group {
     commit: Commit,
     pending: FxHashMap<String, IdempotencyRecord>,
-    stale_keys: Vec<String>,
+    /// Cache keys the group's events make stale, with the subject version that does.
+    stale_keys: Vec<(String, u64)>,
     /// Set when the state changed but its events cannot be written: the group must fail.
     poisoned: bool,
 }
@@ -606,6 +834,7 @@ async fn run_one<S: StateMachine>(
                     status: record.status,
                     body: Bytes::from(record.body),
                     replayed: true,
+                    position: 0,
                 })
             } else {
                 Err(EngineError::IdempotencyMismatch)
@@ -654,7 +883,9 @@ async fn run_one<S: StateMachine>(
             EngineError::Unavailable(format!("an event could not be encoded: {e}"))
         })?;
         commit.events.push(envelope.to_bytes());
-        S::invalidates(event, stale_keys);
+        let mut keys = Vec::new();
+        S::invalidates(event, &mut keys);
+        stale_keys.extend(keys.into_iter().map(|key| (key, *version)));
     }
     commit.index.extend(state.take_index());
     let reply = reply(state, &events);

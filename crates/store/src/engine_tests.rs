@@ -64,6 +64,7 @@ fn add(n: u64, key: Option<&str>, body: &str) -> Submission<Counter> {
             status: 200,
             body: Bytes::from(state.0.to_string()),
             replayed: false,
+            position: 0,
         }),
     }
 }
@@ -122,6 +123,24 @@ impl EventStore for Flaky {
     }
     async fn save_checkpoint(&self, name: &str, position: u64) -> Result<(), StoreError> {
         self.inner.save_checkpoint(name, position).await
+    }
+    async fn lease(&self) -> Result<Option<crate::Lease>, StoreError> {
+        self.inner.lease().await
+    }
+    async fn acquire_lease(
+        &self,
+        holder: &str,
+        address: &str,
+        epoch: Option<u64>,
+        now_ms: i64,
+        ttl_ms: i64,
+    ) -> Result<Option<crate::Lease>, StoreError> {
+        self.inner
+            .acquire_lease(holder, address, epoch, now_ms, ttl_ms)
+            .await
+    }
+    async fn release_lease(&self, holder: &str, epoch: u64) -> Result<(), StoreError> {
+        self.inner.release_lease(holder, epoch).await
     }
     async fn put_index(&self, rows: Vec<(String, Vec<u8>)>) -> Result<(), StoreError> {
         self.inner.put_index(rows).await

@@ -11,6 +11,7 @@ mod consumer;
 pub mod contract;
 mod engine;
 pub mod metrics;
+pub mod ownership;
 mod ports;
 mod redb_store;
 mod snapshot;
@@ -19,8 +20,10 @@ pub use bus::InProcessBus;
 pub use cache::MemoryCache;
 pub use consumer::{Consumer, Verdict};
 pub use engine::{Described, Engine, EngineError, Reply, ReplyFn, StateMachine, Submission};
+pub use ownership::{LeaseSettings, OwnedWork, Owner, Ownership};
 pub use ports::{
-    Cache, Commit, Delivery, EventBus, EventStore, IdempotencyRecord, StoreError, Subscription,
+    Cache, Commit, Delivery, EventBus, EventStore, IdempotencyRecord, Lease, StoreError,
+    Subscription,
 };
 pub use redb_store::RedbStore;
 pub use snapshot::SnapshotPolicy;

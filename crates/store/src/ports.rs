@@ -13,6 +13,10 @@ pub enum StoreError {
     Conflict { expected: u64, actual: u64 },
     #[error("storage failed: {0}")]
     Backend(String),
+    /// The commit's lease epoch is no longer the log's: another replica owns the log now, and
+    /// nothing of the commit was written.
+    #[error("this replica's lease (epoch {epoch}) was taken over; it may not write")]
+    Fenced { epoch: u64 },
 }
 
 impl StoreError {
@@ -32,11 +36,28 @@ pub struct IdempotencyRecord {
     pub created_at: i64,
 }
 
+/// Who owns a log's writes: the replica that holds its lease (see `ownership.rs`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    /// The holder's replica id (unique per process start).
+    pub holder: String,
+    /// Where the holder takes forwarded requests (`host:port`).
+    pub address: String,
+    /// Grows by one at every change of holder; commits carry it (fencing).
+    pub epoch: u64,
+    /// Unix milliseconds, on the holder's clock, after which another replica may take it.
+    pub expires_at_ms: i64,
+}
+
 /// What one commit writes, atomically: new events appended at consecutive positions after
 /// `expected_head`, idempotency records, consumer checkpoints and index rows.
 #[derive(Debug, Default)]
 pub struct Commit {
     pub expected_head: u64,
+    /// The writer's lease epoch, checked in the same transaction as the write: a commit whose
+    /// epoch is not the lease's current one writes nothing (`StoreError::Fenced`). `None` for a
+    /// sole writer that holds no lease (the embedded one-process mode).
+    pub fence: Option<u64>,
     pub events: Vec<Vec<u8>>,
     pub idempotency: Vec<(String, IdempotencyRecord)>,
     /// At most one per name.
@@ -70,7 +91,8 @@ pub trait EventStore: Send + Sync + 'static {
     async fn prune_idempotency(&self, before: i64) -> Result<u64, StoreError>;
     async fn checkpoint(&self, name: &str) -> Result<Option<u64>, StoreError>;
     /// Stores a checkpoint outside the log, for a reader that is not the log's writer (the
-    /// relay that publishes the log to Kafka). It does not move the head.
+    /// relay that publishes the log to Kafka). It does not move the head, and it never moves
+    /// back: a former owner's relay that wakes late cannot undo its successor's progress.
     async fn save_checkpoint(&self, name: &str, position: u64) -> Result<(), StoreError>;
     /// Writes index rows outside a commit, replacing any with the same key: how a start that
     /// read the whole log writes again the rows it derived (they are the same as the commits
@@ -88,6 +110,23 @@ pub trait EventStore: Send + Sync + 'static {
     async fn save_snapshot(&self, position: u64, bytes: Vec<u8>) -> Result<(), StoreError>;
     /// The latest snapshot saved, as `(position, bytes)`.
     async fn latest_snapshot(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError>;
+    /// The lease of the log's writes, if any replica ever took it.
+    async fn lease(&self) -> Result<Option<Lease>, StoreError>;
+    /// Takes the lease for `holder`, or renews it if `holder` has it at `epoch`: it is taken
+    /// when nobody holds it or the holder's time ran out at `now_ms`, and then its epoch grows
+    /// by one and no commit of an earlier epoch can be written any more. Returns the lease as
+    /// it now stands when `holder` has it, `None` when another replica does.
+    async fn acquire_lease(
+        &self,
+        holder: &str,
+        address: &str,
+        epoch: Option<u64>,
+        now_ms: i64,
+        ttl_ms: i64,
+    ) -> Result<Option<Lease>, StoreError>;
+    /// Gives the lease up at once if `holder` has it at `epoch`: another replica may take it
+    /// without waiting for it to expire. Its epoch stays, so the next holder's is greater.
+    async fn release_lease(&self, holder: &str, epoch: u64) -> Result<(), StoreError>;
     /// The head after each commit, for readers that wait for new events.
     fn watch_head(&self) -> watch::Receiver<u64>;
     /// A short name for readiness reports.
@@ -109,15 +148,24 @@ pub struct Delivery {
 /// A topic-based event bus with at-least-once delivery, in order per partition.
 #[async_trait]
 pub trait EventBus: Send + Sync + 'static {
-    /// Subscribes `group` to `topic`. A bus whose topic is one partition long resumes after
-    /// `resume_after`, the position the consumer stored with its effects; a partitioned bus
-    /// resumes from the group's committed offsets, which are committed only after the effects.
+    /// The partitions of `topic`.
+    async fn partitions(&self, topic: &str) -> Result<Vec<i32>, StoreError>;
+    /// Reads every partition of `topic` for `group`, each from just after the position in
+    /// `resume` (the consumer stores them with its effects, so they say exactly what was
+    /// applied); a partition without one starts from the group's committed offset, else from
+    /// the beginning. No group membership is involved: which process consumes is decided by the
+    /// lease of its service's writes, not by the broker.
     async fn subscribe(
         &self,
         topic: &str,
         group: &str,
-        resume_after: Option<u64>,
+        resume: &std::collections::BTreeMap<i32, u64>,
     ) -> Result<Box<dyn Subscription>, StoreError>;
+    /// The name under which a consumer stores its position in `partition`, from `base`.
+    fn checkpoint_name(&self, base: &str, partition: i32) -> String {
+        let _ = partition;
+        base.to_owned()
+    }
     /// A short name for readiness reports.
     fn describe(&self) -> String;
 }
@@ -135,10 +183,19 @@ pub trait Subscription: Send {
     async fn lag(&mut self) -> Result<u64, StoreError>;
 }
 
-/// A cache of serialised read models. Entries are invalidated by the events that change them.
+/// A cache of serialised read models, shared by a service's replicas. Entries are invalidated
+/// by the events that change them.
+///
+/// Every entry carries the version of its subject it was read at, and an invalidation leaves
+/// the version that made it stale: a `put` is kept only if its version is newer than what the
+/// cache holds for the key (a value or an invalidation). So a replica whose state lags behind
+/// can never put back a value that an invalidation already removed.
 #[async_trait]
 pub trait Cache: Send + Sync + 'static {
     async fn get(&self, key: &str) -> Option<Bytes>;
-    async fn put(&self, key: &str, value: Bytes);
-    async fn invalidate(&self, key: &str);
+    /// Caches `value`, read at `version` of its subject, unless the cache knows a version at
+    /// least as new.
+    async fn put(&self, key: &str, version: u64, value: Bytes);
+    /// Marks `key` stale as of `version`: values read before it are gone and cannot come back.
+    async fn invalidate(&self, key: &str, version: u64);
 }

@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use redb::{Database, Durability, ReadableTable, ReadableTableMetadata, TableDefinition};
 use tokio::sync::watch;
 
-use crate::ports::{Commit, EventStore, IdempotencyRecord, StoreError};
+use crate::ports::{Commit, EventStore, IdempotencyRecord, Lease, StoreError};
 
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 const IDEMPOTENCY: TableDefinition<&str, &[u8]> = TableDefinition::new("idempotency");
@@ -15,6 +15,9 @@ const CHECKPOINTS: TableDefinition<&str, u64> = TableDefinition::new("checkpoint
 const INDEX: TableDefinition<&str, &[u8]> = TableDefinition::new("index_rows");
 /// The latest snapshot, keyed by its position (one row).
 const SNAPSHOTS: TableDefinition<u64, &[u8]> = TableDefinition::new("snapshots");
+/// The lease of the log's writes (one row, `log`, the [`Lease`] as JSON).
+const LEASES: TableDefinition<&str, &[u8]> = TableDefinition::new("leases");
+const LOG_LEASE: &str = "log";
 
 /// A durable log in a redb file; every commit is fsynced before it returns.
 #[derive(Clone)]
@@ -64,6 +67,7 @@ impl RedbStore {
             tx.open_table(CHECKPOINTS).map_err(StoreError::backend)?;
             tx.open_table(SNAPSHOTS).map_err(StoreError::backend)?;
             tx.open_table(INDEX).map_err(StoreError::backend)?;
+            tx.open_table(LEASES).map_err(StoreError::backend)?;
         }
         tx.commit().map_err(StoreError::backend)?;
         let head = last_position(&db)?;
@@ -79,6 +83,12 @@ impl RedbStore {
         tx.set_durability(Durability::Immediate);
         let mut head;
         {
+            if let Some(epoch) = commit.fence {
+                let leases = tx.open_table(LEASES).map_err(StoreError::backend)?;
+                if read_lease(&leases)?.is_none_or(|lease| lease.epoch != epoch) {
+                    return Err(StoreError::Fenced { epoch });
+                }
+            }
             let mut events = tx.open_table(EVENTS).map_err(StoreError::backend)?;
             head = events
                 .last()
@@ -117,6 +127,17 @@ impl RedbStore {
         }
         tx.commit().map_err(StoreError::backend)?;
         Ok(head)
+    }
+}
+
+fn read_lease(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+) -> Result<Option<Lease>, StoreError> {
+    match table.get(LOG_LEASE).map_err(StoreError::backend)? {
+        Some(v) => serde_json::from_slice(v.value())
+            .map(Some)
+            .map_err(StoreError::backend),
+        None => Ok(None),
     }
 }
 
@@ -213,10 +234,94 @@ impl EventStore for RedbStore {
         tokio::task::spawn_blocking(move || {
             let mut tx = db.begin_write().map_err(StoreError::backend)?;
             tx.set_durability(Durability::Immediate);
-            tx.open_table(CHECKPOINTS)
-                .map_err(StoreError::backend)?
-                .insert(name.as_str(), position)
-                .map_err(StoreError::backend)?;
+            {
+                let mut table = tx.open_table(CHECKPOINTS).map_err(StoreError::backend)?;
+                let stored = table
+                    .get(name.as_str())
+                    .map_err(StoreError::backend)?
+                    .map_or(0, |v| v.value());
+                table
+                    .insert(name.as_str(), position.max(stored))
+                    .map_err(StoreError::backend)?;
+            }
+            tx.commit().map_err(StoreError::backend)
+        })
+        .await
+        .map_err(StoreError::backend)?
+    }
+
+    async fn lease(&self) -> Result<Option<Lease>, StoreError> {
+        let tx = self.db.begin_read().map_err(StoreError::backend)?;
+        read_lease(&tx.open_table(LEASES).map_err(StoreError::backend)?)
+    }
+
+    async fn acquire_lease(
+        &self,
+        holder: &str,
+        address: &str,
+        epoch: Option<u64>,
+        now_ms: i64,
+        ttl_ms: i64,
+    ) -> Result<Option<Lease>, StoreError> {
+        let db = self.db.clone();
+        let (holder, address) = (holder.to_owned(), address.to_owned());
+        tokio::task::spawn_blocking(move || {
+            let mut tx = db.begin_write().map_err(StoreError::backend)?;
+            tx.set_durability(Durability::Immediate);
+            let taken = {
+                let mut table = tx.open_table(LEASES).map_err(StoreError::backend)?;
+                let current = read_lease(&table)?;
+                let next = match (current, epoch) {
+                    // A renewal: only of the lease this holder has, at its epoch.
+                    (Some(c), Some(e)) if c.holder == holder && c.epoch == e => Some(c.epoch),
+                    (_, Some(_)) => None,
+                    (None, None) => Some(1),
+                    (Some(c), None) if c.expires_at_ms <= now_ms => Some(c.epoch + 1),
+                    (Some(_), None) => None,
+                };
+                match next {
+                    Some(epoch) => {
+                        let lease = Lease {
+                            holder,
+                            address,
+                            epoch,
+                            expires_at_ms: now_ms + ttl_ms,
+                        };
+                        let bytes = serde_json::to_vec(&lease).map_err(StoreError::backend)?;
+                        table
+                            .insert(LOG_LEASE, bytes.as_slice())
+                            .map_err(StoreError::backend)?;
+                        Some(lease)
+                    }
+                    None => None,
+                }
+            };
+            tx.commit().map_err(StoreError::backend)?;
+            Ok(taken)
+        })
+        .await
+        .map_err(StoreError::backend)?
+    }
+
+    async fn release_lease(&self, holder: &str, epoch: u64) -> Result<(), StoreError> {
+        let db = self.db.clone();
+        let holder = holder.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let mut tx = db.begin_write().map_err(StoreError::backend)?;
+            tx.set_durability(Durability::Immediate);
+            {
+                let mut table = tx.open_table(LEASES).map_err(StoreError::backend)?;
+                if let Some(mut lease) = read_lease(&table)?
+                    && lease.holder == holder
+                    && lease.epoch == epoch
+                {
+                    lease.expires_at_ms = i64::MIN;
+                    let bytes = serde_json::to_vec(&lease).map_err(StoreError::backend)?;
+                    table
+                        .insert(LOG_LEASE, bytes.as_slice())
+                        .map_err(StoreError::backend)?;
+                }
+            }
             tx.commit().map_err(StoreError::backend)
         })
         .await
@@ -314,6 +419,19 @@ mod tests {
             let dir = dir.clone();
             Box::pin(async move {
                 Arc::new(RedbStore::open(dir.path(), "contract").expect("open"))
+                    as Arc<dyn EventStore>
+            })
+        }))
+        .await;
+    }
+
+    #[tokio::test]
+    async fn honours_the_lease_contract() {
+        let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
+        crate::contract::leases(Box::new(move || {
+            let dir = dir.clone();
+            Box::pin(async move {
+                Arc::new(RedbStore::open(dir.path(), "leases").expect("open"))
                     as Arc<dyn EventStore>
             })
         }))

@@ -27,6 +27,7 @@ pub fn authenticator() -> Arc<Authenticator> {
 /// The guard of a service under test: [`authenticator`], no rate limits.
 pub fn guard() -> libertum_platform::server::Guard {
     libertum_platform::server::Guard {
+        forward: None,
         auth: authenticator(),
         limits: libertum_platform::limit::RateLimits::off(),
         body_timeout: std::time::Duration::from_secs(30),

@@ -368,8 +368,8 @@ async fn get_one(
     {
         return Ok(cached_response(hit));
     }
-    // Filled under the read lock: the writer invalidates under the write lock, so a stale
-    // representation can never be put back after an invalidation.
+    // Versioned: the cache keeps a value only if it is newer than any invalidation it saw, so
+    // a stale representation can never be put back after one, from this replica or another.
     let state = engine.read().await;
     let asset = state.0.get(&id).ok_or_else(|| {
         ApiError::not_found("asset_not_found", format!("asset {id} does not exist"))
@@ -378,7 +378,9 @@ async fn get_one(
     serde_json::to_writer(&mut value, &AssetView::from(asset)).map_err(ApiError::internal)?;
     let value = Bytes::from(value);
     if let Some(cache) = &cache {
-        cache.put(&key, value.clone()).await;
+        // The asset's version is its subject version: an invalidation by a newer event keeps
+        // this from landing if this replica's state is behind.
+        cache.put(&key, asset.version, value.clone()).await;
     }
     Ok(cached_response(value))
 }

@@ -33,9 +33,24 @@ impl Assets {
         })
     }
 
+    /// [`Assets::open`] as one of several replicas sharing `store`: it follows the log and
+    /// writes only while it owns the writes (see `libertum_store::Ownership`).
+    pub async fn open_replica(
+        store: Arc<dyn EventStore>,
+        cache: Arc<dyn Cache>,
+        snapshots: SnapshotPolicy,
+    ) -> Result<Self, StoreError> {
+        Ok(Assets {
+            engine: Engine::start_replica("assets", store, Some(cache), snapshots).await?,
+        })
+    }
+
     /// The routes under `/v1/assets`, with their OpenAPI description.
     pub fn router(&self) -> OpenApiRouter {
-        api::router(self.engine.clone())
+        api::router(self.engine.clone()).layer(axum::middleware::from_fn_with_state(
+            libertum_platform::replica::waiter(self.engine.clone()),
+            libertum_platform::replica::read_your_writes,
+        ))
     }
 
     /// Learns from the tokens service's events which assets were tokenized.

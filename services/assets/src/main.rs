@@ -2,6 +2,8 @@
 //! without it, on embedded defaults, it cannot hear the tokens service, so assets are never marked tokenized. The `libertum` binary runs all
 //! three services together.
 
+use std::sync::Arc;
+
 use libertum_adapters::wire::{self, Background};
 use libertum_platform::{config::Settings, server, telemetry};
 
@@ -15,10 +17,13 @@ async fn run() -> anyhow::Result<()> {
     let settings = Settings::from_env()?;
     telemetry::init(&settings);
     let backends = wire::backends(&settings, "assets").await?;
-    let service =
-        libertum_assets::Assets::open(backends.store.clone(), backends.cache, backends.snapshots)
-            .await?;
-    let mut background = Background::default();
+    let (store, cache, snapshots) = (backends.store.clone(), backends.cache, backends.snapshots);
+    let service = if backends.ownership.is_some() {
+        libertum_assets::Assets::open_replica(store, cache, snapshots).await?
+    } else {
+        libertum_assets::Assets::open(store, cache, snapshots).await?
+    };
+    let mut background = Background::replicated(backends.ownership.clone());
     let retention = std::time::Duration::from_secs(settings.idempotency_retention_hours * 3600);
     background.prune_idempotency(vec![backends.store.clone()], retention);
     match wire::kafka(&settings).await? {
@@ -52,8 +57,23 @@ async fn run() -> anyhow::Result<()> {
         ))
         .nest("/v1/assets", service.router())
         .split_for_parts();
-    let guard = server::Guard::new(&settings, backends.limiter.clone())?;
-    let served = server::serve_alone(&settings, "assets", routes, openapi, probes, guard).await;
+    background.lead(Arc::new(service.engine().clone()));
+    let mut guard = server::Guard::new(&settings, backends.limiter.clone())?;
+    guard.forward = backends
+        .ownership
+        .clone()
+        .map(libertum_platform::replica::Forwarder::new);
+    // On SIGTERM a replica hands its writes over while it still serves (forwarding to the new
+    // owner), then stops serving.
+    let hand_over = background.hand_over();
+    let shutdown = async move {
+        server::shutdown_signal().await;
+        hand_over.run().await;
+    };
+    let served = server::serve_alone(
+        &settings, "assets", routes, openapi, probes, guard, shutdown,
+    )
+    .await;
     background.stop().await;
     service.close().await;
     served?;

@@ -40,12 +40,31 @@ impl Ledger {
         })
     }
 
+    /// [`Ledger::open`] as one of several replicas sharing `store`: it follows the log and
+    /// writes only while it owns the writes (see `libertum_store::Ownership`).
+    pub async fn open_replica(
+        store: Arc<dyn EventStore>,
+        tokens_url: String,
+        snapshots: SnapshotPolicy,
+    ) -> Result<Self, StoreError> {
+        let _ = libertum_platform::http_metrics::recorder();
+        audit::describe();
+        Ok(Ledger {
+            engine: Engine::start_replica("ledger", store, None, snapshots).await?,
+            tokens_url,
+        })
+    }
+
     pub fn router(&self) -> OpenApiRouter {
         api::router(api::AppState {
             engine: self.engine.clone(),
             tokens_url: self.tokens_url.clone(),
             http: reqwest::Client::new(),
         })
+        .layer(axum::middleware::from_fn_with_state(
+            libertum_platform::replica::waiter(self.engine.clone()),
+            libertum_platform::replica::read_your_writes,
+        ))
     }
 
     /// One consumer per topic it records.

@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use libertum_adapters::wire::{self, Background};
 use libertum_platform::{config::Settings, server, telemetry};
 
@@ -17,13 +19,13 @@ async fn run() -> anyhow::Result<()> {
     let settings = Settings::from_env()?;
     telemetry::init(&settings);
     let backends = wire::backends(&settings, "ledger").await?;
-    let service = libertum_ledger::Ledger::open(
-        backends.store.clone(),
-        settings.tokens_url.clone(),
-        backends.snapshots,
-    )
-    .await?;
-    let mut background = Background::default();
+    let (store, tokens_url) = (backends.store.clone(), settings.tokens_url.clone());
+    let service = if backends.ownership.is_some() {
+        libertum_ledger::Ledger::open_replica(store, tokens_url, backends.snapshots).await?
+    } else {
+        libertum_ledger::Ledger::open(store, tokens_url, backends.snapshots).await?
+    };
+    let mut background = Background::replicated(backends.ownership.clone());
     match wire::kafka(&settings).await? {
         Some((kafka, bus)) => {
             background
@@ -56,8 +58,23 @@ async fn run() -> anyhow::Result<()> {
     )
     .nest("/v1/ledger", service.router())
     .split_for_parts();
-    let guard = server::Guard::new(&settings, backends.limiter.clone())?;
-    let served = server::serve_alone(&settings, "ledger", routes, openapi, probes, guard).await;
+    background.lead(Arc::new(service.engine().clone()));
+    let mut guard = server::Guard::new(&settings, backends.limiter.clone())?;
+    guard.forward = backends
+        .ownership
+        .clone()
+        .map(libertum_platform::replica::Forwarder::new);
+    // On SIGTERM a replica hands its writes over while it still serves (forwarding to the new
+    // owner), then stops serving.
+    let hand_over = background.hand_over();
+    let shutdown = async move {
+        server::shutdown_signal().await;
+        hand_over.run().await;
+    };
+    let served = server::serve_alone(
+        &settings, "ledger", routes, openapi, probes, guard, shutdown,
+    )
+    .await;
     background.stop().await;
     service.close().await;
     served?;

@@ -34,9 +34,24 @@ impl Tokens {
         })
     }
 
+    /// [`Tokens::open`] as one of several replicas sharing `store`: it follows the log and
+    /// writes only while it owns the writes (see `libertum_store::Ownership`).
+    pub async fn open_replica(
+        store: Arc<dyn EventStore>,
+        cache: Arc<dyn Cache>,
+        snapshots: SnapshotPolicy,
+    ) -> Result<Self, StoreError> {
+        Ok(Tokens {
+            engine: Engine::start_replica("tokens", store, Some(cache), snapshots).await?,
+        })
+    }
+
     /// The routes under `/v1/tokens`.
     pub fn router(&self) -> OpenApiRouter {
-        api::router(self.engine.clone())
+        api::router(self.engine.clone()).layer(axum::middleware::from_fn_with_state(
+            libertum_platform::replica::waiter(self.engine.clone()),
+            libertum_platform::replica::read_your_writes,
+        ))
     }
 
     /// Learns from the assets service's events which assets are approved.

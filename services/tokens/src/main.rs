@@ -2,6 +2,8 @@
 //! without it, on embedded defaults, it cannot hear the assets service, so no asset is known approved. The `libertum` binary runs all
 //! three services together.
 
+use std::sync::Arc;
+
 use libertum_adapters::wire::{self, Background};
 use libertum_platform::{config::Settings, server, telemetry};
 
@@ -15,11 +17,14 @@ async fn run() -> anyhow::Result<()> {
     let settings = Settings::from_env()?;
     telemetry::init(&settings);
     let backends = wire::backends(&settings, "tokens").await?;
-    let service =
-        libertum_tokens::Tokens::open(backends.store.clone(), backends.cache, backends.snapshots)
-            .await?;
+    let (store, cache, snapshots) = (backends.store.clone(), backends.cache, backends.snapshots);
+    let service = if backends.ownership.is_some() {
+        libertum_tokens::Tokens::open_replica(store, cache, snapshots).await?
+    } else {
+        libertum_tokens::Tokens::open(store, cache, snapshots).await?
+    };
     let retention = std::time::Duration::from_secs(settings.idempotency_retention_hours * 3600);
-    let mut background = Background::default();
+    let mut background = Background::replicated(backends.ownership.clone());
     background.prune_idempotency(vec![backends.store.clone()], retention);
     match wire::kafka(&settings).await? {
         Some((kafka, bus)) => {
@@ -53,8 +58,23 @@ async fn run() -> anyhow::Result<()> {
     )
     .nest("/v1/tokens", service.router())
     .split_for_parts();
-    let guard = server::Guard::new(&settings, backends.limiter.clone())?;
-    let served = server::serve_alone(&settings, "tokens", routes, openapi, probes, guard).await;
+    background.lead(Arc::new(service.engine().clone()));
+    let mut guard = server::Guard::new(&settings, backends.limiter.clone())?;
+    guard.forward = backends
+        .ownership
+        .clone()
+        .map(libertum_platform::replica::Forwarder::new);
+    // On SIGTERM a replica hands its writes over while it still serves (forwarding to the new
+    // owner), then stops serving.
+    let hand_over = background.hand_over();
+    let shutdown = async move {
+        server::shutdown_signal().await;
+        hand_over.run().await;
+    };
+    let served = server::serve_alone(
+        &settings, "tokens", routes, openapi, probes, guard, shutdown,
+    )
+    .await;
     background.stop().await;
     service.close().await;
     served?;

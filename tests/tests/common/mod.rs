@@ -124,10 +124,8 @@ impl Product {
                     &backends.database_prefix,
                 )
                 .env("LIBERTUM_REDIS_URL", &backends.redis_url)
-                .env(
-                    "LIBERTUM_KAFKA_INSTANCE_ID",
-                    format!("{}-{name}", backends.database_prefix),
-                );
+                // A restarted process waits for its predecessor's lease to expire.
+                .env("LIBERTUM_LEASE_TTL_MILLIS", "2000");
             commands.push(command);
             routes.push((
                 match name {

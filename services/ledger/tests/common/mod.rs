@@ -60,6 +60,7 @@ impl Server {
                     status: 200,
                     body: Default::default(),
                     replayed: false,
+                    position: 0,
                 }),
             })
             .await

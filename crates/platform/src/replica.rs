@@ -1,0 +1,275 @@
+//! Any replica answers any request: writes go to the replica that owns them, reads can wait for
+//! a position the client saw (read-your-writes).
+//!
+//! - [`forward`] runs a write (any method but GET, HEAD and OPTIONS) here if this replica owns
+//!   the service's writes, and otherwise sends it to the owner named by the lease and relays the
+//!   answer. During a takeover it waits (up to [`FORWARD_WAIT`]) for a new owner. A write that an
+//!   owner refused with `not_owner` (it lost the lease before deciding) was not executed, so it is
+//!   sent on to the new owner; a write whose owner did not answer is answered 503, to be retried
+//!   with its `Idempotency-Key`, since it may have been executed.
+//! - Every write's response carries `Libertum-Position`, the position of the service's log that
+//!   includes it. A read with `Libertum-Min-Position` waits (up to [`READ_WAIT`]) until this
+//!   replica's state includes that position, so a client sees its own writes whichever replica
+//!   answers.
+
+use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
+
+use axum::{
+    body::Body,
+    extract::{Request, State},
+    http::{HeaderMap, HeaderValue, Method, StatusCode, header},
+    middleware::Next,
+    response::{IntoResponse, Response},
+};
+use libertum_store::{Owner, Ownership};
+
+use crate::error::ApiError;
+
+/// Response header: the log position whose state includes the write.
+pub const POSITION: &str = "libertum-position";
+/// Request header: the least log position a read must see.
+pub const MIN_POSITION: &str = "libertum-min-position";
+/// Response header of a `not_owner` refusal: nothing was executed.
+pub const NOT_OWNER: &str = "libertum-not-owner";
+/// Request header a forwarding replica adds, once per hop.
+pub const FORWARDED_BY: &str = "libertum-forwarded-by";
+
+/// How long a write waits for an owner during a takeover.
+pub const FORWARD_WAIT: Duration = Duration::from_secs(15);
+/// How long a read waits for the position it asks for.
+pub const READ_WAIT: Duration = Duration::from_secs(5);
+/// The most replicas one write passes through.
+const MAX_HOPS: usize = 3;
+
+/// Sends writes to the owner of a service's writes.
+#[derive(Clone)]
+pub struct Forwarder {
+    ownership: Ownership,
+    client: reqwest::Client,
+}
+
+impl Forwarder {
+    pub fn new(ownership: Ownership) -> Self {
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .connect_timeout(Duration::from_secs(1))
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap_or_default();
+        Forwarder { ownership, client }
+    }
+
+    pub fn ownership(&self) -> &Ownership {
+        &self.ownership
+    }
+}
+
+/// The refusal of a write this replica cannot place: no owner within the wait, or too many hops.
+fn no_owner(detail: &str) -> Response {
+    let mut response = ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "no_owner",
+        detail.to_owned(),
+    )
+    .into_response();
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    response
+}
+
+/// Whether `response` is an owner's refusal of a write it did not execute.
+fn refused_not_owner(headers: &HeaderMap) -> bool {
+    headers.contains_key(NOT_OWNER)
+}
+
+/// The forwarding middleware (see the module's description); it sits after authentication and
+/// the body's reading, so only authenticated, complete writes travel between replicas.
+pub async fn forward(State(forwarder): State<Forwarder>, request: Request, next: Next) -> Response {
+    if matches!(
+        *request.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS
+    ) {
+        return next.run(request).await;
+    }
+    let (parts, body) = request.into_parts();
+    // The body was read whole before (`body_within`): this takes what is buffered.
+    let Ok(bytes) = axum::body::to_bytes(body, crate::extract::MAX_BODY).await else {
+        return crate::extract::body_too_large().into_response();
+    };
+    let hops = parts.headers.get_all(FORWARDED_BY).iter().count();
+    let deadline = tokio::time::Instant::now() + FORWARD_WAIT;
+    loop {
+        if let Some(_in_flight) = forwarder.ownership.accept() {
+            let request = Request::from_parts(parts.clone(), Body::from(bytes.clone()));
+            let response = next.clone().run(request).await;
+            if !refused_not_owner(response.headers()) {
+                return response;
+            }
+        }
+        if hops >= MAX_HOPS {
+            return no_owner("the write passed through too many replicas; retry it");
+        }
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let owner = match forwarder.ownership.owner(remaining).await {
+            Some(Owner::At(owner)) => owner,
+            Some(Owner::Here) => continue,
+            None => {
+                return no_owner(
+                    "no replica owns this service's writes right now; retry with the same Idempotency-Key",
+                );
+            }
+        };
+        let url = format!(
+            "http://{owner}{}",
+            parts.uri.path_and_query().map_or("/", |p| p.as_str())
+        );
+        let mut outgoing = forwarder
+            .client
+            .request(parts.method.clone(), &url)
+            .body(bytes.clone());
+        for (name, value) in &parts.headers {
+            if !hop_by_hop(name) {
+                outgoing = outgoing.header(name, value);
+            }
+        }
+        outgoing = outgoing.header(FORWARDED_BY, forwarder.ownership.replica());
+        metrics::counter!(FORWARDED, "service" => forwarder.ownership.service()).increment(1);
+        match outgoing.send().await {
+            Ok(answer) if !refused_not_owner(answer.headers()) => return relay(answer).await,
+            // Refused unexecuted, or never sent: another owner is looked for.
+            Ok(_) => {}
+            Err(error) if error.is_connect() => {
+                tracing::debug!(%owner, %error, "the owner could not be reached; looking again");
+            }
+            Err(error) => {
+                tracing::warn!(%owner, %error, "the owner did not answer a forwarded write");
+                return ApiError::unavailable(format!("forwarded to {owner}: {error}"))
+                    .into_response();
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return no_owner(
+                "no replica owns this service's writes right now; retry with the same Idempotency-Key",
+            );
+        }
+        tokio::time::sleep(forwarder.ownership.settings().poll_every).await;
+    }
+}
+
+/// Metric: writes this replica sent to the owner.
+pub const FORWARDED: &str = "libertum_requests_forwarded_total";
+
+fn hop_by_hop(name: &header::HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "host"
+            | "content-length"
+    )
+}
+
+async fn relay(answer: reqwest::Response) -> Response {
+    let status = answer.status();
+    let headers = answer.headers().clone();
+    let body = match answer.bytes().await {
+        Ok(body) => body,
+        Err(error) => {
+            return ApiError::unavailable(format!("the owner's answer broke off: {error}"))
+                .into_response();
+        }
+    };
+    let mut response = (status, body).into_response();
+    for (name, value) in &headers {
+        if !hop_by_hop(name) {
+            response.headers_mut().insert(name, value.clone());
+        }
+    }
+    response
+}
+
+/// Waits until a replica's state includes a position; says whether it does within the bound.
+pub type WaitApplied =
+    Arc<dyn Fn(u64, Duration) -> Pin<Box<dyn Future<Output = bool> + Send>> + Send + Sync>;
+
+/// The read-your-writes middleware: a read with `Libertum-Min-Position` is answered once this
+/// replica's state includes that position, or 503 `position_not_reached` after [`READ_WAIT`].
+pub async fn read_your_writes(
+    State(wait): State<WaitApplied>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Some(value) = request.headers().get(MIN_POSITION) else {
+        return next.run(request).await;
+    };
+    let Some(position) = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+    else {
+        return ApiError::bad_request(
+            "invalid_header",
+            "Libertum-Min-Position must be a log position (a whole number) from Libertum-Position",
+        )
+        .at(MIN_POSITION)
+        .into_response();
+    };
+    if !wait(position, READ_WAIT).await {
+        let mut response = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "position_not_reached",
+            format!(
+                "this replica has not applied position {position} within {} s; retry",
+                READ_WAIT.as_secs()
+            ),
+        )
+        .at(MIN_POSITION)
+        .into_response();
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return response;
+    }
+    next.run(request).await
+}
+
+/// The read-your-writes wait of an engine.
+pub fn waiter<S: libertum_store::StateMachine>(engine: libertum_store::Engine<S>) -> WaitApplied {
+    Arc::new(move |position, within| {
+        let engine = engine.clone();
+        Box::pin(async move { engine.wait_applied(position, within).await })
+    })
+}
+
+/// A readiness probe of a replica's ownership: who owns the writes, and down while this replica
+/// is leaving (so no new request is sent to it).
+pub fn ownership_probe(name: &str, ownership: Ownership) -> crate::health::Probe {
+    let name = name.to_owned();
+    Arc::new(move || {
+        let (name, ownership) = (name.clone(), ownership.clone());
+        Box::pin(async move {
+            let detail = match ownership.lease() {
+                _ if ownership.leaving() => "leaving: handing the writes over".to_owned(),
+                Some(lease) if ownership.is_owner() => {
+                    format!("owner of the writes (epoch {})", lease.epoch)
+                }
+                Some(lease) => format!(
+                    "follower; the writes are owned by {} at {} (epoch {})",
+                    lease.holder, lease.address, lease.epoch
+                ),
+                None => "follower; no replica owns the writes yet".to_owned(),
+            };
+            crate::health::Check {
+                name,
+                state: if ownership.leaving() { "down" } else { "up" },
+                detail: Some(detail),
+            }
+        })
+    })
+}

@@ -65,6 +65,13 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 
 need_redis() { need_apt redis-server redis-server; }
 
+# HAProxy (Debian's): the front of a service's replicas in scripts/production --replicas and in
+# the failover tests. It installs to /usr/sbin, which a non-root PATH may lack.
+need_haproxy() {
+  command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] && return 0
+  need_apt haproxy /usr/sbin/haproxy
+}
+
 # tansu 0.6.0 with its SQLite engine: a Kafka-protocol broker whose data survives a restart.
 need_tansu() {
   [ -x "$TOOLS/bin/tansu" ] && return 0

@@ -308,13 +308,13 @@ async fn lag_settles_at_zero(p: &Product) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     loop {
         let lags = lags(p).await;
-        assert!(lags.len() >= 4, "four consumers report their lag: {lags:?}");
-        if lags.iter().all(|(_, lag)| *lag == 0.0) {
+        // A restarted service's consumers start once it owns the writes, and report soon after.
+        if lags.len() >= 4 && lags.iter().all(|(_, lag)| *lag == 0.0) {
             return;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "consumer lag still reported 15 s after the traffic stopped: {lags:?}"
+            "four consumers do not all report zero lag 15 s after the traffic stopped: {lags:?}"
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }

@@ -238,3 +238,46 @@ async fn without_failures_each_event_is_delivered_once() {
     assert_eq!(unique.len(), 50, "every event arrives");
     assert_eq!(delivered.len(), 50, "and only once: {delivered:?}");
 }
+
+#[tokio::test]
+async fn a_consumer_at_the_end_of_every_partition_waits_without_blocking() {
+    let (_broker, brokers) = servers::kafka();
+    let topic = "idle.events";
+    let (_dir, store, _stop) = relayed(&brokers, topic).await;
+    store
+        .commit(Commit {
+            expected_head: 0,
+            events: vec![contract::event("i-1", "k")],
+            ..Commit::default()
+        })
+        .await
+        .unwrap();
+    let bus = KafkaBus::new(&KafkaSettings::new(&brokers)).unwrap();
+    let mut first = bus
+        .subscribe(topic, "idle", &Default::default())
+        .await
+        .unwrap();
+    let batch = tokio::time::timeout(Duration::from_secs(30), first.next(10))
+        .await
+        .expect("the event within 30 s")
+        .unwrap();
+    let applied: std::collections::BTreeMap<i32, u64> =
+        batch.iter().map(|d| (d.partition, d.offset)).collect();
+    drop(first);
+    let mut resumed = bus.subscribe(topic, "idle", &applied).await.unwrap();
+    let started = std::time::Instant::now();
+    let waited = tokio::time::timeout(Duration::from_secs(1), resumed.next(10)).await;
+    assert!(waited.is_err(), "nothing more to read: {waited:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "the wait gave control back on time: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        tokio::time::timeout(Duration::from_secs(10), resumed.lag())
+            .await
+            .expect("the lag within 10 s")
+            .unwrap(),
+        0
+    );
+}

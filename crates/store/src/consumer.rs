@@ -135,6 +135,7 @@ impl<S: StateMachine> Consumer<S> {
         // reads); the group has no members to rebalance.
         let group = format!("{}.{}", self.name, self.topic);
         let mut subscription = self.bus.subscribe(&self.topic, &group, &resume).await?;
+        tracing::info!(consumer = %self.name, topic = %self.topic, resume = ?resume, "consuming");
         let mut last_skip_commit = std::time::Instant::now();
         loop {
             let batch = match tokio::time::timeout(IDLE, subscription.next(MAX_BATCH)).await {

@@ -166,6 +166,40 @@ impl Server {
         }
     }
 
+    /// The server's process id while it runs (a stand-in's).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`...) to the running process.
+    pub fn signal(&self, signal: &str) {
+        self.owned();
+        let pid = self.pid().expect("the server runs");
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -{signal} {pid} failed");
+    }
+
+    /// Kills the server when this process exits, even if it is never dropped (a server shared
+    /// by the tests of one binary, kept in a static): a watchdog shell waits for this process.
+    pub fn die_with_this_process(&self) {
+        let Some(pid) = self.pid() else { return };
+        let script = format!(
+            "while kill -0 {} 2>/dev/null; do sleep 1; done; kill -9 {pid} 2>/dev/null",
+            std::process::id()
+        );
+        let _ = Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+    }
+
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();

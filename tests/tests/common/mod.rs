@@ -43,7 +43,56 @@ fn binaries() -> std::path::PathBuf {
         .to_owned()
 }
 
-fn free_port() -> u16 {
+/// The command that starts the service binary `name` on 127.0.0.1:`port` against `backends`,
+/// with its data under `data`, as a deployment would (development signer, no rate limits,
+/// frequent snapshots, a short lease).
+pub fn service_command(
+    name: &str,
+    port: u16,
+    data: &std::path::Path,
+    backends: &Backends,
+    tokens_url: &str,
+) -> std::process::Command {
+    let program = binaries().join(name);
+    assert!(
+        program.exists(),
+        "{} is not built: run cargo build --workspace --bins first (scripts/test does)",
+        program.display()
+    );
+    let mut command = std::process::Command::new(&program);
+    command
+        .env("LIBERTUM_HTTP_ADDR", format!("127.0.0.1:{port}"))
+        .env("LIBERTUM_DATA_DIR", data)
+        .env(
+            "LIBERTUM_LOG",
+            std::env::var("E2E_SERVICE_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .env("LIBERTUM_LOG_FORMAT", "text")
+        .env("LIBERTUM_TOKENS_URL", tokens_url)
+        .env(
+            "LIBERTUM_AUTH_DEV_SECRET",
+            libertum_platform::auth::TEST_SECRET,
+        )
+        .env("LIBERTUM_AUTH_INSECURE_DEV_SIGNER", "true")
+        // The tests send far more than a person would; the limits have their own test.
+        .env("LIBERTUM_RATE_LIMIT_PER_PRINCIPAL", "0")
+        .env("LIBERTUM_RATE_LIMIT_PER_ADDRESS", "0")
+        // Snapshots all the time: every restart (a kill -9 among them) restores from a
+        // snapshot and a tail, and a kill may land in the middle of one.
+        .env("LIBERTUM_SNAPSHOT_EVERY_EVENTS", "20")
+        .env("LIBERTUM_KAFKA_BROKERS", &backends.kafka_brokers)
+        .env("LIBERTUM_MONGODB_URI", &backends.mongodb_uri)
+        .env(
+            "LIBERTUM_MONGODB_DATABASE_PREFIX",
+            &backends.database_prefix,
+        )
+        .env("LIBERTUM_REDIS_URL", &backends.redis_url)
+        // A restarted process waits for its predecessor's lease to expire.
+        .env("LIBERTUM_LEASE_TTL_MILLIS", "2000");
+    command
+}
+
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -84,48 +133,12 @@ impl Product {
     /// Starts the `assets`, `tokens` and `ledger` binaries as three processes sharing nothing
     /// but Kafka, MongoDB and Redis, and waits until each is ready.
     pub async fn processes(dir: &std::path::Path, backends: &Backends) -> Product {
-        let bin = binaries();
         let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
         let tokens_url = format!("http://127.0.0.1:{}", ports[1]);
         let mut commands = Vec::new();
         let mut routes = Vec::new();
         for (name, port) in ["assets", "tokens", "ledger"].into_iter().zip(&ports) {
-            let program = bin.join(name);
-            assert!(
-                program.exists(),
-                "{} is not built: run cargo build --workspace --bins first (scripts/test does)",
-                program.display()
-            );
-            let mut command = std::process::Command::new(&program);
-            command
-                .env("LIBERTUM_HTTP_ADDR", format!("127.0.0.1:{port}"))
-                .env("LIBERTUM_DATA_DIR", dir.join(name))
-                .env(
-                    "LIBERTUM_LOG",
-                    std::env::var("E2E_SERVICE_LOG").unwrap_or_else(|_| "warn".into()),
-                )
-                .env("LIBERTUM_LOG_FORMAT", "text")
-                .env("LIBERTUM_TOKENS_URL", &tokens_url)
-                .env(
-                    "LIBERTUM_AUTH_DEV_SECRET",
-                    libertum_platform::auth::TEST_SECRET,
-                )
-                .env("LIBERTUM_AUTH_INSECURE_DEV_SIGNER", "true")
-                // The tests send far more than a person would; the limits have their own test.
-                .env("LIBERTUM_RATE_LIMIT_PER_PRINCIPAL", "0")
-                .env("LIBERTUM_RATE_LIMIT_PER_ADDRESS", "0")
-                // Snapshots all the time: every restart (a kill -9 among them) restores from a
-                // snapshot and a tail, and a kill may land in the middle of one.
-                .env("LIBERTUM_SNAPSHOT_EVERY_EVENTS", "20")
-                .env("LIBERTUM_KAFKA_BROKERS", &backends.kafka_brokers)
-                .env("LIBERTUM_MONGODB_URI", &backends.mongodb_uri)
-                .env(
-                    "LIBERTUM_MONGODB_DATABASE_PREFIX",
-                    &backends.database_prefix,
-                )
-                .env("LIBERTUM_REDIS_URL", &backends.redis_url)
-                // A restarted process waits for its predecessor's lease to expire.
-                .env("LIBERTUM_LEASE_TTL_MILLIS", "2000");
+            let command = service_command(name, *port, &dir.join(name), backends, &tokens_url);
             commands.push(command);
             routes.push((
                 match name {
@@ -139,8 +152,7 @@ impl Product {
         let mut product = Product {
             routes,
             http: libertum_testkit::client(),
-            // A restarted consumer waits for the broker to notice its predecessor left the group
-            // (the session timeout) before it gets its partitions back.
+            // A restarted service waits for its predecessor's lease to expire, then catches up.
             patience: Duration::from_secs(60),
             stop: None,
             task: None,

@@ -1,0 +1,801 @@
+//! Replicas and failover: three replicas of tokens and two each of assets and ledger, as
+//! separate processes behind one HAProxy front per service, on Kafka (tansu), MongoDB
+//! (nx-27017) and Redis, which the tests of this file share (one cluster at a time).
+//!
+//! Each test runs a stream of 2,000 transfers over 30 tokens from 8 parallel clients through
+//! the fronts, breaks something in the middle of it, and then proves: every acknowledged
+//! transfer applied exactly once; supply equal to the sum of balances, in tokens and in the
+//! ledger, token by token; the ledger's chain verifies and reconciles with tokens; and an
+//! independent Kafka reader sees each subject's events in order (a repeat of the tail after a
+//! failover is allowed, a gap or a step back is not).
+
+mod common;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    process::{Child, Command},
+    sync::{
+        Arc, OnceLock,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use common::{Backends, free_port, service_command};
+use libertum_testkit::servers::{self, Server};
+use rdkafka::{
+    ClientConfig, Message, Offset, TopicPartitionList,
+    consumer::{BaseConsumer, Consumer},
+};
+use reqwest::{Client, StatusCode};
+use serde_json::{Value, json};
+
+const TOKENS: usize = 30;
+const TRANSFERS: usize = 2_000;
+const CLIENTS: usize = 8;
+const ISSUED: u128 = 1_000_000;
+
+/// The servers every test of this file uses; killed when the test binary exits.
+struct Stack {
+    _redis: Server,
+    kafka: Server,
+    _mongo: Server,
+    redis_url: String,
+    kafka_brokers: String,
+    mongodb_uri: String,
+}
+
+fn stack() -> &'static Stack {
+    static STACK: OnceLock<Stack> = OnceLock::new();
+    STACK.get_or_init(|| {
+        let (redis, redis_url) = servers::redis_standin();
+        let (kafka, kafka_brokers) = servers::kafka_standin();
+        let (mongo, mongodb_uri) = servers::mongo_standin();
+        for server in [&redis, &kafka, &mongo] {
+            server.die_with_this_process();
+        }
+        Stack {
+            _redis: redis,
+            kafka,
+            _mongo: mongo,
+            redis_url,
+            kafka_brokers,
+            mongodb_uri,
+        }
+    })
+}
+
+/// One cluster runs at a time: the machine's cores are shared.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+struct Replica {
+    service: &'static str,
+    name: String,
+    port: u16,
+    command: Command,
+    child: Option<Child>,
+}
+
+impl Replica {
+    fn base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("the replica runs").id();
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -{signal} {} failed", self.name);
+    }
+}
+
+struct Cluster {
+    name: String,
+    replicas: Vec<Replica>,
+    /// The fronts' ports: assets, tokens, ledger.
+    fronts: [u16; 3],
+    haproxy: Child,
+    http: Client,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for replica in &mut self.replicas {
+            if let Some(mut child) = replica.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        let _ = self.haproxy.kill();
+        let _ = self.haproxy.wait();
+    }
+}
+
+fn haproxy() -> String {
+    let found = [
+        "/usr/sbin/haproxy",
+        "/usr/bin/haproxy",
+        "/usr/local/sbin/haproxy",
+    ]
+    .into_iter()
+    .find(|p| std::path::Path::new(p).exists());
+    found
+        .expect(
+            "haproxy is not installed: run scripts/stack install, which scripts/test runs first",
+        )
+        .to_owned()
+}
+
+impl Cluster {
+    /// Starts 2 assets, 3 tokens and 2 ledger replicas (their own databases and topics under
+    /// `name`) behind one front per service, and waits until every one is ready.
+    async fn start(name: &str) -> Cluster {
+        let stack = stack();
+        let dir = tempfile::tempdir().unwrap();
+        let backends = Backends {
+            kafka_brokers: stack.kafka_brokers.clone(),
+            mongodb_uri: stack.mongodb_uri.clone(),
+            redis_url: stack.redis_url.clone(),
+            database_prefix: name.to_owned(),
+        };
+        let fronts = [free_port(), free_port(), free_port()];
+        let tokens_url = format!("http://127.0.0.1:{}", fronts[1]);
+        let mut replicas = Vec::new();
+        for (service, count) in [("assets", 2), ("tokens", 3), ("ledger", 2)] {
+            for i in 1..=count {
+                let port = free_port();
+                let replica = format!("{service}-{i}");
+                let mut command = service_command(
+                    service,
+                    port,
+                    &dir.path().join(&replica),
+                    &backends,
+                    &tokens_url,
+                );
+                command
+                    .env("LIBERTUM_KAFKA_ASSETS_TOPIC", format!("{name}.assets"))
+                    .env("LIBERTUM_KAFKA_TOKENS_TOPIC", format!("{name}.tokens"));
+                replicas.push(Replica {
+                    service,
+                    name: replica,
+                    port,
+                    command,
+                    child: None,
+                });
+            }
+        }
+        let config = front_config(&replicas, fronts);
+        let config_path = dir.path().join("haproxy.cfg");
+        std::fs::write(&config_path, config).unwrap();
+        let haproxy = Command::new(haproxy())
+            .arg("-db")
+            .arg("-f")
+            .arg(&config_path)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("haproxy starts");
+        let mut cluster = Cluster {
+            name: name.to_owned(),
+            replicas,
+            fronts,
+            haproxy,
+            http: libertum_testkit::client(),
+            _dir: dir,
+        };
+        for i in 0..cluster.replicas.len() {
+            cluster.replicas[i].child = Some(cluster.replicas[i].command.spawn().unwrap());
+        }
+        for i in 0..cluster.replicas.len() {
+            cluster.wait_ready(i).await;
+        }
+        for front in fronts {
+            cluster
+                .wait_until(&format!("http://127.0.0.1:{front}/readyz"))
+                .await;
+        }
+        cluster
+    }
+
+    async fn wait_until(&self, url: &str) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(r) = self.http.get(url).send().await
+                && r.status().is_success()
+            {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{url} was not ready within 60 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn wait_ready(&mut self, i: usize) {
+        let url = format!("{}/readyz", self.replicas[i].base());
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(Ok(Some(status))) = self.replicas[i].child.as_mut().map(Child::try_wait) {
+                panic!("{} exited at start: {status}", self.replicas[i].name);
+            }
+            if let Ok(r) = self.http.get(&url).send().await
+                && r.status().is_success()
+            {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{url} was not ready within 60 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The URL of `path` at its service's front.
+    fn url(&self, path: &str) -> String {
+        let front = if path.starts_with("/v1/assets") {
+            self.fronts[0]
+        } else if path.starts_with("/v1/tokens") {
+            self.fronts[1]
+        } else {
+            self.fronts[2]
+        };
+        format!("http://127.0.0.1:{front}{path}")
+    }
+
+    async fn get(&self, path: &str) -> (StatusCode, Value) {
+        let r = self.http.get(self.url(path)).send().await.expect("sent");
+        (r.status(), r.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        let r = self
+            .http
+            .post(self.url(path))
+            .json(&body)
+            .send()
+            .await
+            .expect("sent");
+        (r.status(), r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// The replica of `service` that owns its writes, from each replica's metrics.
+    async fn owner(&self, service: &str) -> usize {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            for (i, replica) in self.replicas.iter().enumerate() {
+                if replica.service != service || replica.child.is_none() {
+                    continue;
+                }
+                let text = self
+                    .http
+                    .get(format!("{}/metrics", replica.base()))
+                    .timeout(Duration::from_secs(2))
+                    .send()
+                    .await;
+                let Ok(text) = text else { continue };
+                let text = text.text().await.unwrap_or_default();
+                if text
+                    .lines()
+                    .any(|l| l.starts_with("libertum_replica_owner{") && l.ends_with(" 1"))
+                {
+                    return i;
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no {service} replica owns the writes"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.replicas[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    async fn start_again(&mut self, i: usize) {
+        self.replicas[i].child = Some(self.replicas[i].command.spawn().unwrap());
+        self.wait_ready(i).await;
+    }
+
+    /// SIGTERM, and waits for a clean exit.
+    async fn terminate(&mut self, i: usize) {
+        self.replicas[i].signal("TERM");
+        let mut child = self.replicas[i].child.take().unwrap();
+        let status = tokio::task::spawn_blocking(move || child.wait())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            status.success(),
+            "{} did not stop cleanly: {status}",
+            self.replicas[i].name
+        );
+    }
+}
+
+/// HAProxy: a ready replica answers (checked every 100 ms); a refused connection is tried on
+/// another; nothing that reached a replica is sent twice.
+fn front_config(replicas: &[Replica], fronts: [u16; 3]) -> String {
+    let mut config = String::from(
+        "global\n  maxconn 4096\ndefaults\n  mode http\n  timeout connect 1s\n  timeout client 60s\n  timeout server 60s\n  option http-server-close\n  retries 3\n  option redispatch 1\n  retry-on conn-failure\n",
+    );
+    for (service, port) in ["assets", "tokens", "ledger"].into_iter().zip(fronts) {
+        config.push_str(&format!(
+            "frontend {service}\n  bind 127.0.0.1:{port}\n  default_backend {service}\nbackend {service}\n  balance roundrobin\n  option httpchk GET /readyz\n  http-check expect status 200\n  default-server inter 100ms fall 1 rise 1\n"
+        ));
+        for replica in replicas.iter().filter(|r| r.service == service) {
+            config.push_str(&format!(
+                "  server {} 127.0.0.1:{} check\n",
+                replica.name, replica.port
+            ));
+        }
+    }
+    config
+}
+
+struct Fixture {
+    tokens: Vec<String>,
+    alice: String,
+    bob: String,
+}
+
+/// 30 approved assets with a token each; Alice holds every issue, Bob nothing.
+async fn fixture(c: &Cluster) -> Fixture {
+    let mut investors = Vec::new();
+    for country in ["DE", "FR"] {
+        let (status, body) = c
+            .post(
+                "/v1/tokens/investors",
+                json!({"identity_ref": format!("idp|{}-{country}", c.name), "country": country, "kyc_status": "verified", "kyc_expires_on": "2099-12-31"}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        investors.push(body["id"].as_str().unwrap().to_owned());
+    }
+    let mut tokens = Vec::new();
+    for n in 0..TOKENS {
+        let (status, asset) = c
+            .post(
+                "/v1/assets",
+                json!({"name": format!("Failover {n}"), "kind": "real_estate", "legal_owner": "Failover SPV",
+                       "location": {"address": format!("Main St {n}"), "city": "Berlin", "postal_code": "10117", "country": "DE"}}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{asset}");
+        let asset = asset["id"].as_str().unwrap().to_owned();
+        for action in ["submit", "approve"] {
+            let (status, body) = c
+                .post(
+                    &format!("/v1/assets/{asset}/transitions"),
+                    json!({"action": action}),
+                )
+                .await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+        }
+        tokens.push(asset);
+    }
+    let mut ids = Vec::new();
+    for (n, asset) in tokens.iter().enumerate() {
+        let spec = json!({"asset_id": asset, "symbol": format!("FO{n}"), "name": "Failover", "decimals": 0,
+            "max_supply": ISSUED.to_string(), "unit_price": "100", "currency": "EUR"});
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let token = loop {
+            let (status, body) = c.post("/v1/tokens", spec.clone()).await;
+            if status == StatusCode::CREATED {
+                break body["id"].as_str().unwrap().to_owned();
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the approval never reached the tokens service: {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let (status, body) = c
+            .post(
+                &format!("/v1/tokens/{token}/issuances"),
+                json!({"to": investors[0], "amount": ISSUED.to_string()}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        ids.push(token);
+    }
+    Fixture {
+        tokens: ids,
+        alice: investors[0].clone(),
+        bob: investors[1].clone(),
+    }
+}
+
+/// The stream: transfer `i` moves one unit of token `i % 30` from Alice to Bob with its own
+/// Idempotency-Key, retried with the same key until it gets a 2xx answer. Counts the
+/// acknowledged transfers and every answer that was not a success (`failed`).
+struct Stream {
+    done: Arc<AtomicUsize>,
+    failed: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+fn stream(c: &Cluster, f: &Fixture) -> Stream {
+    let done = Arc::new(AtomicUsize::new(0));
+    let failed = Arc::new(AtomicUsize::new(0));
+    let next = Arc::new(AtomicUsize::new(0));
+    let urls: Vec<String> = f
+        .tokens
+        .iter()
+        .map(|t| c.url(&format!("/v1/tokens/{t}/transfers")))
+        .collect();
+    let body = json!({"from": f.alice, "to": f.bob, "amount": "1"});
+    let (http, name) = (c.http.clone(), c.name.clone());
+    let (counted, failures) = (done.clone(), failed.clone());
+    let task = tokio::spawn(async move {
+        let workers: Vec<_> = (0..CLIENTS)
+            .map(|_| {
+                let (urls, body, next, done, failed, http, name) = (
+                    urls.clone(),
+                    body.clone(),
+                    next.clone(),
+                    counted.clone(),
+                    failures.clone(),
+                    http.clone(),
+                    name.clone(),
+                );
+                tokio::spawn(async move {
+                    loop {
+                        let i = next.fetch_add(1, Ordering::SeqCst);
+                        if i >= TRANSFERS {
+                            return;
+                        }
+                        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+                        loop {
+                            let sent = http
+                                .post(&urls[i % TOKENS])
+                                .header("idempotency-key", format!("{name}-transfer-{i}"))
+                                .timeout(Duration::from_secs(20))
+                                .json(&body)
+                                .send()
+                                .await;
+                            match sent {
+                                Ok(r) if r.status().is_success() => break,
+                                Ok(r) if r.status().is_client_error() => panic!(
+                                    "transfer {i} refused: {} {}",
+                                    r.status(),
+                                    r.text().await.unwrap_or_default()
+                                ),
+                                Ok(r) => {
+                                    failed.fetch_add(1, Ordering::SeqCst);
+                                    eprintln!(
+                                        "transfer {i}: {} {}",
+                                        r.status(),
+                                        r.text().await.unwrap_or_default()
+                                    );
+                                }
+                                Err(e) => {
+                                    failed.fetch_add(1, Ordering::SeqCst);
+                                    eprintln!("transfer {i}: {e}");
+                                }
+                            }
+                            assert!(
+                                tokio::time::Instant::now() < deadline,
+                                "transfer {i} never went through"
+                            );
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                        done.fetch_add(1, Ordering::SeqCst);
+                    }
+                })
+            })
+            .collect();
+        for worker in workers {
+            worker.await.expect("a transfer client");
+        }
+    });
+    Stream { done, failed, task }
+}
+
+impl Stream {
+    async fn reached(&self, at_least: usize) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        while self.done.load(Ordering::SeqCst) < at_least {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the transfers stalled at {}",
+                self.done.load(Ordering::SeqCst)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits for the whole stream; returns how many answers were not a success.
+    async fn finish(self) -> usize {
+        tokio::time::timeout(Duration::from_secs(600), self.task)
+            .await
+            .expect("the stream ends within 10 minutes")
+            .expect("every transfer went through");
+        assert_eq!(self.done.load(Ordering::SeqCst), TRANSFERS);
+        self.failed.load(Ordering::SeqCst)
+    }
+}
+
+fn amount(v: &Value) -> u128 {
+    v.as_str()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not an amount: {v}"))
+}
+
+fn balance_of(holders: &Value, investor: &str) -> u128 {
+    holders["holders"]
+        .as_array()
+        .expect("holders")
+        .iter()
+        .find(|h| h["investor_id"] == investor)
+        .map_or(0, |h| amount(&h["balance"]))
+}
+
+/// Every transfer applied exactly once, token by token, in tokens and in the ledger; supply
+/// equal to the sum of balances in both; the chain verifies; reconciliation matches; and the
+/// tokens topic is in order for an outside reader.
+async fn exactly_once(c: &Cluster, f: &Fixture) {
+    for (n, token) in f.tokens.iter().enumerate() {
+        let expected = (TRANSFERS / TOKENS + usize::from(n < TRANSFERS % TOKENS)) as u128;
+        let holders = c.get(&format!("/v1/tokens/{token}/holders")).await.1;
+        let sum: u128 = holders["holders"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| amount(&h["balance"]))
+            .sum();
+        assert_eq!(amount(&holders["total_supply"]), ISSUED, "{holders}");
+        assert_eq!(
+            sum, ISSUED,
+            "tokens: supply is the sum of balances of {token}"
+        );
+        assert_eq!(
+            balance_of(&holders, &f.bob),
+            expected,
+            "tokens: every transfer of {token} applied once"
+        );
+        let path = format!("/v1/ledger/tokens/{token}/cap-table");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let ledger = loop {
+            let (status, body) = c.get(&path).await;
+            if status.is_success() && balance_of(&body, &f.bob) == expected {
+                break body;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the ledger never recorded every transfer of {token}: {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let sum: u128 = ledger["holders"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| amount(&h["balance"]))
+            .sum();
+        assert_eq!(
+            sum, ISSUED,
+            "ledger: supply is the sum of balances of {token}"
+        );
+        assert_eq!(balance_of(&ledger, &f.alice), ISSUED - expected);
+    }
+    let (status, verification) = c.get("/v1/ledger/verification").await;
+    assert_eq!(status, StatusCode::OK, "{verification}");
+    assert_eq!(
+        verification["valid"], true,
+        "the chain is intact: {verification}"
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, r) = c.get("/v1/ledger/reconciliation").await;
+        if r["matched"] == true {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "reconciliation never matched: {r}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    in_order(&format!("{}.tokens", c.name), TRANSFERS + 2 * TOKENS).await;
+}
+
+/// Reads `topic` from the beginning with a plain rdkafka consumer (no group) until it has seen
+/// at least `at_least` distinct events and nothing more comes, and checks each subject's
+/// stream: `subjectversion` grows by one at a time, `sequence` only grows, and anything else
+/// is an exact repeat of an event already seen.
+async fn in_order(topic: &str, at_least: usize) {
+    let brokers = stack().kafka_brokers.clone();
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .set("group.id", format!("{topic}.outside-reader"))
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        let metadata = consumer
+            .fetch_metadata(Some(&topic), Duration::from_secs(10))
+            .unwrap();
+        let mut assignment = TopicPartitionList::new();
+        for p in metadata.topics()[0].partitions() {
+            assignment
+                .add_partition_offset(&topic, p.id(), Offset::Beginning)
+                .unwrap();
+        }
+        consumer.assign(&assignment).unwrap();
+        // Per subject: the event id at each version, and the last sequence seen.
+        let mut streams: HashMap<String, (BTreeMap<u64, String>, String)> = HashMap::new();
+        let (mut distinct, mut repeats) = (0usize, 0usize);
+        let mut quiet_since = std::time::Instant::now();
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        loop {
+            match consumer.poll(Duration::from_millis(200)) {
+                Some(Ok(message)) => {
+                    quiet_since = std::time::Instant::now();
+                    let event: Value = serde_json::from_slice(message.payload().unwrap()).unwrap();
+                    let subject = event["subject"].as_str().unwrap().to_owned();
+                    let id = event["id"].as_str().unwrap().to_owned();
+                    let sequence = event["sequence"].as_str().unwrap().to_owned();
+                    let version: u64 = event["subjectversion"]
+                        .as_str()
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or_else(|| panic!("no subjectversion: {event}"));
+                    let (seen, last) = streams.entry(subject.clone()).or_default();
+                    let newest = seen.keys().next_back().copied().unwrap_or(0);
+                    if version <= newest {
+                        assert_eq!(
+                            seen.get(&version),
+                            Some(&id),
+                            "{subject}: version {version} came again as another event"
+                        );
+                        repeats += 1;
+                    } else {
+                        assert_eq!(
+                            version,
+                            newest + 1,
+                            "{subject}: a gap after version {newest} (partition {}, offset {})",
+                            message.partition(),
+                            message.offset()
+                        );
+                        assert!(
+                            sequence > *last,
+                            "{subject}: sequence {sequence} after {last}"
+                        );
+                        seen.insert(version, id);
+                        *last = sequence;
+                        distinct += 1;
+                    }
+                }
+                Some(Err(e)) => panic!("the outside reader failed: {e}"),
+                None => {
+                    if distinct >= at_least && quiet_since.elapsed() > Duration::from_secs(2) {
+                        break;
+                    }
+                }
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the outside reader saw {distinct} of at least {at_least} events"
+            );
+        }
+        eprintln!("{topic}: {distinct} events in order, {repeats} repeated after a failover");
+    })
+    .await
+    .unwrap();
+}
+
+async fn started(name: &str) -> (Cluster, Fixture) {
+    let cluster = Cluster::start(name).await;
+    let fixture = fixture(&cluster).await;
+    (cluster, fixture)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_owner_loses_and_duplicates_nothing() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let (mut c, f) = started("failover-kill").await;
+    let s = stream(&c, &f);
+    s.reached(TRANSFERS / 4).await;
+    let owner = c.owner("tokens").await;
+    let taken = tokio::time::Instant::now();
+    c.kill(owner);
+    let successor = c.owner("tokens").await;
+    assert_ne!(successor, owner);
+    eprintln!(
+        "{} killed; {} owns the writes {:?} later",
+        c.replicas[owner].name,
+        c.replicas[successor].name,
+        taken.elapsed()
+    );
+    assert!(
+        taken.elapsed() < Duration::from_secs(10),
+        "another replica took over within 10 s"
+    );
+    s.reached(TRANSFERS / 2).await;
+    c.start_again(owner).await;
+    s.finish().await;
+    exactly_once(&c, &f).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_fails_no_request() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let (mut c, f) = started("failover-rolling").await;
+    let s = stream(&c, &f);
+    s.reached(TRANSFERS / 5).await;
+    for i in 0..c.replicas.len() {
+        c.terminate(i).await;
+        c.start_again(i).await;
+        // The front sees it ready again before the next one stops.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let failed = s.finish().await;
+    assert_eq!(failed, 0, "no request failed during the rolling restart");
+    exactly_once(&c, &f).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_paused_past_its_lease_writes_nothing_when_it_wakes() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let (c, f) = started("failover-pause").await;
+    let s = stream(&c, &f);
+    s.reached(TRANSFERS / 4).await;
+    let owner = c.owner("tokens").await;
+    c.replicas[owner].signal("STOP");
+    // The lease is 2 s: another replica takes it while this one sleeps.
+    let successor = c.owner("tokens").await;
+    assert_ne!(successor, owner, "another replica took the lease");
+    s.reached(TRANSFERS / 2).await;
+    c.replicas[owner].signal("CONT");
+    // It wakes believing nothing happened: its renewal fails, and whatever it had decided is
+    // refused by the store (fenced), so it forwards instead.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let metrics = c
+        .http
+        .get(format!("{}/metrics", c.replicas[owner].base()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("libertum_replica_owner{") && l.ends_with(" 0")),
+        "the woken replica knows it no longer owns the writes"
+    );
+    s.finish().await;
+    exactly_once(&c, &f).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_stopped_mid_backlog_is_resumed_by_another_replica() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let (mut c, f) = started("failover-relay").await;
+    let s = stream(&c, &f);
+    s.reached(TRANSFERS / 5).await;
+    // The broker stops answering: the owner keeps committing, its relay falls behind.
+    stack().kafka.signal("STOP");
+    let before = s.done.load(Ordering::SeqCst);
+    s.reached(before + 200).await;
+    let owner = c.owner("tokens").await;
+    c.kill(owner);
+    stack().kafka.signal("CONT");
+    let successor = c.owner("tokens").await;
+    assert_ne!(successor, owner);
+    s.finish().await;
+    exactly_once(&c, &f).await;
+    c.start_again(owner).await;
+}

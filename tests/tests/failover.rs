@@ -39,7 +39,7 @@ const ISSUED: u128 = 1_000_000;
 struct Stack {
     _redis: Server,
     kafka: Server,
-    _mongo: Server,
+    mongo: Server,
     redis_url: String,
     kafka_brokers: String,
     mongodb_uri: String,
@@ -57,7 +57,7 @@ fn stack() -> &'static Stack {
         Stack {
             _redis: redis,
             kafka,
-            _mongo: mongo,
+            mongo,
             redis_url,
             kafka_brokers,
             mongodb_uri,
@@ -331,7 +331,7 @@ fn front_config(replicas: &[Replica], fronts: [u16; 3]) -> String {
     );
     for (service, port) in ["assets", "tokens", "ledger"].into_iter().zip(fronts) {
         config.push_str(&format!(
-            "frontend {service}\n  bind 127.0.0.1:{port}\n  default_backend {service}\nbackend {service}\n  balance roundrobin\n  option httpchk GET /readyz\n  http-check expect status 200\n  default-server inter 100ms fall 1 rise 1\n"
+            "frontend {service}\n  bind 127.0.0.1:{port}\n  default_backend {service}\nbackend {service}\n  balance roundrobin\n  option httpchk GET /readyz\n  http-check expect status 200\n  timeout check 2s\n  default-server inter 250ms fall 2 rise 1\n"
         ));
         for replica in replicas.iter().filter(|r| r.service == service) {
             config.push_str(&format!(
@@ -545,9 +545,28 @@ fn balance_of(holders: &Value, investor: &str) -> u128 {
 /// equal to the sum of balances in both; the chain verifies; reconciliation matches; and the
 /// tokens topic is in order for an outside reader.
 async fn exactly_once(c: &Cluster, f: &Fixture) {
+    for line in stack()
+        .mongo
+        .log_tail()
+        .lines()
+        .filter(|l| l.contains("rolled back"))
+    {
+        eprintln!("{line}");
+    }
     for (n, token) in f.tokens.iter().enumerate() {
         let expected = (TRANSFERS / TOKENS + usize::from(n < TRANSFERS % TOKENS)) as u128;
-        let holders = c.get(&format!("/v1/tokens/{token}/holders")).await.1;
+        // A follower answers what it has applied: a few milliseconds behind the owner.
+        let path = format!("/v1/tokens/{token}/holders");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let holders = loop {
+            let (status, body) = c.get(&path).await;
+            if (status.is_success() && balance_of(&body, &f.bob) == expected)
+                || tokio::time::Instant::now() >= deadline
+            {
+                break body;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
         let sum: u128 = holders["holders"]
             .as_array()
             .unwrap()
@@ -726,6 +745,57 @@ async fn killing_the_owner_loses_and_duplicates_nothing() {
     c.start_again(owner).await;
     s.finish().await;
     exactly_once(&c, &f).await;
+    reads_see_their_writes(&c, &f).await;
+}
+
+/// A write's `Libertum-Position`, sent back as `Libertum-Min-Position`, makes every replica's
+/// read include the write, whichever replica the front picks.
+async fn reads_see_their_writes(c: &Cluster, f: &Fixture) {
+    let token = &f.tokens[0];
+    let path = format!("/v1/tokens/{token}/holders");
+    let before = balance_of(&c.get(&path).await.1, &f.bob);
+    for round in 1..=5u128 {
+        let r = c
+            .http
+            .post(c.url(&format!("/v1/tokens/{token}/transfers")))
+            .header("idempotency-key", format!("{}-ryw-{round}", c.name))
+            .json(&json!({"from": f.alice, "to": f.bob, "amount": "1"}))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{}", r.status());
+        let position = r
+            .headers()
+            .get("libertum-position")
+            .expect("a write says its position")
+            .to_str()
+            .unwrap()
+            .to_owned();
+        for _ in 0..3 {
+            let read = c
+                .http
+                .get(c.url(&path))
+                .header("libertum-min-position", &position)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(read.status(), StatusCode::OK);
+            let body: Value = read.json().await.unwrap();
+            assert_eq!(
+                balance_of(&body, &f.bob),
+                before + round,
+                "a read at or after position {position} shows the write"
+            );
+        }
+    }
+    let r = c
+        .http
+        .get(c.url(&path))
+        .header("libertum-min-position", "not-a-position")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -215,11 +215,24 @@ impl Relay {
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let mut pause = Duration::from_millis(100);
         loop {
+            if let Some(ownership) = &self.ownership
+                && !ownership.is_owner()
+            {
+                // Stopped by the hand-over in a moment; meanwhile nothing is sent.
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => continue,
+                    _ = shutdown.wait_for(|stop| *stop) => return,
+                }
+            }
             let result = self.publish(&mut shutdown).await;
             if *shutdown.borrow() {
                 return;
             }
             if let Err(error) = result {
+                if self.ownership.as_ref().is_some_and(|o| !o.is_owner()) {
+                    tracing::info!(topic = %self.topic, "the relay stops: this replica no longer owns the writes");
+                    continue;
+                }
                 tracing::error!(topic = %self.topic, %error, retry_in_ms = pause.as_millis() as u64, "relay failed");
                 tokio::select! {
                     _ = tokio::time::sleep(pause) => {},

@@ -106,6 +106,8 @@ pub async fn forward(State(forwarder): State<Forwarder>, request: Request, next:
             if !refused_not_owner(response.headers()) {
                 return response;
             }
+            // This replica lost the writes and will learn it at its next look at the lease.
+            tokio::time::sleep(forwarder.ownership.settings().poll_every).await;
         }
         if hops >= MAX_HOPS {
             return no_owner("the write passed through too many replicas; retry it");

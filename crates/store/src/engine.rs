@@ -736,12 +736,18 @@ async fn writer<S: StateMachine>(inner: Arc<Inner<S>>, mut rx: mpsc::Receiver<Jo
             let conflict = matches!(error, StoreError::Conflict { .. });
             let fenced = matches!(error, StoreError::Fenced { .. });
             if fenced {
+                metrics::counter!(m::COMMITS_FENCED, "service" => service).increment(1);
+            }
+            // A replica that finds the log appended by another lost the writes (or is about to
+            // learn it): the requests were not executed and go to the owner.
+            let elsewhere = fenced || (conflict && inner.replica);
+            if fenced {
                 // Another replica took the lease: this one must not write again.
                 inner.epoch.store(0, Ordering::Release);
             }
             for (_, answers) in &mut outcomes {
                 for outcome in answers.iter_mut().filter(|o| o.is_ok()) {
-                    *outcome = Err(if fenced {
+                    *outcome = Err(if elsewhere {
                         EngineError::NotOwner
                     } else if conflict {
                         EngineError::Conflict

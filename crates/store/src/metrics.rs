@@ -13,6 +13,7 @@ pub const SNAPSHOT_BYTES: &str = "libertum_snapshot_bytes";
 pub const SNAPSHOT_SECONDS: &str = "libertum_snapshot_duration_seconds";
 pub const SNAPSHOT_FALLBACKS: &str = "libertum_snapshot_fallbacks_total";
 pub const COMMANDS_REFUSED: &str = "libertum_commands_refused_total";
+pub const COMMITS_FENCED: &str = "libertum_store_commits_fenced_total";
 
 /// Registers the descriptions once at start-up.
 pub fn describe() {
@@ -60,6 +61,10 @@ pub fn describe() {
     metrics::describe_counter!(
         SNAPSHOT_FALLBACKS,
         "starts or restores that found the latest snapshot unusable and read the whole log"
+    );
+    metrics::describe_counter!(
+        COMMITS_FENCED,
+        "commits refused because another replica took the lease (a former owner's late writes)"
     );
     metrics::describe_counter!(
         COMMANDS_REFUSED,

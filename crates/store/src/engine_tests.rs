@@ -514,3 +514,67 @@ async fn index_rows_commit_with_their_events_and_a_log_without_them_gets_them_at
         );
     }
 }
+
+#[tokio::test]
+async fn a_replica_writes_only_under_the_lease_and_a_former_owner_is_fenced() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn EventStore> = Arc::new(RedbStore::open(dir.path(), "replicas").unwrap());
+    let never = SnapshotPolicy::NEVER;
+    let a = Engine::<Counter>::start_replica("a", store.clone(), None, never)
+        .await
+        .unwrap();
+    let b = Engine::<Counter>::start_replica("b", store.clone(), None, never)
+        .await
+        .unwrap();
+    assert!(
+        matches!(a.submit(add(1, None, "")).await, Err(EngineError::NotOwner)),
+        "nobody owns the writes yet: a replica refuses, for the request to go elsewhere"
+    );
+    let lease = store
+        .acquire_lease("a", "a:1", None, 0, 1_000)
+        .await
+        .unwrap()
+        .unwrap();
+    a.promote(lease.epoch).await.unwrap();
+    let reply = a.submit(add(1, None, "")).await.unwrap();
+    assert_eq!(reply.position, 1, "a write says the position that holds it");
+    assert!(
+        b.wait_applied(1, std::time::Duration::from_secs(5)).await,
+        "the follower applies what the owner appended"
+    );
+    assert_eq!(b.read().await.0, 1);
+
+    // `a` pauses past its lease; `b` takes it, which raises the fence.
+    let lease = store
+        .acquire_lease("b", "b:1", None, 5_000, 1_000)
+        .await
+        .unwrap()
+        .expect("an expired lease is taken");
+    b.promote(lease.epoch).await.unwrap();
+    assert!(
+        matches!(
+            a.submit(add(5, Some("late"), "x")).await,
+            Err(EngineError::NotOwner)
+        ),
+        "the former owner's late write is fenced: not written, to be sent to the owner"
+    );
+    assert!(!a.is_writer(), "and it stops taking writes");
+    assert_eq!(
+        store.head().await.unwrap(),
+        1,
+        "nothing of it reached the log"
+    );
+    assert_eq!(store.idempotency("late").await.unwrap(), None);
+    b.submit(add(2, None, "")).await.unwrap();
+    assert!(a.wait_applied(2, std::time::Duration::from_secs(5)).await);
+    assert_eq!(
+        a.read().await.0,
+        3,
+        "the former owner shows the new owner's writes, not its own late one"
+    );
+    b.demote().await;
+    assert!(matches!(
+        b.submit(add(1, None, "")).await,
+        Err(EngineError::NotOwner)
+    ));
+}

@@ -235,6 +235,59 @@ pub fn lag_probe(name: &str, lag: Arc<AtomicU64>, what: &'static str, limit: u64
     })
 }
 
+/// A consumer's readiness: where it runs (here, or on the replica that owns the writes), its lag
+/// (degraded past 100,000 events), and whether it reads any partition: one that should and
+/// reads none (the broker unreachable, the topic missing) is degraded and says so, never
+/// "lag 0". Degraded, not down: the service still takes writes (its log is the outbox) and
+/// serves reads meanwhile.
+pub fn consumer_probe(
+    name: &str,
+    lag: Arc<AtomicU64>,
+    assigned: Arc<AtomicU64>,
+    ownership: Option<Ownership>,
+) -> Probe {
+    let name = name.to_owned();
+    let since = Arc::new(parking_lot::Mutex::new(None::<std::time::Instant>));
+    Arc::new(move || {
+        let (lag, partitions) = (
+            lag.load(Ordering::Relaxed),
+            assigned.load(Ordering::Relaxed),
+        );
+        let runs_here = ownership.as_ref().is_none_or(Ownership::is_owner);
+        // How long it has read nothing while it should.
+        let idle = {
+            let mut since = since.lock();
+            if runs_here && partitions == 0 {
+                since.get_or_insert_with(std::time::Instant::now).elapsed()
+            } else {
+                *since = None;
+                Duration::ZERO
+            }
+        };
+        let (state, detail) = if !runs_here {
+            ("up", "runs on the replica that owns the writes".to_owned())
+        } else if partitions == 0 {
+            (
+                "degraded",
+                format!("reads no partition (for {} s)", idle.as_secs()),
+            )
+        } else {
+            (
+                if lag > 100_000 { "degraded" } else { "up" },
+                format!("lag {lag} events over {partitions} partition(s)"),
+            )
+        };
+        let name = name.clone();
+        Box::pin(async move {
+            Check {
+                name,
+                state,
+                detail: Some(detail),
+            }
+        })
+    })
+}
+
 /// A service's background tasks and their probes; `stop` ends them all. With an
 /// [`Ownership`], the consumers and the relay run only while this replica owns the writes.
 pub struct Background {
@@ -285,10 +338,14 @@ impl Background {
         }
     }
 
-    /// Runs `consumer`, reporting its lag as `name`.
+    /// Runs `consumer`, reporting its lag and its partitions as `name`.
     pub fn consumer<S: StateMachine>(&mut self, name: &str, consumer: Consumer<S>) {
-        self.probes
-            .push(lag_probe(name, consumer.lag(), "lag", 100_000));
+        self.probes.push(consumer_probe(
+            name,
+            consumer.lag(),
+            consumer.assigned(),
+            self.ownership.clone(),
+        ));
         self.once(move |stop| Box::pin(consumer.clone().run(stop)));
     }
 
@@ -393,4 +450,29 @@ fn time_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_consumer_that_reads_no_partition_is_never_reported_as_lag_zero() {
+        let (lag, assigned) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let probe = consumer_probe("tokens.consumer", lag.clone(), assigned.clone(), None);
+        let check = probe().await;
+        assert_eq!(check.state, "degraded");
+        assert!(
+            check.detail.as_deref().unwrap().starts_with("reads no partition"),
+            "{check:?}"
+        );
+        assigned.store(3, Ordering::Relaxed);
+        lag.store(7, Ordering::Relaxed);
+        let check = probe().await;
+        assert_eq!(check.state, "up");
+        assert_eq!(
+            check.detail.as_deref(),
+            Some("lag 7 events over 3 partition(s)")
+        );
+    }
 }

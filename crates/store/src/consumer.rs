@@ -43,6 +43,9 @@ pub struct Consumer<S: StateMachine> {
     decode: Decoder<S::Command>,
     /// Events of the topic not yet applied, as last measured.
     lag: Arc<AtomicU64>,
+    /// Partitions of the topic this consumer reads now: 0 when it is not running or could not
+    /// subscribe.
+    assigned: Arc<AtomicU64>,
 }
 
 impl<S: StateMachine> Clone for Consumer<S> {
@@ -54,6 +57,7 @@ impl<S: StateMachine> Clone for Consumer<S> {
             bus: self.bus.clone(),
             decode: self.decode.clone(),
             lag: self.lag.clone(),
+            assigned: self.assigned.clone(),
         }
     }
 }
@@ -73,12 +77,19 @@ impl<S: StateMachine> Consumer<S> {
             bus,
             decode: Arc::new(decode),
             lag: Arc::new(AtomicU64::new(0)),
+            assigned: Arc::new(AtomicU64::new(0)),
         }
     }
 
     /// A handle on the consumer's lag, for readiness and metrics.
     pub fn lag(&self) -> Arc<AtomicU64> {
         self.lag.clone()
+    }
+
+    /// A handle on how many partitions the consumer reads now (0 while stopped or failing),
+    /// for readiness: a consumer that should run and reads nothing is not healthy.
+    pub fn assigned(&self) -> Arc<AtomicU64> {
+        self.assigned.clone()
     }
 
     fn submission(&self, command: Option<S::Command>, delivery: &Delivery) -> Submission<S> {
@@ -113,8 +124,12 @@ impl<S: StateMachine> Consumer<S> {
         loop {
             let result = tokio::select! {
                 r = self.consume() => r,
-                _ = shutdown.wait_for(|stop| *stop) => return,
+                _ = shutdown.wait_for(|stop| *stop) => {
+                    self.assigned.store(0, Ordering::Relaxed);
+                    return;
+                }
             };
+            self.assigned.store(0, Ordering::Relaxed);
             if let Err(error) = result {
                 tracing::error!(consumer = %self.name, topic = %self.topic, %error, "consumer failed; retrying in one second");
                 tokio::time::sleep(std::time::Duration::from_secs(1)).await;
@@ -125,7 +140,8 @@ impl<S: StateMachine> Consumer<S> {
     async fn consume(&self) -> anyhow_like::Result<()> {
         // Every partition, each from the position stored with the effects of what was applied.
         let mut resume = std::collections::BTreeMap::new();
-        for partition in self.bus.partitions(&self.topic).await? {
+        let partitions = self.bus.partitions(&self.topic).await?;
+        for &partition in &partitions {
             let name = self.bus.checkpoint_name(&self.checkpoint_name(), partition);
             if let Some(at) = self.engine.store().checkpoint(&name).await? {
                 resume.insert(partition, at);
@@ -135,7 +151,9 @@ impl<S: StateMachine> Consumer<S> {
         // reads); the group has no members to rebalance.
         let group = format!("{}.{}", self.name, self.topic);
         let mut subscription = self.bus.subscribe(&self.topic, &group, &resume).await?;
-        tracing::info!(consumer = %self.name, topic = %self.topic, resume = ?resume, "consuming");
+        self.assigned
+            .store(partitions.len() as u64, Ordering::Relaxed);
+        tracing::info!(consumer = %self.name, topic = %self.topic, partitions = partitions.len(), resume = ?resume, "consuming");
         let mut last_skip_commit = std::time::Instant::now();
         loop {
             let batch = match tokio::time::timeout(IDLE, subscription.next(MAX_BATCH)).await {

@@ -463,7 +463,11 @@ mod tests {
         let check = probe().await;
         assert_eq!(check.state, "degraded");
         assert!(
-            check.detail.as_deref().unwrap().starts_with("reads no partition"),
+            check
+                .detail
+                .as_deref()
+                .unwrap()
+                .starts_with("reads no partition"),
             "{check:?}"
         );
         assigned.store(3, Ordering::Relaxed);

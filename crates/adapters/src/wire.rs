@@ -427,6 +427,37 @@ impl Background {
     }
 }
 
+impl Background {
+    /// Serves a service binary's `routes` (see `server::serve_alone`) until SIGTERM or Ctrl-C.
+    /// A replica forwards the writes it does not own, and on the signal hands its writes over
+    /// while it still serves (forwarding to the new owner), then stops serving.
+    pub async fn serve(
+        &mut self,
+        settings: &Settings,
+        name: &str,
+        routes: axum::Router,
+        openapi: utoipa::openapi::OpenApi,
+        probes: Vec<Probe>,
+        limiter: Arc<dyn RateLimiter>,
+    ) -> anyhow::Result<()> {
+        let mut guard = libertum_platform::server::Guard::new(settings, limiter)?;
+        guard.forward = self
+            .ownership
+            .clone()
+            .map(libertum_platform::replica::Forwarder::new);
+        let hand_over = self.hand_over();
+        let shutdown = async move {
+            libertum_platform::server::shutdown_signal().await;
+            hand_over.run().await;
+        };
+        libertum_platform::server::serve_alone(
+            settings, name, routes, openapi, probes, guard, shutdown,
+        )
+        .await?;
+        Ok(())
+    }
+}
+
 /// Hands a replica's writes over: see [`Ownership::leave`].
 pub struct HandOver {
     ownership: Option<Ownership>,

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use libertum_adapters::wire::{self, Background};
-use libertum_platform::{config::Settings, server, telemetry};
+use libertum_platform::{config::Settings, telemetry};
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
@@ -59,22 +59,16 @@ async fn run() -> anyhow::Result<()> {
     .nest("/v1/tokens", service.router())
     .split_for_parts();
     background.lead(Arc::new(service.engine().clone()));
-    let mut guard = server::Guard::new(&settings, backends.limiter.clone())?;
-    guard.forward = backends
-        .ownership
-        .clone()
-        .map(libertum_platform::replica::Forwarder::new);
-    // On SIGTERM a replica hands its writes over while it still serves (forwarding to the new
-    // owner), then stops serving.
-    let hand_over = background.hand_over();
-    let shutdown = async move {
-        server::shutdown_signal().await;
-        hand_over.run().await;
-    };
-    let served = server::serve_alone(
-        &settings, "tokens", routes, openapi, probes, guard, shutdown,
-    )
-    .await;
+    let served = background
+        .serve(
+            &settings,
+            "tokens",
+            routes,
+            openapi,
+            probes,
+            backends.limiter.clone(),
+        )
+        .await;
     background.stop().await;
     service.close().await;
     served?;

@@ -176,6 +176,8 @@ impl Cluster {
             .arg("-f")
             .arg(&config_path)
             .stdout(std::process::Stdio::null())
+            // It says each replica going down and up: expected here.
+            .stderr(std::process::Stdio::null())
             .spawn()
             .expect("haproxy starts");
         let mut cluster = Cluster {

@@ -140,6 +140,9 @@ struct Held<S> {
     head: u64,
     /// The latest event time, so new events never get an earlier one after a restart.
     last_time: OffsetDateTime,
+    /// The id of the event at `head`, when read from the log: a follower checks that the log
+    /// still holds it before it applies what follows.
+    last_id: Option<String>,
 }
 
 impl<S: Default> Default for Held<S> {
@@ -149,6 +152,7 @@ impl<S: Default> Default for Held<S> {
             versions: Versions::default(),
             head: 0,
             last_time: OffsetDateTime::UNIX_EPOCH,
+            last_id: None,
         }
     }
 }
@@ -374,6 +378,14 @@ impl<S: StateMachine> Engine<S> {
     pub async fn promote(&self, epoch: u64) -> Result<(), StoreError> {
         let mut held = self.inner.held.write().await;
         let from = held.head;
+        if !still_holds(self.inner.store.as_ref(), &held).await? {
+            // What this follower applied is not what the log holds: start again from the store.
+            let (fresh, _) =
+                restore::<S>(self.inner.service, self.inner.store.as_ref(), false).await?;
+            let last_time = held.last_time.max(fresh.last_time);
+            *held = fresh;
+            held.last_time = last_time;
+        }
         replay_tail(self.inner.store.as_ref(), &mut held, false).await?;
         self.inner.epoch.store(epoch, Ordering::Release);
         self.inner.applied.send_replace(held.head);
@@ -443,15 +455,36 @@ async fn follow<S: StateMachine>(
 }
 
 /// Reads what was appended after the follower's state, outside the lock, and applies it under
-/// the lock if nothing moved meanwhile.
+/// the lock if nothing moved meanwhile. The read starts at the last event applied, which must
+/// still be the same event: a log that no longer holds it (what a store without isolation can
+/// show: a transaction read before it was rolled back) makes the follower rebuild its state
+/// from the store rather than build on what is gone.
 async fn follow_once<S: StateMachine>(inner: &Inner<S>) -> Result<(), StoreError> {
     loop {
-        let from = inner.held.read().await.head;
-        let chunk = inner.store.read(from, 4_096).await?;
+        let (from, last_id) = {
+            let held = inner.held.read().await;
+            (held.head, held.last_id.clone())
+        };
+        let check = last_id.is_some() && from > 0;
+        let mut chunk = inner
+            .store
+            .read(if check { from - 1 } else { from }, 4_096)
+            .await?;
+        if check {
+            let same = chunk.first().is_some_and(|(at, bytes)| {
+                *at == from
+                    && serde_json::from_slice::<CloudEvent>(bytes)
+                        .is_ok_and(|e| Some(e.id) == last_id)
+            });
+            if !same {
+                return rebuild(inner, from).await;
+            }
+            chunk.remove(0);
+        }
         if chunk.is_empty() {
             return Ok(());
         }
-        let full = chunk.len() == 4_096;
+        let full = chunk.len() >= 4_095;
         let mut held = inner.held.write().await;
         if held.head != from || inner.epoch.load(Ordering::Acquire) != 0 {
             return Ok(());
@@ -468,6 +501,39 @@ async fn follow_once<S: StateMachine>(inner: &Inner<S>) -> Result<(), StoreError
             return Ok(());
         }
     }
+}
+
+/// Whether the log still holds, at `held.head`, the event `held` applied there (true when that
+/// is not known: a state from a snapshot, or an empty one).
+async fn still_holds<S>(store: &dyn EventStore, held: &Held<S>) -> Result<bool, StoreError> {
+    let (Some(last_id), true) = (&held.last_id, held.head > 0) else {
+        return Ok(true);
+    };
+    let found = store.read(held.head - 1, 1).await?;
+    Ok(found.first().is_some_and(|(at, bytes)| {
+        *at == held.head
+            && serde_json::from_slice::<CloudEvent>(bytes).is_ok_and(|e| &e.id == last_id)
+    }))
+}
+
+/// Rebuilds a follower's state from the store (the latest snapshot and the log after it),
+/// when the log no longer holds what it applied at `from`.
+async fn rebuild<S: StateMachine>(inner: &Inner<S>, from: u64) -> Result<(), StoreError> {
+    let mut held = inner.held.write().await;
+    if held.head != from || inner.epoch.load(Ordering::Acquire) != 0 {
+        return Ok(());
+    }
+    tracing::error!(
+        service = inner.service,
+        position = from,
+        "the log no longer holds the event this replica applied there; rebuilding the state from the store"
+    );
+    let (fresh, _) = restore::<S>(inner.service, inner.store.as_ref(), false).await?;
+    let last_time = held.last_time.max(fresh.last_time);
+    *held = fresh;
+    held.last_time = last_time;
+    inner.applied.send_replace(held.head);
+    Ok(())
 }
 
 /// Applies the events after `held.head` to `held`. With `reindex`, it also writes the index
@@ -521,6 +587,7 @@ fn apply_chunk<S: StateMachine>(
             stale.extend(keys.into_iter().map(|key| (key, version)));
         }
         held.head = position;
+        held.last_id = Some(envelope.id);
     }
     Ok(())
 }
@@ -549,6 +616,7 @@ async fn restore<S: StateMachine>(
                 versions: restored.versions,
                 head: restored.position,
                 last_time: restored.last_time,
+                last_id: None,
             }),
             Err(why) => {
                 fallback(service, position, &why);

@@ -203,39 +203,26 @@ impl Cluster {
     }
 
     async fn wait_until(&self, url: &str) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Ok(r) = self.http.get(url).send().await
-                && r.status().is_success()
-            {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{url} was not ready within 60 s"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        self.wait_ready_at(url, || None).await;
     }
 
     async fn wait_ready(&mut self, i: usize) {
         let url = format!("{}/readyz", self.replicas[i].base());
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(Ok(Some(status))) = self.replicas[i].child.as_mut().map(Child::try_wait) {
-                panic!("{} exited at start: {status}", self.replicas[i].name);
+        let http = self.http.clone();
+        let replica = &mut self.replicas[i];
+        wait_ready_at(&http, &url, || {
+            match replica.child.as_mut().map(Child::try_wait) {
+                Some(Ok(Some(status))) => {
+                    Some(format!("{} exited at start: {status}", replica.name))
+                }
+                _ => None,
             }
-            if let Ok(r) = self.http.get(&url).send().await
-                && r.status().is_success()
-            {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{url} was not ready within 60 s"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        })
+        .await;
+    }
+
+    async fn wait_ready_at(&self, url: &str, exited: impl FnMut() -> Option<String>) {
+        wait_ready_at(&self.http, url, exited).await;
     }
 
     /// The URL of `path` at its service's front.
@@ -322,6 +309,26 @@ impl Cluster {
             "{} did not stop cleanly: {status}",
             self.replicas[i].name
         );
+    }
+}
+
+/// Polls `url` until it answers 2xx (60 s at most), failing at once if `exited` says why.
+async fn wait_ready_at(http: &Client, url: &str, mut exited: impl FnMut() -> Option<String>) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(why) = exited() {
+            panic!("{why}");
+        }
+        if let Ok(r) = http.get(url).send().await
+            && r.status().is_success()
+        {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{url} was not ready within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

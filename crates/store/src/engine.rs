@@ -380,11 +380,7 @@ impl<S: StateMachine> Engine<S> {
         let from = held.head;
         if !still_holds(self.inner.store.as_ref(), &held).await? {
             // What this follower applied is not what the log holds: start again from the store.
-            let (fresh, _) =
-                restore::<S>(self.inner.service, self.inner.store.as_ref(), false).await?;
-            let last_time = held.last_time.max(fresh.last_time);
-            *held = fresh;
-            held.last_time = last_time;
+            reload(self.inner.service, self.inner.store.as_ref(), &mut held).await?;
         }
         replay_tail(self.inner.store.as_ref(), &mut held, false).await?;
         self.inner.epoch.store(epoch, Ordering::Release);
@@ -528,11 +524,22 @@ async fn rebuild<S: StateMachine>(inner: &Inner<S>, from: u64) -> Result<(), Sto
         position = from,
         "the log no longer holds the event this replica applied there; rebuilding the state from the store"
     );
-    let (fresh, _) = restore::<S>(inner.service, inner.store.as_ref(), false).await?;
+    reload(inner.service, inner.store.as_ref(), &mut held).await?;
+    inner.applied.send_replace(held.head);
+    Ok(())
+}
+
+/// Replaces `held` with the state the store holds (its latest snapshot and the log after it),
+/// keeping the latest event time seen, so time never runs backwards.
+async fn reload<S: StateMachine>(
+    service: &'static str,
+    store: &dyn EventStore,
+    held: &mut Held<S>,
+) -> Result<(), StoreError> {
+    let (fresh, _) = restore::<S>(service, store, false).await?;
     let last_time = held.last_time.max(fresh.last_time);
     *held = fresh;
     held.last_time = last_time;
-    inner.applied.send_replace(held.head);
     Ok(())
 }
 

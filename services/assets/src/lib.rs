@@ -40,9 +40,8 @@ impl Assets {
         cache: Arc<dyn Cache>,
         snapshots: SnapshotPolicy,
     ) -> Result<Self, StoreError> {
-        Ok(Assets {
-            engine: Engine::start_replica("assets", store, Some(cache), snapshots).await?,
-        })
+        let engine = Engine::start_replica("assets", store, Some(cache), snapshots).await?;
+        Ok(Assets { engine })
     }
 
     /// The routes under `/v1/assets`, with their OpenAPI description.

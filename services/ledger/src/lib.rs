@@ -32,12 +32,9 @@ impl Ledger {
         tokens_url: String,
         snapshots: SnapshotPolicy,
     ) -> Result<Self, StoreError> {
-        let _ = libertum_platform::http_metrics::recorder();
-        audit::describe();
-        Ok(Ledger {
-            engine: Engine::start_with("ledger", store, None, snapshots).await?,
-            tokens_url,
-        })
+        Self::describe();
+        let engine = Engine::start_with("ledger", store, None, snapshots).await?;
+        Ok(Ledger { engine, tokens_url })
     }
 
     /// [`Ledger::open`] as one of several replicas sharing `store`: it follows the log and
@@ -47,12 +44,15 @@ impl Ledger {
         tokens_url: String,
         snapshots: SnapshotPolicy,
     ) -> Result<Self, StoreError> {
+        Self::describe();
+        let engine = Engine::start_replica("ledger", store, None, snapshots).await?;
+        Ok(Ledger { engine, tokens_url })
+    }
+
+    /// The metrics recorder and the ledger's metric descriptions, before anything counts.
+    fn describe() {
         let _ = libertum_platform::http_metrics::recorder();
         audit::describe();
-        Ok(Ledger {
-            engine: Engine::start_replica("ledger", store, None, snapshots).await?,
-            tokens_url,
-        })
     }
 
     pub fn router(&self) -> OpenApiRouter {

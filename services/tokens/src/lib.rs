@@ -41,9 +41,8 @@ impl Tokens {
         cache: Arc<dyn Cache>,
         snapshots: SnapshotPolicy,
     ) -> Result<Self, StoreError> {
-        Ok(Tokens {
-            engine: Engine::start_replica("tokens", store, Some(cache), snapshots).await?,
-        })
+        let engine = Engine::start_replica("tokens", store, Some(cache), snapshots).await?;
+        Ok(Tokens { engine })
     }
 
     /// The routes under `/v1/tokens`.

@@ -56,6 +56,8 @@ impl Forwarder {
             .timeout(Duration::from_secs(30))
             .build()
             .unwrap_or_default();
+        // From zero, so that the first forwarded write is an increase.
+        metrics::counter!(FORWARDED, "service" => ownership.service()).increment(0);
         Forwarder { ownership, client }
     }
 

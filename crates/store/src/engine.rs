@@ -259,6 +259,10 @@ impl<S: StateMachine> Engine<S> {
             seconds = started.elapsed().as_secs_f64(),
             "state restored"
         );
+        if replica {
+            // From zero, so that the first late commit of a former owner is an increase.
+            metrics::counter!(m::COMMITS_FENCED, "service" => service).increment(0);
+        }
         let inner = Arc::new(Inner {
             applied: tokio::sync::watch::channel(held.head).0,
             held: RwLock::new(held),

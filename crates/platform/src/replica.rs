@@ -114,6 +114,11 @@ pub async fn forward(State(forwarder): State<Forwarder>, request: Request, next:
         if hops >= MAX_HOPS {
             return no_owner("the write passed through too many replicas; retry it");
         }
+        if tokio::time::Instant::now() >= deadline {
+            return no_owner(
+                "no replica owns this service's writes right now; retry with the same Idempotency-Key",
+            );
+        }
         let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
         let owner = match forwarder.ownership.owner(remaining).await {
             Some(Owner::At(owner)) => owner,
@@ -151,11 +156,6 @@ pub async fn forward(State(forwarder): State<Forwarder>, request: Request, next:
                 return ApiError::unavailable(format!("forwarded to {owner}: {error}"))
                     .into_response();
             }
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return no_owner(
-                "no replica owns this service's writes right now; retry with the same Idempotency-Key",
-            );
         }
         tokio::time::sleep(forwarder.ownership.settings().poll_every).await;
     }

@@ -143,32 +143,8 @@ fn transfers(
                         if i >= n {
                             return;
                         }
-                        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-                        loop {
-                            let sent = http
-                                .post(&url)
-                                .header("idempotency-key", format!("fault-transfer-{i}"))
-                                .timeout(Duration::from_secs(10))
-                                .json(&body)
-                                .send()
-                                .await;
-                            match sent {
-                                Ok(r) if r.status().is_success() => break,
-                                Ok(r) if r.status().is_client_error() => {
-                                    panic!(
-                                        "transfer {i} refused: {} {}",
-                                        r.status(),
-                                        r.text().await.unwrap_or_default()
-                                    )
-                                }
-                                _ => {} // the service is down or unavailable: retry, same key
-                            }
-                            assert!(
-                                tokio::time::Instant::now() < deadline,
-                                "transfer {i} never went through"
-                            );
-                            tokio::time::sleep(Duration::from_millis(100)).await;
-                        }
+                        let key = format!("fault-transfer-{i}");
+                        common::post_until_accepted(&http, &url, &key, &body).await;
                         done.fetch_add(1, Ordering::SeqCst);
                     }
                 })

@@ -47,7 +47,7 @@ pub fn snapshot_policy(settings: &Settings) -> SnapshotPolicy {
 
 /// Opens `service`'s store (MongoDB database `{prefix}_{service}`, or `{data_dir}/{service}.redb`)
 /// and its cache (Redis under the key prefix `libertum:{service}`, or in memory).
-pub async fn backends(settings: &Settings, service: &str) -> anyhow::Result<Backends> {
+pub async fn backends(settings: &Settings, service: &'static str) -> anyhow::Result<Backends> {
     // The adapters start their series at zero: the recorder must exist before they do.
     let _ = libertum_platform::http_metrics::recorder();
     let b = &settings.backends;
@@ -93,7 +93,7 @@ pub async fn backends(settings: &Settings, service: &str) -> anyhow::Result<Back
             b.lease_ttl
         };
         Ownership::new(
-            leak(service),
+            service,
             &replica_id(service),
             &b.advertise_addr,
             store.clone(),
@@ -124,16 +124,6 @@ fn replica_id(service: &str) -> String {
         .unwrap_or_else(|_| "host".into());
     let nonce = uuid::Uuid::new_v4().simple().to_string();
     format!("{service}@{host}:{}:{}", std::process::id(), &nonce[..8])
-}
-
-/// The service names are a handful of literals; metrics labels want them `'static`.
-fn leak(service: &str) -> &'static str {
-    match service {
-        "assets" => "assets",
-        "tokens" => "tokens",
-        "ledger" => "ledger",
-        other => Box::leak(other.to_owned().into_boxed_str()),
-    }
 }
 
 /// The Kafka bus when `LIBERTUM_KAFKA_BROKERS` is set, with the services' topics created if

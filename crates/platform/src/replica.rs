@@ -66,6 +66,9 @@ impl Forwarder {
     }
 }
 
+const NO_OWNER_NOW: &str =
+    "no replica owns this service's writes right now; retry with the same Idempotency-Key";
+
 /// The refusal of a write this replica cannot place: no owner within the wait, or too many hops.
 fn no_owner(detail: &str) -> Response {
     let mut response = ApiError::new(
@@ -115,18 +118,14 @@ pub async fn forward(State(forwarder): State<Forwarder>, request: Request, next:
             return no_owner("the write passed through too many replicas; retry it");
         }
         if tokio::time::Instant::now() >= deadline {
-            return no_owner(
-                "no replica owns this service's writes right now; retry with the same Idempotency-Key",
-            );
+            return no_owner(NO_OWNER_NOW);
         }
         let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
         let owner = match forwarder.ownership.owner(remaining).await {
             Some(Owner::At(owner)) => owner,
             Some(Owner::Here) => continue,
             None => {
-                return no_owner(
-                    "no replica owns this service's writes right now; retry with the same Idempotency-Key",
-                );
+                return no_owner(NO_OWNER_NOW);
             }
         };
         let url = format!(

@@ -384,7 +384,7 @@ impl<S: StateMachine> Engine<S> {
         let from = held.head;
         if !still_holds(self.inner.store.as_ref(), &held).await? {
             // What this follower applied is not what the log holds: start again from the store.
-            reload(self.inner.service, self.inner.store.as_ref(), &mut held).await?;
+            let _ = reload(self.inner.service, self.inner.store.as_ref(), &mut held).await?;
         }
         replay_tail(self.inner.store.as_ref(), &mut held, false).await?;
         self.inner.epoch.store(epoch, Ordering::Release);
@@ -461,22 +461,14 @@ async fn follow<S: StateMachine>(
 /// from the store rather than build on what is gone.
 async fn follow_once<S: StateMachine>(inner: &Inner<S>) -> Result<(), StoreError> {
     loop {
-        let (from, last_id) = {
+        let (from, expected) = {
             let held = inner.held.read().await;
-            (held.head, held.last_id.clone())
+            (held.head, held.last_id.clone().filter(|_| held.head > 0))
         };
-        let check = last_id.is_some() && from > 0;
-        let mut chunk = inner
-            .store
-            .read(if check { from - 1 } else { from }, 4_096)
-            .await?;
-        if check {
-            let same = chunk.first().is_some_and(|(at, bytes)| {
-                *at == from
-                    && serde_json::from_slice::<CloudEvent>(bytes)
-                        .is_ok_and(|e| Some(e.id) == last_id)
-            });
-            if !same {
+        let after = if expected.is_some() { from - 1 } else { from };
+        let mut chunk = inner.store.read(after, 4_096).await?;
+        if let Some(id) = &expected {
+            if !is_event(chunk.first(), from, id) {
                 return rebuild(inner, from).await;
             }
             chunk.remove(0);
@@ -510,10 +502,14 @@ async fn still_holds<S>(store: &dyn EventStore, held: &Held<S>) -> Result<bool, 
         return Ok(true);
     };
     let found = store.read(held.head - 1, 1).await?;
-    Ok(found.first().is_some_and(|(at, bytes)| {
-        *at == held.head
-            && serde_json::from_slice::<CloudEvent>(bytes).is_ok_and(|e| &e.id == last_id)
-    }))
+    Ok(is_event(found.first(), held.head, last_id))
+}
+
+/// Whether `found`, a row read from the log, is the event `id` at `position`.
+fn is_event(found: Option<&(u64, Vec<u8>)>, position: u64, id: &str) -> bool {
+    found.is_some_and(|(at, bytes)| {
+        *at == position && serde_json::from_slice::<CloudEvent>(bytes).is_ok_and(|e| e.id == id)
+    })
 }
 
 /// Rebuilds a follower's state from the store (the latest snapshot and the log after it),
@@ -528,23 +524,24 @@ async fn rebuild<S: StateMachine>(inner: &Inner<S>, from: u64) -> Result<(), Sto
         position = from,
         "the log no longer holds the event this replica applied there; rebuilding the state from the store"
     );
-    reload(inner.service, inner.store.as_ref(), &mut held).await?;
+    let _ = reload(inner.service, inner.store.as_ref(), &mut held).await?;
     inner.applied.send_replace(held.head);
     Ok(())
 }
 
 /// Replaces `held` with the state the store holds (its latest snapshot and the log after it),
-/// keeping the latest event time seen, so time never runs backwards.
+/// keeping the latest event time seen, so time never runs backwards. Returns the snapshot's
+/// position (0 if none).
 async fn reload<S: StateMachine>(
     service: &'static str,
     store: &dyn EventStore,
     held: &mut Held<S>,
-) -> Result<(), StoreError> {
-    let (fresh, _) = restore::<S>(service, store, false).await?;
+) -> Result<u64, StoreError> {
+    let (fresh, snapshot_at) = restore::<S>(service, store, false).await?;
     let last_time = held.last_time.max(fresh.last_time);
     *held = fresh;
     held.last_time = last_time;
-    Ok(())
+    Ok(snapshot_at)
 }
 
 /// Applies the events after `held.head` to `held`. With `reindex`, it also writes the index
@@ -836,18 +833,15 @@ async fn writer<S: StateMachine>(inner: Arc<Inner<S>>, mut rx: mpsc::Receiver<Jo
                 }
             }
             let started = Instant::now();
-            match restore::<S>(service, inner.store.as_ref(), false).await {
-                Ok((fresh, snapshot_at)) => {
+            match reload(service, inner.store.as_ref(), held).await {
+                Ok(snapshot_at) => {
                     tracing::info!(
                         service,
-                        head = fresh.head,
-                        replayed = fresh.head - snapshot_at,
+                        head = held.head,
+                        replayed = held.head - snapshot_at,
                         seconds = started.elapsed().as_secs_f64(),
                         "state restored after the failed commit"
                     );
-                    let last_time = held.last_time.max(fresh.last_time);
-                    *held = fresh;
-                    held.last_time = last_time;
                     inner.applied.send_replace(held.head);
                     inner.healthy.store(true, Ordering::Relaxed);
                 }

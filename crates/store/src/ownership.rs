@@ -104,6 +104,9 @@ pub enum Owner {
     At(String),
 }
 
+/// The owned work running: its stop signal and its tasks.
+type Running = (watch::Sender<bool>, Vec<JoinHandle<()>>);
+
 /// A replica's view of who owns its service's writes; cheap to clone.
 #[derive(Clone)]
 pub struct Ownership {
@@ -269,7 +272,7 @@ impl Ownership {
     async fn lead(&self, writer: Arc<dyn Writer>, work: Vec<OwnedWork>) {
         let inner = &self.inner;
         let mut stop = inner.stop.subscribe();
-        let mut running: Option<(watch::Sender<bool>, Vec<JoinHandle<()>>)> = None;
+        let mut running: Option<Running> = None;
         loop {
             let pause = if inner.epoch.load(Ordering::Acquire) != 0 {
                 self.renew(writer.as_ref(), &mut running).await;
@@ -286,11 +289,7 @@ impl Ownership {
         self.give_up(writer.as_ref(), &mut running).await;
     }
 
-    async fn renew(
-        &self,
-        writer: &dyn Writer,
-        running: &mut Option<(watch::Sender<bool>, Vec<JoinHandle<()>>)>,
-    ) {
+    async fn renew(&self, writer: &dyn Writer, running: &mut Option<Running>) {
         let inner = &self.inner;
         let epoch = inner.epoch.load(Ordering::Acquire);
         let asked = Instant::now();
@@ -331,11 +330,7 @@ impl Ownership {
         }
     }
 
-    async fn lost(
-        &self,
-        writer: &dyn Writer,
-        running: &mut Option<(watch::Sender<bool>, Vec<JoinHandle<()>>)>,
-    ) {
+    async fn lost(&self, writer: &dyn Writer, running: &mut Option<Running>) {
         let inner = &self.inner;
         inner.epoch.store(0, Ordering::Release);
         *inner.valid_until.lock() = None;
@@ -353,7 +348,7 @@ impl Ownership {
         &self,
         writer: &dyn Writer,
         work: &[OwnedWork],
-        running: &mut Option<(watch::Sender<bool>, Vec<JoinHandle<()>>)>,
+        running: &mut Option<Running>,
     ) {
         let inner = &self.inner;
         if inner.leaving.load(Ordering::Acquire) {
@@ -446,11 +441,7 @@ impl Ownership {
         let _ = inner.stop.send(true);
     }
 
-    async fn give_up(
-        &self,
-        writer: &dyn Writer,
-        running: &mut Option<(watch::Sender<bool>, Vec<JoinHandle<()>>)>,
-    ) {
+    async fn give_up(&self, writer: &dyn Writer, running: &mut Option<Running>) {
         let inner = &self.inner;
         stop_work(running).await;
         let epoch = inner.epoch.swap(0, Ordering::AcqRel);
@@ -471,7 +462,7 @@ impl Ownership {
     }
 }
 
-async fn stop_work(running: &mut Option<(watch::Sender<bool>, Vec<JoinHandle<()>>)>) {
+async fn stop_work(running: &mut Option<Running>) {
     if let Some((stop, tasks)) = running.take() {
         let _ = stop.send(true);
         for task in tasks {

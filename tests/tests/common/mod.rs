@@ -314,6 +314,49 @@ impl Product {
     }
 }
 
+/// POSTs `body` to `url` with `Idempotency-Key: key` until it is answered 2xx, as a client
+/// that retries with the same key does; a 4xx fails the test (nothing a retry can mend), and so
+/// does no success within 120 s. Returns how many answers before it were not a success (a 5xx,
+/// or no answer at all), each printed.
+pub async fn post_until_accepted(http: &Client, url: &str, key: &str, body: &Value) -> usize {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    let mut failed = 0;
+    loop {
+        let sent = http
+            .post(url)
+            .header("idempotency-key", key)
+            .timeout(Duration::from_secs(20))
+            .json(body)
+            .send()
+            .await;
+        match sent {
+            Ok(r) if r.status().is_success() => return failed,
+            Ok(r) if r.status().is_client_error() => panic!(
+                "{key} refused: {} {}",
+                r.status(),
+                r.text().await.unwrap_or_default()
+            ),
+            Ok(r) => {
+                failed += 1;
+                eprintln!(
+                    "{key}: {} {}",
+                    r.status(),
+                    r.text().await.unwrap_or_default()
+                );
+            }
+            Err(e) => {
+                failed += 1;
+                eprintln!("{key}: {e}");
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{key} never went through"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// The `code` of a problem+json answer.
 pub fn code(body: &Value) -> &str {
     body["code"].as_str().unwrap_or("<no code>")

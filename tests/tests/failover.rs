@@ -89,6 +89,33 @@ impl Replica {
             .status()
             .expect("kill runs");
         assert!(status.success(), "kill -{signal} {} failed", self.name);
+        if signal == "STOP" {
+            // The signal is queued when kill returns; the test goes on once every thread of
+            // the replica has stopped, as /proc says.
+            let stopped = || {
+                let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+                    return false;
+                };
+                tasks.flatten().all(|task| {
+                    let stat =
+                        std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+                    let state = stat
+                        .rsplit(')')
+                        .next()
+                        .and_then(|s| s.split_whitespace().next());
+                    state == Some("T")
+                })
+            };
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while !stopped() {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{} has not stopped 10 s after SIGSTOP",
+                    self.name
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
     }
 }
 
@@ -251,10 +278,16 @@ impl Cluster {
 
     /// The replica of `service` that owns its writes, from each replica's metrics.
     async fn owner(&self, service: &str) -> usize {
+        self.owner_other_than(service, None).await
+    }
+
+    /// The replica of `service` that owns its writes, `except` (a paused replica, whose last
+    /// word is stale) aside.
+    async fn owner_other_than(&self, service: &str, except: Option<usize>) -> usize {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
             for (i, replica) in self.replicas.iter().enumerate() {
-                if replica.service != service || replica.child.is_none() {
+                if replica.service != service || replica.child.is_none() || except == Some(i) {
                     continue;
                 }
                 let text = self
@@ -799,7 +832,7 @@ async fn an_owner_paused_past_its_lease_writes_nothing_when_it_wakes() {
     let owner = c.owner("tokens").await;
     c.replicas[owner].signal("STOP");
     // The lease is 2 s: another replica takes it while this one sleeps.
-    let successor = c.owner("tokens").await;
+    let successor = c.owner_other_than("tokens", Some(owner)).await;
     assert_ne!(successor, owner, "another replica took the lease");
     s.reached(TRANSFERS / 2).await;
     c.replicas[owner].signal("CONT");

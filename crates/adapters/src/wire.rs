@@ -5,7 +5,7 @@
 use std::{
     sync::{
         Arc,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -436,9 +436,17 @@ impl Background {
             .clone()
             .map(libertum_platform::replica::Forwarder::new);
         let hand_over = self.hand_over();
+        // From the signal on, /readyz says unready, so that a front checking it sends nothing
+        // more here before this replica stops accepting (a connection accepted and then closed
+        // unread would fail a request that no front retries).
+        let draining = Arc::new(AtomicBool::new(false));
+        let mut probes = probes;
+        probes.push(draining_probe(draining.clone()));
+        let delay = settings.shutdown_delay;
         let shutdown = async move {
             libertum_platform::server::shutdown_signal().await;
-            hand_over.run().await;
+            draining.store(true, Ordering::SeqCst);
+            tokio::join!(hand_over.run(), tokio::time::sleep(delay));
         };
         libertum_platform::server::serve_alone(
             settings, name, routes, openapi, probes, guard, shutdown,
@@ -446,6 +454,20 @@ impl Background {
         .await?;
         Ok(())
     }
+}
+
+/// Down once `draining` is set: the process is shutting down.
+fn draining_probe(draining: Arc<AtomicBool>) -> Probe {
+    Arc::new(move || {
+        let draining = draining.load(Ordering::SeqCst);
+        Box::pin(async move {
+            Check {
+                name: "shutdown".into(),
+                state: if draining { "down" } else { "up" },
+                detail: draining.then(|| "shutting down: takes no new requests".to_owned()),
+            }
+        })
+    })
 }
 
 /// Hands a replica's writes over: see [`Ownership::leave`].

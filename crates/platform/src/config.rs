@@ -167,6 +167,11 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
         "with MongoDB, a service runs as replicas: the one holding the lease owns the writes; a lease not renewed for this long is taken by another replica (the failover time)",
     ),
     (
+        "LIBERTUM_SHUTDOWN_DELAY_MILLIS",
+        "1000",
+        "on SIGTERM a service binary says unready and keeps serving this long (handing its writes over meanwhile) before it stops accepting, so a front that checks /readyz sends nothing more to it",
+    ),
+    (
         "LIBERTUM_ADVERTISE_ADDR",
         "(LIBERTUM_HTTP_ADDR, 127.0.0.1 for an unspecified address)",
         "host:port where the other replicas send this replica the writes it owns (Kubernetes: the pod's IP and port)",
@@ -234,6 +239,8 @@ pub struct Settings {
     pub metrics_addr: Option<SocketAddr>,
     /// Timeouts and the connection cap of the HTTP server.
     pub connection_limits: crate::server::ConnectionLimits,
+    /// How long a service binary keeps serving, unready, after SIGTERM.
+    pub shutdown_delay: std::time::Duration,
 }
 
 /// What is wrong with the configuration: every problem at once.
@@ -330,6 +337,8 @@ impl Settings {
         let cache_ttl_seconds = number("LIBERTUM_CACHE_TTL_SECONDS", 1, 7 * 24 * 3600);
         let lease_ttl =
             std::time::Duration::from_millis(number("LIBERTUM_LEASE_TTL_MILLIS", 300, 600_000));
+        let shutdown_delay =
+            std::time::Duration::from_millis(number("LIBERTUM_SHUTDOWN_DELAY_MILLIS", 0, 60_000));
         let rate_limit_per_principal = number("LIBERTUM_RATE_LIMIT_PER_PRINCIPAL", 0, 10_000_000);
         let rate_limit_per_address = number("LIBERTUM_RATE_LIMIT_PER_ADDRESS", 0, 10_000_000);
         let connection_limits = crate::server::ConnectionLimits {
@@ -547,6 +556,7 @@ impl Settings {
             client_address_header,
             metrics_addr,
             connection_limits,
+            shutdown_delay,
         })
     }
 
@@ -574,6 +584,7 @@ impl Settings {
             client_address_header: None,
             metrics_addr: None,
             connection_limits: crate::server::ConnectionLimits::default(),
+            shutdown_delay: std::time::Duration::ZERO,
         }
     }
 }

@@ -111,6 +111,16 @@ pub struct MongoStore {
 impl MongoStore {
     /// Connects, creates the indexes (idempotently) and reads the head of the log.
     pub async fn open(settings: &MongoSettings) -> Result<Self, StoreError> {
+        let mut stores = Self::open_all(settings, &[settings.database.clone()]).await?;
+        Ok(stores.remove(0))
+    }
+
+    /// One store per database of `databases` (a partitioned service's logs), over one
+    /// connection pool.
+    pub async fn open_all(
+        settings: &MongoSettings,
+        databases: &[String],
+    ) -> Result<Vec<Self>, StoreError> {
         let write_concern = settings.write_concern()?;
         let read_concern = settings.read_concern()?;
         let mut options = ClientOptions::parse(&settings.uri)
@@ -124,31 +134,39 @@ impl MongoStore {
         options.selection_criteria =
             Some(SelectionCriteria::ReadPreference(ReadPreference::Primary));
         let client = Client::with_options(options).map_err(StoreError::backend)?;
-        let db = client.database(&settings.database);
-        db.run_command(doc! {"ping": 1}).await.map_err(|e| {
-            StoreError::Backend(format!(
-                "MongoDB at {} did not answer: {e}",
-                redact(&settings.uri)
-            ))
-        })?;
-        let store = MongoStore {
-            events: db.collection("events"),
-            idempotency: db.collection("idempotency"),
-            checkpoints: db.collection("checkpoints"),
-            snapshots: db.collection("snapshots"),
-            index: db.collection("index_rows"),
-            leases: db.collection("leases"),
-            db,
-            client,
-            write_concern,
-            read_concern,
-            name: format!("mongodb:{}/{}", redact(&settings.uri), settings.database),
-            head: Arc::new(watch::channel(0).0),
-        };
-        store.create_indexes().await?;
-        let head = store.read_head(None).await?;
-        store.head.send_replace(head);
-        Ok(store)
+        client
+            .database(&settings.database)
+            .run_command(doc! {"ping": 1})
+            .await
+            .map_err(|e| {
+                StoreError::Backend(format!(
+                    "MongoDB at {} did not answer: {e}",
+                    redact(&settings.uri)
+                ))
+            })?;
+        let mut stores = Vec::with_capacity(databases.len());
+        for database in databases {
+            let db = client.database(database);
+            let store = MongoStore {
+                events: db.collection("events"),
+                idempotency: db.collection("idempotency"),
+                checkpoints: db.collection("checkpoints"),
+                snapshots: db.collection("snapshots"),
+                index: db.collection("index_rows"),
+                leases: db.collection("leases"),
+                db,
+                client: client.clone(),
+                write_concern: write_concern.clone(),
+                read_concern: read_concern.clone(),
+                name: format!("mongodb:{}/{database}", redact(&settings.uri)),
+                head: Arc::new(watch::channel(0).0),
+            };
+            store.create_indexes().await?;
+            let head = store.read_head(None).await?;
+            store.head.send_replace(head);
+            stores.push(store);
+        }
+        Ok(stores)
     }
 
     async fn create_indexes(&self) -> Result<(), StoreError> {
@@ -615,6 +633,36 @@ impl EventStore for MongoStore {
             .await
             .map_err(StoreError::backend)?;
         Ok(Some(lease))
+    }
+
+    async fn members(&self, replica: &str, now_ms: i64, ttl_ms: i64) -> Result<usize, StoreError> {
+        let id = format!("member:{replica}");
+        if ttl_ms > 0 {
+            self.leases
+                .update_one(
+                    doc! {"_id": &id},
+                    doc! {"$set": {"member": true, "expires_at_ms": now_ms + ttl_ms}},
+                )
+                .upsert(true)
+                .await
+                .map_err(StoreError::backend)?;
+        } else {
+            self.leases
+                .delete_one(doc! {"_id": &id})
+                .await
+                .map_err(StoreError::backend)?;
+        }
+        // Those gone for an hour are forgotten.
+        self.leases
+            .delete_many(doc! {"member": true, "expires_at_ms": {"$lt": now_ms - 3_600_000}})
+            .await
+            .map_err(StoreError::backend)?;
+        let alive = self
+            .leases
+            .count_documents(doc! {"member": true, "expires_at_ms": {"$gt": now_ms}})
+            .await
+            .map_err(StoreError::backend)?;
+        Ok(usize::try_from(alive).unwrap_or(usize::MAX))
     }
 
     async fn release_lease(&self, holder: &str, epoch: u64) -> Result<(), StoreError> {

@@ -33,6 +33,19 @@ async fn the_mongodb_store_honours_the_lease_contract() {
 }
 
 #[tokio::test]
+async fn the_mongodb_store_honours_the_members_contract() {
+    let (_server, uri) = servers::mongo();
+    let settings = MongoSettings::new(&uri, "members");
+    contract::members(Box::new(move || {
+        let settings = settings.clone();
+        Box::pin(async move {
+            Arc::new(MongoStore::open(&settings).await.expect("open")) as Arc<dyn EventStore>
+        })
+    }))
+    .await;
+}
+
+#[tokio::test]
 async fn two_writers_racing_from_the_same_head_cannot_both_append() {
     let (_server, uri) = servers::mongo();
     let settings = MongoSettings::new(&uri, "race");

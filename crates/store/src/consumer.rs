@@ -46,6 +46,9 @@ pub struct Consumer<S: StateMachine> {
     /// Partitions of the topic this consumer reads now: 0 when it is not running or could not
     /// subscribe.
     assigned: Arc<AtomicU64>,
+    /// The partition of the service whose commands this consumer applies (and in whose log it
+    /// stores its positions); the others' events are skipped.
+    partition: usize,
 }
 
 impl<S: StateMachine> Clone for Consumer<S> {
@@ -58,6 +61,7 @@ impl<S: StateMachine> Clone for Consumer<S> {
             decode: self.decode.clone(),
             lag: self.lag.clone(),
             assigned: self.assigned.clone(),
+            partition: self.partition,
         }
     }
 }
@@ -78,6 +82,24 @@ impl<S: StateMachine> Consumer<S> {
             decode: Arc::new(decode),
             lag: Arc::new(AtomicU64::new(0)),
             assigned: Arc::new(AtomicU64::new(0)),
+            partition: 0,
+        }
+    }
+
+    /// The consumer of a partitioned service that applies the commands of `partition` (run by
+    /// that partition's owner), skipping the others'.
+    pub fn for_partition(mut self, partition: usize) -> Self {
+        self.partition = partition;
+        self
+    }
+
+    /// What it makes of `delivery`: a command of another partition is not its own.
+    fn verdict(&self, delivery: &Delivery) -> Verdict<S::Command> {
+        match (self.decode)(delivery) {
+            Verdict::Apply(command) if self.engine.partition_of(&command) != self.partition => {
+                Verdict::Skip
+            }
+            verdict => verdict,
         }
     }
 
@@ -101,12 +123,8 @@ impl<S: StateMachine> Consumer<S> {
                     .checkpoint_name(&self.checkpoint_name(), delivery.partition),
                 delivery.offset,
             )),
-            reply: Box::new(|_, _| Reply {
-                status: 200,
-                body: Default::default(),
-                replayed: false,
-                position: 0,
-            }),
+            reply: Box::new(|_, _| Reply::new(200, Default::default())),
+            partition: Some(self.partition),
         }
     }
 
@@ -143,7 +161,12 @@ impl<S: StateMachine> Consumer<S> {
         let partitions = self.bus.partitions(&self.topic).await?;
         for &partition in &partitions {
             let name = self.bus.checkpoint_name(&self.checkpoint_name(), partition);
-            if let Some(at) = self.engine.store().checkpoint(&name).await? {
+            if let Some(at) = self
+                .engine
+                .store_of(self.partition)
+                .checkpoint(&name)
+                .await?
+            {
                 resume.insert(partition, at);
             }
         }
@@ -177,7 +200,7 @@ impl<S: StateMachine> Consumer<S> {
             let mut skipped_to = None;
             let mut applied: Vec<&Delivery> = Vec::with_capacity(batch.len());
             for delivery in &batch {
-                let command = match (self.decode)(delivery) {
+                let command = match self.verdict(delivery) {
                     Verdict::Apply(command) => command,
                     Verdict::Skip => {
                         skipped_to = Some(delivery);
@@ -271,7 +294,7 @@ impl<S: StateMachine> Consumer<S> {
             // The commands were consumed by the failed try; decoding is deterministic.
             submissions = applied
                 .iter()
-                .filter_map(|delivery| match (self.decode)(delivery) {
+                .filter_map(|delivery| match self.verdict(delivery) {
                     Verdict::Apply(command) => Some(self.submission(Some(command), delivery)),
                     _ => None,
                 })

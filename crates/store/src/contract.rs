@@ -367,6 +367,29 @@ fn contains(haystack: &[u8], key: &str) -> bool {
 
 /// The lease's contract: one holder at a time, taken over only once expired or released, with
 /// an epoch that grows at every change of holder and fences every commit of an earlier one.
+/// Replicas say they are alive and count those that are: the count of their fair share.
+pub async fn members(open: Open) {
+    let store = open().await;
+    assert_eq!(store.members("a", 1_000, 5_000).await.unwrap(), 1);
+    assert_eq!(store.members("b", 2_000, 5_000).await.unwrap(), 2);
+    assert_eq!(
+        store.members("a", 3_000, 5_000).await.unwrap(),
+        2,
+        "a renewal counts once"
+    );
+    assert_eq!(
+        store.members("b", 6_500, 5_000).await.unwrap(),
+        2,
+        "a is alive until 8 s"
+    );
+    assert_eq!(
+        store.members("b", 9_000, 5_000).await.unwrap(),
+        1,
+        "a, not renewed, is gone"
+    );
+    assert_eq!(store.members("b", 9_500, 0).await.unwrap(), 0, "b leaves");
+}
+
 pub async fn leases(open: Open) {
     let store = open().await;
     let ttl = 10_000;

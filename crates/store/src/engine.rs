@@ -16,6 +16,14 @@
 //! every commit carries: see `ownership.rs`); otherwise it is a follower, which applies what the
 //! owner appended by reading the log, and refuses commands with [`EngineError::NotOwner`] so
 //! that they are forwarded to the owner.
+//!
+//! A **partitioned** engine ([`Engine::start_partitioned`]) has one log per partition (see
+//! `partition.rs`) and one state: each command belongs to one partition
+//! ([`StateMachine::partition_key`]) and commits to its log; a replica owns each partition's
+//! writes apart and follows the others. Partition 0, the registry, holds what every partition
+//! reads (investors, assets); a follower reads the other partitions' new events before the
+//! registry's, and applies the registry's first, so an event never arrives before what it was
+//! decided on.
 
 use std::{
     sync::{
@@ -35,6 +43,7 @@ use tokio::sync::{RwLock, RwLockReadGuard, mpsc, oneshot};
 
 use crate::{
     metrics as m,
+    partition::{self, Position},
     ports::{Cache, Commit, EventStore, IdempotencyRecord, StoreError},
     snapshot::{self, SnapshotPolicy},
 };
@@ -70,6 +79,11 @@ pub trait StateMachine: Default + Send + Sync + Serialize + DeserializeOwned + '
     /// Applies an event read back from the log.
     fn apply(&mut self, event: &Self::Event);
     fn describe(event: &Self::Event) -> Described<'_>;
+    /// The key whose partition `command` writes to (a token's or an asset's id); `None` for
+    /// the registry, partition 0 (and for every command of an unpartitioned service).
+    fn partition_key(_command: &Self::Command) -> Option<&str> {
+        None
+    }
     /// Cache keys that `event` makes stale.
     fn invalidates(_event: &Self::Event, _keys: &mut Vec<String>) {}
     /// The index rows (see [`crate::Commit::index`]) the events applied since the last call
@@ -89,6 +103,21 @@ pub struct Reply {
     /// The log position whose state includes this reply's effect (set by the writer after the
     /// commit): a later read can ask to see at least this position (read-your-writes).
     pub position: u64,
+    /// The partition whose log `position` is in.
+    pub partition: usize,
+}
+
+impl Reply {
+    /// A reply of `status` with `body`, before the writer sets its position.
+    pub fn new(status: u16, body: Bytes) -> Self {
+        Reply {
+            status,
+            body,
+            replayed: false,
+            position: 0,
+            partition: 0,
+        }
+    }
 }
 
 /// Builds the response from the state after the command's events are applied.
@@ -103,6 +132,9 @@ pub struct Submission<S: StateMachine> {
     /// `(consumer name, position)` stored with the effect.
     pub checkpoint: Option<(String, u64)>,
     pub reply: ReplyFn<S>,
+    /// The partition to commit to when there is no command (a consumer's checkpoint); a
+    /// command's own partition otherwise.
+    pub partition: Option<usize>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -131,58 +163,81 @@ struct Job<S: StateMachine> {
     done: oneshot::Sender<Vec<Outcome>>,
 }
 
-/// The state with the writer's bookkeeping, under one lock: whoever reads it sees the three
-/// agree with one position of the log.
+/// The state with the writer's bookkeeping, under one lock: whoever reads it sees them agree
+/// with one position of each partition's log.
 struct Held<S> {
     state: S,
     versions: Versions,
-    /// The position of the last event applied.
-    head: u64,
+    /// Each partition's position: that of the last event applied from its log.
+    heads: Vec<u64>,
     /// The latest event time, so new events never get an earlier one after a restart.
     last_time: OffsetDateTime,
-    /// The id of the event at `head`, when read from the log: a follower checks that the log
-    /// still holds it before it applies what follows.
-    last_id: Option<String>,
+    /// Each partition's id of the event at its head, when read from the log: a follower checks
+    /// that the log still holds it before it applies what follows.
+    last_ids: Vec<Option<String>>,
 }
 
-impl<S: Default> Default for Held<S> {
-    fn default() -> Self {
+impl<S: Default> Held<S> {
+    fn empty(partitions: usize) -> Self {
         Held {
             state: S::default(),
             versions: Versions::default(),
-            head: 0,
+            heads: vec![0; partitions],
             last_time: OffsetDateTime::UNIX_EPOCH,
-            last_id: None,
+            last_ids: vec![None; partitions],
         }
     }
 }
 
 struct Inner<S: StateMachine> {
     held: RwLock<Held<S>>,
-    store: Arc<dyn EventStore>,
+    /// One log per partition; an unpartitioned service has one.
+    stores: Vec<Arc<dyn EventStore>>,
     cache: Option<Arc<dyn Cache>>,
     service: &'static str,
     healthy: AtomicBool,
-    /// The position of the latest snapshot saved or restored.
+    /// The sum of the heads of the latest snapshot saved or restored.
     snapshot_at: AtomicU64,
-    /// A replica shares its log and writes only while it holds the lease.
+    /// A replica shares its logs and writes a partition only while it holds its lease.
     replica: bool,
-    /// The lease epoch a replica writes under; 0 while it does not own the writes.
-    epoch: AtomicU64,
-    /// The position of the state readers see.
-    applied: tokio::sync::watch::Sender<u64>,
+    /// The lease epoch a replica writes each partition under; 0 where it does not own them.
+    epochs: Vec<AtomicU64>,
+    /// The position of each partition's log in the state readers see.
+    applied: Vec<tokio::sync::watch::Sender<u64>>,
 }
 
 impl<S: StateMachine> Inner<S> {
-    /// The fence of the next commit: `Ok(None)` for a sole writer, `Err` for a replica that
-    /// does not own the writes.
-    fn fence(&self) -> Result<Option<u64>, EngineError> {
+    /// The fence of the next commit to `partition`: `Ok(None)` for a sole writer, `Err` for a
+    /// replica that does not own the partition's writes.
+    fn fence(&self, partition: usize) -> Result<Option<u64>, EngineError> {
         if !self.replica {
             return Ok(None);
         }
-        match self.epoch.load(Ordering::Acquire) {
+        match self.epochs[partition].load(Ordering::Acquire) {
             0 => Err(EngineError::NotOwner),
             epoch => Ok(Some(epoch)),
+        }
+    }
+
+    fn owns(&self, partition: usize) -> bool {
+        self.fence(partition).is_ok()
+    }
+
+    fn partitions(&self) -> usize {
+        self.stores.len()
+    }
+
+    fn partition_of(&self, command: &S::Command) -> usize {
+        S::partition_key(command).map_or(0, |key| partition::of(key, self.partitions()))
+    }
+
+    fn publish(&self, held: &Held<S>) {
+        for (applied, head) in self.applied.iter().zip(&held.heads) {
+            applied.send_if_modified(|at| {
+                let moved = *at != *head;
+                *at = *head;
+                moved
+            });
         }
     }
 }
@@ -228,7 +283,7 @@ impl<S: StateMachine> Engine<S> {
         cache: Option<Arc<dyn Cache>>,
         policy: SnapshotPolicy,
     ) -> Result<Self, StoreError> {
-        Self::launch(service, store, cache, policy, false).await
+        Self::start_partitioned(service, vec![store], cache, policy, false).await
     }
 
     /// Starts a replica: one of several processes sharing `store`'s log. It begins as a
@@ -239,23 +294,28 @@ impl<S: StateMachine> Engine<S> {
         cache: Option<Arc<dyn Cache>>,
         policy: SnapshotPolicy,
     ) -> Result<Self, StoreError> {
-        Self::launch(service, store, cache, policy, true).await
+        Self::start_partitioned(service, vec![store], cache, policy, true).await
     }
 
-    async fn launch(
+    /// Starts an engine over one log per partition (`stores[0]` is the registry, where
+    /// snapshots are kept). A `replica` begins as a follower of every partition.
+    pub async fn start_partitioned(
         service: &'static str,
-        store: Arc<dyn EventStore>,
+        stores: Vec<Arc<dyn EventStore>>,
         cache: Option<Arc<dyn Cache>>,
         policy: SnapshotPolicy,
         replica: bool,
     ) -> Result<Self, StoreError> {
+        assert!(!stores.is_empty(), "an engine needs at least one log");
         let started = Instant::now();
-        let (held, snapshot_at) = restore::<S>(service, store.as_ref(), true).await?;
+        let (held, snapshot_at) = restore::<S>(service, &stores, true).await?;
+        let total: u64 = held.heads.iter().sum();
         tracing::info!(
             service,
-            head = held.head,
+            partitions = stores.len(),
+            head = total,
             snapshot = snapshot_at,
-            replayed = held.head - snapshot_at,
+            replayed = total - snapshot_at,
             seconds = started.elapsed().as_secs_f64(),
             "state restored"
         );
@@ -264,15 +324,19 @@ impl<S: StateMachine> Engine<S> {
             metrics::counter!(m::COMMITS_FENCED, "service" => service).increment(0);
         }
         let inner = Arc::new(Inner {
-            applied: tokio::sync::watch::channel(held.head).0,
+            applied: held
+                .heads
+                .iter()
+                .map(|head| tokio::sync::watch::channel(*head).0)
+                .collect(),
+            epochs: stores.iter().map(|_| AtomicU64::new(0)).collect(),
             held: RwLock::new(held),
-            store,
+            stores,
             cache,
             service,
             healthy: AtomicBool::new(true),
             snapshot_at: AtomicU64::new(snapshot_at),
             replica,
-            epoch: AtomicU64::new(0),
         });
         let (tx, rx) = mpsc::channel(QUEUE);
         let handle = tokio::spawn(writer(inner.clone(), rx));
@@ -291,19 +355,19 @@ impl<S: StateMachine> Engine<S> {
         })
     }
 
-    /// Writes a snapshot of the state now (the background task does it when due); returns its
-    /// position.
+    /// Writes a snapshot of the state now (the background task does it when due); returns the
+    /// sum of the partitions' positions it holds.
     pub async fn snapshot(&self) -> Result<u64, StoreError> {
         take_snapshot(&self.inner).await
     }
 
     /// Drops this handle and, once every other handle is gone too, waits (up to five seconds)
-    /// for the writer to finish what is queued and release the store.
+    /// for the writer to finish what is queued and release the stores.
     pub async fn close(self) {
         self.stop.send_replace(true);
         let handle = self.writer.lock().take();
         let service = self.inner.service;
-        let store = self.inner.store.clone();
+        let stores = self.inner.stores.clone();
         drop(self);
         if let Some(handle) = handle
             && tokio::time::timeout(std::time::Duration::from_secs(5), handle)
@@ -315,7 +379,9 @@ impl<S: StateMachine> Engine<S> {
                 "the writer did not stop within five seconds: a handle is still held"
             );
         }
-        store.shutdown().await;
+        for store in stores {
+            store.shutdown().await;
+        }
     }
 
     /// Submits a command and waits until its effect is durable (or refused).
@@ -328,8 +394,9 @@ impl<S: StateMachine> Engine<S> {
             .unwrap_or_else(|| Err(EngineError::Unavailable("the writer gave no answer".into())))
     }
 
-    /// Queues commands that must commit together (all or none, in order) and returns at once;
-    /// the receiver yields their outcomes. Consumers queue each batch of events this way.
+    /// Queues commands that must commit together (all or none, in order, all of one
+    /// partition) and returns at once; the receiver yields their outcomes. Consumers queue each
+    /// batch of events this way.
     pub async fn enqueue_many(
         &self,
         submissions: Vec<Submission<S>>,
@@ -347,8 +414,34 @@ impl<S: StateMachine> Engine<S> {
         RwLockReadGuard::map(self.inner.held.read().await, |held| &held.state)
     }
 
+    /// The registry's log (the only one of an unpartitioned service), where snapshots are.
     pub fn store(&self) -> &Arc<dyn EventStore> {
-        &self.inner.store
+        &self.inner.stores[0]
+    }
+
+    /// The log of `partition`.
+    pub fn store_of(&self, partition: usize) -> &Arc<dyn EventStore> {
+        &self.inner.stores[partition]
+    }
+
+    /// Every partition's log, in order.
+    pub fn stores(&self) -> &[Arc<dyn EventStore>] {
+        &self.inner.stores
+    }
+
+    /// How many partitions (logs) the service has.
+    pub fn partitions(&self) -> usize {
+        self.inner.partitions()
+    }
+
+    /// The partition `key` (a token's or an asset's id) belongs to.
+    pub fn partition_of_key(&self, key: &str) -> usize {
+        partition::of(key, self.partitions())
+    }
+
+    /// The partition `command` commits to.
+    pub fn partition_of(&self, command: &S::Command) -> usize {
+        self.inner.partition_of(command)
     }
 
     pub fn cache(&self) -> Option<&Arc<dyn Cache>> {
@@ -365,76 +458,91 @@ impl<S: StateMachine> Engine<S> {
         self.inner.service
     }
 
-    /// The position of the state readers see, as it moves.
-    pub fn applied(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.inner.applied.subscribe()
+    /// The position of `partition`'s log in the state readers see, as it moves.
+    pub fn applied(&self, partition: usize) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.applied[partition].subscribe()
     }
 
-    /// Whether this engine takes commands now: a sole writer always, a replica while it owns
-    /// the writes.
-    pub fn is_writer(&self) -> bool {
-        self.inner.fence().is_ok()
+    /// Whether this engine takes commands of `partition` now: a sole writer always, a replica
+    /// while it owns the partition's writes.
+    pub fn is_writer(&self, partition: usize) -> bool {
+        self.inner.owns(partition)
     }
 
-    /// Makes a replica the writer under `epoch`, the lease it just took (whose fence the store
-    /// has raised, so no earlier owner can append any more): it first applies everything the
-    /// log holds, then takes commands.
-    pub async fn promote(&self, epoch: u64) -> Result<(), StoreError> {
-        let mut held = self.inner.held.write().await;
-        let from = held.head;
-        if !still_holds(self.inner.store.as_ref(), &held).await? {
+    /// Makes a replica the writer of `partition` under `epoch`, the lease it just took (whose
+    /// fence the store has raised, so no earlier owner can append any more): it first applies
+    /// everything the partition's log holds, then takes its commands.
+    pub async fn promote(&self, partition: usize, epoch: u64) -> Result<(), StoreError> {
+        let inner = &self.inner;
+        let mut held = inner.held.write().await;
+        let from = held.heads[partition];
+        if !still_holds(inner.stores[partition].as_ref(), &held, partition).await? {
             // What this follower applied is not what the log holds: start again from the store.
-            let _ = reload(self.inner.service, self.inner.store.as_ref(), &mut held).await?;
+            let _ = reload(inner.service, &inner.stores, &mut held).await?;
         }
-        replay_tail(self.inner.store.as_ref(), &mut held, false).await?;
-        self.inner.epoch.store(epoch, Ordering::Release);
-        self.inner.applied.send_replace(held.head);
+        // The partition's tail first, then the registry's (unless owned here, so current),
+        // applied registry first: what the tail was decided on is in the registry's log.
+        let tail = read_tail(inner.stores[partition].as_ref(), held.heads[partition]).await?;
+        if partition != 0 && !inner.owns(0) {
+            replay_tail(inner.stores[0].as_ref(), &mut held, 0, None, false).await?;
+        }
+        apply_chunk(&mut held, partition, tail, None, None)?;
+        inner.epochs[partition].store(epoch, Ordering::Release);
+        inner.publish(&held);
         tracing::info!(
-            service = self.inner.service,
+            service = inner.service,
+            partition,
             epoch,
-            head = held.head,
-            caught_up = held.head - from,
-            "this replica now owns the writes"
+            head = held.heads[partition],
+            caught_up = held.heads[partition] - from,
+            "this replica now owns the partition's writes"
         );
         Ok(())
     }
 
-    /// Stops a replica writing: what is queued after this is refused with
+    /// Stops a replica writing `partition`: what is queued after this is refused with
     /// [`EngineError::NotOwner`]. A group being committed finishes (under the old epoch, which
     /// the store accepts only while it is still the lease's).
-    pub async fn demote(&self) {
-        let previous = self.inner.epoch.swap(0, Ordering::AcqRel);
+    pub async fn demote(&self, partition: usize) {
+        let previous = self.inner.epochs[partition].swap(0, Ordering::AcqRel);
         if previous != 0 {
             // Taking the lock waits for a group in flight.
             drop(self.inner.held.write().await);
             tracing::info!(
                 service = self.inner.service,
+                partition,
                 epoch = previous,
-                "this replica no longer owns the writes"
+                "this replica no longer owns the partition's writes"
             );
         }
     }
 
     /// Waits until the state readers see includes `position` (read-your-writes), up to
-    /// `within`; says whether it does. A follower looks at the log at once.
-    pub async fn wait_applied(&self, position: u64, within: std::time::Duration) -> bool {
-        let mut applied = self.inner.applied.subscribe();
-        if *applied.borrow() >= position {
+    /// `within`; says whether it does. A follower looks at the logs at once.
+    pub async fn wait_applied(&self, position: Position, within: std::time::Duration) -> bool {
+        let Some(applied) = self.inner.applied.get(position.partition) else {
+            return false;
+        };
+        let mut applied = applied.subscribe();
+        if *applied.borrow() >= position.at {
             return true;
         }
-        if self.inner.replica && !self.is_writer() {
+        if self.inner.replica && !self.inner.owns(position.partition) {
             let _ = follow_once(&self.inner).await;
         }
-        tokio::time::timeout(within, applied.wait_for(|at| *at >= position))
+        tokio::time::timeout(within, applied.wait_for(|at| *at >= position.at))
             .await
             .is_ok_and(|r| r.is_ok())
     }
 }
 
-/// How often a follower looks for what the owner appended.
+/// How often a follower looks for what the owners appended.
 const FOLLOW_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+/// Events read from a log at a time.
+const CHUNK: usize = 4_096;
 
-/// Applies to a follower's state what the owner appends, until `stop` or the engine is gone.
+/// Applies to a replica's state what the owners of the partitions it does not own append,
+/// until `stop` or the engine is gone.
 async fn follow<S: StateMachine>(
     inner: std::sync::Weak<Inner<S>>,
     mut stop: tokio::sync::watch::Receiver<bool>,
@@ -445,64 +553,89 @@ async fn follow<S: StateMachine>(
             _ = stop.wait_for(|stop| *stop) => return,
         }
         let Some(inner) = inner.upgrade() else { return };
-        if inner.epoch.load(Ordering::Acquire) != 0 {
-            continue;
-        }
         if let Err(error) = follow_once(&inner).await {
-            tracing::warn!(service = inner.service, %error, "could not read the log the owner appends to; trying again");
+            tracing::warn!(service = inner.service, %error, "could not read the logs the owners append to; trying again");
         }
     }
 }
 
-/// Reads what was appended after the follower's state, outside the lock, and applies it under
-/// the lock if nothing moved meanwhile. The read starts at the last event applied, which must
-/// still be the same event: a log that no longer holds it (what a store without isolation can
-/// show: a transaction read before it was rolled back) makes the follower rebuild its state
-/// from the store rather than build on what is gone.
+/// Reads what was appended to the partitions this replica does not own, outside the lock
+/// (the registry's last, so that it holds whatever the others' new events were decided on),
+/// and applies it under the lock, the registry's first, where nothing moved meanwhile. Each
+/// read starts at the last event applied, which must still be the same event: a log that no
+/// longer holds it (what a store without isolation can show: a transaction read before it was
+/// rolled back) makes the replica rebuild its state from the store rather than build on what
+/// is gone.
 async fn follow_once<S: StateMachine>(inner: &Inner<S>) -> Result<(), StoreError> {
     loop {
-        let (from, expected) = {
-            let held = inner.held.read().await;
-            (held.head, held.last_id.clone().filter(|_| held.head > 0))
-        };
-        let after = if expected.is_some() { from - 1 } else { from };
-        let mut chunk = inner.store.read(after, 4_096).await?;
-        if let Some(id) = &expected {
-            if !is_event(chunk.first(), from, id) {
-                return rebuild(inner, from).await;
+        let followed: Vec<usize> = (0..inner.partitions())
+            .filter(|p| !inner.owns(*p))
+            .collect();
+        if followed.is_empty() {
+            return Ok(());
+        }
+        let mut chunks = Vec::with_capacity(followed.len());
+        // The registry is read last.
+        for &partition in followed.iter().rev() {
+            let (from, expected) = {
+                let held = inner.held.read().await;
+                (
+                    held.heads[partition],
+                    held.last_ids[partition]
+                        .clone()
+                        .filter(|_| held.heads[partition] > 0),
+                )
+            };
+            let store = inner.stores[partition].as_ref();
+            let after = if expected.is_some() { from - 1 } else { from };
+            let mut chunk = store.read(after, CHUNK).await?;
+            if let Some(id) = &expected {
+                if !is_event(chunk.first(), from, id) {
+                    return rebuild(inner, partition, from).await;
+                }
+                chunk.remove(0);
             }
-            chunk.remove(0);
+            chunks.push((partition, from, chunk));
         }
-        if chunk.is_empty() {
+        let full = chunks.iter().any(|(_, _, c)| c.len() >= CHUNK - 1);
+        if chunks.iter().all(|(_, _, c)| c.is_empty()) {
             return Ok(());
         }
-        let full = chunk.len() >= 4_095;
         let mut held = inner.held.write().await;
-        if held.head != from || inner.epoch.load(Ordering::Acquire) != 0 {
-            return Ok(());
-        }
         let mut stale = Vec::new();
-        apply_chunk(&mut held, chunk, None, Some(&mut stale))?;
+        // The registry first.
+        for (partition, from, chunk) in chunks.into_iter().rev() {
+            if chunk.is_empty() || held.heads[partition] != from || inner.owns(partition) {
+                continue;
+            }
+            apply_chunk(&mut held, partition, chunk, None, Some(&mut stale))?;
+        }
         if let Some(cache) = &inner.cache {
             for (key, version) in &stale {
                 cache.invalidate(key, *version).await;
             }
         }
-        inner.applied.send_replace(held.head);
+        inner.publish(&held);
+        drop(held);
         if !full {
             return Ok(());
         }
     }
 }
 
-/// Whether the log still holds, at `held.head`, the event `held` applied there (true when that
-/// is not known: a state from a snapshot, or an empty one).
-async fn still_holds<S>(store: &dyn EventStore, held: &Held<S>) -> Result<bool, StoreError> {
-    let (Some(last_id), true) = (&held.last_id, held.head > 0) else {
+/// Whether the log of `partition` still holds, at its head, the event `held` applied there
+/// (true when that is not known: a state from a snapshot, or an empty one).
+async fn still_holds<S>(
+    store: &dyn EventStore,
+    held: &Held<S>,
+    partition: usize,
+) -> Result<bool, StoreError> {
+    let head = held.heads[partition];
+    let (Some(last_id), true) = (&held.last_ids[partition], head > 0) else {
         return Ok(true);
     };
-    let found = store.read(held.head - 1, 1).await?;
-    Ok(is_event(found.first(), held.head, last_id))
+    let found = store.read(head - 1, 1).await?;
+    Ok(is_event(found.first(), head, last_id))
 }
 
 /// Whether `found`, a row read from the log, is the event `id` at `position`.
@@ -512,73 +645,100 @@ fn is_event(found: Option<&(u64, Vec<u8>)>, position: u64, id: &str) -> bool {
     })
 }
 
-/// Rebuilds a follower's state from the store (the latest snapshot and the log after it),
-/// when the log no longer holds what it applied at `from`.
-async fn rebuild<S: StateMachine>(inner: &Inner<S>, from: u64) -> Result<(), StoreError> {
+/// Rebuilds a replica's state from the stores (the latest snapshot and the logs after it),
+/// when the log of `partition` no longer holds what it applied at `from`.
+async fn rebuild<S: StateMachine>(
+    inner: &Inner<S>,
+    partition: usize,
+    from: u64,
+) -> Result<(), StoreError> {
     let mut held = inner.held.write().await;
-    if held.head != from || inner.epoch.load(Ordering::Acquire) != 0 {
+    if held.heads[partition] != from || inner.owns(partition) {
         return Ok(());
     }
     tracing::error!(
         service = inner.service,
+        partition,
         position = from,
         "the log no longer holds the event this replica applied there; rebuilding the state from the store"
     );
-    let _ = reload(inner.service, inner.store.as_ref(), &mut held).await?;
-    inner.applied.send_replace(held.head);
+    let _ = reload(inner.service, &inner.stores, &mut held).await?;
+    inner.publish(&held);
     Ok(())
 }
 
-/// Replaces `held` with the state the store holds (its latest snapshot and the log after it),
-/// keeping the latest event time seen, so time never runs backwards. Returns the snapshot's
-/// position (0 if none).
+/// Replaces `held` with the state the stores hold (the latest snapshot and the logs after
+/// it), keeping the latest event time seen, so time never runs backwards. Returns the
+/// snapshot's position (0 if none).
 async fn reload<S: StateMachine>(
     service: &'static str,
-    store: &dyn EventStore,
+    stores: &[Arc<dyn EventStore>],
     held: &mut Held<S>,
 ) -> Result<u64, StoreError> {
-    let (fresh, snapshot_at) = restore::<S>(service, store, false).await?;
+    let (fresh, snapshot_at) = restore::<S>(service, stores, false).await?;
     let last_time = held.last_time.max(fresh.last_time);
     *held = fresh;
     held.last_time = last_time;
     Ok(snapshot_at)
 }
 
-/// Applies the events after `held.head` to `held`. With `reindex`, it also writes the index
-/// rows those events derive (see [`restore`]); otherwise they are dropped, being stored already.
+/// The events of a log after `head`, all of them.
+async fn read_tail(store: &dyn EventStore, head: u64) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+    let mut tail = Vec::new();
+    loop {
+        let from = tail.last().map_or(head, |(at, _)| *at);
+        let chunk = store.read(from, CHUNK).await?;
+        if chunk.is_empty() {
+            return Ok(tail);
+        }
+        tail.extend(chunk);
+    }
+}
+
+/// Applies the events of `partition`'s log after its head to `held`, up to position `until`
+/// (all of them if `None`). With `reindex`, it also writes the index rows those events derive
+/// (see [`restore`]); otherwise they are dropped, being stored already.
 async fn replay_tail<S: StateMachine>(
     store: &dyn EventStore,
     held: &mut Held<S>,
+    partition: usize,
+    until: Option<u64>,
     reindex: bool,
 ) -> Result<(), StoreError> {
     let mut rows = Vec::new();
     loop {
-        let chunk = store.read(held.head, 4_096).await?;
+        let mut chunk = store.read(held.heads[partition], CHUNK).await?;
+        if let Some(until) = until {
+            chunk.retain(|(at, _)| *at <= until);
+        }
         if chunk.is_empty() {
             return store.put_index(rows).await;
         }
-        apply_chunk(held, chunk, reindex.then_some(&mut rows), None)?;
+        apply_chunk(held, partition, chunk, reindex.then_some(&mut rows), None)?;
         if rows.len() >= 16_384 {
             store.put_index(std::mem::take(&mut rows)).await?;
         }
     }
 }
 
-/// Applies events read from the log to `held`, collecting the index rows they derive into
-/// `rows` (else dropping them) and the cache keys they make stale into `stale`.
+/// Applies events read from `partition`'s log to `held`, collecting the index rows they derive
+/// into `rows` (else dropping them) and the cache keys they make stale into `stale`.
 fn apply_chunk<S: StateMachine>(
     held: &mut Held<S>,
+    partition: usize,
     chunk: Vec<(u64, Vec<u8>)>,
     mut rows: Option<&mut Vec<(String, Vec<u8>)>>,
     mut stale: Option<&mut Vec<(String, u64)>>,
 ) -> Result<(), StoreError> {
     for (position, bytes) in chunk {
         let envelope: CloudEvent = serde_json::from_slice(&bytes).map_err(|e| {
-            StoreError::Backend(format!("event at position {position} is unreadable: {e}"))
+            StoreError::Backend(format!(
+                "event at position {position} of partition {partition} is unreadable: {e}"
+            ))
         })?;
         let event: S::Event = envelope.data().map_err(|e| {
             StoreError::Backend(format!(
-                "event at position {position} has unreadable data: {e}"
+                "event at position {position} of partition {partition} has unreadable data: {e}"
             ))
         })?;
         let version = envelope.subject_version();
@@ -594,38 +754,63 @@ fn apply_chunk<S: StateMachine>(
             S::invalidates(&event, &mut keys);
             stale.extend(keys.into_iter().map(|key| (key, version)));
         }
-        held.head = position;
-        held.last_id = Some(envelope.id);
+        held.heads[partition] = position;
+        held.last_ids[partition] = Some(envelope.id);
     }
     Ok(())
 }
 
-/// The state as of the store's head: the latest snapshot and the events after it, or the whole
-/// log when there is no usable snapshot. Returns it with the snapshot's position (0 if none).
+/// The state as of the stores' heads: the latest snapshot and the events after it, or the
+/// whole logs when there is no usable snapshot. Returns it with the snapshot's position (the
+/// sum of its heads, 0 if none).
+///
+/// Each partition's head is read before the registry is replayed, and its log replayed up to
+/// that head only, so that no event is applied before the registry events it was decided on;
+/// what the owners append later is applied by following (or on promotion).
 async fn restore<S: StateMachine>(
     service: &'static str,
-    store: &dyn EventStore,
+    stores: &[Arc<dyn EventStore>],
     at_start: bool,
 ) -> Result<(Held<S>, u64), StoreError> {
-    let head = store.head().await?;
-    let from_snapshot = match store.latest_snapshot().await {
+    let mut limits = Vec::with_capacity(stores.len());
+    for store in stores {
+        limits.push(store.head().await?);
+    }
+    let from_snapshot = match stores[0].latest_snapshot().await {
         Ok(None) => None,
-        Ok(Some((position, _))) if position > head => {
-            fallback(
-                service,
-                position,
-                &format!("the log ends at {head}, before it"),
-            );
-            None
-        }
         Ok(Some((position, bytes))) => match snapshot::decode::<S>(position, &bytes) {
-            Ok(restored) => Some(Held {
-                state: restored.state,
-                versions: restored.versions,
-                head: restored.position,
-                last_time: restored.last_time,
-                last_id: None,
-            }),
+            Ok(restored) if restored.heads.len() != stores.len() => {
+                fallback(
+                    service,
+                    position,
+                    &format!(
+                        "it holds {} partitions, not {}",
+                        restored.heads.len(),
+                        stores.len()
+                    ),
+                );
+                None
+            }
+            Ok(restored) => match restored.heads.iter().zip(&limits).position(|(h, l)| h > l) {
+                Some(partition) => {
+                    fallback(
+                        service,
+                        position,
+                        &format!(
+                            "the log of partition {partition} ends at {}, before its {}",
+                            limits[partition], restored.heads[partition]
+                        ),
+                    );
+                    None
+                }
+                None => Some(Held {
+                    state: restored.state,
+                    versions: restored.versions,
+                    last_ids: vec![None; stores.len()],
+                    heads: restored.heads,
+                    last_time: restored.last_time,
+                }),
+            },
             Err(why) => {
                 fallback(service, position, &why);
                 None
@@ -642,9 +827,19 @@ async fn restore<S: StateMachine>(
     // where the index does, so the tail after one needs nothing; and a restore after a failed
     // commit only reads, so that a store refusing writes cannot stop the writer.
     let reindex = at_start && from_snapshot.is_none();
-    let mut held = from_snapshot.unwrap_or_default();
-    let snapshot_at = held.head;
-    replay_tail(store, &mut held, reindex).await?;
+    let mut held = from_snapshot.unwrap_or_else(|| Held::empty(stores.len()));
+    let snapshot_at = held.heads.iter().sum();
+    replay_tail(stores[0].as_ref(), &mut held, 0, None, reindex).await?;
+    for (partition, store) in stores.iter().enumerate().skip(1) {
+        replay_tail(
+            store.as_ref(),
+            &mut held,
+            partition,
+            Some(limits[partition]),
+            reindex,
+        )
+        .await?;
+    }
     Ok((held, snapshot_at))
 }
 
@@ -659,17 +854,18 @@ fn fallback(service: &'static str, position: u64, why: &str) {
     metrics::counter!(m::SNAPSHOT_FALLBACKS, "service" => service).increment(1);
 }
 
-/// Encodes the state under the read lock (writers wait for that long) and saves it.
+/// Encodes the state under the read lock (writers wait for that long) and saves it in the
+/// registry's store.
 async fn take_snapshot<S: StateMachine>(inner: &Inner<S>) -> Result<u64, StoreError> {
     let started = Instant::now();
     let (position, bytes) = {
         let held = inner.held.read().await;
-        let bytes = snapshot::encode(held.head, held.last_time, &held.versions, &held.state)
+        let bytes = snapshot::encode(&held.heads, held.last_time, &held.versions, &held.state)
             .map_err(StoreError::Backend)?;
-        (held.head, bytes)
+        (held.heads.iter().sum::<u64>(), bytes)
     };
     let size = bytes.len();
-    inner.store.save_snapshot(position, bytes).await?;
+    inner.stores[0].save_snapshot(position, bytes).await?;
     inner.snapshot_at.store(position, Ordering::Relaxed);
     metrics::counter!(m::SNAPSHOTS, "service" => inner.service).increment(1);
     metrics::gauge!(m::SNAPSHOT_BYTES, "service" => inner.service).set(size as f64);
@@ -698,11 +894,11 @@ async fn snapshots<S: StateMachine>(
             _ = stop.wait_for(|stop| *stop) => return,
         }
         let Some(inner) = inner.upgrade() else { return };
-        if inner.fence().is_err() {
-            // A follower leaves snapshots to the owner.
+        if !inner.owns(0) {
+            // The registry's owner takes the snapshots.
             continue;
         }
-        let head = *inner.applied.borrow();
+        let head: u64 = inner.applied.iter().map(|a| *a.borrow()).sum();
         let appended = head.saturating_sub(inner.snapshot_at.load(Ordering::Relaxed));
         if !policy.due(appended, last.elapsed()) {
             continue;
@@ -715,42 +911,70 @@ async fn snapshots<S: StateMachine>(
     }
 }
 
+/// The answers of one job, and the partition it went to.
+struct Answered {
+    done: oneshot::Sender<Vec<Outcome>>,
+    answers: Vec<Outcome>,
+    partition: usize,
+}
+
 async fn writer<S: StateMachine>(inner: Arc<Inner<S>>, mut rx: mpsc::Receiver<Job<S>>) {
     let service = inner.service;
     let mut jobs = Vec::with_capacity(MAX_GROUP);
     while rx.recv_many(&mut jobs, MAX_GROUP).await > 0 {
         let mut guard = inner.held.write().await;
         let held = &mut *guard;
-        let fence = match inner.fence() {
-            Ok(fence) => fence,
-            Err(_) => {
-                // Not the owner: nothing is decided here; the requests go to the owner.
-                drop(guard);
-                for Job { submissions, done } in jobs.drain(..) {
+        // One group per partition, committed to its log: the registry's first.
+        let mut groups: std::collections::BTreeMap<usize, Group> = Default::default();
+        let mut answered: Vec<Answered> = Vec::with_capacity(jobs.len());
+        let mut commands = 0;
+        for Job { submissions, done } in jobs.drain(..) {
+            let partitions: Vec<usize> = submissions
+                .iter()
+                .map(|s| match (&s.command, s.partition) {
+                    (Some(command), _) => inner.partition_of(command),
+                    (None, partition) => partition.unwrap_or(0),
+                })
+                .collect();
+            let partition = partitions.first().copied().unwrap_or(0);
+            if partitions.iter().any(|p| *p != partition) {
+                let _ = done.send(
+                    submissions
+                        .iter()
+                        .map(|_| {
+                            Err(EngineError::Unavailable(
+                                "commands that must commit together belong to different partitions"
+                                    .into(),
+                            ))
+                        })
+                        .collect(),
+                );
+                continue;
+            }
+            let fence = match inner.fence(partition) {
+                Ok(fence) => fence,
+                Err(_) => {
+                    // Not the owner: nothing is decided here; the requests go to the owner.
                     let _ = done.send(
                         submissions
                             .iter()
                             .map(|_| Err(EngineError::NotOwner))
                             .collect(),
                     );
+                    continue;
                 }
-                continue;
-            }
-        };
-        let mut group = Group {
-            commit: Commit {
-                expected_head: held.head,
-                fence,
-                ..Commit::default()
-            },
-            pending: FxHashMap::default(),
-            stale_keys: Vec::new(),
-            poisoned: false,
-        };
-        let mut outcomes: Vec<(oneshot::Sender<Vec<Outcome>>, Vec<Outcome>)> =
-            Vec::with_capacity(jobs.len());
-        let mut commands = 0;
-        for Job { submissions, done } in jobs.drain(..) {
+            };
+            let group = groups.entry(partition).or_insert_with(|| Group {
+                commit: Commit {
+                    expected_head: held.heads[partition],
+                    fence,
+                    ..Commit::default()
+                },
+                pending: FxHashMap::default(),
+                stale_keys: Vec::new(),
+                poisoned: false,
+            });
+            let store = inner.stores[partition].as_ref();
             let mut answers = Vec::with_capacity(submissions.len());
             for submission in submissions {
                 // Time never runs backwards inside one log, whatever the wall clock does.
@@ -761,32 +985,46 @@ async fn writer<S: StateMachine>(inner: Arc<Inner<S>>, mut rx: mpsc::Receiver<Jo
                         submission,
                         held.last_time,
                         &inner,
+                        store,
                         &mut held.versions,
-                        &mut group,
+                        group,
                     )
                     .await,
                 );
                 commands += 1;
             }
-            outcomes.push((done, answers));
+            answered.push(Answered {
+                done,
+                answers,
+                partition,
+            });
         }
         metrics::histogram!(m::BATCH_SIZE, "service" => service).record(commands as f64);
-        let Group {
-            commit,
-            stale_keys,
-            poisoned,
-            ..
-        } = group;
-        let failure = if poisoned {
-            Some(StoreError::Backend("an event could not be encoded".into()))
-        } else if commit.is_empty() {
-            None
-        } else {
-            let appended = commit.events.len() as u64;
-            let started = Instant::now();
-            match inner.store.commit(commit).await {
-                Ok(()) => {
-                    held.head += appended;
+        // Each partition's group commits on its own; once one fails, the later ones are not
+        // tried (what they decided may rest on what failed) and the state is restored.
+        let mut failure: Option<(usize, StoreError)> = None;
+        let mut failed_partitions = Vec::new();
+        for (partition, group) in groups {
+            let Group {
+                commit,
+                stale_keys,
+                poisoned,
+                ..
+            } = group;
+            if failure.is_some() {
+                failed_partitions.push(partition);
+                continue;
+            }
+            let outcome = if poisoned {
+                Err(StoreError::Backend("an event could not be encoded".into()))
+            } else if commit.is_empty() {
+                Ok(())
+            } else {
+                let appended = commit.events.len() as u64;
+                let started = Instant::now();
+                let result = inner.stores[partition].commit(commit).await;
+                if result.is_ok() {
+                    held.heads[partition] += appended;
                     metrics::counter!(m::COMMITS, "service" => service).increment(1);
                     metrics::counter!(m::EVENTS_APPENDED, "service" => service).increment(appended);
                     metrics::histogram!(m::COMMIT_SECONDS, "service" => service)
@@ -796,36 +1034,41 @@ async fn writer<S: StateMachine>(inner: Arc<Inner<S>>, mut rx: mpsc::Receiver<Jo
                             cache.invalidate(key, *version).await;
                         }
                     }
-                    inner.applied.send_replace(held.head);
-                    None
                 }
-                Err(error) => Some(error),
+                result
+            };
+            if let Err(error) = outcome {
+                failed_partitions.push(partition);
+                failure = Some((partition, error));
             }
-        };
-        if let Some(error) = failure {
-            // Memory is ahead of the log: nothing of this group stands. Everything in it is
-            // answered 409 if another writer appended first, 503 otherwise (a consumer's batch is
-            // one job, so it fails or commits whole), and the state is restored from the latest
-            // snapshot and the log after it.
-            tracing::error!(service, %error, "group commit failed; restoring the state from the latest snapshot and the log");
+        }
+        inner.publish(held);
+        if let Some((partition, error)) = failure {
+            // Memory is ahead of the log: nothing of the failed groups stands. Everything in
+            // them is answered 409 if another writer appended first, 503 otherwise (a
+            // consumer's batch is one job, so it fails or commits whole), and the state is
+            // restored from the latest snapshot and the logs after it.
+            tracing::error!(service, partition, %error, "group commit failed; restoring the state from the latest snapshot and the log");
             inner.healthy.store(false, Ordering::Relaxed);
             let conflict = matches!(error, StoreError::Conflict { .. });
             let fenced = matches!(error, StoreError::Fenced { .. });
             if fenced {
                 metrics::counter!(m::COMMITS_FENCED, "service" => service).increment(1);
+                // Another replica took the lease: this one must not write there again.
+                inner.epochs[partition].store(0, Ordering::Release);
             }
             // A replica that finds the log appended by another lost the writes (or is about to
             // learn it): the requests were not executed and go to the owner.
             let elsewhere = fenced || (conflict && inner.replica);
-            if fenced {
-                // Another replica took the lease: this one must not write again.
-                inner.epoch.store(0, Ordering::Release);
-            }
-            for (_, answers) in &mut outcomes {
-                for outcome in answers.iter_mut().filter(|o| o.is_ok()) {
-                    *outcome = Err(if elsewhere {
+            for job in answered
+                .iter_mut()
+                .filter(|job| failed_partitions.contains(&job.partition))
+            {
+                let this = job.partition == partition;
+                for outcome in job.answers.iter_mut().filter(|o| o.is_ok()) {
+                    *outcome = Err(if this && elsewhere {
                         EngineError::NotOwner
-                    } else if conflict {
+                    } else if this && conflict {
                         EngineError::Conflict
                     } else {
                         EngineError::Unavailable("the commit failed; nothing was changed".into())
@@ -833,34 +1076,40 @@ async fn writer<S: StateMachine>(inner: Arc<Inner<S>>, mut rx: mpsc::Receiver<Jo
                 }
             }
             let started = Instant::now();
-            match reload(service, inner.store.as_ref(), held).await {
+            match reload(service, &inner.stores, held).await {
                 Ok(snapshot_at) => {
                     tracing::info!(
                         service,
-                        head = held.head,
-                        replayed = held.head - snapshot_at,
+                        head = held.heads.iter().sum::<u64>(),
+                        snapshot = snapshot_at,
                         seconds = started.elapsed().as_secs_f64(),
                         "state restored after the failed commit"
                     );
-                    inner.applied.send_replace(held.head);
+                    inner.publish(held);
                     inner.healthy.store(true, Ordering::Relaxed);
                 }
                 Err(error) => {
                     // The state may show what the log does not hold: stop serving writes.
                     tracing::error!(service, %error, "cannot rebuild the state; the writer stops");
                     drop(guard);
-                    for (done, answers) in outcomes {
-                        let _ = done.send(answers);
+                    for job in answered {
+                        let _ = job.done.send(job.answers);
                     }
                     return;
                 }
             }
         }
-        let position = held.head;
+        let heads = held.heads.clone();
         drop(guard);
-        for (done, mut answers) in outcomes {
+        for Answered {
+            done,
+            mut answers,
+            partition,
+        } in answered
+        {
             for reply in answers.iter_mut().flatten() {
-                reply.position = position;
+                reply.position = heads[partition];
+                reply.partition = partition;
             }
             // The requester may have gone away; its effect stands either way.
             let _ = done.send(answers);
@@ -883,6 +1132,7 @@ async fn run_one<S: StateMachine>(
     submission: Submission<S>,
     now: OffsetDateTime,
     inner: &Inner<S>,
+    store: &dyn EventStore,
     versions: &mut Versions,
     group: &mut Group,
 ) -> Outcome {
@@ -891,6 +1141,7 @@ async fn run_one<S: StateMachine>(
         idempotency,
         checkpoint,
         reply,
+        partition: _,
     } = submission;
     let Group {
         commit,
@@ -901,8 +1152,7 @@ async fn run_one<S: StateMachine>(
     if let Some((key, fingerprint)) = &idempotency {
         let earlier = match pending.get(key) {
             Some(record) => Some(record.clone()),
-            None => inner
-                .store
+            None => store
                 .idempotency(key)
                 .await
                 .map_err(|e| EngineError::Unavailable(e.to_string()))?,
@@ -910,10 +1160,8 @@ async fn run_one<S: StateMachine>(
         if let Some(record) = earlier {
             return if &record.fingerprint == fingerprint {
                 Ok(Reply {
-                    status: record.status,
-                    body: Bytes::from(record.body),
                     replayed: true,
-                    position: 0,
+                    ..Reply::new(record.status, Bytes::from(record.body))
                 })
             } else {
                 Err(EngineError::IdempotencyMismatch)

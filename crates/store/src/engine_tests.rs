@@ -60,12 +60,8 @@ fn add(n: u64, key: Option<&str>, body: &str) -> Submission<Counter> {
         command: Some(n),
         idempotency: key.map(|k| (k.to_owned(), body.to_owned())),
         checkpoint: None,
-        reply: Box::new(|state: &Counter, _| Reply {
-            status: 200,
-            body: Bytes::from(state.0.to_string()),
-            replayed: false,
-            position: 0,
-        }),
+        reply: Box::new(|state: &Counter, _| Reply::new(200, Bytes::from(state.0.to_string()))),
+        partition: None,
     }
 }
 
@@ -141,6 +137,9 @@ impl EventStore for Flaky {
     }
     async fn release_lease(&self, holder: &str, epoch: u64) -> Result<(), StoreError> {
         self.inner.release_lease(holder, epoch).await
+    }
+    async fn members(&self, replica: &str, now_ms: i64, ttl_ms: i64) -> Result<usize, StoreError> {
+        self.inner.members(replica, now_ms, ttl_ms).await
     }
     async fn put_index(&self, rows: Vec<(String, Vec<u8>)>) -> Result<(), StoreError> {
         self.inner.put_index(rows).await
@@ -535,11 +534,18 @@ async fn a_replica_writes_only_under_the_lease_and_a_former_owner_is_fenced() {
         .await
         .unwrap()
         .unwrap();
-    a.promote(lease.epoch).await.unwrap();
+    a.promote(0, lease.epoch).await.unwrap();
     let reply = a.submit(add(1, None, "")).await.unwrap();
     assert_eq!(reply.position, 1, "a write says the position that holds it");
     assert!(
-        b.wait_applied(1, std::time::Duration::from_secs(5)).await,
+        b.wait_applied(
+            Position {
+                partition: 0,
+                at: 1
+            },
+            std::time::Duration::from_secs(5)
+        )
+        .await,
         "the follower applies what the owner appended"
     );
     assert_eq!(b.read().await.0, 1);
@@ -550,7 +556,7 @@ async fn a_replica_writes_only_under_the_lease_and_a_former_owner_is_fenced() {
         .await
         .unwrap()
         .expect("an expired lease is taken");
-    b.promote(lease.epoch).await.unwrap();
+    b.promote(0, lease.epoch).await.unwrap();
     assert!(
         matches!(
             a.submit(add(5, Some("late"), "x")).await,
@@ -558,7 +564,7 @@ async fn a_replica_writes_only_under_the_lease_and_a_former_owner_is_fenced() {
         ),
         "the former owner's late write is fenced: not written, to be sent to the owner"
     );
-    assert!(!a.is_writer(), "and it stops taking writes");
+    assert!(!a.is_writer(0), "and it stops taking writes");
     assert_eq!(
         store.head().await.unwrap(),
         1,
@@ -566,15 +572,325 @@ async fn a_replica_writes_only_under_the_lease_and_a_former_owner_is_fenced() {
     );
     assert_eq!(store.idempotency("late").await.unwrap(), None);
     b.submit(add(2, None, "")).await.unwrap();
-    assert!(a.wait_applied(2, std::time::Duration::from_secs(5)).await);
+    assert!(
+        a.wait_applied(
+            Position {
+                partition: 0,
+                at: 2
+            },
+            std::time::Duration::from_secs(5)
+        )
+        .await
+    );
     assert_eq!(
         a.read().await.0,
         3,
         "the former owner shows the new owner's writes, not its own late one"
     );
-    b.demote().await;
+    b.demote(0).await;
     assert!(matches!(
         b.submit(add(1, None, "")).await,
         Err(EngineError::NotOwner)
     ));
+}
+
+/// Counters by name, each in its name's partition, that take additions only once their name
+/// is registered in the registry (partition 0): the smallest partitioned state machine.
+#[derive(Default, Serialize, Deserialize)]
+struct Counters {
+    registered: FxHashMap<String, u64>,
+    totals: FxHashMap<String, u64>,
+    /// Additions applied before their name's registration: what must never happen.
+    orphans: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+enum Change {
+    Registered { name: String },
+    Added { name: String, n: u64 },
+}
+
+enum Order {
+    Register(String),
+    Add(String, u64),
+}
+
+impl StateMachine for Counters {
+    type Command = Order;
+    type Event = Change;
+    const SOURCE: &'static str = "/test";
+
+    fn execute(&mut self, order: Order, _now: OffsetDateTime) -> domain::Result<Vec<Change>> {
+        let event = match order {
+            Order::Register(name) => Change::Registered { name },
+            Order::Add(name, n) => {
+                if !self.registered.contains_key(&name) {
+                    return Err(Error::not_found("not_registered", "no such counter"));
+                }
+                Change::Added { name, n }
+            }
+        };
+        self.apply(&event);
+        Ok(vec![event])
+    }
+
+    fn apply(&mut self, event: &Change) {
+        match event {
+            Change::Registered { name } => {
+                self.registered.insert(name.clone(), 0);
+            }
+            Change::Added { name, n } => {
+                if !self.registered.contains_key(name) {
+                    self.orphans += 1;
+                }
+                *self.totals.entry(name.clone()).or_default() += n;
+            }
+        }
+    }
+
+    fn partition_key(order: &Order) -> Option<&str> {
+        match order {
+            Order::Register(_) => None,
+            Order::Add(name, _) => Some(name),
+        }
+    }
+
+    fn describe(event: &Change) -> Described<'_> {
+        let subject = match event {
+            Change::Registered { name } => name,
+            Change::Added { name, .. } => name,
+        };
+        Described {
+            family: "test",
+            name: "counted",
+            subject,
+            actor: "test",
+            time: OffsetDateTime::UNIX_EPOCH,
+        }
+    }
+}
+
+fn order(order: Order) -> Submission<Counters> {
+    Submission {
+        command: Some(order),
+        idempotency: None,
+        checkpoint: None,
+        reply: Box::new(|_, _| Reply::new(200, Bytes::new())),
+        partition: None,
+    }
+}
+
+fn partition_stores(dir: &std::path::Path, n: usize) -> Vec<Arc<dyn EventStore>> {
+    (0..n)
+        .map(|p| Arc::new(RedbStore::open(dir, &format!("p{p}")).unwrap()) as Arc<dyn EventStore>)
+        .collect()
+}
+
+/// A name that lands in `partition` of three.
+fn name_in(partition: usize) -> String {
+    (0..)
+        .map(|n| format!("counter-{n}"))
+        .find(|name| crate::partition::of(name, 3) == partition)
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_partitioned_engine_commits_each_command_to_its_partitions_log_and_restores_from_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let names: Vec<String> = (0..3).map(name_in).collect();
+    let policy = SnapshotPolicy::NEVER;
+    {
+        let engine = Engine::<Counters>::start_partitioned(
+            "test",
+            partition_stores(dir.path(), 3),
+            None,
+            policy,
+            false,
+        )
+        .await
+        .unwrap();
+        for name in &names {
+            let reply = engine
+                .submit(order(Order::Register(name.clone())))
+                .await
+                .unwrap();
+            assert_eq!(reply.partition, 0, "registrations go to the registry");
+        }
+        for (i, name) in names.iter().enumerate() {
+            for n in 1..=(i as u64 + 1) {
+                let reply = engine
+                    .submit(order(Order::Add(name.clone(), n)))
+                    .await
+                    .unwrap();
+                assert_eq!(
+                    reply.partition, i,
+                    "an addition goes to its name's partition"
+                );
+                assert_eq!(reply.position, n + u64::from(i == 0) * 3);
+            }
+        }
+        let heads: Vec<u64> = futures_heads(&engine).await;
+        assert_eq!(
+            heads,
+            vec![3 + 1, 2, 3],
+            "each log holds its partition's events"
+        );
+        assert_eq!(
+            engine.snapshot().await.unwrap(),
+            9,
+            "stored under the sum of the heads"
+        );
+        engine
+            .submit(order(Order::Add(names[2].clone(), 10)))
+            .await
+            .unwrap();
+        engine.close().await;
+    }
+    let engine = Engine::<Counters>::start_partitioned(
+        "test",
+        partition_stores(dir.path(), 3),
+        None,
+        policy,
+        false,
+    )
+    .await
+    .unwrap();
+    let state = engine.read().await;
+    assert_eq!(state.totals[&names[0]], 1);
+    assert_eq!(state.totals[&names[1]], 3);
+    assert_eq!(
+        state.totals[&names[2]], 16,
+        "the snapshot and the tail after it"
+    );
+    assert_eq!(state.orphans, 0);
+}
+
+async fn futures_heads<S: StateMachine>(engine: &Engine<S>) -> Vec<u64> {
+    let mut heads = Vec::new();
+    for store in engine.stores() {
+        heads.push(store.head().await.unwrap());
+    }
+    heads
+}
+
+#[tokio::test]
+async fn replicas_own_partitions_apart_and_follow_the_others_registry_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let stores = partition_stores(dir.path(), 3);
+    let never = SnapshotPolicy::NEVER;
+    let a = Engine::<Counters>::start_partitioned("a", stores.clone(), None, never, true)
+        .await
+        .unwrap();
+    let b = Engine::<Counters>::start_partitioned("b", stores.clone(), None, never, true)
+        .await
+        .unwrap();
+    let take = |p: usize, holder: &'static str| {
+        let store = stores[p].clone();
+        async move {
+            store
+                .acquire_lease(holder, holder, None, 0, 60_000)
+                .await
+                .unwrap()
+                .unwrap()
+                .epoch
+        }
+    };
+    a.promote(0, take(0, "a").await).await.unwrap();
+    a.promote(1, take(1, "a").await).await.unwrap();
+    b.promote(2, take(2, "b").await).await.unwrap();
+    let in_two = name_in(2);
+    let registered = a
+        .submit(order(Order::Register(in_two.clone())))
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            a.submit(order(Order::Add(in_two.clone(), 1))).await,
+            Err(EngineError::NotOwner)
+        ),
+        "a does not own partition 2: the write goes to b"
+    );
+    assert!(
+        b.wait_applied(
+            Position {
+                partition: 0,
+                at: registered.position
+            },
+            std::time::Duration::from_secs(5)
+        )
+        .await
+    );
+    let added = b
+        .submit(order(Order::Add(in_two.clone(), 5)))
+        .await
+        .unwrap();
+    assert_eq!((added.partition, added.position), (2, 1));
+    assert!(
+        a.wait_applied(
+            Position {
+                partition: 2,
+                at: 1
+            },
+            std::time::Duration::from_secs(5)
+        )
+        .await,
+        "a follows the partition it does not own"
+    );
+    assert_eq!(a.read().await.totals[&in_two], 5);
+
+    // A third replica starting now, and a follower that reads partition 2's new events
+    // before the registry's, never applies an addition before its registration.
+    let in_two_again = {
+        let mut n = 0;
+        loop {
+            let name = format!("late-{n}");
+            if crate::partition::of(&name, 3) == 2 {
+                break name;
+            }
+            n += 1;
+        }
+    };
+    let c = Engine::<Counters>::start_partitioned("c", stores.clone(), None, never, true)
+        .await
+        .unwrap();
+    for round in 0..20u64 {
+        let name = format!("{in_two_again}-{round}");
+        let name = if crate::partition::of(&name, 3) == 2 {
+            name
+        } else {
+            in_two_again.clone()
+        };
+        let at = a
+            .submit(order(Order::Register(name.clone())))
+            .await
+            .unwrap();
+        assert!(
+            b.wait_applied(
+                Position {
+                    partition: 0,
+                    at: at.position
+                },
+                std::time::Duration::from_secs(5)
+            )
+            .await
+        );
+        b.submit(order(Order::Add(name, 1))).await.unwrap();
+    }
+    assert!(
+        c.wait_applied(
+            Position {
+                partition: 2,
+                at: 21
+            },
+            std::time::Duration::from_secs(5)
+        )
+        .await
+    );
+    assert_eq!(
+        c.read().await.orphans,
+        0,
+        "no addition before its registration"
+    );
+    assert_eq!(a.read().await.orphans, 0);
+    assert_eq!(c.read().await.totals.values().sum::<u64>(), 25);
 }

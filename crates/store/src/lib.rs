@@ -12,6 +12,7 @@ pub mod contract;
 mod engine;
 pub mod metrics;
 pub mod ownership;
+pub mod partition;
 mod ports;
 mod redb_store;
 mod snapshot;
@@ -21,6 +22,7 @@ pub use cache::MemoryCache;
 pub use consumer::{Consumer, Verdict};
 pub use engine::{Described, Engine, EngineError, Reply, ReplyFn, StateMachine, Submission};
 pub use ownership::{LeaseSettings, OwnedWork, Owner, Ownership};
+pub use partition::Position;
 pub use ports::{
     Cache, Commit, Delivery, EventBus, EventStore, IdempotencyRecord, Lease, StoreError,
     Subscription,

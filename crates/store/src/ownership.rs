@@ -16,6 +16,13 @@
 //! Lease times are wall-clock milliseconds written by the holder and compared by the takers:
 //! clock skew between replicas only moves the moment of a takeover, never its safety, which
 //! rests on the epoch alone.
+//!
+//! A partitioned service has one lease per partition ([`Partitions`]). A replica takes a free
+//! lease only while it holds fewer than its fair share (the partitions divided by the replicas
+//! alive, rounded up, counted from heartbeats in the registry's store), and gives up those
+//! beyond it, so the partitions spread over the replicas and move to one that joins. A lease
+//! left expired for a whole lease time is taken whatever the share (the replicas' count may
+//! still include a dead one).
 
 use std::{
     future::Future,
@@ -73,21 +80,81 @@ impl LeaseSettings {
     }
 }
 
-/// What an owner does when it takes the lease and gives it up: its engine.
+/// What an owner does when it takes a partition's lease and gives it up: its engine.
 #[async_trait]
 pub trait Writer: Send + Sync + 'static {
-    async fn promote(&self, epoch: u64) -> Result<(), StoreError>;
-    async fn demote(&self);
+    async fn promote(&self, partition: usize, epoch: u64) -> Result<(), StoreError>;
+    async fn demote(&self, partition: usize);
 }
 
 #[async_trait]
 impl<S: StateMachine> Writer for Engine<S> {
-    async fn promote(&self, epoch: u64) -> Result<(), StoreError> {
-        Engine::promote(self, epoch).await
+    async fn promote(&self, partition: usize, epoch: u64) -> Result<(), StoreError> {
+        Engine::promote(self, partition, epoch).await
     }
 
-    async fn demote(&self) {
-        Engine::demote(self).await
+    async fn demote(&self, partition: usize) {
+        Engine::demote(self, partition).await
+    }
+}
+
+/// How many of a service's partitions this replica holds, and how many it should.
+#[derive(Debug)]
+pub struct Share {
+    partitions: usize,
+    held: AtomicUsize,
+    /// Replicas alive, this one included, as last counted.
+    live: AtomicUsize,
+}
+
+impl Share {
+    pub fn new(partitions: usize) -> Self {
+        Share {
+            partitions,
+            held: AtomicUsize::new(0),
+            live: AtomicUsize::new(1),
+        }
+    }
+
+    /// The partitions divided by the replicas alive, rounded up.
+    pub fn fair(&self) -> usize {
+        self.partitions
+            .div_ceil(self.live.load(Ordering::Acquire).max(1))
+    }
+
+    pub fn held(&self) -> usize {
+        self.held.load(Ordering::Acquire)
+    }
+
+    fn set_live(&self, live: usize) {
+        self.live.store(live.max(1), Ordering::Release);
+    }
+
+    /// Counts one more partition held if that stays within the fair share (or `anyway`).
+    fn reserve(&self, anyway: bool) -> bool {
+        self.held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                (anyway || held < self.fair()).then_some(held + 1)
+            })
+            .is_ok()
+    }
+
+    fn unreserve(&self) {
+        let _ = self
+            .held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                held.checked_sub(1)
+            });
+    }
+
+    /// Counts one partition fewer if this replica holds more than its fair share: the caller
+    /// then gives that partition up.
+    fn shed(&self) -> bool {
+        self.held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                (held > self.fair()).then(|| held - 1)
+            })
+            .is_ok()
     }
 }
 
@@ -115,6 +182,10 @@ pub struct Ownership {
 
 struct Inner {
     service: &'static str,
+    partition: usize,
+    /// The label of the partition in metrics.
+    label: String,
+    share: Arc<Share>,
     replica: String,
     address: String,
     store: Arc<dyn EventStore>,
@@ -148,7 +219,7 @@ impl Drop for InFlight {
 
 impl Ownership {
     /// The ownership of `store`'s writes for replica `replica` (unique per process start),
-    /// which takes forwarded requests at `address`.
+    /// which takes forwarded requests at `address`: an unpartitioned service's.
     pub fn new(
         service: &'static str,
         replica: &str,
@@ -156,13 +227,39 @@ impl Ownership {
         store: Arc<dyn EventStore>,
         settings: LeaseSettings,
     ) -> Self {
-        metrics::gauge!(OWNER, "service" => service).set(0.0);
-        for reason in ["expired", "released", "lost"] {
-            metrics::counter!(LEASE_CHANGES, "service" => service, "reason" => reason).increment(0);
+        Self::of_partition(
+            service,
+            0,
+            Arc::new(Share::new(1)),
+            replica,
+            address,
+            store,
+            settings,
+        )
+    }
+
+    /// The ownership of `partition`, whose log is `store`, among the partitions counted in
+    /// `share`.
+    pub fn of_partition(
+        service: &'static str,
+        partition: usize,
+        share: Arc<Share>,
+        replica: &str,
+        address: &str,
+        store: Arc<dyn EventStore>,
+        settings: LeaseSettings,
+    ) -> Self {
+        let label = partition.to_string();
+        metrics::gauge!(OWNER, "service" => service, "partition" => label.clone()).set(0.0);
+        for reason in ["expired", "released", "lost", "shed"] {
+            metrics::counter!(LEASE_CHANGES, "service" => service, "partition" => label.clone(), "reason" => reason).increment(0);
         }
         Ownership {
             inner: Arc::new(Inner {
                 service,
+                partition,
+                label,
+                share,
                 replica: replica.to_owned(),
                 address: address.to_owned(),
                 store,
@@ -183,6 +280,11 @@ impl Ownership {
 
     pub fn service(&self) -> &'static str {
         self.inner.service
+    }
+
+    /// The partition whose writes this lease owns.
+    pub fn partition(&self) -> usize {
+        self.inner.partition
     }
 
     pub fn settings(&self) -> LeaseSettings {
@@ -307,6 +409,17 @@ impl Ownership {
             Ok(Some(lease)) => {
                 *inner.valid_until.lock() = Some(asked + inner.settings.ttl);
                 inner.seen.send_replace(Some(lease));
+                if inner.share.shed() {
+                    // More than this replica's share: another replica (one that joined) takes
+                    // this partition at its next look.
+                    metrics::counter!(LEASE_CHANGES, "service" => inner.service, "partition" => inner.label.clone(), "reason" => "shed").increment(1);
+                    tracing::info!(
+                        service = inner.service,
+                        partition = inner.partition,
+                        "giving a partition up: more than this replica's share"
+                    );
+                    self.hand_back(writer, running).await;
+                }
             }
             Ok(None) => {
                 tracing::warn!(
@@ -332,12 +445,14 @@ impl Ownership {
 
     async fn lost(&self, writer: &dyn Writer, running: &mut Option<Running>) {
         let inner = &self.inner;
+        inner.share.unreserve();
         inner.epoch.store(0, Ordering::Release);
         *inner.valid_until.lock() = None;
-        metrics::gauge!(OWNER, "service" => inner.service).set(0.0);
-        metrics::counter!(LEASE_CHANGES, "service" => inner.service, "reason" => "lost")
+        metrics::gauge!(OWNER, "service" => inner.service, "partition" => inner.label.clone())
+            .set(0.0);
+        metrics::counter!(LEASE_CHANGES, "service" => inner.service, "partition" => inner.label.clone(), "reason" => "lost")
             .increment(1);
-        writer.demote().await;
+        writer.demote(inner.partition).await;
         stop_work(running).await;
         if let Ok(lease) = inner.store.lease().await {
             inner.seen.send_replace(lease);
@@ -367,11 +482,23 @@ impl Ownership {
             Some(lease) if lease.expires_at_ms == i64::MIN => "released",
             Some(lease) if lease.expires_at_ms <= now => "expired",
             Some(lease) => {
-                metrics::gauge!(LEASE_EPOCH, "service" => inner.service).set(lease.epoch as f64);
+                metrics::gauge!(LEASE_EPOCH, "service" => inner.service, "partition" => inner.label.clone()).set(lease.epoch as f64);
                 inner.seen.send_replace(seen);
                 return;
             }
         };
+        // Within the fair share, or a lease nobody took for a whole lease time.
+        let abandoned = seen.as_ref().is_some_and(|lease| {
+            lease.expires_at_ms != i64::MIN
+                && lease
+                    .expires_at_ms
+                    .saturating_add(ttl_ms(inner.settings.ttl))
+                    <= now
+        });
+        if !inner.share.reserve(abandoned) {
+            inner.seen.send_replace(seen);
+            return;
+        }
         let asked = Instant::now();
         let taken = inner
             .store
@@ -386,30 +513,35 @@ impl Ownership {
         let lease = match taken {
             Ok(Some(lease)) => lease,
             Ok(None) => {
+                inner.share.unreserve();
                 if let Ok(lease) = inner.store.lease().await {
                     inner.seen.send_replace(lease);
                 }
                 return;
             }
             Err(error) => {
-                tracing::warn!(service = inner.service, %error, "the lease could not be taken");
+                inner.share.unreserve();
+                tracing::warn!(service = inner.service, partition = inner.partition, %error, "the lease could not be taken");
                 return;
             }
         };
         // The fence is raised: catch up with the log, then write.
-        if let Err(error) = writer.promote(lease.epoch).await {
-            tracing::error!(service = inner.service, %error, "could not catch up with the log; giving the lease up");
+        if let Err(error) = writer.promote(inner.partition, lease.epoch).await {
+            inner.share.unreserve();
+            tracing::error!(service = inner.service, partition = inner.partition, %error, "could not catch up with the log; giving the lease up");
             let _ = inner.store.release_lease(&inner.replica, lease.epoch).await;
             return;
         }
         *inner.valid_until.lock() = Some(asked + inner.settings.ttl);
         inner.epoch.store(lease.epoch, Ordering::Release);
-        metrics::gauge!(OWNER, "service" => inner.service).set(1.0);
-        metrics::gauge!(LEASE_EPOCH, "service" => inner.service).set(lease.epoch as f64);
-        metrics::counter!(LEASE_CHANGES, "service" => inner.service, "reason" => reason)
+        metrics::gauge!(OWNER, "service" => inner.service, "partition" => inner.label.clone())
+            .set(1.0);
+        metrics::gauge!(LEASE_EPOCH, "service" => inner.service, "partition" => inner.label.clone()).set(lease.epoch as f64);
+        metrics::counter!(LEASE_CHANGES, "service" => inner.service, "partition" => inner.label.clone(), "reason" => reason)
             .increment(1);
         tracing::info!(
             service = inner.service,
+            partition = inner.partition,
             replica = %inner.replica,
             epoch = lease.epoch,
             reason,
@@ -442,12 +574,23 @@ impl Ownership {
     }
 
     async fn give_up(&self, writer: &dyn Writer, running: &mut Option<Running>) {
+        if self.inner.epoch.load(Ordering::Acquire) != 0 {
+            self.inner.share.unreserve();
+        }
+        self.hand_back(writer, running).await;
+    }
+
+    /// Stops the owned work and the writes, then releases the lease (the share is counted
+    /// by the caller).
+    async fn hand_back(&self, writer: &dyn Writer, running: &mut Option<Running>) {
         let inner = &self.inner;
         stop_work(running).await;
         let epoch = inner.epoch.swap(0, Ordering::AcqRel);
-        writer.demote().await;
+        *inner.valid_until.lock() = None;
+        writer.demote(inner.partition).await;
         if epoch != 0 {
-            metrics::gauge!(OWNER, "service" => inner.service).set(0.0);
+            metrics::gauge!(OWNER, "service" => inner.service, "partition" => inner.label.clone())
+                .set(0.0);
             match inner.store.release_lease(&inner.replica, epoch).await {
                 Ok(()) => tracing::info!(
                     service = inner.service,
@@ -459,6 +602,144 @@ impl Ownership {
                 }
             }
         }
+    }
+}
+
+/// The leases of a partitioned service's partitions, as one replica holds them; cheap to
+/// clone.
+#[derive(Clone)]
+pub struct Partitions {
+    parts: Arc<Vec<Ownership>>,
+    share: Arc<Share>,
+    /// The registry's store, where the replicas say they are alive.
+    registry: Arc<dyn EventStore>,
+}
+
+impl Partitions {
+    /// One lease per store of `stores` (a partition's log each, the registry's first), for
+    /// replica `replica` taking forwarded writes at `address`.
+    pub fn new(
+        service: &'static str,
+        replica: &str,
+        address: &str,
+        stores: &[Arc<dyn EventStore>],
+        settings: LeaseSettings,
+    ) -> Self {
+        let share = Arc::new(Share::new(stores.len()));
+        let parts = stores
+            .iter()
+            .enumerate()
+            .map(|(partition, store)| {
+                Ownership::of_partition(
+                    service,
+                    partition,
+                    share.clone(),
+                    replica,
+                    address,
+                    store.clone(),
+                    settings,
+                )
+            })
+            .collect();
+        Partitions {
+            parts: Arc::new(parts),
+            share,
+            registry: stores[0].clone(),
+        }
+    }
+
+    /// The lease of `partition`.
+    pub fn of(&self, partition: usize) -> &Ownership {
+        &self.parts[partition]
+    }
+
+    pub fn all(&self) -> &[Ownership] {
+        &self.parts
+    }
+
+    pub fn len(&self) -> usize {
+        self.parts.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.parts.is_empty()
+    }
+
+    pub fn service(&self) -> &'static str {
+        self.parts[0].service()
+    }
+
+    /// How many partitions this replica owns now.
+    pub fn owned(&self) -> usize {
+        self.parts.iter().filter(|p| p.is_owner()).count()
+    }
+
+    /// This replica's fair share of the partitions, as last counted.
+    pub fn fair_share(&self) -> usize {
+        self.share.fair()
+    }
+
+    /// Whether this replica is leaving.
+    pub fn leaving(&self) -> bool {
+        self.parts[0].leaving()
+    }
+
+    /// Says this replica is alive every renewal period, and runs every partition's lease:
+    /// `writer` is promoted for each partition this replica takes, and `work[partition]` runs
+    /// while it owns that partition. Ends after [`Partitions::leave`].
+    pub fn run(&self, writer: Arc<dyn Writer>, mut work: Vec<Vec<OwnedWork>>) -> JoinHandle<()> {
+        let this = self.clone();
+        work.resize_with(self.parts.len(), Vec::new);
+        tokio::spawn(async move {
+            let settings = this.parts[0].settings();
+            let replica = this.parts[0].replica().to_owned();
+            // Counted once before any lease is taken, so that a replica joining others does
+            // not take more than its share first.
+            this.heartbeat(&replica, settings).await;
+            let leading: Vec<JoinHandle<()>> = this
+                .parts
+                .iter()
+                .zip(work)
+                .map(|(part, work)| part.run(writer.clone(), work))
+                .collect();
+            let mut stop = this.parts[0].inner.stop.subscribe();
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(settings.renew_every) => {}
+                    _ = stop.wait_for(|s| *s) => break,
+                }
+                this.heartbeat(&replica, settings).await;
+            }
+            for lead in leading {
+                let _ = lead.await;
+            }
+            // Gone: the others' shares grow at once.
+            if let Err(error) = this.registry.members(&replica, now_ms(), 0).await {
+                tracing::warn!(%error, "could not say this replica leaves; it is forgotten when its heartbeat expires");
+            }
+        })
+    }
+
+    async fn heartbeat(&self, replica: &str, settings: LeaseSettings) {
+        match self
+            .registry
+            .members(replica, now_ms(), ttl_ms(settings.ttl))
+            .await
+        {
+            Ok(live) => self.share.set_live(live),
+            Err(error) => {
+                tracing::warn!(service = self.service(), %error, "could not count the replicas alive")
+            }
+        }
+    }
+
+    /// Hands every partition over (see [`Ownership::leave`]), all at once.
+    pub async fn leave(&self) {
+        let mut leaving = tokio::task::JoinSet::new();
+        for part in self.parts.iter().cloned() {
+            leaving.spawn(async move { part.leave().await });
+        }
+        while leaving.join_next().await.is_some() {}
     }
 }
 

@@ -127,6 +127,10 @@ pub trait EventStore: Send + Sync + 'static {
     /// Gives the lease up at once if `holder` has it at `epoch`: another replica may take it
     /// without waiting for it to expire. Its epoch stays, so the next holder's is greater.
     async fn release_lease(&self, holder: &str, epoch: u64) -> Result<(), StoreError>;
+    /// Says that replica `replica` is alive until `now_ms + ttl_ms` (a `ttl_ms` of 0: it
+    /// leaves now) and returns how many replicas are alive at `now_ms`, itself included if it
+    /// stays: what each replica's fair share of the partitions is counted from.
+    async fn members(&self, replica: &str, now_ms: i64, ttl_ms: i64) -> Result<usize, StoreError>;
     /// The head after each commit, for readers that wait for new events.
     fn watch_head(&self) -> watch::Receiver<u64>;
     /// A short name for readiness reports.

@@ -17,6 +17,8 @@ const INDEX: TableDefinition<&str, &[u8]> = TableDefinition::new("index_rows");
 const SNAPSHOTS: TableDefinition<u64, &[u8]> = TableDefinition::new("snapshots");
 /// The lease of the log's writes (one row, `log`, the [`Lease`] as JSON).
 const LEASES: TableDefinition<&str, &[u8]> = TableDefinition::new("leases");
+/// Replica -> until when it is alive (milliseconds since the epoch).
+const MEMBERS: TableDefinition<&str, i64> = TableDefinition::new("members");
 const LOG_LEASE: &str = "log";
 
 /// A durable log in a redb file; every commit is fsynced before it returns.
@@ -303,6 +305,42 @@ impl EventStore for RedbStore {
         .map_err(StoreError::backend)?
     }
 
+    async fn members(&self, replica: &str, now_ms: i64, ttl_ms: i64) -> Result<usize, StoreError> {
+        let db = self.db.clone();
+        let replica = replica.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let tx = db.begin_write().map_err(StoreError::backend)?;
+            let alive = {
+                let mut table = tx.open_table(MEMBERS).map_err(StoreError::backend)?;
+                if ttl_ms > 0 {
+                    table
+                        .insert(replica.as_str(), now_ms + ttl_ms)
+                        .map_err(StoreError::backend)?;
+                } else {
+                    table
+                        .remove(replica.as_str())
+                        .map_err(StoreError::backend)?;
+                }
+                // Those gone for an hour are forgotten.
+                table
+                    .retain(|_, until| until > now_ms - 3_600_000)
+                    .map_err(StoreError::backend)?;
+                let mut alive = 0;
+                for row in table.iter().map_err(StoreError::backend)? {
+                    let (_, until) = row.map_err(StoreError::backend)?;
+                    if until.value() > now_ms {
+                        alive += 1;
+                    }
+                }
+                alive
+            };
+            tx.commit().map_err(StoreError::backend)?;
+            Ok(alive)
+        })
+        .await
+        .map_err(StoreError::backend)?
+    }
+
     async fn release_lease(&self, holder: &str, epoch: u64) -> Result<(), StoreError> {
         let db = self.db.clone();
         let holder = holder.to_owned();
@@ -432,6 +470,19 @@ mod tests {
             let dir = dir.clone();
             Box::pin(async move {
                 Arc::new(RedbStore::open(dir.path(), "leases").expect("open"))
+                    as Arc<dyn EventStore>
+            })
+        }))
+        .await;
+    }
+
+    #[tokio::test]
+    async fn honours_the_members_contract() {
+        let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
+        crate::contract::members(Box::new(move || {
+            let dir = dir.clone();
+            Box::pin(async move {
+                Arc::new(RedbStore::open(dir.path(), "members").expect("open"))
                     as Arc<dyn EventStore>
             })
         }))

@@ -58,7 +58,10 @@ impl SnapshotPolicy {
 
 #[derive(Serialize)]
 struct ImageRef<'a, S> {
+    /// The sum of `heads`: what the snapshot is stored under, growing with every event.
     position: u64,
+    /// Each partition's position (one for an unpartitioned service).
+    heads: &'a [u64],
     last_time_ns: i128,
     versions: &'a Versions,
     state: &'a S,
@@ -67,6 +70,9 @@ struct ImageRef<'a, S> {
 #[derive(Deserialize)]
 struct Image<S> {
     position: u64,
+    /// Absent from a snapshot of an unpartitioned service written before partitions.
+    #[serde(default)]
+    heads: Vec<u64>,
     last_time_ns: i128,
     versions: Versions,
     state: S,
@@ -75,20 +81,22 @@ struct Image<S> {
 /// What a snapshot restores.
 #[derive(Debug)]
 pub(crate) struct Restored<S> {
-    pub position: u64,
+    pub heads: Vec<u64>,
     pub last_time: OffsetDateTime,
     pub versions: Versions,
     pub state: S,
 }
 
+/// Encodes the state at `heads` (each partition's position); it is stored under their sum.
 pub(crate) fn encode<S: Serialize>(
-    position: u64,
+    heads: &[u64],
     last_time: OffsetDateTime,
     versions: &Versions,
     state: &S,
 ) -> Result<Vec<u8>, String> {
     let payload = rmp_serde::to_vec_named(&ImageRef {
-        position,
+        position: heads.iter().sum(),
+        heads,
         last_time_ns: last_time.unix_timestamp_nanos(),
         versions,
         state,
@@ -123,8 +131,15 @@ pub(crate) fn decode<S: DeserializeOwned>(
     }
     let last_time = OffsetDateTime::from_unix_timestamp_nanos(image.last_time_ns)
         .map_err(|e| format!("its latest event time is out of range: {e}"))?;
+    let heads = if image.heads.is_empty() {
+        vec![image.position]
+    } else if image.heads.iter().sum::<u64>() != image.position {
+        return Err("its partitions' positions do not add up to its position".into());
+    } else {
+        image.heads
+    };
     Ok(Restored {
-        position: image.position,
+        heads,
         last_time,
         versions: image.versions,
         state: image.state,
@@ -148,16 +163,30 @@ mod tests {
             total: 7,
             names: vec!["a".into()],
         };
-        encode(12, OffsetDateTime::UNIX_EPOCH, &versions, &state).unwrap()
+        encode(&[12], OffsetDateTime::UNIX_EPOCH, &versions, &state).unwrap()
     }
 
     #[test]
     fn a_snapshot_restores_what_was_encoded() {
         let restored: Restored<State> = decode(12, &sample()).unwrap();
-        assert_eq!(restored.position, 12);
+        assert_eq!(restored.heads, vec![12]);
         assert_eq!(restored.versions.get("tok_1"), Some(&3));
         assert_eq!(restored.state.total, 7);
         assert_eq!(restored.last_time, OffsetDateTime::UNIX_EPOCH);
+    }
+
+    #[test]
+    fn a_partitioned_snapshot_is_stored_under_the_sum_of_its_heads() {
+        let bytes = encode(
+            &[3, 0, 9],
+            OffsetDateTime::UNIX_EPOCH,
+            &Versions::default(),
+            &State::default(),
+        )
+        .unwrap();
+        let restored: Restored<State> = decode(12, &bytes).unwrap();
+        assert_eq!(restored.heads, vec![3, 0, 9]);
+        assert!(decode::<State>(3, &bytes).is_err());
     }
 
     #[test]

@@ -164,6 +164,8 @@ pub struct Relay {
     backlog: Arc<AtomicU64>,
     /// On a replica, the relay sends only while this replica owns the writes.
     ownership: Option<Ownership>,
+    /// The partition of the service whose log this relay publishes, for its metrics.
+    partition: String,
 }
 
 const RELAY_BATCH: usize = 2_000;
@@ -191,6 +193,7 @@ impl Relay {
             topic: topic.to_owned(),
             backlog: Arc::default(),
             ownership: None,
+            partition: "0".into(),
         })
     }
 
@@ -198,6 +201,9 @@ impl Relay {
     /// before every batch, so a paused former owner that wakes up after its lease ran out sends
     /// nothing more.
     pub fn owned_by(mut self, ownership: Option<Ownership>) -> Self {
+        if let Some(ownership) = &ownership {
+            self.partition = ownership.partition().to_string();
+        }
         self.ownership = ownership;
         self
     }
@@ -386,7 +392,7 @@ impl Relay {
     fn report_backlog(&self, head: u64, position: u64) {
         let backlog = head.saturating_sub(position);
         self.backlog.store(backlog, Ordering::Relaxed);
-        metrics::gauge!(RELAY_BACKLOG, "topic" => self.topic.clone()).set(backlog as f64);
+        metrics::gauge!(RELAY_BACKLOG, "topic" => self.topic.clone(), "partition" => self.partition.clone()).set(backlog as f64);
     }
 }
 

@@ -17,15 +17,19 @@ use libertum_platform::{
 };
 use libertum_store::{
     Cache, Consumer, EventBus, EventStore, LeaseSettings, MemoryCache, OwnedWork, Ownership,
-    RedbStore, SnapshotPolicy, StateMachine, ownership::Writer,
+    RedbStore, SnapshotPolicy, StateMachine,
+    ownership::{Partitions, Writer},
 };
 use tokio::{sync::watch, task::JoinHandle};
 
 use crate::{KafkaBus, KafkaSettings, MongoSettings, MongoStore, RedisCache, Relay};
 
-/// One service's store and cache, with the probes of what it depends on.
+/// One service's stores and cache, with the probes of what it depends on.
 pub struct Backends {
+    /// The registry's store (the only one of an unpartitioned service).
     pub store: Arc<dyn EventStore>,
+    /// One store per partition, the registry's first.
+    pub stores: Vec<Arc<dyn EventStore>>,
     pub cache: Arc<dyn Cache>,
     /// Rate-limit counters: in Redis with the cache, or in memory.
     pub limiter: Arc<dyn RateLimiter>,
@@ -33,8 +37,9 @@ pub struct Backends {
     /// When the service snapshots its state.
     pub snapshots: SnapshotPolicy,
     /// With a shared store (MongoDB) the service runs as one of several replicas, and this
-    /// says which of them owns the writes; `None` for the embedded store's sole writer.
-    pub ownership: Option<Ownership>,
+    /// says which partitions' writes each of them owns; `None` for the embedded store's sole
+    /// writer.
+    pub ownership: Option<Partitions>,
 }
 
 /// The snapshot policy the settings give.
@@ -45,31 +50,47 @@ pub fn snapshot_policy(settings: &Settings) -> SnapshotPolicy {
     }
 }
 
-/// Opens `service`'s store (MongoDB database `{prefix}_{service}`, or `{data_dir}/{service}.redb`)
-/// and its cache (Redis under the key prefix `libertum:{service}`, or in memory).
-pub async fn backends(settings: &Settings, service: &'static str) -> anyhow::Result<Backends> {
+/// Opens `service`'s stores (with MongoDB, `partitions` databases: `{prefix}_{service}` for the
+/// registry and `{prefix}_{service}_p{n}` for the others; on embedded defaults one file,
+/// `{data_dir}/{service}.redb`, whatever `partitions` says) and its cache (Redis under the key
+/// prefix `libertum:{service}`, or in memory).
+pub async fn backends(
+    settings: &Settings,
+    service: &'static str,
+    partitions: usize,
+) -> anyhow::Result<Backends> {
     // The adapters start their series at zero: the recorder must exist before they do.
     let _ = libertum_platform::http_metrics::recorder();
     let b = &settings.backends;
     let mut probes = Vec::new();
     let replicated = b.mongodb_uri.is_some();
-    let store: Arc<dyn EventStore> = match &b.mongodb_uri {
+    let stores: Vec<Arc<dyn EventStore>> = match &b.mongodb_uri {
         Some(uri) => {
+            let registry = format!("{}_{service}", b.mongodb_database_prefix);
+            let databases: Vec<String> = (0..partitions.max(1))
+                .map(|p| match p {
+                    0 => registry.clone(),
+                    p => format!("{registry}_p{p}"),
+                })
+                .collect();
             let mongo = MongoSettings {
                 uri: uri.clone(),
-                database: format!("{}_{service}", b.mongodb_database_prefix),
+                database: registry,
                 write_concern: b.mongodb_write_concern.clone(),
                 read_concern: b.mongodb_read_concern.clone(),
             };
-            let store = MongoStore::open(&mongo).await?;
-            probes.push(mongo_probe(format!("{service}.mongodb"), store.clone()));
-            Arc::new(store)
+            let stores = MongoStore::open_all(&mongo, &databases).await?;
+            probes.push(mongo_probe(format!("{service}.mongodb"), stores[0].clone()));
+            stores
+                .into_iter()
+                .map(|store| Arc::new(store) as Arc<dyn EventStore>)
+                .collect()
         }
-        None => Arc::new(RedbStore::open_with_cache(
+        None => vec![Arc::new(RedbStore::open_with_cache(
             &settings.data_dir,
             service,
             usize::try_from(settings.store_cache_mib << 20).unwrap_or(usize::MAX),
-        )?),
+        )?)],
     };
     let (cache, limiter): (Arc<dyn Cache>, Arc<dyn RateLimiter>) = match &b.redis_url {
         Some(url) => {
@@ -92,11 +113,11 @@ pub async fn backends(settings: &Settings, service: &'static str) -> anyhow::Res
         } else {
             b.lease_ttl
         };
-        Ownership::new(
+        Partitions::new(
             service,
             &replica_id(service),
             &b.advertise_addr,
-            store.clone(),
+            &stores,
             LeaseSettings::with_ttl(ttl),
         )
     });
@@ -107,7 +128,8 @@ pub async fn backends(settings: &Settings, service: &'static str) -> anyhow::Res
         ));
     }
     Ok(Backends {
-        store,
+        store: stores[0].clone(),
+        stores,
         cache,
         limiter,
         probes,
@@ -225,46 +247,80 @@ pub fn lag_probe(name: &str, lag: Arc<AtomicU64>, what: &'static str, limit: u64
     })
 }
 
-/// A consumer's readiness: where it runs (here, or on the replica that owns the writes), its lag
-/// (degraded past 100,000 events), and whether it reads any partition: one that should and
+/// The relays' backlog (those running here): degraded past `limit`.
+fn backlog_probe(
+    name: &str,
+    backlogs: Vec<(Arc<AtomicU64>, Option<Ownership>)>,
+    limit: u64,
+) -> Probe {
+    let name = name.to_owned();
+    Arc::new(move || {
+        let backlog: u64 = backlogs
+            .iter()
+            .filter(|(_, ownership)| ownership.as_ref().is_none_or(Ownership::is_owner))
+            .map(|(backlog, _)| backlog.load(Ordering::Relaxed))
+            .sum();
+        let name = name.clone();
+        Box::pin(async move {
+            Check {
+                name,
+                state: if backlog > limit { "degraded" } else { "up" },
+                detail: Some(format!("backlog {backlog} events")),
+            }
+        })
+    })
+}
+
+/// A consumer's readiness: where it runs (here, or on the replicas that own the writes), its
+/// lag (degraded past 100,000 events), and whether it reads any partition: one that should and
 /// reads none (the broker unreachable, the topic missing) is degraded and says so, never
 /// "lag 0". Degraded, not down: the service still takes writes (its log is the outbox) and
-/// serves reads meanwhile.
-pub fn consumer_probe(
-    name: &str,
-    lag: Arc<AtomicU64>,
-    assigned: Arc<AtomicU64>,
-    ownership: Option<Ownership>,
-) -> Probe {
+/// serves reads meanwhile. A partitioned service runs one consumer per partition of its own,
+/// each on that partition's owner: the probe sums those running here.
+pub fn consumer_probe(name: &str, runs: Vec<ConsumerRun>) -> Probe {
     let name = name.to_owned();
     let since = Arc::new(parking_lot::Mutex::new(None::<std::time::Instant>));
     Arc::new(move || {
-        let (lag, partitions) = (
-            lag.load(Ordering::Relaxed),
-            assigned.load(Ordering::Relaxed),
-        );
-        let runs_here = ownership.as_ref().is_none_or(Ownership::is_owner);
-        // How long it has read nothing while it should.
+        let here: Vec<&ConsumerRun> = runs
+            .iter()
+            .filter(|run| run.ownership.as_ref().is_none_or(Ownership::is_owner))
+            .collect();
+        let lag: u64 = here.iter().map(|run| run.lag.load(Ordering::Relaxed)).sum();
+        let idle_runs = here
+            .iter()
+            .filter(|run| run.assigned.load(Ordering::Relaxed) == 0)
+            .count();
+        let partitions = here
+            .iter()
+            .map(|run| run.assigned.load(Ordering::Relaxed))
+            .max()
+            .unwrap_or(0);
+        // How long one that should read has read nothing.
         let idle = {
             let mut since = since.lock();
-            if runs_here && partitions == 0 {
+            if idle_runs > 0 {
                 since.get_or_insert_with(std::time::Instant::now).elapsed()
             } else {
                 *since = None;
                 Duration::ZERO
             }
         };
-        let (state, detail) = if !runs_here {
+        let of = if runs.len() > 1 {
+            format!(" (for {} of the service's partitions)", here.len())
+        } else {
+            String::new()
+        };
+        let (state, detail) = if here.is_empty() {
             ("up", "runs on the replica that owns the writes".to_owned())
-        } else if partitions == 0 {
+        } else if idle_runs > 0 {
             (
                 "degraded",
-                format!("reads no partition (for {} s)", idle.as_secs()),
+                format!("reads no partition (for {} s){of}", idle.as_secs()),
             )
         } else {
             (
                 if lag > 100_000 { "degraded" } else { "up" },
-                format!("lag {lag} events over {partitions} partition(s)"),
+                format!("lag {lag} events over {partitions} partition(s){of}"),
             )
         };
         let name = name.clone();
@@ -278,14 +334,23 @@ pub fn consumer_probe(
     })
 }
 
-/// A service's background tasks and their probes; `stop` ends them all. With an
-/// [`Ownership`], the consumers and the relay run only while this replica owns the writes.
+/// One consumer as its probe sees it.
+pub struct ConsumerRun {
+    pub lag: Arc<AtomicU64>,
+    pub assigned: Arc<AtomicU64>,
+    /// The lease it runs under; `None` for a sole writer's.
+    pub ownership: Option<Ownership>,
+}
+
+/// A service's background tasks and their probes; `stop` ends them all. With [`Partitions`],
+/// the consumers and the relays run only where their partition's writes are owned.
 pub struct Background {
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     pub probes: Vec<Probe>,
-    ownership: Option<Ownership>,
-    owned: Vec<OwnedWork>,
+    ownership: Option<Partitions>,
+    /// The work that runs on the owner of each partition.
+    owned: Vec<Vec<OwnedWork>>,
     leading: Option<JoinHandle<()>>,
 }
 
@@ -303,16 +368,29 @@ impl Default for Background {
 }
 
 impl Background {
-    /// Background tasks of a replica: the work that must run once runs on the owner only.
-    pub fn replicated(ownership: Option<Ownership>) -> Self {
+    /// Background tasks of a replica: the work that must run once per partition runs on that
+    /// partition's owner only.
+    pub fn replicated(ownership: Option<Partitions>) -> Self {
+        let partitions = ownership.as_ref().map_or(1, Partitions::len);
         Background {
+            owned: (0..partitions).map(|_| Vec::new()).collect(),
             ownership,
             ..Background::default()
         }
     }
 
-    /// Runs `start` now, or on this replica only while it owns the writes.
-    fn once<F>(&mut self, start: F)
+    /// How many partitions the service's writes have.
+    pub fn partitions(&self) -> usize {
+        self.ownership.as_ref().map_or(1, Partitions::len)
+    }
+
+    /// The lease of `partition`, on a replica.
+    fn lease(&self, partition: usize) -> Option<Ownership> {
+        self.ownership.as_ref().map(|o| o.of(partition).clone())
+    }
+
+    /// Runs `start` now, or on this replica only while it owns `partition`'s writes.
+    fn once<F>(&mut self, partition: usize, start: F)
     where
         F: Fn(
                 watch::Receiver<bool>,
@@ -322,43 +400,72 @@ impl Background {
             + 'static,
     {
         if self.ownership.is_some() {
-            self.owned.push(Arc::new(start));
+            self.owned[partition].push(Arc::new(start));
         } else {
             self.tasks.push(tokio::spawn(start(self.stop.subscribe())));
         }
     }
 
-    /// Runs `consumer`, reporting its lag and its partitions as `name`.
+    /// Runs `consumer` (which applies the registry's commands), reporting its lag and its
+    /// partitions as `name`.
     pub fn consumer<S: StateMachine>(&mut self, name: &str, consumer: Consumer<S>) {
-        self.probes.push(consumer_probe(
-            name,
-            consumer.lag(),
-            consumer.assigned(),
-            self.ownership.clone(),
-        ));
-        self.once(move |stop| Box::pin(consumer.clone().run(stop)));
+        self.consumers(name, move |_| consumer.clone(), 1);
     }
 
-    /// Starts taking the lease of the writes for `writer` (the service's engine), with the
-    /// work registered so far; nothing without an [`Ownership`].
+    /// Runs one consumer per partition of the service's writes (`make(partition)`, which
+    /// applies that partition's commands), each on that partition's owner.
+    pub fn consumer_per_partition<S: StateMachine>(
+        &mut self,
+        name: &str,
+        make: impl Fn(usize) -> Consumer<S>,
+    ) {
+        let partitions = self.partitions();
+        self.consumers(name, make, partitions);
+    }
+
+    fn consumers<S: StateMachine>(
+        &mut self,
+        name: &str,
+        make: impl Fn(usize) -> Consumer<S>,
+        partitions: usize,
+    ) {
+        let mut runs = Vec::with_capacity(partitions);
+        for partition in 0..partitions {
+            let consumer = make(partition).for_partition(partition);
+            runs.push(ConsumerRun {
+                lag: consumer.lag(),
+                assigned: consumer.assigned(),
+                ownership: self.lease(partition),
+            });
+            self.once(partition, move |stop| Box::pin(consumer.clone().run(stop)));
+        }
+        self.probes.push(consumer_probe(name, runs));
+    }
+
+    /// Starts taking the leases of the writes for `writer` (the service's engine), with the
+    /// work registered so far; nothing without [`Partitions`].
     pub fn lead(&mut self, writer: Arc<dyn Writer>) {
         if let Some(ownership) = &self.ownership {
             self.leading = Some(ownership.run(writer, std::mem::take(&mut self.owned)));
         }
     }
 
-    /// Publishes `store` to `topic` on Kafka, reporting the backlog as `name`.
+    /// Publishes each of `stores` (a partition's log each) to `topic` on Kafka, each from its
+    /// partition's owner, reporting the backlog as `name`.
     pub fn relay(
         &mut self,
         name: &str,
         kafka: &KafkaSettings,
-        store: Arc<dyn EventStore>,
+        stores: &[Arc<dyn EventStore>],
         topic: &str,
     ) -> anyhow::Result<()> {
-        let relay = Relay::new(kafka, store, topic)?.owned_by(self.ownership.clone());
-        self.probes
-            .push(lag_probe(name, relay.backlog(), "backlog", 100_000));
-        self.once(move |stop| Box::pin(relay.clone().run(stop)));
+        let mut backlogs = Vec::with_capacity(stores.len());
+        for (partition, store) in stores.iter().enumerate() {
+            let relay = Relay::new(kafka, store.clone(), topic)?.owned_by(self.lease(partition));
+            backlogs.push((relay.backlog(), self.lease(partition)));
+            self.once(partition, move |stop| Box::pin(relay.clone().run(stop)));
+        }
+        self.probes.push(backlog_probe(name, backlogs, 100_000));
         Ok(())
     }
 
@@ -419,7 +526,8 @@ impl Background {
 
 impl Background {
     /// Serves a service binary's `routes` (see `server::serve_alone`) until SIGTERM or Ctrl-C.
-    /// A replica forwards the writes it does not own, and on the signal hands its writes over
+    /// A replica forwards the writes of the partitions it does not own (`route` says which
+    /// partition a write belongs to), and on the signal hands its writes over
     /// while it still serves (forwarding to the new owner), then stops serving.
     pub async fn serve(
         &mut self,
@@ -429,12 +537,13 @@ impl Background {
         openapi: utoipa::openapi::OpenApi,
         probes: Vec<Probe>,
         limiter: Arc<dyn RateLimiter>,
+        route: libertum_platform::replica::Route,
     ) -> anyhow::Result<()> {
         let mut guard = libertum_platform::server::Guard::new(settings, limiter)?;
         guard.forward = self
             .ownership
             .clone()
-            .map(libertum_platform::replica::Forwarder::new);
+            .map(|partitions| libertum_platform::replica::Forwarder::new(partitions, route));
         let hand_over = self.hand_over();
         // From the signal on, /readyz says unready, so that a front checking it sends nothing
         // more here before this replica stops accepting (a connection accepted and then closed
@@ -472,7 +581,7 @@ fn draining_probe(draining: Arc<AtomicBool>) -> Probe {
 
 /// Hands a replica's writes over: see [`Ownership::leave`].
 pub struct HandOver {
-    ownership: Option<Ownership>,
+    ownership: Option<Partitions>,
     leading: Option<JoinHandle<()>>,
 }
 
@@ -502,7 +611,14 @@ mod tests {
     #[tokio::test]
     async fn a_consumer_that_reads_no_partition_is_never_reported_as_lag_zero() {
         let (lag, assigned) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-        let probe = consumer_probe("tokens.consumer", lag.clone(), assigned.clone(), None);
+        let probe = consumer_probe(
+            "tokens.consumer",
+            vec![ConsumerRun {
+                lag: lag.clone(),
+                assigned: assigned.clone(),
+                ownership: None,
+            }],
+        );
         let check = probe().await;
         assert_eq!(check.state, "degraded");
         assert!(

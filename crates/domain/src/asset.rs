@@ -134,7 +134,8 @@ pub struct Profile {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Asset {
     pub id: Id,
-    /// Registration order, used as the listing cursor.
+    /// Registration order as this process applied it (with partitioned logs, replicas may
+    /// differ on it; listings go by id).
     pub seq: u64,
     #[serde(flatten)]
     pub profile: Profile,
@@ -344,7 +345,8 @@ fn validate_document(doc: &DocumentForCreate) -> Result<DocumentForCreate> {
     })
 }
 
-/// Every asset, in registration order.
+/// Every asset, in id order (ids grow with time: registration order), the same on every
+/// replica whatever order it applied the partitions' logs in.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct Registry {
     assets: FxHashMap<Id, Asset>,
@@ -393,18 +395,18 @@ impl Registry {
         self.order.is_empty()
     }
 
-    /// Up to `limit` assets registered after the cursor `after` (a `seq`), matching `filter`;
-    /// the second value is the cursor of the next page, if there is one.
+    /// Up to `limit` assets from the cursor `after` (a place in the listing), matching
+    /// `filter`; the second value is the cursor of the next page, if there is one.
     pub fn list(&self, filter: &Filter, after: u64, limit: usize) -> (Vec<&Asset>, Option<u64>) {
         let start = usize::try_from(after)
             .unwrap_or(usize::MAX)
             .min(self.order.len());
         let mut page = Vec::with_capacity(limit.min(100));
-        for id in &self.order[start..] {
+        for (at, id) in self.order.iter().enumerate().skip(start) {
             let asset = &self.assets[id];
             if filter.matches(asset) {
                 if page.len() == limit {
-                    return (page, Some(asset.seq - 1));
+                    return (page, Some(at as u64));
                 }
                 page.push(asset);
             }
@@ -574,7 +576,11 @@ impl Registry {
     pub fn apply(&mut self, event: &Event) {
         if let Change::Registered { profile } = &event.change {
             let seq = self.order.len() as u64 + 1;
-            self.order.push(event.asset_id.clone());
+            let at = self
+                .order
+                .binary_search(&event.asset_id)
+                .unwrap_or_else(|at| at);
+            self.order.insert(at, event.asset_id.clone());
             self.assets.insert(
                 event.asset_id.clone(),
                 Asset {
@@ -622,6 +628,13 @@ impl Registry {
         }
         asset.version += 1;
         asset.updated_at = event.at;
+    }
+}
+
+impl Command {
+    /// The asset the command is about: the key of its partition.
+    pub fn asset_id(&self) -> &Id {
+        command_id(self)
     }
 }
 

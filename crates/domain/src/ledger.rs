@@ -247,15 +247,17 @@ pub mod keys {
         format!("v{token:x}|{version:016x}")
     }
 
-    pub fn holding(holding: u64, at: Timestamp, version: u64) -> String {
-        format!("h{holding:x}|{:016x}|{version:016x}", nanos(at))
+    /// A holding's balance after its token reached `version`: the holding is `token`'s
+    /// holder number `holding` (ids hold no `|`).
+    pub fn holding(token: &str, holding: u64, at: Timestamp, version: u64) -> String {
+        format!("h{token}|{holding:x}|{:016x}|{version:016x}", nanos(at))
     }
 
     /// The range whose greatest key is the holding's balance at the end of moment `at`.
-    pub fn holding_as_of(holding: u64, at: Timestamp) -> (String, String) {
+    pub fn holding_as_of(token: &str, holding: u64, at: Timestamp) -> (String, String) {
         (
-            format!("h{holding:x}|"),
-            format!("h{holding:x}|{:016x}|~", nanos(at)),
+            format!("h{token}|{holding:x}|"),
+            format!("h{token}|{holding:x}|{:016x}|~", nanos(at)),
         )
     }
 
@@ -757,10 +759,15 @@ mod tests {
         let same_moment = keys::by_time(1, at, 99);
         let later = keys::by_time(1, at + time::Duration::nanoseconds(1), 1);
         assert!(low < same_moment && same_moment <= high && high < later);
-        let (low, high) = keys::holding_as_of(1, at);
-        let same_moment = keys::holding(1, at, u64::MAX);
+        let (low, high) = keys::holding_as_of("tok_1", 1, at);
+        let same_moment = keys::holding("tok_1", 1, at, u64::MAX);
         assert!(low < same_moment && same_moment <= high);
-        assert!(keys::holding(1, at + time::Duration::nanoseconds(1), 0) > high);
+        assert!(keys::holding("tok_1", 1, at + time::Duration::nanoseconds(1), 0) > high);
+        assert!(
+            keys::holding("tok_1", 0x10, at, 0) > high,
+            "another holder of the token"
+        );
+        assert!(keys::holding("tok_10", 1, at, 0) > high, "another token");
     }
 
     #[test]

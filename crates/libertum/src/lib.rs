@@ -62,9 +62,10 @@ impl Application {
         };
         let _ = libertum_platform::http_metrics::recorder();
 
-        let assets_backends = wire::backends(&settings, "assets").await?;
-        let tokens_backends = wire::backends(&settings, "tokens").await?;
-        let ledger_backends = wire::backends(&settings, "ledger").await?;
+        // One process, one writer per service: one log each.
+        let assets_backends = wire::backends(&settings, "assets", 1).await?;
+        let tokens_backends = wire::backends(&settings, "tokens", 1).await?;
+        let ledger_backends = wire::backends(&settings, "ledger", 1).await?;
         let (assets_store, tokens_store) =
             (assets_backends.store.clone(), tokens_backends.store.clone());
 
@@ -88,8 +89,18 @@ impl Application {
         let bus: Arc<dyn EventBus> = match wire::kafka(&settings).await? {
             Some((kafka, bus)) => {
                 background.probes.push(wire::kafka_probe("kafka", &kafka)?);
-                background.relay("assets.relay", &kafka, assets_store.clone(), &topics.assets)?;
-                background.relay("tokens.relay", &kafka, tokens_store.clone(), &topics.tokens)?;
+                background.relay(
+                    "assets.relay",
+                    &kafka,
+                    std::slice::from_ref(&assets_store),
+                    &topics.assets,
+                )?;
+                background.relay(
+                    "tokens.relay",
+                    &kafka,
+                    std::slice::from_ref(&tokens_store),
+                    &topics.tokens,
+                )?;
                 bus
             }
             None => {

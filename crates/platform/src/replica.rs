@@ -1,14 +1,15 @@
 //! Any replica answers any request: writes go to the replica that owns them, reads can wait for
 //! a position the client saw (read-your-writes).
 //!
-//! - [`forward`] runs a write (any method but GET, HEAD and OPTIONS) here if this replica owns
-//!   the service's writes, and otherwise sends it to the owner named by the lease and relays the
+//! - [`forward`] finds the partition a write (any method but GET, HEAD and OPTIONS) belongs
+//!   to (the service's [`Route`]), runs it here if this replica owns that partition's writes,
+//!   and otherwise sends it to the owner named by the partition's lease and relays the
 //!   answer. During a takeover it waits (up to [`FORWARD_WAIT`]) for a new owner. A write that an
 //!   owner refused with `not_owner` (it lost the lease before deciding) was not executed, so it is
 //!   sent on to the new owner; a write whose owner did not answer is answered 503, to be retried
 //!   with its `Idempotency-Key`, since it may have been executed.
-//! - Every write's response carries `Libertum-Position`, the position of the service's log that
-//!   includes it. A read with `Libertum-Min-Position` waits (up to [`READ_WAIT`]) until this
+//! - Every write's response carries `Libertum-Position`, the position of its partition's log
+//!   that includes it (`N` for partition 0, `P:N` for partition P). A read with `Libertum-Min-Position` waits (up to [`READ_WAIT`]) until this
 //!   replica's state includes that position, so a client sees its own writes whichever replica
 //!   answers.
 
@@ -21,7 +22,7 @@ use axum::{
     middleware::Next,
     response::{IntoResponse, Response},
 };
-use libertum_store::{Owner, Ownership};
+use libertum_store::{Owner, Ownership, Position, ownership::Partitions};
 
 use crate::error::ApiError;
 
@@ -41,15 +42,24 @@ pub const READ_WAIT: Duration = Duration::from_secs(5);
 /// The most replicas one write passes through.
 const MAX_HOPS: usize = 3;
 
-/// Sends writes to the owner of a service's writes.
+/// Which partition a write belongs to, from its method, path, headers and body.
+pub type Route = Arc<dyn Fn(&axum::http::request::Parts, &[u8]) -> usize + Send + Sync>;
+
+/// The partition a write was placed in, for a handler that makes a new id there (a creation
+/// has no id to route by).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Partition(pub usize);
+
+/// Sends writes to the owner of their partition.
 #[derive(Clone)]
 pub struct Forwarder {
-    ownership: Ownership,
+    partitions: Partitions,
+    route: Route,
     client: reqwest::Client,
 }
 
 impl Forwarder {
-    pub fn new(ownership: Ownership) -> Self {
+    pub fn new(partitions: Partitions, route: Route) -> Self {
         let client = reqwest::Client::builder()
             .no_proxy()
             .connect_timeout(Duration::from_secs(1))
@@ -57,12 +67,16 @@ impl Forwarder {
             .build()
             .unwrap_or_default();
         // From zero, so that the first forwarded write is an increase.
-        metrics::counter!(FORWARDED, "service" => ownership.service()).increment(0);
-        Forwarder { ownership, client }
+        metrics::counter!(FORWARDED, "service" => partitions.service()).increment(0);
+        Forwarder {
+            partitions,
+            route,
+            client,
+        }
     }
 
-    pub fn ownership(&self) -> &Ownership {
-        &self.ownership
+    pub fn partitions(&self) -> &Partitions {
+        &self.partitions
     }
 }
 
@@ -97,22 +111,25 @@ pub async fn forward(State(forwarder): State<Forwarder>, request: Request, next:
     ) {
         return next.run(request).await;
     }
-    let (parts, body) = request.into_parts();
+    let (mut parts, body) = request.into_parts();
     // The body was read whole before (`body_within`): this takes what is buffered.
     let Ok(bytes) = axum::body::to_bytes(body, crate::extract::MAX_BODY).await else {
         return crate::extract::body_too_large().into_response();
     };
+    let partition = (forwarder.route)(&parts, &bytes).min(forwarder.partitions.len() - 1);
+    parts.extensions.insert(Partition(partition));
+    let ownership = forwarder.partitions.of(partition);
     let hops = parts.headers.get_all(FORWARDED_BY).iter().count();
     let deadline = tokio::time::Instant::now() + FORWARD_WAIT;
     loop {
-        if let Some(_in_flight) = forwarder.ownership.accept() {
+        if let Some(_in_flight) = ownership.accept() {
             let request = Request::from_parts(parts.clone(), Body::from(bytes.clone()));
             let response = next.clone().run(request).await;
             if !refused_not_owner(response.headers()) {
                 return response;
             }
             // This replica lost the writes and will learn it at its next look at the lease.
-            tokio::time::sleep(forwarder.ownership.settings().poll_every).await;
+            tokio::time::sleep(ownership.settings().poll_every).await;
         }
         if hops >= MAX_HOPS {
             return no_owner("the write passed through too many replicas; retry it");
@@ -121,7 +138,7 @@ pub async fn forward(State(forwarder): State<Forwarder>, request: Request, next:
             return no_owner(NO_OWNER_NOW);
         }
         let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let owner = match forwarder.ownership.owner(remaining).await {
+        let owner = match ownership.owner(remaining).await {
             Some(Owner::At(owner)) => owner,
             Some(Owner::Here) => continue,
             None => {
@@ -141,8 +158,8 @@ pub async fn forward(State(forwarder): State<Forwarder>, request: Request, next:
                 outgoing = outgoing.header(name, value);
             }
         }
-        outgoing = outgoing.header(FORWARDED_BY, forwarder.ownership.replica());
-        metrics::counter!(FORWARDED, "service" => forwarder.ownership.service()).increment(1);
+        outgoing = outgoing.header(FORWARDED_BY, ownership.replica());
+        metrics::counter!(FORWARDED, "service" => ownership.service()).increment(1);
         match outgoing.send().await {
             Ok(answer) if !refused_not_owner(answer.headers()) => return relay(answer).await,
             // Refused unexecuted, or never sent: another owner is looked for.
@@ -156,7 +173,7 @@ pub async fn forward(State(forwarder): State<Forwarder>, request: Request, next:
                     .into_response();
             }
         }
-        tokio::time::sleep(forwarder.ownership.settings().poll_every).await;
+        tokio::time::sleep(ownership.settings().poll_every).await;
     }
 }
 
@@ -199,7 +216,7 @@ async fn relay(answer: reqwest::Response) -> Response {
 
 /// Waits until a replica's state includes a position; says whether it does within the bound.
 pub type WaitApplied =
-    Arc<dyn Fn(u64, Duration) -> Pin<Box<dyn Future<Output = bool> + Send>> + Send + Sync>;
+    Arc<dyn Fn(Position, Duration) -> Pin<Box<dyn Future<Output = bool> + Send>> + Send + Sync>;
 
 /// The read-your-writes middleware: a read with `Libertum-Min-Position` is answered once this
 /// replica's state includes that position, or 503 `position_not_reached` after [`READ_WAIT`].
@@ -214,11 +231,11 @@ pub async fn read_your_writes(
     let Some(position) = value
         .to_str()
         .ok()
-        .and_then(|v| v.trim().parse::<u64>().ok())
+        .and_then(|v| v.trim().parse::<Position>().ok())
     else {
         return ApiError::bad_request(
             "invalid_header",
-            "Libertum-Min-Position must be a log position (a whole number) from Libertum-Position",
+            "Libertum-Min-Position must be a log position from Libertum-Position (N, or P:N)",
         )
         .at(MIN_POSITION)
         .into_response();
@@ -250,29 +267,54 @@ pub fn waiter<S: libertum_store::StateMachine>(engine: libertum_store::Engine<S>
     })
 }
 
-/// A readiness probe of a replica's ownership: who owns the writes, and down while this replica
-/// is leaving (so no new request is sent to it).
-pub fn ownership_probe(name: &str, ownership: Ownership) -> crate::health::Probe {
+/// A readiness probe of a replica's leases: which partitions it owns, and down while it is
+/// leaving (so no new request is sent to it).
+pub fn ownership_probe(name: &str, partitions: Partitions) -> crate::health::Probe {
     let name = name.to_owned();
     Arc::new(move || {
-        let (name, ownership) = (name.clone(), ownership.clone());
+        let (name, partitions) = (name.clone(), partitions.clone());
         Box::pin(async move {
-            let detail = match ownership.lease() {
-                _ if ownership.leaving() => "leaving: handing the writes over".to_owned(),
-                Some(lease) if ownership.is_owner() => {
-                    format!("owner of the writes (epoch {})", lease.epoch)
-                }
-                Some(lease) => format!(
-                    "follower; the writes are owned by {} at {} (epoch {})",
-                    lease.holder, lease.address, lease.epoch
-                ),
-                None => "follower; no replica owns the writes yet".to_owned(),
+            let detail = if partitions.leaving() {
+                "leaving: handing the writes over".to_owned()
+            } else if partitions.len() == 1 {
+                describe_one(partitions.of(0))
+            } else {
+                let owned: Vec<String> = partitions
+                    .all()
+                    .iter()
+                    .filter(|p| p.is_owner())
+                    .map(|p| p.partition().to_string())
+                    .collect();
+                format!(
+                    "owns {} of {} partitions ({}); its share is {}",
+                    owned.len(),
+                    partitions.len(),
+                    if owned.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        owned.join(", ")
+                    },
+                    partitions.fair_share()
+                )
             };
             crate::health::Check {
                 name,
-                state: if ownership.leaving() { "down" } else { "up" },
+                state: if partitions.leaving() { "down" } else { "up" },
                 detail: Some(detail),
             }
         })
     })
+}
+
+fn describe_one(ownership: &Ownership) -> String {
+    match ownership.lease() {
+        Some(lease) if ownership.is_owner() => {
+            format!("owner of the writes (epoch {})", lease.epoch)
+        }
+        Some(lease) => format!(
+            "follower; the writes are owned by {} at {} (epoch {})",
+            lease.holder, lease.address, lease.epoch
+        ),
+        None => "follower; no replica owns the writes yet".to_owned(),
+    }
 }

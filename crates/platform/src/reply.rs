@@ -10,12 +10,10 @@ use serde::Serialize;
 
 /// A reply built inside the engine: `status` and the JSON of `value`.
 pub fn json_reply(status: StatusCode, value: &impl Serialize) -> Reply {
-    Reply {
-        status: status.as_u16(),
-        body: Bytes::from(serde_json::to_vec(value).unwrap_or_default()),
-        replayed: false,
-        position: 0,
-    }
+    Reply::new(
+        status.as_u16(),
+        Bytes::from(serde_json::to_vec(value).unwrap_or_default()),
+    )
 }
 
 /// The HTTP response of an engine reply; a replay says so in `Idempotent-Replayed`.
@@ -31,7 +29,13 @@ pub fn into_response(reply: Reply) -> Response {
         headers.insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
     if reply.position > 0 {
-        headers.insert(crate::replica::POSITION, HeaderValue::from(reply.position));
+        let position = libertum_store::Position {
+            partition: reply.partition,
+            at: reply.position,
+        };
+        if let Ok(value) = HeaderValue::from_str(&position.to_string()) {
+            headers.insert(crate::replica::POSITION, value);
+        }
     }
     response
 }

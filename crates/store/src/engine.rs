@@ -84,6 +84,12 @@ pub trait StateMachine: Default + Send + Sync + Serialize + DeserializeOwned + '
     fn partition_key(_command: &Self::Command) -> Option<&str> {
         None
     }
+    /// Commands the state owes (a claimed token class to open in its partition): the owner
+    /// of each one's partition submits them until they are done. Each must be refused once
+    /// done, so that submitting it again changes nothing.
+    fn pending(&self) -> Vec<Self::Command> {
+        Vec::new()
+    }
     /// Cache keys that `event` makes stale.
     fn invalidates(_event: &Self::Event, _keys: &mut Vec<String>) {}
     /// The index rows (see [`crate::Commit::index`]) the events applied since the last call
@@ -204,6 +210,8 @@ struct Inner<S: StateMachine> {
     epochs: Vec<AtomicU64>,
     /// The position of each partition's log in the state readers see.
     applied: Vec<tokio::sync::watch::Sender<u64>>,
+    /// Wakes the submission of what the state owes, after the state moved.
+    nudge: Arc<tokio::sync::Notify>,
 }
 
 impl<S: StateMachine> Inner<S> {
@@ -232,6 +240,7 @@ impl<S: StateMachine> Inner<S> {
     }
 
     fn publish(&self, held: &Held<S>) {
+        self.nudge.notify_one();
         for (applied, head) in self.applied.iter().zip(&held.heads) {
             applied.send_if_modified(|at| {
                 let moved = *at != *head;
@@ -337,12 +346,16 @@ impl<S: StateMachine> Engine<S> {
             healthy: AtomicBool::new(true),
             snapshot_at: AtomicU64::new(snapshot_at),
             replica,
+            nudge: Arc::new(tokio::sync::Notify::new()),
         });
         let (tx, rx) = mpsc::channel(QUEUE);
         let handle = tokio::spawn(writer(inner.clone(), rx));
         let (stop, stopped) = tokio::sync::watch::channel(false);
         if !policy.is_never() {
             tokio::spawn(snapshots(Arc::downgrade(&inner), policy, stopped.clone()));
+        }
+        if inner.partitions() > 1 {
+            tokio::spawn(owed(Arc::downgrade(&inner), tx.clone(), stopped.clone()));
         }
         if replica {
             tokio::spawn(follow(Arc::downgrade(&inner), stopped));
@@ -536,6 +549,55 @@ impl<S: StateMachine> Engine<S> {
     }
 }
 
+/// Submits what the state owes (see [`StateMachine::pending`]) in the partitions this engine
+/// writes, until `stop` or the engine is gone: soon after whatever makes it owed, and again
+/// after a failure or a takeover.
+async fn owed<S: StateMachine>(
+    inner: std::sync::Weak<Inner<S>>,
+    tx: mpsc::Sender<Job<S>>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        let nudged = {
+            let Some(inner) = inner.upgrade() else { return };
+            inner.nudge.clone()
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(FOLLOW_EVERY) => {}
+            _ = nudged.notified() => {}
+            _ = stop.wait_for(|stop| *stop) => return,
+        }
+        let Some(inner) = inner.upgrade() else { return };
+        let owed: Vec<S::Command> = {
+            let held = inner.held.read().await;
+            held.state
+                .pending()
+                .into_iter()
+                .filter(|command| inner.owns(inner.partition_of(command)))
+                .collect()
+        };
+        drop(inner);
+        for command in owed {
+            let (done, answer) = oneshot::channel();
+            let job = Job {
+                submissions: vec![Submission {
+                    command: Some(command),
+                    idempotency: None,
+                    checkpoint: None,
+                    reply: Box::new(|_, _| Reply::new(200, Bytes::new())),
+                    partition: None,
+                }],
+                done,
+            };
+            if tx.send(job).await.is_err() {
+                return;
+            }
+            // Refused once done (by another try), or failed: looked at again next time.
+            let _ = answer.await;
+        }
+    }
+}
+
 /// How often a follower looks for what the owners appended.
 const FOLLOW_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
 /// Events read from a log at a time.
@@ -621,6 +683,37 @@ async fn follow_once<S: StateMachine>(inner: &Inner<S>) -> Result<(), StoreError
             return Ok(());
         }
     }
+}
+
+/// Applies what the registry's log holds after what `held` applied of it (one chunk), under
+/// the writer's lock; nothing if the log no longer holds the last event applied (the follower
+/// rebuilds the state then).
+async fn catch_up_registry<S: StateMachine>(
+    inner: &Inner<S>,
+    held: &mut Held<S>,
+) -> Result<(), StoreError> {
+    let from = held.heads[0];
+    let expected = held.last_ids[0].clone().filter(|_| from > 0);
+    let after = if expected.is_some() { from - 1 } else { from };
+    let mut chunk = inner.stores[0].read(after, CHUNK).await?;
+    if let Some(id) = &expected {
+        if !is_event(chunk.first(), from, id) {
+            return Ok(());
+        }
+        chunk.remove(0);
+    }
+    if chunk.is_empty() {
+        return Ok(());
+    }
+    let mut stale = Vec::new();
+    apply_chunk(held, 0, chunk, None, Some(&mut stale))?;
+    if let Some(cache) = &inner.cache {
+        for (key, version) in &stale {
+            cache.invalidate(key, *version).await;
+        }
+    }
+    inner.publish(held);
+    Ok(())
 }
 
 /// Whether the log of `partition` still holds, at its head, the event `held` applied there
@@ -924,6 +1017,13 @@ async fn writer<S: StateMachine>(inner: Arc<Inner<S>>, mut rx: mpsc::Receiver<Jo
     while rx.recv_many(&mut jobs, MAX_GROUP).await > 0 {
         let mut guard = inner.held.write().await;
         let held = &mut *guard;
+        if inner.replica && !inner.owns(0) && (1..inner.partitions()).any(|p| inner.owns(p)) {
+            // What the registry's owner acknowledged before this group is decided on here
+            // (a KYC change, a new investor, a claimed token class).
+            if let Err(error) = catch_up_registry(&inner, held).await {
+                tracing::warn!(service, %error, "could not read the registry's log; deciding on what this replica applied");
+            }
+        }
         // One group per partition, committed to its log: the registry's first.
         let mut groups: std::collections::BTreeMap<usize, Group> = Default::default();
         let mut answered: Vec<Answered> = Vec::with_capacity(jobs.len());

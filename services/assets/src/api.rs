@@ -289,6 +289,7 @@ async fn run(
                 Some(a) => json_reply(status, &AssetView::from(a)),
                 None => json_reply(StatusCode::NOT_FOUND, &serde_json::json!({})),
             }),
+            partition: None,
         })
         .await?;
     Ok(into_response(reply))
@@ -301,6 +302,7 @@ async fn run(
 async fn register(
     State(engine): State<AppState>,
     principal: Principal,
+    placed: Option<axum::Extension<libertum_platform::replica::Partition>>,
     posted: Posted<AssetForCreate>,
 ) -> Result<Response, ApiError> {
     principal.allow(Operation::AssetRegister)?;
@@ -313,7 +315,16 @@ async fn register(
         &b.legal_owner,
         b.description.as_deref(),
     )?;
-    let id = new_id("ast");
+    // In the partition the forwarding layer placed the request in (the one whose owner runs
+    // this), else anywhere.
+    let id = match placed {
+        Some(axum::Extension(partition)) => Id::from(libertum_store::partition::new_id(
+            "ast",
+            partition.0,
+            engine.partitions(),
+        )),
+        None => new_id("ast"),
+    };
     run(
         &engine,
         actor,

@@ -33,15 +33,44 @@ impl Assets {
         })
     }
 
-    /// [`Assets::open`] as one of several replicas sharing `store`: it follows the log and
-    /// writes only while it owns the writes (see `libertum_store::Ownership`).
-    pub async fn open_replica(
-        store: Arc<dyn EventStore>,
+    /// [`Assets::open`] over one log per partition (`stores`, the registry's first): as one
+    /// of several `replica`s sharing them, it follows every log and writes a partition only
+    /// while it owns it (see `libertum_store::ownership`); else as their sole writer.
+    pub async fn open_partitioned(
+        stores: Vec<Arc<dyn EventStore>>,
         cache: Arc<dyn Cache>,
         snapshots: SnapshotPolicy,
+        replica: bool,
     ) -> Result<Self, StoreError> {
-        let engine = Engine::start_replica("assets", store, Some(cache), snapshots).await?;
+        let engine =
+            Engine::start_partitioned("assets", stores, Some(cache), snapshots, replica).await?;
         Ok(Assets { engine })
+    }
+
+    /// Which partition a write belongs to: an asset's own, from the id in its path; a new
+    /// asset's, from its `Idempotency-Key` (else its body), so that a retry lands in the same
+    /// partition and is recognised.
+    pub fn route(partitions: usize) -> libertum_platform::replica::Route {
+        Arc::new(move |parts, body| {
+            let path = parts.uri.path();
+            let first = path
+                .strip_prefix("/v1/assets")
+                .unwrap_or("")
+                .trim_start_matches('/')
+                .split('/')
+                .next()
+                .unwrap_or("");
+            if !first.is_empty() {
+                return libertum_store::partition::of(first, partitions);
+            }
+            match parts.headers.get("idempotency-key") {
+                Some(key) => libertum_store::partition::of(
+                    &String::from_utf8_lossy(key.as_bytes()),
+                    partitions,
+                ),
+                None => libertum_store::partition::of(&String::from_utf8_lossy(body), partitions),
+            }
+        })
     }
 
     /// The routes under `/v1/assets`, with their OpenAPI description.
@@ -52,7 +81,8 @@ impl Assets {
         ))
     }
 
-    /// Learns from the tokens service's events which assets were tokenized.
+    /// Learns from the tokens service's events which assets were tokenized (a partitioned
+    /// service runs one per partition: see `Consumer::for_partition`).
     pub fn consumer(&self, bus: Arc<dyn EventBus>, topics: &Topics) -> Consumer<AssetsState> {
         Consumer::new(
             "assets",
@@ -88,13 +118,13 @@ fn decode_token_event(delivery: &libertum_store::Delivery) -> Verdict<state::Com
     }
     match event.data::<token::Event>() {
         Ok(token::Event {
-            change: token::Change::TokenCreated { spec },
+            change: token::Change::TokenCreated { spec, .. },
             ..
         }) if spec.id.as_str() != event.subject => {
             Verdict::Reject("the event's subject is not its token".into())
         }
         Ok(token::Event {
-            change: token::Change::TokenCreated { spec },
+            change: token::Change::TokenCreated { spec, .. },
             actor,
             ..
         }) => Verdict::Apply(state::Command {

@@ -16,16 +16,20 @@ async fn main() -> std::process::ExitCode {
 async fn run() -> anyhow::Result<()> {
     let settings = Settings::from_env()?;
     telemetry::init(&settings);
-    let backends = wire::backends(&settings, "assets").await?;
-    let (store, cache, snapshots) = (backends.store.clone(), backends.cache, backends.snapshots);
+    // With MongoDB its writes are partitioned (a log per partition, each owned by one replica
+    // at a time); on embedded defaults it is one log with one writer.
+    let backends =
+        wire::backends(&settings, "assets", libertum_store::partition::PARTITIONS).await?;
+    let (stores, cache, snapshots) = (backends.stores.clone(), backends.cache, backends.snapshots);
+    let partitions = stores.len();
     let service = if backends.ownership.is_some() {
-        libertum_assets::Assets::open_replica(store, cache, snapshots).await?
+        libertum_assets::Assets::open_partitioned(stores, cache, snapshots, true).await?
     } else {
-        libertum_assets::Assets::open(store, cache, snapshots).await?
+        libertum_assets::Assets::open(stores[0].clone(), cache, snapshots).await?
     };
     let mut background = Background::replicated(backends.ownership.clone());
     let retention = std::time::Duration::from_secs(settings.idempotency_retention_hours * 3600);
-    background.prune_idempotency(vec![backends.store.clone()], retention);
+    background.prune_idempotency(backends.stores.clone(), retention);
     match wire::kafka(&settings).await? {
         Some((kafka, bus)) => {
             background
@@ -34,13 +38,13 @@ async fn run() -> anyhow::Result<()> {
             background.relay(
                 "assets.relay",
                 &kafka,
-                backends.store.clone(),
+                &backends.stores,
                 &settings.backends.topics.assets,
             )?;
-            background.consumer(
-                "assets.consumer",
-                service.consumer(bus, &settings.backends.topics),
-            );
+            // One per partition, on its owner, each applying its own assets' news.
+            background.consumer_per_partition("assets.consumer", |_| {
+                service.consumer(bus.clone(), &settings.backends.topics)
+            });
         }
         None => tracing::warn!(
             service = "assets",
@@ -66,6 +70,7 @@ async fn run() -> anyhow::Result<()> {
             openapi,
             probes,
             backends.limiter.clone(),
+            libertum_assets::Assets::route(partitions),
         )
         .await;
     background.stop().await;

@@ -40,6 +40,11 @@ impl StateMachine for AssetsState {
         self.0.apply(event);
     }
 
+    /// Each asset's commands go to its partition; assets share nothing.
+    fn partition_key(command: &Command) -> Option<&str> {
+        Some(command.command.asset_id().as_str())
+    }
+
     fn describe(event: &asset::Event) -> Described<'_> {
         Described {
             family: "asset",

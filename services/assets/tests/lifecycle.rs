@@ -45,6 +45,7 @@ async fn tokenize(s: &Server, asset_id: &str) -> Value {
                 currency: "EUR".parse::<Currency>().expect("currency"),
                 rules: token::Rules::default(),
             },
+            created_at: None,
         },
     };
     let envelope = CloudEvent::new(

@@ -18,7 +18,8 @@ async fn main() -> std::process::ExitCode {
 async fn run() -> anyhow::Result<()> {
     let settings = Settings::from_env()?;
     telemetry::init(&settings);
-    let backends = wire::backends(&settings, "ledger").await?;
+    // One partition: the ledger's chain is one sequence (see docs/ARCHITECTURE.md).
+    let backends = wire::backends(&settings, "ledger", 1).await?;
     let (store, tokens_url) = (backends.store.clone(), settings.tokens_url.clone());
     let service = if backends.ownership.is_some() {
         libertum_ledger::Ledger::open_replica(store, tokens_url, backends.snapshots).await?
@@ -67,6 +68,7 @@ async fn run() -> anyhow::Result<()> {
             openapi,
             probes,
             backends.limiter.clone(),
+            std::sync::Arc::new(|_: &_, _: &[u8]| 0),
         )
         .await;
     background.stop().await;

@@ -68,6 +68,7 @@ async fn submit(
             idempotency,
             checkpoint: None,
             reply,
+            partition: None,
         })
         .await?;
     Ok(into_response(reply))
@@ -146,6 +147,7 @@ async fn create_token(
     let actor = principal.subject;
     let b = posted.body;
     let id = new_id("tok");
+    let partitioned = engine.partitions() > 1;
     let spec = token::TokenSpec {
         id: id.clone(),
         asset_id: Id::from(b.asset_id),
@@ -157,15 +159,50 @@ async fn create_token(
         currency: b.currency,
         rules: b.rules.into(),
     };
-    submit(
+    if !partitioned {
+        return submit(
+            &engine,
+            actor,
+            token::Command::CreateToken(spec),
+            posted.idempotency,
+            token_reply(id, StatusCode::CREATED),
+        )
+        .await;
+    }
+    // Partitioned: the registry claims the asset and the symbol, then the owner of the
+    // token's partition opens it; the answer waits (a little) for that, so that what follows
+    // finds the token.
+    let claimed = id.clone();
+    let reply = Box::new(move |state: &TokensState, _: &[token::Event]| {
+        match state
+            .0
+            .claimed_token(&claimed)
+            .or_else(|| state.0.token(&claimed).cloned())
+        {
+            Some(t) => json_reply(StatusCode::CREATED, &TokenView::from(&t)),
+            None => json_reply(StatusCode::NOT_FOUND, &serde_json::json!({})),
+        }
+    });
+    let response = submit(
         &engine,
         actor,
-        token::Command::CreateToken(spec),
+        token::Command::ClaimToken(spec),
         posted.idempotency,
-        token_reply(id, StatusCode::CREATED),
+        reply,
     )
-    .await
+    .await?;
+    if response.status() == StatusCode::CREATED {
+        let deadline = tokio::time::Instant::now() + OPEN_WAIT;
+        while engine.read().await.0.token(&id).is_none() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+    Ok(response)
 }
+
+/// How long a partitioned token creation waits for the token to be opened in its partition
+/// before it answers (it is opened anyway).
+const OPEN_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// List token classes in creation order.
 #[utoipa::path(get, path = "", tag = "tokens", params(PageQuery), responses((status = 200, body = Page<TokenView>)))]

@@ -30,10 +30,11 @@ pub async fn balances_as_of(
             time::OffsetDateTime::now_utc(),
         )
     };
-    let store = engine.store();
+    // The token's index rows are in its partition's store.
+    let store = engine.store_of(engine.partition_of_key(token_id));
     let mut balances = Vec::with_capacity(holders.len());
     for (investor, no) in holders {
-        let (low, high) = keys::holding_as_of(no, at);
+        let (low, high) = keys::holding_as_of(token_id, no, at);
         let row = store
             .index_last(&low, &high)
             .await

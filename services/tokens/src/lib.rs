@@ -34,15 +34,39 @@ impl Tokens {
         })
     }
 
-    /// [`Tokens::open`] as one of several replicas sharing `store`: it follows the log and
-    /// writes only while it owns the writes (see `libertum_store::Ownership`).
-    pub async fn open_replica(
-        store: Arc<dyn EventStore>,
+    /// [`Tokens::open`] over one log per partition (`stores`, the registry's first): as one
+    /// of several `replica`s sharing them, it follows every log and writes a partition only
+    /// while it owns it (see `libertum_store::ownership`); else as their sole writer.
+    pub async fn open_partitioned(
+        stores: Vec<Arc<dyn EventStore>>,
         cache: Arc<dyn Cache>,
         snapshots: SnapshotPolicy,
+        replica: bool,
     ) -> Result<Self, StoreError> {
-        let engine = Engine::start_replica("tokens", store, Some(cache), snapshots).await?;
+        let engine =
+            Engine::start_partitioned("tokens", stores, Some(cache), snapshots, replica).await?;
         Ok(Tokens { engine })
+    }
+
+    /// Which partition a write belongs to: a token's own, from the id in its path; the
+    /// registry's for investors and for a new token class (whose asset and symbol must be
+    /// unique across partitions: it is claimed there, then opened in its own).
+    pub fn route(partitions: usize) -> libertum_platform::replica::Route {
+        Arc::new(move |parts, _body| {
+            let first = parts
+                .uri
+                .path()
+                .strip_prefix("/v1/tokens")
+                .unwrap_or("")
+                .trim_start_matches('/')
+                .split('/')
+                .next()
+                .unwrap_or("");
+            match first {
+                "" | "investors" => 0,
+                token => libertum_store::partition::of(token, partitions),
+            }
+        })
     }
 
     /// The routes under `/v1/tokens`.

@@ -16,16 +16,20 @@ async fn main() -> std::process::ExitCode {
 async fn run() -> anyhow::Result<()> {
     let settings = Settings::from_env()?;
     telemetry::init(&settings);
-    let backends = wire::backends(&settings, "tokens").await?;
-    let (store, cache, snapshots) = (backends.store.clone(), backends.cache, backends.snapshots);
+    // With MongoDB its writes are partitioned (a log per partition, each owned by one replica
+    // at a time); on embedded defaults it is one log with one writer.
+    let backends =
+        wire::backends(&settings, "tokens", libertum_store::partition::PARTITIONS).await?;
+    let (stores, cache, snapshots) = (backends.stores.clone(), backends.cache, backends.snapshots);
+    let partitions = stores.len();
     let service = if backends.ownership.is_some() {
-        libertum_tokens::Tokens::open_replica(store, cache, snapshots).await?
+        libertum_tokens::Tokens::open_partitioned(stores, cache, snapshots, true).await?
     } else {
-        libertum_tokens::Tokens::open(store, cache, snapshots).await?
+        libertum_tokens::Tokens::open(stores[0].clone(), cache, snapshots).await?
     };
     let retention = std::time::Duration::from_secs(settings.idempotency_retention_hours * 3600);
     let mut background = Background::replicated(backends.ownership.clone());
-    background.prune_idempotency(vec![backends.store.clone()], retention);
+    background.prune_idempotency(backends.stores.clone(), retention);
     match wire::kafka(&settings).await? {
         Some((kafka, bus)) => {
             background
@@ -34,7 +38,7 @@ async fn run() -> anyhow::Result<()> {
             background.relay(
                 "tokens.relay",
                 &kafka,
-                backends.store.clone(),
+                &backends.stores,
                 &settings.backends.topics.tokens,
             )?;
             background.consumer(
@@ -67,6 +71,7 @@ async fn run() -> anyhow::Result<()> {
             openapi,
             probes,
             backends.limiter.clone(),
+            libertum_tokens::Tokens::route(partitions),
         )
         .await;
     background.stop().await;

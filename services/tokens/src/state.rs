@@ -43,6 +43,33 @@ impl StateMachine for TokensState {
         self.0.take_index()
     }
 
+    /// A token's commands go to its partition; investors, what is known of assets and the
+    /// claims of new token classes (their symbols and assets are unique across partitions) to
+    /// the registry.
+    fn partition_key(command: &Command) -> Option<&str> {
+        use token::Command as C;
+        match &command.command {
+            C::ObserveAsset { .. }
+            | C::RegisterInvestor { .. }
+            | C::UpdateInvestor { .. }
+            | C::ClaimToken(_) => None,
+            C::CreateToken(spec) | C::OpenToken { spec, .. } => Some(spec.id.as_str()),
+            C::UpdateRules { token_id, .. }
+            | C::Operate { token_id, .. }
+            | C::Batch { token_id, .. }
+            | C::Distribute { token_id, .. } => Some(token_id.as_str()),
+        }
+    }
+
+    /// The claimed token classes to open, each in its partition.
+    fn pending(&self) -> Vec<Command> {
+        self.0
+            .unopened()
+            .into_iter()
+            .map(|(command, actor)| Command { actor, command })
+            .collect()
+    }
+
     fn describe(event: &token::Event) -> Described<'_> {
         Described {
             family: "token",

@@ -43,9 +43,16 @@ pub struct Book {
     /// history is on disk, not here.
     #[serde(skip)]
     index: Vec<(String, Vec<u8>)>,
-    /// Each holding's number in the index, `(token, investor) -> no`, in the order they
-    /// first moved.
-    holding_nos: FxHashMap<(Id, Id), u64>,
+    /// Each holding's number in the index, `(token, investor) -> no`, counted per token in
+    /// the order its holdings first moved (so each token's numbers follow from its own events
+    /// alone, whatever order a replica applies the partitions' logs in).
+    holder_nos: FxHashMap<(Id, Id), u64>,
+    /// How many holdings of each token are numbered.
+    holders_numbered: FxHashMap<Id, u64>,
+    /// Token classes claimed in the registry and not opened yet in their partition, with the
+    /// claim's actor and time.
+    #[serde(default)]
+    claims: FxHashMap<Id, (TokenSpec, Id, Timestamp)>,
     /// Every distribution paid, per token, in order.
     paid: FxHashMap<Id, Vec<PaidDistribution>>,
 }
@@ -92,6 +99,7 @@ impl Book {
     /// Everyone whose balance of `token_id` ever moved, with their holding's number in the
     /// index, sorted by investor: whose history a balance as of an earlier moment is read from.
     pub fn holders_ever(&self, token_id: &str) -> Vec<(Id, u64)> {
+        // (the numbers are per token: see `keys::holding`)
         let Some(token) = self.tokens.get(token_id) else {
             return Vec::new();
         };
@@ -100,7 +108,7 @@ impl Book {
             .keys()
             .filter_map(|investor| {
                 let no = self
-                    .holding_nos
+                    .holder_nos
                     .get(&(token.spec.id.clone(), investor.clone()))?;
                 Some((investor.clone(), *no))
             })
@@ -166,6 +174,65 @@ impl Book {
         })
     }
 
+    /// Whether the token class `spec` may be created: valid, its asset approved and not
+    /// tokenized (nor claimed), its id and symbol free.
+    fn may_create(&self, spec: &TokenSpec) -> Result<()> {
+        spec.validate()?;
+        match self.assets.get(&spec.asset_id) {
+            Some(AssetState::Approved) => {}
+            Some(AssetState::Tokenized) => {
+                return Err(Error::conflict(
+                    "asset_already_tokenized",
+                    format!("asset {} already has a token class", spec.asset_id),
+                )
+                .at("asset_id"));
+            }
+            _ => {
+                return Err(Error::conflict("asset_not_approved", format!("asset {} is not approved for tokenization (or its approval has not reached this service yet)", spec.asset_id)).at("asset_id"));
+            }
+        }
+        if self.tokens.contains_key(&spec.id) || self.claims.contains_key(&spec.id) {
+            return Err(Error::conflict(
+                "token_exists",
+                format!("token {} already exists", spec.id),
+            ));
+        }
+        if self.symbols.contains_key(&spec.symbol) {
+            return Err(Error::conflict(
+                "symbol_taken",
+                format!("symbol {} is taken", spec.symbol),
+            )
+            .at("symbol"));
+        }
+        Ok(())
+    }
+
+    /// A claimed token class as it will be once opened (its creation time the claim's).
+    pub fn claimed_token(&self, id: &str) -> Option<Token> {
+        self.claims
+            .get(id)
+            .map(|(spec, _, at)| Token::new(spec.clone(), *at))
+    }
+
+    /// The token classes claimed and not opened yet, as the commands that open them, with the
+    /// claim's actor: what the owner of each one's partition owes.
+    pub fn unopened(&self) -> Vec<(Command, Id)> {
+        let mut claims: Vec<_> = self.claims.values().collect();
+        claims.sort_by(|a, b| a.0.id.cmp(&b.0.id));
+        claims
+            .into_iter()
+            .map(|(spec, actor, at)| {
+                (
+                    Command::OpenToken {
+                        spec: spec.clone(),
+                        claimed_at: *at,
+                    },
+                    actor.clone(),
+                )
+            })
+            .collect()
+    }
+
     /// Decides what `command` changes, without changing anything.
     pub fn decide(&self, command: &Command, ctx: &Context) -> Result<Vec<Event>> {
         let event = |change| Event {
@@ -194,34 +261,37 @@ impl Book {
                 })])
             }
             Command::CreateToken(spec) => {
-                spec.validate()?;
-                match self.assets.get(&spec.asset_id) {
-                    Some(AssetState::Approved) => {}
-                    Some(AssetState::Tokenized) => {
-                        return Err(Error::conflict(
-                            "asset_already_tokenized",
-                            format!("asset {} already has a token class", spec.asset_id),
-                        )
-                        .at("asset_id"));
-                    }
-                    _ => {
-                        return Err(Error::conflict("asset_not_approved", format!("asset {} is not approved for tokenization (or its approval has not reached this service yet)", spec.asset_id)).at("asset_id"));
-                    }
-                }
+                self.may_create(spec)?;
+                Ok(vec![event(Change::TokenCreated {
+                    spec: spec.clone(),
+                    created_at: None,
+                })])
+            }
+            Command::ClaimToken(spec) => {
+                self.may_create(spec)?;
+                Ok(vec![event(Change::TokenClaimed { spec: spec.clone() })])
+            }
+            Command::OpenToken { spec, claimed_at } => {
                 if self.tokens.contains_key(&spec.id) {
                     return Err(Error::conflict(
                         "token_exists",
                         format!("token {} already exists", spec.id),
                     ));
                 }
-                if self.symbols.contains_key(&spec.symbol) {
+                if self
+                    .claims
+                    .get(&spec.id)
+                    .is_none_or(|(claimed, ..)| claimed != spec)
+                {
                     return Err(Error::conflict(
-                        "symbol_taken",
-                        format!("symbol {} is taken", spec.symbol),
-                    )
-                    .at("symbol"));
+                        "token_not_claimed",
+                        format!("token {} was not claimed as such", spec.id),
+                    ));
                 }
-                Ok(vec![event(Change::TokenCreated { spec: spec.clone() })])
+                Ok(vec![event(Change::TokenCreated {
+                    spec: spec.clone(),
+                    created_at: Some(*claimed_at),
+                })])
             }
             Command::UpdateRules {
                 token_id,
@@ -416,13 +486,31 @@ impl Book {
                     self.asset_positions.insert(asset_id.clone(), *sequence);
                 }
             }
-            Change::TokenCreated { spec } => {
+            Change::TokenClaimed { spec } => {
                 self.assets
                     .insert(spec.asset_id.clone(), AssetState::Tokenized);
                 self.symbols.insert(spec.symbol.clone(), spec.id.clone());
-                self.token_order.push(spec.id.clone());
-                self.tokens
-                    .insert(spec.id.clone(), Token::new(spec.clone(), event.at));
+                self.claims.insert(
+                    spec.id.clone(),
+                    (spec.clone(), event.actor.clone(), event.at),
+                );
+            }
+            Change::TokenCreated { spec, created_at } => {
+                self.claims.remove(&spec.id);
+                self.assets
+                    .insert(spec.asset_id.clone(), AssetState::Tokenized);
+                self.symbols.insert(spec.symbol.clone(), spec.id.clone());
+                // In id order (ids grow with time): the same order on every replica, whatever
+                // order it applied the partitions' logs in.
+                let at = self
+                    .token_order
+                    .binary_search(&spec.id)
+                    .unwrap_or_else(|at| at);
+                self.token_order.insert(at, spec.id.clone());
+                self.tokens.insert(
+                    spec.id.clone(),
+                    Token::new(spec.clone(), created_at.unwrap_or(event.at)),
+                );
             }
             Change::InvestorRegistered {
                 investor_id,
@@ -484,13 +572,19 @@ impl Book {
                 }
                 for (investor, _) in change.balance_deltas() {
                     let balance = token.holdings.get(investor).map_or(0, |h| h.balance.0);
-                    let next = self.holding_nos.len() as u64 + 1;
-                    let no = *self
-                        .holding_nos
-                        .entry((token_id.clone(), investor.clone()))
-                        .or_insert(next);
+                    let no = match self.holder_nos.get(&(token_id.clone(), investor.clone())) {
+                        Some(no) => *no,
+                        None => {
+                            let numbered =
+                                self.holders_numbered.entry(token_id.clone()).or_default();
+                            *numbered += 1;
+                            self.holder_nos
+                                .insert((token_id.clone(), investor.clone()), *numbered);
+                            *numbered
+                        }
+                    };
                     self.index.push((
-                        keys::holding(no, event.at, token.version),
+                        keys::holding(token_id, no, event.at, token.version),
                         keys::balance_value(balance as i128),
                     ));
                 }
@@ -556,6 +650,7 @@ fn apply_to_token(token: &mut Token, change: &Change, now: Timestamp) {
             token.distributions.insert(distribution.id.clone());
         }
         Change::AssetObserved { .. }
+        | Change::TokenClaimed { .. }
         | Change::TokenCreated { .. }
         | Change::InvestorRegistered { .. }
         | Change::InvestorUpdated { .. } => {}

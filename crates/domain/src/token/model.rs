@@ -360,7 +360,19 @@ pub enum Command {
         state: AssetState,
         sequence: u64,
     },
+    /// Creates the token class at once: where one writer decides every token (an
+    /// unpartitioned service).
     CreateToken(TokenSpec),
+    /// Decides a token class where the tokens are partitioned: the registry checks the asset
+    /// and the symbol (unique across every partition) and records the claim; the owner of the
+    /// token's partition then opens it ([`Command::OpenToken`]).
+    ClaimToken(TokenSpec),
+    /// Opens a claimed token class in its own partition, with the claim's time as its
+    /// creation time.
+    OpenToken {
+        spec: TokenSpec,
+        claimed_at: Timestamp,
+    },
     UpdateRules {
         token_id: Id,
         expected_version: u64,
@@ -423,8 +435,20 @@ pub enum Change {
         #[serde(default, skip_serializing_if = "is_zero")]
         sequence: u64,
     },
+    /// The registry's decision that this token class will exist: its asset and symbol are
+    /// taken from now on. Keyed by the asset.
+    TokenClaimed {
+        spec: TokenSpec,
+    },
     TokenCreated {
         spec: TokenSpec,
+        /// When it was claimed, if it was (partitioned tokens); else the event's time.
+        #[serde(
+            default,
+            skip_serializing_if = "Option::is_none",
+            with = "time::serde::rfc3339::option"
+        )]
+        created_at: Option<Timestamp>,
     },
     RulesUpdated {
         token_id: Id,
@@ -494,6 +518,7 @@ impl Change {
     pub fn name(&self) -> &'static str {
         match self {
             Change::AssetObserved { .. } => "asset_observed",
+            Change::TokenClaimed { .. } => "claimed",
             Change::TokenCreated { .. } => "created",
             Change::RulesUpdated { .. } => "rules_updated",
             Change::InvestorRegistered { .. } => "investor_registered",
@@ -514,7 +539,7 @@ impl Change {
     /// The token this change belongs to, if any.
     pub fn token_id(&self) -> Option<&Id> {
         match self {
-            Change::TokenCreated { spec } => Some(&spec.id),
+            Change::TokenCreated { spec, .. } => Some(&spec.id),
             Change::RulesUpdated { token_id, .. }
             | Change::Issued { token_id, .. }
             | Change::Transferred { token_id, .. }
@@ -527,6 +552,7 @@ impl Change {
             | Change::Unpaused { token_id }
             | Change::DistributionPaid { token_id, .. } => Some(token_id),
             Change::AssetObserved { .. }
+            | Change::TokenClaimed { .. }
             | Change::InvestorRegistered { .. }
             | Change::InvestorUpdated { .. } => None,
         }
@@ -536,6 +562,7 @@ impl Change {
     pub fn key(&self) -> &Id {
         match self {
             Change::AssetObserved { asset_id, .. } => asset_id,
+            Change::TokenClaimed { spec } => &spec.asset_id,
             Change::InvestorRegistered { investor_id, .. }
             | Change::InvestorUpdated { investor_id, .. } => investor_id,
             other => other

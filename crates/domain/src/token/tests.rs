@@ -136,7 +136,7 @@ fn balances_in(
     book.holders_ever(token_id)
         .into_iter()
         .filter_map(|(investor, no)| {
-            let (low, high) = keys::holding_as_of(no, at);
+            let (low, high) = keys::holding_as_of(token_id, no, at);
             let (_, value) = index.range(low..=high).next_back()?;
             let balance = keys::balance_of(value).expect("a balance row");
             (balance > 0).then_some((investor, Amount(balance as u128)))

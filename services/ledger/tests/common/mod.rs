@@ -56,12 +56,8 @@ impl Server {
                 command: Some(incoming),
                 idempotency: None,
                 checkpoint: None,
-                reply: Box::new(|_, _| libertum_store::Reply {
-                    status: 200,
-                    body: Default::default(),
-                    replayed: false,
-                    position: 0,
-                }),
+                reply: Box::new(|_, _| libertum_store::Reply::new(200, Default::default())),
+                partition: None,
             })
             .await
             .expect("recorded");

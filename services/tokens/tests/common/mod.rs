@@ -36,6 +36,32 @@ pub async fn spawn() -> Server {
     let tokens = libertum_tokens::Tokens::open(store, cache, Default::default())
         .await
         .expect("tokens service");
+    serve(tokens, dir).await
+}
+
+/// The service over `partitions` logs (one redb file each) as their sole writer: the
+/// partitioned engine with one process, as the replicas run it with MongoDB.
+pub async fn spawn_partitioned(partitions: usize) -> Server {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let tokens = open_partitioned(dir.path(), partitions).await;
+    serve(tokens, dir).await
+}
+
+pub async fn open_partitioned(dir: &std::path::Path, partitions: usize) -> libertum_tokens::Tokens {
+    let stores = (0..partitions)
+        .map(|p| {
+            Arc::new(libertum_store::RedbStore::open(dir, &format!("tokens-p{p}")).expect("store"))
+                as Arc<dyn libertum_store::EventStore>
+        })
+        .collect();
+    let cache = Arc::new(libertum_store::MemoryCache::new(1000));
+    libertum_tokens::Tokens::open_partitioned(stores, cache, Default::default(), false)
+        .await
+        .expect("tokens service")
+}
+
+/// Serves `tokens` on 127.0.0.1:0.
+pub async fn serve(tokens: libertum_tokens::Tokens, dir: TempDir) -> Server {
     let (router, _) = utoipa_axum::router::OpenApiRouter::new()
         .nest("/v1/tokens", tokens.router())
         .split_for_parts();
@@ -71,12 +97,8 @@ impl Server {
                 }),
                 idempotency: None,
                 checkpoint: None,
-                reply: Box::new(|_, _| libertum_store::Reply {
-                    status: 200,
-                    body: Default::default(),
-                    replayed: false,
-                    position: 0,
-                }),
+                reply: Box::new(|_, _| libertum_store::Reply::new(200, Default::default())),
+                partition: None,
             })
             .await
             .expect("asset observed");

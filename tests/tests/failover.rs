@@ -34,6 +34,8 @@ const TOKENS: usize = 30;
 const TRANSFERS: usize = 2_000;
 const CLIENTS: usize = 8;
 const ISSUED: u128 = 1_000_000;
+/// Partitions of the assets and tokens services with MongoDB.
+const PARTITIONS: usize = libertum_store::partition::PARTITIONS;
 
 /// The servers every test of this file uses; killed when the test binary exits.
 struct Stack {
@@ -276,38 +278,51 @@ impl Cluster {
         (r.status(), r.json().await.unwrap_or(Value::Null))
     }
 
-    /// The replica of `service` that owns its writes, from each replica's metrics.
+    /// The replica of `service` that owns the most of its partitions, once every partition
+    /// is owned, from each replica's metrics.
     async fn owner(&self, service: &str) -> usize {
         self.owner_other_than(service, None).await
     }
 
-    /// The replica of `service` that owns its writes, `except` (a paused replica, whose last
-    /// word is stale) aside.
+    /// How many of `service`'s partitions each replica owns, `except` aside (a paused
+    /// replica, whose last word is stale), from each replica's metrics.
+    async fn ownership(&self, service: &str, except: Option<usize>) -> Vec<(usize, usize)> {
+        let mut owned = Vec::new();
+        for (i, replica) in self.replicas.iter().enumerate() {
+            if replica.service != service || replica.child.is_none() || except == Some(i) {
+                continue;
+            }
+            let text = self
+                .http
+                .get(format!("{}/metrics", replica.base()))
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await;
+            let Ok(text) = text else { continue };
+            let text = text.text().await.unwrap_or_default();
+            let count = text
+                .lines()
+                .filter(|l| l.starts_with("libertum_replica_owner{") && l.ends_with(" 1"))
+                .count();
+            owned.push((i, count));
+        }
+        owned
+    }
+
+    /// The replica of `service` that owns the most of its partitions, once the replicas but
+    /// `except` own them all.
     async fn owner_other_than(&self, service: &str, except: Option<usize>) -> usize {
+        let partitions = if service == "ledger" { 1 } else { PARTITIONS };
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
-            for (i, replica) in self.replicas.iter().enumerate() {
-                if replica.service != service || replica.child.is_none() || except == Some(i) {
-                    continue;
-                }
-                let text = self
-                    .http
-                    .get(format!("{}/metrics", replica.base()))
-                    .timeout(Duration::from_secs(2))
-                    .send()
-                    .await;
-                let Ok(text) = text else { continue };
-                let text = text.text().await.unwrap_or_default();
-                if text
-                    .lines()
-                    .any(|l| l.starts_with("libertum_replica_owner{") && l.ends_with(" 1"))
-                {
-                    return i;
-                }
+            let owned = self.ownership(service, except).await;
+            if owned.iter().map(|(_, n)| n).sum::<usize>() == partitions {
+                let (most, _) = owned.iter().max_by_key(|(_, n)| *n).expect("a replica");
+                return *most;
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "no {service} replica owns the writes"
+                "the {service} replicas do not own its {partitions} partitions: {owned:?}"
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -461,6 +476,7 @@ struct Stream {
     done: Arc<AtomicUsize>,
     failed: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
+    started: tokio::time::Instant,
 }
 
 fn stream(c: &Cluster, f: &Fixture) -> Stream {
@@ -507,7 +523,12 @@ fn stream(c: &Cluster, f: &Fixture) -> Stream {
             worker.await.expect("a transfer client");
         }
     });
-    Stream { done, failed, task }
+    Stream {
+        done,
+        failed,
+        task,
+        started: tokio::time::Instant::now(),
+    }
 }
 
 impl Stream {
@@ -530,6 +551,11 @@ impl Stream {
             .expect("the stream ends within 10 minutes")
             .expect("every transfer went through");
         assert_eq!(self.done.load(Ordering::SeqCst), TRANSFERS);
+        let took = self.started.elapsed();
+        eprintln!(
+            "{TRANSFERS} transfers in {took:.1?} ({:.0}/s)",
+            TRANSFERS as f64 / took.as_secs_f64()
+        );
         self.failed.load(Ordering::SeqCst)
     }
 }
@@ -723,8 +749,14 @@ async fn in_order(topic: &str, at_least: usize) {
 }
 
 async fn started(name: &str) -> (Cluster, Fixture) {
+    let begun = tokio::time::Instant::now();
     let cluster = Cluster::start(name).await;
+    eprintln!(
+        "{name}: the replicas are ready after {:.1?}",
+        begun.elapsed()
+    );
     let fixture = fixture(&cluster).await;
+    eprintln!("{name}: the fixture is made after {:.1?}", begun.elapsed());
     (cluster, fixture)
 }
 
@@ -734,9 +766,11 @@ async fn killing_the_owner_loses_and_duplicates_nothing() {
     let (mut c, f) = started("failover-kill").await;
     let s = stream(&c, &f);
     s.reached(TRANSFERS / 4).await;
+    // The replica owning the most partitions.
     let owner = c.owner("tokens").await;
     let taken = tokio::time::Instant::now();
     c.kill(owner);
+    // The others own every partition again.
     let successor = c.owner("tokens").await;
     assert_ne!(successor, owner);
     eprintln!(
@@ -836,24 +870,38 @@ async fn an_owner_paused_past_its_lease_writes_nothing_when_it_wakes() {
     assert_ne!(successor, owner, "another replica took the lease");
     s.reached(TRANSFERS / 2).await;
     c.replicas[owner].signal("CONT");
-    // It wakes believing nothing happened: its renewal fails, and whatever it had decided is
-    // refused by the store (fenced), so it forwards instead.
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let metrics = c
-        .http
-        .get(format!("{}/metrics", c.replicas[owner].base()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
+    // It wakes believing nothing happened: its renewals fail, and whatever it had decided is
+    // refused by the store (fenced), so it forwards instead. (It may take partitions back
+    // later, as a replica whose share is free.)
+    let lost = |metrics: &str| -> f64 {
         metrics
             .lines()
-            .any(|l| l.starts_with("libertum_replica_owner{") && l.ends_with(" 0")),
-        "the woken replica knows it no longer owns the writes"
-    );
+            .filter(|l| {
+                l.starts_with("libertum_lease_changes_total{") && l.contains("reason=\"lost\"")
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = c
+            .http
+            .get(format!("{}/metrics", c.replicas[owner].base()))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if lost(&metrics) > 0.0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the woken replica knows it lost the partitions it owned"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     s.finish().await;
     exactly_once(&c, &f).await;
 }

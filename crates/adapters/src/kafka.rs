@@ -454,7 +454,9 @@ impl EventBus for KafkaBus {
             .set("group.id", group)
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
-            .set("fetch.wait.max.ms", "10")
+            // An idle consumer asks the broker ten times a second (a partitioned service runs
+            // one per partition on its owners); an event arriving meanwhile is answered at once.
+            .set("fetch.wait.max.ms", "100")
             // Small fetches: the first one after a backlog stays quick.
             .set("max.partition.fetch.bytes", "1048576")
             .set("fetch.min.bytes", "1")

@@ -541,7 +541,7 @@ impl<S: StateMachine> Engine<S> {
             return true;
         }
         if self.inner.replica && !self.inner.owns(position.partition) {
-            let _ = follow_once(&self.inner).await;
+            let _ = follow_once(&self.inner, &[]).await;
         }
         tokio::time::timeout(within, applied.wait_for(|at| *at >= position.at))
             .await
@@ -609,17 +609,41 @@ async fn follow<S: StateMachine>(
     inner: std::sync::Weak<Inner<S>>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
+    // How many looks in a row found nothing new, per partition: a quiet partition is looked
+    // at less often (down to every `FOLLOW_EVERY << QUIET_MAX`), one that moves every time.
+    let mut quiet: Vec<u32> = Vec::new();
+    let mut tick: u64 = 0;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(FOLLOW_EVERY) => {}
             _ = stop.wait_for(|stop| *stop) => return,
         }
         let Some(inner) = inner.upgrade() else { return };
-        if let Err(error) = follow_once(&inner).await {
-            tracing::warn!(service = inner.service, %error, "could not read the logs the owners append to; trying again");
+        quiet.resize(inner.partitions(), 0);
+        tick += 1;
+        let due: Vec<bool> = quiet
+            .iter()
+            .map(|q| tick % (1u64 << (*q).min(QUIET_MAX)) == 0)
+            .collect();
+        match follow_once(&inner, &due).await {
+            Ok(moved) => {
+                for (partition, moved) in moved.into_iter().enumerate() {
+                    if !due[partition] {
+                        continue;
+                    }
+                    quiet[partition] = if moved { 0 } else { quiet[partition] + 1 };
+                }
+            }
+            Err(error) => {
+                tracing::warn!(service = inner.service, %error, "could not read the logs the owners append to; trying again");
+            }
         }
     }
 }
+
+/// A partition that showed nothing new for this many looks in a row is looked at every
+/// `2^QUIET_MAX` ticks (0.8 s) at most; a read that asks for a position looks at once.
+const QUIET_MAX: u32 = 3;
 
 /// Reads what was appended to the partitions this replica does not own, outside the lock
 /// (the registry's last, so that it holds whatever the others' new events were decided on),
@@ -628,13 +652,24 @@ async fn follow<S: StateMachine>(
 /// longer holds it (what a store without isolation can show: a transaction read before it was
 /// rolled back) makes the replica rebuild its state from the store rather than build on what
 /// is gone.
-async fn follow_once<S: StateMachine>(inner: &Inner<S>) -> Result<(), StoreError> {
+///
+/// Only the partitions `due` says are read (all if it is empty), and the registry whenever
+/// any is. Returns, per partition, whether anything new was applied.
+async fn follow_once<S: StateMachine>(
+    inner: &Inner<S>,
+    due: &[bool],
+) -> Result<Vec<bool>, StoreError> {
+    let mut moved = vec![false; inner.partitions()];
     loop {
         let followed: Vec<usize> = (0..inner.partitions())
             .filter(|p| !inner.owns(*p))
+            .filter(|p| *p == 0 || due.get(*p).copied().unwrap_or(true))
             .collect();
+        if followed.iter().all(|p| *p == 0) && due.first() == Some(&false) {
+            return Ok(moved);
+        }
         if followed.is_empty() {
-            return Ok(());
+            return Ok(moved);
         }
         let mut chunks = Vec::with_capacity(followed.len());
         // The registry is read last.
@@ -653,7 +688,8 @@ async fn follow_once<S: StateMachine>(inner: &Inner<S>) -> Result<(), StoreError
             let mut chunk = store.read(after, CHUNK).await?;
             if let Some(id) = &expected {
                 if !is_event(chunk.first(), from, id) {
-                    return rebuild(inner, partition, from).await;
+                    rebuild(inner, partition, from).await?;
+                    return Ok(vec![true; inner.partitions()]);
                 }
                 chunk.remove(0);
             }
@@ -661,7 +697,7 @@ async fn follow_once<S: StateMachine>(inner: &Inner<S>) -> Result<(), StoreError
         }
         let full = chunks.iter().any(|(_, _, c)| c.len() >= CHUNK - 1);
         if chunks.iter().all(|(_, _, c)| c.is_empty()) {
-            return Ok(());
+            return Ok(moved);
         }
         let mut held = inner.held.write().await;
         let mut stale = Vec::new();
@@ -670,6 +706,7 @@ async fn follow_once<S: StateMachine>(inner: &Inner<S>) -> Result<(), StoreError
             if chunk.is_empty() || held.heads[partition] != from || inner.owns(partition) {
                 continue;
             }
+            moved[partition] = true;
             apply_chunk(&mut held, partition, chunk, None, Some(&mut stale))?;
         }
         if let Some(cache) = &inner.cache {
@@ -680,7 +717,7 @@ async fn follow_once<S: StateMachine>(inner: &Inner<S>) -> Result<(), StoreError
         inner.publish(&held);
         drop(held);
         if !full {
-            return Ok(());
+            return Ok(moved);
         }
     }
 }

@@ -111,7 +111,7 @@ pub struct MongoStore {
 impl MongoStore {
     /// Connects, creates the indexes (idempotently) and reads the head of the log.
     pub async fn open(settings: &MongoSettings) -> Result<Self, StoreError> {
-        let mut stores = Self::open_all(settings, &[settings.database.clone()]).await?;
+        let mut stores = Self::open_all(settings, std::slice::from_ref(&settings.database)).await?;
         Ok(stores.remove(0))
     }
 

@@ -352,6 +352,8 @@ pub struct Background {
     /// The work that runs on the owner of each partition.
     owned: Vec<Vec<OwnedWork>>,
     leading: Option<JoinHandle<()>>,
+    /// Which partition a write belongs to (all to the one partition unless told).
+    route: Option<libertum_platform::replica::Route>,
 }
 
 impl Default for Background {
@@ -363,6 +365,7 @@ impl Default for Background {
             ownership: None,
             owned: Vec::new(),
             leading: None,
+            route: None,
         }
     }
 }
@@ -377,6 +380,11 @@ impl Background {
             ownership,
             ..Background::default()
         }
+    }
+
+    /// Says which partition each write belongs to, for forwarding it to its owner.
+    pub fn route_writes(&mut self, route: libertum_platform::replica::Route) {
+        self.route = Some(route);
     }
 
     /// How many partitions the service's writes have.
@@ -526,8 +534,8 @@ impl Background {
 
 impl Background {
     /// Serves a service binary's `routes` (see `server::serve_alone`) until SIGTERM or Ctrl-C.
-    /// A replica forwards the writes of the partitions it does not own (`route` says which
-    /// partition a write belongs to), and on the signal hands its writes over
+    /// A replica forwards the writes of the partitions it does not own (see
+    /// [`Background::route_writes`]), and on the signal hands its writes over
     /// while it still serves (forwarding to the new owner), then stops serving.
     pub async fn serve(
         &mut self,
@@ -537,9 +545,12 @@ impl Background {
         openapi: utoipa::openapi::OpenApi,
         probes: Vec<Probe>,
         limiter: Arc<dyn RateLimiter>,
-        route: libertum_platform::replica::Route,
     ) -> anyhow::Result<()> {
         let mut guard = libertum_platform::server::Guard::new(settings, limiter)?;
+        let route = self
+            .route
+            .clone()
+            .unwrap_or_else(|| Arc::new(|_: &_, _: &[u8]| 0));
         guard.forward = self
             .ownership
             .clone()

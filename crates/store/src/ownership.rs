@@ -736,7 +736,8 @@ impl Partitions {
     /// Hands every partition over (see [`Ownership::leave`]), all at once.
     pub async fn leave(&self) {
         let mut leaving = tokio::task::JoinSet::new();
-        for part in self.parts.iter().cloned() {
+        for part in self.parts.iter() {
+            let part = part.clone();
             leaving.spawn(async move { part.leave().await });
         }
         while leaving.join_next().await.is_some() {}

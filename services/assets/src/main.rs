@@ -61,6 +61,7 @@ async fn run() -> anyhow::Result<()> {
         ))
         .nest("/v1/assets", service.router())
         .split_for_parts();
+    background.route_writes(libertum_assets::Assets::route(partitions));
     background.lead(Arc::new(service.engine().clone()));
     let served = background
         .serve(
@@ -70,7 +71,6 @@ async fn run() -> anyhow::Result<()> {
             openapi,
             probes,
             backends.limiter.clone(),
-            libertum_assets::Assets::route(partitions),
         )
         .await;
     background.stop().await;

@@ -68,7 +68,6 @@ async fn run() -> anyhow::Result<()> {
             openapi,
             probes,
             backends.limiter.clone(),
-            std::sync::Arc::new(|_: &_, _: &[u8]| 0),
         )
         .await;
     background.stop().await;

@@ -62,6 +62,7 @@ async fn run() -> anyhow::Result<()> {
     )
     .nest("/v1/tokens", service.router())
     .split_for_parts();
+    background.route_writes(libertum_tokens::Tokens::route(partitions));
     background.lead(Arc::new(service.engine().clone()));
     let served = background
         .serve(
@@ -71,7 +72,6 @@ async fn run() -> anyhow::Result<()> {
             openapi,
             probes,
             backends.limiter.clone(),
-            libertum_tokens::Tokens::route(partitions),
         )
         .await;
     background.stop().await;

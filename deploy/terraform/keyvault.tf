@@ -94,8 +94,9 @@ resource "random_password" "redis" {
 }
 
 locals {
-  # readWrite on the three services' databases only; authSource admin is where the VM creates
-  # the users; replicaSet rs0 because the services need transactions.
+  # readWrite on the services' databases only (a partitioned service has one per partition);
+  # authSource admin is where the VM creates the users; replicaSet rs0 because the services
+  # need transactions.
   mongodb_uri = "mongodb://libertum:${random_password.mongodb_app.result}@${var.backend_vm_private_ip}:27017/?replicaSet=rs0&authSource=admin"
   # The user the VM's cloud-init creates with MongoDB's backup role (and clusterMonitor): it
   # reads every database and writes none.

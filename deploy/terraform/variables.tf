@@ -196,7 +196,7 @@ variable "mongodb_cache_size_gb" {
 }
 
 variable "mongodb_database_prefix" {
-  description = "LIBERTUM_MONGODB_DATABASE_PREFIX: the services' databases are <prefix>_assets, <prefix>_tokens and <prefix>_ledger."
+  description = "LIBERTUM_MONGODB_DATABASE_PREFIX: the services' databases are <prefix>_assets and <prefix>_tokens (with <prefix>_assets_p1 ... _p11 and <prefix>_tokens_p1 ... _p11, one per partition of their writes) and <prefix>_ledger."
   type        = string
   default     = "libertum"
 }

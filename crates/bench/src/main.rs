@@ -18,6 +18,7 @@ mod domain;
 mod history;
 mod load;
 mod production;
+mod replicas;
 
 use std::{sync::Arc, time::Duration};
 
@@ -57,6 +58,13 @@ fn main() -> anyhow::Result<()> {
             .enable_all()
             .build()?
             .block_on(history::run());
+    }
+    if std::env::args().nth(1).as_deref() == Some("replicas") {
+        return tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?
+            .block_on(replicas::run());
     }
     if std::env::args().nth(1).as_deref() == Some("production") {
         let seconds = std::env::var("BENCH_PRODUCTION_SECONDS")

@@ -30,15 +30,29 @@ pub async fn balances_as_of(
             time::OffsetDateTime::now_utc(),
         )
     };
-    // The token's index rows are in its partition's store.
-    let store = engine.store_of(engine.partition_of_key(token_id));
+    // The token's index rows are in its partition's store, and those of what it did before
+    // the service's writes were partitioned in the registry's (the one log there was): the
+    // later row of the two is the balance.
+    let partition = engine.partition_of_key(token_id);
+    let mut stores = vec![engine.store_of(partition)];
+    if partition != 0 {
+        stores.push(engine.store_of(0));
+    }
     let mut balances = Vec::with_capacity(holders.len());
     for (investor, no) in holders {
         let (low, high) = keys::holding_as_of(token_id, no, at);
-        let row = store
-            .index_last(&low, &high)
-            .await
-            .map_err(ApiError::unavailable)?;
+        let mut row: Option<(String, Vec<u8>)> = None;
+        for store in &stores {
+            let found = store
+                .index_last(&low, &high)
+                .await
+                .map_err(ApiError::unavailable)?;
+            if let Some(found) = found
+                && row.as_ref().is_none_or(|(key, _)| found.0 > *key)
+            {
+                row = Some(found);
+            }
+        }
         let Some((key, value)) = row else { continue };
         let balance = keys::balance_of(&value)
             .ok_or_else(|| ApiError::unavailable(format!("index row {key} is unreadable")))?;

@@ -170,3 +170,145 @@ async fn a_restart_reads_every_partitions_log_back() {
     sorted.sort();
     assert_eq!(ids, sorted, "listed in id order, the same on every replica");
 }
+
+/// A store written before the service's writes were partitioned becomes partition 0: its
+/// tokens go on in their own partitions, and their balances at earlier moments still read.
+#[tokio::test]
+async fn a_log_from_before_partitions_becomes_the_registry_and_its_history_still_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_owned();
+    // The first life, unpartitioned, in a runtime of its own (its server lets the file go).
+    let (token, alice, bob, before) = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let store = std::sync::Arc::new(
+                libertum_store::RedbStore::open(&path, "tokens").expect("store"),
+            );
+            let tokens = libertum_tokens::Tokens::open(
+                store,
+                std::sync::Arc::new(libertum_store::MemoryCache::new(100)),
+                Default::default(),
+            )
+            .await
+            .unwrap();
+            let s = common::serve(tokens, tempfile::tempdir().unwrap()).await;
+            let alice = s.investor("DE", "verified").await;
+            let bob = s.investor("FR", "verified").await;
+            // A token that will live in a partition other than the registry.
+            let mut n = 0;
+            let token = loop {
+                let token = s
+                    .token(&format!("ast_old_{n}"), &format!("OLD{n}"), json!({}))
+                    .await;
+                if partition::of(&token, PARTITIONS) != 0 {
+                    break token;
+                }
+                n += 1;
+            };
+            s.issue(&token, &alice, "100").await;
+            s.post(
+                &format!("/v1/tokens/{token}/transfers"),
+                &json!({"from": alice, "to": bob, "amount": "10"}),
+            )
+            .await
+            .ok(200);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            let before = OffsetDateTime::now_utc();
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            (token, alice, bob, before)
+        })
+    })
+    .join()
+    .unwrap();
+
+    let stores: Vec<std::sync::Arc<dyn libertum_store::EventStore>> = (0..PARTITIONS)
+        .map(|p| {
+            let name = if p == 0 {
+                "tokens".to_owned()
+            } else {
+                format!("tokens-p{p}")
+            };
+            std::sync::Arc::new(libertum_store::RedbStore::open(dir.path(), &name).unwrap())
+                as std::sync::Arc<dyn libertum_store::EventStore>
+        })
+        .collect();
+    let tokens = libertum_tokens::Tokens::open_partitioned(
+        stores,
+        std::sync::Arc::new(libertum_store::MemoryCache::new(100)),
+        Default::default(),
+        false,
+    )
+    .await
+    .unwrap();
+    let s = common::serve(tokens, tempfile::tempdir().unwrap()).await;
+    s.post(
+        &format!("/v1/tokens/{token}/transfers"),
+        &json!({"from": alice, "to": bob, "amount": "5"}),
+    )
+    .await
+    .ok(200);
+    let partition = partition::of(&token, PARTITIONS);
+    assert_eq!(
+        heads(&s).await[partition],
+        1,
+        "the token's new event is in its own partition's log"
+    );
+    let at = |moment: OffsetDateTime| {
+        moment
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap()
+    };
+    let balances = |body: &serde_json::Value| -> Vec<(String, String)> {
+        let mut rows: Vec<(String, String)> = body["holders"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| {
+                (
+                    h["investor_id"].as_str().unwrap().to_owned(),
+                    h["balance"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        rows.sort();
+        rows
+    };
+    let mut expected = vec![
+        (alice.clone(), "90".to_owned()),
+        (bob.clone(), "10".to_owned()),
+    ];
+    expected.sort();
+    let then = s
+        .get(&format!("/v1/tokens/{token}/holders?as_of={}", at(before)))
+        .await
+        .ok(200)
+        .clone();
+    assert_eq!(
+        balances(&then),
+        expected,
+        "read from the registry's old rows"
+    );
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let mut expected = vec![
+        (alice.clone(), "85".to_owned()),
+        (bob.clone(), "15".to_owned()),
+    ];
+    expected.sort();
+    let now = s
+        .get(&format!(
+            "/v1/tokens/{token}/holders?as_of={}",
+            at(OffsetDateTime::now_utc())
+        ))
+        .await
+        .ok(200)
+        .clone();
+    assert_eq!(
+        balances(&now),
+        expected,
+        "the later row, in the token's partition"
+    );
+}

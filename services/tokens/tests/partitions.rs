@@ -22,6 +22,53 @@ async fn heads(s: &Server) -> Vec<u64> {
     heads
 }
 
+/// Runs `life` on a runtime of its own, on another thread: when it returns, the servers it
+/// started are gone and let their files go.
+fn in_a_life_of_its_own<T: Send + 'static, F: std::future::Future<Output = T> + Send + 'static>(
+    life: F,
+) -> T {
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(life)
+    })
+    .join()
+    .unwrap()
+}
+
+/// The holders of `token` and their balances at `moment`, sorted.
+async fn holders_at(s: &Server, token: &str, moment: OffsetDateTime) -> Vec<(String, String)> {
+    let moment = moment
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let body = s
+        .get(&format!("/v1/tokens/{token}/holders?as_of={moment}"))
+        .await
+        .ok(200)
+        .clone();
+    let mut rows: Vec<(String, String)> = body["holders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            (
+                h["investor_id"].as_str().unwrap().to_owned(),
+                h["balance"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    rows.sort();
+    rows
+}
+
+fn sorted(mut rows: Vec<(String, String)>) -> Vec<(String, String)> {
+    rows.sort();
+    rows
+}
+
 #[tokio::test]
 async fn tokens_live_in_their_partitions_and_what_is_unique_stays_unique_across_them() {
     let s = spawn_partitioned(PARTITIONS).await;
@@ -92,61 +139,30 @@ async fn tokens_live_in_their_partitions_and_what_is_unique_stays_unique_across_
 
     // A balance as of a moment is read from the token's partition's index.
     tokio::time::sleep(Duration::from_millis(5)).await;
-    let moment = OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap();
-    let holders = s
-        .get(&format!("/v1/tokens/{token}/holders?as_of={moment}"))
-        .await
-        .ok(200)
-        .clone();
-    let balances: Vec<(String, String)> = holders["holders"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|h| {
-            (
-                h["investor_id"].as_str().unwrap().to_owned(),
-                h["balance"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect();
-    let mut expected = vec![
-        (alice.clone(), "70".to_owned()),
-        (bob.clone(), "30".to_owned()),
-    ];
-    expected.sort();
-    assert_eq!(balances, expected);
+    assert_eq!(
+        holders_at(&s, token, OffsetDateTime::now_utc()).await,
+        sorted(vec![(alice, "70".into()), (bob, "30".into())])
+    );
 }
 
 #[tokio::test]
 async fn a_restart_reads_every_partitions_log_back() {
     let dir = tempfile::tempdir().unwrap();
-    // The first life in a runtime of its own: when it ends, its server lets the files go.
     let path = dir.path().to_owned();
-    let (tokens, alice) = std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async move {
-            let tokens = common::open_partitioned(&path, PARTITIONS).await;
-            let s = common::serve(tokens, tempfile::tempdir().unwrap()).await;
-            let alice = s.investor("DE", "verified").await;
-            let mut ids = Vec::new();
-            for n in 0..6 {
-                let token = s
-                    .token(&format!("ast_{n}"), &format!("RE{n}"), json!({}))
-                    .await;
-                s.issue(&token, &alice, &format!("{}", n + 1)).await;
-                ids.push(token);
-            }
-            (ids, alice)
-        })
-    })
-    .join()
-    .unwrap();
+    let (tokens, alice) = in_a_life_of_its_own(async move {
+        let tokens = common::open_partitioned(&path, PARTITIONS).await;
+        let s = common::serve(tokens, tempfile::tempdir().unwrap()).await;
+        let alice = s.investor("DE", "verified").await;
+        let mut ids = Vec::new();
+        for n in 0..6 {
+            let token = s
+                .token(&format!("ast_{n}"), &format!("RE{n}"), json!({}))
+                .await;
+            s.issue(&token, &alice, &format!("{}", n + 1)).await;
+            ids.push(token);
+        }
+        (ids, alice)
+    });
     let s = common::serve(
         common::open_partitioned(dir.path(), PARTITIONS).await,
         tempfile::tempdir().unwrap(),
@@ -177,53 +193,43 @@ async fn a_restart_reads_every_partitions_log_back() {
 async fn a_log_from_before_partitions_becomes_the_registry_and_its_history_still_reads() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().to_owned();
-    // The first life, unpartitioned, in a runtime of its own (its server lets the file go).
-    let (token, alice, bob, before) = std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async move {
-            let store = std::sync::Arc::new(
-                libertum_store::RedbStore::open(&path, "tokens").expect("store"),
-            );
-            let tokens = libertum_tokens::Tokens::open(
-                store,
-                std::sync::Arc::new(libertum_store::MemoryCache::new(100)),
-                Default::default(),
-            )
-            .await
-            .unwrap();
-            let s = common::serve(tokens, tempfile::tempdir().unwrap()).await;
-            let alice = s.investor("DE", "verified").await;
-            let bob = s.investor("FR", "verified").await;
-            // A token that will live in a partition other than the registry.
-            let mut n = 0;
-            let token = loop {
-                let token = s
-                    .token(&format!("ast_old_{n}"), &format!("OLD{n}"), json!({}))
-                    .await;
-                if partition::of(&token, PARTITIONS) != 0 {
-                    break token;
-                }
-                n += 1;
-            };
-            s.issue(&token, &alice, "100").await;
-            s.post(
-                &format!("/v1/tokens/{token}/transfers"),
-                &json!({"from": alice, "to": bob, "amount": "10"}),
-            )
-            .await
-            .ok(200);
-            tokio::time::sleep(Duration::from_millis(5)).await;
-            let before = OffsetDateTime::now_utc();
-            tokio::time::sleep(Duration::from_millis(5)).await;
-            (token, alice, bob, before)
-        })
-    })
-    .join()
-    .unwrap();
+    // The first life, unpartitioned.
+    let (token, alice, bob, before) = in_a_life_of_its_own(async move {
+        let store =
+            std::sync::Arc::new(libertum_store::RedbStore::open(&path, "tokens").expect("store"));
+        let tokens = libertum_tokens::Tokens::open(
+            store,
+            std::sync::Arc::new(libertum_store::MemoryCache::new(100)),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+        let s = common::serve(tokens, tempfile::tempdir().unwrap()).await;
+        let alice = s.investor("DE", "verified").await;
+        let bob = s.investor("FR", "verified").await;
+        // A token that will live in a partition other than the registry.
+        let mut n = 0;
+        let token = loop {
+            let token = s
+                .token(&format!("ast_old_{n}"), &format!("OLD{n}"), json!({}))
+                .await;
+            if partition::of(&token, PARTITIONS) != 0 {
+                break token;
+            }
+            n += 1;
+        };
+        s.issue(&token, &alice, "100").await;
+        s.post(
+            &format!("/v1/tokens/{token}/transfers"),
+            &json!({"from": alice, "to": bob, "amount": "10"}),
+        )
+        .await
+        .ok(200);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let before = OffsetDateTime::now_utc();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        (token, alice, bob, before)
+    });
 
     let stores: Vec<std::sync::Arc<dyn libertum_store::EventStore>> = (0..PARTITIONS)
         .map(|p| {
@@ -257,58 +263,18 @@ async fn a_log_from_before_partitions_becomes_the_registry_and_its_history_still
         1,
         "the token's new event is in its own partition's log"
     );
-    let at = |moment: OffsetDateTime| {
-        moment
-            .format(&time::format_description::well_known::Rfc3339)
-            .unwrap()
-    };
-    let balances = |body: &serde_json::Value| -> Vec<(String, String)> {
-        let mut rows: Vec<(String, String)> = body["holders"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|h| {
-                (
-                    h["investor_id"].as_str().unwrap().to_owned(),
-                    h["balance"].as_str().unwrap().to_owned(),
-                )
-            })
-            .collect();
-        rows.sort();
-        rows
-    };
-    let mut expected = vec![
-        (alice.clone(), "90".to_owned()),
-        (bob.clone(), "10".to_owned()),
-    ];
-    expected.sort();
-    let then = s
-        .get(&format!("/v1/tokens/{token}/holders?as_of={}", at(before)))
-        .await
-        .ok(200)
-        .clone();
     assert_eq!(
-        balances(&then),
-        expected,
+        holders_at(&s, &token, before).await,
+        sorted(vec![
+            (alice.clone(), "90".into()),
+            (bob.clone(), "10".into())
+        ]),
         "read from the registry's old rows"
     );
     tokio::time::sleep(Duration::from_millis(5)).await;
-    let mut expected = vec![
-        (alice.clone(), "85".to_owned()),
-        (bob.clone(), "15".to_owned()),
-    ];
-    expected.sort();
-    let now = s
-        .get(&format!(
-            "/v1/tokens/{token}/holders?as_of={}",
-            at(OffsetDateTime::now_utc())
-        ))
-        .await
-        .ok(200)
-        .clone();
     assert_eq!(
-        balances(&now),
-        expected,
+        holders_at(&s, &token, OffsetDateTime::now_utc()).await,
+        sorted(vec![(alice, "85".into()), (bob, "15".into())]),
         "the later row, in the token's partition"
     );
 }

@@ -459,6 +459,9 @@ impl EventBus for KafkaBus {
             .set("fetch.wait.max.ms", "100")
             // Small fetches: the first one after a backlog stays quick.
             .set("max.partition.fetch.bytes", "1048576")
+            // At most 8 MiB fetched ahead per consumer (64 MiB by default): a partitioned
+            // service's owner may run a consumer per partition it owns.
+            .set("queued.max.messages.kbytes", "8192")
             .set("fetch.min.bytes", "1")
             .create()
             .map_err(StoreError::backend)?;

@@ -1123,6 +1123,7 @@ async fn writer<S: StateMachine>(inner: Arc<Inner<S>>, mut rx: mpsc::Receiver<Jo
                 pending: FxHashMap::default(),
                 stale_keys: Vec::new(),
                 poisoned: false,
+                last_id: None,
             });
             let store = inner.stores[partition].as_ref();
             let mut answers = Vec::with_capacity(submissions.len());
@@ -1159,6 +1160,7 @@ async fn writer<S: StateMachine>(inner: Arc<Inner<S>>, mut rx: mpsc::Receiver<Jo
                 commit,
                 stale_keys,
                 poisoned,
+                last_id,
                 ..
             } = group;
             if failure.is_some() {
@@ -1175,6 +1177,11 @@ async fn writer<S: StateMachine>(inner: Arc<Inner<S>>, mut rx: mpsc::Receiver<Jo
                 let result = inner.stores[partition].commit(commit).await;
                 if result.is_ok() {
                     held.heads[partition] += appended;
+                    // What a follower checks the log still holds, should this replica lose
+                    // the partition.
+                    if last_id.is_some() {
+                        held.last_ids[partition] = last_id;
+                    }
                     metrics::counter!(m::COMMITS, "service" => service).increment(1);
                     metrics::counter!(m::EVENTS_APPENDED, "service" => service).increment(appended);
                     metrics::histogram!(m::COMMIT_SECONDS, "service" => service)
@@ -1275,6 +1282,8 @@ struct Group {
     stale_keys: Vec<(String, u64)>,
     /// Set when the state changed but its events cannot be written: the group must fail.
     poisoned: bool,
+    /// The id of the group's last event.
+    last_id: Option<String>,
 }
 
 async fn run_one<S: StateMachine>(
@@ -1298,6 +1307,7 @@ async fn run_one<S: StateMachine>(
         pending,
         stale_keys,
         poisoned,
+        last_id,
     } = group;
     if let Some((key, fingerprint)) = &idempotency {
         let earlier = match pending.get(key) {
@@ -1360,6 +1370,7 @@ async fn run_one<S: StateMachine>(
             EngineError::Unavailable(format!("an event could not be encoded: {e}"))
         })?;
         commit.events.push(envelope.to_bytes());
+        *last_id = Some(envelope.id.clone());
         let mut keys = Vec::new();
         S::invalidates(event, &mut keys);
         stale_keys.extend(keys.into_iter().map(|key| (key, *version)));

@@ -894,3 +894,64 @@ async fn replicas_own_partitions_apart_and_follow_the_others_registry_first() {
     assert_eq!(a.read().await.orphans, 0);
     assert_eq!(c.read().await.totals.values().sum::<u64>(), 25);
 }
+
+#[tokio::test]
+async fn a_former_owner_follows_on_from_its_own_writes_without_rebuilding() {
+    let dir = tempfile::tempdir().unwrap();
+    let flaky = Flaky::open(dir.path(), "handover");
+    let store: Arc<dyn EventStore> = flaky.clone();
+    let never = SnapshotPolicy::NEVER;
+    let a = Engine::<Counter>::start_replica("a", store.clone(), None, never)
+        .await
+        .unwrap();
+    let b = Engine::<Counter>::start_replica("b", store.clone(), None, never)
+        .await
+        .unwrap();
+    let within = std::time::Duration::from_secs(5);
+    let lease = |holder: &'static str, now: i64| {
+        let store = store.clone();
+        async move {
+            store
+                .acquire_lease(holder, holder, None, now, 1_000)
+                .await
+                .unwrap()
+                .expect("taken")
+                .epoch
+        }
+    };
+    // b writes, a follows it; then a writes, and b again.
+    b.promote(0, lease("b", 0).await).await.unwrap();
+    b.submit(add(1, None, "")).await.unwrap();
+    assert!(
+        a.wait_applied(
+            Position {
+                partition: 0,
+                at: 1
+            },
+            within
+        )
+        .await
+    );
+    a.promote(0, lease("a", 5_000).await).await.unwrap();
+    b.demote(0).await;
+    a.submit(add(2, None, "")).await.unwrap();
+    b.promote(0, lease("b", 10_000).await).await.unwrap();
+    a.demote(0).await;
+    b.submit(add(3, None, "")).await.unwrap();
+    flaky.reads();
+    assert!(
+        a.wait_applied(
+            Position {
+                partition: 0,
+                at: 3
+            },
+            within
+        )
+        .await
+    );
+    assert_eq!(a.read().await.0, 6);
+    assert!(
+        !flaky.reads().contains(&0),
+        "a follows on from the event it wrote itself, without reading the log from the start"
+    );
+}

@@ -9,9 +9,9 @@
 //!   sent on to the new owner; a write whose owner did not answer is answered 503, to be retried
 //!   with its `Idempotency-Key`, since it may have been executed.
 //! - Every write's response carries `Libertum-Position`, the position of its partition's log
-//!   that includes it (`N` for partition 0, `P:N` for partition P). A read with `Libertum-Min-Position` waits (up to [`READ_WAIT`]) until this
-//!   replica's state includes that position, so a client sees its own writes whichever replica
-//!   answers.
+//!   that includes it (`N` for partition 0, `P:N` for partition P). A read with
+//!   `Libertum-Min-Position` waits (up to [`READ_WAIT`]) until this replica's state includes
+//!   that position, so a client sees its own writes whichever replica answers.
 
 use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
 

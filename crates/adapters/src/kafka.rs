@@ -95,7 +95,9 @@ impl KafkaPing {
         tokio::task::spawn_blocking(move || {
             client
                 .client()
-                .fetch_metadata(None, Duration::from_secs(2))
+                // Well within a front's 2 s check: a broker that does not answer in 1 s
+                // makes the service degraded, and readiness must still answer in time.
+                .fetch_metadata(None, Duration::from_secs(1))
                 .map(|m| m.brokers().len())
                 .map_err(|e| e.to_string())
         })

@@ -197,10 +197,10 @@ fn redis_probe(name: String, cache: Arc<RedisCache>) -> Probe {
         Box::pin(async move {
             // Without Redis reads come from the service's state: slower, still correct.
             let (state, detail) =
-                match tokio::time::timeout(Duration::from_secs(2), cache.ping()).await {
+                match tokio::time::timeout(Duration::from_secs(1), cache.ping()).await {
                     Ok(Ok(())) => ("up", cache.describe()),
                     Ok(Err(e)) => ("degraded", e),
-                    Err(_) => ("degraded", "no answer within 2 s".into()),
+                    Err(_) => ("degraded", "no answer within 1 s".into()),
                 };
             Check {
                 name,

@@ -5,8 +5,9 @@
 //!   to (the service's [`Route`]), runs it here if this replica owns that partition's writes,
 //!   and otherwise sends it to the owner named by the partition's lease and relays the
 //!   answer. During a takeover it waits (up to [`FORWARD_WAIT`]) for a new owner. A write that an
-//!   owner refused with `not_owner` (it lost the lease before deciding) was not executed, so it is
-//!   sent on to the new owner; a write whose owner did not answer is answered 503, to be retried
+//!   owner refused with `not_owner` (it lost the lease before deciding, or the lease had moved
+//!   on: a replica never forwards a forwarded write) was not executed, so it is sent on to the
+//!   owner the lease names when read again; a write whose owner did not answer is answered 503, to be retried
 //!   with its `Idempotency-Key`, since it may have been executed.
 //! - Every write's response carries `Libertum-Position`, the position of its partition's log
 //!   that includes it (`N` for partition 0, `P:N` for partition P). A read with
@@ -39,8 +40,6 @@ pub const FORWARDED_BY: &str = "libertum-forwarded-by";
 pub const FORWARD_WAIT: Duration = Duration::from_secs(15);
 /// How long a read waits for the position it asks for.
 pub const READ_WAIT: Duration = Duration::from_secs(5);
-/// The most replicas one write passes through.
-const MAX_HOPS: usize = 3;
 
 /// Which partition a write belongs to, from its method, path, headers and body.
 pub type Route = Arc<dyn Fn(&axum::http::request::Parts, &[u8]) -> usize + Send + Sync>;
@@ -131,8 +130,11 @@ pub async fn forward(State(forwarder): State<Forwarder>, request: Request, next:
             // This replica lost the writes and will learn it at its next look at the lease.
             tokio::time::sleep(ownership.settings().poll_every).await;
         }
-        if hops >= MAX_HOPS {
-            return no_owner("the write passed through too many replicas; retry it");
+        if hops > 0 {
+            // Sent here by a replica whose view of the lease is behind (the partition moved):
+            // nothing was executed; that replica looks at the lease again and sends it on, so
+            // a write never wanders from replica to replica.
+            return ApiError::from(libertum_store::EngineError::NotOwner).into_response();
         }
         if tokio::time::Instant::now() >= deadline {
             return no_owner(NO_OWNER_NOW);
@@ -162,8 +164,8 @@ pub async fn forward(State(forwarder): State<Forwarder>, request: Request, next:
         metrics::counter!(FORWARDED, "service" => ownership.service()).increment(1);
         match outgoing.send().await {
             Ok(answer) if !refused_not_owner(answer.headers()) => return relay(answer).await,
-            // Refused unexecuted, or never sent: another owner is looked for.
-            Ok(_) => {}
+            // Refused unexecuted: the lease moved; it is read again from the store.
+            Ok(_) => ownership.refresh().await,
             Err(error) if error.is_connect() => {
                 tracing::debug!(%owner, %error, "the owner could not be reached; looking again");
             }

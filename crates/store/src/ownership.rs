@@ -318,6 +318,13 @@ impl Ownership {
         self.inner.leaving.load(Ordering::Acquire)
     }
 
+    /// Reads the lease from the store now (an owner refused a write: the lease moved).
+    pub async fn refresh(&self) {
+        if let Ok(lease) = self.inner.store.lease().await {
+            self.inner.seen.send_replace(lease);
+        }
+    }
+
     /// The lease as last seen, which says who owns the writes and where it takes them.
     pub fn lease(&self) -> Option<Lease> {
         self.inner.seen.borrow().clone()

@@ -82,7 +82,7 @@ impl Forwarder {
 const NO_OWNER_NOW: &str =
     "no replica owns this service's writes right now; retry with the same Idempotency-Key";
 
-/// The refusal of a write this replica cannot place: no owner within the wait, or too many hops.
+/// The refusal of a write this replica cannot place: no owner within the wait.
 fn no_owner(detail: &str) -> Response {
     let mut response = ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,

@@ -73,21 +73,17 @@ impl Forwarder {
             client,
         }
     }
-
-    pub fn partitions(&self) -> &Partitions {
-        &self.partitions
-    }
 }
 
 const NO_OWNER_NOW: &str =
     "no replica owns this service's writes right now; retry with the same Idempotency-Key";
 
 /// The refusal of a write this replica cannot place: no owner within the wait.
-fn no_owner(detail: &str) -> Response {
+fn no_owner() -> Response {
     let mut response = ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
         "no_owner",
-        detail.to_owned(),
+        NO_OWNER_NOW.to_owned(),
     )
     .into_response();
     response
@@ -137,14 +133,14 @@ pub async fn forward(State(forwarder): State<Forwarder>, request: Request, next:
             return ApiError::from(libertum_store::EngineError::NotOwner).into_response();
         }
         if tokio::time::Instant::now() >= deadline {
-            return no_owner(NO_OWNER_NOW);
+            return no_owner();
         }
         let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
         let owner = match ownership.owner(remaining).await {
             Some(Owner::At(owner)) => owner,
             Some(Owner::Here) => continue,
             None => {
-                return no_owner(NO_OWNER_NOW);
+                return no_owner();
             }
         };
         let url = format!(

@@ -678,10 +678,9 @@ async fn follow_once<S: StateMachine>(
             .filter(|p| !inner.owns(*p))
             .filter(|p| *p == 0 || due.get(*p).copied().unwrap_or(true))
             .collect();
-        if followed.iter().all(|p| *p == 0) && due.first() == Some(&false) {
-            return Ok(moved);
-        }
-        if followed.is_empty() {
+        // Nothing due, or the registry alone while it is not due itself.
+        let registry_alone = followed.iter().all(|p| *p == 0) && due.first() == Some(&false);
+        if followed.is_empty() || registry_alone {
             return Ok(moved);
         }
         let mut chunks = Vec::with_capacity(followed.len());

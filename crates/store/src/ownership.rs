@@ -218,27 +218,8 @@ impl Drop for InFlight {
 }
 
 impl Ownership {
-    /// The ownership of `store`'s writes for replica `replica` (unique per process start),
-    /// which takes forwarded requests at `address`: an unpartitioned service's.
-    pub fn new(
-        service: &'static str,
-        replica: &str,
-        address: &str,
-        store: Arc<dyn EventStore>,
-        settings: LeaseSettings,
-    ) -> Self {
-        Self::of_partition(
-            service,
-            0,
-            Arc::new(Share::new(1)),
-            replica,
-            address,
-            store,
-            settings,
-        )
-    }
-
-    /// The ownership of `partition`, whose log is `store`, among the partitions counted in
+    /// The ownership of `partition`, whose log is `store`, for replica `replica` (unique per
+    /// process start) taking forwarded requests at `address`, among the partitions counted in
     /// `share`.
     pub fn of_partition(
         service: &'static str,

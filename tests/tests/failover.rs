@@ -264,7 +264,7 @@ impl Cluster {
 
     async fn get(&self, path: &str) -> (StatusCode, Value) {
         let r = self.http.get(self.url(path)).send().await.expect("sent");
-        (r.status(), r.json().await.unwrap_or(Value::Null))
+        (r.status(), body(r).await)
     }
 
     async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
@@ -275,7 +275,7 @@ impl Cluster {
             .send()
             .await
             .expect("sent");
-        (r.status(), r.json().await.unwrap_or(Value::Null))
+        (r.status(), body(r).await)
     }
 
     /// The replica of `service` that owns the most of its partitions, once every partition
@@ -650,17 +650,24 @@ async fn exactly_once(c: &Cluster, f: &Fixture) {
     );
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let (_, r) = c.get("/v1/ledger/reconciliation").await;
+        let (status, r) = c.get("/v1/ledger/reconciliation").await;
         if r["matched"] == true {
             break;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "reconciliation never matched: {r}"
+            "reconciliation never matched: {status} {r}"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     in_order(&format!("{}.tokens", c.name), TRANSFERS + 2 * TOKENS).await;
+}
+
+/// A response's body as JSON, or as a JSON string when it is not JSON (a proxy's own error
+/// page, say), so that a failure shows what came back.
+async fn body(r: reqwest::Response) -> Value {
+    let text = r.text().await.unwrap_or_default();
+    serde_json::from_str(&text).unwrap_or(Value::String(text))
 }
 
 /// Reads `topic` from the beginning with a plain rdkafka consumer (no group) until it has seen

@@ -264,7 +264,7 @@ impl Cluster {
 
     async fn get(&self, path: &str) -> (StatusCode, Value) {
         let r = self.http.get(self.url(path)).send().await.expect("sent");
-        (r.status(), body(r).await)
+        (r.status(), json_or_text(r).await)
     }
 
     async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
@@ -275,7 +275,7 @@ impl Cluster {
             .send()
             .await
             .expect("sent");
-        (r.status(), body(r).await)
+        (r.status(), json_or_text(r).await)
     }
 
     /// The replica of `service` that owns the most of its partitions, once every partition
@@ -665,7 +665,7 @@ async fn exactly_once(c: &Cluster, f: &Fixture) {
 
 /// A response's body as JSON, or as a JSON string when it is not JSON (a proxy's own error
 /// page, say), so that a failure shows what came back.
-async fn body(r: reqwest::Response) -> Value {
+async fn json_or_text(r: reqwest::Response) -> Value {
     let text = r.text().await.unwrap_or_default();
     serde_json::from_str(&text).unwrap_or(Value::String(text))
 }

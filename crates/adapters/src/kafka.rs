@@ -19,14 +19,14 @@ use std::{
 
 use async_trait::async_trait;
 use futures::FutureExt;
-use libertum_store::{Delivery, EventBus, EventStore, Ownership, StoreError, Subscription};
+use libertum_store::{Delivery, EventBus, EventStore, Ownership, StoreError, Subscription, trace};
 use rdkafka::{
     ClientConfig, Message, Offset, TopicPartitionList,
     admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
     client::DefaultClientContext,
     consumer::{CommitMode, Consumer, StreamConsumer},
     error::KafkaError,
-    message::{Header, OwnedHeaders},
+    message::{Header, Headers, OwnedHeaders},
     producer::{FutureProducer, FutureRecord, Producer},
     types::RDKafkaErrorCode,
 };
@@ -154,6 +154,8 @@ struct Route<'a> {
     id: &'a str,
     #[serde(default, borrow)]
     partitionkey: Option<&'a str>,
+    #[serde(default, borrow)]
+    traceparent: Option<&'a str>,
 }
 
 /// Publishes a service's committed events to its topic, in log order, keyed by partition key so
@@ -168,6 +170,8 @@ pub struct Relay {
     ownership: Option<Ownership>,
     /// The partition of the service whose log this relay publishes, for its metrics.
     partition: String,
+    /// The name of its spans: `publish {topic}`.
+    span_name: String,
 }
 
 const RELAY_BATCH: usize = 2_000;
@@ -196,6 +200,7 @@ impl Relay {
             backlog: Arc::default(),
             ownership: None,
             partition: "0".into(),
+            span_name: format!("publish {topic}"),
         })
     }
 
@@ -317,12 +322,23 @@ impl Relay {
                 let route: Route = serde_json::from_slice(bytes).map_err(|e| {
                     StoreError::Backend(format!("event at {at} is not a CloudEvent: {e}"))
                 })?;
-                // CloudEvents' Kafka binding, structured mode: the whole event is the value, and
-                // only the content type travels as a header.
-                let headers = OwnedHeaders::new().insert(Header {
+                // CloudEvents' Kafka binding, structured mode: the whole event is the value; the
+                // content type travels as a header, and so does the trace, from this relay's
+                // span (a child of the decision's, which the event carries).
+                let mut headers = OwnedHeaders::new().insert(Header {
                     key: "content-type",
                     value: Some("application/cloudevents+json"),
                 });
+                if let Some(decided) = route.traceparent.filter(|_| trace::enabled()) {
+                    let span = tracing::info_span!("relay", otel.name = self.span_name.as_str(), topic = %self.topic, position = at);
+                    trace::continue_from(&span, Some(decided));
+                    if let Some(traceparent) = trace::traceparent(&span) {
+                        headers = headers.insert(Header {
+                            key: trace::TRACEPARENT,
+                            value: Some(traceparent.as_str()),
+                        });
+                    }
+                }
                 let record = FutureRecord::to(&self.topic)
                     .payload(bytes.as_slice())
                     .key(route.partitionkey.unwrap_or(route.id))
@@ -533,6 +549,14 @@ fn delivery(message: &rdkafka::message::BorrowedMessage<'_>) -> Delivery {
         partition: message.partition(),
         offset: u64::try_from(message.offset()).unwrap_or(0),
         payload: message.payload().unwrap_or_default().to_vec(),
+        traceparent: message.headers().and_then(|headers| {
+            (0..headers.count())
+                .map(|i| headers.get(i))
+                .find(|h| h.key == trace::TRACEPARENT)
+                .and_then(|h| h.value)
+                .and_then(|v| std::str::from_utf8(v).ok())
+                .map(str::to_owned)
+        }),
     }
 }
 

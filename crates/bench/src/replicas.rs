@@ -240,6 +240,7 @@ async fn phase(replicas: usize, delay: Duration, seconds: u64) -> anyhow::Result
                 checkpoint: None,
                 reply: Box::new(|_, _| libertum_store::Reply::new(200, Default::default())),
                 partition: None,
+                span: tracing::Span::current(),
             })
             .await
             .map_err(|e| anyhow::anyhow!("approving {asset}: {e}"))?;

@@ -74,6 +74,10 @@ pub struct CloudEvent {
     pub subjectversion: Option<String>,
     /// Extension: who caused the event.
     pub actor: String,
+    /// Extension (CloudEvents distributed tracing): the W3C trace context of the decision that
+    /// made the event, when traces are exported. The relay continues the trace from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
     pub data: Box<RawValue>,
 }
 
@@ -113,6 +117,7 @@ impl CloudEvent {
             sequence: sequence_of(position),
             subjectversion: Some(subject_version.to_string()),
             actor: actor.into(),
+            traceparent: None,
             data: serde_json::value::to_raw_value(data)?,
         })
     }
@@ -153,6 +158,15 @@ impl CloudEvent {
             || !event.subjectversion.as_deref().is_none_or(number)
         {
             return Err(Error::Unexpected("id, subject, sequence or subjectversion"));
+        }
+        // A trace context is short and plain (`00-{32 hex}-{16 hex}-{2 hex}` today); what it
+        // means is checked where a span continues from it.
+        if event
+            .traceparent
+            .as_deref()
+            .is_some_and(|t| t.len() > 128 || !t.bytes().all(|b| b.is_ascii_graphic()))
+        {
+            return Err(Error::Unexpected("traceparent"));
         }
         Ok(event)
     }
@@ -238,6 +252,24 @@ mod tests {
         assert!(!String::from_utf8_lossy(&bytes).contains("subjectversion"));
         let back = CloudEvent::decode(&bytes, TOKENS_SOURCE, "token").expect("decodes");
         assert_eq!(back.subject_version(), 7);
+    }
+
+    #[test]
+    fn a_trace_context_travels_with_the_event_only_when_there_is_one() {
+        let plain = sample().to_bytes();
+        assert!(!String::from_utf8_lossy(&plain).contains("traceparent"));
+        let mut traced = sample();
+        let value = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        traced.traceparent = Some(value.into());
+        let back = CloudEvent::decode(&traced.to_bytes(), TOKENS_SOURCE, "token").expect("decodes");
+        assert_eq!(back.traceparent.as_deref(), Some(value));
+        for bad in ["a b".to_owned(), "x".repeat(129), "é".to_owned()] {
+            traced.traceparent = Some(bad.clone());
+            assert!(
+                CloudEvent::decode(&traced.to_bytes(), TOKENS_SOURCE, "token").is_err(),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

@@ -59,7 +59,7 @@ async fn run() -> anyhow::Result<()> {
         None => {}
     }
     let settings = Settings::from_env()?;
-    libertum_platform::telemetry::init(&settings);
+    let _telemetry = libertum_platform::telemetry::init(&settings, "libertum");
     let app = libertum::Application::build(settings).await?;
     tracing::info!(addr = %app.addr(), "libertum listening; API docs at /docs");
     app.run_until_stopped(libertum_platform::server::shutdown_signal())

@@ -147,6 +147,16 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
         "serve /metrics on this address instead, e.g. 0.0.0.0:9090 for the monitoring network only",
     ),
     (
+        "LIBERTUM_OTLP_ENDPOINT",
+        "(none: no spans exported)",
+        "OTLP/HTTP (protobuf) URL spans are sent to, e.g. http://alloy.monitoring:4318/v1/traces (a collector that forwards to Tempo or Azure Monitor); a request's trace then goes on through the events and Kafka to the ledger entry",
+    ),
+    (
+        "LIBERTUM_TRACE_SAMPLE_RATIO",
+        "1",
+        "share of the traces that start here which are exported, from 0 to 1; a request that comes with a traceparent follows its caller's decision",
+    ),
+    (
         "LIBERTUM_RATE_LIMIT_PER_PRINCIPAL",
         "1200",
         "requests per minute one principal may send each service (0: no limit); 429 beyond",
@@ -241,6 +251,10 @@ pub struct Settings {
     pub connection_limits: crate::server::ConnectionLimits,
     /// How long a service binary keeps serving, unready, after SIGTERM.
     pub shutdown_delay: std::time::Duration,
+    /// Where spans are exported (OTLP over HTTP); `None`: nowhere.
+    pub otlp_endpoint: Option<String>,
+    /// The share of new traces exported, from 0 to 1.
+    pub trace_sample_ratio: f64,
 }
 
 /// What is wrong with the configuration: every problem at once.
@@ -440,6 +454,21 @@ impl Settings {
                 }
             },
         };
+        let otlp_endpoint = set("LIBERTUM_OTLP_ENDPOINT");
+        if let Some(url) = &otlp_endpoint
+            && !reqwest::Url::parse(url).is_ok_and(|u| u.scheme() == "http" && u.has_host())
+        {
+            problems.push(format!(
+                "LIBERTUM_OTLP_ENDPOINT must be an http:// URL (a collector in the cluster), not {url:?}"
+            ));
+        }
+        let trace_sample_ratio = match get("LIBERTUM_TRACE_SAMPLE_RATIO").parse::<f64>() {
+            Ok(r) if (0.0..=1.0).contains(&r) => r,
+            _ => {
+                problems.push("LIBERTUM_TRACE_SAMPLE_RATIO must be a number from 0 to 1".into());
+                1.0
+            }
+        };
         let jwks_url = set("LIBERTUM_AUTH_JWKS_URL");
         if let Some(url) = &jwks_url {
             let secure = match reqwest::Url::parse(url) {
@@ -557,6 +586,8 @@ impl Settings {
             metrics_addr,
             connection_limits,
             shutdown_delay,
+            otlp_endpoint,
+            trace_sample_ratio,
         })
     }
 
@@ -585,6 +616,8 @@ impl Settings {
             metrics_addr: None,
             connection_limits: crate::server::ConnectionLimits::default(),
             shutdown_delay: std::time::Duration::ZERO,
+            otlp_endpoint: None,
+            trace_sample_ratio: 1.0,
         }
     }
 }
@@ -642,6 +675,44 @@ mod tests {
         ]))
         .expect_err("invalid");
         assert_eq!(err.0.len(), 4, "{err}");
+    }
+
+    #[test]
+    fn trace_settings_are_checked() {
+        let dev = [
+            (
+                "LIBERTUM_AUTH_DEV_SECRET",
+                "a-development-secret-of-32-bytes!!",
+            ),
+            ("LIBERTUM_AUTH_INSECURE_DEV_SIGNER", "true"),
+        ];
+        let s = Settings::from_vars(vars(&dev)).expect("valid");
+        assert_eq!((s.otlp_endpoint, s.trace_sample_ratio), (None, 1.0));
+        let mut traced = dev.to_vec();
+        traced.push((
+            "LIBERTUM_OTLP_ENDPOINT",
+            "http://alloy.monitoring:4318/v1/traces",
+        ));
+        traced.push(("LIBERTUM_TRACE_SAMPLE_RATIO", "0.05"));
+        let s = Settings::from_vars(vars(&traced)).expect("valid");
+        assert_eq!(
+            s.otlp_endpoint.as_deref(),
+            Some("http://alloy.monitoring:4318/v1/traces")
+        );
+        assert_eq!(s.trace_sample_ratio, 0.05);
+        for (endpoint, ratio) in [
+            ("alloy:4318", "0.5"),
+            ("https://collector.example/v1/traces", "0.5"),
+            ("http://alloy:4318/v1/traces", "1.5"),
+            ("http://alloy:4318/v1/traces", "-0.1"),
+            ("http://alloy:4318/v1/traces", "half"),
+        ] {
+            let mut bad = dev.to_vec();
+            bad.push(("LIBERTUM_OTLP_ENDPOINT", endpoint));
+            bad.push(("LIBERTUM_TRACE_SAMPLE_RATIO", ratio));
+            let err = Settings::from_vars(vars(&bad)).expect_err("invalid");
+            assert_eq!(err.0.len(), 1, "{endpoint} {ratio}: {err}");
+        }
     }
 
     #[test]

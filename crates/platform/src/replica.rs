@@ -23,7 +23,7 @@ use axum::{
     middleware::Next,
     response::{IntoResponse, Response},
 };
-use libertum_store::{Owner, Ownership, Position, ownership::Partitions};
+use libertum_store::{Owner, Ownership, Position, ownership::Partitions, trace};
 
 use crate::error::ApiError;
 
@@ -151,10 +151,16 @@ pub async fn forward(State(forwarder): State<Forwarder>, request: Request, next:
             .client
             .request(parts.method.clone(), &url)
             .body(bytes.clone());
+        // The trace goes on from this hop's span, in place of the caller's traceparent.
+        let traceparent = trace::traceparent(&tracing::Span::current());
         for (name, value) in &parts.headers {
-            if !hop_by_hop(name) {
+            let replaced = traceparent.is_some() && name == trace::TRACEPARENT;
+            if !hop_by_hop(name) && !replaced {
                 outgoing = outgoing.header(name, value);
             }
+        }
+        if let Some(traceparent) = &traceparent {
+            outgoing = outgoing.header(trace::TRACEPARENT, traceparent);
         }
         outgoing = outgoing.header(FORWARDED_BY, ownership.replica());
         metrics::counter!(FORWARDED, "service" => ownership.service()).increment(1);

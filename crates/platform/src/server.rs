@@ -9,6 +9,7 @@ use axum::{
     middleware,
     response::{IntoResponse, Response},
 };
+use libertum_store::trace;
 use tokio::net::TcpListener;
 use tower_http::{
     request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
@@ -37,7 +38,16 @@ pub fn stack(router: Router) -> Router {
             TraceLayer::new_for_http()
                 .make_span_with(|req: &Request| {
                     let id = req.headers().get(&REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("-");
-                    tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
+                    let route = req.extensions().get::<axum::extract::MatchedPath>().map_or("unmatched", |p| p.as_str());
+                    let span = tracing::info_span!("request", otel.name = %format_args!("{} {route}", req.method()), otel.kind = "server", method = %req.method(), path = %req.uri().path(), request_id = %id, trace_id = tracing::field::Empty);
+                    // The caller's trace goes on here (W3C traceparent), and every log line of
+                    // the request carries its id.
+                    let traceparent = req.headers().get(trace::TRACEPARENT).and_then(|v| v.to_str().ok());
+                    trace::continue_from(&span, traceparent);
+                    if let Some(trace_id) = trace::trace_id(&span) {
+                        span.record("trace_id", trace_id);
+                    }
+                    span
                 })
                 .on_request(DefaultOnRequest::new().level(tracing::Level::DEBUG))
                 .on_response(|res: &Response, latency: Duration, _span: &tracing::Span| {

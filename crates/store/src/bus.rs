@@ -88,6 +88,8 @@ impl Subscription for LogSubscription {
                 partition: 0,
                 offset,
                 payload,
+                // The event itself carries it (`trace::traceparent_in`).
+                traceparent: None,
             })
             .collect())
     }

@@ -49,6 +49,8 @@ pub struct Consumer<S: StateMachine> {
     /// The partition of the service whose commands this consumer applies (and in whose log it
     /// stores its positions); the others' events are skipped.
     partition: usize,
+    /// The name of its spans: `{consumer} process {topic}`.
+    span_name: String,
 }
 
 impl<S: StateMachine> Clone for Consumer<S> {
@@ -62,6 +64,7 @@ impl<S: StateMachine> Clone for Consumer<S> {
             lag: self.lag.clone(),
             assigned: self.assigned.clone(),
             partition: self.partition,
+            span_name: self.span_name.clone(),
         }
     }
 }
@@ -83,6 +86,7 @@ impl<S: StateMachine> Consumer<S> {
             lag: Arc::new(AtomicU64::new(0)),
             assigned: Arc::new(AtomicU64::new(0)),
             partition: 0,
+            span_name: format!("{name} process {topic}"),
         }
     }
 
@@ -114,8 +118,28 @@ impl<S: StateMachine> Consumer<S> {
         self.assigned.clone()
     }
 
+    /// The span an applied event is traced under, when traces are exported: the child of the
+    /// span that published it (the Kafka header's) or else that decided it (the event's).
+    fn span(&self, delivery: &Delivery) -> tracing::Span {
+        if !crate::trace::enabled() {
+            return tracing::Span::none();
+        }
+        let span = tracing::info_span!("consume", otel.name = self.span_name.as_str(), consumer = %self.name, topic = %delivery.topic, partition = delivery.partition, offset = delivery.offset);
+        let traceparent = delivery
+            .traceparent
+            .clone()
+            .or_else(|| crate::trace::traceparent_in(&delivery.payload));
+        crate::trace::continue_from(&span, traceparent.as_deref());
+        span
+    }
+
     fn submission(&self, command: Option<S::Command>, delivery: &Delivery) -> Submission<S> {
         Submission {
+            span: if command.is_some() {
+                self.span(delivery)
+            } else {
+                tracing::Span::none()
+            },
             command,
             idempotency: None,
             checkpoint: Some((

@@ -40,6 +40,7 @@ use rustc_hash::FxHashMap;
 use serde::{Serialize, de::DeserializeOwned};
 use time::OffsetDateTime;
 use tokio::sync::{RwLock, RwLockReadGuard, mpsc, oneshot};
+use tracing::Instrument;
 
 use crate::{
     metrics as m,
@@ -141,6 +142,9 @@ pub struct Submission<S: StateMachine> {
     /// The partition to commit to when there is no command (a consumer's checkpoint); a
     /// command's own partition otherwise.
     pub partition: Option<usize>,
+    /// The span the command comes from (a request's, a consumed event's): its decision and
+    /// commit are traced under it, and its events carry that trace on.
+    pub span: tracing::Span,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -212,6 +216,8 @@ struct Inner<S: StateMachine> {
     applied: Vec<tokio::sync::watch::Sender<u64>>,
     /// Wakes the submission of what the state owes, after the state moved.
     nudge: Arc<tokio::sync::Notify>,
+    /// The names of its decision and commit spans: `{service}.decide`, `{service}.commit`.
+    span_names: (String, String),
 }
 
 impl<S: StateMachine> Inner<S> {
@@ -347,6 +353,7 @@ impl<S: StateMachine> Engine<S> {
             snapshot_at: AtomicU64::new(snapshot_at),
             replica,
             nudge: Arc::new(tokio::sync::Notify::new()),
+            span_names: (format!("{service}.decide"), format!("{service}.commit")),
         });
         let (tx, rx) = mpsc::channel(QUEUE);
         let handle = tokio::spawn(writer(inner.clone(), rx));
@@ -596,6 +603,7 @@ async fn owed<S: StateMachine>(
                     checkpoint: None,
                     reply: Box::new(|_, _| Reply::new(200, Bytes::new())),
                     partition: None,
+                    span: tracing::Span::none(),
                 }],
                 done,
             };
@@ -1123,12 +1131,17 @@ async fn writer<S: StateMachine>(inner: Arc<Inner<S>>, mut rx: mpsc::Receiver<Jo
                 stale_keys: Vec::new(),
                 poisoned: false,
                 last_id: None,
+                decisions: Vec::new(),
             });
             let store = inner.stores[partition].as_ref();
             let mut answers = Vec::with_capacity(submissions.len());
             for submission in submissions {
                 // Time never runs backwards inside one log, whatever the wall clock does.
                 held.last_time = OffsetDateTime::now_utc().max(held.last_time);
+                let decision = tracing::info_span!(parent: &submission.span, "decide", otel.name = inner.span_names.0.as_str(), service, partition);
+                if !decision.is_disabled() && submission.command.is_some() {
+                    group.decisions.push(decision.clone());
+                }
                 answers.push(
                     run_one(
                         &mut held.state,
@@ -1139,6 +1152,7 @@ async fn writer<S: StateMachine>(inner: Arc<Inner<S>>, mut rx: mpsc::Receiver<Jo
                         &mut held.versions,
                         group,
                     )
+                    .instrument(decision)
                     .await,
                 );
                 commands += 1;
@@ -1160,6 +1174,7 @@ async fn writer<S: StateMachine>(inner: Arc<Inner<S>>, mut rx: mpsc::Receiver<Jo
                 stale_keys,
                 poisoned,
                 last_id,
+                decisions,
                 ..
             } = group;
             if failure.is_some() {
@@ -1173,7 +1188,16 @@ async fn writer<S: StateMachine>(inner: Arc<Inner<S>>, mut rx: mpsc::Receiver<Jo
             } else {
                 let appended = commit.events.len() as u64;
                 let started = Instant::now();
+                // One commit for the whole group, in each trace the group decided on: under
+                // its first decision there. They end when the commit does.
+                let mut traced = std::collections::HashSet::new();
+                let spans: Vec<tracing::Span> = decisions
+                    .iter()
+                    .filter(|decision| traced.insert(crate::trace::trace_id(decision)))
+                    .map(|decision| tracing::info_span!(parent: decision, "commit", otel.name = inner.span_names.1.as_str(), service, partition, events = appended))
+                    .collect();
                 let result = inner.stores[partition].commit(commit).await;
+                drop(spans);
                 if result.is_ok() {
                     held.heads[partition] += appended;
                     // What a follower checks the log still holds, should this replica lose
@@ -1283,6 +1307,8 @@ struct Group {
     poisoned: bool,
     /// The id of the group's last event.
     last_id: Option<String>,
+    /// The spans of the group's decisions, when traced: the parents of its commit's.
+    decisions: Vec<tracing::Span>,
 }
 
 async fn run_one<S: StateMachine>(
@@ -1300,6 +1326,7 @@ async fn run_one<S: StateMachine>(
         checkpoint,
         reply,
         partition: _,
+        span: _,
     } = submission;
     let Group {
         commit,
@@ -1307,6 +1334,7 @@ async fn run_one<S: StateMachine>(
         stale_keys,
         poisoned,
         last_id,
+        decisions: _,
     } = group;
     if let Some((key, fingerprint)) = &idempotency {
         let earlier = match pending.get(key) {
@@ -1345,13 +1373,18 @@ async fn run_one<S: StateMachine>(
             }
         },
     };
+    // The decision's trace goes on with its events (`run_one` runs in the decision's span).
+    let traceparent = match events.is_empty() {
+        true => None,
+        false => crate::trace::traceparent(&tracing::Span::current()),
+    };
     for event in &events {
         let d = S::describe(event);
         let version = versions.entry(d.subject.to_owned()).or_insert(0);
         *version += 1;
         // The group appends its events right after the head it was decided on.
         let position = commit.expected_head + commit.events.len() as u64 + 1;
-        let envelope = CloudEvent::new(
+        let mut envelope = CloudEvent::new(
             uuid::Uuid::now_v7().to_string(),
             S::SOURCE,
             d.family,
@@ -1368,6 +1401,7 @@ async fn run_one<S: StateMachine>(
             *poisoned = true;
             EngineError::Unavailable(format!("an event could not be encoded: {e}"))
         })?;
+        envelope.traceparent = traceparent.clone();
         commit.events.push(envelope.to_bytes());
         *last_id = Some(envelope.id.clone());
         let mut keys = Vec::new();

@@ -62,6 +62,7 @@ fn add(n: u64, key: Option<&str>, body: &str) -> Submission<Counter> {
         checkpoint: None,
         reply: Box::new(|state: &Counter, _| Reply::new(200, Bytes::from(state.0.to_string()))),
         partition: None,
+        span: tracing::Span::current(),
     }
 }
 
@@ -677,6 +678,7 @@ fn order(order: Order) -> Submission<Counters> {
         checkpoint: None,
         reply: Box::new(|_, _| Reply::new(200, Bytes::new())),
         partition: None,
+        span: tracing::Span::current(),
     }
 }
 

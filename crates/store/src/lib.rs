@@ -16,6 +16,7 @@ pub mod partition;
 mod ports;
 mod redb_store;
 mod snapshot;
+pub mod trace;
 
 pub use bus::InProcessBus;
 pub use cache::MemoryCache;

@@ -147,6 +147,8 @@ pub struct Delivery {
     pub partition: i32,
     pub offset: u64,
     pub payload: Vec<u8>,
+    /// The W3C trace context the transport carried with it (a Kafka header), if any.
+    pub traceparent: Option<String>,
 }
 
 /// A topic-based event bus with at-least-once delivery, in order per partition.

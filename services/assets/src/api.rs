@@ -290,6 +290,7 @@ async fn run(
                 None => json_reply(StatusCode::NOT_FOUND, &serde_json::json!({})),
             }),
             partition: None,
+            span: tracing::Span::current(),
         })
         .await?;
     Ok(into_response(reply))

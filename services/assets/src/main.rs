@@ -15,7 +15,7 @@ async fn main() -> std::process::ExitCode {
 
 async fn run() -> anyhow::Result<()> {
     let settings = Settings::from_env()?;
-    telemetry::init(&settings);
+    let _telemetry = telemetry::init(&settings, "assets");
     // With MongoDB its writes are partitioned (a log per partition, each owned by one replica
     // at a time); on embedded defaults it is one log with one writer.
     let backends =

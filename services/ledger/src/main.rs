@@ -17,7 +17,7 @@ async fn main() -> std::process::ExitCode {
 
 async fn run() -> anyhow::Result<()> {
     let settings = Settings::from_env()?;
-    telemetry::init(&settings);
+    let _telemetry = telemetry::init(&settings, "ledger");
     // One partition: the ledger's chain is one sequence (see docs/ARCHITECTURE.md).
     let backends = wire::backends(&settings, "ledger", 1).await?;
     let (store, tokens_url) = (backends.store.clone(), settings.tokens_url.clone());

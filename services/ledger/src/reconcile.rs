@@ -15,6 +15,7 @@ use libertum_platform::{
     auth::{Operation, Principal},
     extract::Query,
 };
+use libertum_store::trace;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -114,6 +115,9 @@ async fn get<T: serde::de::DeserializeOwned>(
     let mut request = app.http.get(&url);
     if let Some(authorization) = caller {
         request = request.header(header::AUTHORIZATION, authorization);
+    }
+    if let Some(traceparent) = trace::traceparent(&tracing::Span::current()) {
+        request = request.header(trace::TRACEPARENT, traceparent);
     }
     let response = request
         .timeout(Duration::from_secs(10))

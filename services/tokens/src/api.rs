@@ -69,6 +69,7 @@ async fn submit(
             checkpoint: None,
             reply,
             partition: None,
+            span: tracing::Span::current(),
         })
         .await?;
     Ok(into_response(reply))

@@ -133,12 +133,22 @@ impl Product {
     /// Starts the `assets`, `tokens` and `ledger` binaries as three processes sharing nothing
     /// but Kafka, MongoDB and Redis, and waits until each is ready.
     pub async fn processes(dir: &std::path::Path, backends: &Backends) -> Product {
+        Self::processes_with(dir, backends, &[]).await
+    }
+
+    /// The same, with `env` added to each process's settings.
+    pub async fn processes_with(
+        dir: &std::path::Path,
+        backends: &Backends,
+        env: &[(&str, &str)],
+    ) -> Product {
         let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
         let tokens_url = format!("http://127.0.0.1:{}", ports[1]);
         let mut commands = Vec::new();
         let mut routes = Vec::new();
         for (name, port) in ["assets", "tokens", "ledger"].into_iter().zip(&ports) {
-            let command = service_command(name, *port, &dir.join(name), backends, &tokens_url);
+            let mut command = service_command(name, *port, &dir.join(name), backends, &tokens_url);
+            command.envs(env.iter().copied());
             commands.push(command);
             routes.push((
                 match name {
@@ -291,7 +301,7 @@ impl Product {
         .await
     }
 
-    async fn send(&self, request: reqwest::RequestBuilder) -> (StatusCode, Value) {
+    pub async fn send(&self, request: reqwest::RequestBuilder) -> (StatusCode, Value) {
         let r = request.send().await.expect("request sent");
         let status = r.status();
         (status, r.json().await.unwrap_or(Value::Null))

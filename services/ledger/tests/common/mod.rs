@@ -58,6 +58,7 @@ impl Server {
                 checkpoint: None,
                 reply: Box::new(|_, _| libertum_store::Reply::new(200, Default::default())),
                 partition: None,
+                span: tracing::Span::current(),
             })
             .await
             .expect("recorded");

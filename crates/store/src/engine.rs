@@ -1138,8 +1138,15 @@ async fn writer<S: StateMachine>(inner: Arc<Inner<S>>, mut rx: mpsc::Receiver<Jo
             for submission in submissions {
                 // Time never runs backwards inside one log, whatever the wall clock does.
                 held.last_time = OffsetDateTime::now_utc().max(held.last_time);
-                let decision = tracing::info_span!(parent: &submission.span, "decide", otel.name = inner.span_names.0.as_str(), service, partition);
-                if !decision.is_disabled() && submission.command.is_some() {
+                // Spans of their own only when they are exported: a group of thousands of
+                // commands pays nothing for them otherwise.
+                let decision = match crate::trace::enabled() && submission.command.is_some() {
+                    true => {
+                        tracing::info_span!(parent: &submission.span, "decide", otel.name = inner.span_names.0.as_str(), service, partition)
+                    }
+                    false => tracing::Span::none(),
+                };
+                if !decision.is_disabled() {
                     group.decisions.push(decision.clone());
                 }
                 answers.push(

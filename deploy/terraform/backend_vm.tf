@@ -1,6 +1,12 @@
 # The backend VM: Ubuntu 22.04 LTS with Kafka, Redis and MongoDB (cloud-init/backend.yaml.tftpl),
 # no public IP, a static private address in the backend subnet, a Premium data disk for /data,
 # and a system-assigned identity that may write the backups container and nothing else.
+# Its name is prod-Kafka-redis-libertum in production, as the design names it
+# (<environment>-Kafka-redis-libertum; backend_vm_name overrides it).
+
+locals {
+  backend_vm_name = coalesce(var.backend_vm_name, "${var.environment}-Kafka-redis-libertum")
+}
 
 resource "azurerm_network_interface" "backend" {
   name                = "nic-${local.name}-backend"
@@ -44,8 +50,9 @@ locals {
 
 resource "azurerm_linux_virtual_machine" "backend" {
   #checkov:skip=CKV_AZURE_50:The VM agent's extensions are how an operator reaches this VM without SSH (az vm run-command invoke) and how the Azure Monitor agent would be installed; no extension is installed by this module.
-  name                  = "vm-${local.name}-backend"
-  computer_name         = "${local.name}-backend"
+  # The host name is the same in lower case (host names are case-insensitive in DNS anyway).
+  name                  = local.backend_vm_name
+  computer_name         = lower(local.backend_vm_name)
   location              = azurerm_resource_group.main.location
   resource_group_name   = azurerm_resource_group.main.name
   zone                  = var.backend_vm_zone
@@ -104,6 +111,18 @@ resource "azurerm_linux_virtual_machine" "backend" {
     # its own disk and the setup script picks it up again.
     ignore_changes = [custom_data]
   }
+
+  # Default outbound access is off in the backend subnet: until its egress path exists (the NAT
+  # gateway, or with the firewall the route to it and the rules that admit the downloads), the
+  # setup script cannot reach the package mirrors. It retries until it can (the unit
+  # libertum-backend-setup.service), but the VM should not boot before that path is there.
+  depends_on = [
+    azurerm_subnet_nat_gateway_association.backend,
+    azurerm_subnet_network_security_group_association.backend,
+    azurerm_subnet_route_table_association.backend,
+    azurerm_firewall_policy_rule_collection_group.main,
+    azurerm_subnet_nat_gateway_association.firewall,
+  ]
 }
 
 resource "azurerm_managed_disk" "backend_data" {

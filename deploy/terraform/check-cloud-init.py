@@ -10,6 +10,10 @@ does, with sample values, and checks what would reach the VM:
   #cloud-config, uses only the cloud-config keys listed below, and every write_files entry is
   well formed (the embedded backup tool and script decode back to deploy/backup byte for byte);
 - the shell scripts it writes pass shellcheck and its JavaScript parses (node --check);
+- the systemd units it writes pass `systemd-analyze verify` (systemd must be installed);
+- the first boot survives a network that is not there yet: the setup runs as a systemd unit that
+  restarts on failure until the script's marker file exists, every download in the script is
+  retried, and backend_vm.tf makes the VM wait for its subnet's egress path;
 - base64(gzip(rendered)) fits Azure's custom data limit (65,535 bytes, 87,380 base64 characters);
 - `cloud-init schema` accepts it (cloud-init must be installed: without it the check fails).
 
@@ -33,6 +37,14 @@ from yamllint import linter
 HERE = os.path.dirname(os.path.abspath(__file__))
 TEMPLATE = os.path.join(HERE, "cloud-init", "backend.yaml.tftpl")
 BACKEND_VM_TF = os.path.join(HERE, "backend_vm.tf")
+SETUP_SCRIPT = "/usr/local/sbin/libertum-backend-setup"
+SETUP_UNIT = "/etc/systemd/system/libertum-backend-setup.service"
+# What the VM must not be created before (backend_vm.tf's depends_on): its subnet's egress.
+VM_DEPENDS_ON = {
+    "azurerm_subnet_nat_gateway_association.backend",
+    "azurerm_subnet_route_table_association.backend",
+    "azurerm_firewall_policy_rule_collection_group.main",
+}
 BACKUP_DIR = os.path.join(HERE, "..", "backup")
 CUSTOM_DATA_MAX_BASE64 = 87380
 
@@ -153,6 +165,93 @@ def yamllint(text, what):
         ok(f"yamllint {what}")
 
 
+def check_first_boot(doc, files):
+    """The setup is retried until it succeeds, and waits for the network instead of failing."""
+    unit = files.get(SETUP_UNIT)
+    script = files.get(SETUP_SCRIPT)
+    if unit is None or script is None:
+        fail(f"{SETUP_UNIT} and {SETUP_SCRIPT} must both be written")
+        return
+    runcmd = [" ".join(c) if isinstance(c, list) else c for c in doc.get("runcmd", [])]
+    if not any("libertum-backend-setup.service" in c and "enable" in c and "--now" in c for c in runcmd):
+        fail("runcmd does not enable and start libertum-backend-setup.service")
+    elif any(SETUP_SCRIPT in c for c in runcmd):
+        fail("runcmd runs the setup script itself: it must run only in its (retried) unit")
+    else:
+        ok("runcmd starts libertum-backend-setup.service")
+    settings = dict(re.findall(r"^(\w+)=(.*)$", unit, re.MULTILINE))
+    marker = re.search(r"^ConditionPathExists=!(\S+)$", unit, re.MULTILINE)
+    if (settings.get("Restart") != "on-failure" or settings.get("StartLimitIntervalSec") != "0"
+            or settings.get("ExecStart") != SETUP_SCRIPT or not marker):
+        fail(f"{SETUP_UNIT}: needs ExecStart={SETUP_SCRIPT}, Restart=on-failure, "
+             "StartLimitIntervalSec=0 and ConditionPathExists=!<marker>")
+    elif not re.search(r"^done_marker=" + re.escape(marker.group(1)) + r"$", script, re.MULTILINE) \
+            or 'date -u +%FT%TZ > "$done_marker"' not in script:
+        fail(f"{SETUP_SCRIPT} does not write the marker {marker.group(1)} that stops its unit")
+    else:
+        ok(f"{SETUP_UNIT} restarts until the setup has written {marker.group(1)}")
+
+    # Every use of the network outside the helpers' own bodies goes through retry.
+    unretried = []
+    in_function = False
+    for number, line in enumerate(script.splitlines(), 1):
+        text = line.strip()
+        if re.fullmatch(r"[a-z_]+\(\) \{", text):
+            in_function = True
+            continue
+        if in_function:
+            in_function = not re.fullmatch(r"\}", text) or line.startswith("  ")
+            continue
+        if text.startswith("#"):
+            continue
+        if re.search(r"(^|[;&|(]\s*)(curl|apt-get|apt_get|fetch_key|pip)\b", text) and not text.startswith("retry "):
+            unretried.append(f"{number}: {text}")
+    if unretried:
+        fail(f"{SETUP_SCRIPT}: downloads not wrapped in retry:\n  " + "\n  ".join(unretried))
+    else:
+        ok(f"{SETUP_SCRIPT}: every download is retried")
+
+    with open(BACKEND_VM_TF, encoding="utf-8") as f:
+        text = f.read()
+    start = text.index('resource "azurerm_linux_virtual_machine" "backend"')
+    end = text.find("\nresource ", start)
+    block = text[start:end if end > 0 else len(text)]
+    depends = re.search(r"depends_on\s*=\s*\[([^\]]*)\]", block)
+    missing = VM_DEPENDS_ON - set(re.findall(r"[\w.]+", depends.group(1) if depends else ""))
+    if missing:
+        fail(f"backend_vm.tf: the VM's depends_on lacks {sorted(missing)}")
+    else:
+        ok("backend_vm.tf: the VM waits for its subnet's egress path")
+
+
+def check_units(files, tmp):
+    """systemd-analyze verify on every unit written (drop-ins are checked by their own rules)."""
+    tool = shutil.which("systemd-analyze")
+    if tool is None:
+        # scripts/check-deploy installs it (Debian's systemd): a check that cannot run fails.
+        fail("systemd-analyze is not installed (apt-get install systemd)")
+        return
+    units = {p: c for p, c in files.items() if p.startswith("/etc/systemd/system/")
+             and re.search(r"\.(service|timer)$", p)}
+    unit_dir = os.path.join(tmp, "units")
+    os.makedirs(unit_dir)
+    local = []
+    for path, content in units.items():
+        # The commands exist only on the VM: check them by their paths above, run /bin/true here.
+        content = re.sub(r"^(ExecStart(Pre|Post)?=)(?!/bin/sh )\S+.*$", r"\1/bin/true", content, flags=re.MULTILINE)
+        name = os.path.join(unit_dir, os.path.basename(path))
+        with open(name, "w", encoding="utf-8") as f:
+            f.write(content)
+        local.append(name)
+    result = subprocess.run([tool, "verify", *sorted(local)], capture_output=True, text=True,
+                            env={**os.environ, "SYSTEMD_LOG_LEVEL": "warning"})
+    output = (result.stdout + result.stderr).strip()
+    if result.returncode != 0 or output:
+        fail(f"systemd-analyze verify:\n{output}")
+    else:
+        ok(f"systemd-analyze verify: {', '.join(sorted(os.path.basename(p) for p in units))}")
+
+
 def main():
     with open(TEMPLATE, encoding="utf-8") as f:
         template = f.read()
@@ -188,6 +287,7 @@ def main():
         ok(f"cloud-config keys: {sorted(doc)}")
 
     scripts = {}
+    files = {}
     for entry in doc["write_files"]:
         path = entry.get("path", "?")
         extra = set(entry) - WRITE_FILES_KEYS
@@ -199,6 +299,7 @@ def main():
             content = gzip.decompress(base64.b64decode(content)).decode("utf-8")
         elif "encoding" in entry:
             fail(f"write_files {path}: unexpected encoding {entry['encoding']}")
+        files[path] = content
         if "permissions" in entry and not re.fullmatch(r"0[0-7]{3}", str(entry["permissions"])):
             fail(f"write_files {path}: permissions must be a quoted octal string")
         if content.startswith("#!/usr/bin/env bash") or content.startswith("#!/bin/bash"):
@@ -217,7 +318,11 @@ def main():
         else:
             ok(f"{path} decodes to deploy/backup/{name}")
 
+    check_first_boot(doc, files)
+
     with tempfile.TemporaryDirectory() as tmp:
+        check_units(files, tmp)
+
         # The env files are sourced by bash (set -a; . file): every value must come out as
         # written, e.g. a URI's "&" must not end the assignment.
         for entry in doc["write_files"]:

@@ -10,6 +10,8 @@
 #     clientID, and the CSI driver exchanges the token of whichever pod mounts it): it may read
 #     mongodb-uri and redis-url, nothing else. The backup CronJob's own SecretProviderClass uses
 #     the mongodb-backup identity;
+#   - Loki's identity, federated with its service account (monitoring/loki by default), with
+#     Storage Blob Data Contributor on the loki container only;
 #   - the CD identity for GitHub Actions (AcrPush; for prod also the import), when
 #     github_repository is set.
 #
@@ -112,6 +114,33 @@ resource "azurerm_role_assignment" "backup_blob" {
   scope                            = azurerm_storage_container.backups.id
   role_definition_name             = "Storage Blob Data Contributor"
   principal_id                     = azurerm_user_assigned_identity.workload["mongodb-backup"].principal_id
+  skip_service_principal_aad_check = true
+}
+
+# --- Loki ------------------------------------------------------------------------------------
+
+# Loki (deploy/observability/loki) stores its chunks and index in the loki container with this
+# identity: the chart's pod carries azure.workload.identity/use, its service account the client
+# ID (output loki_client_id), and loki.yml sets use_federated_token.
+resource "azurerm_user_assigned_identity" "loki" {
+  name                = "id-${local.name}-loki"
+  location            = azurerm_resource_group.main.location
+  resource_group_name = azurerm_resource_group.main.name
+  tags                = local.tags
+}
+
+resource "azurerm_federated_identity_credential" "loki" {
+  name                      = "aks-${var.loki_service_account.namespace}-${var.loki_service_account.name}"
+  user_assigned_identity_id = azurerm_user_assigned_identity.loki.id
+  audience                  = ["api://AzureADTokenExchange"]
+  issuer                    = azurerm_kubernetes_cluster.main.oidc_issuer_url
+  subject                   = "system:serviceaccount:${var.loki_service_account.namespace}:${var.loki_service_account.name}"
+}
+
+resource "azurerm_role_assignment" "loki_blob" {
+  scope                            = azurerm_storage_container.loki.id
+  role_definition_name             = "Storage Blob Data Contributor"
+  principal_id                     = azurerm_user_assigned_identity.loki.principal_id
   skip_service_principal_aad_check = true
 }
 

@@ -15,7 +15,9 @@ resource "azurerm_key_vault" "main" {
   soft_delete_retention_days = 90
 
   # The private endpoint serves the cluster. The public endpoint exists only for the operators'
-  # addresses (Terraform writes the secrets from there); without any it is switched off.
+  # addresses (Terraform writes and reads the secrets from there); without any it is switched
+  # off. kv-bootstrap.sh opens it to the address it runs from for one plan or apply, then closes
+  # it again (README.md, "Key Vault from outside the VNet"); a runner inside the VNet needs none.
   public_network_access_enabled = length(var.operator_ip_ranges) > 0
 
   network_acls {
@@ -51,6 +53,15 @@ resource "azurerm_private_endpoint" "key_vault" {
 resource "azurerm_role_assignment" "key_vault_terraform" {
   scope                = azurerm_key_vault.main.id
   role_definition_name = "Key Vault Secrets Officer"
+  principal_id         = data.azurerm_client_config.current.object_id
+}
+
+# ... and imports the ingress TLS certificate right after the first apply (README.md, "After the
+# first apply"): `az keyvault certificate import` needs the certificates' data actions, which
+# Secrets Officer lacks (the import is refused with 403 Forbidden).
+resource "azurerm_role_assignment" "key_vault_terraform_certificates" {
+  scope                = azurerm_key_vault.main.id
+  role_definition_name = "Key Vault Certificates Officer"
   principal_id         = data.azurerm_client_config.current.object_id
 }
 

@@ -2,8 +2,7 @@
 
 data "azurerm_client_config" "current" {}
 
-# Storage account names are global and cannot carry hyphens; a short random suffix keeps two
-# subscriptions with the same environment name from colliding. Stable once created.
+# A short random suffix for the flow logs' storage account (flowlogs.tf). Stable once created.
 resource "random_string" "storage_suffix" {
   length  = 5
   upper   = false
@@ -22,15 +21,20 @@ locals {
     var.tags,
   )
 
-  key_vault_name       = coalesce(var.key_vault_name, "${local.name}-kv")
-  acr_name             = coalesce(var.acr_name, "${var.name_prefix}${var.environment}acr")
-  storage_account_name = substr("${var.name_prefix}${var.environment}st${random_string.storage_suffix.result}", 0, 24)
+  # The globally unique names, all from name_prefix (its validation keeps them within Azure's
+  # limits; preflight.sh asks Azure whether they are free before the first apply). The state
+  # account, <prefix>tfstate, is made by hand before Terraform runs (README.md).
+  key_vault_name       = "${local.name}-kv"
+  acr_name             = "${var.name_prefix}${var.environment}acr"
+  storage_account_name = "${var.name_prefix}${var.environment}st"
 
   # The services' Kubernetes service accounts (deploy/k8s/base), each with its own identity.
   service_accounts = ["assets", "tokens", "ledger", "mongodb-backup"]
 
   backup_container      = "mongodb-backups"
   log_archive_container = "log-archive"
+  # Loki's chunks and index (deploy/observability/loki/loki.yml, container_name).
+  loki_container = "loki"
   # The VM's backups go under their own prefix: the AKS CronJob writes (and prunes) mongodb/,
   # and neither job's retention must touch the other's files.
   vm_backup_prefix = "mongodb-vm/"

@@ -1,13 +1,20 @@
 # The virtual network: four subnets, one NSG each, and the NAT gateway that is the only way out
-# to the Internet for the private subnets (AKS and the backend VM).
+# to the Internet for the private subnets (AKS and the backend VM). With firewall_enabled, a
+# fifth subnet holds Azure Firewall, and the private subnets' egress goes through it
+# (firewall.tf).
 #
-#   public    Internet-facing tier, reserved for an Application Gateway / WAF in front of the
-#             ingress. Today the ingress (AKS application routing add-on, managed NGINX) is
-#             published by the cluster's Standard load balancer, whose public front end lives
-#             outside any subnet; its traffic is admitted by the AKS subnet's NSG below.
+#   public    hosts nothing today. It is kept for an Application Gateway / WAF in front of the
+#             ingress, and its NSG already admits what one needs (80, 443, the gateway manager).
+#             The ingress (AKS application routing add-on, managed NGINX) is published by the
+#             cluster's Standard load balancer, whose public front end lives outside any subnet;
+#             its traffic is admitted by the AKS subnet's NSG below.
 #   endpoints private endpoints of Key Vault and the backup storage account.
 #   backend   the backend VM: Kafka 9092, Redis 6379, MongoDB 27017, reachable only from AKS.
 #   aks       nodes and (Azure CNI) pods.
+#
+# Port 80 is open wherever 443 is: the ingress answers plain HTTP only with a redirect to HTTPS
+# (nginx.ingress.kubernetes.io/ssl-redirect), and a client that tries http:// first must get that
+# redirect instead of a timeout.
 
 resource "azurerm_virtual_network" "main" {
   name                = "vnet-${local.name}"
@@ -61,14 +68,15 @@ resource "azurerm_network_security_group" "public" {
   resource_group_name = azurerm_resource_group.main.name
   tags                = local.tags
 
+  # 80 only for the redirect to HTTPS.
   security_rule {
-    name                       = "allow-https-from-clients"
+    name                       = "allow-http-https-from-clients"
     priority                   = 100
     direction                  = "Inbound"
     access                     = "Allow"
     protocol                   = "Tcp"
     source_port_range          = "*"
-    destination_port_range     = "443"
+    destination_port_ranges    = ["80", "443"]
     source_address_prefixes    = var.allowed_ingress_cidrs
     destination_address_prefix = var.subnet_prefixes.public
   }
@@ -132,6 +140,23 @@ resource "azurerm_network_security_group" "endpoints" {
     destination_address_prefix = var.subnet_prefixes.endpoints
   }
 
+  # MongoDB Atlas's private endpoint (atlas.tf), from the cluster only: Atlas gives each node
+  # of the replica set a port of its own behind the one address, hence the range.
+  dynamic "security_rule" {
+    for_each = var.atlas_enabled ? [1] : []
+    content {
+      name                       = "allow-atlas-from-aks"
+      priority                   = 110
+      direction                  = "Inbound"
+      access                     = "Allow"
+      protocol                   = "Tcp"
+      source_port_range          = "*"
+      destination_port_range     = "1024-65535"
+      source_address_prefix      = var.subnet_prefixes.aks
+      destination_address_prefix = "${var.atlas_private_endpoint_ip}/32"
+    }
+  }
+
   security_rule {
     name                       = "deny-all-inbound"
     priority                   = 4096
@@ -193,8 +218,8 @@ resource "azurerm_network_security_group" "backend" {
   }
 
   # Out: blob storage's private endpoint (the backup upload) and the Internet through the NAT
-  # gateway (packages); nothing else in the VNet (not Key Vault's endpoint either), so a
-  # compromised VM cannot reach the cluster.
+  # gateway or the firewall (packages); nothing else in the VNet (not Key Vault's endpoint
+  # either), so a compromised VM cannot reach the cluster.
   security_rule {
     name                       = "allow-https-to-blob-endpoint"
     priority                   = 100
@@ -226,18 +251,35 @@ resource "azurerm_network_security_group" "aks" {
   resource_group_name = azurerm_resource_group.main.name
   tags                = local.tags
 
-  # The ingress controller's load balancer. HTTPS only: the API has no business on plain HTTP,
-  # and the certificate comes from Key Vault, so no ACME HTTP-01 challenge needs port 80.
+  # The ingress controller's load balancer: 443, and 80, where the ingress only redirects to
+  # HTTPS (the certificate comes from Key Vault: no ACME HTTP-01 challenge uses it).
   security_rule {
-    name                       = "allow-https-to-ingress"
+    name                       = "allow-http-https-to-ingress"
     priority                   = 100
     direction                  = "Inbound"
     access                     = "Allow"
     protocol                   = "Tcp"
     source_port_range          = "*"
-    destination_port_range     = "443"
+    destination_port_ranges    = ["80", "443"]
     source_address_prefixes    = var.allowed_ingress_cidrs
     destination_address_prefix = "*"
+  }
+
+  # With the firewall, clients come in through its public IP: it forwards (DNAT) 80 and 443 to
+  # the ingress's internal address, from its own private addresses.
+  dynamic "security_rule" {
+    for_each = var.firewall_enabled ? [1] : []
+    content {
+      name                       = "allow-http-https-from-firewall"
+      priority                   = 105
+      direction                  = "Inbound"
+      access                     = "Allow"
+      protocol                   = "Tcp"
+      source_port_range          = "*"
+      destination_port_ranges    = ["80", "443"]
+      source_address_prefix      = var.subnet_prefixes.firewall
+      destination_address_prefix = var.firewall_ingress_private_ip
+    }
   }
 
   # Nodes and pods among themselves, and the private API server endpoint AKS puts here.
@@ -277,6 +319,16 @@ resource "azurerm_network_security_group" "aks" {
     destination_port_range     = "*"
     source_address_prefix      = "*"
     destination_address_prefix = "*"
+  }
+
+  lifecycle {
+    precondition {
+      condition = !var.firewall_enabled || (
+        var.firewall_ingress_private_ip != null &&
+        cidrsubnet("${coalesce(var.firewall_ingress_private_ip, "0.0.0.0")}/${split("/", var.subnet_prefixes.aks)[1]}", 0, 0) == var.subnet_prefixes.aks
+      )
+      error_message = "firewall_enabled needs firewall_ingress_private_ip: the ingress's internal load balancer address, in subnet_prefixes.aks (the firewall forwards 80 and 443 to it)."
+    }
   }
 }
 
@@ -329,14 +381,29 @@ resource "azurerm_nat_gateway_public_ip_association" "main" {
   public_ip_address_id = azurerm_public_ip.nat.id
 }
 
+# Without the firewall, the NAT gateway serves the private subnets directly; with it, it serves
+# AzureFirewallSubnet instead (firewall.tf), and the private subnets route to the firewall.
 resource "azurerm_subnet_nat_gateway_association" "aks" {
+  count          = var.firewall_enabled ? 0 : 1
   subnet_id      = azurerm_subnet.aks.id
   nat_gateway_id = azurerm_nat_gateway.main.id
 }
 
 resource "azurerm_subnet_nat_gateway_association" "backend" {
+  count          = var.firewall_enabled ? 0 : 1
   subnet_id      = azurerm_subnet.backend.id
   nat_gateway_id = azurerm_nat_gateway.main.id
+}
+
+# Both associations had no count before firewall_enabled existed.
+moved {
+  from = azurerm_subnet_nat_gateway_association.aks
+  to   = azurerm_subnet_nat_gateway_association.aks[0]
+}
+
+moved {
+  from = azurerm_subnet_nat_gateway_association.backend
+  to   = azurerm_subnet_nat_gateway_association.backend[0]
 }
 
 # --- Private DNS for the private endpoints ---------------------------------------------------

@@ -82,7 +82,7 @@ output "backend_subnet_cidr" {
 }
 
 output "backend_vm_name" {
-  description = "The backend VM (az vm run-command invoke --name ...)."
+  description = "The backend VM (az vm run-command invoke --name ...): prod-Kafka-redis-libertum in production."
   value       = azurerm_linux_virtual_machine.backend.name
 }
 
@@ -102,7 +102,7 @@ output "backup_container_name" {
 }
 
 output "log_archive_container_name" {
-  description = "Container for archived logs (e.g. Loki's chunks)."
+  description = "Container for archived logs (exports kept beyond Loki's 30 days)."
   value       = azurerm_storage_container.log_archive.name
 }
 
@@ -112,8 +112,28 @@ output "blob_private_endpoint_ip" {
 }
 
 output "nat_public_ip" {
-  description = "The single egress address of the cluster and the backend VM, for allow-lists elsewhere."
+  description = "The single egress address of the cluster and the backend VM, for allow-lists elsewhere (with the firewall too: the NAT gateway then serves the firewall's subnet)."
   value       = azurerm_public_ip.nat.ip_address
+}
+
+output "firewall_public_ip" {
+  description = "With firewall_enabled: the ingress's public address (the API's DNS name points here; the firewall forwards 80 and 443 to firewall_ingress_private_ip). null without the firewall."
+  value       = var.firewall_enabled ? azurerm_public_ip.firewall[0].ip_address : null
+}
+
+output "firewall_private_ip" {
+  description = "With firewall_enabled: the next hop of the aks and backend subnets' default route. null without the firewall."
+  value       = var.firewall_enabled ? azurerm_firewall.main[0].ip_configuration[0].private_ip_address : null
+}
+
+output "aks_outbound_type" {
+  description = "The cluster's outbound type: userAssignedNATGateway, or userDefinedRouting with the firewall."
+  value       = local.aks_outbound_type
+}
+
+output "flow_log_storage_account_name" {
+  description = "Storage account of the raw VNet flow logs (null with flow_logs_enabled = false); traffic analytics writes NTANetAnalytics in the Log Analytics workspace."
+  value       = var.flow_logs_enabled ? azurerm_storage_account.flow_logs[0].name : null
 }
 
 output "log_analytics_workspace_id" {
@@ -134,4 +154,34 @@ output "github_cd_client_id" {
 output "subscription_id" {
   description = "Subscription deployed into (AZURE_SUBSCRIPTION_ID of the CD workflow)."
   value       = data.azurerm_client_config.current.subscription_id
+}
+
+output "loki_client_id" {
+  description = "Client ID of Loki's workload identity: the azure.workload.identity/client-id annotation of the service account monitoring/loki (loki_service_account). It may write the loki container only."
+  value       = azurerm_user_assigned_identity.loki.client_id
+}
+
+output "loki_container_name" {
+  description = "Container of Loki's chunks and index (deploy/observability/loki/loki.yml, container_name), in storage_account_name."
+  value       = azurerm_storage_container.loki.name
+}
+
+output "atlas_private_endpoint_ip" {
+  description = "With atlas_enabled: the Atlas private endpoint's address; the services' and the backup's NetworkPolicies admit TCP 1024-65535 to <this>/32. null without Atlas."
+  value       = var.atlas_enabled ? module.atlas[0].private_endpoint_ip : null
+}
+
+output "atlas_cluster_name" {
+  description = "With atlas_enabled: the Atlas cluster (and its project, atlas_project_id). null without Atlas."
+  value       = var.atlas_enabled ? module.atlas[0].cluster_name : null
+}
+
+output "atlas_project_id" {
+  description = "With atlas_enabled: the Atlas project holding the cluster. null without Atlas."
+  value       = var.atlas_enabled ? module.atlas[0].project_id : null
+}
+
+output "atlas_secret_names" {
+  description = "With atlas_enabled: the Key Vault secret holding each workload's Atlas connection string (mongodb+srv, TLS), readable by that workload's own identity (workload_identity_client_ids). null without Atlas."
+  value       = var.atlas_enabled ? module.atlas[0].secret_names : null
 }

@@ -70,6 +70,15 @@ resource "azurerm_storage_container" "log_archive" {
   container_access_type = "private"
 }
 
+# Loki's chunks and index (deploy/observability/loki/loki.yml), written by Loki's own workload
+# identity (identity.tf), which has Storage Blob Data Contributor on this container alone.
+resource "azurerm_storage_container" "loki" {
+  #checkov:skip=CKV2_AZURE_21:Blob reads, writes and deletes are logged by the diagnostic setting on blobServices/default (monitoring.tf) to Log Analytics; the storage-insights resource this check looks for needs an account key, and shared keys are disabled.
+  name                  = local.loki_container
+  storage_account_id    = azurerm_storage_account.main.id
+  container_access_type = "private"
+}
+
 resource "azurerm_storage_management_policy" "main" {
   storage_account_id = azurerm_storage_account.main.id
 
@@ -114,6 +123,33 @@ resource "azurerm_storage_management_policy" "main" {
         tier_to_cool_after_days_since_modification_greater_than    = var.log_archive_lifecycle_days.cool
         tier_to_archive_after_days_since_modification_greater_than = var.log_archive_lifecycle_days.archive
         delete_after_days_since_modification_greater_than          = var.log_archive_lifecycle_days.delete
+      }
+
+      version {
+        delete_after_days_since_creation = var.blob_soft_delete_days
+      }
+
+      snapshot {
+        delete_after_days_since_creation_greater_than = var.blob_soft_delete_days
+      }
+    }
+  }
+
+  # Loki reads its chunks for every query within its 30 days of retention and its compactor
+  # deletes them after that: no cooler tier (cool bills a 30-day minimum and every read), only a
+  # backstop deletion, and the versions that Loki's rewrites of its index leave behind.
+  rule {
+    name    = "loki"
+    enabled = true
+
+    filters {
+      blob_types   = ["blockBlob"]
+      prefix_match = ["${local.loki_container}/"]
+    }
+
+    actions {
+      base_blob {
+        delete_after_days_since_modification_greater_than = var.loki_lifecycle_delete_days
       }
 
       version {

@@ -26,13 +26,19 @@ variable "environment" {
 }
 
 variable "name_prefix" {
-  description = "Prefix of every resource name."
+  description = <<-EOT
+    Prefix of every resource name, and the one source of the globally unique ones (main.tf):
+    registry <prefix><environment>acr, Key Vault <prefix>-<environment>-kv, storage account
+    <prefix><environment>st, and the state account <prefix>tfstate (backend.hcl.example). No
+    default: choose one nobody else uses (an organisation's short name), and check it with
+    preflight.sh, which asks Azure whether the names are free. 2-12 characters, so that with an
+    environment of up to 8 every derived name fits: Key Vault 3-24, storage 3-24, registry 5-50.
+  EOT
   type        = string
-  default     = "libertum"
 
   validation {
     condition     = can(regex("^[a-z][a-z0-9]{1,11}$", var.name_prefix))
-    error_message = "name_prefix: 2-12 lowercase letters or digits, starting with a letter."
+    error_message = "name_prefix: 2-12 lowercase letters or digits, starting with a letter (it ends up in the Key Vault, registry and storage account names, which allow 24 characters and no hyphens in two of them)."
   }
 }
 
@@ -52,22 +58,30 @@ variable "vnet_address_space" {
 
 variable "subnet_prefixes" {
   description = <<-EOT
-    Subnets of the VNet. public: reserved for the Internet-facing tier (an Application Gateway /
-    WAF in front of the ingress when one is added); endpoints: private endpoints (Key Vault, blob);
-    backend: the backend VM (Kafka, Redis, MongoDB); aks: nodes and pods (Azure CNI gives every
-    pod an address here: nodes x (max_pods + 1) must fit, with room for upgrade surges).
+    Subnets of the VNet. public: empty today, reserved for an Application Gateway / WAF in front
+    of the ingress (its NSG already admits 80 and 443); endpoints: private endpoints (Key Vault,
+    blob); backend: the backend VM (Kafka, Redis, MongoDB); aks: nodes and pods (Azure CNI gives
+    every pod an address here: nodes x (max_pods + 1) must fit, with room for upgrade surges);
+    firewall: AzureFirewallSubnet, a /26, created only with firewall_enabled.
   EOT
   type = object({
     public    = string
     endpoints = string
     backend   = string
     aks       = string
+    firewall  = optional(string, "10.20.1.0/26")
   })
   default = {
     public    = "10.20.0.0/24"
+    firewall  = "10.20.1.0/26"
     endpoints = "10.20.2.0/24"
     backend   = "10.20.3.0/24"
     aks       = "10.20.16.0/20"
+  }
+
+  validation {
+    condition     = endswith(var.subnet_prefixes.firewall, "/26")
+    error_message = "subnet_prefixes.firewall: Azure Firewall needs a /26 (AzureFirewallSubnet)."
   }
 }
 
@@ -84,7 +98,7 @@ variable "aks_dns_service_ip" {
 }
 
 variable "allowed_ingress_cidrs" {
-  description = "Sources allowed to reach the ingress (HTTPS, 443) in the AKS subnet. The default is the whole Internet: it is a public API."
+  description = "Sources allowed to reach the ingress in the AKS subnet: 443, and 80, which only answers with a redirect to HTTPS. The default is the whole Internet: it is a public API."
   type        = list(string)
   default     = ["0.0.0.0/0"]
 }
@@ -101,16 +115,28 @@ variable "admin_ssh_source_cidrs" {
 
 variable "operator_ip_ranges" {
   description = <<-EOT
-    Public IPs/CIDRs of where Terraform runs (a workstation, a CI runner). Terraform writes the
-    generated connection strings into Key Vault, whose firewall admits only these (and the
-    private endpoint). Empty: Key Vault's public endpoint is disabled and Terraform must run from
-    inside the VNet (or a peered network).
+    Public IPs/CIDRs of where Terraform runs (a workstation, a CI runner). Terraform writes and
+    reads the generated connection strings in Key Vault, whose firewall admits only these (and
+    the private endpoint). Empty: Key Vault's public endpoint is disabled and Terraform must run
+    from inside the VNet (or a peered network). Leave it unset and run kv-bootstrap.sh, which
+    sets it to this machine's address for one plan or apply and empties it again afterwards.
   EOT
   type        = list(string)
   default     = []
 }
 
 # --- Backend VM (Kafka, Redis, MongoDB) -------------------------------------------------------
+
+variable "backend_vm_name" {
+  description = "Name of the backend VM in Azure. null: <environment>-Kafka-redis-libertum (the product, not name_prefix: the name need only be unique in its resource group), i.e. prod-Kafka-redis-libertum in production, as the design names it. Its host name is the same in lower case. Changing it replaces the VM (the data disk is kept)."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.backend_vm_name == null || can(regex("^[A-Za-z0-9][A-Za-z0-9-]{0,62}[A-Za-z0-9]$", var.backend_vm_name))
+    error_message = "backend_vm_name: 2-64 letters, digits or hyphens, starting and ending with a letter or digit (it is also the host name)."
+  }
+}
 
 variable "backend_vm_size" {
   description = "Size of the backend VM: 2 vCPU / 4 GiB. D2ls_v5 is not burstable; Standard_B2s costs half but runs out of CPU credits under a steady Kafka and MongoDB load."
@@ -298,9 +324,18 @@ variable "aks_node_os_upgrade_channel" {
 }
 
 variable "aks_admin_group_object_ids" {
-  description = "Entra ID groups that are cluster administrators (Azure RBAC for Kubernetes; local accounts are disabled)."
+  description = "Entra ID groups that are cluster administrators (Azure RBAC for Kubernetes). Local accounts are disabled, so with none nobody could reach the cluster: at least one is required."
   type        = list(string)
-  default     = []
+
+  validation {
+    condition     = length(var.aks_admin_group_object_ids) > 0
+    error_message = "aks_admin_group_object_ids: name at least one Entra ID group (its object ID). Local accounts are disabled, so without an admin group nobody can use the cluster."
+  }
+
+  validation {
+    condition     = alltrue([for id in var.aks_admin_group_object_ids : can(regex("^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", id))])
+    error_message = "aks_admin_group_object_ids: object IDs (GUIDs, lowercase), not group names."
+  }
 }
 
 variable "kubernetes_namespace" {
@@ -310,18 +345,6 @@ variable "kubernetes_namespace" {
 }
 
 # --- Registry, vault, storage ----------------------------------------------------------------
-
-variable "acr_name" {
-  description = "Container registry name (globally unique, alphanumeric). null: <prefix><environment>acr."
-  type        = string
-  default     = null
-}
-
-variable "key_vault_name" {
-  description = "Key Vault name (globally unique, 3-24 characters). null: <prefix>-<environment>-kv."
-  type        = string
-  default     = null
-}
 
 variable "key_vault_administrator_object_ids" {
   description = "Entra ID users or groups given \"Key Vault Administrator\" on the vault (to import the ingress TLS certificate, rotate secrets)."
@@ -404,6 +427,77 @@ variable "blob_soft_delete_days" {
   default     = 14
 }
 
+# --- Firewall, flow logs, Defender ----------------------------------------------------------
+
+variable "firewall_enabled" {
+  description = <<-EOT
+    Azure Firewall (Standard) in AzureFirewallSubnet: the aks and backend subnets' egress goes
+    through it (route tables), and it admits only what the workloads need (firewall.tf). The NAT
+    gateway then serves the firewall's subnet, so egress keeps the same static address, and AKS
+    uses outbound type userDefinedRouting. The ingress must then be published on an internal load
+    balancer at firewall_ingress_private_ip; clients reach it through the firewall's public IP.
+    About 900 USD a month plus traffic. false (the default): egress through the NAT gateway alone.
+  EOT
+  type        = bool
+  default     = false
+}
+
+variable "firewall_ingress_private_ip" {
+  description = "With firewall_enabled: the ingress controller's internal load balancer address, in subnet_prefixes.aks, to which the firewall forwards (DNAT) ports 80 and 443 of its public IP from allowed_ingress_cidrs. Required when the firewall is on."
+  type        = string
+  default     = null
+}
+
+variable "firewall_cluster_allowed_fqdns" {
+  description = "With firewall_enabled: host names the cluster may reach on 443 besides AKS's own, the registry, Entra ID, Azure Monitor and Azure Policy: the image registries of Argo CD and the monitoring stack, and GitHub for Argo CD. Wildcards (*.example.com) are allowed."
+  type        = list(string)
+  default = [
+    "github.com",
+    "raw.githubusercontent.com",
+    "objects.githubusercontent.com",
+    "ghcr.io",
+    "pkg-containers.githubusercontent.com",
+    "quay.io",
+    "*.quay.io",
+    "registry.k8s.io",
+    "*.pkg.dev",
+    "registry-1.docker.io",
+    "auth.docker.io",
+    "production.cloudflare.docker.com",
+    "public.ecr.aws",
+  ]
+}
+
+variable "flow_logs_enabled" {
+  description = "VNet flow logs (Network Watcher) into a dedicated storage account, with traffic analytics into the Log Analytics workspace."
+  type        = bool
+  default     = true
+}
+
+variable "flow_log_retention_days" {
+  description = "Days the raw flow logs are kept in their storage account (traffic analytics' tables follow log_analytics_retention_days). 90, the CIS benchmark's minimum: enough to trace an incident found late."
+  type        = number
+  default     = 90
+}
+
+variable "network_watcher_name" {
+  description = "The region's Network Watcher, which owns the flow log. null: NetworkWatcher_<location>, the one Azure creates with the first VNet of a region."
+  type        = string
+  default     = null
+}
+
+variable "network_watcher_resource_group_name" {
+  description = "Resource group of that Network Watcher (Azure creates NetworkWatcherRG)."
+  type        = string
+  default     = "NetworkWatcherRG"
+}
+
+variable "defender_for_containers_enabled" {
+  description = "Microsoft Defender for Containers (Standard) on the whole subscription: vulnerability scanning of the images in every registry, and agentless discovery of the clusters. Subscription-wide, so an environment sharing a subscription with another turns it on for both; about 7 USD per vCore of the nodes per month."
+  type        = bool
+  default     = true
+}
+
 # --- Monitoring ------------------------------------------------------------------------------
 
 variable "log_analytics_retention_days" {
@@ -453,4 +547,85 @@ variable "github_promote_from_acr_id" {
   description = "Resource ID of the registry this environment's images are promoted from (prod: dev's registry, the dev outputs' acr_id). Gives the CD identity Reader on that registry (read and pull) and, here, a role with the import action and the registry's read. null: this environment builds its own images."
   type        = string
   default     = null
+}
+
+# --- Loki (logs in blob storage) -------------------------------------------------------------
+
+variable "loki_service_account" {
+  description = "Namespace and name of Loki's Kubernetes service account (the grafana/loki chart's, installed in namespace monitoring: deploy/observability/loki/values.yaml). Its federated credential lets Loki write its chunks and index to the loki container with no key."
+  type = object({
+    namespace = string
+    name      = string
+  })
+  default = {
+    namespace = "monitoring"
+    name      = "loki"
+  }
+}
+
+variable "loki_lifecycle_delete_days" {
+  description = "Backstop deletion of blobs in the loki container, in days since last modification. Loki's compactor deletes chunks after its own 30-day retention (loki.yml); this only catches what it leaves behind, so it must stay above 30."
+  type        = number
+  default     = 60
+
+  validation {
+    condition     = var.loki_lifecycle_delete_days > 31
+    error_message = "loki_lifecycle_delete_days: more than 31, or blobs Loki still serves (30 days of retention) would be deleted under it."
+  }
+}
+
+# --- MongoDB Atlas (optional, modules/atlas; docs/atlas.md) -----------------------------------
+
+variable "atlas_enabled" {
+  description = "Create a MongoDB Atlas cluster on Azure with a private endpoint in the endpoints subnet, one database user per service and their connection strings in Key Vault (modules/atlas). For when the backend VM's MongoDB is outgrown; docs/atlas.md is the migration runbook. Needs Atlas credentials in MONGODB_ATLAS_CLIENT_ID and MONGODB_ATLAS_CLIENT_SECRET (a service account with Project Owner)."
+  type        = bool
+  default     = false
+}
+
+variable "atlas_org_id" {
+  description = "Atlas organisation in which to create the project libertum-<environment>. Ignored when atlas_project_id is set."
+  type        = string
+  default     = null
+}
+
+variable "atlas_project_id" {
+  description = "An existing Atlas project to create the cluster in. null: a new project in atlas_org_id."
+  type        = string
+  default     = null
+}
+
+variable "atlas_region" {
+  description = "Atlas's name of the Azure region of the cluster and of its private endpoint: the same region as location (westeurope is EUROPE_WEST, northeurope EUROPE_NORTH)."
+  type        = string
+  default     = "EUROPE_WEST"
+}
+
+variable "atlas_instance_size" {
+  description = "Cluster tier of the three electable nodes (Atlas spreads them over the region's availability zones). Compute auto-scaling moves between this and atlas_max_instance_size."
+  type        = string
+  default     = "M30"
+}
+
+variable "atlas_max_instance_size" {
+  description = "Largest tier compute auto-scaling may reach."
+  type        = string
+  default     = "M60"
+}
+
+variable "atlas_mongodb_version" {
+  description = "MongoDB major version of the Atlas cluster. null: mongodb_series, the backend VM's, which mongosync needs on both sides of a migration (upgrade on Atlas afterwards)."
+  type        = string
+  default     = null
+}
+
+variable "atlas_private_endpoint_ip" {
+  description = "Static address of the Atlas private endpoint in subnet_prefixes.endpoints: the services' NetworkPolicy admits TCP 1024-65535 to exactly this /32 (Atlas gives each node its own port behind the endpoint)."
+  type        = string
+  default     = "10.20.2.20"
+}
+
+variable "atlas_migration_user" {
+  description = "true only during a migration to Atlas (docs/atlas.md): a database user with atlasAdmin for mongosync, its connection string in the Key Vault secret atlas-mongosync-uri. false again once the migration is committed."
+  type        = bool
+  default     = false
 }

@@ -18,8 +18,19 @@ terraform {
       source  = "hashicorp/time"
       version = "~> 0.13"
     }
+    # Only modules/atlas uses it (atlas_enabled); init downloads it either way. The 2.x schema
+    # (replication_specs as a list of objects, use_effective_fields) was checked against the
+    # 2.16 documentation.
+    mongodbatlas = {
+      source  = "mongodb/mongodbatlas"
+      version = "~> 2.16"
+    }
   }
 }
+
+# Credentials from the environment, never from variables: MONGODB_ATLAS_CLIENT_ID and
+# MONGODB_ATLAS_CLIENT_SECRET (an Atlas service account). Unused while atlas_enabled is false.
+provider "mongodbatlas" {}
 
 provider "azurerm" {
   # null: taken from ARM_SUBSCRIPTION_ID (or `az account show` with Azure CLI authentication).

@@ -41,7 +41,9 @@ def azure_secret_provider_problems(doc):
         problems.append("spec/parameters/usePodIdentity: must be \"false\" (workload identity)")
     try:
         objects = yaml.safe_load(params.get("objects", "")) or {}
-        names = {yaml.safe_load(item)["objectName"] for item in objects.get("array", [])}
+        entries = [yaml.safe_load(item) for item in objects.get("array", [])]
+        # A secretObjects entry names the mounted file: the objectAlias where one is set.
+        names = {entry.get("objectAlias") or entry["objectName"] for entry in entries}
     except (yaml.YAMLError, AttributeError, KeyError, TypeError) as e:
         return problems + [f"spec/parameters/objects: not an array of objectName entries ({e})"]
     for synced in spec.get("secretObjects", []):

@@ -1,7 +1,8 @@
 # MongoDB Atlas, off by default (atlas_enabled): the cluster, its private endpoint in the
 # endpoints subnet, the services' database users and their connection strings in Key Vault
 # (modules/atlas). Creating it changes nothing that runs: the services keep the backend VM's
-# MongoDB until the cut-over of docs/atlas.md points them at the Atlas secrets.
+# MongoDB until the cut-over of docs/atlas.md adds the overlay's atlas component
+# (deploy/k8s/components/atlas), which points them at the Atlas secrets.
 
 module "atlas" {
   source = "./modules/atlas"
@@ -25,13 +26,18 @@ module "atlas" {
   migration_user      = var.atlas_migration_user
   tags                = local.tags
 
-  # Each service's own workload identity (not the shared Key Vault reader): with one user per
-  # service, a service may read only its own user's password.
+  # Each service's own workload identity (not the shared Key Vault reader, which every
+  # service's ServiceAccount can use): with one user per service, a service may read only its
+  # own user's password. These are the identities the SecretProviderClasses of
+  # deploy/k8s/components/atlas name (workload_identity_client_ids), and each may read exactly
+  # what its class lists: its own atlas-mongodb-uri-<service> and redis-url; the backup's,
+  # atlas-mongodb-backup-uri.
   service_principal_ids = {
     for service in ["assets", "tokens", "ledger"] :
     service => azurerm_user_assigned_identity.workload[service].principal_id
   }
   backup_principal_id = azurerm_user_assigned_identity.workload["mongodb-backup"].principal_id
+  redis_url_secret_id = azurerm_key_vault_secret.backend["redis-url"].resource_versionless_id
 
   # Its secrets are written like keyvault.tf's: once Terraform's own role has reached the vault,
   # through the private endpoint or the operator's address.

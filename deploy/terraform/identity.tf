@@ -3,8 +3,11 @@
 #     before the cluster does: no race between the first image pull and the AcrPull assignment);
 #   - one workload identity per Kubernetes service account (assets, tokens, ledger,
 #     mongodb-backup), federated with the cluster's OIDC issuer. The services' three carry no
-#     role: the services call no Azure API themselves. The backup's may write the backups
-#     container and read one Key Vault secret, mongodb-backup-uri (MongoDB's backup role);
+#     role here: the services call no Azure API themselves (with atlas_enabled, modules/atlas
+#     lets each read its own Atlas connection string and redis-url, for the SecretProviderClass
+#     deploy/k8s/components/atlas gives it). The backup's may write the backups
+#     container and read one Key Vault secret, mongodb-backup-uri (MongoDB's backup role;
+#     with atlas_enabled also Atlas's atlas-mongodb-backup-uri, modules/atlas);
 #   - a Key Vault reader federated with the three services' service accounts, for the one
 #     SecretProviderClass they share (deploy/k8s/base/secretproviderclass.yaml names one
 #     clientID, and the CSI driver exchanges the token of whichever pod mounts it): it may read

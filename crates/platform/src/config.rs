@@ -149,7 +149,7 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
     (
         "LIBERTUM_OTLP_ENDPOINT",
         "(none: no spans exported)",
-        "OTLP/HTTP (protobuf) URL spans are sent to, e.g. http://alloy.monitoring:4318/v1/traces (a collector that forwards to Tempo or Azure Monitor); a request's trace then goes on through the events and Kafka to the ledger entry",
+        "OTLP/HTTP (protobuf) URL spans are sent to, e.g. http://otlp.monitoring.svc.cluster.local:4318/v1/traces (a collector that forwards to Tempo or Azure Monitor); a request's trace then goes on through the events and Kafka to the ledger entry",
     ),
     (
         "LIBERTUM_TRACE_SAMPLE_RATIO",

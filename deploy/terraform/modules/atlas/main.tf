@@ -281,11 +281,25 @@ resource "azurerm_key_vault_secret" "atlas" {
   ]
 }
 
-# Each service's identity reads its own user's connection string, the backup's its read-only
-# one; nobody's reads atlas-mongosync-uri (an operator does, as a Key Vault administrator).
+# Exactly what the Kubernetes side mounts with each identity (deploy/k8s/components/atlas): each
+# service's SecretProviderClass names the service's own identity and lists its own user's
+# connection string and redis-url (Redis stays on the VM); the backup's class, the backup's
+# identity, lists the read-only user's. Nobody's reads atlas-mongosync-uri (an operator does, as
+# a Key Vault administrator). The shared Key Vault reader (identity.tf), federated with all
+# three services' ServiceAccounts, gets none of these: any service could then read the others'.
 resource "azurerm_role_assignment" "service" {
   for_each                         = var.service_principal_ids
   scope                            = azurerm_key_vault_secret.atlas["atlas-mongodb-uri-${each.key}"].resource_versionless_id
+  role_definition_name             = "Key Vault Secrets User"
+  principal_id                     = each.value
+  skip_service_principal_aad_check = true
+}
+
+# redis-url is the shared reader's already, and so readable by every service's pod; granting it
+# to each service's own identity as well lets no pod read anything new.
+resource "azurerm_role_assignment" "service_redis" {
+  for_each                         = var.service_principal_ids
+  scope                            = var.redis_url_secret_id
   role_definition_name             = "Key Vault Secrets User"
   principal_id                     = each.value
   skip_service_principal_aad_check = true

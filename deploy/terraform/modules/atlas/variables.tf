@@ -83,6 +83,11 @@ variable "key_vault_id" {
   type        = string
 }
 
+variable "redis_url_secret_id" {
+  description = "Versionless ID of the Key Vault secret redis-url (the backend VM's Redis): each service's identity may read it too, since its Atlas SecretProviderClass lists it beside the service's own connection string."
+  type        = string
+}
+
 variable "service_principal_ids" {
   description = "Principal ID of each service's workload identity (assets, tokens, ledger): each may read its own connection string only."
   type        = map(string)

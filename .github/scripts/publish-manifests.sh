@@ -10,8 +10,8 @@
 # SHA the images were built from (tag sha-<COMMIT>, which CD locks in the registry).
 # --forward-only (dev): do nothing when the overlay already names a newer commit, so that a CD
 # run that finishes late never rolls dev back. Promotion to prod may go back on purpose.
-# --tags-only (prod): change the tags alone, not deploy/k8s; the manifests come only from the
-# commits dev deployed, each of which passed CI.
+# --tags-only (promotion to prod or preview): change the tags alone, not deploy/k8s; the
+# manifests come only from the commits dev deployed, each of which passed CI.
 #
 # Environment:
 #   MANIFESTS_URL     the manifests repository, as git clones it (https://github.com/o/r.git,

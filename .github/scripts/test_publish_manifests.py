@@ -3,10 +3,11 @@
 bare repository standing in for the manifests repository (a file:// URL): the first run makes
 one commit with the expected tags, a second with the same inputs makes none, a new tag changes
 only the tag lines, a push that loses a race is redone on the new tip, dev never goes back, the
-tree never goes back, other overlays keep their tags, and a wrong registry or a short SHA
+tree never goes back, other overlays keep their tags, a promotion to preview sets preview's
+tags (on preview's registry) and later dev runs keep them, and a wrong registry or a short SHA
 changes nothing. Also the same with this repository as its own manifests repository (self), and
-manifests-target.sh, which resolves the repository variable, and as-deploy-key.sh, which gives
-git the deploy key.
+manifests-target.sh, which resolves the repository variable and refuses one that is not
+deploy/argocd/base/repository.yaml's, and as-deploy-key.sh, which gives git the deploy key.
 
     python3 -m unittest discover -s .github/scripts -p 'test_*.py'
 
@@ -29,8 +30,11 @@ DEPLOY_KEY = HERE / "as-deploy-key.sh"
 ROOT = HERE.parent.parent
 DEV = "libertumdevacr.azurecr.io"
 PROD = "libertumprodacr.azurecr.io"
+PREVIEW = "libertumpreviewacr.azurecr.io"
 DEV_OVERLAY = "deploy/k8s/overlays/dev/kustomization.yaml"
 PROD_OVERLAY = "deploy/k8s/overlays/prod/kustomization.yaml"
+PREVIEW_OVERLAY = "deploy/k8s/overlays/preview/kustomization.yaml"
+SET_TAG = HERE / "set-image-tag.py"
 GIT = shutil.which("git") or "git"
 
 
@@ -235,6 +239,49 @@ class SeparateRepository(Base):
         self.assertEqual(self.show("SOURCE_COMMIT"), first + "\n")
         self.assertNotEqual(first, second)
 
+    def test_promotion_to_preview_sets_its_tags_and_dev_runs_keep_them(self) -> None:
+        # As cd.yml's promote job with environment=preview: preview's overlay alone, on preview's
+        # own registry (its terraform-values.env's acr_login_server).
+        first = self.commit("first")
+        self.ok(self.publish("dev", DEV, first, "--forward-only"))
+        pushed = self.m("rev-parse", "main")
+        self.assertNotIn(f"sha-{first}", self.show(PREVIEW_OVERLAY))
+        done = self.publish("preview", PREVIEW, first, "--tags-only")
+        self.ok(done)
+        self.assertEqual(self.m("diff", "--name-only", pushed, "main"), PREVIEW_OVERLAY)
+        self.assertEqual(self.show(PREVIEW_OVERLAY).count(f"  newTag: sha-{first}\n"), 2)
+        self.assertIn(f"deploy(preview): libertum sha-{first}", self.m("log", "-1", "--format=%s", "main"))
+        # A tag edited in the source (set-image-tag.py on its preview overlay) never reaches the
+        # manifests repository: the dev run keeps the tags the manifests repository has.
+        edited = "sha-" + "e" * 40
+        for repository in ("libertum", "libertum-backup"):
+            subprocess.run(["python3", str(SET_TAG), str(self.source / PREVIEW_OVERLAY), repository, edited],
+                           check=True, env=self.env)
+        self.git("add", PREVIEW_OVERLAY)
+        second = self.commit("a hand edit of preview's tags, and a change", change="deploy/k8s/base/kustomization.yaml")
+        self.assertIn(edited, self.git("show", f"HEAD:{PREVIEW_OVERLAY}"))
+        self.ok(self.publish("dev", DEV, second, "--forward-only"))
+        self.assertEqual(self.show("SOURCE_COMMIT"), second + "\n")
+        self.assertEqual(self.show(PREVIEW_OVERLAY).count(f"  newTag: sha-{first}\n"), 2)
+        self.assertNotIn(edited, self.show(PREVIEW_OVERLAY))
+        self.assertEqual(self.show(DEV_OVERLAY).count(f"  newTag: sha-{second}\n"), 2)
+        # The next promotion moves preview on; prod is untouched throughout.
+        self.ok(self.publish("preview", PREVIEW, second, "--tags-only"))
+        self.assertEqual(self.show(PREVIEW_OVERLAY).count(f"  newTag: sha-{second}\n"), 2)
+        self.assertEqual(self.show(PROD_OVERLAY), (self.source / PROD_OVERLAY).read_text(encoding="utf-8"))
+
+    def test_preview_is_not_on_the_dev_registry(self) -> None:
+        # Preview pulls from its own registry: a promotion naming dev's (or prod's) is refused.
+        first = self.commit("first")
+        self.ok(self.publish("dev", DEV, first, "--forward-only"))
+        pushed = self.m("rev-parse", "main")
+        for registry in (DEV, PROD):
+            with self.subTest(registry=registry):
+                done = self.publish("preview", registry, first, "--tags-only")
+                self.assertEqual(done.returncode, 1, done.stdout + done.stderr)
+                self.assertIn(f"renders libertum as '{PREVIEW}/libertum:sha-{first}', not {registry}/", done.stdout)
+        self.assertEqual(self.m("rev-parse", "main"), pushed)
+
     def test_tags_only_needs_the_manifests_published(self) -> None:
         first = self.commit("first")
         done = self.publish("prod", PROD, first, "--tags-only")
@@ -297,11 +344,36 @@ class ThisRepository(Base):
         self.assertEqual(self.git("status", "--porcelain"), "")
 
 
+REPOSITORY_YAML = """\
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: manifests-repository
+  annotations:
+    config.kubernetes.io/local-config: "true"
+data:
+  url: {url}
+  # The branch CD pushes to and Argo CD follows.
+  revision: main
+"""
+
+
 class ManifestsTarget(unittest.TestCase):
+    def setUp(self) -> None:
+        tmp = tempfile.TemporaryDirectory()
+        self.addCleanup(tmp.cleanup)
+        self.tmp = pathlib.Path(tmp.name)
+        # Argo CD's side, as deploy/argocd/base/repository.yaml says it: by default the repository
+        # the variable's default names.
+        self.argocd("https://github.com/acme/libertum-manifests.git")
+
+    def argocd(self, url: str) -> None:
+        (self.tmp / "repository.yaml").write_text(REPOSITORY_YAML.format(url=url), encoding="utf-8")
+
     def target(self, **env: str) -> tuple[int, dict[str, str], str]:
         base = {k: v for k, v in os.environ.items() if not k.startswith(("GITHUB_", "MANIFESTS_"))}
         base.update(GITHUB_REPOSITORY="acme/libertum", GITHUB_REPOSITORY_OWNER="acme",
-                    GITHUB_SERVER_URL="https://github.com")
+                    GITHUB_SERVER_URL="https://github.com", REPOSITORY_YAML=str(self.tmp / "repository.yaml"))
         done = subprocess.run(["bash", str(TARGET)], env={**base, **env},
                               capture_output=True, text=True, check=False)
         return done.returncode, dict(line.split("=", 1) for line in done.stdout.splitlines()), done.stderr
@@ -315,6 +387,7 @@ class ManifestsTarget(unittest.TestCase):
         })
 
     def test_self_and_the_own_name_mean_this_repository(self) -> None:
+        self.argocd("https://github.com/acme/libertum.git")
         for value in ("self", "acme/libertum", "Acme/Libertum"):
             with self.subTest(value=value):
                 rc, out, err = self.target(MANIFESTS_REPOSITORY=value)
@@ -323,15 +396,84 @@ class ManifestsTarget(unittest.TestCase):
                 self.assertEqual((out["owner"], out["name"]), tuple(out["repository"].split("/")))
 
     def test_a_deploy_key_uses_ssh(self) -> None:
+        self.argocd("https://github.com/ops/k8s.git")
         rc, out, err = self.target(MANIFESTS_REPOSITORY="ops/k8s", MANIFESTS_AUTH="deploy-key")
         self.assertEqual(rc, 0, err)
         self.assertEqual((out["auth"], out["url"], out["self"]), ("deploy-key", "git@github.com:ops/k8s.git", "false"))
+
+    def test_the_same_repository_in_any_form_is_accepted(self) -> None:
+        # Argo CD's URL over SSH or https, with or without .git, any case; CD's through the App
+        # (https) or a deploy key (SSH).
+        for url in ("https://github.com/acme/libertum-manifests.git", "https://github.com/acme/libertum-manifests",
+                    "https://github.com/Acme/Libertum-Manifests/", "git@github.com:acme/libertum-manifests.git",
+                    "ssh://git@github.com/acme/libertum-manifests.git", '"https://github.com/acme/libertum-manifests.git"'):
+            for auth in ("app", "deploy-key"):
+                with self.subTest(url=url, auth=auth):
+                    self.argocd(url)
+                    rc, out, err = self.target(MANIFESTS_AUTH=auth)
+                    self.assertEqual(rc, 0, err)
+                    self.assertEqual(out["repository"], "acme/libertum-manifests")
+
+    def test_another_repository_than_argo_cds_fails_and_says_so_in_the_summary(self) -> None:
+        summary = self.tmp / "summary.md"
+        cases = (
+            ({}, "https://github.com/acme/other-manifests.git"),            # the variable unset
+            ({"MANIFESTS_REPOSITORY": "acme/other-manifests"}, "https://github.com/acme/libertum-manifests.git"),
+            ({"MANIFESTS_REPOSITORY": "self"}, "https://github.com/acme/libertum-manifests.git"),
+            ({"MANIFESTS_AUTH": "deploy-key"}, "git@github.com:other/libertum-manifests.git"),
+            ({}, "https://gitlab.com/acme/libertum-manifests.git"),         # same path, another host
+        )
+        for env, url in cases:
+            with self.subTest(env=env, url=url):
+                summary.write_text("", encoding="utf-8")
+                self.argocd(url)
+                rc, out, err = self.target(GITHUB_STEP_SUMMARY=str(summary), **env)
+                self.assertEqual(rc, 1, err)
+                self.assertEqual(out, {}, "nothing for $GITHUB_OUTPUT")
+                self.assertIn(f"but Argo CD deploys from {url.strip(chr(34))}", err)
+                self.assertIn("::error file=", err)
+                self.assertIn(f"Argo CD deploys from {url.strip(chr(34))}", summary.read_text(encoding="utf-8"))
+
+    def test_argo_cds_side_must_be_readable(self) -> None:
+        (self.tmp / "repository.yaml").unlink()
+        rc, _, err = self.target()
+        self.assertEqual(rc, 1)
+        self.assertIn("cannot tell which repository Argo CD deploys from", err)
+        for text in ("data:\n  revision: main\n", REPOSITORY_YAML.format(url="x") + "  url: y\n",
+                     REPOSITORY_YAML.format(url="libertum-manifests")):
+            with self.subTest(text=text):
+                (self.tmp / "repository.yaml").write_text(text, encoding="utf-8")
+                self.assertEqual(self.target()[0], 1)
+
+    def test_this_checkouts_repository_yaml_is_read_by_default(self) -> None:
+        # The real deploy/argocd/base/repository.yaml: its owner's default repository passes, and
+        # another owner's (same variable, unset) fails.
+        url = yaml_url(ROOT / "deploy/argocd/base/repository.yaml")
+        owner, name = url.removesuffix(".git").split("/")[-2:]
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("GITHUB_", "MANIFESTS_", "REPOSITORY_"))}
+        for repository, auth, rc in ((f"{owner}/{name}", "app", 0), (f"{owner}/{name}", "deploy-key", 0),
+                                     (f"{owner}-not/{name}", "app", 1)):
+            with self.subTest(repository=repository, auth=auth):
+                done = subprocess.run(
+                    ["bash", str(TARGET)], capture_output=True, text=True, check=False,
+                    env={**env, "GITHUB_REPOSITORY": f"{owner}/libertum", "GITHUB_REPOSITORY_OWNER": owner,
+                         "MANIFESTS_REPOSITORY": repository, "MANIFESTS_AUTH": auth},
+                )
+                self.assertEqual(done.returncode, rc, done.stderr)
 
     def test_refuses_what_it_does_not_understand(self) -> None:
         for env in ({"MANIFESTS_REPOSITORY": "https://github.com/a/b"}, {"MANIFESTS_REPOSITORY": "a/b;rm"},
                     {"MANIFESTS_AUTH": "password"}):
             with self.subTest(env=env):
                 self.assertEqual(self.target(**env)[0], 1)
+
+
+def yaml_url(path: pathlib.Path) -> str:
+    """The `  url:` line of a repository.yaml, without a YAML parser."""
+    urls = [line.split(":", 1)[1].strip() for line in path.read_text(encoding="utf-8").splitlines()
+            if line.startswith("  url:")]
+    assert len(urls) == 1, f"{path}: {urls}"
+    return urls[0]
 
 
 class AsDeployKey(unittest.TestCase):

@@ -13,8 +13,9 @@ before its `images:` runs) to acr_login_server, touching nothing else in that fi
 OUTPUTS is `terraform output -json`: {"name": {"value": ..., "type": ..., "sensitive": ...}}.
 Outputs that an environment lacks (kafka_brokers and backend_subnet_cidr without the backend
 VM, atlas_private_endpoint_ip without Atlas) are left out; an overlay that needs one then fails
-to render, naming it. Exit 1, writing nothing, on a missing required output or a value of the
-wrong shape. --root points at another copy of deploy/k8s (scripts/check-deploy tests this on a
+to render, naming it. The backend VM's two are required, though, for an overlay that uses
+components/backend-vm (dev, prod): Terraform applied with backend_vm_enabled = false cannot
+serve it. Exit 1, writing nothing, on a missing required output or a value of the wrong shape. --root points at another copy of deploy/k8s (scripts/check-deploy tests this on a
 copy).
 """
 
@@ -93,6 +94,19 @@ SCALARS = {
     "atlas_private_endpoint_ip": (False, ip),
 }
 SERVICE_ACCOUNTS = ("assets", "tokens", "ledger", "mongodb-backup")
+# What an overlay on the backend VM (components/backend-vm) needs besides the required ones.
+BACKEND_VM_OUTPUTS = ("kafka_brokers", "backend_subnet_cidr")
+
+
+def uses_backend_vm(overlay: Path) -> bool:
+    """Whether the overlay's env/kustomization.yaml lists the component backend-vm (a list item
+    `- .../components/backend-vm`; read as text, so that the script needs no YAML library)."""
+    path = overlay / "env" / "kustomization.yaml"
+    try:
+        text = path.read_text()
+    except OSError as e:
+        fail(f"{path}: {e}")
+    return re.search(r"^\s*-\s*\S*components/backend-vm/?\s*(#.*)?$", text, re.MULTILINE) is not None
 
 
 def values_from(outputs: dict) -> dict[str, str]:
@@ -167,6 +181,11 @@ def main() -> None:
     if not isinstance(outputs, dict):
         fail(f"{args.outputs}: not the JSON object of `terraform output -json`")
     values = values_from(outputs)
+    if uses_backend_vm(overlay):
+        missing = [name for name in BACKEND_VM_OUTPUTS if name not in values]
+        if missing:
+            fail(f"{args.environment} runs on the backend VM (components/backend-vm), but the outputs lack "
+                 f"{', '.join(missing)}: Terraform was applied with backend_vm_enabled = false")
     kustomization = set_registry(top.read_text(), values["acr_login_server"], top)
     header = (
         f"# The {args.environment} environment's values from Terraform (terraform output -json), written by\n"

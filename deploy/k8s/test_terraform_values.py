@@ -3,7 +3,8 @@
 
     test_terraform_values.py OUT
 
-Bad outputs are refused; from sample outputs, the rendered dev and preview overlays carry every
+Bad outputs are refused, and so are the outputs of an environment without the backend VM for
+dev, which runs on it; from sample outputs, the rendered dev and preview overlays carry every
 value where the components put it (identities, vault, tenant, certificate, storage, blob
 endpoint, registry; for dev also the backend VM's address and subnet); a value missing from
 terraform-values.env fails the render, naming it. Needs kubectl on PATH.
@@ -61,7 +62,12 @@ def render(out: Path, env: str) -> dict:
 
 def main() -> None:
     out = Path(sys.argv[1])
+    without_vm = {k: v for k, v in VALUES.items() if k not in ("kafka_brokers", "backend_subnet_cidr")}
+    # Terraform with backend_vm_enabled = false: the VM's outputs are null (or absent).
+    null_vm = {**without_vm, "kafka_brokers": None, "backend_subnet_cidr": None}
     bad_outputs = {
+        "dev without the backend VM's outputs": without_vm,
+        "dev with the backend VM's outputs null": null_vm,
         "a tenant that is no GUID": {**VALUES, "tenant_id": "not-a-guid"},
         "no key_vault_name": {k: v for k, v in VALUES.items() if k != "key_vault_name"},
         "an identity missing": {**VALUES, "workload_identity_client_ids": {"assets": IDS["assets"]}},
@@ -70,8 +76,11 @@ def main() -> None:
     for what, outputs in bad_outputs.items():
         done = run(out, "dev", outputs)
         assert done.returncode == 1 and "terraform-values:" in done.stderr, f"{what} was accepted: {done.stdout}{done.stderr}"
+        if "backend VM" in what:
+            assert "backend_vm_enabled" in done.stderr, done.stderr
 
-    without_vm = {k: v for k, v in VALUES.items() if k not in ("kafka_brokers", "backend_subnet_cidr")}
+    done = run(out, "preview", null_vm)
+    assert done.returncode == 0, f"preview refused the null outputs of an environment without the VM: {done.stderr}"
     for env, outputs in (("dev", VALUES), ("preview", without_vm)):
         done = run(out, env, outputs)
         assert done.returncode == 0, done.stderr

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Validates the custom resources in rendered manifests against the vendored schemas in
 deploy/k8s/schemas/ (SecretProviderClass, ServiceMonitor, PrometheusRule, Argo CD's AppProject
-and Application), and hands the built-in kinds on to kubernetes-validate. A SecretProviderClass
+and Application, the application routing add-on's NginxIngressController), and hands the built-in kinds on to kubernetes-validate. A SecretProviderClass
 of the Azure provider is also checked for the parameters the schema leaves free.
 
 kubernetes-validate knows only built-in kinds and merely warns (exit 0) about any other, so the

@@ -35,9 +35,12 @@ resource "azurerm_role_assignment" "aks_acr_pull" {
 # Microsoft Defender for Containers: vulnerability assessment of every image in the
 # subscription's registries (results under Defender for Cloud > Recommendations, "Azure registry
 # container images should have vulnerabilities resolved") and agentless discovery of the
-# clusters. A subscription-wide plan (defender_for_containers_enabled): one environment turns it
-# on for every registry and cluster in the subscription, and destroying that environment turns it
-# off again (Free tier) for all of them. Only the two extensions below are configured: the
+# clusters. A subscription-wide plan (defender_for_containers_enabled, off by default): one
+# environment turns it on for every registry and cluster in the subscription, and destroying that
+# environment turns it off again (Free tier) for all of them. azurerm creates it only from the
+# Free tier: where the plan is on already (another environment's, or set by hand), the apply stops
+# and asks for an import, so turn it on in exactly one environment per subscription, or import it
+# (preflight.sh checks; README, "Image scanning"). Only the two extensions below are configured: the
 # Defender sensor (ContainerSensor, a DaemonSet for runtime threat detection) would change the
 # cluster outside Terraform; it belongs in the AKS resource's microsoft_defender block if wanted.
 resource "azurerm_security_center_subscription_pricing" "containers" {

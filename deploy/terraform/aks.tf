@@ -94,11 +94,19 @@ resource "azurerm_kubernetes_cluster" "main" {
     secret_rotation_interval = "2m"
   }
 
-  # Managed NGINX (class webapprouting.kubernetes.azure.com) with a public load balancer: the
-  # ingress deploy/k8s/base/ingress.yaml uses. DNS records stay with the operator.
+  # Managed NGINX (class webapprouting.kubernetes.azure.com): the ingress
+  # deploy/k8s/base/ingress.yaml uses. DNS records stay with the operator.
+  # Without the firewall, the add-on's default controller, on a public load balancer.
+  # With it, None: the add-on makes no controller of its own, and the operator applies
+  # deploy/k8s/cluster/nginx-internal.yaml, the same controller (NginxIngressController
+  # "default", same class) on an internal load balancer at firewall_ingress_private_ip, where
+  # the firewall's DNAT rule sends the clients (firewall.tf). A public load balancer would not
+  # do: its replies would leave through the firewall's default route and be dropped. "Internal"
+  # would not do either: the add-on re-applies its default controller every few minutes, on an
+  # address Azure picks, not the one the firewall forwards to.
   web_app_routing {
     dns_zone_ids             = []
-    default_nginx_controller = "External"
+    default_nginx_controller = var.firewall_enabled ? "None" : "External"
   }
 
   oms_agent {
@@ -146,6 +154,7 @@ resource "azurerm_kubernetes_cluster" "main" {
     azurerm_role_assignment.aks_kubelet_operator,
     azurerm_role_assignment.aks_acr_pull,
     azurerm_subnet_nat_gateway_association.aks,
+    azurerm_nat_gateway_public_ip_association.main,
     azurerm_subnet_network_security_group_association.aks,
     # With firewall_enabled, the cluster's egress goes through the firewall from its first
     # node: the route, the rules that admit what the nodes fetch, and the control plane's

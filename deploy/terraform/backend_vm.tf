@@ -3,12 +3,18 @@
 # and a system-assigned identity that may write the backups container and nothing else.
 # Its name is prod-Kafka-redis-libertum in production, as the design names it
 # (<environment>-Kafka-redis-libertum; backend_vm_name overrides it).
+#
+# Only with backend_vm_enabled (the default). Without it (a preview or sandbox environment,
+# deploy/k8s/overlays/preview) nothing here exists, nor the backend secrets in Key Vault, their
+# readers' roles and the VM's alerts: Kafka, MongoDB and Redis run in the cluster instead.
 
 locals {
-  backend_vm_name = coalesce(var.backend_vm_name, "${var.environment}-Kafka-redis-libertum")
+  backend_vm_name  = coalesce(var.backend_vm_name, "${var.environment}-Kafka-redis-libertum")
+  backend_vm_count = var.backend_vm_enabled ? 1 : 0
 }
 
 resource "azurerm_network_interface" "backend" {
+  count               = local.backend_vm_count
   name                = "nic-${local.name}-backend"
   location            = azurerm_resource_group.main.location
   resource_group_name = azurerm_resource_group.main.name
@@ -50,6 +56,7 @@ locals {
 
 resource "azurerm_linux_virtual_machine" "backend" {
   #checkov:skip=CKV_AZURE_50:The VM agent's extensions are how an operator reaches this VM without SSH (az vm run-command invoke) and how the Azure Monitor agent would be installed; no extension is installed by this module.
+  count = local.backend_vm_count
   # The host name is the same in lower case (host names are case-insensitive in DNS anyway).
   name                  = local.backend_vm_name
   computer_name         = lower(local.backend_vm_name)
@@ -57,7 +64,7 @@ resource "azurerm_linux_virtual_machine" "backend" {
   resource_group_name   = azurerm_resource_group.main.name
   zone                  = var.backend_vm_zone
   size                  = var.backend_vm_size
-  network_interface_ids = [azurerm_network_interface.backend.id]
+  network_interface_ids = [azurerm_network_interface.backend[0].id]
 
   admin_username                  = var.admin_username
   disable_password_authentication = true
@@ -107,9 +114,14 @@ resource "azurerm_linux_virtual_machine" "backend" {
 
   lifecycle {
     # Changing cloud-init would rebuild the VM (custom data forces a new one). Do that on
-    # purpose with `terraform apply -replace=azurerm_linux_virtual_machine.backend`: /data is on
-    # its own disk and the setup script picks it up again.
+    # purpose with `terraform apply -replace='azurerm_linux_virtual_machine.backend[0]'`: /data
+    # is on its own disk and the setup script picks it up again.
     ignore_changes = [custom_data]
+
+    precondition {
+      condition     = var.admin_ssh_public_key != null
+      error_message = "The backend VM needs admin_ssh_public_key (only an environment with backend_vm_enabled = false may leave it unset)."
+    }
   }
 
   # Default outbound access is off in the backend subnet: until its egress path exists (the NAT
@@ -122,11 +134,13 @@ resource "azurerm_linux_virtual_machine" "backend" {
     azurerm_subnet_route_table_association.backend,
     azurerm_firewall_policy_rule_collection_group.main,
     azurerm_subnet_nat_gateway_association.firewall,
+    azurerm_nat_gateway_public_ip_association.main,
   ]
 }
 
 resource "azurerm_managed_disk" "backend_data" {
   #checkov:skip=CKV_AZURE_93:Encrypted at rest with a platform-managed key, and through host encryption on the VM; a customer-managed disk encryption set would make MongoDB's and Kafka's disk depend on a Key Vault key's availability for no stated requirement.
+  count                = local.backend_vm_count
   name                 = "disk-${local.name}-backend-data"
   location             = azurerm_resource_group.main.location
   resource_group_name  = azurerm_resource_group.main.name
@@ -140,22 +154,52 @@ resource "azurerm_managed_disk" "backend_data" {
   tags                          = local.tags
 
   lifecycle {
-    # MongoDB's and Kafka's data: removing it takes an explicit change of this rule first.
+    # MongoDB's and Kafka's data: removing it takes an explicit change of this rule first (so
+    # does switching backend_vm_enabled off in an environment that has the VM).
     prevent_destroy = true
   }
 }
 
 # LUN 0 is what the setup script waits for (/dev/disk/azure/scsi1/lun0).
 resource "azurerm_virtual_machine_data_disk_attachment" "backend_data" {
-  managed_disk_id    = azurerm_managed_disk.backend_data.id
-  virtual_machine_id = azurerm_linux_virtual_machine.backend.id
+  count              = local.backend_vm_count
+  managed_disk_id    = azurerm_managed_disk.backend_data[0].id
+  virtual_machine_id = azurerm_linux_virtual_machine.backend[0].id
   lun                = 0
   caching            = "ReadOnly"
 }
 
 resource "azurerm_role_assignment" "backend_vm_backup_blob" {
+  count                            = local.backend_vm_count
   scope                            = azurerm_storage_container.backups.id
   role_definition_name             = "Storage Blob Data Contributor"
-  principal_id                     = azurerm_linux_virtual_machine.backend.identity[0].principal_id
+  principal_id                     = azurerm_linux_virtual_machine.backend[0].identity[0].principal_id
   skip_service_principal_aad_check = true
+}
+
+# None of these had a count before backend_vm_enabled existed: an environment made before keeps
+# its VM, disk and roles at index 0.
+moved {
+  from = azurerm_network_interface.backend
+  to   = azurerm_network_interface.backend[0]
+}
+
+moved {
+  from = azurerm_linux_virtual_machine.backend
+  to   = azurerm_linux_virtual_machine.backend[0]
+}
+
+moved {
+  from = azurerm_managed_disk.backend_data
+  to   = azurerm_managed_disk.backend_data[0]
+}
+
+moved {
+  from = azurerm_virtual_machine_data_disk_attachment.backend_data
+  to   = azurerm_virtual_machine_data_disk_attachment.backend_data[0]
+}
+
+moved {
+  from = azurerm_role_assignment.backend_vm_backup_blob
+  to   = azurerm_role_assignment.backend_vm_backup_blob[0]
 }

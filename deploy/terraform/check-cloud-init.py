@@ -44,6 +44,7 @@ VM_DEPENDS_ON = {
     "azurerm_subnet_nat_gateway_association.backend",
     "azurerm_subnet_route_table_association.backend",
     "azurerm_firewall_policy_rule_collection_group.main",
+    "azurerm_nat_gateway_public_ip_association.main",
 }
 BACKUP_DIR = os.path.join(HERE, "..", "backup")
 CUSTOM_DATA_MAX_BASE64 = 87380

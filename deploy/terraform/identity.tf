@@ -94,19 +94,27 @@ resource "azurerm_federated_identity_credential" "workload" {
 }
 
 # The backup's MongoDB user (MongoDB's backup role: it reads, it cannot write), through the
-# backup's SecretProviderClass (deploy/k8s/base/backup/secretproviderclass.yaml).
+# backup's SecretProviderClass (deploy/k8s/base/backup/secretproviderclass.yaml). Like every
+# grant on a backend secret, only with the backend VM (backend_vm.tf), whose secrets they are.
 resource "azurerm_role_assignment" "backup_key_vault" {
+  count                            = local.backend_vm_count
   scope                            = azurerm_key_vault_secret.backend["mongodb-backup-uri"].resource_versionless_id
   role_definition_name             = "Key Vault Secrets User"
   principal_id                     = azurerm_user_assigned_identity.workload["mongodb-backup"].principal_id
   skip_service_principal_aad_check = true
 }
 
+# It had no count before backend_vm_enabled existed.
+moved {
+  from = azurerm_role_assignment.backup_key_vault
+  to   = azurerm_role_assignment.backup_key_vault[0]
+}
+
 # Only while a restore runs on AKS (backup_restore_access = true): the services' user
 # (readWrite on libertum_*), which a restore needs to write and which restore-job.yaml.example
 # mounts through the SecretProviderClass mongodb-restore. Off again once the restore is done.
 resource "azurerm_role_assignment" "backup_restore_key_vault" {
-  count                            = var.backup_restore_access ? 1 : 0
+  count                            = var.backup_restore_access && var.backend_vm_enabled ? 1 : 0
   scope                            = azurerm_key_vault_secret.backend["mongodb-uri"].resource_versionless_id
   role_definition_name             = "Key Vault Secrets User"
   principal_id                     = azurerm_user_assigned_identity.workload["mongodb-backup"].principal_id
@@ -156,11 +164,12 @@ resource "azurerm_user_assigned_identity" "key_vault_reader" {
   tags                = local.tags
 }
 
-# The two secrets the services' SecretProviderClass asks for.
+# The two secrets the services' SecretProviderClass asks for (none without the backend VM: the
+# identity then reads nothing, and the in-cluster backends' overlay drops that class).
 resource "azurerm_role_assignment" "key_vault_reader" {
   for_each = {
-    mongodb-uri = azurerm_key_vault_secret.backend["mongodb-uri"].resource_versionless_id
-    redis-url   = azurerm_key_vault_secret.backend["redis-url"].resource_versionless_id
+    for name in ["mongodb-uri", "redis-url"] :
+    name => azurerm_key_vault_secret.backend[name].resource_versionless_id if var.backend_vm_enabled
   }
   scope                            = each.value
   role_definition_name             = "Key Vault Secrets User"

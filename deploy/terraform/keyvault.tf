@@ -27,6 +27,15 @@ resource "azurerm_key_vault" "main" {
   }
 
   tags = local.tags
+
+  lifecycle {
+    # modules/atlas moves only MongoDB: the services keep the VM's Kafka and Redis, and their
+    # Atlas SecretProviderClasses read redis-url from this vault, which holds it only with the VM.
+    precondition {
+      condition     = !var.atlas_enabled || var.backend_vm_enabled
+      error_message = "atlas_enabled needs backend_vm_enabled: Atlas replaces the backend VM's MongoDB only; Kafka and Redis stay on the VM (docs/atlas.md)."
+    }
+  }
 }
 
 resource "azurerm_private_endpoint" "key_vault" {
@@ -121,6 +130,8 @@ locals {
 # mongodb-admin-uri is for an operator's restore (root on MongoDB): no pod mounts it and no
 # workload's identity may read it (identity.tf grants them single other secrets; the application
 # routing add-on's vault-wide certificate role is the exception, README "Known limits").
+# Only with the backend VM (backend_vm_enabled): in-cluster backends keep their passwords in
+# Kubernetes Secrets (deploy/k8s/in-cluster-secrets.sh), not here.
 locals {
   backend_secrets = {
     "mongodb-uri"        = { value = local.mongodb_uri, content_type = "text/x-mongodb-uri" }
@@ -132,7 +143,7 @@ locals {
 
 resource "azurerm_key_vault_secret" "backend" {
   #checkov:skip=CKV_AZURE_41:Key Vault does not enforce expiry on reads, so a date would only be a reminder; the value changes only when the password on the backend VM changes, which README "Rotate the backend credentials" describes and an expiry on this copy cannot drive.
-  for_each     = local.backend_secrets
+  for_each     = { for name, secret in local.backend_secrets : name => secret if var.backend_vm_enabled }
   name         = each.key
   value        = each.value.value
   key_vault_id = azurerm_key_vault.main.id

@@ -202,11 +202,13 @@ resource "azurerm_monitor_action_group" "operators" {
   }
 }
 
-# The single Kafka/Redis/MongoDB node: its loss stops every service.
+# The single Kafka/Redis/MongoDB node: its loss stops every service. This alert, the next two and
+# backend_vm_backup_missing exist only with the backend VM (backend_vm_enabled).
 resource "azurerm_monitor_metric_alert" "backend_vm_availability" {
+  count               = local.backend_vm_count
   name                = "backend-vm-unavailable-${local.name}"
   resource_group_name = azurerm_resource_group.main.name
-  scopes              = [azurerm_linux_virtual_machine.backend.id]
+  scopes              = [azurerm_linux_virtual_machine.backend[0].id]
   description         = "The backend VM (Kafka, Redis, MongoDB) is not available: every service is down or degraded."
   severity            = 0
   frequency           = "PT1M"
@@ -227,9 +229,10 @@ resource "azurerm_monitor_metric_alert" "backend_vm_availability" {
 }
 
 resource "azurerm_monitor_metric_alert" "backend_vm_cpu" {
+  count               = local.backend_vm_count
   name                = "backend-vm-cpu-${local.name}"
   resource_group_name = azurerm_resource_group.main.name
-  scopes              = [azurerm_linux_virtual_machine.backend.id]
+  scopes              = [azurerm_linux_virtual_machine.backend[0].id]
   description         = "The backend VM has used more than 85% CPU for 15 minutes: Kafka and MongoDB latency will follow."
   severity            = 2
   frequency           = "PT5M"
@@ -250,9 +253,10 @@ resource "azurerm_monitor_metric_alert" "backend_vm_cpu" {
 }
 
 resource "azurerm_monitor_metric_alert" "backend_vm_memory" {
+  count               = local.backend_vm_count
   name                = "backend-vm-memory-${local.name}"
   resource_group_name = azurerm_resource_group.main.name
-  scopes              = [azurerm_linux_virtual_machine.backend.id]
+  scopes              = [azurerm_linux_virtual_machine.backend[0].id]
   description         = "The backend VM has had less than 256 MiB of available memory for 15 minutes: the OOM killer would pick Kafka or MongoDB."
   severity            = 1
   frequency           = "PT5M"
@@ -283,6 +287,7 @@ resource "azurerm_monitor_metric_alert" "backend_vm_memory" {
 # StorageBlobLogs in the workspace (it then counts 0 and fires: no backup was written yet).
 # Logs that stop arriving (the workspace's daily cap reached) also make it fire.
 resource "azurerm_monitor_scheduled_query_rules_alert_v2" "backend_vm_backup_missing" {
+  count                   = local.backend_vm_count
   name                    = "backend-vm-backup-missing-${local.name}"
   resource_group_name     = azurerm_resource_group.main.name
   location                = azurerm_resource_group.main.location
@@ -320,4 +325,25 @@ resource "azurerm_monitor_scheduled_query_rules_alert_v2" "backend_vm_backup_mis
   action {
     action_groups = [azurerm_monitor_action_group.operators.id]
   }
+}
+
+# The backend VM's alerts had no count before backend_vm_enabled existed.
+moved {
+  from = azurerm_monitor_metric_alert.backend_vm_availability
+  to   = azurerm_monitor_metric_alert.backend_vm_availability[0]
+}
+
+moved {
+  from = azurerm_monitor_metric_alert.backend_vm_cpu
+  to   = azurerm_monitor_metric_alert.backend_vm_cpu[0]
+}
+
+moved {
+  from = azurerm_monitor_metric_alert.backend_vm_memory
+  to   = azurerm_monitor_metric_alert.backend_vm_memory[0]
+}
+
+moved {
+  from = azurerm_monitor_scheduled_query_rules_alert_v2.backend_vm_backup_missing
+  to   = azurerm_monitor_scheduled_query_rules_alert_v2.backend_vm_backup_missing[0]
 }

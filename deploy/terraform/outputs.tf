@@ -67,23 +67,23 @@ output "key_vault_reader_client_id" {
 }
 
 output "backend_private_ip" {
-  description = "The backend VM's address: LIBERTUM_KAFKA_BROKERS is <this>:9092."
-  value       = var.backend_vm_private_ip
+  description = "The backend VM's address: LIBERTUM_KAFKA_BROKERS is <this>:9092. null without the VM (backend_vm_enabled = false)."
+  value       = var.backend_vm_enabled ? var.backend_vm_private_ip : null
 }
 
 output "kafka_brokers" {
-  description = "LIBERTUM_KAFKA_BROKERS."
-  value       = "${var.backend_vm_private_ip}:9092"
+  description = "LIBERTUM_KAFKA_BROKERS. null without the backend VM (the in-cluster backends' overlay names its own brokers)."
+  value       = var.backend_vm_enabled ? "${var.backend_vm_private_ip}:9092" : null
 }
 
 output "backend_subnet_cidr" {
-  description = "The backend subnet (the allow-backends-egress NetworkPolicy's ipBlock)."
-  value       = var.subnet_prefixes.backend
+  description = "The backend subnet (the allow-backends-egress NetworkPolicy's ipBlock). null without the backend VM."
+  value       = var.backend_vm_enabled ? var.subnet_prefixes.backend : null
 }
 
 output "backend_vm_name" {
-  description = "The backend VM (az vm run-command invoke --name ...): prod-Kafka-redis-libertum in production."
-  value       = azurerm_linux_virtual_machine.backend.name
+  description = "The backend VM (az vm run-command invoke --name ...): prod-Kafka-redis-libertum in production. null without the VM."
+  value       = var.backend_vm_enabled ? azurerm_linux_virtual_machine.backend[0].name : null
 }
 
 output "storage_account_name" {
@@ -119,6 +119,11 @@ output "nat_public_ip" {
 output "firewall_public_ip" {
   description = "With firewall_enabled: the ingress's public address (the API's DNS name points here; the firewall forwards 80 and 443 to firewall_ingress_private_ip). null without the firewall."
   value       = var.firewall_enabled ? azurerm_public_ip.firewall[0].ip_address : null
+}
+
+output "firewall_ingress_private_ip" {
+  description = "With firewall_enabled: the ingress controller's internal load balancer address, which deploy/k8s/cluster/nginx-internal.yaml takes (docs/deploy.md, step 7). null without the firewall."
+  value       = var.firewall_enabled ? var.firewall_ingress_private_ip : null
 }
 
 output "firewall_private_ip" {

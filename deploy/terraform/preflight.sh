@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Checks an Azure subscription before the first `terraform apply` of an environment, and says
 # what to do about each problem: the Azure CLI's login and subscription, the resource providers,
-# the EncryptionAtHost feature, the vCPU quota of the VM sizes the variables use, and whether the
-# globally unique names derived from name_prefix are valid and free (or already this
-# subscription's). Read-only: it changes nothing.
+# the EncryptionAtHost feature, the region's Network Watcher (which the flow logs need), whether
+# Defender for Containers may be switched on by this environment, the vCPU quota of the VM sizes
+# the variables use, and whether the globally unique names derived from name_prefix are valid and
+# free (or already this subscription's). Read-only: it changes nothing.
 #
 #   cd deploy/terraform && ./preflight.sh -var-file=dev.tfvars [-var-file=...]
 #
@@ -29,6 +30,10 @@ declare -A cfg=(
   [aks_zones]="1 2 3"
   [aks_system_node_count_max]="3"
   [aks_user_node_count_max]="6"
+  [flow_logs_enabled]="true"
+  [network_watcher_name]=""
+  [network_watcher_resource_group_name]="NetworkWatcherRG"
+  [defender_for_containers_enabled]="false"
 )
 # Node pools surge by this much during upgrades (aks.tf: max_surge = "33%").
 surge_percent=33
@@ -79,7 +84,8 @@ read_var_file() {
         read -ra zones <<<"${rest//[\[\]\",]/ }"
         cfg[aks_zones]="${zones[*]}"
         ;;
-      name_prefix | environment | location | subscription_id | backend_vm_size | backend_vm_zone | aks_node_vm_size)
+      name_prefix | environment | location | subscription_id | backend_vm_size | backend_vm_zone | aks_node_vm_size | \
+        flow_logs_enabled | network_watcher_name | network_watcher_resource_group_name | defender_for_containers_enabled)
         cfg[$name]=$(strip_value "$rest")
         [ "${cfg[$name]}" != null ] || cfg[$name]=""
         ;;
@@ -114,7 +120,8 @@ while [ $# -gt 0 ]; do
   shift
 done
 
-for name in name_prefix environment location subscription_id backend_vm_size backend_vm_zone aks_node_vm_size; do
+for name in name_prefix environment location subscription_id backend_vm_size backend_vm_zone aks_node_vm_size \
+  flow_logs_enabled network_watcher_name network_watcher_resource_group_name defender_for_containers_enabled; do
   env_name="TF_VAR_$name"
   [ -z "${!env_name:-}" ] || cfg[$name]=${!env_name}
 done
@@ -218,6 +225,53 @@ else
     "az feature register --namespace Microsoft.Compute --name EncryptionAtHost" \
     "wait until az feature show --namespace Microsoft.Compute --name EncryptionAtHost --query properties.state says Registered (minutes to an hour)" \
     "then az provider register --namespace Microsoft.Compute"
+fi
+
+# --- Network Watcher, Defender for Containers ------------------------------------------------
+
+# The flow log (flowlogs.tf) belongs to the region's Network Watcher, which the module does not
+# create: Azure makes one with a region's first VNet, unless the subscription opted out.
+region=${cfg[location],,}
+region=${region// /}
+if [ "${cfg[flow_logs_enabled]}" = true ]; then
+  watcher_group=${cfg[network_watcher_resource_group_name]}
+  watcher_name=${cfg[network_watcher_name]:-NetworkWatcher_$region}
+  watchers=$(az network watcher list --query "[?location=='$region']" --output json)
+  if [ "$(jq length <<<"$watchers")" -eq 0 ]; then
+    fail "no Network Watcher in $region, and the flow logs (flow_logs_enabled) need one" \
+      "az group create --name $watcher_group --location $region" \
+      "az network watcher configure --locations $region --enabled true --resource-group $watcher_group" \
+      "or set flow_logs_enabled = false"
+  elif jq -e --arg n "$watcher_name" --arg g "$watcher_group" \
+    'any(.[]; (.name | ascii_downcase) == ($n | ascii_downcase) and (.resourceGroup | ascii_downcase) == ($g | ascii_downcase))' \
+    <<<"$watchers" >/dev/null; then
+    pass "the Network Watcher $watcher_name ($watcher_group) exists in $region, for the flow logs"
+  else
+    fail "the Network Watcher of $region is $(jq -r 'first | "\(.name) in \(.resourceGroup)"' <<<"$watchers"), not $watcher_name in $watcher_group" \
+      "set network_watcher_name and network_watcher_resource_group_name in the variables file to that one"
+  fi
+else
+  pass "flow_logs_enabled is false: no Network Watcher needed"
+fi
+
+# azurerm creates the subscription-wide Defender for Containers plan only from the Free tier: a
+# plan already on (another environment's, or set by hand) stops the apply, asking for an import.
+if [ "${cfg[defender_for_containers_enabled]}" = true ]; then
+  tier=$(az security pricing show --name Containers --query pricingTier --output tsv 2>/dev/null) || tier=""
+  case $tier in
+    Free) pass "Defender for Containers is Free on this subscription: this environment turns it on (defender_for_containers_enabled)" ;;
+    Standard)
+      fail "Defender for Containers is on already in this subscription, and defender_for_containers_enabled is true: the apply would stop (azurerm creates the plan only from Free)" \
+        "set defender_for_containers_enabled=false (it is on already), or terraform import 'azurerm_security_center_subscription_pricing.containers[0]' /subscriptions/$subscription/providers/Microsoft.Security/pricings/Containers" \
+        "(after this environment's own first apply, which created it, this FAIL is expected: its state holds the plan)"
+      ;;
+    *)
+      fail "could not read the Defender for Containers plan (az security pricing show --name Containers)${tier:+: $tier}" \
+        "register Microsoft.Security (above), and check that you may read Defender for Cloud's settings"
+      ;;
+  esac
+else
+  pass "defender_for_containers_enabled is false: the subscription's Defender for Containers plan is left as it is"
 fi
 
 # --- vCPU quota ------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ PREFLIGHT = HERE / "preflight.sh"
 # each call to $FAKE_AZ_LOG. An unknown command fails loudly, so a new call needs a new answer.
 FAKE_AZ = textwrap.dedent('''\
     #!/usr/bin/env python3
-    import json, os, sys
+    import json, os, re, sys
     s = json.load(open(os.environ["FAKE_AZ_SCENARIO"]))
     args = sys.argv[1:]
     with open(os.environ["FAKE_AZ_LOG"], "a") as log:
@@ -71,6 +71,14 @@ FAKE_AZ = textwrap.dedent('''\
         missing()
     if cmd.startswith("keyvault list-deleted"):
         out([{"name": n} for n in s["deleted_vaults"]])
+    if cmd.startswith("network watcher list"):
+        # Only the query preflight.sh sends: the watchers of one location.
+        location = re.fullmatch(r"\[\?location=='([a-z0-9]+)'\]", opt("--query"))[1]
+        out([w for w in s["watchers"] if w["location"] == location])
+    if cmd.startswith("security pricing show") and opt("--name") == "Containers":
+        if opt("--query") != "pricingTier" or opt("--output") != "tsv":
+            sys.exit(98)
+        out(s["defender"], tsv=True)
     print(f"fake az: no answer for: {' '.join(args)}", file=sys.stderr)
     sys.exit(99)
 ''')
@@ -97,6 +105,11 @@ GOOD = {
     "taken": [],
     "ours": [],
     "deleted_vaults": [],
+    "watchers": [
+        {"name": "NetworkWatcher_westeurope", "resourceGroup": "NetworkWatcherRG", "location": "westeurope"},
+        {"name": "NetworkWatcher_northeurope", "resourceGroup": "NetworkWatcherRG", "location": "northeurope"},
+    ],
+    "defender": "Free",
 }
 
 VARS = 'name_prefix = "acme"\nenvironment = "dev"\n'
@@ -119,13 +132,14 @@ class Preflight(unittest.TestCase):
     def tearDown(self):
         self.dir.cleanup()
 
-    def run_preflight(self, scenario=None, variables=VARS, *extra):
+    def run_preflight(self, scenario=None, variables=VARS, *extra, env=None):
         scenario = GOOD if scenario is None else scenario
         (self.tmp / "scenario.json").write_text(json.dumps(scenario))
         (self.tmp / "test.tfvars").write_text(variables)
+        extra_env = env or {}
         env = {k: v for k, v in os.environ.items() if not k.startswith(("TF_VAR_", "ARM_"))}
         env.update(PATH=self.path, FAKE_AZ_SCENARIO=str(self.tmp / "scenario.json"),
-                   FAKE_AZ_LOG=str(self.log))
+                   FAKE_AZ_LOG=str(self.log), **extra_env)
         return subprocess.run(
             ["bash", str(PREFLIGHT), f"-var-file={self.tmp / 'test.tfvars'}", *extra],
             cwd=self.work, env=env, capture_output=True, text=True, timeout=60)
@@ -144,6 +158,10 @@ class Preflight(unittest.TestCase):
         self.assertIn("quota cores in westeurope: 26 vCPUs needed", out)
         for name in ("acmedevacr", "acme-dev-kv", "acmedevst", "acmetfstate"):
             self.assertRegex(out, rf"PASS .* name {name} is free")
+        self.assertIn("PASS  the Network Watcher NetworkWatcher_westeurope (NetworkWatcherRG) exists in westeurope", out)
+        # Defender for Containers is off by default: its plan is not even read.
+        self.assertIn("PASS  defender_for_containers_enabled is false", out)
+        self.assertNotIn("security pricing", self.log.read_text())
         self.assertIn("every check passed", out)
 
     def test_each_problem_fails_and_says_what_to_do(self):
@@ -211,6 +229,62 @@ class Preflight(unittest.TestCase):
         self.assertIn("FAIL  AKS node pools: Standard_D4s_v5 is not offered in zone 3", out)
         self.assertIn("az account set --subscription 00000000-0000-0000-0000-000000000002", out)
 
+    def test_defender_for_containers_only_where_it_is_still_free(self):
+        enabled = VARS + "defender_for_containers_enabled = true\n"
+        done = self.run_preflight(GOOD, enabled)
+        self.assertEqual(done.returncode, 0, done.stdout)
+        self.assertIn("PASS  Defender for Containers is Free on this subscription", done.stdout)
+        self.assertIn("security pricing show --name Containers --query pricingTier --output tsv",
+                      self.log.read_text())
+
+        on_already = dict(GOOD, defender="Standard")
+        done = self.run_preflight(on_already, enabled)
+        self.assertEqual(done.returncode, 1, done.stdout)
+        self.assertIn("FAIL  Defender for Containers is on already in this subscription", done.stdout)
+        self.assertIn("set defender_for_containers_enabled=false (it is on already), or terraform import "
+                      "'azurerm_security_center_subscription_pricing.containers[0]' "
+                      f"/subscriptions/{GOOD['subscription']}/providers/Microsoft.Security/pricings/Containers",
+                      done.stdout)
+        self.assertIn("preflight: 1 check(s) failed", done.stdout)
+
+        # The same subscription, this environment leaving the plan to the other one.
+        done = self.run_preflight(on_already, VARS + "defender_for_containers_enabled = false # dev has it\n")
+        self.assertEqual(done.returncode, 0, done.stdout)
+        self.assertIn("PASS  defender_for_containers_enabled is false", done.stdout)
+
+        # TF_VAR_ is read too, and an unreadable plan fails.
+        done = self.run_preflight(dict(GOOD, defender=""), VARS, env={"TF_VAR_defender_for_containers_enabled": "true"})
+        self.assertEqual(done.returncode, 1, done.stdout)
+        self.assertIn("FAIL  could not read the Defender for Containers plan", done.stdout)
+
+    def test_flow_logs_need_the_regions_network_watcher(self):
+        scenario = dict(GOOD, watchers=[w for w in GOOD["watchers"] if w["location"] != "westeurope"])
+        done = self.run_preflight(scenario)
+        self.assertEqual(done.returncode, 1, done.stdout)
+        out = done.stdout
+        self.assertIn("FAIL  no Network Watcher in westeurope, and the flow logs (flow_logs_enabled) need one", out)
+        self.assertIn("az group create --name NetworkWatcherRG --location westeurope", out)
+        self.assertIn("az network watcher configure --locations westeurope --enabled true "
+                      "--resource-group NetworkWatcherRG", out)
+        self.assertIn("preflight: 1 check(s) failed", out)
+
+        done = self.run_preflight(scenario, VARS + "flow_logs_enabled = false\n")
+        self.assertEqual(done.returncode, 0, done.stdout)
+        self.assertIn("PASS  flow_logs_enabled is false: no Network Watcher needed", done.stdout)
+
+        # The location as the portal writes it; a watcher of another name must be named.
+        done = self.run_preflight(GOOD, VARS + 'location = "North Europe"\n')
+        self.assertIn("PASS  the Network Watcher NetworkWatcher_northeurope (NetworkWatcherRG) exists in northeurope",
+                      done.stdout)
+        own = dict(GOOD, watchers=[{"name": "nw-weu", "resourceGroup": "rg-network", "location": "westeurope"}])
+        done = self.run_preflight(own)
+        self.assertEqual(done.returncode, 1, done.stdout)
+        self.assertIn("FAIL  the Network Watcher of westeurope is nw-weu in rg-network, not "
+                      "NetworkWatcher_westeurope in NetworkWatcherRG", done.stdout)
+        done = self.run_preflight(own, VARS + 'network_watcher_name = "nw-weu"\n'
+                                  'network_watcher_resource_group_name = "rg-network"\n')
+        self.assertEqual(done.returncode, 0, done.stdout)
+
     def test_an_unknown_size_fails(self):
         done = self.run_preflight(GOOD, VARS + 'backend_vm_size = "Standard_X9"\n')
         self.assertEqual(done.returncode, 1)
@@ -241,6 +315,11 @@ class AgreesWithTheTerraform(unittest.TestCase):
         self.assertEqual(config["aks_zones"].split(), default("aks_zones"))
         self.assertEqual(int(config["aks_system_node_count_max"]), default("aks_system_node_count")["max"])
         self.assertEqual(int(config["aks_user_node_count_max"]), default("aks_user_node_count")["max"])
+        for name in ("flow_logs_enabled", "defender_for_containers_enabled"):
+            self.assertEqual(config[name], str(default(name)).lower(), name)
+        self.assertEqual(config["network_watcher_resource_group_name"], default("network_watcher_resource_group_name"))
+        self.assertIn(default("network_watcher_name"), (None, "null"), "network_watcher_name: null, NetworkWatcher_<location>")
+        self.assertEqual(config["network_watcher_name"], "")
         self.assertNotIn("default", variables["name_prefix"], "name_prefix must have no default")
 
     def test_names_and_surge_are_the_terraform_ones(self):

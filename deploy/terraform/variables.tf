@@ -127,6 +127,12 @@ variable "operator_ip_ranges" {
 
 # --- Backend VM (Kafka, Redis, MongoDB) -------------------------------------------------------
 
+variable "backend_vm_enabled" {
+  description = "Create the backend VM (Kafka, Redis, MongoDB), its data disk, the backend secrets in Key Vault (mongodb-uri, redis-url, mongodb-backup-uri, mongodb-admin-uri), their readers' roles and the VM's alerts. false: a preview or sandbox environment whose backends run in the cluster (deploy/k8s/overlays/preview, components/in-cluster-backends); the outputs backend_private_ip, kafka_brokers, backend_subnet_cidr and backend_vm_name are then null, and atlas_enabled is refused. Switching it off where the VM exists stops at the data disk's prevent_destroy."
+  type        = bool
+  default     = true
+}
+
 variable "backend_vm_name" {
   description = "Name of the backend VM in Azure. null: <environment>-Kafka-redis-libertum (the product, not name_prefix: the name need only be unique in its resource group), i.e. prod-Kafka-redis-libertum in production, as the design names it. Its host name is the same in lower case. Changing it replaces the VM (the data disk is kept)."
   type        = string
@@ -169,8 +175,9 @@ variable "admin_username" {
 }
 
 variable "admin_ssh_public_key" {
-  description = "OpenSSH public key of the backend VM's administrator."
+  description = "OpenSSH public key of the backend VM's administrator. Required with backend_vm_enabled (the VM's precondition says so); unused without it."
   type        = string
+  default     = null
 }
 
 variable "backend_os_disk_size_gb" {
@@ -448,13 +455,29 @@ variable "firewall_ingress_private_ip" {
   default     = null
 }
 
+# Hosts the default leaves out, which an operator may have to add (only HTTPS on 443 passes this
+# list; a denied request shows in Log Analytics, AZFWApplicationRule):
+# - Alertmanager's receivers: Slack "hooks.slack.com", PagerDuty "events.pagerduty.com", a
+#   webhook's host. An SMTP relay (e.g. smtp.office365.com:587) is not HTTPS: it needs a network
+#   rule of its own in firewall.tf, not this list.
+# - Entra External ID, when investors' tokens come from it (docs/deploy.md, step 4): the services
+#   fetch its keys from "<tenant>.ciamlogin.com" ("*.ciamlogin.com"); login.microsoftonline.com is
+#   admitted already.
+# - Traces to Azure Monitor instead of Tempo (deploy/observability/README.md): the ingestion
+#   endpoint Azure gives for the resource, e.g. "<region>.in.applicationinsights.azure.com";
+#   *.ingest.monitor.azure.com (data collection endpoints) is admitted already.
 variable "firewall_cluster_allowed_fqdns" {
-  description = "With firewall_enabled: host names the cluster may reach on 443 besides AKS's own, the registry, Entra ID, Azure Monitor and Azure Policy: the image registries of Argo CD and the monitoring stack, and GitHub for Argo CD. Wildcards (*.example.com) are allowed."
+  description = "With firewall_enabled: host names the cluster may reach on 443 besides AKS's own, the registry, Entra ID, Azure Monitor and Azure Policy: the image registries of Argo CD and the monitoring stack, GitHub for Argo CD, and the Helm repositories and GitHub release downloads that docs/deploy.md step 7 installs from (helm runs in the cluster through az aks command invoke). Wildcards (*.example.com) are allowed. The comment above lists what an operator may have to add."
   type        = list(string)
   default = [
     "github.com",
     "raw.githubusercontent.com",
     "objects.githubusercontent.com",
+    "release-assets.githubusercontent.com",
+    # The Helm repositories of step 7 (their charts are GitHub release assets, above).
+    "prometheus-community.github.io",
+    "grafana.github.io",
+    "grafana-community.github.io",
     "ghcr.io",
     "pkg-containers.githubusercontent.com",
     "quay.io",
@@ -493,9 +516,9 @@ variable "network_watcher_resource_group_name" {
 }
 
 variable "defender_for_containers_enabled" {
-  description = "Microsoft Defender for Containers (Standard) on the whole subscription: vulnerability scanning of the images in every registry, and agentless discovery of the clusters. Subscription-wide, so an environment sharing a subscription with another turns it on for both; about 7 USD per vCore of the nodes per month."
+  description = "Microsoft Defender for Containers (Standard) on the whole subscription: vulnerability scanning of the images in every registry, and agentless discovery of the clusters. Subscription-wide: set it true in exactly one environment per subscription. azurerm creates the plan only while it is Free, so a second environment with it true (or a subscription where the plan is on already) stops the apply until the plan is imported (preflight.sh checks). About 7 USD per vCore of the nodes per month."
   type        = bool
-  default     = true
+  default     = false
 }
 
 # --- Monitoring ------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ declare -A cfg=(
   [environment]=""
   [location]="westeurope"
   [subscription_id]=""
+  [backend_vm_enabled]="true"
   [backend_vm_size]="Standard_D2ls_v5"
   [backend_vm_zone]="1"
   [aks_node_vm_size]="Standard_D2s_v5"
@@ -84,8 +85,8 @@ read_var_file() {
         read -ra zones <<<"${rest//[\[\]\",]/ }"
         cfg[aks_zones]="${zones[*]}"
         ;;
-      name_prefix | environment | location | subscription_id | backend_vm_size | backend_vm_zone | aks_node_vm_size | \
-        flow_logs_enabled | network_watcher_name | network_watcher_resource_group_name | defender_for_containers_enabled)
+      name_prefix | environment | location | subscription_id | backend_vm_enabled | backend_vm_size | backend_vm_zone | \
+        aks_node_vm_size | flow_logs_enabled | network_watcher_name | network_watcher_resource_group_name | defender_for_containers_enabled)
         cfg[$name]=$(strip_value "$rest")
         [ "${cfg[$name]}" != null ] || cfg[$name]=""
         ;;
@@ -120,7 +121,7 @@ while [ $# -gt 0 ]; do
   shift
 done
 
-for name in name_prefix environment location subscription_id backend_vm_size backend_vm_zone aks_node_vm_size \
+for name in name_prefix environment location subscription_id backend_vm_enabled backend_vm_size backend_vm_zone aks_node_vm_size \
   flow_logs_enabled network_watcher_name network_watcher_resource_group_name defender_for_containers_enabled; do
   env_name="TF_VAR_$name"
   [ -z "${!env_name:-}" ] || cfg[$name]=${!env_name}
@@ -325,7 +326,8 @@ need_size() { # ROLE SIZE NODES ZONES...
   user=${cfg[aks_user_node_count_max]}
   need_size "AKS node pools" "${cfg[aks_node_vm_size]}" \
     $((system + $(ceil_percent "$system" $surge_percent) + user + $(ceil_percent "$user" $surge_percent))) ${cfg[aks_zones]}
-  need_size "backend VM" "${cfg[backend_vm_size]}" 1 ${cfg[backend_vm_zone]}
+  # An environment without the backend VM (preview) needs no room for it.
+  [ "${cfg[backend_vm_enabled]}" = false ] || need_size "backend VM" "${cfg[backend_vm_size]}" 1 ${cfg[backend_vm_zone]}
 }
 
 check_quota() { # USAGE-NAME NEED WHAT

@@ -289,6 +289,10 @@ class Preflight(unittest.TestCase):
         done = self.run_preflight(GOOD, VARS + 'backend_vm_size = "Standard_X9"\n')
         self.assertEqual(done.returncode, 1)
         self.assertIn("FAIL  backend VM: the size Standard_X9 does not exist in westeurope", done.stdout)
+        # Without the backend VM (preview), its size is not looked at at all.
+        done = self.run_preflight(GOOD, VARS + 'backend_vm_size = "Standard_X9"\nbackend_vm_enabled = false\n')
+        self.assertEqual(done.returncode, 0, done.stdout)
+        self.assertNotIn("backend VM", done.stdout)
 
 
 class AgreesWithTheTerraform(unittest.TestCase):

@@ -147,7 +147,8 @@ function request()
   local a = math.random(n)
   local b = (a + math.random(n - 1) - 1) % n + 1
   local body = '{{"from":"' .. investors[a] .. '","to":"' .. investors[b] .. '","amount":"1"}}'
-  return wrk.format("POST", "/v1/tokens/{}/{}", {{["Content-Type"] = "application/json", ["Idempotency-Key"] = "bench-" .. id .. "-" .. counter}}, body)
+  -- The headers given here replace wrk's -H ones: the bearer token is passed on explicitly.
+  return wrk.format("POST", "/v1/tokens/{}/{}", {{["Authorization"] = wrk.headers["Authorization"], ["Content-Type"] = "application/json", ["Idempotency-Key"] = "bench-" .. id .. "-" .. counter}}, body)
 end
 {DONE}"#,
         investors.join(","),
@@ -197,6 +198,11 @@ pub fn wrk(
         .collect();
     anyhow::ensure!(n.len() == 6, "unexpected wrk result line {line:?}");
     let failed = n[1] + n[2];
+    // A phase whose requests all failed measured nothing: say so rather than print 0/s.
+    anyhow::ensure!(
+        failed == 0 || n[0] > failed,
+        "every one of the {failed} requests to {url} failed (status or socket errors)"
+    );
     Ok(Outcome {
         ok: n[0].saturating_sub(failed),
         failed,

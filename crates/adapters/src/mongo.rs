@@ -502,30 +502,38 @@ impl EventStore for MongoStore {
     }
 
     async fn idempotency(&self, key: &str) -> Result<Option<IdempotencyRecord>, StoreError> {
-        let Some(d) = self
+        match self
             .idempotency
             .find_one(doc! {"_id": key})
             .await
             .map_err(StoreError::backend)?
-        else {
-            return Ok(None);
-        };
-        let number = |field: &str| match d.get(field) {
-            Some(Bson::Int32(n)) => Ok(i64::from(*n)),
-            Some(Bson::Int64(n)) => Ok(*n),
-            other => Err(StoreError::Backend(format!(
-                "idempotency record {key}: {field} is {other:?}"
-            ))),
-        };
-        Ok(Some(IdempotencyRecord {
-            fingerprint: d
-                .get_str("fingerprint")
-                .map_err(StoreError::backend)?
-                .to_owned(),
-            status: u16::try_from(number("status")?).map_err(StoreError::backend)?,
-            body: d.get_str("body").map_err(StoreError::backend)?.to_owned(),
-            created_at: number("created_at")?,
-        }))
+        {
+            Some(d) => record_of(key, &d).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    async fn idempotency_many(
+        &self,
+        keys: &[&str],
+    ) -> Result<std::collections::HashMap<String, IdempotencyRecord>, StoreError> {
+        let mut found = std::collections::HashMap::new();
+        if keys.is_empty() {
+            return Ok(found);
+        }
+        use futures::TryStreamExt;
+        // One query for the whole group, not one round trip per request.
+        let mut cursor = self
+            .idempotency
+            .find(doc! {"_id": {"$in": keys.to_vec()}})
+            .await
+            .map_err(StoreError::backend)?;
+        while let Some(d) = cursor.try_next().await.map_err(StoreError::backend)? {
+            let key = d.get_str("_id").map_err(StoreError::backend)?.to_owned();
+            let record = record_of(&key, &d)?;
+            found.insert(key, record);
+        }
+        Ok(found)
     }
 
     async fn prune_idempotency(&self, before: i64) -> Result<u64, StoreError> {
@@ -832,6 +840,26 @@ impl EventStore for MongoStore {
     fn describe(&self) -> String {
         self.name.clone()
     }
+}
+
+/// An idempotency record as MongoDB keeps it.
+fn record_of(key: &str, d: &Document) -> Result<IdempotencyRecord, StoreError> {
+    let number = |field: &str| match d.get(field) {
+        Some(Bson::Int32(n)) => Ok(i64::from(*n)),
+        Some(Bson::Int64(n)) => Ok(*n),
+        other => Err(StoreError::Backend(format!(
+            "idempotency record {key}: {field} is {other:?}"
+        ))),
+    };
+    Ok(IdempotencyRecord {
+        fingerprint: d
+            .get_str("fingerprint")
+            .map_err(StoreError::backend)?
+            .to_owned(),
+        status: u16::try_from(number("status")?).map_err(StoreError::backend)?,
+        body: d.get_str("body").map_err(StoreError::backend)?.to_owned(),
+        created_at: number("created_at")?,
+    })
 }
 
 #[cfg(test)]

@@ -78,6 +78,16 @@ pub async fn event_store(open: Open) {
         Some(record(1_000, "first"))
     );
     assert_eq!(store.idempotency("k-unknown").await.unwrap(), None);
+    let found = store
+        .idempotency_many(&["k-unknown", "k-1", "k-1"])
+        .await
+        .unwrap();
+    assert_eq!(
+        found.into_iter().collect::<Vec<_>>(),
+        vec![("k-1".to_owned(), record(1_000, "first"))],
+        "idempotency_many returns the records that exist, once each"
+    );
+    assert!(store.idempotency_many(&[]).await.unwrap().is_empty());
     assert_eq!(store.checkpoint("reader:topic").await.unwrap(), Some(7));
     assert_eq!(store.checkpoint("unknown").await.unwrap(), None);
 

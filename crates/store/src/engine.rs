@@ -1081,6 +1081,10 @@ async fn writer<S: StateMachine>(inner: Arc<Inner<S>>, mut rx: mpsc::Receiver<Jo
                 tracing::warn!(service, %error, "could not read the registry's log; deciding on what this replica applied");
             }
         }
+        // Every idempotency key of the batch, looked up at once per partition, under the same
+        // lock as the decisions: nothing commits to an owned partition in between.
+        let keys = idempotency_keys(&inner, &jobs);
+        let known = known_records(&inner, keys).await;
         // One group per partition, committed to its log: the registry's first.
         let mut groups: std::collections::BTreeMap<usize, Group> = Default::default();
         let mut answered: Vec<Answered> = Vec::with_capacity(jobs.len());
@@ -1155,7 +1159,7 @@ async fn writer<S: StateMachine>(inner: Arc<Inner<S>>, mut rx: mpsc::Receiver<Jo
                         submission,
                         held.last_time,
                         &inner,
-                        store,
+                        (store, known.get(&partition)),
                         &mut held.versions,
                         group,
                     )
@@ -1304,6 +1308,49 @@ async fn writer<S: StateMachine>(inner: Arc<Inner<S>>, mut rx: mpsc::Receiver<Jo
     }
 }
 
+/// The idempotency keys `jobs` carry, by partition.
+fn idempotency_keys<S: StateMachine>(
+    inner: &Inner<S>,
+    jobs: &[Job<S>],
+) -> std::collections::BTreeMap<usize, Vec<String>> {
+    let mut keys: std::collections::BTreeMap<usize, Vec<String>> = Default::default();
+    for submission in jobs.iter().flat_map(|job| &job.submissions) {
+        if let Some((key, _)) = &submission.idempotency {
+            let partition = match (&submission.command, submission.partition) {
+                (Some(command), _) => inner.partition_of(command),
+                (None, partition) => partition.unwrap_or(0),
+            };
+            keys.entry(partition).or_default().push(key.clone());
+        }
+    }
+    keys
+}
+
+/// The stored records of `keys`, by partition: one read per partition (one query on MongoDB)
+/// for the whole batch instead of one per request. A partition whose read failed is left out,
+/// and its requests look their keys up one by one.
+async fn known_records<S: StateMachine>(
+    inner: &Inner<S>,
+    keys: std::collections::BTreeMap<usize, Vec<String>>,
+) -> FxHashMap<usize, std::collections::HashMap<String, IdempotencyRecord>> {
+    let mut known = FxHashMap::default();
+    for (partition, keys) in keys {
+        if !inner.owns(partition) {
+            continue;
+        }
+        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+        match inner.stores[partition].idempotency_many(&keys).await {
+            Ok(found) => {
+                known.insert(partition, found);
+            }
+            Err(error) => {
+                tracing::warn!(service = inner.service, partition, %error, "could not read a batch's idempotency records; looking them up one by one");
+            }
+        }
+    }
+    known
+}
+
 /// What one group commit accumulates.
 struct Group {
     commit: Commit,
@@ -1323,7 +1370,11 @@ async fn run_one<S: StateMachine>(
     submission: Submission<S>,
     now: OffsetDateTime,
     inner: &Inner<S>,
-    store: &dyn EventStore,
+    // The partition's log, and the records of the batch's keys read from it beforehand.
+    (store, known): (
+        &dyn EventStore,
+        Option<&std::collections::HashMap<String, IdempotencyRecord>>,
+    ),
     versions: &mut Versions,
     group: &mut Group,
 ) -> Outcome {
@@ -1344,9 +1395,12 @@ async fn run_one<S: StateMachine>(
         decisions: _,
     } = group;
     if let Some((key, fingerprint)) = &idempotency {
-        let earlier = match pending.get(key) {
-            Some(record) => Some(record.clone()),
-            None => store
+        let earlier = match (pending.get(key), known) {
+            // Earlier in this group.
+            (Some(record), _) => Some(record.clone()),
+            // Stored before the batch was decided.
+            (None, Some(known)) => known.get(key).cloned(),
+            (None, None) => store
                 .idempotency(key)
                 .await
                 .map_err(|e| EngineError::Unavailable(e.to_string()))?,

@@ -87,6 +87,20 @@ pub trait EventStore: Send + Sync + 'static {
     /// The position of the last event, 0 when empty.
     async fn head(&self) -> Result<u64, StoreError>;
     async fn idempotency(&self, key: &str) -> Result<Option<IdempotencyRecord>, StoreError>;
+    /// The records of those of `keys` that have one, in one read where the store allows it: the
+    /// writer looks up a whole group's keys at once rather than one round trip per request.
+    async fn idempotency_many(
+        &self,
+        keys: &[&str],
+    ) -> Result<std::collections::HashMap<String, IdempotencyRecord>, StoreError> {
+        let mut found = std::collections::HashMap::new();
+        for key in keys {
+            if let Some(record) = self.idempotency(key).await? {
+                found.insert((*key).to_owned(), record);
+            }
+        }
+        Ok(found)
+    }
     /// Deletes idempotency records created before `before` (Unix seconds); returns how many.
     async fn prune_idempotency(&self, before: i64) -> Result<u64, StoreError>;
     async fn checkpoint(&self, name: &str) -> Result<Option<u64>, StoreError>;

@@ -199,6 +199,23 @@ impl EventStore for RedbStore {
         }
     }
 
+    async fn idempotency_many(
+        &self,
+        keys: &[&str],
+    ) -> Result<std::collections::HashMap<String, IdempotencyRecord>, StoreError> {
+        // One read transaction for the whole group.
+        let tx = self.db.begin_read().map_err(StoreError::backend)?;
+        let table = tx.open_table(IDEMPOTENCY).map_err(StoreError::backend)?;
+        let mut found = std::collections::HashMap::new();
+        for key in keys {
+            if let Some(v) = table.get(*key).map_err(StoreError::backend)? {
+                let record = serde_json::from_slice(v.value()).map_err(StoreError::backend)?;
+                found.insert((*key).to_owned(), record);
+            }
+        }
+        Ok(found)
+    }
+
     async fn prune_idempotency(&self, before: i64) -> Result<u64, StoreError> {
         let db = self.db.clone();
         tokio::task::spawn_blocking(move || {

@@ -46,71 +46,11 @@ fn stack(name: &str) -> Stack {
     }
 }
 
-struct Fixture {
-    asset: String,
-    token: String,
-    alice: String,
-    bob: String,
-}
+type Fixture = common::Issued;
 
 /// An approved, tokenized asset; Alice holds the whole issue, Bob nothing.
 async fn fixture(p: &Product) -> Fixture {
-    let (status, asset) = p
-        .post(
-            "/v1/assets",
-            json!({"name": "Faults 1", "kind": "real_estate", "legal_owner": "Faults SPV",
-                   "location": {"address": "Main St 1", "city": "Berlin", "postal_code": "10117", "country": "DE"}}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{asset}");
-    let asset_id = asset["id"].as_str().unwrap().to_owned();
-    for action in ["submit", "approve"] {
-        let (status, body) = p
-            .post(
-                &format!("/v1/assets/{asset_id}/transitions"),
-                json!({"action": action}),
-            )
-            .await;
-        assert_eq!(status, StatusCode::OK, "{body}");
-    }
-    let spec = json!({"asset_id": asset_id, "symbol": "FAULT1", "name": "Faults", "decimals": 0,
-        "max_supply": ISSUED.to_string(), "unit_price": "100", "currency": "EUR"});
-    let deadline = tokio::time::Instant::now() + p.patience;
-    let token = loop {
-        let (status, body) = p.post("/v1/tokens", spec.clone()).await;
-        if status == StatusCode::CREATED {
-            break body["id"].as_str().unwrap().to_owned();
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the approval never reached the tokens service: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    let mut investors = Vec::new();
-    for country in ["DE", "FR"] {
-        let (status, body) = p
-            .post(
-                "/v1/tokens/investors",
-                json!({"identity_ref": format!("idp|faults-{country}"), "country": country, "kyc_status": "verified", "kyc_expires_on": "2099-12-31"}),
-            )
-            .await;
-        assert_eq!(status, StatusCode::CREATED, "{body}");
-        investors.push(body["id"].as_str().unwrap().to_owned());
-    }
-    let (status, body) = p
-        .post(
-            &format!("/v1/tokens/{token}/issuances"),
-            json!({"to": investors[0], "amount": ISSUED.to_string()}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    Fixture {
-        asset: asset_id,
-        token,
-        alice: investors[0].clone(),
-        bob: investors[1].clone(),
-    }
+    common::issued(p, "Faults", "FAULT1", ISSUED).await
 }
 
 /// Sends `n` transfers of one unit from Alice to Bob, four at a time, each with its own

@@ -103,7 +103,9 @@ async fn one_transfer_is_one_trace_from_the_tokens_handler_to_the_ledger_entry()
     )
     .await;
 
-    let (alice, bob, token) = fixture(&p).await;
+    let common::Issued {
+        alice, bob, token, ..
+    } = common::issued(&p, "Traced", "TRC", 1_000).await;
     // The client starts the trace: its traceparent names the trace every span must join.
     let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
     let client_span = "00f067aa0ba902b7";
@@ -184,61 +186,4 @@ async fn one_transfer_is_one_trace_from_the_tokens_handler_to_the_ledger_entry()
         "the tokens commit under its decision: {of_trace:#?}"
     );
     p.stop().await;
-}
-
-/// An approved asset's token, issued to Alice; Bob verified and holding nothing.
-async fn fixture(p: &Product) -> (String, String, String) {
-    let mut investors = Vec::new();
-    for country in ["DE", "FR"] {
-        let (status, body) = p
-            .post(
-                "/v1/tokens/investors",
-                json!({"identity_ref": format!("idp|traces-{country}"), "country": country, "kyc_status": "verified", "kyc_expires_on": "2099-12-31"}),
-            )
-            .await;
-        assert_eq!(status, StatusCode::CREATED, "{body}");
-        investors.push(body["id"].as_str().unwrap().to_owned());
-    }
-    let (status, asset) = p
-        .post(
-            "/v1/assets",
-            json!({"name": "Traced", "kind": "real_estate", "legal_owner": "Traced SPV",
-                   "location": {"address": "Main St 1", "city": "Berlin", "postal_code": "10117", "country": "DE"}}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{asset}");
-    let asset = asset["id"].as_str().unwrap().to_owned();
-    for action in ["submit", "approve"] {
-        let (status, body) = p
-            .post(
-                &format!("/v1/assets/{asset}/transitions"),
-                json!({"action": action}),
-            )
-            .await;
-        assert_eq!(status, StatusCode::OK, "{body}");
-    }
-    let spec = json!({"asset_id": asset, "symbol": "TRC", "name": "Traced", "decimals": 0,
-        "max_supply": "1000", "unit_price": "100", "currency": "EUR"});
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    let token = loop {
-        let (status, body) = p.post("/v1/tokens", spec.clone()).await;
-        if status == StatusCode::CREATED {
-            break body["id"].as_str().unwrap().to_owned();
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the approval never reached the tokens service: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    let (status, body) = p
-        .post(
-            &format!("/v1/tokens/{token}/issuances"),
-            json!({"to": investors[0], "amount": "1000"}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    let bob = investors.pop().unwrap();
-    let alice = investors.pop().unwrap();
-    (alice, bob, token)
 }

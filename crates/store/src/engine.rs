@@ -245,6 +245,15 @@ impl<S: StateMachine> Inner<S> {
         S::partition_key(command).map_or(0, |key| partition::of(key, self.partitions()))
     }
 
+    /// Where `submission` commits: its command's partition, or the one it names (a consumer's
+    /// checkpoint alone), else the registry.
+    fn partition_of_submission(&self, submission: &Submission<S>) -> usize {
+        match (&submission.command, submission.partition) {
+            (Some(command), _) => self.partition_of(command),
+            (None, partition) => partition.unwrap_or(0),
+        }
+    }
+
     fn publish(&self, held: &Held<S>) {
         self.nudge.notify_one();
         for (applied, head) in self.applied.iter().zip(&held.heads) {
@@ -1092,10 +1101,7 @@ async fn writer<S: StateMachine>(inner: Arc<Inner<S>>, mut rx: mpsc::Receiver<Jo
         for Job { submissions, done } in jobs.drain(..) {
             let partitions: Vec<usize> = submissions
                 .iter()
-                .map(|s| match (&s.command, s.partition) {
-                    (Some(command), _) => inner.partition_of(command),
-                    (None, partition) => partition.unwrap_or(0),
-                })
+                .map(|s| inner.partition_of_submission(s))
                 .collect();
             let partition = partitions.first().copied().unwrap_or(0);
             if partitions.iter().any(|p| *p != partition) {
@@ -1316,11 +1322,9 @@ fn idempotency_keys<S: StateMachine>(
     let mut keys: std::collections::BTreeMap<usize, Vec<String>> = Default::default();
     for submission in jobs.iter().flat_map(|job| &job.submissions) {
         if let Some((key, _)) = &submission.idempotency {
-            let partition = match (&submission.command, submission.partition) {
-                (Some(command), _) => inner.partition_of(command),
-                (None, partition) => partition.unwrap_or(0),
-            };
-            keys.entry(partition).or_default().push(key.clone());
+            keys.entry(inner.partition_of_submission(submission))
+                .or_default()
+                .push(key.clone());
         }
     }
     keys

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use libertum_platform::config::Settings;
 use reqwest::{Client, StatusCode};
-use serde_json::Value;
+use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
 pub struct Product {
@@ -378,5 +378,76 @@ impl Drop for Product {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+/// An approved asset tokenized as `symbol`, its whole issue of `supply` held by Alice; Bob,
+/// verified too, holds nothing.
+pub struct Issued {
+    pub asset: String,
+    pub token: String,
+    pub alice: String,
+    pub bob: String,
+}
+
+/// Makes [`Issued`]: `name` names the asset and the investors' identity refs.
+pub async fn issued(p: &Product, name: &str, symbol: &str, supply: u128) -> Issued {
+    let (status, asset) = p
+        .post(
+            "/v1/assets",
+            json!({"name": name, "kind": "real_estate", "legal_owner": format!("{name} SPV"),
+                   "location": {"address": "Main St 1", "city": "Berlin", "postal_code": "10117", "country": "DE"}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{asset}");
+    let asset = asset["id"].as_str().unwrap().to_owned();
+    for action in ["submit", "approve"] {
+        let (status, body) = p
+            .post(
+                &format!("/v1/assets/{asset}/transitions"),
+                json!({"action": action}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let spec = json!({"asset_id": asset, "symbol": symbol, "name": name, "decimals": 0,
+        "max_supply": supply.to_string(), "unit_price": "100", "currency": "EUR"});
+    let deadline = tokio::time::Instant::now() + p.patience;
+    let token = loop {
+        let (status, body) = p.post("/v1/tokens", spec.clone()).await;
+        if status == StatusCode::CREATED {
+            break body["id"].as_str().unwrap().to_owned();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the approval never reached the tokens service: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut investors = Vec::new();
+    for country in ["DE", "FR"] {
+        let (status, body) = p
+            .post(
+                "/v1/tokens/investors",
+                json!({"identity_ref": format!("idp|{}-{country}", name.to_lowercase()), "country": country, "kyc_status": "verified", "kyc_expires_on": "2099-12-31"}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        investors.push(body["id"].as_str().unwrap().to_owned());
+    }
+    let (status, body) = p
+        .post(
+            &format!("/v1/tokens/{token}/issuances"),
+            json!({"to": investors[0], "amount": supply.to_string()}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let bob = investors.pop().unwrap();
+    let alice = investors.pop().unwrap();
+    Issued {
+        asset,
+        token,
+        alice,
+        bob,
     }
 }

@@ -12,13 +12,32 @@ use crate::ApiError;
 
 /// The largest accepted request body.
 pub const MAX_BODY: usize = 256 * 1024;
+/// The largest body of a bulk request (`…/batches`: up to 8,000 operations).
+pub const MAX_BULK_BODY: usize = 4 * 1024 * 1024;
+
+/// The largest body a request to `path` may carry: [`MAX_BULK_BODY`] for a batch,
+/// [`MAX_BODY`] otherwise. (An import, `…/imports`, is read as a stream, line by line.)
+pub fn body_limit(path: &str) -> usize {
+    if path.ends_with("/batches") {
+        MAX_BULK_BODY
+    } else {
+        MAX_BODY
+    }
+}
+
+/// Whether a request to `path` is a streaming import, whose body is read line by line by its
+/// handler rather than whole beforehand.
+pub fn is_import(path: &str) -> bool {
+    path.ends_with("/imports")
+}
 const MAX_KEY: usize = 255;
 
 /// A JSON body, parsed strictly: `application/json`, unknown fields refused (by the DTO), the
 /// path of the offending field named in the error.
 pub struct Json<T>(pub T);
 
-fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+/// Parses `bytes` as JSON into `T`, strictly, naming the offending field of an error.
+pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
         let path = known_path(e.path());
@@ -97,17 +116,18 @@ async fn json_bytes(req: Request) -> Result<Bytes, ApiError> {
             "the body must be JSON with Content-Type: application/json",
         ));
     }
-    Bytes::from_request(req, &())
+    let limit = body_limit(req.uri().path());
+    axum::body::to_bytes(req.into_body(), limit)
         .await
-        .map_err(|_| body_too_large())
+        .map_err(|_| body_too_large(limit))
 }
 
-/// 413: a body over [`MAX_BODY`].
-pub fn body_too_large() -> ApiError {
+/// 413: a body over `limit` bytes.
+pub fn body_too_large(limit: usize) -> ApiError {
     ApiError::new(
         StatusCode::PAYLOAD_TOO_LARGE,
         "body_too_large",
-        format!("the body must be at most {MAX_BODY} bytes"),
+        format!("the body must be at most {limit} bytes"),
     )
 }
 
@@ -145,25 +165,38 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Posted<T> {
         let bytes = json_bytes(req).await?;
         let body = parse(&bytes)?;
         let idempotency = key.map(|key| {
-            let mut h = Sha256::new();
-            h.update(method.as_str());
-            h.update(b"\n");
-            h.update(path.as_bytes());
-            h.update(b"\n");
-            h.update(&bytes);
-            let fingerprint = hex::encode(h.finalize());
-            // Keys are scoped by caller and path so one key cannot collide across either.
-            // The caller's length first keeps the parts apart whatever characters they hold.
             (
-                format!("{}:{caller}{path}#{key}", caller.len()),
-                fingerprint,
+                scoped_key(&caller, &path, &key),
+                fingerprint(&[method.as_str().as_bytes(), path.as_bytes(), &bytes]),
             )
         });
         Ok(Posted { body, idempotency })
     }
 }
 
-fn idempotency_key(headers: &axum::http::HeaderMap) -> Result<Option<String>, ApiError> {
+/// The key a request's `Idempotency-Key` is stored under. Keys belong to the caller who sent
+/// them: another principal's same key is another key, so no one can replay, or block, someone
+/// else's request by guessing its key. Keys are scoped by caller and path so one key cannot
+/// collide across either; the caller's length first keeps the parts apart whatever characters
+/// they hold.
+pub fn scoped_key(caller: &str, path: &str, key: &str) -> String {
+    format!("{}:{caller}{path}#{key}", caller.len())
+}
+
+/// The SHA-256 of `parts`, newline-separated, in hex: what tells a retry from another request.
+pub fn fingerprint(parts: &[&[u8]]) -> String {
+    let mut h = Sha256::new();
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            h.update(b"\n");
+        }
+        h.update(part);
+    }
+    hex::encode(h.finalize())
+}
+
+/// The request's `Idempotency-Key`, if any, checked: 1-255 visible ASCII characters.
+pub fn idempotency_key(headers: &axum::http::HeaderMap) -> Result<Option<String>, ApiError> {
     let Some(value) = headers.get("idempotency-key") else {
         return Ok(None);
     };

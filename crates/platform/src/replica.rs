@@ -55,6 +55,8 @@ pub struct Forwarder {
     partitions: Partitions,
     route: Route,
     client: reqwest::Client,
+    /// For imports, streamed both ways for as long as they take (no overall timeout).
+    streaming: reqwest::Client,
 }
 
 impl Forwarder {
@@ -65,12 +67,18 @@ impl Forwarder {
             .timeout(Duration::from_secs(30))
             .build()
             .unwrap_or_default();
+        let streaming = reqwest::Client::builder()
+            .no_proxy()
+            .connect_timeout(Duration::from_secs(1))
+            .build()
+            .unwrap_or_default();
         // From zero, so that the first forwarded write is an increase.
         metrics::counter!(FORWARDED, "service" => partitions.service()).increment(0);
         Forwarder {
             partitions,
             route,
             client,
+            streaming,
         }
     }
 }
@@ -106,10 +114,14 @@ pub async fn forward(State(forwarder): State<Forwarder>, request: Request, next:
     ) {
         return next.run(request).await;
     }
+    if crate::extract::is_import(request.uri().path()) {
+        return forward_import(forwarder, request, next).await;
+    }
     let (mut parts, body) = request.into_parts();
     // The body was read whole before (`body_within`): this takes what is buffered.
-    let Ok(bytes) = axum::body::to_bytes(body, crate::extract::MAX_BODY).await else {
-        return crate::extract::body_too_large().into_response();
+    let limit = crate::extract::body_limit(parts.uri.path());
+    let Ok(bytes) = axum::body::to_bytes(body, limit).await else {
+        return crate::extract::body_too_large(limit).into_response();
     };
     let partition = (forwarder.route)(&parts, &bytes).min(forwarder.partitions.len() - 1);
     parts.extensions.insert(Partition(partition));
@@ -197,6 +209,66 @@ fn hop_by_hop(name: &header::HeaderName) -> bool {
             | "host"
             | "content-length"
     )
+}
+
+/// An import (see `crate::extract::is_import`): its body is a stream, read once, so it is run
+/// here if this replica owns its partition, and otherwise streamed to the owner once, its
+/// progress streamed back. It routes by its path (the token); a takeover during it breaks it
+/// off, and the client sends it again with its `Idempotency-Key`: the chunks committed are
+/// replayed, not applied again.
+async fn forward_import(forwarder: Forwarder, request: Request, next: Next) -> Response {
+    let (mut parts, body) = request.into_parts();
+    let partition = (forwarder.route)(&parts, &[]).min(forwarder.partitions.len() - 1);
+    parts.extensions.insert(Partition(partition));
+    let ownership = forwarder.partitions.of(partition);
+    if let Some(_in_flight) = ownership.accept() {
+        return next.run(Request::from_parts(parts, body)).await;
+    }
+    if parts.headers.contains_key(FORWARDED_BY) {
+        return ApiError::from(libertum_store::EngineError::NotOwner).into_response();
+    }
+    let owner = match ownership.owner(FORWARD_WAIT).await {
+        Some(Owner::At(owner)) => owner,
+        Some(Owner::Here) => {
+            return match ownership.accept() {
+                Some(_in_flight) => next.run(Request::from_parts(parts, body)).await,
+                None => no_owner(),
+            };
+        }
+        None => return no_owner(),
+    };
+    let url = format!(
+        "http://{owner}{}",
+        parts.uri.path_and_query().map_or("/", |p| p.as_str())
+    );
+    let mut outgoing = forwarder
+        .streaming
+        .request(parts.method.clone(), &url)
+        .body(reqwest::Body::wrap_stream(body.into_data_stream()));
+    for (name, value) in &parts.headers {
+        if !hop_by_hop(name) {
+            outgoing = outgoing.header(name, value);
+        }
+    }
+    outgoing = outgoing.header(FORWARDED_BY, ownership.replica());
+    metrics::counter!(FORWARDED, "service" => ownership.service()).increment(1);
+    match outgoing.send().await {
+        Ok(answer) => {
+            let status = answer.status();
+            let headers = answer.headers().clone();
+            let mut response = (status, Body::from_stream(answer.bytes_stream())).into_response();
+            for (name, value) in &headers {
+                if !hop_by_hop(name) {
+                    response.headers_mut().insert(name, value.clone());
+                }
+            }
+            response
+        }
+        Err(error) => {
+            tracing::warn!(%owner, %error, "the owner did not take a forwarded import");
+            ApiError::unavailable(format!("forwarded to {owner}: {error}")).into_response()
+        }
+    }
 }
 
 async fn relay(answer: reqwest::Response) -> Response {

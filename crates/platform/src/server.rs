@@ -88,16 +88,18 @@ async fn body_within(
     let bodiless = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS)
         && !req.headers().contains_key(header::CONTENT_LENGTH)
         && !req.headers().contains_key(header::TRANSFER_ENCODING);
-    if bodiless {
+    // An import's handler reads its body line by line, each read within the deadline.
+    if bodiless || crate::extract::is_import(req.uri().path()) {
         return next.run(req).await;
     }
+    let limit = crate::extract::body_limit(req.uri().path());
     let (parts, body) = req.into_parts();
-    match tokio::time::timeout(deadline, axum::body::to_bytes(body, MAX_BODY)).await {
+    match tokio::time::timeout(deadline, axum::body::to_bytes(body, limit)).await {
         Ok(Ok(bytes)) => {
             next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
                 .await
         }
-        Ok(Err(_)) => crate::extract::body_too_large().into_response(),
+        Ok(Err(_)) => crate::extract::body_too_large(limit).into_response(),
         Err(_) => {
             let mut response = ApiError::new(
                 StatusCode::REQUEST_TIMEOUT,

@@ -42,6 +42,7 @@ pub fn router(engine: AppState) -> OpenApiRouter {
         .routes(routes!(pause))
         .routes(routes!(unpause))
         .routes(routes!(batch))
+        .routes(routes!(crate::import::import))
         .routes(routes!(holders))
         .routes(routes!(holding))
         .routes(routes!(distribute, list_distributions))
@@ -486,7 +487,7 @@ async fn transfer(
 /// balance against the maximum, KYC, country, a freeze, or whether they exist at all) says only
 /// `receiver_not_eligible`: another investor's data and an AML freeze are not theirs to learn.
 /// Staff keep the detailed code.
-fn seen_by(staff: bool, error: ApiError) -> ApiError {
+pub(crate) fn seen_by(staff: bool, error: ApiError) -> ApiError {
     // `max_balance_exceeded` names the amount, but it is the receiver's balance it tells.
     let receivers = error.field.as_deref() == Some("to") || error.code == "max_balance_exceeded";
     if staff || !receivers || error.status.is_server_error() {
@@ -692,19 +693,46 @@ async fn unpause(
     .await
 }
 
-/// Apply up to 1,000 operations atomically: all or none; a refusal names the failing item.
+/// Apply up to 8,000 operations of one token in order: all or nothing (the default), or each on
+/// its own (`"mode": "independent"`), with each operation's outcome in the answer.
 #[utoipa::path(post, path = "/{token_id}/batches", tag = "movements", request_body = BatchRequest,
     params(("token_id" = String, Path), ("Idempotency-Key" = Option<String>, Header)),
-    responses((status = 200, body = OperationResult), (status = 409, body = Problem, content_type = JSON_PROBLEM)))]
+    responses((status = 200, description = "`all_or_nothing`: an `OperationResult`; `independent`: a `BulkResult`", body = BulkResult),
+        (status = 409, body = Problem, content_type = JSON_PROBLEM, description = "`all_or_nothing`: an operation was refused; `field` names it (`operations[i].…`)"),
+        (status = 413, body = Problem, content_type = JSON_PROBLEM, description = "the body is over 4 MiB")))]
 async fn batch(
     State(engine): State<AppState>,
     principal: Principal,
     Path(token_id): Path<String>,
     posted: Posted<BatchRequest>,
 ) -> Result<Response, ApiError> {
+    allow_operations(&principal, &posted.body.operations)?;
+    let staff = principal.is_staff();
+    let actor = principal.subject;
+    let mode = posted.body.mode;
+    let command = token::Command::Batch {
+        token_id: Id::from(token_id.as_str()),
+        operations: posted.body.operations,
+        mode,
+    };
+    match mode {
+        token::BatchMode::AllOrNothing => {
+            operate(&engine, actor, token_id, command, posted.idempotency).await
+        }
+        token::BatchMode::Independent => {
+            let reply = bulk_reply(Id::from(token_id), staff);
+            submit(&engine, actor, command, posted.idempotency, reply).await
+        }
+    }
+}
+
+/// A batch grants nothing by itself: each operation in it needs what it needs alone.
+pub(crate) fn allow_operations(
+    principal: &Principal,
+    operations: &[token::Operation],
+) -> Result<(), ApiError> {
     principal.allow(Operation::Batch)?;
-    // A batch grants nothing by itself: each operation in it needs what it needs alone.
-    for op in &posted.body.operations {
+    for op in operations {
         match op {
             token::Operation::Issue { .. } => principal.allow(Operation::Issue)?,
             token::Operation::Transfer { from, .. } => {
@@ -723,12 +751,59 @@ async fn batch(
             }
         }
     }
-    let actor = principal.subject;
-    let command = token::Command::Batch {
-        token_id: Id::from(token_id.as_str()),
-        operations: posted.body.operations,
-    };
-    operate(&engine, actor, token_id, command, posted.idempotency).await
+    Ok(())
+}
+
+/// The answer of an independent batch: each operation's outcome, as the writer left them in
+/// the state next to the book (see `TokensState`), refusals told as a single request's would
+/// be to `staff` or not.
+pub(crate) fn bulk_reply(id: Id, staff: bool) -> libertum_store::ReplyFn<TokensState> {
+    Box::new(move |state: &TokensState, events: &[token::Event]| {
+        let token = state.0.token(&id);
+        let version = token.map_or(0, |t| t.version);
+        // The first applied operation's event made version `version - events + 1`.
+        let mut next_version = version + 1 - events.len() as u64;
+        let results: Vec<OperationOutcome> = state
+            .1
+            .iter()
+            .enumerate()
+            .map(|(index, outcome)| match outcome {
+                None => {
+                    next_version += 1;
+                    OperationOutcome {
+                        index,
+                        status: "applied".into(),
+                        version: Some(next_version - 1),
+                        code: None,
+                        message: None,
+                        field: None,
+                    }
+                }
+                Some(refusal) => {
+                    let e = seen_by(staff, ApiError::from(refusal.clone()));
+                    OperationOutcome {
+                        index,
+                        status: "refused".into(),
+                        version: None,
+                        code: Some(e.code.into_owned()),
+                        message: Some(e.detail),
+                        field: e.field,
+                    }
+                }
+            })
+            .collect();
+        json_reply(
+            StatusCode::OK,
+            &BulkResult {
+                token_id: id.to_string(),
+                version,
+                total_supply: token.map_or_else(Default::default, |t| t.total_supply),
+                applied: events.len(),
+                refused: results.len() - events.len(),
+                results,
+            },
+        )
+    })
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

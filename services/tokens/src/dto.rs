@@ -257,14 +257,63 @@ pub struct FreezeRequest {
 #[serde(deny_unknown_fields)]
 pub struct Empty {}
 
-/// Operations applied all together or not at all. Each is an object with `op` set to issue,
-/// transfer, redeem, forced_transfer, freeze, unfreeze, freeze_amount, unfreeze_amount, pause
-/// or unpause, and that operation's fields.
+/// Up to 8,000 operations of one token, applied in order. Each is an object with `op` set to
+/// issue, transfer, redeem, forced_transfer, freeze, unfreeze, freeze_amount, unfreeze_amount,
+/// pause or unpause, and that operation's fields.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BatchRequest {
-    #[schema(value_type = Vec<BatchOperation>, min_items = 1, max_items = 1000)]
+    /// `all_or_nothing` (the default): one refusal refuses the whole batch, naming the
+    /// operation, and nothing changes; the answer is an `OperationResult`. `independent`: each
+    /// operation stands alone; the answer is a `BulkResult` with each one's outcome.
+    #[serde(default)]
+    #[schema(value_type = Option<BulkMode>)]
+    pub mode: token::BatchMode,
+    #[schema(value_type = Vec<BatchOperation>, min_items = 1, max_items = 8000)]
     pub operations: Vec<token::Operation>,
+}
+
+/// What a bulk request does when one of its operations is refused.
+#[derive(Debug, ToSchema)]
+#[schema(rename_all = "snake_case")]
+#[allow(dead_code)]
+pub enum BulkMode {
+    AllOrNothing,
+    Independent,
+}
+
+/// What an independent batch (or a chunk of an import) did, operation by operation.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct BulkResult {
+    pub token_id: String,
+    /// The token's version after the batch.
+    pub version: u64,
+    #[schema(value_type = String)]
+    pub total_supply: Amount,
+    pub applied: usize,
+    pub refused: usize,
+    /// One per operation, in the request's order.
+    pub results: Vec<OperationOutcome>,
+}
+
+/// One operation's outcome in a bulk request.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct OperationOutcome {
+    /// The operation's place in the request, from 0.
+    pub index: usize,
+    /// `applied` or `refused`.
+    pub status: String,
+    /// Applied: the token's version its event made (the event's `subjectversion`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
+    /// Refused: the stable reason code, as a single request would get it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Refused: the field of the operation the refusal names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
 }
 
 /// One operation of a batch: `op` names it; the other fields are that operation's, as in its

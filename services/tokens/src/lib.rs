@@ -4,6 +4,7 @@
 mod api;
 mod dto;
 mod history;
+mod import;
 mod state;
 
 use std::sync::Arc;

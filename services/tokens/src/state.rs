@@ -14,8 +14,14 @@ pub struct Command {
     pub command: token::Command,
 }
 
+/// The book, and the outcome of each operation of the last batch executed (read by the
+/// batch's reply, right after; never part of a snapshot).
 #[derive(Default, serde::Serialize, serde::Deserialize)]
-pub struct TokensState(pub token::Book);
+#[serde(transparent)]
+pub struct TokensState(
+    pub token::Book,
+    #[serde(skip)] pub Vec<Option<libertum_domain::Error>>,
+);
 
 impl StateMachine for TokensState {
     type Command = Command;
@@ -27,7 +33,18 @@ impl StateMachine for TokensState {
             now,
             actor: command.actor,
         };
-        let events = self.0.decide(&command.command, &ctx)?;
+        let events = match &command.command {
+            token::Command::Batch {
+                token_id,
+                operations,
+                mode,
+            } => {
+                let (events, outcomes) = self.0.decide_batch(token_id, operations, *mode, &ctx)?;
+                self.1 = outcomes;
+                events
+            }
+            other => self.0.decide(other, &ctx)?,
+        };
         for event in &events {
             self.0.apply(event);
             metrics::counter!(TOKEN_EVENTS, "type" => event.change.name()).increment(1);

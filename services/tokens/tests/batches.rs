@@ -261,3 +261,294 @@ async fn holders_as_of_an_earlier_moment_show_the_balances_then() {
         .await
         .problem(400, "invalid_query", None);
 }
+
+#[tokio::test]
+async fn an_independent_batch_applies_what_passes_and_reports_each_operation() {
+    let s = spawn().await;
+    let token = s.token("ast_1", "FRIED123", json!({})).await;
+    let a = s.investor("DE", "verified").await;
+    let b = s.investor("FR", "verified").await;
+    let p = s.investor("DE", "pending").await;
+    s.issue(&token, &a, "100").await;
+    let path = format!("/v1/tokens/{token}/batches");
+    let body = json!({"mode": "independent", "operations": [
+        {"op": "transfer", "from": a, "to": b, "amount": "30"},
+        {"op": "transfer", "from": a, "to": p, "amount": "10"},
+        {"op": "transfer", "from": a, "to": b, "amount": "500"},
+        {"op": "transfer", "from": b, "to": a, "amount": "5"}
+    ]});
+    let post = |key: &'static str, body: serde_json::Value| {
+        send(
+            s.http
+                .post(s.url(&path))
+                .header("idempotency-key", key)
+                .json(&body),
+        )
+    };
+    let reply = post("bulk-1", body.clone()).await;
+    let first = reply.ok(200).clone();
+    assert_eq!(
+        (first["applied"].as_u64(), first["refused"].as_u64()),
+        (Some(2), Some(2))
+    );
+    let outcomes: Vec<(u64, &str, Option<&str>, Option<&str>)> = first["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["index"].as_u64().unwrap(),
+                r["status"].as_str().unwrap(),
+                r["code"].as_str(),
+                r["field"].as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            (0, "applied", None, None),
+            (1, "refused", Some("kyc_not_verified"), Some("to")),
+            (2, "refused", Some("insufficient_balance"), Some("amount")),
+            (3, "applied", None, None),
+        ]
+    );
+    // Versions name the events: issue made 2, the two transfers 3 and 4.
+    assert_eq!(first["results"][0]["version"], 3);
+    assert_eq!(first["results"][3]["version"], 4);
+    assert_eq!(first["version"], 4);
+    assert_eq!(s.balance(&token, &a).await, "75");
+    assert_eq!(s.balance(&token, &b).await, "25");
+
+    // Idempotent as a whole: the same answer, nothing applied again.
+    let again = post("bulk-1", body.clone()).await;
+    assert_eq!(again.ok(200), &first);
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+    assert_eq!(s.balance(&token, &a).await, "75");
+    let mut other = body.clone();
+    other["mode"] = json!("all_or_nothing");
+    post("bulk-1", other)
+        .await
+        .problem(422, "idempotency_key_reused", Some("Idempotency-Key"));
+
+    // A malformed operation refuses the whole request before anything is decided.
+    let malformed = json!({"mode": "independent", "operations": [{"op": "pause"}, {"op": "melt"}]});
+    s.post(&path, &malformed)
+        .await
+        .problem(422, "invalid_field", Some("operations[1].op"));
+    s.post(
+        &path,
+        &json!({"mode": "sometimes", "operations": [{"op": "pause"}]}),
+    )
+    .await
+    .problem(422, "invalid_field", Some("mode"));
+    assert_eq!(
+        s.get(&format!("/v1/tokens/{token}")).await.ok(200)["paused"],
+        false
+    );
+}
+
+#[tokio::test]
+async fn a_batch_takes_up_to_eight_thousand_operations() {
+    let s = spawn().await;
+    let token = s.token("ast_1", "FRIED123", json!({})).await;
+    let a = s.investor("DE", "verified").await;
+    let b = s.investor("FR", "verified").await;
+    s.issue(&token, &a, "100000").await;
+    let path = format!("/v1/tokens/{token}/batches");
+    let transfers = |n: usize| {
+        (0..n)
+            .map(|_| json!({"op": "transfer", "from": a, "to": b, "amount": "1"}))
+            .collect::<Vec<_>>()
+    };
+    // 8,000 operations are well over the 256 KiB of a single request's body.
+    let full = json!({"mode": "independent", "operations": transfers(8_000)});
+    assert!(serde_json::to_vec(&full).unwrap().len() > 256 * 1024);
+    let reply = s.post(&path, &full).await;
+    assert_eq!(reply.ok(200)["applied"], 8_000);
+    assert_eq!(s.balance(&token, &b).await, "8000");
+    s.post(&path, &json!({"operations": transfers(8_001)}))
+        .await
+        .problem(422, "invalid_field", Some("operations"));
+    assert_eq!(s.balance(&token, &b).await, "8000");
+}
+
+/// The NDJSON lines of an import's answer.
+async fn import(
+    s: &common::Server,
+    token: &str,
+    query: &str,
+    key: Option<&str>,
+    body: String,
+) -> Vec<serde_json::Value> {
+    let mut request = s
+        .http
+        .post(s.url(&format!("/v1/tokens/{token}/imports{query}")))
+        .header("content-type", "application/x-ndjson")
+        .body(body);
+    if let Some(key) = key {
+        request = request.header("idempotency-key", key);
+    }
+    let response = request.send().await.expect("the import answers");
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/x-ndjson",
+        "progress is NDJSON"
+    );
+    let text = response.text().await.expect("the whole answer");
+    text.lines()
+        .map(|l| serde_json::from_str(l).expect("each line is JSON"))
+        .collect()
+}
+
+#[tokio::test]
+async fn an_import_commits_chunk_by_chunk_reports_progress_and_resumes_under_its_key() {
+    let s = spawn().await;
+    let token = s.token("ast_1", "FRIED123", json!({})).await;
+    let a = s.investor("DE", "verified").await;
+    let b = s.investor("FR", "verified").await;
+    let p = s.investor("DE", "pending").await;
+    s.issue(&token, &a, "1000000").await;
+    // 2,500 operations; line 1,700 goes to an investor without KYC; a blank line is skipped.
+    let mut lines: Vec<String> = (1..=2_500)
+        .map(|line| {
+            let to = if line == 1_700 { &p } else { &b };
+            json!({"op": "transfer", "from": a, "to": to, "amount": "2"}).to_string()
+        })
+        .collect();
+    lines.insert(10, String::new());
+    let body = lines.join("\n");
+    let progress = import(&s, &token, "?chunk=1000", Some("load-1"), body.clone()).await;
+    assert_eq!(progress.len(), 4, "three chunks and the end: {progress:?}");
+    let chunks: Vec<(u64, u64, u64, u64, u64)> = progress[..3]
+        .iter()
+        .map(|c| {
+            (
+                c["chunk"].as_u64().unwrap(),
+                c["first_line"].as_u64().unwrap(),
+                c["last_line"].as_u64().unwrap(),
+                c["applied"].as_u64().unwrap(),
+                c["refused"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        chunks,
+        [
+            (0, 1, 1_001, 1_000, 0),
+            (1, 1_002, 2_001, 999, 1),
+            (2, 2_002, 2_501, 500, 0)
+        ]
+    );
+    // Line 1,700 of the operations is line 1,701 of the body (after the blank line).
+    assert_eq!(progress[1]["refusals"][0]["line"], 1_701);
+    assert_eq!(progress[1]["refusals"][0]["code"], "kyc_not_verified");
+    assert_eq!(progress[0]["replayed"], false);
+    assert_eq!(
+        progress[3],
+        json!({"done": true, "lines": 2_501, "operations": 2_500, "applied": 2_499, "refused": 1, "chunks": 3})
+    );
+    assert_eq!(s.balance(&token, &b).await, "4998");
+
+    // Sent again under its key: every chunk is replayed, nothing moves twice.
+    let again = import(&s, &token, "?chunk=1000", Some("load-1"), body.clone()).await;
+    assert!(
+        again[..3].iter().all(|c| c["replayed"] == true),
+        "{again:?}"
+    );
+    assert_eq!(again[3]["applied"], 2_499);
+    assert_eq!(s.balance(&token, &b).await, "4998");
+
+    // A bad line stops the import there: the chunks before it stand, and the same import,
+    // mended, goes on from where it stopped.
+    let mut broken: Vec<String> = (1..=25)
+        .map(|_| json!({"op": "transfer", "from": a, "to": b, "amount": "1"}).to_string())
+        .collect();
+    let good_line = broken[21].clone();
+    broken[21] = json!({"op": "transfer", "from": a, "to": b, "amount": "-1"}).to_string();
+    let stopped = import(&s, &token, "?chunk=10", Some("load-2"), broken.join("\n")).await;
+    assert_eq!(stopped.len(), 3, "{stopped:?}");
+    // The 22nd line: the first two chunks (lines 1-20) are committed, the third is not.
+    assert_eq!(
+        (
+            &stopped[2]["done"],
+            &stopped[2]["line"],
+            &stopped[2]["code"]
+        ),
+        (&json!(false), &json!(22), &json!("invalid_field"))
+    );
+    assert!(
+        stopped[2]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("line 22: "),
+        "{stopped:?}"
+    );
+    assert_eq!(s.balance(&token, &b).await, "5018");
+    broken[21] = good_line;
+    let resumed = import(&s, &token, "?chunk=10", Some("load-2"), broken.join("\n")).await;
+    let replayed: Vec<bool> = resumed[..3]
+        .iter()
+        .map(|c| c["replayed"].as_bool().unwrap())
+        .collect();
+    assert_eq!(replayed, [true, true, false]);
+    assert_eq!(s.balance(&token, &b).await, "5023");
+
+    // The same key with other lines is refused at the first chunk that differs.
+    let other = import(
+        &s,
+        &token,
+        "?chunk=10",
+        Some("load-2"),
+        lines[..30].join("\n"),
+    )
+    .await;
+    assert_eq!(other[0]["code"], "idempotency_key_reused", "{other:?}");
+    assert_eq!(s.balance(&token, &b).await, "5023");
+}
+
+#[tokio::test]
+async fn an_import_refuses_what_it_cannot_read_before_anything_moves() {
+    let s = spawn().await;
+    let token = s.token("ast_1", "FRIED123", json!({})).await;
+    let path = format!("/v1/tokens/{token}/imports");
+    let line = json!({"op": "pause"}).to_string();
+    let reply = send(
+        s.http
+            .post(s.url(&path))
+            .header("content-type", "application/json")
+            .body(line.clone()),
+    )
+    .await;
+    reply.problem(415, "unsupported_media_type", None);
+    for chunk in ["0", "8001"] {
+        send(
+            s.http
+                .post(s.url(&format!("{path}?chunk={chunk}")))
+                .header("content-type", "application/x-ndjson")
+                .body(line.clone()),
+        )
+        .await
+        .problem(400, "invalid_query", Some("chunk"));
+    }
+    send(
+        s.http
+            .post(s.url("/v1/tokens/tok_missing/imports"))
+            .header("content-type", "application/x-ndjson")
+            .body(line.clone()),
+    )
+    .await
+    .problem(404, "token_not_found", None);
+    // A line over 16 KiB stops the import at that line.
+    let long = format!("{{\"op\": \"pause\", \"x\": \"{}\"}}", "y".repeat(20_000));
+    let answer = import(&s, &token, "", None, long).await;
+    assert_eq!(
+        (&answer[0]["code"], &answer[0]["line"]),
+        (&json!("line_too_long"), &json!(1))
+    );
+    assert_eq!(
+        s.get(&format!("/v1/tokens/{token}")).await.ok(200)["paused"],
+        false
+    );
+}

@@ -234,6 +234,59 @@ impl Book {
     }
 
     /// Decides what `command` changes, without changing anything.
+    /// Decides a batch of `token_id`'s operations, in order, each against the state the ones
+    /// before it leave (on a copy of the token, so a refusal of the whole batch leaves the book
+    /// untouched). Returns the events of the operations that apply and each operation's
+    /// outcome: `None` when it applies, its refusal otherwise. [`BatchMode::AllOrNothing`]
+    /// refuses the whole batch at the first refusal, naming the operation in the error's
+    /// field (`operations[i].…`).
+    pub fn decide_batch(
+        &self,
+        token_id: &Id,
+        operations: &[Operation],
+        mode: BatchMode,
+        ctx: &Context,
+    ) -> Result<(Vec<Event>, Vec<Option<Error>>)> {
+        if operations.is_empty() || operations.len() > MAX_BATCH {
+            return Err(Error::invalid(
+                "operations",
+                format!("a batch holds 1 to {MAX_BATCH} operations"),
+            ));
+        }
+        let mut scratch = self.existing_token(token_id)?.clone();
+        let mut events = Vec::with_capacity(operations.len());
+        let mut outcomes = Vec::with_capacity(operations.len());
+        for (i, operation) in operations.iter().enumerate() {
+            let decided = self
+                .asset_allows(&scratch, operation)
+                .and_then(|()| compliance::decide(&scratch, &self.investors, operation, ctx));
+            match decided {
+                Ok(change) => {
+                    apply_to_token(&mut scratch, &change, ctx.now);
+                    events.push(Event {
+                        at: ctx.now,
+                        actor: ctx.actor.clone(),
+                        change,
+                    });
+                    outcomes.push(None);
+                }
+                Err(e) if mode == BatchMode::AllOrNothing => {
+                    let field = match &e.field {
+                        Some(f) => format!("operations[{i}].{f}"),
+                        None => format!("operations[{i}]"),
+                    };
+                    return Err(Error {
+                        message: format!("operation {i}: {}", e.message),
+                        ..e
+                    }
+                    .at(field));
+                }
+                Err(e) => outcomes.push(Some(e)),
+            }
+        }
+        Ok((events, outcomes))
+    }
+
     pub fn decide(&self, command: &Command, ctx: &Context) -> Result<Vec<Event>> {
         let event = |change| Event {
             at: ctx.now,
@@ -350,39 +403,10 @@ impl Book {
             Command::Batch {
                 token_id,
                 operations,
-            } => {
-                if operations.is_empty() || operations.len() > MAX_BATCH {
-                    return Err(Error::invalid(
-                        "operations",
-                        format!("a batch holds 1 to {MAX_BATCH} operations"),
-                    ));
-                }
-                // Each operation is decided against the state the ones before it leave, on a copy
-                // of the token, so a failure anywhere leaves the book untouched.
-                let mut scratch = self.existing_token(token_id)?.clone();
-                let mut events = Vec::with_capacity(operations.len());
-                for (i, operation) in operations.iter().enumerate() {
-                    let change = self
-                        .asset_allows(&scratch, operation)
-                        .and_then(|()| {
-                            compliance::decide(&scratch, &self.investors, operation, ctx)
-                        })
-                        .map_err(|e| {
-                            let field = match &e.field {
-                                Some(f) => format!("operations[{i}].{f}"),
-                                None => format!("operations[{i}]"),
-                            };
-                            Error {
-                                message: format!("operation {i}: {}", e.message),
-                                ..e
-                            }
-                            .at(field)
-                        })?;
-                    apply_to_token(&mut scratch, &change, ctx.now);
-                    events.push(event(change));
-                }
-                Ok(events)
-            }
+                mode,
+            } => self
+                .decide_batch(token_id, operations, *mode, ctx)
+                .map(|(events, _)| events),
             Command::Distribute {
                 token_id,
                 distribution,

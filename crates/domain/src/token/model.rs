@@ -10,7 +10,19 @@ use super::{Allocation, Rules};
 use crate::{Amount, Country, Currency, Error, Id, Result, Timestamp, bounded_text, optional_text};
 
 /// The most operations one batch may hold.
-pub const MAX_BATCH: usize = 1_000;
+pub const MAX_BATCH: usize = 8_000;
+
+/// What a batch does when one of its operations is refused.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BatchMode {
+    /// The whole batch is refused, naming the first operation refused: nothing changes.
+    #[default]
+    AllOrNothing,
+    /// Each operation stands alone: the refused ones change nothing, the others apply, in
+    /// order, each decided on what the ones before it left.
+    Independent,
+}
 
 /// The largest supply a token may have, in its smallest unit: every balance then fits an `i128`.
 pub const MAX_SUPPLY: Amount = Amount(1_000_000_000_000_000_000_000_000_000_000_000_000);
@@ -391,10 +403,11 @@ pub enum Command {
         token_id: Id,
         operation: Operation,
     },
-    /// All or nothing.
+    /// Operations of one token, in order, as `mode` says.
     Batch {
         token_id: Id,
         operations: Vec<Operation>,
+        mode: BatchMode,
     },
     Distribute {
         token_id: Id,

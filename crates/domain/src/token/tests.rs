@@ -1119,6 +1119,7 @@ fn a_batch_decides_each_operation_on_the_state_the_previous_ones_leave() {
                 transfer("alice", "bob", 30),
                 freeze_amount("bob", 10),
             ],
+            mode: BatchMode::AllOrNothing,
         })
         .expect("the batch passes");
     let names: Vec<_> = events.iter().map(|e| e.change.name()).collect();
@@ -1140,6 +1141,7 @@ fn a_batch_is_all_or_nothing_and_names_the_failing_operation() {
     let batch = |operations| Command::Batch {
         token_id: TOKEN.into(),
         operations,
+        mode: BatchMode::AllOrNothing,
     };
     let err = w.refuse_command(batch(vec![
         issue("alice", 50),
@@ -1193,6 +1195,75 @@ fn a_batch_is_all_or_nothing_and_names_the_failing_operation() {
     w.run(batch(vec![issue("alice", 1); MAX_BATCH]))
         .expect("a full batch is fine");
     assert_eq!(w.balance("alice"), 100 + MAX_BATCH as u128);
+}
+
+#[test]
+fn an_independent_batch_applies_what_passes_and_reports_each_refusal() {
+    let rules = Rules {
+        max_holders: Some(3),
+        ..Rules::default()
+    };
+    let mut w = World::new(10_000, rules);
+    w.ok(issue("alice", 100));
+    let version = w.token().version;
+    let operations = vec![
+        transfer("alice", "bob", 30),
+        transfer("alice", "carol", 500),
+        issue("nobody", 1),
+        transfer("bob", "carol", 10),
+        Operation::Pause,
+        Operation::Pause,
+    ];
+    let (events, outcomes) = w
+        .book
+        .decide_batch(&TOKEN.into(), &operations, BatchMode::Independent, &w.ctx())
+        .expect("an independent batch is decided operation by operation");
+    let codes: Vec<Option<(&str, Option<&str>)>> = outcomes
+        .iter()
+        .map(|o| o.as_ref().map(|e| (e.code, e.field.as_deref())))
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            None,
+            Some(("insufficient_balance", Some("amount"))),
+            Some(("investor_not_found", Some("to"))),
+            None,
+            None,
+            Some(("already_paused", None)),
+        ],
+        "each operation's own outcome, decided on what the ones before it left"
+    );
+    let names: Vec<_> = events.iter().map(|e| e.change.name()).collect();
+    assert_eq!(names, ["transferred", "transferred", "paused"]);
+    // Deciding changed nothing; applying the events does what the outcomes say.
+    assert_eq!(w.token().version, version);
+    for event in &events {
+        w.book.apply(event);
+    }
+    assert_eq!(
+        (w.balance("alice"), w.balance("bob"), w.balance("carol")),
+        (70, 20, 10)
+    );
+    assert!(w.token().paused);
+    assert_eq!(w.token().version, version + 3);
+
+    // The size limit and an unknown token still refuse the whole batch.
+    let err = w
+        .book
+        .decide_batch(&TOKEN.into(), &[], BatchMode::Independent, &w.ctx())
+        .expect_err("an empty batch");
+    assert_eq!(err.field.as_deref(), Some("operations"));
+    let err = w
+        .book
+        .decide_batch(
+            &"tok_none".into(),
+            &operations,
+            BatchMode::Independent,
+            &w.ctx(),
+        )
+        .expect_err("no such token");
+    assert_eq!(err.code, "token_not_found");
 }
 
 // Distributions and history.
@@ -1602,7 +1673,7 @@ impl Op {
 #[derive(Debug, Clone)]
 enum Step {
     One(Op),
-    Batch(Vec<Op>),
+    Batch(Vec<Op>, BatchMode),
 }
 
 fn amount_strategy() -> impl Strategy<Value = u128> {
@@ -1636,7 +1707,9 @@ fn step_strategy() -> impl Strategy<Value = (i64, Step)> {
     let advance = prop_oneof![3 => Just(0i64), 4 => 1i64..=3_600, 1 => 3_600i64..=2 * DAY];
     let step = prop_oneof![
         9 => op_strategy().prop_map(Step::One),
-        1 => prop::collection::vec(op_strategy(), 1..4).prop_map(Step::Batch),
+        1 => (prop::collection::vec(op_strategy(), 1..4), any::<bool>()).prop_map(|(ops, independent)| {
+            Step::Batch(ops, if independent { BatchMode::Independent } else { BatchMode::AllOrNothing })
+        }),
     ];
     (advance, step)
 }
@@ -1777,16 +1850,42 @@ fn simulate(
                 token_id: TOKEN.into(),
                 operation: op.operation(),
             },
-            Step::Batch(ops) => Command::Batch {
+            Step::Batch(ops, mode) => Command::Batch {
                 token_id: TOKEN.into(),
                 operations: ops.iter().map(Op::operation).collect(),
+                mode: *mode,
             },
         };
         let before = w.token().clone();
         let ctx = w.ctx();
-        match w.book.decide(&command, &ctx) {
-            Ok(events) => {
+        // An independent batch is never refused whole for a rule: each refusal is its
+        // operation's outcome, counted like a single command's.
+        let decided = match &command {
+            Command::Batch {
+                token_id,
+                operations,
+                mode: BatchMode::Independent,
+            } => w
+                .book
+                .decide_batch(token_id, operations, BatchMode::Independent, &ctx)
+                .map(|(events, outcomes)| {
+                    for refusal in outcomes.iter().flatten() {
+                        *codes.entry(refusal.code).or_default() += 1;
+                    }
+                    prop_assert_eq!(
+                        events.len(),
+                        outcomes.iter().filter(|o| o.is_none()).count()
+                    );
+                    Ok(events)
+                }),
+            _ => w.book.decide(&command, &ctx).map(|events| {
                 prop_assert!(!events.is_empty());
+                Ok(events)
+            }),
+        };
+        match decided {
+            Ok(events) => {
+                let events = events?;
                 for event in &events {
                     prop_assert_eq!(event.at, w.now);
                     prop_assert_eq!(event.change.token_id().map(Id::as_str), Some(TOKEN));

@@ -157,6 +157,105 @@ end
     )
 }
 
+/// Bulk transfers: `clients` clients, each sending its next batch of `size` transfers of one
+/// unit between random pairs of the fixture's investors once the last is answered, in `mode`
+/// (`independent` or `all_or_nothing`), for `duration`. Counts the transfers each answer says
+/// were applied; a request not answered 200 counts as failed.
+pub async fn bulk(
+    base: &str,
+    f: &Fixture,
+    clients: usize,
+    size: usize,
+    mode: &str,
+    duration: Duration,
+) -> anyhow::Result<Outcome> {
+    #[derive(serde::Deserialize)]
+    struct Applied {
+        applied: Option<u64>,
+    }
+    let url = format!("{base}/v1/tokens/{}/batches", f.token_id);
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(clients);
+    for client in 0..clients {
+        // A few different bodies per client, built before the clock starts mattering.
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64 ^ (client as u64 + 1);
+        let mut next = move |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        };
+        let n = f.investors.len();
+        let bodies: Vec<bytes::Bytes> = (0..4)
+            .map(|_| {
+                let operations: Vec<Value> = (0..size)
+                    .map(|_| {
+                        let a = next(n);
+                        let b = (a + 1 + next(n - 1)) % n;
+                        json!({"op": "transfer", "from": f.investors[a], "to": f.investors[b], "amount": "1"})
+                    })
+                    .collect();
+                bytes::Bytes::from(
+                    serde_json::to_vec(&json!({"mode": mode, "operations": operations}))
+                        .unwrap_or_default(),
+                )
+            })
+            .collect();
+        let url = url.clone();
+        tasks.push(tokio::spawn(async move {
+            let http = libertum_testkit::client();
+            let (mut ok, mut failed, mut latencies) = (0u64, 0u64, Vec::new());
+            let mut i = 0;
+            while started.elapsed() < duration {
+                let sent = Instant::now();
+                let answer = http
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body(bodies[i % bodies.len()].clone())
+                    .send()
+                    .await;
+                i += 1;
+                let applied = match answer {
+                    Ok(r) if r.status().is_success() => match r.bytes().await {
+                        Ok(body) => serde_json::from_slice::<Applied>(&body)
+                            .ok()
+                            .map(|a| a.applied.unwrap_or(size as u64)),
+                        Err(_) => None,
+                    },
+                    _ => None,
+                };
+                latencies.push(sent.elapsed().as_secs_f64() * 1e3);
+                match applied {
+                    Some(applied) => {
+                        ok += applied;
+                        failed += size as u64 - applied;
+                    }
+                    None => failed += size as u64,
+                }
+            }
+            (ok, failed, latencies)
+        }));
+    }
+    let (mut ok, mut failed, mut latencies) = (0, 0, Vec::new());
+    for task in tasks {
+        let (o, f, l) = task.await?;
+        ok += o;
+        failed += f;
+        latencies.extend(l);
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    anyhow::ensure!(ok > 0, "no bulk transfer was applied ({failed} failed)");
+    latencies.sort_by(f64::total_cmp);
+    let at = |q: f64| latencies[((latencies.len() as f64 - 1.0) * q).round() as usize];
+    Ok(Outcome {
+        ok,
+        failed,
+        seconds,
+        p50_ms: at(0.5),
+        p99_ms: at(0.99),
+    })
+}
+
 pub fn get_script() -> String {
     DONE.to_owned()
 }

@@ -9,7 +9,9 @@
 //! 5. a minimal axum handler that group-commits each request into redb: this machine's ceiling
 //!    for durable HTTP writes, as the denominator of the durable transfers.
 //!
-//! `BENCH_SECONDS` sets each HTTP phase's length (default 10).
+//! `BENCH_SECONDS` sets each HTTP phase's length (default 10); `BENCH_PHASES` (durable, bulk, dry,
+//! reads, comma-separated) runs only those; `LIBERTUM_STORE_CACHE_MIB` sets the product's page
+//! cache per store as in production (32 by default).
 //!
 //! `libertum-bench production` prints the production-mode figures instead (see production.rs),
 //! and `libertum-bench history` the history phase (see history.rs).
@@ -33,6 +35,13 @@ fn seconds() -> u64 {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(10)
+}
+
+/// Whether `BENCH_PHASES` (a comma-separated list of durable, bulk, dry and reads; all when
+/// unset) asks for `phase`.
+fn wanted(phase: &str) -> bool {
+    std::env::var("BENCH_PHASES")
+        .map_or(true, |phases| phases.split(',').any(|p| p.trim() == phase))
 }
 
 fn peak_rss_mib() -> f64 {
@@ -112,10 +121,17 @@ fn main() -> anyhow::Result<()> {
     let dir = tempfile::Builder::new()
         .prefix("bench-data-")
         .tempdir_in(".")?;
+    let defaults = libertum_platform::config::Settings::for_test(dir.path());
     let settings = libertum_platform::config::Settings {
         log_filter: "error".into(),
-        ..libertum_platform::config::Settings::for_test(dir.path())
+        // The product's setting, so that its page cache can be measured at other sizes.
+        store_cache_mib: std::env::var("LIBERTUM_STORE_CACHE_MIB")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(defaults.store_cache_mib),
+        ..defaults
     };
+    println!("page cache per store: {} MiB", settings.store_cache_mib);
     let app = server.block_on(libertum::Application::build(settings))?;
     let base = format!("http://{}", app.addr());
     let tokens_store = app.tokens.engine().store().clone();
@@ -134,67 +150,100 @@ fn main() -> anyhow::Result<()> {
     );
 
     // 2. Durable transfers, sampling the ledger's lag meanwhile.
-    let lag = Arc::new(load::LagSampler::default());
-    let sampler = {
-        let lag = lag.clone();
-        let (tokens_store, ledger_store) = (tokens_store.clone(), ledger_store.clone());
-        client.spawn(async move { lag.run(tokens_store, ledger_store).await })
+    let sampled = |what: &str| -> anyhow::Result<load::Outcome> {
+        let lag = Arc::new(load::LagSampler::default());
+        let sampler = {
+            let lag = lag.clone();
+            let (tokens_store, ledger_store) = (tokens_store.clone(), ledger_store.clone());
+            client.spawn(async move { lag.run(tokens_store, ledger_store).await })
+        };
+        let outcome = match what.split_once(' ') {
+            Some((size, mode)) => {
+                client.block_on(load::bulk(&base, &fixture, 4, size.parse()?, mode, phase))
+            }
+            None => load::wrk(
+                &base,
+                &load::transfer_script(&fixture, "transfers"),
+                64,
+                phase,
+            ),
+        };
+        let catch_up = client.block_on(load::catch_up(tokens_store.clone(), ledger_store.clone()));
+        lag.stop();
+        let _ = client.block_on(sampler);
+        let (outcome, catch_up) = (outcome?, catch_up?);
+        match what.split_once(' ') {
+            Some((size, mode)) => {
+                outcome.print(&format!("bulk transfers, {size} per request, {mode}"))
+            }
+            None => outcome.print("durable HTTP transfers (64 clients)"),
+        }
+        println!(
+            "  ledger lag during the run: max {:.3} s, p99 {:.3} s; caught up {:.3} s after the load stopped",
+            lag.max(),
+            lag.p99(),
+            catch_up.as_secs_f64()
+        );
+        Ok(outcome)
     };
-    let transfers = load::wrk(
-        &base,
-        &load::transfer_script(&fixture, "transfers"),
-        64,
-        phase,
-    )?;
-    let catch_up = client.block_on(load::catch_up(tokens_store.clone(), ledger_store.clone()))?;
-    lag.stop();
-    let _ = client.block_on(sampler);
-    transfers.print("durable HTTP transfers (64 clients)");
-    println!(
-        "  ledger lag during the run: max {:.3} s, p99 {:.3} s; caught up {:.3} s after the load stopped",
-        lag.max(),
-        lag.p99(),
-        catch_up.as_secs_f64()
-    );
+    let transfers = wanted("durable").then(|| sampled("single")).transpose()?;
+
+    // Bulk transfers: batches of 1,000 and 8,000 from 4 clients, each transfer's outcome in the
+    // answer (latencies are per request).
+    if wanted("bulk") {
+        for what in [
+            "1000 independent",
+            "8000 independent",
+            "1000 all_or_nothing",
+        ] {
+            sampled(what)?;
+        }
+    }
 
     // The same requests to the dry run: HTTP, JSON and every rule, but no engine, commit or ledger.
-    let checks = load::wrk(
-        &base,
-        &load::transfer_script(&fixture, "transfers/check"),
-        64,
-        phase,
-    )?;
-    checks.print("dry-run transfer checks (no commit)");
+    if wanted("dry") {
+        let checks = load::wrk(
+            &base,
+            &load::transfer_script(&fixture, "transfers/check"),
+            64,
+            phase,
+        )?;
+        checks.print("dry-run transfer checks (no commit)");
+    }
 
     // 3. Cached reads and 4. the bare handler.
-    let reads = load::wrk(
-        &format!("{base}/v1/assets/{}", fixture.asset_id),
-        &load::get_script(),
-        64,
-        phase,
-    )?;
-    reads.print("cached asset reads (64 clients)");
-    let bare_rate = load::wrk(&format!("http://{bare}/"), &load::get_script(), 64, phase)?;
-    bare_rate.print("bare axum handler (64 clients)");
-    println!(
-        "  cached reads / bare handler: {:.2}",
-        reads.rate() / bare_rate.rate()
-    );
+    if wanted("reads") {
+        let reads = load::wrk(
+            &format!("{base}/v1/assets/{}", fixture.asset_id),
+            &load::get_script(),
+            64,
+            phase,
+        )?;
+        reads.print("cached asset reads (64 clients)");
+        let bare_rate = load::wrk(&format!("http://{bare}/"), &load::get_script(), 64, phase)?;
+        bare_rate.print("bare axum handler (64 clients)");
+        println!(
+            "  cached reads / bare handler: {:.2}",
+            reads.rate() / bare_rate.rate()
+        );
+    }
 
     // 5. The machine's ceiling for durable writes over HTTP: the same transfer requests to a
     // minimal group-commit handler (one redb insert per request, one fsync per group).
-    let reference = server.block_on(load::group_commit_server(dir.path()))?;
-    let ceiling = load::wrk(
-        &format!("http://{reference}"),
-        &load::transfer_script(&fixture, "transfers"),
-        64,
-        phase,
-    )?;
-    ceiling.print("minimal group-commit handler (64 clients)");
-    println!(
-        "  durable transfers / minimal group-commit handler: {:.2}",
-        transfers.rate() / ceiling.rate()
-    );
+    if let Some(transfers) = transfers {
+        let reference = server.block_on(load::group_commit_server(dir.path()))?;
+        let ceiling = load::wrk(
+            &format!("http://{reference}"),
+            &load::transfer_script(&fixture, "transfers"),
+            64,
+            phase,
+        )?;
+        ceiling.print("minimal group-commit handler (64 clients)");
+        println!(
+            "  durable transfers / minimal group-commit handler: {:.2}",
+            transfers.rate() / ceiling.rate()
+        );
+    }
 
     // The ledger matches the tokens service after all that.
     let check = client.block_on(async {

@@ -15,7 +15,7 @@ use crate::{
     ports::{Delivery, Subscription},
 };
 
-const MAX_BATCH: usize = 1_024;
+const MAX_BATCH: usize = 8_192;
 const LINGER: std::time::Duration = std::time::Duration::from_millis(5);
 /// With no event for this long, the consumer measures its lag again: an idle consumer reports
 /// what the broker says now, not the figure of its last batch.

@@ -403,6 +403,44 @@ pub struct Authenticator {
     audience: String,
     leeway_seconds: u64,
     keys: Keys,
+    verified: Verified,
+}
+
+/// Tokens verified lately, so that a client's every request does not pay for the signature
+/// (an RSA verification in production) and the claims' decoding again. A token is taken from
+/// here only while it is valid (until its `exp` plus the leeway) and for at most
+/// [`VERIFIED_FOR`] after it was verified, so that a key withdrawn from the JWKS stops
+/// admitting its tokens as soon as it would without this. Keyed by the whole token, compared
+/// exactly; bounded in count and in each token's size.
+#[derive(Default)]
+struct Verified(parking_lot::Mutex<HashMap<String, (Principal, u64, Instant)>>);
+
+/// How long a verified token is taken on trust.
+pub const VERIFIED_FOR: Duration = Duration::from_secs(60);
+/// The most tokens remembered, and the longest one remembered.
+const VERIFIED_MAX: usize = 4_096;
+const VERIFIED_MAX_BYTES: usize = 2_048;
+
+impl Verified {
+    fn get(&self, token: &str, now: u64) -> Option<Principal> {
+        let map = self.0.lock();
+        let (principal, until, at) = map.get(token)?;
+        (now <= *until && at.elapsed() < VERIFIED_FOR).then(|| principal.clone())
+    }
+
+    fn put(&self, token: &str, principal: &Principal, until: u64, now: u64) {
+        if token.len() > VERIFIED_MAX_BYTES {
+            return;
+        }
+        let mut map = self.0.lock();
+        if map.len() >= VERIFIED_MAX {
+            map.retain(|_, (_, until, at)| now <= *until && at.elapsed() < VERIFIED_FOR);
+            if map.len() >= VERIFIED_MAX {
+                map.clear();
+            }
+        }
+        map.insert(token.to_owned(), (principal.clone(), until, Instant::now()));
+    }
 }
 
 enum Keys {
@@ -419,6 +457,7 @@ impl Authenticator {
             audience: audience.to_owned(),
             leeway_seconds: 30,
             keys: Keys::Development(DecodingKey::from_secret(secret)),
+            verified: Verified::default(),
         }
     }
 
@@ -439,6 +478,7 @@ impl Authenticator {
                 refresh: tokio::sync::Mutex::new(()),
                 min_refetch: JWKS_MIN_REFETCH,
             }),
+            verified: Verified::default(),
         }
     }
 
@@ -463,6 +503,12 @@ impl Authenticator {
 
     /// The principal a bearer token stands for, or why it is refused.
     pub async fn authenticate(&self, token: &str) -> Result<Principal, AuthError> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if let Some(principal) = self.verified.get(token, now) {
+            return Ok(principal);
+        }
         // Sizes first: nothing large is decoded before the signature is checked.
         let header_part = token.split('.').next().unwrap_or_default();
         if token.len() > MAX_TOKEN || header_part.len() > MAX_TOKEN_HEADER {
@@ -503,9 +549,6 @@ impl Authenticator {
             _ => AuthError::Invalid(e.to_string()),
         })?
         .claims;
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
         if claims.exp.is_some_and(|exp| {
             exp > now.saturating_add(MAX_LIFETIME.as_secs() + self.leeway_seconds)
         }) {
@@ -517,12 +560,22 @@ impl Authenticator {
         if claims.sub.is_empty() || claims.sub.len() > 200 {
             return Err(AuthError::Invalid("sub must be 1 to 200 characters".into()));
         }
-        Ok(Principal {
+        let principal = Principal {
             subject: claims.sub,
             // Roles this service does not know are ignored: they grant nothing here.
             roles: claims.roles.iter().filter_map(|r| Role::parse(r)).collect(),
             investor: claims.investor_id,
-        })
+        };
+        // `exp` is required by the validation; without it nothing is remembered.
+        if let Some(exp) = claims.exp {
+            self.verified.put(
+                token,
+                &principal,
+                exp.saturating_add(self.leeway_seconds),
+                now,
+            );
+        }
+        Ok(principal)
     }
 }
 
@@ -968,6 +1021,35 @@ mod tests {
             auth.authenticate("not-a-jwt").await,
             Err(AuthError::Invalid(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn a_verified_token_is_taken_on_trust_only_while_it_is_valid() {
+        let (mut auth, signer) = dev();
+        auth.leeway_seconds = 0;
+        let token = signer.token_at("alice", &[Role::Auditor], None, now() - 5, now() + 1);
+        let first = auth.authenticate(&token).await.expect("valid");
+        assert_eq!(auth.verified.0.lock().len(), 1, "remembered");
+        assert_eq!(auth.authenticate(&token).await.expect("remembered"), first);
+        // A token that differs by one character is another token, checked on its own.
+        let mut forged = token.clone();
+        let last = forged.pop().expect("a signature");
+        forged.push(if last == 'A' { 'B' } else { 'A' });
+        assert!(
+            auth.authenticate(&forged).await.is_err(),
+            "not taken on trust"
+        );
+        tokio::time::sleep(Duration::from_millis(2_100)).await;
+        assert!(
+            matches!(auth.authenticate(&token).await, Err(AuthError::Expired)),
+            "an expired token is refused even though it was verified before"
+        );
+        // The bound holds whatever is sent.
+        for i in 0..(VERIFIED_MAX + 10) {
+            let token = signer.token_at(&format!("user-{i}"), &[], None, now() - 5, now() + 60);
+            auth.authenticate(&token).await.expect("valid");
+        }
+        assert!(auth.verified.0.lock().len() <= VERIFIED_MAX);
     }
 
     #[tokio::test]

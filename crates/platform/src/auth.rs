@@ -17,9 +17,8 @@ use std::{
 };
 
 use axum::{
-    extract::{FromRequestParts, Request, State},
+    extract::{FromRequestParts, Request},
     http::{HeaderValue, StatusCode, header, request::Parts},
-    middleware::Next,
     response::{IntoResponse, Response},
 };
 use jsonwebtoken::{
@@ -716,22 +715,15 @@ pub fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
-/// Authenticates every request it wraps; the [`Principal`] goes into the request's extensions.
-pub async fn authenticate(
-    State(auth): State<Arc<Authenticator>>,
-    mut request: Request,
-    next: Next,
-) -> Response {
+/// Authenticates a request: its [`Principal`] goes into its extensions, or the refusal is
+/// returned.
+pub async fn authenticate(auth: &Authenticator, request: &mut Request) -> Result<(), Response> {
     let Some(token) = bearer(request.headers()) else {
-        return unauthorized(AuthError::Missing);
+        return Err(unauthorized(AuthError::Missing));
     };
-    match auth.authenticate(token).await {
-        Ok(principal) => {
-            request.extensions_mut().insert(principal);
-            next.run(request).await
-        }
-        Err(error) => unauthorized(error),
-    }
+    let principal = auth.authenticate(token).await.map_err(unauthorized)?;
+    request.extensions_mut().insert(principal);
+    Ok(())
 }
 
 /// Signs development tokens with the secret the services check in development mode.

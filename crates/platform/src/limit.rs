@@ -10,9 +10,8 @@ use std::{
 
 use async_trait::async_trait;
 use axum::{
-    extract::{ConnectInfo, Request, State},
+    extract::{ConnectInfo, Request},
     http::{HeaderName, HeaderValue, StatusCode, header},
-    middleware::Next,
     response::{IntoResponse, Response},
 };
 
@@ -161,36 +160,39 @@ fn too_many(scope: &str, wait: Duration) -> Response {
 }
 
 /// Before authentication: limits each client address, so that guessing tokens is limited too.
-pub async fn per_address(
-    State(limits): State<RateLimits>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let address = limits.address(&request);
-    match limits.check("address", &address, limits.per_address).await {
-        Some(wait) => too_many("address", wait),
-        None => next.run(request).await,
-    }
+/// The refusal, if any.
+pub fn per_address(
+    limits: &RateLimits,
+    request: &Request,
+) -> impl Future<Output = Option<Response>> + Send + 'static {
+    let address = limits.address(request);
+    let limits = limits.clone();
+    async move { address_refusal(&limits, address).await }
 }
 
-/// After authentication: limits each principal, wherever it calls from.
-pub async fn per_principal(
-    State(limits): State<RateLimits>,
-    request: Request,
-    next: Next,
-) -> Response {
+async fn address_refusal(limits: &RateLimits, address: String) -> Option<Response> {
+    let wait = limits
+        .check("address", &address, limits.per_address)
+        .await?;
+    Some(too_many("address", wait))
+}
+
+/// After authentication: limits each principal, wherever it calls from. The refusal, if any.
+pub fn per_principal(
+    limits: &RateLimits,
+    request: &Request,
+) -> impl Future<Output = Option<Response>> + Send + 'static {
     let subject = request
         .extensions()
         .get::<Principal>()
         .map(|p| p.subject.clone());
-    if let Some(subject) = subject
-        && let Some(wait) = limits
-            .check("principal", &subject, limits.per_principal)
-            .await
-    {
-        return too_many("principal", wait);
+    let limits = limits.clone();
+    async move {
+        let wait = limits
+            .check("principal", &subject?, limits.per_principal)
+            .await?;
+        Some(too_many("principal", wait))
     }
-    next.run(request).await
 }
 
 #[cfg(test)]

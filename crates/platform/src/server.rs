@@ -30,9 +30,7 @@ pub fn stack(router: Router) -> Router {
     let _ = http_metrics::recorder();
     router
         .layer(DefaultBodyLimit::max(MAX_BODY))
-        .layer(middleware::from_fn(security_headers))
-        .layer(middleware::from_fn(log_internal_errors))
-        .layer(middleware::from_fn(http_metrics::track))
+        .layer(middleware::from_fn(answer))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(
             TraceLayer::new_for_http()
@@ -79,27 +77,20 @@ async fn sane_request_id(mut req: Request, next: middleware::Next) -> Response {
 /// Reads the whole body within `deadline` before any handler sees it, so a client trickling
 /// its body cannot hold a connection and a handler: 408 after the deadline, 413 past the size
 /// limit. It runs after authentication: an anonymous body is never read.
-async fn body_within(
-    axum::extract::State(deadline): axum::extract::State<Duration>,
-    req: Request,
-    next: middleware::Next,
-) -> Response {
+async fn read_whole(deadline: Duration, req: Request) -> Result<Request, Response> {
     use axum::http::{Method, header};
     let bodiless = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS)
         && !req.headers().contains_key(header::CONTENT_LENGTH)
         && !req.headers().contains_key(header::TRANSFER_ENCODING);
     // An import's handler reads its body line by line, each read within the deadline.
     if bodiless || crate::extract::is_import(req.uri().path()) {
-        return next.run(req).await;
+        return Ok(req);
     }
     let limit = crate::extract::body_limit(req.uri().path());
     let (parts, body) = req.into_parts();
     match tokio::time::timeout(deadline, axum::body::to_bytes(body, limit)).await {
-        Ok(Ok(bytes)) => {
-            next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
-                .await
-        }
-        Ok(Err(_)) => crate::extract::body_too_large(limit).into_response(),
+        Ok(Ok(bytes)) => Ok(Request::from_parts(parts, axum::body::Body::from(bytes))),
+        Ok(Err(_)) => Err(crate::extract::body_too_large(limit).into_response()),
         Err(_) => {
             let mut response = ApiError::new(
                 StatusCode::REQUEST_TIMEOUT,
@@ -111,18 +102,47 @@ async fn body_within(
                 header::CONNECTION,
                 axum::http::HeaderValue::from_static("close"),
             );
-            response
+            Err(response)
         }
     }
+}
+
+/// The guard of every protected route, in one layer: the client address's limit, a valid
+/// bearer token, the principal's limit, then the body read whole within its deadline.
+async fn guarded(
+    axum::extract::State(guard): axum::extract::State<Guard>,
+    mut req: Request,
+    next: middleware::Next,
+) -> Response {
+    if let Some(refusal) = crate::limit::per_address(&guard.limits, &req).await {
+        return refusal;
+    }
+    if let Err(refusal) = crate::auth::authenticate(&guard.auth, &mut req).await {
+        return refusal;
+    }
+    if let Some(refusal) = crate::limit::per_principal(&guard.limits, &req).await {
+        return refusal;
+    }
+    match read_whole(guard.body_timeout, req).await {
+        Ok(req) => next.run(req).await,
+        Err(refusal) => refusal,
+    }
+}
+
+/// What every answer goes through, in one layer (each layer costs every request its clones):
+/// the request's metrics, the hidden cause of a 5xx logged, and the security headers.
+async fn answer(req: Request, next: middleware::Next) -> Response {
+    let response = http_metrics::track(req, next).await;
+    log_internal_errors(&response);
+    security_headers(response)
 }
 
 /// The headers a browser needs to treat the answers as data, on every answer, so that no proxy
 /// has to add them: never sniffed, framed or sent as a referrer; JSON answers (the API's and its
 /// problems) also never run anything and are never stored by a cache. HTML and scripts (the
 /// Swagger UI of `libertum`) keep their own policy.
-async fn security_headers(req: Request, next: middleware::Next) -> Response {
+fn security_headers(mut response: Response) -> Response {
     use axum::http::{HeaderValue, header};
-    let mut response = next.run(req).await;
     let headers = response.headers_mut();
     headers.insert(
         header::X_CONTENT_TYPE_OPTIONS,
@@ -162,12 +182,10 @@ async fn security_headers(req: Request, next: middleware::Next) -> Response {
 }
 
 /// Logs the hidden cause of every 5xx; the client only got a generic problem.
-async fn log_internal_errors(req: Request, next: middleware::Next) -> Response {
-    let response = next.run(req).await;
+fn log_internal_errors(response: &Response) {
     if let Some(InternalCause(cause)) = response.extensions().get::<InternalCause>() {
         tracing::error!(status = response.status().as_u16(), cause = %cause, "request failed");
     }
-    response.into_response()
 }
 
 /// What keeps slow, idle or too many clients from holding the server (`LIBERTUM_HTTP_*`).
@@ -343,7 +361,7 @@ impl Guard {
 /// Unknown routes and methods are answered behind the same guard, so that they count against
 /// the client address's limit like any other request.
 pub fn protect(routes: Router, guard: Guard) -> Router {
-    let routes = match guard.forward {
+    let routes = match guard.forward.clone() {
         // Innermost: only authenticated, whole writes are forwarded.
         Some(forwarder) => routes.layer(middleware::from_fn_with_state(
             forwarder,
@@ -360,22 +378,7 @@ pub fn protect(routes: Router, guard: Guard) -> Router {
                 "this route does not take that method",
             )
         })
-        .layer(middleware::from_fn_with_state(
-            guard.body_timeout,
-            body_within,
-        ))
-        .layer(middleware::from_fn_with_state(
-            guard.limits.clone(),
-            crate::limit::per_principal,
-        ))
-        .layer(middleware::from_fn_with_state(
-            guard.auth,
-            crate::auth::authenticate,
-        ))
-        .layer(middleware::from_fn_with_state(
-            guard.limits,
-            crate::limit::per_address,
-        ))
+        .layer(middleware::from_fn_with_state(guard, guarded))
 }
 
 /// `GET /metrics`, anonymous: on the service's own address, or on an address of its own

@@ -266,22 +266,33 @@ impl<S: StateMachine> Inner<S> {
     }
 }
 
-/// A handle on one service's state and writer; cheap to clone.
+/// A handle on one service's state and writer; cheap to clone (one reference count: every
+/// request's handler takes a clone).
 pub struct Engine<S: StateMachine> {
+    handle: Arc<Handle<S>>,
+}
+
+#[doc(hidden)]
+pub struct Handle<S: StateMachine> {
     inner: Arc<Inner<S>>,
     tx: mpsc::Sender<Job<S>>,
-    writer: Arc<parking_lot::Mutex<Option<tokio::task::JoinHandle<()>>>>,
+    writer: parking_lot::Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Stops the snapshot task.
-    stop: Arc<tokio::sync::watch::Sender<bool>>,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl<S: StateMachine> std::ops::Deref for Engine<S> {
+    type Target = Handle<S>;
+
+    fn deref(&self) -> &Handle<S> {
+        &self.handle
+    }
 }
 
 impl<S: StateMachine> Clone for Engine<S> {
     fn clone(&self) -> Self {
         Engine {
-            inner: self.inner.clone(),
-            tx: self.tx.clone(),
-            writer: self.writer.clone(),
-            stop: self.stop.clone(),
+            handle: self.handle.clone(),
         }
     }
 }
@@ -377,10 +388,12 @@ impl<S: StateMachine> Engine<S> {
             tokio::spawn(follow(Arc::downgrade(&inner), stopped));
         }
         Ok(Engine {
-            inner,
-            tx,
-            writer: Arc::new(parking_lot::Mutex::new(Some(handle))),
-            stop: Arc::new(stop),
+            handle: Arc::new(Handle {
+                inner,
+                tx,
+                writer: parking_lot::Mutex::new(Some(handle)),
+                stop,
+            }),
         })
     }
 

@@ -697,7 +697,7 @@ async fn unpause(
 /// its own (`"mode": "independent"`), with each operation's outcome in the answer.
 #[utoipa::path(post, path = "/{token_id}/batches", tag = "movements", request_body = BatchRequest,
     params(("token_id" = String, Path), ("Idempotency-Key" = Option<String>, Header)),
-    responses((status = 200, description = "`all_or_nothing`: an `OperationResult`; `independent`: a `BulkResult`", body = BulkResult),
+    responses((status = 200, description = "`all_or_nothing`: an `OperationResult`; `independent`: a `BulkResult`", body = BatchAnswer),
         (status = 409, body = Problem, content_type = JSON_PROBLEM, description = "`all_or_nothing`: an operation was refused; `field` names it (`operations[i].…`)"),
         (status = 413, body = Problem, content_type = JSON_PROBLEM, description = "the body is over 4 MiB")))]
 async fn batch(

@@ -282,6 +282,16 @@ pub enum BulkMode {
     Independent,
 }
 
+/// A batch's answer: an `OperationResult` in `all_or_nothing` mode, a `BulkResult` in
+/// `independent` mode.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+pub enum BatchAnswer<'a> {
+    AllOrNothing(OperationResult<'a>),
+    Independent(BulkResult),
+}
+
 /// What an independent batch (or a chunk of an import) did, operation by operation.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct BulkResult {

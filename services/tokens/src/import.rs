@@ -108,12 +108,22 @@ pub struct ImportStopped {
     pub field: Option<String>,
 }
 
+/// One line of an import's answer: a chunk's progress, the end, or why it stopped.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+pub enum ImportLine {
+    Progress(ImportProgress),
+    Done(ImportDone),
+    Stopped(ImportStopped),
+}
+
 /// Import operations from an NDJSON body, in chunks, each chunk an independent batch; the
 /// progress is streamed back as NDJSON, one line per chunk committed.
 #[utoipa::path(post, path = "/{token_id}/imports", tag = "movements",
     request_body(content = String, content_type = "application/x-ndjson", description = "one batch operation per line"),
     params(("token_id" = String, Path), ImportQuery, ("Idempotency-Key" = Option<String>, Header)),
-    responses((status = 200, content_type = "application/x-ndjson", body = ImportProgress,
+    responses((status = 200, content_type = "application/x-ndjson", body = ImportLine,
         description = "one `ImportProgress` line per chunk, then `ImportDone`, or `ImportStopped` if a line or a chunk stopped the import"),
         (status = 404, body = libertum_platform::Problem, content_type = "application/problem+json"),
         (status = 415, body = libertum_platform::Problem, content_type = "application/problem+json")))]

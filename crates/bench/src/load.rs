@@ -44,7 +44,7 @@ impl Outcome {
     }
 }
 
-async fn post(http: &reqwest::Client, url: &str, body: Value) -> anyhow::Result<Value> {
+pub async fn post(http: &reqwest::Client, url: &str, body: Value) -> anyhow::Result<Value> {
     let r = http.post(url).json(&body).send().await?;
     let status = r.status();
     let body: Value = r.json().await?;
@@ -52,13 +52,18 @@ async fn post(http: &reqwest::Client, url: &str, body: Value) -> anyhow::Result<
     Ok(body)
 }
 
-/// An approved, tokenized asset and `n` investors holding 1,000,000 each.
-pub async fn fixture(base: &str, n: usize) -> anyhow::Result<Fixture> {
+/// An approved asset and its token `symbol`, open to `max_holders` holders, every compliance
+/// rule on; returns the asset's id and the token's.
+pub async fn token(
+    base: &str,
+    symbol: &str,
+    max_holders: usize,
+) -> anyhow::Result<(String, String)> {
     let http = libertum_testkit::client();
     let asset = post(
         &http,
         &format!("{base}/v1/assets"),
-        json!({"name": "Bench building", "kind": "real_estate", "legal_owner": "Bench SPV",
+        json!({"name": format!("Bench building {symbol}"), "kind": "real_estate", "legal_owner": "Bench SPV",
         "location": {"address": "Bench street 1", "city": "Berlin", "country": "DE"}}),
     )
     .await?;
@@ -71,9 +76,9 @@ pub async fn fixture(base: &str, n: usize) -> anyhow::Result<Fixture> {
         )
         .await?;
     }
-    let spec = json!({"asset_id": asset_id, "symbol": "BENCH", "name": "Bench", "decimals": 0, "max_supply": "1000000000000",
+    let spec = json!({"asset_id": asset_id, "symbol": symbol, "name": symbol, "decimals": 0, "max_supply": "1000000000000",
         "unit_price": "100", "currency": "EUR", "rules": {"allowed_countries": ["DE", "FR"], "denied_countries": ["US"],
-        "max_holders": n + 10, "max_balance": "10000000000", "lockup_seconds": 1, "daily_transfer_limit": "1000000000", "monthly_transfer_limit": "10000000000"}});
+        "max_holders": max_holders, "max_balance": "10000000000", "lockup_seconds": 1, "daily_transfer_limit": "1000000000", "monthly_transfer_limit": "10000000000"}});
     let token = loop {
         match post(&http, &format!("{base}/v1/tokens"), spec.clone()).await {
             Ok(token) => break token,
@@ -83,7 +88,16 @@ pub async fn fixture(base: &str, n: usize) -> anyhow::Result<Fixture> {
             Err(e) => return Err(e),
         }
     };
-    let token_id = token["id"].as_str().unwrap_or_default().to_owned();
+    Ok((
+        asset_id,
+        token["id"].as_str().unwrap_or_default().to_owned(),
+    ))
+}
+
+/// An approved, tokenized asset and `n` investors holding 1,000,000 each.
+pub async fn fixture(base: &str, n: usize) -> anyhow::Result<Fixture> {
+    let http = libertum_testkit::client();
+    let (asset_id, token_id) = token(base, "BENCH", n + 10).await?;
     let mut investors = Vec::with_capacity(n);
     let mut operations = Vec::with_capacity(n);
     for i in 0..n {

@@ -9,8 +9,8 @@
 //! 5. a minimal axum handler that group-commits each request into redb: this machine's ceiling
 //!    for durable HTTP writes, as the denominator of the durable transfers.
 //!
-//! `BENCH_SECONDS` sets each HTTP phase's length (default 10); `BENCH_PHASES` (durable, bulk, dry,
-//! reads, comma-separated) runs only those; `LIBERTUM_STORE_CACHE_MIB` sets the product's page
+//! `BENCH_SECONDS` sets each HTTP phase's length (default 10); `BENCH_PHASES` (durable, bulk,
+//! holders, dry, reads, comma-separated) runs only those; `LIBERTUM_STORE_CACHE_MIB` sets the product's page
 //! cache per store as in production (32 by default).
 //!
 //! `libertum-bench production` prints the production-mode figures instead (see production.rs),
@@ -18,6 +18,7 @@
 
 mod domain;
 mod history;
+mod holders;
 mod load;
 mod production;
 mod replicas;
@@ -37,8 +38,8 @@ fn seconds() -> u64 {
         .unwrap_or(10)
 }
 
-/// Whether `BENCH_PHASES` (a comma-separated list of durable, bulk, dry and reads; all when
-/// unset) asks for `phase`.
+/// Whether `BENCH_PHASES` (a comma-separated list of durable, bulk, holders, dry and reads; all
+/// when unset) asks for `phase`.
 fn wanted(phase: &str) -> bool {
     std::env::var("BENCH_PHASES")
         .map_or(true, |phases| phases.split(',').any(|p| p.trim() == phase))
@@ -198,6 +199,11 @@ fn main() -> anyhow::Result<()> {
         ] {
             sampled(what)?;
         }
+    }
+
+    // Reads of a token with 100,000 holders (BENCH_HOLDERS) while transfers run.
+    if wanted("holders") {
+        holders::run(&client, &base, &fixture, phase)?;
     }
 
     // The same requests to the dry run: HTTP, JSON and every rule, but no engine, commit or ledger.

@@ -811,9 +811,32 @@ pub(crate) fn bulk_reply(id: Id, staff: bool) -> libertum_store::ReplyFn<TokensS
 pub struct AsOfQuery {
     /// RFC 3339; the cap table at the end of this moment. Absent: now.
     pub as_of: Option<String>,
+    /// At most this many holders (1-1,000), in investor id order. Absent: every holder.
+    pub limit: Option<usize>,
+    /// The holders after this investor id: the `next` of the previous page.
+    pub after: Option<String>,
 }
 
-/// The cap table: holders, balances, frozen amounts and shares of supply, now or as of a moment.
+/// The most rows one page of a cap table holds.
+const MAX_CAP_TABLE_PAGE: usize = 1_000;
+
+/// Cuts sorted `rows` to a page of `limit` and returns the cursor of the next page (the last
+/// row's id) when more rows follow.
+fn page_end<T>(
+    rows: &mut Vec<T>,
+    limit: Option<usize>,
+    id: impl Fn(&T) -> String,
+) -> Option<String> {
+    let limit = limit?;
+    if rows.len() <= limit {
+        return None;
+    }
+    rows.truncate(limit);
+    rows.last().map(id)
+}
+
+/// The cap table: holders, balances, frozen amounts and shares of supply, now or as of a
+/// moment; all holders, or a page of them in investor id order (`limit`, `after`).
 #[utoipa::path(get, path = "/{token_id}/holders", tag = "holders", params(("token_id" = String, Path), AsOfQuery),
     responses((status = 200, body = CapTable), (status = 404, body = Problem, content_type = JSON_PROBLEM)))]
 async fn holders(
@@ -833,18 +856,36 @@ async fn holders(
                 "as_of must be an RFC 3339 time such as 2026-01-31T23:59:59Z",
             )
         })?;
+    let limit = match q.limit {
+        None => None,
+        Some(l) if (1..=MAX_CAP_TABLE_PAGE).contains(&l) => Some(l),
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "limit",
+                format!("limit must be between 1 and {MAX_CAP_TABLE_PAGE}"),
+            ));
+        }
+    };
+    let after = q.after;
     if let Some(at) = as_of {
         let record = crate::history::balances_as_of(&engine, &token_id, at)
             .await?
             .ok_or_else(|| token_not_found(&token_id))?;
         let total: u128 = record.balances.iter().map(|(_, b)| b.0).sum();
+        let mut balances: Vec<_> = record
+            .balances
+            .into_iter()
+            .filter(|(id, _)| after.as_deref().is_none_or(|after| id.as_str() > after))
+            .collect();
+        balances.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let next = page_end(&mut balances, limit, |(id, _)| id.to_string());
         return Ok(axum::Json(CapTable {
             token_id: token_id.clone(),
             version: None,
             as_of: Some(at),
             total_supply: libertum_domain::Amount(total),
-            holders: record
-                .balances
+            next,
+            holders: balances
                 .into_iter()
                 .map(|(id, b)| HolderRow {
                     investor_id: id.to_string(),
@@ -856,34 +897,65 @@ async fn holders(
                 .collect(),
         }));
     }
-    let state = engine.read().await;
-    let token = state
-        .0
-        .token(&token_id)
-        .ok_or_else(|| token_not_found(&token_id))?;
-    let table = {
-        let mut rows: Vec<_> = token
+    // Under the state's lock only what the table needs is copied (ids are shared, not copied):
+    // sorting and rendering a large table there would hold up the writer, and every reader
+    // queued behind it.
+    let (version, total_supply, mut rows) = {
+        let state = engine.read().await;
+        let token = state
+            .0
+            .token(&token_id)
+            .ok_or_else(|| token_not_found(&token_id))?;
+        let held = token
             .holdings
             .iter()
             .filter(|(_, h)| !h.balance.is_zero() || h.frozen)
-            .collect();
-        rows.sort_by(|a, b| a.0.cmp(b.0));
-        CapTable {
-            token_id: token_id.clone(),
-            version: Some(token.version),
-            as_of: None,
-            total_supply: token.total_supply,
-            holders: rows
-                .into_iter()
-                .map(|(id, h)| HolderRow {
-                    investor_id: id.to_string(),
-                    balance: h.balance,
-                    frozen_amount: h.frozen_amount,
-                    frozen: h.frozen,
-                    percentage: percentage(h.balance.0, token.total_supply.0),
-                })
+            .filter(|(id, _)| after.as_deref().is_none_or(|after| id.as_str() > after));
+        let rows: Vec<_> = match limit {
+            // A page: the `limit + 1` lowest ids after the cursor (one more tells whether
+            // another page follows), kept in a bounded heap as the holdings go by.
+            Some(limit) => {
+                let mut lowest = std::collections::BinaryHeap::with_capacity(limit + 2);
+                for (id, _) in held {
+                    if lowest.len() <= limit {
+                        lowest.push(id);
+                    } else if lowest.peek().is_some_and(|top| id < *top) {
+                        lowest.pop();
+                        lowest.push(id);
+                    }
+                }
+                lowest
+                    .into_iter()
+                    .map(|id| {
+                        let h = &token.holdings[id];
+                        (id.clone(), h.balance, h.frozen_amount, h.frozen)
+                    })
+                    .collect()
+            }
+            None => held
+                .map(|(id, h)| (id.clone(), h.balance, h.frozen_amount, h.frozen))
                 .collect(),
-        }
+        };
+        (token.version, token.total_supply, rows)
+    };
+    rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    let next = page_end(&mut rows, limit, |row| row.0.to_string());
+    let table = CapTable {
+        token_id: token_id.clone(),
+        version: Some(version),
+        as_of: None,
+        total_supply,
+        next,
+        holders: rows
+            .into_iter()
+            .map(|(id, balance, frozen_amount, frozen)| HolderRow {
+                investor_id: id.to_string(),
+                balance,
+                frozen_amount,
+                frozen,
+                percentage: percentage(balance.0, total_supply.0),
+            })
+            .collect(),
     };
     Ok(axum::Json(table))
 }

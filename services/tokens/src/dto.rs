@@ -432,6 +432,9 @@ pub struct CapTable {
     #[schema(value_type = String)]
     pub total_supply: Amount,
     pub holders: Vec<HolderRow>,
+    /// When the page is full and more holders follow: pass it as `after` for the next page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]

@@ -552,3 +552,71 @@ async fn an_import_refuses_what_it_cannot_read_before_anything_moves() {
         false
     );
 }
+
+#[tokio::test]
+async fn a_cap_table_is_read_page_by_page_in_investor_order() {
+    let s = spawn().await;
+    let token = s.token("ast_1", "FRIED123", json!({})).await;
+    let mut investors = Vec::new();
+    for _ in 0..7 {
+        investors.push(s.investor("DE", "verified").await);
+    }
+    let operations: Vec<_> = investors
+        .iter()
+        .map(|id| json!({"op": "issue", "to": id, "amount": "10"}))
+        .collect();
+    s.post(
+        &format!("/v1/tokens/{token}/batches"),
+        &json!({"operations": operations}),
+    )
+    .await
+    .ok(200);
+    let after_issue = a_moment_between().await;
+    // One more holder after the moment: in today's table, not in the past one.
+    let late = s.investor("FR", "verified").await;
+    s.issue(&token, &late, "10").await;
+    let mut now_ids = investors.clone();
+    now_ids.push(late);
+    now_ids.sort();
+    investors.sort();
+
+    for (as_of, expected) in [(None, &now_ids), (Some(after_issue), &investors)] {
+        let mut seen = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let mut query = vec![("limit", "3".to_owned())];
+            if let Some(at) = as_of {
+                query.push(("as_of", rfc3339(at)));
+            }
+            if let Some(after) = &after {
+                query.push(("after", after.clone()));
+            }
+            let url = s.url(&format!("/v1/tokens/{token}/holders"));
+            let reply = send(s.http.get(url).query(&query)).await;
+            let page = reply.ok(200).clone();
+            let rows = rows(&page);
+            assert!(rows.len() <= 3);
+            seen.extend(rows.into_iter().map(|(id, _, _)| id));
+            match page["next"].as_str() {
+                Some(next) => after = Some(next.to_owned()),
+                None => break,
+            }
+        }
+        assert_eq!(
+            &seen, expected,
+            "every holder once, in order (as of {as_of:?})"
+        );
+    }
+    s.get(&format!("/v1/tokens/{token}/holders?limit=0"))
+        .await
+        .problem(422, "invalid_field", Some("limit"));
+    s.get(&format!("/v1/tokens/{token}/holders?limit=1001"))
+        .await
+        .problem(422, "invalid_field", Some("limit"));
+    let all = s.get(&format!("/v1/tokens/{token}/holders")).await;
+    assert_eq!(all.ok(200)["holders"].as_array().unwrap().len(), 8);
+    assert!(
+        all.body.get("next").is_none(),
+        "a whole table has no next page"
+    );
+}

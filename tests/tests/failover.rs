@@ -801,6 +801,70 @@ async fn killing_the_owner_loses_and_duplicates_nothing() {
     s.finish().await;
     exactly_once(&c, &f).await;
     reads_see_their_writes(&c, &f).await;
+    imports_reach_the_owner(&c, &f).await;
+}
+
+/// An import sent straight to each tokens replica, owner of the token or not, is run by the
+/// owner (a non-owner streams it there and the progress back); sent again under its key to
+/// another replica, every chunk is replayed, not applied again.
+async fn imports_reach_the_owner(c: &Cluster, f: &Fixture) {
+    let token = &f.tokens[1];
+    let path = format!("/v1/tokens/{token}/holders");
+    let before = balance_of(&c.get(&path).await.1, &f.bob);
+    let line = json!({"op": "transfer", "from": f.alice, "to": f.bob, "amount": "1"}).to_string();
+    let body = format!("{line}\n").repeat(5);
+    let bases: Vec<String> = c
+        .replicas
+        .iter()
+        .filter(|r| r.service == "tokens" && r.child.is_some())
+        .map(Replica::base)
+        .collect();
+    assert!(bases.len() >= 2, "several tokens replicas");
+    for (n, base) in bases.iter().enumerate() {
+        let again = &bases[(n + 1) % bases.len()];
+        for (to, replayed) in [(base, false), (again, true)] {
+            let r = c
+                .http
+                .post(format!("{to}/v1/tokens/{token}/imports?chunk=2"))
+                .header("content-type", "application/x-ndjson")
+                .header("idempotency-key", format!("{}-import-{n}", c.name))
+                .body(body.clone())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::OK);
+            let text = r.text().await.unwrap();
+            let lines: Vec<Value> = text
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect();
+            let last = lines.last().expect("a last line");
+            assert_eq!(
+                (&last["done"], &last["applied"]),
+                (&json!(true), &json!(5)),
+                "{text}"
+            );
+            assert!(
+                lines[..lines.len() - 1]
+                    .iter()
+                    .all(|chunk| chunk["replayed"] == json!(replayed)),
+                "sent to {to} (replayed: {replayed}): {text}"
+            );
+        }
+    }
+    let expected = before + 5 * bases.len() as u128;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = balance_of(&c.get(&path).await.1, &f.bob);
+        if now == expected {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "each import applied once: bob holds {now}, not {expected}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// A write's `Libertum-Position`, sent back as `Libertum-Min-Position`, makes every replica's

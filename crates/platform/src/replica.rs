@@ -155,26 +155,8 @@ pub async fn forward(State(forwarder): State<Forwarder>, request: Request, next:
                 return no_owner();
             }
         };
-        let url = format!(
-            "http://{owner}{}",
-            parts.uri.path_and_query().map_or("/", |p| p.as_str())
-        );
-        let mut outgoing = forwarder
-            .client
-            .request(parts.method.clone(), &url)
-            .body(bytes.clone());
-        // The trace goes on from this hop's span, in place of the caller's traceparent.
-        let traceparent = trace::traceparent(&tracing::Span::current());
-        for (name, value) in &parts.headers {
-            let replaced = traceparent.is_some() && name == trace::TRACEPARENT;
-            if !hop_by_hop(name) && !replaced {
-                outgoing = outgoing.header(name, value);
-            }
-        }
-        if let Some(traceparent) = &traceparent {
-            outgoing = outgoing.header(trace::TRACEPARENT, traceparent);
-        }
-        outgoing = outgoing.header(FORWARDED_BY, ownership.replica());
+        let outgoing =
+            to_owner(&forwarder.client, &parts, &owner, ownership.replica()).body(bytes.clone());
         metrics::counter!(FORWARDED, "service" => ownership.service()).increment(1);
         match outgoing.send().await {
             Ok(answer) if !refused_not_owner(answer.headers()) => return relay(answer).await,
@@ -237,32 +219,14 @@ async fn forward_import(forwarder: Forwarder, request: Request, next: Next) -> R
         }
         None => return no_owner(),
     };
-    let url = format!(
-        "http://{owner}{}",
-        parts.uri.path_and_query().map_or("/", |p| p.as_str())
-    );
-    let mut outgoing = forwarder
-        .streaming
-        .request(parts.method.clone(), &url)
+    let outgoing = to_owner(&forwarder.streaming, &parts, &owner, ownership.replica())
         .body(reqwest::Body::wrap_stream(body.into_data_stream()));
-    for (name, value) in &parts.headers {
-        if !hop_by_hop(name) {
-            outgoing = outgoing.header(name, value);
-        }
-    }
-    outgoing = outgoing.header(FORWARDED_BY, ownership.replica());
     metrics::counter!(FORWARDED, "service" => ownership.service()).increment(1);
     match outgoing.send().await {
         Ok(answer) => {
-            let status = answer.status();
-            let headers = answer.headers().clone();
-            let mut response = (status, Body::from_stream(answer.bytes_stream())).into_response();
-            for (name, value) in &headers {
-                if !hop_by_hop(name) {
-                    response.headers_mut().insert(name, value.clone());
-                }
-            }
-            response
+            let (status, headers) = (answer.status(), answer.headers().clone());
+            let response = (status, Body::from_stream(answer.bytes_stream())).into_response();
+            with_end_to_end(response, &headers)
         }
         Err(error) => {
             tracing::warn!(%owner, %error, "the owner did not take a forwarded import");
@@ -281,13 +245,43 @@ async fn relay(answer: reqwest::Response) -> Response {
                 .into_response();
         }
     };
-    let mut response = (status, body).into_response();
-    for (name, value) in &headers {
+    with_end_to_end((status, body).into_response(), &headers)
+}
+
+/// `response` with the end-to-end headers of the owner's answer.
+fn with_end_to_end(mut response: Response, headers: &HeaderMap) -> Response {
+    for (name, value) in headers {
         if !hop_by_hop(name) {
             response.headers_mut().insert(name, value.clone());
         }
     }
     response
+}
+
+/// The request that sends a write on to its owner: the caller's end-to-end headers, this hop's
+/// trace in place of the caller's `traceparent`, and this replica in `Libertum-Forwarded-By`.
+fn to_owner(
+    client: &reqwest::Client,
+    parts: &axum::http::request::Parts,
+    owner: &str,
+    replica: &str,
+) -> reqwest::RequestBuilder {
+    let url = format!(
+        "http://{owner}{}",
+        parts.uri.path_and_query().map_or("/", |p| p.as_str())
+    );
+    let mut outgoing = client.request(parts.method.clone(), &url);
+    let traceparent = trace::traceparent(&tracing::Span::current());
+    for (name, value) in &parts.headers {
+        let replaced = traceparent.is_some() && name == trace::TRACEPARENT;
+        if !hop_by_hop(name) && !replaced {
+            outgoing = outgoing.header(name, value);
+        }
+    }
+    if let Some(traceparent) = &traceparent {
+        outgoing = outgoing.header(trace::TRACEPARENT, traceparent);
+    }
+    outgoing.header(FORWARDED_BY, replica)
 }
 
 /// Waits until a replica's state includes a position; says whether it does within the bound.

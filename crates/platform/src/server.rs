@@ -138,8 +138,8 @@ async fn answer(req: Request, next: middleware::Next) -> Response {
 }
 
 /// The headers a browser needs to treat the answers as data, on every answer, so that no proxy
-/// has to add them: never sniffed, framed or sent as a referrer; JSON answers (the API's and its
-/// problems) also never run anything and are never stored by a cache. HTML and scripts (the
+/// has to add them: never sniffed, framed or sent as a referrer; JSON answers (the API's, its
+/// problems and an import's NDJSON) also never run anything and are never stored by a cache. HTML and scripts (the
 /// Swagger UI of `libertum`) keep their own policy.
 fn security_headers(mut response: Response) -> Response {
     use axum::http::{HeaderValue, header};
@@ -157,7 +157,9 @@ fn security_headers(mut response: Response) -> Response {
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| {
-            v.starts_with("application/json") || v.starts_with("application/problem+json")
+            v.starts_with("application/json")
+                || v.starts_with("application/problem+json")
+                || v.starts_with("application/x-ndjson")
         });
     if json {
         headers.insert(

@@ -396,6 +396,11 @@ async fn import(
         "application/x-ndjson",
         "progress is NDJSON"
     );
+    assert_eq!(
+        response.headers()["cache-control"],
+        "no-store",
+        "holdings are never cached on the way"
+    );
     let text = response.text().await.expect("the whole answer");
     text.lines()
         .map(|l| serde_json::from_str(l).expect("each line is JSON"))

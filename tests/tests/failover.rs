@@ -159,6 +159,12 @@ fn haproxy() -> String {
         .to_owned()
 }
 
+impl common::Api for Cluster {
+    async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        Cluster::post(self, path, body).await
+    }
+}
+
 impl Cluster {
     /// Starts 2 assets, 3 tokens and 2 ledger replicas (their own databases and topics under
     /// `name`) behind one front per service, and waits until every one is ready.
@@ -417,24 +423,12 @@ async fn fixture(c: &Cluster) -> Fixture {
     }
     let mut tokens = Vec::new();
     for n in 0..TOKENS {
-        let (status, asset) = c
-            .post(
-                "/v1/assets",
-                json!({"name": format!("Failover {n}"), "kind": "real_estate", "legal_owner": "Failover SPV",
-                       "location": {"address": format!("Main St {n}"), "city": "Berlin", "postal_code": "10117", "country": "DE"}}),
-            )
-            .await;
-        assert_eq!(status, StatusCode::CREATED, "{asset}");
-        let asset = asset["id"].as_str().unwrap().to_owned();
-        for action in ["submit", "approve"] {
-            let (status, body) = c
-                .post(
-                    &format!("/v1/assets/{asset}/transitions"),
-                    json!({"action": action}),
-                )
-                .await;
-            assert_eq!(status, StatusCode::OK, "{body}");
-        }
+        let asset = common::approved_asset(
+            c,
+            json!({"name": format!("Failover {n}"), "kind": "real_estate", "legal_owner": "Failover SPV",
+                   "location": {"address": format!("Main St {n}"), "city": "Berlin", "postal_code": "10117", "country": "DE"}}),
+        )
+        .await;
         tokens.push(asset);
     }
     let mut ids = Vec::new();

@@ -27,24 +27,12 @@ struct World {
 }
 
 async fn world(p: &Product, tag: &str) -> World {
-    let (status, asset) = p
-        .post(
-            "/v1/assets",
-            json!({"name": format!("Herengracht {tag}"), "kind": "real_estate", "legal_owner": "H BV",
-                "location": {"address": "Herengracht 1", "city": "Amsterdam", "country": "NL"}}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{asset}");
-    let asset = asset["id"].as_str().expect("id").to_owned();
-    for action in ["submit", "approve"] {
-        let (status, body) = p
-            .post(
-                &format!("/v1/assets/{asset}/transitions"),
-                json!({"action": action}),
-            )
-            .await;
-        assert_eq!(status, StatusCode::OK, "{body}");
-    }
+    let asset = common::approved_asset(
+        p,
+        json!({"name": format!("Herengracht {tag}"), "kind": "real_estate", "legal_owner": "H BV",
+            "location": {"address": "Herengracht 1", "city": "Amsterdam", "country": "NL"}}),
+    )
+    .await;
     let spec = json!({"asset_id": asset, "symbol": format!("HG{tag}"), "name": "Herengracht shares",
         "decimals": 0, "max_supply": "100000", "unit_price": "100", "currency": "EUR",
         "rules": {"max_balance": "5000"}});

@@ -22,18 +22,7 @@ struct Fixture {
 async fn fixture(p: &Product) -> Fixture {
     let asset_body = json!({"name": "Keizersgracht 1", "kind": "real_estate", "legal_owner": "K1 BV",
         "location": {"address": "Keizersgracht 1", "city": "Amsterdam", "postal_code": "1015", "country": "NL"}});
-    let (status, asset) = p.post("/v1/assets", asset_body.clone()).await;
-    assert_eq!(status, StatusCode::CREATED, "{asset}");
-    let asset = asset["id"].as_str().expect("id").to_owned();
-    for action in ["submit", "approve"] {
-        let (status, body) = p
-            .post(
-                &format!("/v1/assets/{asset}/transitions"),
-                json!({"action": action}),
-            )
-            .await;
-        assert_eq!(status, StatusCode::OK, "{body}");
-    }
+    let asset = common::approved_asset(p, asset_body.clone()).await;
     let (status, draft) = p.post("/v1/assets", asset_body).await;
     assert_eq!(status, StatusCode::CREATED, "{draft}");
     let draft = draft["id"].as_str().expect("id").to_owned();

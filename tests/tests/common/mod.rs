@@ -381,6 +381,39 @@ impl Drop for Product {
     }
 }
 
+/// What the tests post JSON to: the product in one process or as services, or the replicas'
+/// fronts.
+pub trait Api {
+    fn post(
+        &self,
+        path: &str,
+        body: Value,
+    ) -> impl std::future::Future<Output = (StatusCode, Value)>;
+}
+
+impl Api for Product {
+    async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        Product::post(self, path, body).await
+    }
+}
+
+/// Registers the asset `body` describes, submits it and approves it; returns its id.
+pub async fn approved_asset(api: &impl Api, body: Value) -> String {
+    let (status, asset) = api.post("/v1/assets", body).await;
+    assert_eq!(status, StatusCode::CREATED, "{asset}");
+    let asset = asset["id"].as_str().expect("an asset id").to_owned();
+    for action in ["submit", "approve"] {
+        let (status, body) = api
+            .post(
+                &format!("/v1/assets/{asset}/transitions"),
+                json!({"action": action}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    asset
+}
+
 /// An approved asset tokenized as `symbol`, its whole issue of `supply` held by Alice; Bob,
 /// verified too, holds nothing.
 pub struct Issued {
@@ -392,24 +425,12 @@ pub struct Issued {
 
 /// Makes [`Issued`]: `name` names the asset and the investors' identity refs.
 pub async fn issued(p: &Product, name: &str, symbol: &str, supply: u128) -> Issued {
-    let (status, asset) = p
-        .post(
-            "/v1/assets",
-            json!({"name": name, "kind": "real_estate", "legal_owner": format!("{name} SPV"),
-                   "location": {"address": "Main St 1", "city": "Berlin", "postal_code": "10117", "country": "DE"}}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{asset}");
-    let asset = asset["id"].as_str().unwrap().to_owned();
-    for action in ["submit", "approve"] {
-        let (status, body) = p
-            .post(
-                &format!("/v1/assets/{asset}/transitions"),
-                json!({"action": action}),
-            )
-            .await;
-        assert_eq!(status, StatusCode::OK, "{body}");
-    }
+    let asset = approved_asset(
+        p,
+        json!({"name": name, "kind": "real_estate", "legal_owner": format!("{name} SPV"),
+               "location": {"address": "Main St 1", "city": "Berlin", "postal_code": "10117", "country": "DE"}}),
+    )
+    .await;
     let spec = json!({"asset_id": asset, "symbol": symbol, "name": name, "decimals": 0,
         "max_supply": supply.to_string(), "unit_price": "100", "currency": "EUR"});
     let deadline = tokio::time::Instant::now() + p.patience;

@@ -295,6 +295,18 @@ async fn backlogs() -> anyhow::Result<()> {
         "relay drains a backlog of {BACKLOG} events:     {:>8.0} events/s  ({relay:.2} s)",
         BACKLOG as f64 / relay
     );
+    // The broker alone again, on the topics as full as the relay found them: the ceiling is
+    // the mean of the two.
+    let after = producer_alone(&brokers).await?;
+    println!(
+        "the broker alone again:                      {:>8.0} events/s  ({after:.2} s)",
+        BACKLOG as f64 / after
+    );
+    let ceiling = BACKLOG as f64 / ((alone + after) / 2.0);
+    println!(
+        "  relay / broker alone (mean of both):       {:>8.2}  (target >= 0.9)",
+        BACKLOG as f64 / relay / ceiling
+    );
 
     // 2. A consumer group reads them back.
     let bus = KafkaBus::new(&kafka)?;

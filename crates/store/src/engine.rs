@@ -2,11 +2,15 @@
 //! resulting events, idempotency records and consumer checkpoints in group commits.
 //!
 //! Commands queue on a channel; the writer takes everything queued (up to [`MAX_GROUP`]), decides
-//! each against the state, commits all of it in one durable write, and only then answers. The
-//! state's write lock is held until the commit is durable and caches are invalidated, so no reader
-//! ever sees a change that is not on disk. If a commit fails the writer restores the state from
-//! the latest snapshot and the log after it, and answers 503 for that group (409 if another
-//! writer appended first): nothing acknowledged is lost, nothing lost is shown.
+//! each against **its own copy** of the state, and hands the group to the committer, which makes
+//! it durable in one write and only then applies its events to **the copy readers see** and
+//! answers. So no reader and no reply ever sees a change that is not on disk, readers never wait
+//! for a commit (only for the moment its events are applied), and the writer decides the next
+//! group while the last one is being made durable (a pipelined group commit). If a commit fails,
+//! the readers' copy is restored from the latest snapshot and the log after it, every group decided
+//! on top of the failed one is answered 503 without being written (409 if another writer appended
+//! first), and the writer starts again from a copy of the restored state: nothing acknowledged is
+//! lost, nothing lost is shown.
 //!
 //! The state starts from the latest snapshot and the events after it; a background task writes
 //! a new snapshot when the [`SnapshotPolicy`] says one is due (see `snapshot.rs`).
@@ -15,7 +19,8 @@
 //! writes only while it holds the log's lease ([`Engine::promote`] with the lease's epoch, which
 //! every commit carries: see `ownership.rs`); otherwise it is a follower, which applies what the
 //! owner appended by reading the log, and refuses commands with [`EngineError::NotOwner`] so
-//! that they are forwarded to the owner.
+//! that they are forwarded to the owner. What a follower applies to the readers' copy is applied
+//! to the writer's copy too, before the writer decides its next group.
 //!
 //! A **partitioned** engine ([`Engine::start_partitioned`]) has one log per partition (see
 //! `partition.rs`) and one state: each command belongs to one partition
@@ -65,7 +70,12 @@ pub struct Described<'a> {
 }
 
 /// A service's state, changed only by its own events; serialisable, for snapshots.
-pub trait StateMachine: Default + Send + Sync + Serialize + DeserializeOwned + 'static {
+///
+/// It is `Clone` because the engine keeps two copies: the one readers see, which holds only what
+/// is durable, and the one the writer decides on, ahead of it by the groups being committed.
+pub trait StateMachine:
+    Default + Clone + Send + Sync + Serialize + DeserializeOwned + 'static
+{
     type Command: Send + 'static;
     type Event: Serialize + DeserializeOwned + Send + Sync + 'static;
     /// The CloudEvents `source` of this service's events.
@@ -173,8 +183,10 @@ struct Job<S: StateMachine> {
     done: oneshot::Sender<Vec<Outcome>>,
 }
 
-/// The state with the writer's bookkeeping, under one lock: whoever reads it sees them agree
-/// with one position of each partition's log.
+/// The state with the writer's bookkeeping: whoever reads it sees them agree with one position
+/// of each partition's log. There are two: the readers' (under `Inner::held`) and the writer's
+/// own, ahead of it by the groups decided and not yet durable.
+#[derive(Clone)]
 struct Held<S> {
     state: S,
     versions: Versions,
@@ -185,7 +197,21 @@ struct Held<S> {
     /// Each partition's id of the event at its head, when read from the log: a follower checks
     /// that the log still holds it before it applies what follows.
     last_ids: Vec<Option<String>>,
+    /// Moves each time the readers' copy is replaced or changed in a way the writer's copy
+    /// cannot follow event by event (a reload, a rebuild, too much followed at once): the
+    /// writer then takes a fresh copy of it.
+    generation: u64,
+    /// What was applied to the readers' copy from logs the writer does not write (followed
+    /// partitions, the registry's catch-up, a promoted partition's tail) since the writer last
+    /// looked, for the writer to apply to its copy too. Bounded by [`FOLLOWED_MAX`].
+    followed: Vec<(usize, Chunk)>,
 }
+
+/// Events read from a log: each with its position.
+type Chunk = Vec<(u64, Vec<u8>)>;
+
+/// The most events [`Held::followed`] keeps; beyond, the writer copies the readers' state again.
+const FOLLOWED_MAX: usize = 32_768;
 
 impl<S: Default> Held<S> {
     fn empty(partitions: usize) -> Self {
@@ -195,12 +221,40 @@ impl<S: Default> Held<S> {
             heads: vec![0; partitions],
             last_time: OffsetDateTime::UNIX_EPOCH,
             last_ids: vec![None; partitions],
+            generation: 0,
+            followed: Vec::new(),
         }
     }
 }
 
+impl<S: StateMachine> Held<S> {
+    /// Applies `chunk`, read from the log of a partition the writer does not write, to the
+    /// readers' copy, and keeps it for the writer's (see [`Held::followed`]).
+    fn follow(
+        &mut self,
+        partition: usize,
+        chunk: Chunk,
+        stale: Option<&mut Vec<(String, u64)>>,
+    ) -> Result<(), StoreError> {
+        let kept: usize = self.followed.iter().map(|(_, c)| c.len()).sum();
+        if kept + chunk.len() <= FOLLOWED_MAX {
+            self.followed.push((partition, chunk.clone()));
+        } else {
+            self.followed.clear();
+            self.generation += 1;
+        }
+        apply_chunk(self, partition, chunk, None, stale)
+    }
+}
+
 struct Inner<S: StateMachine> {
+    /// The readers' copy of the state: what is durable.
     held: RwLock<Held<S>>,
+    /// Held by the writer while it decides a group: a promotion or a demotion takes it to keep
+    /// the writer from deciding meanwhile.
+    writing: tokio::sync::Mutex<()>,
+    /// Groups decided and not yet committed and applied to the readers' copy (or refused).
+    in_flight: tokio::sync::watch::Sender<usize>,
     /// One log per partition; an unpartitioned service has one.
     stores: Vec<Arc<dyn EventStore>>,
     cache: Option<Arc<dyn Cache>>,
@@ -214,6 +268,8 @@ struct Inner<S: StateMachine> {
     epochs: Vec<AtomicU64>,
     /// The position of each partition's log in the state readers see.
     applied: Vec<tokio::sync::watch::Sender<u64>>,
+    /// The number of the last batch the committer passed (committed or refused).
+    committed: AtomicU64,
     /// Wakes the submission of what the state owes, after the state moved.
     nudge: Arc<tokio::sync::Notify>,
     /// The names of its decision and commit spans: `{service}.decide`, `{service}.commit`.
@@ -252,6 +308,12 @@ impl<S: StateMachine> Inner<S> {
             (Some(command), _) => self.partition_of(command),
             (None, partition) => partition.unwrap_or(0),
         }
+    }
+
+    /// Waits until no decided group is waiting for its commit.
+    async fn settled(&self) {
+        let mut in_flight = self.in_flight.subscribe();
+        let _ = in_flight.wait_for(|n| *n == 0).await;
     }
 
     fn publish(&self, held: &Held<S>) {
@@ -366,6 +428,9 @@ impl<S: StateMachine> Engine<S> {
                 .collect(),
             epochs: stores.iter().map(|_| AtomicU64::new(0)).collect(),
             held: RwLock::new(held),
+            writing: tokio::sync::Mutex::new(()),
+            in_flight: tokio::sync::watch::channel(0).0,
+            committed: AtomicU64::new(0),
             stores,
             cache,
             service,
@@ -516,6 +581,9 @@ impl<S: StateMachine> Engine<S> {
     /// everything the partition's log holds, then takes its commands.
     pub async fn promote(&self, partition: usize, epoch: u64) -> Result<(), StoreError> {
         let inner = &self.inner;
+        // No group is decided meanwhile, and every group decided is applied first.
+        let _writing = inner.writing.lock().await;
+        inner.settled().await;
         let mut held = inner.held.write().await;
         let from = held.heads[partition];
         if !still_holds(inner.stores[partition].as_ref(), &held, partition).await? {
@@ -526,9 +594,10 @@ impl<S: StateMachine> Engine<S> {
         // applied registry first: what the tail was decided on is in the registry's log.
         let tail = read_tail(inner.stores[partition].as_ref(), held.heads[partition]).await?;
         if partition != 0 && !inner.owns(0) {
-            replay_tail(inner.stores[0].as_ref(), &mut held, 0, None, false).await?;
+            let registry = read_tail(inner.stores[0].as_ref(), held.heads[0]).await?;
+            held.follow(0, registry, None)?;
         }
-        apply_chunk(&mut held, partition, tail, None, None)?;
+        held.follow(partition, tail, None)?;
         inner.epochs[partition].store(epoch, Ordering::Release);
         inner.publish(&held);
         tracing::info!(
@@ -548,8 +617,9 @@ impl<S: StateMachine> Engine<S> {
     pub async fn demote(&self, partition: usize) {
         let previous = self.inner.epochs[partition].swap(0, Ordering::AcqRel);
         if previous != 0 {
-            // Taking the lock waits for a group in flight.
-            drop(self.inner.held.write().await);
+            // Waits for the group being decided and for those being committed.
+            let _writing = self.inner.writing.lock().await;
+            self.inner.settled().await;
             tracing::info!(
                 service = self.inner.service,
                 partition,
@@ -749,7 +819,7 @@ async fn follow_once<S: StateMachine>(
                 continue;
             }
             moved[partition] = true;
-            apply_chunk(&mut held, partition, chunk, None, Some(&mut stale))?;
+            held.follow(partition, chunk, Some(&mut stale))?;
         }
         if let Some(cache) = &inner.cache {
             for (key, version) in &stale {
@@ -785,7 +855,7 @@ async fn catch_up_registry<S: StateMachine>(
         return Ok(());
     }
     let mut stale = Vec::new();
-    apply_chunk(held, 0, chunk, None, Some(&mut stale))?;
+    held.follow(0, chunk, Some(&mut stale))?;
     if let Some(cache) = &inner.cache {
         for (key, version) in &stale {
             cache.invalidate(key, *version).await;
@@ -849,8 +919,10 @@ async fn reload<S: StateMachine>(
 ) -> Result<u64, StoreError> {
     let (fresh, snapshot_at) = restore::<S>(service, stores, false).await?;
     let last_time = held.last_time.max(fresh.last_time);
+    let generation = held.generation + 1;
     *held = fresh;
     held.last_time = last_time;
+    held.generation = generation;
     Ok(snapshot_at)
 }
 
@@ -981,6 +1053,8 @@ async fn restore<S: StateMachine>(
                     last_ids: vec![None; stores.len()],
                     heads: restored.heads,
                     last_time: restored.last_time,
+                    generation: 0,
+                    followed: Vec::new(),
                 }),
             },
             Err(why) => {
@@ -1090,170 +1164,345 @@ struct Answered {
     partition: usize,
 }
 
+/// A batch the writer decided, on its way to the committer.
+struct Decided<E> {
+    /// Its number: the writer's records of its idempotency keys are dropped once the committer
+    /// has passed it (they are in the store then, or were never executed).
+    number: u64,
+    /// One group per partition, committed in this order: the registry's first.
+    groups: std::collections::BTreeMap<usize, Group<E>>,
+    answered: Vec<Answered>,
+    /// Which copy of the state it was decided on: a batch decided on a copy that holds a failed
+    /// group is not committed.
+    lineage: u64,
+    /// The latest event time of the writer's copy once it was decided.
+    last_time: OffsetDateTime,
+}
+
+/// Idempotency records decided in batches the committer has not passed yet, by partition and
+/// key, with the number of their batch: a retry arriving meanwhile must find them, not the store.
+type Recent = FxHashMap<usize, FxHashMap<String, (u64, IdempotencyRecord)>>;
+
+/// Decides what is queued on the writer's own copy of the state and hands each batch to the
+/// committer, deciding the next batch while the last one is committed. The writer's copy is
+/// ahead of the readers' by the batches in flight.
 async fn writer<S: StateMachine>(inner: Arc<Inner<S>>, mut rx: mpsc::Receiver<Job<S>>) {
     let service = inner.service;
+    // One decided batch waits while another is committed.
+    let (to_commit, decided) = mpsc::channel::<Decided<S::Event>>(1);
+    let committer = tokio::spawn(committer(inner.clone(), decided));
+    let mut copy: Option<Held<S>> = None;
+    let mut lineage = 0;
+    let mut number = 0;
+    let mut recent = Recent::default();
     let mut jobs = Vec::with_capacity(MAX_GROUP);
     while rx.recv_many(&mut jobs, MAX_GROUP).await > 0 {
-        let mut guard = inner.held.write().await;
-        let held = &mut *guard;
+        let writing = inner.writing.lock().await;
         if inner.replica && !inner.owns(0) && (1..inner.partitions()).any(|p| inner.owns(p)) {
             // What the registry's owner acknowledged before this group is decided on here
             // (a KYC change, a new investor, a claimed token class).
-            if let Err(error) = catch_up_registry(&inner, held).await {
+            let mut held = inner.held.write().await;
+            if let Err(error) = catch_up_registry(&inner, &mut held).await {
                 tracing::warn!(service, %error, "could not read the registry's log; deciding on what this replica applied");
             }
         }
-        // Every idempotency key of the batch, looked up at once per partition, under the same
-        // lock as the decisions: nothing commits to an owned partition in between.
+        if catch_up_copy(&inner, &mut copy).await {
+            // A fresh copy: every batch decided on the last one is settled.
+            lineage += 1;
+            recent.clear();
+        }
+        let Some(held) = copy.as_mut() else {
+            unreachable!("the writer's copy was just made")
+        };
+        // Every idempotency key of the batch, looked up at once per partition: what the
+        // committer passed is in the store, what it has not is in `recent`.
+        let passed = inner.committed.load(Ordering::Acquire);
+        for records in recent.values_mut() {
+            records.retain(|_, (batch, _)| *batch > passed);
+        }
         let keys = idempotency_keys(&inner, &jobs);
         let known = known_records(&inner, keys).await;
-        // One group per partition, committed to its log: the registry's first.
-        let mut groups: std::collections::BTreeMap<usize, Group> = Default::default();
-        let mut answered: Vec<Answered> = Vec::with_capacity(jobs.len());
-        let mut commands = 0;
-        for Job { submissions, done } in jobs.drain(..) {
-            let partitions: Vec<usize> = submissions
-                .iter()
-                .map(|s| inner.partition_of_submission(s))
-                .collect();
-            let partition = partitions.first().copied().unwrap_or(0);
-            if partitions.iter().any(|p| *p != partition) {
+        number += 1;
+        let mut batch = Decided {
+            number,
+            groups: Default::default(),
+            answered: Vec::with_capacity(jobs.len()),
+            lineage,
+            last_time: held.last_time,
+        };
+        decide(&inner, held, &mut jobs, (&known, &recent), &mut batch).await;
+        batch.last_time = held.last_time;
+        for (partition, group) in &batch.groups {
+            // The next batch's groups follow this one's in their logs.
+            held.heads[*partition] += group.commit.events.len() as u64;
+            if group.last_id.is_some() {
+                held.last_ids[*partition] = group.last_id.clone();
+            }
+            let records = recent.entry(*partition).or_default();
+            for (key, record) in &group.pending {
+                records.insert(key.clone(), (number, record.clone()));
+            }
+        }
+        inner.in_flight.send_modify(|n| *n += 1);
+        drop(writing);
+        if to_commit.send(batch).await.is_err() {
+            // The committer stopped (the state could not be rebuilt after a failed commit):
+            // what is queued is answered "the writer stopped".
+            inner.in_flight.send_replace(0);
+            break;
+        }
+    }
+    drop(to_commit);
+    let _ = committer.await;
+}
+
+/// Brings the writer's copy of the state up to date with what was applied to the readers' copy
+/// from logs the writer does not write (see [`Held::followed`]). When it has no copy, or the
+/// readers' copy was replaced, it waits until every batch decided on its copy is settled and
+/// takes a fresh copy of the readers'. Says whether it did.
+async fn catch_up_copy<S: StateMachine>(inner: &Inner<S>, copy: &mut Option<Held<S>>) -> bool {
+    {
+        let mut held = inner.held.write().await;
+        let followed = std::mem::take(&mut held.followed);
+        if let Some(mine) = copy.as_mut()
+            && mine.generation == held.generation
+        {
+            drop(held);
+            let applied = followed
+                .into_iter()
+                .try_for_each(|(partition, chunk)| apply_chunk(mine, partition, chunk, None, None));
+            match applied {
+                Ok(()) => return false,
+                Err(error) => {
+                    tracing::warn!(service = inner.service, %error, "could not apply to the writer's copy what the readers' copy holds; copying it again");
+                }
+            }
+        }
+    }
+    inner.settled().await;
+    let mut held = inner.held.write().await;
+    held.followed.clear();
+    *copy = Some(held.clone());
+    true
+}
+
+/// Decides `jobs` on the writer's copy `held`, into `batch`'s groups and answers.
+async fn decide<S: StateMachine>(
+    inner: &Inner<S>,
+    held: &mut Held<S>,
+    jobs: &mut Vec<Job<S>>,
+    (known, recent): (&Known, &Recent),
+    batch: &mut Decided<S::Event>,
+) {
+    let service = inner.service;
+    let mut commands = 0;
+    for Job { submissions, done } in jobs.drain(..) {
+        let partitions: Vec<usize> = submissions
+            .iter()
+            .map(|s| inner.partition_of_submission(s))
+            .collect();
+        let partition = partitions.first().copied().unwrap_or(0);
+        if partitions.iter().any(|p| *p != partition) {
+            let _ = done.send(
+                submissions
+                    .iter()
+                    .map(|_| {
+                        Err(EngineError::Unavailable(
+                            "commands that must commit together belong to different partitions"
+                                .into(),
+                        ))
+                    })
+                    .collect(),
+            );
+            continue;
+        }
+        let fence = match inner.fence(partition) {
+            Ok(fence) => fence,
+            Err(_) => {
+                // Not the owner: nothing is decided here; the requests go to the owner.
                 let _ = done.send(
                     submissions
                         .iter()
-                        .map(|_| {
-                            Err(EngineError::Unavailable(
-                                "commands that must commit together belong to different partitions"
-                                    .into(),
-                            ))
-                        })
+                        .map(|_| Err(EngineError::NotOwner))
                         .collect(),
                 );
                 continue;
             }
-            let fence = match inner.fence(partition) {
-                Ok(fence) => fence,
-                Err(_) => {
-                    // Not the owner: nothing is decided here; the requests go to the owner.
-                    let _ = done.send(
-                        submissions
-                            .iter()
-                            .map(|_| Err(EngineError::NotOwner))
-                            .collect(),
-                    );
-                    continue;
+        };
+        let group = batch.groups.entry(partition).or_insert_with(|| Group {
+            commit: Commit {
+                expected_head: held.heads[partition],
+                fence,
+                ..Commit::default()
+            },
+            pending: FxHashMap::default(),
+            stale_keys: Vec::new(),
+            poisoned: false,
+            last_id: None,
+            decisions: Vec::new(),
+            events: Vec::new(),
+        });
+        let store = inner.stores[partition].as_ref();
+        let records = Records {
+            store,
+            known: known.get(&partition),
+            recent: recent.get(&partition),
+        };
+        let mut answers = Vec::with_capacity(submissions.len());
+        for submission in submissions {
+            // Time never runs backwards inside one log, whatever the wall clock does.
+            held.last_time = OffsetDateTime::now_utc().max(held.last_time);
+            // Spans of their own only when they are exported: a group of thousands of
+            // commands pays nothing for them otherwise.
+            let decision = match crate::trace::enabled() && submission.command.is_some() {
+                true => {
+                    tracing::info_span!(parent: &submission.span, "decide", otel.name = inner.span_names.0.as_str(), service, partition)
                 }
+                false => tracing::Span::none(),
             };
-            let group = groups.entry(partition).or_insert_with(|| Group {
-                commit: Commit {
-                    expected_head: held.heads[partition],
-                    fence,
-                    ..Commit::default()
-                },
-                pending: FxHashMap::default(),
-                stale_keys: Vec::new(),
-                poisoned: false,
-                last_id: None,
-                decisions: Vec::new(),
-            });
-            let store = inner.stores[partition].as_ref();
-            let mut answers = Vec::with_capacity(submissions.len());
-            for submission in submissions {
-                // Time never runs backwards inside one log, whatever the wall clock does.
-                held.last_time = OffsetDateTime::now_utc().max(held.last_time);
-                // Spans of their own only when they are exported: a group of thousands of
-                // commands pays nothing for them otherwise.
-                let decision = match crate::trace::enabled() && submission.command.is_some() {
-                    true => {
-                        tracing::info_span!(parent: &submission.span, "decide", otel.name = inner.span_names.0.as_str(), service, partition)
-                    }
-                    false => tracing::Span::none(),
-                };
-                if !decision.is_disabled() {
-                    group.decisions.push(decision.clone());
-                }
-                answers.push(
-                    run_one(
-                        &mut held.state,
-                        submission,
-                        held.last_time,
-                        &inner,
-                        (store, known.get(&partition)),
-                        &mut held.versions,
-                        group,
-                    )
-                    .instrument(decision)
-                    .await,
-                );
-                commands += 1;
+            if !decision.is_disabled() {
+                group.decisions.push(decision.clone());
             }
-            answered.push(Answered {
-                done,
-                answers,
-                partition,
-            });
+            answers.push(
+                run_one(
+                    &mut held.state,
+                    submission,
+                    held.last_time,
+                    inner,
+                    &records,
+                    &mut held.versions,
+                    group,
+                )
+                .instrument(decision)
+                .await,
+            );
+            commands += 1;
         }
-        metrics::histogram!(m::BATCH_SIZE, "service" => service).record(commands as f64);
-        // Each partition's group commits on its own; once one fails, the later ones are not
-        // tried (what they decided may rest on what failed) and the state is restored.
-        let mut failure: Option<(usize, StoreError)> = None;
-        let mut failed_partitions = Vec::new();
-        for (partition, group) in groups {
-            let Group {
-                commit,
-                stale_keys,
-                poisoned,
-                last_id,
-                decisions,
-                ..
-            } = group;
-            if failure.is_some() {
-                failed_partitions.push(partition);
-                continue;
+        batch.answered.push(Answered {
+            done,
+            answers,
+            partition,
+        });
+    }
+    metrics::histogram!(m::BATCH_SIZE, "service" => service).record(commands as f64);
+}
+
+/// Commits the batches the writer decided, in order, applies each durable group's events to
+/// the readers' copy and answers; after a failed commit, restores the readers' copy from the
+/// stores and refuses, uncommitted, every batch decided on the writer's copy that held it.
+async fn committer<S: StateMachine>(
+    inner: Arc<Inner<S>>,
+    mut decided: mpsc::Receiver<Decided<S::Event>>,
+) {
+    // The copy of the latest failed batch: batches decided on it (or before) are refused.
+    let mut failed: Option<u64> = None;
+    while let Some(batch) = decided.recv().await {
+        let number = batch.number;
+        let go_on = commit_batch(&inner, batch, &mut failed).await;
+        inner.committed.store(number, Ordering::Release);
+        inner.in_flight.send_modify(|n| *n = n.saturating_sub(1));
+        if !go_on {
+            inner.in_flight.send_replace(0);
+            return;
+        }
+    }
+}
+
+/// Commits one decided batch (see [`committer`]); false once the state cannot be rebuilt and
+/// nothing more may be committed.
+async fn commit_batch<S: StateMachine>(
+    inner: &Inner<S>,
+    batch: Decided<S::Event>,
+    failed: &mut Option<u64>,
+) -> bool {
+    let service = inner.service;
+    let Decided {
+        groups,
+        mut answered,
+        lineage,
+        last_time,
+        ..
+    } = batch;
+    if failed.is_some_and(|failed| lineage <= failed) {
+        // Decided on a state that holds what failed: nothing of it is written.
+        for job in answered {
+            let answers = job
+                .answers
+                .into_iter()
+                .map(|outcome| {
+                    outcome.and(Err(EngineError::Unavailable(
+                        "an earlier commit failed; nothing was changed".into(),
+                    )))
+                })
+                .collect();
+            let _ = job.done.send(answers);
+        }
+        return true;
+    }
+    // Each partition's group commits on its own; once one fails, the later ones are not
+    // tried (what they decided may rest on what failed) and the state is restored.
+    let mut failure: Option<(usize, StoreError)> = None;
+    let mut failed_partitions = Vec::new();
+    let mut durable = Vec::with_capacity(groups.len());
+    for (partition, group) in groups {
+        if failure.is_some() {
+            failed_partitions.push(partition);
+            continue;
+        }
+        let outcome = if group.poisoned {
+            Err(StoreError::Backend("an event could not be encoded".into()))
+        } else if group.commit.is_empty() {
+            Ok(())
+        } else {
+            let appended = group.commit.events.len() as u64;
+            let started = Instant::now();
+            // One commit for the whole group, in each trace the group decided on: under
+            // its first decision there. They end when the commit does.
+            let mut traced = std::collections::HashSet::new();
+            let spans: Vec<tracing::Span> = group
+                .decisions
+                .iter()
+                .filter(|decision| traced.insert(crate::trace::trace_id(decision)))
+                .map(|decision| tracing::info_span!(parent: decision, "commit", otel.name = inner.span_names.1.as_str(), service, partition, events = appended))
+                .collect();
+            let result = inner.stores[partition].commit(group.commit).await;
+            drop(spans);
+            if result.is_ok() {
+                metrics::counter!(m::COMMITS, "service" => service).increment(1);
+                metrics::counter!(m::EVENTS_APPENDED, "service" => service).increment(appended);
+                metrics::histogram!(m::COMMIT_SECONDS, "service" => service)
+                    .record(started.elapsed().as_secs_f64());
             }
-            let outcome = if poisoned {
-                Err(StoreError::Backend("an event could not be encoded".into()))
-            } else if commit.is_empty() {
-                Ok(())
-            } else {
-                let appended = commit.events.len() as u64;
-                let started = Instant::now();
-                // One commit for the whole group, in each trace the group decided on: under
-                // its first decision there. They end when the commit does.
-                let mut traced = std::collections::HashSet::new();
-                let spans: Vec<tracing::Span> = decisions
-                    .iter()
-                    .filter(|decision| traced.insert(crate::trace::trace_id(decision)))
-                    .map(|decision| tracing::info_span!(parent: decision, "commit", otel.name = inner.span_names.1.as_str(), service, partition, events = appended))
-                    .collect();
-                let result = inner.stores[partition].commit(commit).await;
-                drop(spans);
-                if result.is_ok() {
-                    held.heads[partition] += appended;
-                    // What a follower checks the log still holds, should this replica lose
-                    // the partition.
-                    if last_id.is_some() {
-                        held.last_ids[partition] = last_id;
-                    }
-                    metrics::counter!(m::COMMITS, "service" => service).increment(1);
-                    metrics::counter!(m::EVENTS_APPENDED, "service" => service).increment(appended);
-                    metrics::histogram!(m::COMMIT_SECONDS, "service" => service)
-                        .record(started.elapsed().as_secs_f64());
-                    if let Some(cache) = &inner.cache {
-                        for (key, version) in &stale_keys {
-                            cache.invalidate(key, *version).await;
-                        }
-                    }
-                }
-                result
-            };
-            if let Err(error) = outcome {
+            result
+        };
+        match outcome {
+            Ok(()) => durable.push((
+                partition,
+                Applied {
+                    events: group.events,
+                    last_id: group.last_id,
+                    stale_keys: group.stale_keys,
+                },
+            )),
+            Err(error) => {
                 failed_partitions.push(partition);
                 failure = Some((partition, error));
             }
         }
-        inner.publish(held);
-        if let Some((partition, error)) = failure {
+    }
+    let heads = match failure {
+        None => {
+            // Durable: the readers see it now.
+            let mut held = inner.held.write().await;
+            for (partition, applied) in &mut durable {
+                apply_durable(&mut held, *partition, applied);
+            }
+            held.last_time = held.last_time.max(last_time);
+            inner.publish(&held);
+            held.heads.clone()
+        }
+        Some((partition, error)) => {
+            *failed = Some(lineage);
             // Memory is ahead of the log: nothing of the failed groups stands. Everything in
             // them is answered 409 if another writer appended first, 503 otherwise (a
             // consumer's batch is one job, so it fails or commits whole), and the state is
@@ -1286,7 +1535,8 @@ async fn writer<S: StateMachine>(inner: Arc<Inner<S>>, mut rx: mpsc::Receiver<Jo
                 }
             }
             let started = Instant::now();
-            match reload(service, &inner.stores, held).await {
+            let mut held = inner.held.write().await;
+            match reload(service, &inner.stores, &mut held).await {
                 Ok(snapshot_at) => {
                     tracing::info!(
                         service,
@@ -1295,35 +1545,73 @@ async fn writer<S: StateMachine>(inner: Arc<Inner<S>>, mut rx: mpsc::Receiver<Jo
                         seconds = started.elapsed().as_secs_f64(),
                         "state restored after the failed commit"
                     );
-                    inner.publish(held);
+                    inner.publish(&held);
                     inner.healthy.store(true, Ordering::Relaxed);
+                    held.heads.clone()
                 }
                 Err(error) => {
                     // The state may show what the log does not hold: stop serving writes.
                     tracing::error!(service, %error, "cannot rebuild the state; the writer stops");
-                    drop(guard);
+                    drop(held);
                     for job in answered {
                         let _ = job.done.send(job.answers);
                     }
-                    return;
+                    return false;
                 }
             }
         }
-        let heads = held.heads.clone();
-        drop(guard);
-        for Answered {
-            done,
-            mut answers,
-            partition,
-        } in answered
-        {
-            for reply in answers.iter_mut().flatten() {
-                reply.position = heads[partition];
-                reply.partition = partition;
+    };
+    if let Some(cache) = &inner.cache {
+        // After the readers' copy moved: a reader that read before puts an older version,
+        // which the mark left here outranks.
+        for (_, applied) in &durable {
+            for (key, version) in &applied.stale_keys {
+                cache.invalidate(key, *version).await;
             }
-            // The requester may have gone away; its effect stands either way.
-            let _ = done.send(answers);
         }
+    }
+    for Answered {
+        done,
+        mut answers,
+        partition,
+    } in answered
+    {
+        for reply in answers.iter_mut().flatten() {
+            reply.position = heads[partition];
+            reply.partition = partition;
+        }
+        // The requester may have gone away; its effect stands either way.
+        let _ = done.send(answers);
+    }
+    true
+}
+
+/// What a durable group changes in the readers' copy.
+struct Applied<E> {
+    /// Its events, with their subject versions.
+    events: Vec<(E, u64)>,
+    last_id: Option<String>,
+    /// Cache keys its events make stale, with the subject version that does.
+    stale_keys: Vec<(String, u64)>,
+}
+
+/// Applies a durable group's events to the readers' copy `held`.
+fn apply_durable<S: StateMachine>(
+    held: &mut Held<S>,
+    partition: usize,
+    applied: &mut Applied<S::Event>,
+) {
+    let appended = applied.events.len() as u64;
+    for (event, version) in applied.events.drain(..) {
+        held.versions
+            .insert(S::describe(&event).subject.to_owned(), version);
+        held.state.apply(&event);
+    }
+    // Their index rows were committed with them.
+    drop(held.state.take_index());
+    held.heads[partition] += appended;
+    if applied.last_id.is_some() {
+        held.last_ids[partition] = applied.last_id.take();
     }
 }
 
@@ -1349,7 +1637,7 @@ fn idempotency_keys<S: StateMachine>(
 async fn known_records<S: StateMachine>(
     inner: &Inner<S>,
     keys: std::collections::BTreeMap<usize, Vec<String>>,
-) -> FxHashMap<usize, std::collections::HashMap<String, IdempotencyRecord>> {
+) -> Known {
     let mut known = FxHashMap::default();
     for (partition, keys) in keys {
         if !inner.owns(partition) {
@@ -1368,8 +1656,20 @@ async fn known_records<S: StateMachine>(
     known
 }
 
+/// The stored idempotency records of a batch's keys, by partition.
+type Known = FxHashMap<usize, std::collections::HashMap<String, IdempotencyRecord>>;
+
+/// Where a command's idempotency key is looked up, after its own group's records
+/// ([`Group::pending`]): the records of batches in flight, then the store's, read for the whole
+/// batch beforehand (`known`) or, if that read failed, now.
+struct Records<'a> {
+    store: &'a dyn EventStore,
+    known: Option<&'a std::collections::HashMap<String, IdempotencyRecord>>,
+    recent: Option<&'a FxHashMap<String, (u64, IdempotencyRecord)>>,
+}
+
 /// What one group commit accumulates.
-struct Group {
+struct Group<E> {
     commit: Commit,
     pending: FxHashMap<String, IdempotencyRecord>,
     /// Cache keys the group's events make stale, with the subject version that does.
@@ -1380,6 +1680,8 @@ struct Group {
     last_id: Option<String>,
     /// The spans of the group's decisions, when traced: the parents of its commit's.
     decisions: Vec<tracing::Span>,
+    /// Its events with their subject versions, applied to the readers' copy once durable.
+    events: Vec<(E, u64)>,
 }
 
 async fn run_one<S: StateMachine>(
@@ -1387,13 +1689,9 @@ async fn run_one<S: StateMachine>(
     submission: Submission<S>,
     now: OffsetDateTime,
     inner: &Inner<S>,
-    // The partition's log, and the records of the batch's keys read from it beforehand.
-    (store, known): (
-        &dyn EventStore,
-        Option<&std::collections::HashMap<String, IdempotencyRecord>>,
-    ),
+    records: &Records<'_>,
     versions: &mut Versions,
-    group: &mut Group,
+    group: &mut Group<S::Event>,
 ) -> Outcome {
     let Submission {
         command,
@@ -1410,14 +1708,19 @@ async fn run_one<S: StateMachine>(
         poisoned,
         last_id,
         decisions: _,
+        events: decided,
     } = group;
     if let Some((key, fingerprint)) = &idempotency {
-        let earlier = match (pending.get(key), known) {
+        let in_flight = records.recent.and_then(|recent| recent.get(key));
+        let earlier = match (pending.get(key), in_flight, records.known) {
             // Earlier in this group.
-            (Some(record), _) => Some(record.clone()),
+            (Some(record), _, _) => Some(record.clone()),
+            // In a batch being committed.
+            (None, Some((_, record)), _) => Some(record.clone()),
             // Stored before the batch was decided.
-            (None, Some(known)) => known.get(key).cloned(),
-            (None, None) => store
+            (None, None, Some(known)) => known.get(key).cloned(),
+            (None, None, None) => records
+                .store
                 .idempotency(key)
                 .await
                 .map_err(|e| EngineError::Unavailable(e.to_string()))?,
@@ -1456,10 +1759,12 @@ async fn run_one<S: StateMachine>(
         true => None,
         false => crate::trace::traceparent(&tracing::Span::current()),
     };
+    let mut subject_versions = Vec::with_capacity(events.len());
     for event in &events {
         let d = S::describe(event);
         let version = versions.entry(d.subject.to_owned()).or_insert(0);
         *version += 1;
+        subject_versions.push(*version);
         // The group appends its events right after the head it was decided on.
         let position = commit.expected_head + commit.events.len() as u64 + 1;
         let mut envelope = CloudEvent::new(
@@ -1488,6 +1793,7 @@ async fn run_one<S: StateMachine>(
     }
     commit.index.extend(state.take_index());
     let reply = reply(state, &events);
+    decided.extend(events.into_iter().zip(subject_versions));
     if let Some((key, fingerprint)) = idempotency {
         let record = IdempotencyRecord {
             fingerprint,

@@ -12,7 +12,7 @@ use crate::{IdempotencyRecord, RedbStore, ports::EventStore};
 
 /// A counter that refuses to go above 10: the smallest state machine with a rule. Its index
 /// holds each total it reached (`c|{total}`).
-#[derive(Default, Serialize, Deserialize)]
+#[derive(Default, Clone, Serialize, Deserialize)]
 struct Counter(u64, #[serde(skip)] Vec<(String, Vec<u8>)>);
 
 #[derive(Clone, Serialize, Deserialize)]
@@ -66,10 +66,11 @@ fn add(n: u64, key: Option<&str>, body: &str) -> Submission<Counter> {
     }
 }
 
-/// A redb store whose commits fail while `failing` is set.
+/// A redb store whose commits fail while `failing` is set, and wait while `hold` is.
 struct Flaky {
     inner: RedbStore,
     failing: AtomicBool,
+    hold: watch::Sender<bool>,
     /// The most checkpoints one commit carried.
     most_checkpoints: AtomicUsize,
     /// The `after` of every read, to see where a restore started.
@@ -81,6 +82,7 @@ impl Flaky {
         Arc::new(Flaky {
             inner: RedbStore::open(dir, name).expect("open"),
             failing: AtomicBool::new(false),
+            hold: watch::channel(false).0,
             most_checkpoints: AtomicUsize::new(0),
             reads_after: parking_lot::Mutex::new(Vec::new()),
         })
@@ -95,6 +97,7 @@ impl Flaky {
 #[async_trait]
 impl EventStore for Flaky {
     async fn commit(&self, commit: Commit) -> Result<(), StoreError> {
+        let _ = self.hold.subscribe().wait_for(|hold| !*hold).await;
         if self.failing.load(Ordering::Relaxed) {
             return Err(StoreError::Backend("disk on fire".into()));
         }
@@ -268,6 +271,105 @@ async fn a_failed_commit_answers_unavailable_and_shows_nothing_of_it() {
         .await
         .expect("applied once the disk is back");
     assert_eq!(engine.read().await.0, 5);
+}
+
+/// Waits until `n` batches are decided and not yet committed.
+async fn in_flight(engine: &Engine<Counter>, n: usize) {
+    let mut in_flight = engine.inner.in_flight.subscribe();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        in_flight.wait_for(|at| *at == n),
+    )
+    .await
+    .expect("the batches are decided")
+    .expect("the engine runs");
+}
+
+#[tokio::test]
+async fn readers_neither_wait_for_a_commit_nor_see_it_before_it_is_durable() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Flaky::open(dir.path(), "t");
+    let engine = Engine::<Counter>::start("test", store.clone(), None)
+        .await
+        .expect("start");
+    engine.submit(add(1, None, "")).await.expect("applied");
+    store.hold.send_replace(true);
+    let first = tokio::spawn({
+        let engine = engine.clone();
+        async move { engine.submit(add(2, Some("k"), "fp")).await }
+    });
+    in_flight(&engine, 1).await;
+    // The next batch is decided on the writer's copy while the first is being committed: a
+    // retry of the same key there finds the first's record, not the store's nothing.
+    let retry = tokio::spawn({
+        let engine = engine.clone();
+        async move { engine.submit(add(2, Some("k"), "fp")).await }
+    });
+    let refused = tokio::spawn({
+        let engine = engine.clone();
+        async move { engine.submit(add(8, None, "")).await }
+    });
+    in_flight(&engine, 2).await;
+    let seen = tokio::time::timeout(std::time::Duration::from_secs(1), engine.read())
+        .await
+        .expect("a read does not wait for the commit in flight")
+        .0;
+    assert_eq!(seen, 1, "nothing that is not durable is shown");
+    store.hold.send_replace(false);
+    let first = first.await.expect("joined").expect("applied");
+    let retry = retry.await.expect("joined").expect("replayed");
+    assert!(!first.replayed && retry.replayed);
+    assert_eq!(retry.body, first.body);
+    assert!(
+        matches!(refused.await.expect("joined"), Err(EngineError::Refused(e)) if e.code == "too_much"),
+        "decided on 3, not on the 1 readers saw"
+    );
+    assert_eq!(engine.read().await.0, 3, "the retry applied nothing");
+    assert_eq!(store.head().await.expect("head"), 2);
+}
+
+#[tokio::test]
+async fn a_failed_commit_fails_the_batches_decided_on_top_of_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Flaky::open(dir.path(), "t");
+    let engine = Engine::<Counter>::start("test", store.clone(), None)
+        .await
+        .expect("start");
+    engine.submit(add(1, None, "")).await.expect("applied");
+    store.hold.send_replace(true);
+    let first = tokio::spawn({
+        let engine = engine.clone();
+        async move { engine.submit(add(2, Some("a"), "fp")).await }
+    });
+    in_flight(&engine, 1).await;
+    let second = tokio::spawn({
+        let engine = engine.clone();
+        async move { engine.submit(add(3, Some("b"), "fp")).await }
+    });
+    in_flight(&engine, 2).await;
+    store.failing.store(true, Ordering::Relaxed);
+    store.hold.send_replace(false);
+    for outcome in [first, second] {
+        assert!(matches!(
+            outcome.await.expect("joined"),
+            Err(EngineError::Unavailable(_))
+        ));
+    }
+    assert_eq!(engine.read().await.0, 1, "nothing of either batch is shown");
+    store.failing.store(false, Ordering::Relaxed);
+    // Neither key was recorded: each request is executed when retried, once.
+    let first = engine
+        .submit(add(2, Some("a"), "fp"))
+        .await
+        .expect("applied");
+    let second = engine
+        .submit(add(3, Some("b"), "fp"))
+        .await
+        .expect("applied");
+    assert!(!first.replayed && !second.replayed);
+    assert_eq!(&second.body[..], b"6");
+    assert_eq!(engine.read().await.0, 6);
+    assert_eq!(store.head().await.expect("head"), 3);
 }
 
 #[tokio::test]
@@ -597,7 +699,7 @@ async fn a_replica_writes_only_under_the_lease_and_a_former_owner_is_fenced() {
 
 /// Counters by name, each in its name's partition, that take additions only once their name
 /// is registered in the registry (partition 0): the smallest partitioned state machine.
-#[derive(Default, Serialize, Deserialize)]
+#[derive(Default, Clone, Serialize, Deserialize)]
 struct Counters {
     registered: FxHashMap<String, u64>,
     totals: FxHashMap<String, u64>,

@@ -11,7 +11,7 @@ pub struct Command {
     pub command: asset::Command,
 }
 
-#[derive(Default, serde::Serialize, serde::Deserialize)]
+#[derive(Default, Clone, serde::Serialize, serde::Deserialize)]
 pub struct AssetsState(pub asset::Registry);
 
 /// The cache key of an asset's representation.

@@ -9,7 +9,7 @@ pub const LEDGER_SOURCE: &str = "/libertum/ledger";
 /// The journal: the chain head, each subject's version and every account's latest balance.
 /// The entries are the log itself (an entry's sequence number is its position), and earlier
 /// balances are index rows: neither is held in memory.
-#[derive(Default, serde::Serialize, serde::Deserialize)]
+#[derive(Default, Clone, serde::Serialize, serde::Deserialize)]
 pub struct LedgerState {
     pub journal: ledger::Journal,
 }

@@ -16,7 +16,7 @@ pub struct Command {
 
 /// The book, and the outcome of each operation of the last batch executed (read by the
 /// batch's reply, right after; never part of a snapshot).
-#[derive(Default, serde::Serialize, serde::Deserialize)]
+#[derive(Default, Clone, serde::Serialize, serde::Deserialize)]
 #[serde(transparent)]
 pub struct TokensState(
     pub token::Book,

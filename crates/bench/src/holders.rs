@@ -124,10 +124,13 @@ pub fn run(
         .map(|after| format!("{base}/v1/tokens/{token}/holders?limit=100&after={after}"))
         .collect();
     let window = phase.saturating_sub(Duration::from_secs(2));
-    let (balance, table) = client.block_on(async {
+    // The floor under the same load: a request the product answers without reading anything.
+    let floor = vec![format!("{base}/healthz")];
+    let (balance, table, floor) = client.block_on(async {
         let balance = tokio::spawn(read_for(balances, window));
         let table = tokio::spawn(read_for(pages, window));
-        anyhow::Ok((balance.await??, table.await??))
+        let floor = tokio::spawn(read_for(floor, window));
+        anyhow::Ok((balance.await??, table.await??, floor.await??))
     })?;
     let writes = writes
         .join()
@@ -146,6 +149,12 @@ pub fn run(
         at(&table, 0.5),
         at(&table, 0.99),
         table.len()
+    );
+    println!(
+        "  GET /healthz under the same transfers (the floor): p50 {:.2} ms  p99 {:.2} ms  ({} reads)",
+        at(&floor, 0.5),
+        at(&floor, 0.99),
+        floor.len()
     );
     // The whole table, for scale (no load): every holder in one answer.
     let whole = client.block_on(read_for(

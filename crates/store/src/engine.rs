@@ -1100,16 +1100,26 @@ fn fallback(service: &'static str, position: u64, why: &str) {
     metrics::counter!(m::SNAPSHOT_FALLBACKS, "service" => service).increment(1);
 }
 
-/// Encodes the state under the read lock (writers wait for that long) and saves it in the
-/// registry's store.
+/// Copies the readers' state under the read lock, encodes the copy on a blocking thread (a large
+/// state takes tens of milliseconds, which neither the committer nor the requests queued on this
+/// runtime's workers should wait for) and saves it in the registry's store.
 async fn take_snapshot<S: StateMachine>(inner: &Inner<S>) -> Result<u64, StoreError> {
     let started = Instant::now();
-    let (position, bytes) = {
+    let (heads, last_time, versions, state) = {
         let held = inner.held.read().await;
-        let bytes = snapshot::encode(&held.heads, held.last_time, &held.versions, &held.state)
-            .map_err(StoreError::Backend)?;
-        (held.heads.iter().sum::<u64>(), bytes)
+        (
+            held.heads.clone(),
+            held.last_time,
+            held.versions.clone(),
+            held.state.clone(),
+        )
     };
+    let position = heads.iter().sum::<u64>();
+    let bytes =
+        tokio::task::spawn_blocking(move || snapshot::encode(&heads, last_time, &versions, &state))
+            .await
+            .map_err(|e| StoreError::Backend(format!("the snapshot's encoding stopped: {e}")))?
+            .map_err(StoreError::Backend)?;
     let size = bytes.len();
     inner.stores[0].save_snapshot(position, bytes).await?;
     inner.snapshot_at.store(position, Ordering::Relaxed);
@@ -1261,6 +1271,13 @@ async fn writer<S: StateMachine>(inner: Arc<Inner<S>>, mut rx: mpsc::Receiver<Jo
 /// readers' copy was replaced, it waits until every batch decided on its copy is settled and
 /// takes a fresh copy of the readers'. Says whether it did.
 async fn catch_up_copy<S: StateMachine>(inner: &Inner<S>, copy: &mut Option<Held<S>>) -> bool {
+    if let Some(mine) = copy.as_ref() {
+        // Nothing to do, most of the time (always for a sole writer): a shared look is enough.
+        let held = inner.held.read().await;
+        if held.generation == mine.generation && held.followed.is_empty() {
+            return false;
+        }
+    }
     {
         let mut held = inner.held.write().await;
         let followed = std::mem::take(&mut held.followed);

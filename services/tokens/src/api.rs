@@ -898,47 +898,30 @@ async fn holders(
         }));
     }
     // Under the state's lock only what the table needs is copied (ids are shared, not copied):
-    // sorting and rendering a large table there would hold up the writer, and every reader
-    // queued behind it.
+    // rendering a large table there would hold up the committer, and every reader queued
+    // behind it. Holdings are kept in investor order, so a page is a range of them.
     let (version, total_supply, mut rows) = {
         let state = engine.read().await;
         let token = state
             .0
             .token(&token_id)
             .ok_or_else(|| token_not_found(&token_id))?;
+        let from = match after.as_deref() {
+            Some(after) => std::ops::Bound::Excluded(after),
+            None => std::ops::Bound::Unbounded,
+        };
         let held = token
             .holdings
-            .iter()
+            .range::<str, _>((from, std::ops::Bound::Unbounded))
             .filter(|(_, h)| !h.balance.is_zero() || h.frozen)
-            .filter(|(id, _)| after.as_deref().is_none_or(|after| id.as_str() > after));
+            .map(|(id, h)| (id.clone(), h.balance, h.frozen_amount, h.frozen));
+        // A page takes one row more than asked: it tells whether another page follows.
         let rows: Vec<_> = match limit {
-            // A page: the `limit + 1` lowest ids after the cursor (one more tells whether
-            // another page follows), kept in a bounded heap as the holdings go by.
-            Some(limit) => {
-                let mut lowest = std::collections::BinaryHeap::with_capacity(limit + 2);
-                for (id, _) in held {
-                    if lowest.len() <= limit {
-                        lowest.push(id);
-                    } else if lowest.peek().is_some_and(|top| id < *top) {
-                        lowest.pop();
-                        lowest.push(id);
-                    }
-                }
-                lowest
-                    .into_iter()
-                    .map(|id| {
-                        let h = &token.holdings[id];
-                        (id.clone(), h.balance, h.frozen_amount, h.frozen)
-                    })
-                    .collect()
-            }
-            None => held
-                .map(|(id, h)| (id.clone(), h.balance, h.frozen_amount, h.frozen))
-                .collect(),
+            Some(limit) => held.take(limit + 1).collect(),
+            None => held.collect(),
         };
         (token.version, token.total_supply, rows)
     };
-    rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     let next = page_end(&mut rows, limit, |row| row.0.to_string());
     let table = CapTable {
         token_id: token_id.clone(),

@@ -1,8 +1,7 @@
 //! The token service's types: token classes, holdings, investors, commands and events.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
-use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use time::Date;
 
@@ -186,7 +185,8 @@ pub struct Token {
     pub total_supply: Amount,
     /// Holders with a positive balance.
     pub holders: u64,
-    pub holdings: FxHashMap<Id, Holding>,
+    /// In investor order, so that a page of the cap table is a range, not a scan.
+    pub holdings: BTreeMap<Id, Holding>,
     pub distributions: BTreeSet<Id>,
     /// Incremented by every event of this token; the ETag, and the point reconciliation compares at.
     pub version: u64,
@@ -201,7 +201,7 @@ impl Token {
             paused: false,
             total_supply: Amount::ZERO,
             holders: 0,
-            holdings: FxHashMap::default(),
+            holdings: BTreeMap::new(),
             distributions: BTreeSet::new(),
             version: 1,
             created_at: at,

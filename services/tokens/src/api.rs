@@ -906,13 +906,9 @@ async fn holders(
             .0
             .token(&token_id)
             .ok_or_else(|| token_not_found(&token_id))?;
-        let from = match after.as_deref() {
-            Some(after) => std::ops::Bound::Excluded(after),
-            None => std::ops::Bound::Unbounded,
-        };
         let held = token
             .holdings
-            .range::<str, _>((from, std::ops::Bound::Unbounded))
+            .ordered_after(after.as_deref())
             .filter(|(_, h)| !h.balance.is_zero() || h.frozen)
             .map(|(id, h)| (id.clone(), h.balance, h.frozen_amount, h.frozen));
         // A page takes one row more than asked: it tells whether another page follows.

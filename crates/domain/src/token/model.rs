@@ -1,7 +1,8 @@
 //! The token service's types: token classes, holdings, investors, commands and events.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{collections::BTreeSet, ops::Bound};
 
+use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use time::Date;
 
@@ -176,6 +177,90 @@ fn month_of(t: Timestamp) -> (i32, u8) {
     (t.year(), t.month() as u8)
 }
 
+/// A token's holdings by investor: found by hash when deciding, and kept in investor order too,
+/// so that a page of the cap table is a range of them rather than a scan of every holder. Stored
+/// (in snapshots) as the map alone; the order is rebuilt when it is read back.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Holdings {
+    by_investor: FxHashMap<Id, Holding>,
+    order: BTreeSet<Id>,
+}
+
+impl Holdings {
+    pub fn get(&self, investor: &str) -> Option<&Holding> {
+        self.by_investor.get(investor)
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_investor.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_investor.is_empty()
+    }
+
+    /// Every investor that ever held the token, in no particular order.
+    pub fn keys(&self) -> impl Iterator<Item = &Id> {
+        self.by_investor.keys()
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &Holding> {
+        self.by_investor.values()
+    }
+
+    /// Every holding, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (&Id, &Holding)> {
+        self.by_investor.iter()
+    }
+
+    /// The holdings in investor order, after `after` (from the first without it).
+    pub fn ordered_after<'a>(
+        &'a self,
+        after: Option<&'a str>,
+    ) -> impl Iterator<Item = (&'a Id, &'a Holding)> + 'a {
+        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+        self.order
+            .range::<str, _>((from, Bound::Unbounded))
+            .filter_map(|id| self.by_investor.get_key_value(id))
+    }
+
+    /// The investor's holding, made empty if it has none.
+    pub(super) fn entry(&mut self, investor: &Id) -> &mut Holding {
+        if !self.by_investor.contains_key(investor) {
+            self.order.insert(investor.clone());
+        }
+        self.by_investor.entry(investor.clone()).or_default()
+    }
+}
+
+impl<'a> IntoIterator for &'a Holdings {
+    type Item = (&'a Id, &'a Holding);
+    type IntoIter = std::collections::hash_map::Iter<'a, Id, Holding>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.by_investor.iter()
+    }
+}
+
+impl Serialize for Holdings {
+    fn serialize<S: serde::Serializer>(
+        &self,
+        serializer: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
+        self.by_investor.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Holdings {
+    fn deserialize<D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> std::result::Result<Self, D::Error> {
+        let by_investor = FxHashMap::<Id, Holding>::deserialize(deserializer)?;
+        let order = by_investor.keys().cloned().collect();
+        Ok(Holdings { by_investor, order })
+    }
+}
+
 /// A token class and every holding in it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Token {
@@ -185,8 +270,7 @@ pub struct Token {
     pub total_supply: Amount,
     /// Holders with a positive balance.
     pub holders: u64,
-    /// In investor order, so that a page of the cap table is a range, not a scan.
-    pub holdings: BTreeMap<Id, Holding>,
+    pub holdings: Holdings,
     pub distributions: BTreeSet<Id>,
     /// Incremented by every event of this token; the ETag, and the point reconciliation compares at.
     pub version: u64,
@@ -201,7 +285,7 @@ impl Token {
             paused: false,
             total_supply: Amount::ZERO,
             holders: 0,
-            holdings: BTreeMap::new(),
+            holdings: Holdings::default(),
             distributions: BTreeSet::new(),
             version: 1,
             created_at: at,
@@ -219,7 +303,7 @@ impl Token {
     }
 
     pub(super) fn holding_mut(&mut self, investor: &Id) -> &mut Holding {
-        self.holdings.entry(investor.clone()).or_default()
+        self.holdings.entry(investor)
     }
 
     pub(super) fn credit(&mut self, investor: &Id, amount: Amount) {

@@ -2043,3 +2043,33 @@ fn older_news_of_an_asset_never_overrides_newer() {
     };
     assert_eq!(replayed.decide(&stale, &w.ctx()).expect("decided").len(), 0);
 }
+
+#[test]
+fn holdings_are_read_in_investor_order_and_keep_it_through_a_snapshot() {
+    let mut holdings = Holdings::default();
+    for (investor, balance) in [("inv_c", 3), ("inv_a", 1), ("inv_d", 4), ("inv_b", 2)] {
+        holdings.entry(&Id::from(investor)).balance = Amount(balance);
+    }
+    // An existing holding is not added twice.
+    holdings.entry(&Id::from("inv_a")).balance = Amount(10);
+    let page = |h: &Holdings, after: Option<&str>| -> Vec<(String, u128)> {
+        h.ordered_after(after)
+            .map(|(id, h)| (id.to_string(), h.balance.0))
+            .collect()
+    };
+    let all = page(&holdings, None);
+    assert_eq!(
+        all,
+        [("inv_a", 10), ("inv_b", 2), ("inv_c", 3), ("inv_d", 4)].map(|(id, b)| (id.to_owned(), b))
+    );
+    assert_eq!(page(&holdings, Some("inv_b")), all[2..]);
+    assert_eq!(page(&holdings, Some("inv_bb")), all[2..]);
+    assert!(page(&holdings, Some("inv_d")).is_empty());
+    assert_eq!(holdings.len(), 4);
+    // Stored as the map alone; the order is rebuilt when read back.
+    let stored = serde_json::to_value(&holdings).expect("encoded");
+    assert!(stored.is_object(), "a map: {stored}");
+    let back: Holdings = serde_json::from_value(stored).expect("decoded");
+    assert_eq!(page(&back, None), all);
+    assert_eq!(back, holdings);
+}

@@ -285,30 +285,37 @@ async fn in_flight(engine: &Engine<Counter>, n: usize) {
     .expect("the engine runs");
 }
 
-#[tokio::test]
-async fn readers_neither_wait_for_a_commit_nor_see_it_before_it_is_durable() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = Flaky::open(dir.path(), "t");
+/// An engine on a [`Flaky`] store whose counter is at 1, and whose commits now wait until
+/// `hold` is cleared.
+async fn held_at_one(dir: &std::path::Path) -> (Arc<Flaky>, Engine<Counter>) {
+    let store = Flaky::open(dir, "t");
     let engine = Engine::<Counter>::start("test", store.clone(), None)
         .await
         .expect("start");
     engine.submit(add(1, None, "")).await.expect("applied");
     store.hold.send_replace(true);
-    let first = tokio::spawn({
-        let engine = engine.clone();
-        async move { engine.submit(add(2, Some("k"), "fp")).await }
-    });
+    (store, engine)
+}
+
+/// Submits on a task of its own.
+fn spawn_submit(
+    engine: &Engine<Counter>,
+    submission: Submission<Counter>,
+) -> tokio::task::JoinHandle<Outcome> {
+    let engine = engine.clone();
+    tokio::spawn(async move { engine.submit(submission).await })
+}
+
+#[tokio::test]
+async fn readers_neither_wait_for_a_commit_nor_see_it_before_it_is_durable() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (store, engine) = held_at_one(dir.path()).await;
+    let first = spawn_submit(&engine, add(2, Some("k"), "fp"));
     in_flight(&engine, 1).await;
     // The next batch is decided on the writer's copy while the first is being committed: a
     // retry of the same key there finds the first's record, not the store's nothing.
-    let retry = tokio::spawn({
-        let engine = engine.clone();
-        async move { engine.submit(add(2, Some("k"), "fp")).await }
-    });
-    let refused = tokio::spawn({
-        let engine = engine.clone();
-        async move { engine.submit(add(8, None, "")).await }
-    });
+    let retry = spawn_submit(&engine, add(2, Some("k"), "fp"));
+    let refused = spawn_submit(&engine, add(8, None, ""));
     in_flight(&engine, 2).await;
     let seen = tokio::time::timeout(std::time::Duration::from_secs(1), engine.read())
         .await
@@ -331,21 +338,10 @@ async fn readers_neither_wait_for_a_commit_nor_see_it_before_it_is_durable() {
 #[tokio::test]
 async fn a_failed_commit_fails_the_batches_decided_on_top_of_it() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = Flaky::open(dir.path(), "t");
-    let engine = Engine::<Counter>::start("test", store.clone(), None)
-        .await
-        .expect("start");
-    engine.submit(add(1, None, "")).await.expect("applied");
-    store.hold.send_replace(true);
-    let first = tokio::spawn({
-        let engine = engine.clone();
-        async move { engine.submit(add(2, Some("a"), "fp")).await }
-    });
+    let (store, engine) = held_at_one(dir.path()).await;
+    let first = spawn_submit(&engine, add(2, Some("a"), "fp"));
     in_flight(&engine, 1).await;
-    let second = tokio::spawn({
-        let engine = engine.clone();
-        async move { engine.submit(add(3, Some("b"), "fp")).await }
-    });
+    let second = spawn_submit(&engine, add(3, Some("b"), "fp"));
     in_flight(&engine, 2).await;
     store.failing.store(true, Ordering::Relaxed);
     store.hold.send_replace(false);

@@ -1206,7 +1206,19 @@ async fn writer<S: StateMachine>(inner: Arc<Inner<S>>, mut rx: mpsc::Receiver<Jo
     let mut number = 0;
     let mut recent = Recent::default();
     let mut jobs = Vec::with_capacity(MAX_GROUP);
-    while rx.recv_many(&mut jobs, MAX_GROUP).await > 0 {
+    loop {
+        // The next batch is taken once the committer has taken the last one: what arrives while
+        // a group commits forms the next group, as in a writer that waits for its commits.
+        // Deciding sooner would split it into small groups, each a commit of its own.
+        let Ok(slot) = to_commit.reserve().await else {
+            // The committer stopped (the state could not be rebuilt after a failed commit):
+            // what is queued is answered "the writer stopped".
+            inner.in_flight.send_replace(0);
+            break;
+        };
+        if rx.recv_many(&mut jobs, MAX_GROUP).await == 0 {
+            break;
+        }
         let writing = inner.writing.lock().await;
         if inner.replica && !inner.owns(0) && (1..inner.partitions()).any(|p| inner.owns(p)) {
             // What the registry's owner acknowledged before this group is decided on here
@@ -1255,12 +1267,7 @@ async fn writer<S: StateMachine>(inner: Arc<Inner<S>>, mut rx: mpsc::Receiver<Jo
         }
         inner.in_flight.send_modify(|n| *n += 1);
         drop(writing);
-        if to_commit.send(batch).await.is_err() {
-            // The committer stopped (the state could not be rebuilt after a failed commit):
-            // what is queued is answered "the writer stopped".
-            inner.in_flight.send_replace(0);
-            break;
-        }
+        slot.send(batch);
     }
     drop(to_commit);
     let _ = committer.await;

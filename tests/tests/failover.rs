@@ -1,6 +1,8 @@
 //! Replicas and failover: three replicas of tokens and two each of assets and ledger, as
 //! separate processes behind one HAProxy front per service, on Kafka (tansu), MongoDB
-//! (nx-27017) and Redis, which the tests of this file share (one cluster at a time).
+//! (nx-27017) and Redis. The tests of this file share MongoDB and Redis (one cluster at a time,
+//! each with its own databases); each cluster has a broker of its own, so that what one test
+//! does to its broker (stopping it, loading its SQLite file) cannot reach the next test.
 //!
 //! Each test runs a stream of 2,000 transfers over 30 tokens from 8 parallel clients through
 //! the fronts, breaks something in the middle of it, and then proves: every acknowledged
@@ -40,10 +42,8 @@ const PARTITIONS: usize = libertum_store::partition::PARTITIONS;
 /// The servers every test of this file uses; killed when the test binary exits.
 struct Stack {
     _redis: Server,
-    kafka: Server,
     mongo: Server,
     redis_url: String,
-    kafka_brokers: String,
     mongodb_uri: String,
 }
 
@@ -51,17 +51,14 @@ fn stack() -> &'static Stack {
     static STACK: OnceLock<Stack> = OnceLock::new();
     STACK.get_or_init(|| {
         let (redis, redis_url) = servers::redis_standin();
-        let (kafka, kafka_brokers) = servers::kafka_standin();
         let (mongo, mongodb_uri) = servers::mongo_standin();
-        for server in [&redis, &kafka, &mongo] {
+        for server in [&redis, &mongo] {
             server.die_with_this_process();
         }
         Stack {
             _redis: redis,
-            kafka,
             mongo,
             redis_url,
-            kafka_brokers,
             mongodb_uri,
         }
     })
@@ -127,12 +124,29 @@ struct Cluster {
     /// The fronts' ports: assets, tokens, ledger.
     fronts: [u16; 3],
     haproxy: Child,
+    /// This cluster's Kafka broker.
+    kafka: Server,
+    kafka_brokers: String,
     http: Client,
     _dir: tempfile::TempDir,
 }
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // What the broker said last, and whether it still runs: a failed check after the
+            // broker died or hung reads very differently.
+            let state = if self.kafka.running() {
+                "running"
+            } else {
+                "exited"
+            };
+            eprintln!(
+                "{}: the Kafka broker ({state}) said last:\n{}",
+                self.name,
+                self.kafka.log_tail()
+            );
+        }
         for replica in &mut self.replicas {
             if let Some(mut child) = replica.child.take() {
                 let _ = child.kill();
@@ -171,8 +185,10 @@ impl Cluster {
     async fn start(name: &str) -> Cluster {
         let stack = stack();
         let dir = tempfile::tempdir().unwrap();
+        let (kafka, kafka_brokers) = servers::kafka_standin();
+        kafka.die_with_this_process();
         let backends = Backends {
-            kafka_brokers: stack.kafka_brokers.clone(),
+            kafka_brokers: kafka_brokers.clone(),
             mongodb_uri: stack.mongodb_uri.clone(),
             redis_url: stack.redis_url.clone(),
             database_prefix: name.to_owned(),
@@ -220,6 +236,8 @@ impl Cluster {
             replicas,
             fronts,
             haproxy,
+            kafka,
+            kafka_brokers,
             http: libertum_testkit::client(),
             _dir: dir,
         };
@@ -660,7 +678,12 @@ async fn exactly_once(c: &Cluster, f: &Fixture) {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
-    in_order(&format!("{}.tokens", c.name), TRANSFERS + 2 * TOKENS).await;
+    in_order(
+        &c.kafka_brokers,
+        &format!("{}.tokens", c.name),
+        TRANSFERS + 2 * TOKENS,
+    )
+    .await;
 }
 
 /// A response's body as JSON, or as a JSON string when it is not JSON (a proxy's own error
@@ -674,8 +697,8 @@ async fn json_or_text(r: reqwest::Response) -> Value {
 /// at least `at_least` distinct events and nothing more comes, and checks each subject's
 /// stream: `subjectversion` grows by one at a time, `sequence` only grows, and anything else
 /// is an exact repeat of an event already seen.
-async fn in_order(topic: &str, at_least: usize) {
-    let brokers = stack().kafka_brokers.clone();
+async fn in_order(brokers: &str, topic: &str, at_least: usize) {
+    let brokers = brokers.to_owned();
     let topic = topic.to_owned();
     tokio::task::spawn_blocking(move || {
         let consumer: BaseConsumer = ClientConfig::new()
@@ -985,12 +1008,12 @@ async fn a_relay_stopped_mid_backlog_is_resumed_by_another_replica() {
     let s = stream(&c, &f);
     s.reached(TRANSFERS / 5).await;
     // The broker stops answering: the owner keeps committing, its relay falls behind.
-    stack().kafka.signal("STOP");
+    c.kafka.signal("STOP");
     let before = s.done.load(Ordering::SeqCst);
     s.reached(before + 200).await;
     let owner = c.owner("tokens").await;
     c.kill(owner);
-    stack().kafka.signal("CONT");
+    c.kafka.signal("CONT");
     let successor = c.owner("tokens").await;
     assert_ne!(successor, owner);
     s.finish().await;

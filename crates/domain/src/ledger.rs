@@ -189,8 +189,74 @@ pub fn postings_for(event: &TokenEvent) -> Vec<Posting> {
                 )
             })
             .collect(),
+        // A hold moves the amount to the sender's held account, where it waits: the ledger
+        // shows what is in flight. Posting sends it on to the receiver (and the rest back);
+        // voiding or expiry sends it all back.
+        Change::HoldPlaced { token_id, hold } => vec![posting(
+            investor_account(&hold.from),
+            held_account(&hold.from),
+            token_id,
+            hold.amount,
+        )],
+        Change::HoldPosted {
+            token_id,
+            from,
+            to,
+            amount,
+            released,
+            payment,
+            ..
+        } => {
+            let mut postings = vec![posting(
+                held_account(from),
+                investor_account(to),
+                token_id,
+                *amount,
+            )];
+            if !released.is_zero() {
+                postings.push(posting(
+                    held_account(from),
+                    investor_account(from),
+                    token_id,
+                    *released,
+                ));
+            }
+            // The cash leg, paid outside and confirmed: from the receiver to the sender.
+            if let Some(paid) = payment {
+                postings.push(posting(
+                    investor_account(to),
+                    investor_account(from),
+                    paid.leg.currency.as_str(),
+                    paid.leg.amount,
+                ));
+            }
+            postings
+        }
+        Change::HoldVoided {
+            token_id,
+            from,
+            amount,
+            ..
+        }
+        | Change::HoldExpired {
+            token_id,
+            from,
+            amount,
+            ..
+        } => vec![posting(
+            held_account(from),
+            investor_account(from),
+            token_id,
+            *amount,
+        )],
         _ => Vec::new(),
     }
+}
+
+/// Where a pending hold's amount waits, per sender, in the token's unit: an investor's
+/// holding is `investor:{id}` plus `held:{id}`.
+pub fn held_account(id: &str) -> String {
+    format!("held:{id}")
 }
 
 /// The stream an event belongs to: its family (`asset`, `token`) and subject.
@@ -209,7 +275,8 @@ fn stream_of(event_type: &str, subject: &str) -> String {
 ///   epoch), for balances as of a moment;
 /// - `v{no}|{version}`: the entry that took token `no` to `version`;
 /// - `h{no}|{at}|{version}`: (tokens service) holding `no`'s balance after the token's event
-///   `version`.
+///   `version`;
+/// - `c{token}|{hold}`: (tokens service) a closed hold's record, as JSON.
 ///
 /// Numbers are lower-case hexadecimal; those after the first `|` have 16 digits, so that key
 /// order is numeric order, and `|` sorts after every digit, so one number's rows never mix with
@@ -259,6 +326,11 @@ pub mod keys {
             format!("h{token}|{holding:x}|"),
             format!("h{token}|{holding:x}|{:016x}|~", nanos(at)),
         )
+    }
+
+    /// A closed hold's record (ids hold no `|`).
+    pub fn closed_hold(token: &str, hold: &str) -> String {
+        format!("c{token}|{hold}")
     }
 
     pub fn balance_value(balance: i128) -> Vec<u8> {

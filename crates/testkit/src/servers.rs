@@ -171,6 +171,13 @@ impl Server {
         self.child.as_ref().map(Child::id)
     }
 
+    /// Whether the process still runs (a stopped one does).
+    pub fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
     /// Sends `signal` (`STOP`, `CONT`...) to the running process.
     pub fn signal(&self, signal: &str) {
         self.owned();

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
-use super::{Change, Context, Investor, KycStatus, Operation, Token};
+use super::{Change, Context, Hold, Investor, KycStatus, Operation, Token, hold};
 use crate::{Amount, Country, Error, Id, Result, bounded_text};
 
 /// The rules of one token. Absent limits do not apply.
@@ -69,6 +69,7 @@ static NO_HOLDING: super::Holding = super::Holding {
     balance: Amount::ZERO,
     frozen: false,
     frozen_amount: Amount::ZERO,
+    held: Amount::ZERO,
     locks: Vec::new(),
     sent_day: (None, Amount::ZERO),
     sent_month: (None, Amount::ZERO),
@@ -85,6 +86,7 @@ pub const CHECK_ORDER: &[&str] = &[
     "country_not_allowed",
     "insufficient_balance",
     "insufficient_unfrozen_balance",
+    "insufficient_unheld_balance",
     "lockup_active",
     "transfer_limit_exceeded",
     "supply_cap_exceeded",
@@ -100,15 +102,7 @@ pub(super) fn decide(
     ctx: &Context,
 ) -> Result<Change> {
     let token_id = token.spec.id.clone();
-    let investor = |id: &Id, field: &'static str| {
-        investors.get(id).ok_or_else(|| {
-            Error::not_found(
-                "investor_not_found",
-                format!("investor {id} does not exist"),
-            )
-            .at(field)
-        })
-    };
+    let investor = |id: &Id, field: &'static str| investor(investors, id, field);
     Ok(match operation {
         Operation::Issue { to, amount } => {
             positive(*amount)?;
@@ -139,19 +133,18 @@ pub(super) fn decide(
             }
         }
         Operation::Transfer { from, to, amount } => {
-            positive(*amount)?;
-            distinct(from, to)?;
-            let sender = investor(from, "from")?;
-            let receiver = investor(to, "to")?;
-            not_paused(token)?;
-            not_frozen(token, from, "sender_frozen", "from")?;
-            not_frozen(token, to, "receiver_frozen", "to")?;
-            kyc(sender, ctx, "from")?;
-            eligible(token, receiver, ctx, "to")?;
-            let holding = token.holding(from).unwrap_or(&NO_HOLDING);
-            available(holding, *amount, true, ctx)?;
-            within_limits(token, holding, *amount, ctx)?;
-            room_to_receive(token, to, *amount, Some(from))?;
+            check_transfer(
+                token,
+                investors,
+                Moving {
+                    from,
+                    to,
+                    amount: *amount,
+                    unheld: Amount::ZERO,
+                    room: true,
+                },
+                ctx,
+            )?;
             Change::Transferred {
                 token_id,
                 from: from.clone(),
@@ -244,6 +237,17 @@ pub(super) fn decide(
                 )
                 .at("amount"));
             }
+            // What is on hold is promised to a receiver: freezing it would break the promise.
+            let unheld = holding.available();
+            if amount.0 > unheld.0 {
+                return Err(Error::refused(
+                    "insufficient_unheld_balance",
+                    format!(
+                        "investor {investor_id} has {unheld} neither frozen nor on hold, less than {amount}"
+                    ),
+                )
+                .at("amount"));
+            }
             Change::AmountFrozen {
                 token_id,
                 investor_id: investor_id.clone(),
@@ -287,6 +291,106 @@ pub(super) fn decide(
             }
             Change::Unpaused { token_id }
         }
+        Operation::PlaceHold {
+            hold_id,
+            from,
+            to,
+            amount,
+            expires_at,
+            payment,
+        } => hold::place(
+            token,
+            investors,
+            &Hold {
+                id: hold_id.clone(),
+                from: from.clone(),
+                to: to.clone(),
+                amount: *amount,
+                expires_at: *expires_at,
+                payment: payment.clone(),
+            },
+            ctx,
+        )?,
+        Operation::PostHold { hold_id, amount } => {
+            hold::post(token, investors, hold_id, *amount, None, ctx)?
+        }
+        Operation::VoidHold { hold_id, reason } => hold::void(token, hold_id, reason, false)?,
+        Operation::ConfirmPayment {
+            hold_id,
+            confirmation,
+        } => {
+            let confirmation = bounded_text("confirmation", confirmation, 200)?;
+            hold::post(token, investors, hold_id, None, Some(confirmation), ctx)?
+        }
+        Operation::RejectPayment { hold_id, reason } => hold::void(token, hold_id, reason, true)?,
+    })
+}
+
+/// A voluntary movement from one investor to another, as a transfer or a hold makes it.
+pub(super) struct Moving<'a> {
+    pub from: &'a Id,
+    pub to: &'a Id,
+    pub amount: Amount,
+    /// Held from the sender's balance but free for this movement: the hold being posted.
+    pub unheld: Amount,
+    /// Whether the receiver's maximum balance and the holder count are checked: not when a
+    /// hold is placed, only when its tokens arrive.
+    pub room: bool,
+}
+
+/// Every check of an investor's own transfer, in [`CHECK_ORDER`].
+pub(super) fn check_transfer(
+    token: &Token,
+    investors: &FxHashMap<Id, Investor>,
+    moving: Moving<'_>,
+    ctx: &Context,
+) -> Result<()> {
+    let Moving {
+        from,
+        to,
+        amount,
+        unheld,
+        room,
+    } = moving;
+    let investor = |id: &Id, field: &'static str| investor(investors, id, field);
+    positive(amount)?;
+    distinct(from, to)?;
+    let sender = investor(from, "from")?;
+    let receiver = investor(to, "to")?;
+    not_paused(token)?;
+    not_frozen(token, from, "sender_frozen", "from")?;
+    not_frozen(token, to, "receiver_frozen", "to")?;
+    kyc(sender, ctx, "from")?;
+    eligible(token, receiver, ctx, "to")?;
+    let holding = token.holding(from).unwrap_or(&NO_HOLDING);
+    let released;
+    let holding = if unheld.is_zero() {
+        holding
+    } else {
+        let mut copy = holding.clone();
+        copy.held = copy.held.saturating_sub(unheld);
+        released = copy;
+        &released
+    };
+    available(holding, amount, true, ctx)?;
+    within_limits(token, holding, amount, ctx)?;
+    if room {
+        room_to_receive(token, to, amount, Some(from))?;
+    }
+    Ok(())
+}
+
+fn investor<'a>(
+    investors: &'a FxHashMap<Id, Investor>,
+    id: &Id,
+    field: &'static str,
+) -> Result<&'a Investor> {
+    investors.get(id).ok_or_else(|| {
+        Error::not_found(
+            "investor_not_found",
+            format!("investor {id} does not exist"),
+        )
+        .at(field)
     })
 }
 
@@ -399,6 +503,17 @@ fn available(
         return Err(Error::refused(
             "insufficient_unfrozen_balance",
             format!("only {unfrozen} of the balance is not frozen"),
+        )
+        .at("amount"));
+    }
+    let unheld = holding.available();
+    if amount.0 > unheld.0 {
+        return Err(Error::refused(
+            "insufficient_unheld_balance",
+            format!(
+                "{} of the balance is on hold: only {unheld} is free to move",
+                holding.held
+            ),
         )
         .at("amount"));
     }

@@ -6,15 +6,19 @@
 
 mod compliance;
 mod distribution;
+mod hold;
 mod model;
 
 use rustc_hash::FxHashMap;
 
 pub use compliance::{CHECK_ORDER, Rules};
 pub use distribution::{Allocation, mul_div_rem, split};
+pub use hold::{
+    CashLeg, EXPIRE_AT_ONCE, Hold, HoldRecord, HoldStatus, MAX_HOLD_SECONDS, PaymentConfirmed,
+};
 pub use model::*;
 
-use crate::{Error, ErrorKind, Id, Result, Timestamp};
+use crate::{Amount, Error, ErrorKind, Id, Result, Timestamp};
 
 /// Who asks, and when.
 #[derive(Debug, Clone)]
@@ -55,6 +59,9 @@ pub struct Book {
     claims: FxHashMap<Id, (TokenSpec, Id, Timestamp)>,
     /// Every distribution paid, per token, in order.
     paid: FxHashMap<Id, Vec<PaidDistribution>>,
+    /// The deadline of every pending hold: `(expires_at, token, hold)`, soonest first.
+    #[serde(default)]
+    hold_deadlines: std::collections::BTreeSet<(Timestamp, Id, Id)>,
 }
 
 /// A distribution as paid: what was asked and who got how much.
@@ -117,6 +124,29 @@ impl Book {
         holders
     }
 
+    /// The pending holds past their deadline at `now`, per token (at most
+    /// [`EXPIRE_AT_ONCE`] of each), as the commands that expire them.
+    pub fn expired_holds(&self, now: Timestamp) -> Vec<Command> {
+        let mut by_token: std::collections::BTreeMap<&Id, Vec<Id>> = Default::default();
+        for (_, token, hold) in self
+            .hold_deadlines
+            .iter()
+            .take_while(|(deadline, ..)| *deadline <= now)
+        {
+            let ids = by_token.entry(token).or_default();
+            if ids.len() < EXPIRE_AT_ONCE {
+                ids.push(hold.clone());
+            }
+        }
+        by_token
+            .into_iter()
+            .map(|(token_id, hold_ids)| Command::ExpireHolds {
+                token_id: token_id.clone(),
+                hold_ids,
+            })
+            .collect()
+    }
+
     /// The index rows of the events applied since the last call.
     pub fn take_index(&mut self) -> Vec<(String, Vec<u8>)> {
         std::mem::take(&mut self.index)
@@ -137,10 +167,7 @@ impl Book {
     /// What the asset's status allows: while it is suspended nothing moves; once it is
     /// retired, only redemptions (the holders bought out). Freezes and pauses stay possible.
     fn asset_allows(&self, token: &Token, operation: &Operation) -> Result<()> {
-        let moves = matches!(
-            operation,
-            Operation::Issue { .. } | Operation::Transfer { .. } | Operation::ForcedTransfer { .. }
-        );
+        let moves = operation.moves();
         match self.assets.get(&token.spec.asset_id) {
             Some(AssetState::Suspended)
                 if moves || matches!(operation, Operation::Redeem { .. }) =>
@@ -262,7 +289,7 @@ impl Book {
                 .and_then(|()| compliance::decide(&scratch, &self.investors, operation, ctx));
             match decided {
                 Ok(change) => {
-                    apply_to_token(&mut scratch, &change, ctx.now);
+                    apply_to_token(&mut scratch, &change, ctx.now, &ctx.actor);
                     events.push(Event {
                         at: ctx.now,
                         actor: ctx.actor.clone(),
@@ -407,6 +434,17 @@ impl Book {
             } => self
                 .decide_batch(token_id, operations, *mode, ctx)
                 .map(|(events, _)| events),
+            Command::ExpireHolds { token_id, hold_ids } => {
+                let token = self.existing_token(token_id)?;
+                let changes = hold::expire(token, hold_ids, ctx.now);
+                if changes.is_empty() {
+                    return Err(Error::conflict(
+                        "nothing_to_expire",
+                        "none of these holds is pending past its deadline",
+                    ));
+                }
+                Ok(changes.into_iter().map(event).collect())
+            }
             Command::Distribute {
                 token_id,
                 distribution,
@@ -577,7 +615,32 @@ impl Book {
                 let Some(token) = self.tokens.get_mut(token_id) else {
                     return;
                 };
-                apply_to_token(token, change, event.at);
+                let closing = match change {
+                    Change::HoldPosted { hold_id, .. }
+                    | Change::HoldVoided { hold_id, .. }
+                    | Change::HoldExpired { hold_id, .. } => token.holds.get(hold_id).cloned(),
+                    _ => None,
+                };
+                apply_to_token(token, change, event.at, &event.actor);
+                if let Change::HoldPlaced { hold, .. } = change {
+                    self.hold_deadlines.insert((
+                        hold.expires_at,
+                        token_id.clone(),
+                        hold.id.clone(),
+                    ));
+                }
+                if let Some(record) = closing {
+                    self.hold_deadlines.remove(&(
+                        record.hold.expires_at,
+                        token_id.clone(),
+                        record.hold.id.clone(),
+                    ));
+                    let closed = hold::closed(record, change, event);
+                    self.index.push((
+                        keys::closed_hold(token_id, &closed.hold.id),
+                        serde_json::to_vec(&closed).unwrap_or_default(),
+                    ));
+                }
                 if let Change::DistributionPaid {
                     distribution,
                     allocations,
@@ -618,7 +681,7 @@ impl Book {
 }
 
 /// Applies a token-level change to one token.
-fn apply_to_token(token: &mut Token, change: &Change, now: Timestamp) {
+fn apply_to_token(token: &mut Token, change: &Change, now: Timestamp, actor: &Id) {
     token.version += 1;
     match change {
         Change::RulesUpdated { rules, .. } => token.rules = rules.clone(),
@@ -672,6 +735,52 @@ fn apply_to_token(token: &mut Token, change: &Change, now: Timestamp) {
         Change::Unpaused { .. } => token.paused = false,
         Change::DistributionPaid { distribution, .. } => {
             token.distributions.insert(distribution.id.clone());
+        }
+        Change::HoldPlaced { token_id, hold } => {
+            token.holding_mut(&hold.from).held.0 += hold.amount.0;
+            token.holds.insert(
+                hold.id.clone(),
+                HoldRecord {
+                    token_id: token_id.clone(),
+                    hold: hold.clone(),
+                    status: HoldStatus::Pending,
+                    posted: Amount::ZERO,
+                    released: Amount::ZERO,
+                    placed_at: now,
+                    placed_by: actor.clone(),
+                    closed_at: None,
+                    closed_by: None,
+                    reason: None,
+                    payment_confirmation: None,
+                },
+            );
+        }
+        Change::HoldPosted {
+            hold_id,
+            from,
+            to,
+            amount,
+            ..
+        } => {
+            if let Some(record) = token.holds.remove(hold_id) {
+                let sender = token.holding_mut(from);
+                sender.held.0 -= record.hold.amount.0;
+            }
+            token.debit(from, *amount);
+            let sender = token.holding_mut(from);
+            sender.record_sent(*amount, now);
+            sender.trim_locks(now);
+            token.credit(to, *amount);
+        }
+        Change::HoldVoided {
+            hold_id, from, ..
+        }
+        | Change::HoldExpired {
+            hold_id, from, ..
+        } => {
+            if let Some(record) = token.holds.remove(hold_id) {
+                token.holding_mut(from).held.0 -= record.hold.amount.0;
+            }
         }
         Change::AssetObserved { .. }
         | Change::TokenClaimed { .. }

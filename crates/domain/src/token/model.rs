@@ -1,12 +1,15 @@
 //! The token service's types: token classes, holdings, investors, commands and events.
 
-use std::{collections::BTreeSet, ops::Bound};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    ops::Bound,
+};
 
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use time::Date;
 
-use super::{Allocation, Rules};
+use super::{Allocation, CashLeg, Hold, HoldRecord, PaymentConfirmed, Rules};
 use crate::{Amount, Country, Currency, Error, Id, Result, Timestamp, bounded_text, optional_text};
 
 /// The most operations one batch may hold.
@@ -95,6 +98,10 @@ pub struct Holding {
     pub frozen: bool,
     /// Part of the balance that cannot move.
     pub frozen_amount: Amount,
+    /// Part of the balance reserved by pending holds: still the investor's, promised to
+    /// their receivers.
+    #[serde(default)]
+    pub held: Amount,
     /// Issued amounts that cannot be transferred before the instant given.
     pub locks: Vec<(Timestamp, Amount)>,
     /// Amounts sent by the investor's own transfers in the current UTC day and month.
@@ -114,11 +121,17 @@ impl Holding {
         Amount(locked.min(self.balance.0))
     }
 
-    /// What the investor's own transfer may move at `now`: neither frozen nor locked.
-    pub fn transferable(&self, now: Timestamp) -> Amount {
+    /// The balance neither frozen nor on hold: what an agent's forced transfer or a
+    /// redemption may take.
+    pub fn available(&self) -> Amount {
         self.balance
             .saturating_sub(self.frozen_amount)
-            .saturating_sub(self.locked(now))
+            .saturating_sub(self.held)
+    }
+
+    /// What the investor's own transfer may move at `now`: neither frozen, on hold nor locked.
+    pub fn transferable(&self, now: Timestamp) -> Amount {
+        self.available().saturating_sub(self.locked(now))
     }
 
     pub fn sent_today(&self, now: Timestamp) -> Amount {
@@ -272,6 +285,9 @@ pub struct Token {
     pub holders: u64,
     pub holdings: Holdings,
     pub distributions: BTreeSet<Id>,
+    /// The pending holds, by id (closed ones are in the index, see [`super::keys::closed_hold`]).
+    #[serde(default)]
+    pub holds: BTreeMap<Id, HoldRecord>,
     /// Incremented by every event of this token; the ETag, and the point reconciliation compares at.
     pub version: u64,
     pub created_at: Timestamp,
@@ -287,6 +303,7 @@ impl Token {
             holders: 0,
             holdings: Holdings::default(),
             distributions: BTreeSet::new(),
+            holds: BTreeMap::new(),
             version: 1,
             created_at: at,
         }
@@ -445,6 +462,56 @@ pub enum Operation {
     },
     Pause,
     Unpause,
+    /// Reserves `amount` of `from`'s balance for `to` until `expires_at` (see `token::hold`).
+    PlaceHold {
+        /// Given by the service, never by the caller.
+        #[serde(skip_deserializing, default)]
+        hold_id: Id,
+        from: Id,
+        to: Id,
+        amount: Amount,
+        #[serde(with = "time::serde::rfc3339")]
+        expires_at: Timestamp,
+        /// A cash leg makes the hold a settlement against payment.
+        #[serde(default)]
+        payment: Option<CashLeg>,
+    },
+    /// Moves `amount` of a pending hold (all of it if absent) to its receiver.
+    PostHold {
+        hold_id: Id,
+        #[serde(default)]
+        amount: Option<Amount>,
+    },
+    VoidHold {
+        hold_id: Id,
+        reason: String,
+    },
+    /// A payment agent's confirmation of a settlement's cash leg: the tokens move with it.
+    ConfirmPayment {
+        hold_id: Id,
+        confirmation: String,
+    },
+    /// A payment agent's rejection of a settlement's cash leg: the hold is voided.
+    RejectPayment {
+        hold_id: Id,
+        reason: String,
+    },
+}
+
+impl Operation {
+    /// Whether it moves tokens between holders (or mints them): what a suspended or retired
+    /// asset stops.
+    pub fn moves(&self) -> bool {
+        matches!(
+            self,
+            Operation::Issue { .. }
+                | Operation::Transfer { .. }
+                | Operation::ForcedTransfer { .. }
+                | Operation::PlaceHold { .. }
+                | Operation::PostHold { .. }
+                | Operation::ConfirmPayment { .. }
+        )
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -492,6 +559,12 @@ pub enum Command {
         token_id: Id,
         operations: Vec<Operation>,
         mode: BatchMode,
+    },
+    /// Expires those of a token's holds that are pending and past their deadline (given by
+    /// the service's clock: see `Book::expired_holds`).
+    ExpireHolds {
+        token_id: Id,
+        hold_ids: Vec<Id>,
     },
     Distribute {
         token_id: Id,
@@ -608,6 +681,38 @@ pub enum Change {
         distribution: DistributionSpec,
         allocations: Vec<Allocation>,
     },
+    HoldPlaced {
+        token_id: Id,
+        hold: Hold,
+    },
+    /// `amount` moved from `from` to `to`; `released` went back to `from`.
+    HoldPosted {
+        token_id: Id,
+        hold_id: Id,
+        from: Id,
+        to: Id,
+        amount: Amount,
+        released: Amount,
+        /// The cash leg, confirmed: a settlement against payment.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        payment: Option<PaymentConfirmed>,
+    },
+    HoldVoided {
+        token_id: Id,
+        hold_id: Id,
+        from: Id,
+        amount: Amount,
+        reason: String,
+        /// Voided because the payment agent rejected the cash leg.
+        #[serde(default)]
+        payment_rejected: bool,
+    },
+    HoldExpired {
+        token_id: Id,
+        hold_id: Id,
+        from: Id,
+        amount: Amount,
+    },
 }
 
 impl Change {
@@ -630,6 +735,10 @@ impl Change {
             Change::Paused { .. } => "paused",
             Change::Unpaused { .. } => "unpaused",
             Change::DistributionPaid { .. } => "distribution_paid",
+            Change::HoldPlaced { .. } => "hold_placed",
+            Change::HoldPosted { .. } => "hold_posted",
+            Change::HoldVoided { .. } => "hold_voided",
+            Change::HoldExpired { .. } => "hold_expired",
         }
     }
 
@@ -647,7 +756,11 @@ impl Change {
             | Change::AmountUnfrozen { token_id, .. }
             | Change::Paused { token_id }
             | Change::Unpaused { token_id }
-            | Change::DistributionPaid { token_id, .. } => Some(token_id),
+            | Change::DistributionPaid { token_id, .. }
+            | Change::HoldPlaced { token_id, .. }
+            | Change::HoldPosted { token_id, .. }
+            | Change::HoldVoided { token_id, .. }
+            | Change::HoldExpired { token_id, .. } => Some(token_id),
             Change::AssetObserved { .. }
             | Change::TokenClaimed { .. }
             | Change::InvestorRegistered { .. }
@@ -678,6 +791,9 @@ impl Change {
                 from, to, amount, ..
             } => [Some((from, -signed(amount))), Some((to, signed(amount)))],
             Change::Redeemed { from, amount, .. } => [Some((from, -signed(amount))), None],
+            Change::HoldPosted {
+                from, to, amount, ..
+            } => [Some((from, -signed(amount))), Some((to, signed(amount)))],
             _ => [None, None],
         };
         pair.into_iter().flatten()

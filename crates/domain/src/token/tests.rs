@@ -8,6 +8,8 @@ use time::macros::{date, datetime};
 use super::*;
 use crate::{Amount, Country, Currency};
 
+mod holds;
+
 const T0: Timestamp = datetime!(2025-01-15 10:00 UTC);
 const TOKEN: &str = "tok";
 const DAY: i64 = 86_400;
@@ -341,6 +343,7 @@ fn the_check_order_is_the_documented_one() {
             "country_not_allowed",
             "insufficient_balance",
             "insufficient_unfrozen_balance",
+            "insufficient_unheld_balance",
             "lockup_active",
             "transfer_limit_exceeded",
             "supply_cap_exceeded",
@@ -375,6 +378,14 @@ fn a_transfer_breaking_every_rule_reports_them_in_check_order() {
     w.advance(2 * DAY);
     w.ok(issue("alice", 100)); // locked for another day
     w.ok(freeze_amount("alice", 50)); // 200 held, 150 unfrozen, 50 transferable
+    w.ok(Operation::PlaceHold {
+        hold_id: "h1".into(),
+        from: "alice".into(),
+        to: "bob".into(),
+        amount: Amount(10),
+        expires_at: w.now + Duration::seconds(DAY),
+        payment: None,
+    }); // 140 neither frozen nor held, 40 transferable
     w.ok(Operation::Pause);
     w.ok(freeze("alice"));
     w.ok(freeze("zoe"));
@@ -412,7 +423,8 @@ fn a_transfer_breaking_every_rule_reports_them_in_check_order() {
                         w.update_investor("zoe", |p| p.country = country("FR"))
                     }
                     "insufficient_balance" => amount = 160,
-                    "insufficient_unfrozen_balance" => amount = 60,
+                    "insufficient_unfrozen_balance" => amount = 145,
+                    "insufficient_unheld_balance" => amount = 60,
                     "lockup_active" => amount = 40,
                     "transfer_limit_exceeded" => w.update_rules(|r| {
                         r.daily_transfer_limit = None;
@@ -1625,6 +1637,14 @@ enum Op {
     UnfreezeAmount(usize, u128),
     Pause,
     Unpause,
+    /// Hold number, from, to, amount, seconds to its deadline.
+    PlaceHold(usize, usize, usize, u128, i64),
+    PostHold(usize, Option<u128>),
+    VoidHold(usize),
+}
+
+fn hold_id(n: usize) -> Id {
+    format!("h{n}").into()
 }
 
 impl Op {
@@ -1666,6 +1686,22 @@ impl Op {
             },
             Op::Pause => Operation::Pause,
             Op::Unpause => Operation::Unpause,
+            Op::PlaceHold(n, from, to, amount, seconds) => Operation::PlaceHold {
+                hold_id: hold_id(*n),
+                from: investor_id(*from),
+                to: investor_id(*to),
+                amount: a(amount),
+                expires_at: T0 + Duration::seconds(*seconds),
+                payment: None,
+            },
+            Op::PostHold(n, amount) => Operation::PostHold {
+                hold_id: hold_id(*n),
+                amount: amount.map(Amount),
+            },
+            Op::VoidHold(n) => Operation::VoidHold {
+                hold_id: hold_id(*n),
+                reason: "withdrawn".into(),
+            },
         }
     }
 }
@@ -1699,6 +1735,11 @@ fn op_strategy() -> impl Strategy<Value = Op> {
         3 => (who(), amount_strategy()).prop_map(|(i, amount)| Op::UnfreezeAmount(i, amount)),
         1 => Just(Op::Pause),
         6 => Just(Op::Unpause),
+        // Deadlines from T0: the clock moves on, so later holds are often placed expired.
+        6 => (0..12usize, who(), who(), amount_strategy(), 60i64..=30 * DAY)
+            .prop_map(|(n, from, to, amount, seconds)| Op::PlaceHold(n, from, other(from, to), amount, seconds)),
+        4 => (0..12usize, prop::option::of(amount_strategy())).prop_map(|(n, amount)| Op::PostHold(n, amount)),
+        2 => (0..12usize).prop_map(Op::VoidHold),
     ]
 }
 
@@ -1772,11 +1813,19 @@ fn check_invariants(w: &World) -> Result<(), TestCaseError> {
             .checked_add(h.balance.0)
             .ok_or_else(|| TestCaseError::fail("balances overflow"))?;
         prop_assert!(
-            h.frozen_amount <= h.balance,
-            "{id}: frozen {} > balance {}",
+            h.frozen_amount.0 + h.held.0 <= h.balance.0,
+            "{id}: frozen {} + held {} > balance {}",
             h.frozen_amount,
+            h.held,
             h.balance
         );
+        let pending: u128 = token
+            .holds
+            .values()
+            .filter(|r| r.hold.from == *id)
+            .map(|r| r.hold.amount.0)
+            .sum();
+        prop_assert_eq!(h.held.0, pending, "{}: held is the sum of its pending holds", id);
         let locked: u128 = h.locks.iter().map(|(_, a)| a.0).sum();
         prop_assert!(
             locked <= h.balance.0,
@@ -1845,6 +1894,15 @@ fn simulate(
     let mut codes = BTreeMap::new();
     for (advance, step) in plan {
         w.advance(*advance);
+        // What the service's clock expires before anything else is decided.
+        for command in w.book.expired_holds(w.now) {
+            let events = w.run(command).expect("due holds expire");
+            let expiries = events
+                .iter()
+                .all(|e| matches!(e.change, Change::HoldExpired { .. }));
+            prop_assert!(expiries, "an expiry only expires");
+        }
+        prop_assert!(w.token().holds.values().all(|r| r.hold.expires_at > w.now));
         let command = match step {
             Step::One(op) => Command::Operate {
                 token_id: TOKEN.into(),

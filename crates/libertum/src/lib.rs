@@ -32,6 +32,7 @@ use utoipa_axum::router::OpenApiRouter;
         (name = "tokens", description = "token classes of approved assets and their rules"),
         (name = "investors", description = "investors and their eligibility"),
         (name = "movements", description = "issue, transfer, redeem, freeze, pause, forced transfer, batches, dry run"),
+        (name = "holds", description = "two-phase transfers: a hold reserves part of a balance until it is posted, voided or expires; with a cash leg, a settlement against payment confirmed by a payment agent"),
         (name = "holders", description = "cap tables, now or as of any moment"),
         (name = "distributions", description = "pro-rata payments to holders"),
         (name = "ledger", description = "the append-only double-entry record, verification and reconciliation")

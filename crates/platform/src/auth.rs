@@ -50,16 +50,19 @@ pub enum Role {
     Investor,
     /// Reads the ledger and the registers, verifies the chain, writes nothing.
     Auditor,
+    /// Confirms or rejects the cash leg of settlements against payment, and reads holds.
+    PaymentAgent,
 }
 
 impl Role {
-    pub const ALL: [Role; 6] = [
+    pub const ALL: [Role; 7] = [
         Role::PlatformAdmin,
         Role::AssetManager,
         Role::ComplianceOfficer,
         Role::TokenAgent,
         Role::Investor,
         Role::Auditor,
+        Role::PaymentAgent,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -70,6 +73,7 @@ impl Role {
             Role::TokenAgent => "token_agent",
             Role::Investor => "investor",
             Role::Auditor => "auditor",
+            Role::PaymentAgent => "payment_agent",
         }
     }
 
@@ -113,6 +117,14 @@ pub enum Operation {
     HoldingRead,
     Distribute,
     DistributionsList,
+    /// An investor may place holds only on their own holdings.
+    HoldPlace,
+    /// Post or void a hold.
+    HoldSettle,
+    /// An investor may read only the holds they send or receive.
+    HoldRead,
+    /// Confirm or reject a settlement's cash leg.
+    PaymentConfirm,
     LedgerRead,
     /// An investor may read only their own account's balance.
     BalanceRead,
@@ -120,7 +132,7 @@ pub enum Operation {
 }
 
 impl Operation {
-    pub const ALL: [Operation; 29] = [
+    pub const ALL: [Operation; 33] = [
         Operation::AssetRegister,
         Operation::AssetRead,
         Operation::AssetUpdate,
@@ -147,6 +159,10 @@ impl Operation {
         Operation::HoldingRead,
         Operation::Distribute,
         Operation::DistributionsList,
+        Operation::HoldPlace,
+        Operation::HoldSettle,
+        Operation::HoldRead,
+        Operation::PaymentConfirm,
         Operation::LedgerRead,
         Operation::BalanceRead,
         Operation::LedgerVerify,
@@ -182,6 +198,10 @@ impl Operation {
             HoldingRead => "token.holding.read",
             Distribute => "token.distribute",
             DistributionsList => "token.distributions.list",
+            HoldPlace => "token.hold.place",
+            HoldSettle => "token.hold.settle",
+            HoldRead => "token.hold.read",
+            PaymentConfirm => "token.payment.confirm",
             LedgerRead => "ledger.read",
             BalanceRead => "ledger.balance.read",
             LedgerVerify => "ledger.verify",
@@ -194,7 +214,7 @@ impl Operation {
         use Operation::*;
         matches!(
             self,
-            InvestorRead | Transfer | TransferCheck | HoldingRead | BalanceRead
+            InvestorRead | Transfer | TransferCheck | HoldingRead | BalanceRead | HoldPlace | HoldRead
         )
     }
 
@@ -223,6 +243,17 @@ impl Operation {
                 Investor,
             ],
             Transfer => &[PlatformAdmin, Investor],
+            HoldPlace => &[PlatformAdmin, TokenAgent, Investor],
+            HoldSettle => &[PlatformAdmin, TokenAgent],
+            HoldRead => &[
+                PlatformAdmin,
+                ComplianceOfficer,
+                TokenAgent,
+                Auditor,
+                PaymentAgent,
+                Investor,
+            ],
+            PaymentConfirm => &[PlatformAdmin, PaymentAgent],
             TransferCheck => &[PlatformAdmin, ComplianceOfficer, TokenAgent, Investor],
             LedgerVerify => &[PlatformAdmin, Auditor],
         }

@@ -95,10 +95,11 @@ pub trait StateMachine:
     fn partition_key(_command: &Self::Command) -> Option<&str> {
         None
     }
-    /// Commands the state owes (a claimed token class to open in its partition): the owner
-    /// of each one's partition submits them until they are done. Each must be refused once
-    /// done, so that submitting it again changes nothing.
-    fn pending(&self) -> Vec<Self::Command> {
+    /// Commands the state owes at `now` (a claimed token class to open in its partition, a
+    /// hold past its deadline to expire): the owner of each one's partition submits them,
+    /// every 100 ms, until they are done. Each must be refused once done,
+    /// so that submitting it again changes nothing.
+    fn pending(&self, _now: OffsetDateTime) -> Vec<Self::Command> {
         Vec::new()
     }
     /// Cache keys that `event` makes stale.
@@ -680,12 +681,14 @@ async fn owed<S: StateMachine>(
         let owed: Vec<S::Command> = {
             let held = inner.held.read().await;
             held.state
-                .pending()
+                .pending(OffsetDateTime::now_utc())
                 .into_iter()
                 .filter(|command| inner.owns(inner.partition_of(command)))
                 .collect()
         };
         drop(inner);
+        // Sent together, so that the writer decides them as one group; then waited for.
+        let mut answers = Vec::with_capacity(owed.len());
         for command in owed {
             let (done, answer) = oneshot::channel();
             let job = Job {
@@ -702,13 +705,17 @@ async fn owed<S: StateMachine>(
             if tx.send(job).await.is_err() {
                 return;
             }
-            // Refused once done (by another try), or failed: looked at again next time.
+            answers.push(answer);
+        }
+        // Refused once done (by another try), or failed: looked at again next time.
+        for answer in answers {
             let _ = answer.await;
         }
     }
 }
 
-/// How often a follower looks for what the owners appended.
+/// How often a follower looks for what the owners appended, and the owner for what its
+/// state owes.
 const FOLLOW_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
 /// Events read from a log at a time.
 const CHUNK: usize = 4_096;

@@ -225,7 +225,8 @@ fn as_of(seq: Option<u64>, at: Option<Timestamp>) -> Result<AsOf, ApiError> {
     }
 }
 
-/// The balance of an account (e.g. `investor:inv_...`, `issuance:tok_...`) at any sequence or time.
+/// The balance of an account (e.g. `investor:inv_...`, `held:inv_...` for what waits in an
+/// investor's pending holds, `issuance:tok_...`) at any sequence or time.
 #[utoipa::path(get, path = "/accounts/{account}/balance", tag = "ledger", params(("account" = String, Path), BalanceQuery),
     responses((status = 200, body = BalanceView), (status = 422, body = Problem, content_type = JSON_PROBLEM)))]
 async fn balance(
@@ -234,7 +235,11 @@ async fn balance(
     Path(account): Path<String>,
     Query(q): Query<BalanceQuery>,
 ) -> Result<axum::Json<BalanceView>, ApiError> {
-    match account.strip_prefix("investor:") {
+    // An investor's own accounts: their holdings, and what waits in their pending holds.
+    match account
+        .strip_prefix("investor:")
+        .or_else(|| account.strip_prefix("held:"))
+    {
         Some(investor) => principal.allow_own(Operation::BalanceRead, investor)?,
         None => principal.allow(Operation::BalanceRead)?,
     }

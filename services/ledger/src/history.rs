@@ -147,7 +147,7 @@ pub async fn cap_table(
         let mut accounts: Vec<(String, Option<ledger::Account>)> = journal
             .accounts_of(token_id)
             .iter()
-            .filter(|a| a.starts_with("investor:"))
+            .filter(|a| a.starts_with("investor:") || a.starts_with("held:"))
             .map(|a| (a.clone(), journal.account(a, token_id)))
             .collect();
         for account in [&issuance, &redemption] {
@@ -157,19 +157,26 @@ pub async fn cap_table(
     };
     let store = engine.store().as_ref();
     let (mut minted, mut redeemed) = (0i128, 0i128);
-    let mut holders = Vec::new();
+    // An investor's holding is their account plus what waits in their held account (pending
+    // holds), as the tokens service counts it.
+    let mut holdings: std::collections::BTreeMap<String, i128> = Default::default();
     for (account, known) in accounts {
         let balance = reading.balance(store, known).await?;
         if account == issuance {
             minted = -balance;
         } else if account == redemption {
             redeemed = balance;
-        } else if balance > 0
-            && let Some(investor) = account.strip_prefix("investor:")
+        } else if let Some(investor) = account
+            .strip_prefix("investor:")
+            .or_else(|| account.strip_prefix("held:"))
         {
-            holders.push((investor.to_owned(), Amount(balance.unsigned_abs())));
+            *holdings.entry(investor.to_owned()).or_default() += balance;
         }
     }
-    holders.sort();
+    let holders = holdings
+        .into_iter()
+        .filter(|(_, balance)| *balance > 0)
+        .map(|(investor, balance)| (investor, Amount(balance.unsigned_abs())))
+        .collect();
     Ok((Amount((minted - redeemed).max(0).unsigned_abs()), holders))
 }

@@ -46,14 +46,20 @@ pub fn router(engine: AppState) -> OpenApiRouter {
         .routes(routes!(holders))
         .routes(routes!(holding))
         .routes(routes!(distribute, list_distributions))
+        .routes(routes!(crate::holds::place, crate::holds::list))
+        .routes(routes!(crate::holds::get))
+        .routes(routes!(crate::holds::post))
+        .routes(routes!(crate::holds::void))
+        .routes(routes!(crate::holds::confirm_payment))
+        .routes(routes!(crate::holds::reject_payment))
         .with_state(engine)
 }
 
-fn new_id(prefix: &str) -> Id {
+pub(crate) fn new_id(prefix: &str) -> Id {
     Id::from(format!("{prefix}_{}", uuid::Uuid::now_v7().simple()))
 }
 
-async fn submit(
+pub(crate) async fn submit(
     engine: &AppState,
     actor: String,
     command: token::Command,
@@ -115,7 +121,7 @@ async fn operate(
 }
 
 /// Applies one operation to one token.
-async fn operate_one(
+pub(crate) async fn operate_one(
     engine: &AppState,
     actor: String,
     token_id: String,
@@ -133,7 +139,7 @@ fn op(token_id: &str, operation: token::Operation) -> token::Command {
     }
 }
 
-const JSON_PROBLEM: &str = "application/problem+json";
+pub(crate) const JSON_PROBLEM: &str = "application/problem+json";
 
 /// Create the token class of an approved asset. The asset becomes tokenized when the assets
 /// service receives this service's `token.created` event.
@@ -261,7 +267,7 @@ async fn get_token(
     ))
 }
 
-fn token_not_found(id: &str) -> ApiError {
+pub(crate) fn token_not_found(id: &str) -> ApiError {
     ApiError::not_found("token_not_found", format!("token {id} does not exist"))
 }
 
@@ -710,9 +716,11 @@ async fn batch(
     let staff = principal.is_staff();
     let actor = principal.subject;
     let mode = posted.body.mode;
+    let mut operations = posted.body.operations;
+    crate::holds::name_holds(&mut operations);
     let command = token::Command::Batch {
         token_id: Id::from(token_id.as_str()),
-        operations: posted.body.operations,
+        operations,
         mode,
     };
     match mode {
@@ -748,6 +756,15 @@ pub(crate) fn allow_operations(
             | token::Operation::UnfreezeAmount { .. } => principal.allow(Operation::Freeze)?,
             token::Operation::Pause | token::Operation::Unpause => {
                 principal.allow(Operation::Pause)?
+            }
+            token::Operation::PlaceHold { from, .. } => {
+                principal.allow_own(Operation::HoldPlace, from.as_str())?
+            }
+            token::Operation::PostHold { .. } | token::Operation::VoidHold { .. } => {
+                principal.allow(Operation::HoldSettle)?
+            }
+            token::Operation::ConfirmPayment { .. } | token::Operation::RejectPayment { .. } => {
+                principal.allow(Operation::PaymentConfirm)?
             }
         }
     }
@@ -891,6 +908,7 @@ async fn holders(
                     investor_id: id.to_string(),
                     balance: b,
                     frozen_amount: Default::default(),
+                    held: None,
                     frozen: false,
                     percentage: percentage(b.0, total),
                 })
@@ -910,7 +928,7 @@ async fn holders(
             .holdings
             .ordered_after(after.as_deref())
             .filter(|(_, h)| !h.balance.is_zero() || h.frozen)
-            .map(|(id, h)| (id.clone(), h.balance, h.frozen_amount, h.frozen));
+            .map(|(id, h)| (id.clone(), h.balance, h.frozen_amount, h.held, h.frozen));
         // A page takes one row more than asked: it tells whether another page follows.
         let rows: Vec<_> = match limit {
             Some(limit) => held.take(limit + 1).collect(),
@@ -927,10 +945,11 @@ async fn holders(
         next,
         holders: rows
             .into_iter()
-            .map(|(id, balance, frozen_amount, frozen)| HolderRow {
+            .map(|(id, balance, frozen_amount, held, frozen)| HolderRow {
                 investor_id: id.to_string(),
                 balance,
                 frozen_amount,
+                held: Some(held),
                 frozen,
                 percentage: percentage(balance.0, total_supply.0),
             })
@@ -968,6 +987,8 @@ async fn holding(
         balance: h.balance,
         frozen: h.frozen,
         frozen_amount: h.frozen_amount,
+        held: h.held,
+        available: h.available(),
         locked: h.locked(now),
         transferable: h.transferable(now),
         sent_today: h.sent_today(now),

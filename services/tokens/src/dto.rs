@@ -370,6 +370,156 @@ pub enum BatchOperation {
     },
     Pause,
     Unpause,
+    /// The hold's id is given by the service, as for a single hold: it is in the answer's
+    /// `hold_placed` event.
+    PlaceHold {
+        from: String,
+        to: String,
+        amount: String,
+        #[schema(format = DateTime)]
+        expires_at: String,
+        payment: Option<CashLegDto>,
+    },
+    PostHold {
+        hold_id: String,
+        amount: Option<String>,
+    },
+    VoidHold {
+        hold_id: String,
+        reason: String,
+    },
+    ConfirmPayment {
+        hold_id: String,
+        confirmation: String,
+    },
+    RejectPayment {
+        hold_id: String,
+        reason: String,
+    },
+}
+
+/// The cash leg of a settlement against payment, paid outside the platform.
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CashLegDto {
+    #[schema(value_type = String, example = "EUR")]
+    pub currency: Currency,
+    /// Minor units of `currency`.
+    #[schema(value_type = String, example = "2500000")]
+    pub amount: Amount,
+    /// The payer's reference for the payment (up to 200 characters).
+    #[schema(example = "wire 2026-0042")]
+    pub reference: String,
+}
+
+impl From<CashLegDto> for token::CashLeg {
+    fn from(c: CashLegDto) -> Self {
+        token::CashLeg {
+            currency: c.currency,
+            amount: c.amount,
+            reference: c.reference,
+        }
+    }
+}
+
+/// Reserve `amount` of `from`'s balance for `to` until `expires_at`; with `payment`, a
+/// settlement instruction that moves the tokens only when a payment agent confirms the cash.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HoldRequest {
+    pub from: String,
+    pub to: String,
+    #[schema(value_type = String, example = "250")]
+    pub amount: Amount,
+    /// RFC 3339, in the future and within 366 days: the hold expires then if still pending.
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub expires_at: Timestamp,
+    pub payment: Option<CashLegDto>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HoldPostRequest {
+    /// Part of the held amount to move (all of it if absent); the rest goes back to the sender.
+    #[schema(value_type = Option<String>)]
+    #[serde(default)]
+    pub amount: Option<Amount>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HoldVoidRequest {
+    /// Why (recorded in the event).
+    pub reason: String,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PaymentConfirmationRequest {
+    /// The payment agent's reference of the received payment (up to 200 characters).
+    pub confirmation: String,
+}
+
+/// A hold and what became of it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HoldView {
+    pub id: String,
+    pub token_id: String,
+    pub from: String,
+    pub to: String,
+    #[schema(value_type = String)]
+    pub amount: Amount,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub expires_at: Timestamp,
+    /// `pending`, `posted`, `voided` or `expired`.
+    #[schema(example = "pending")]
+    pub status: &'static str,
+    /// What moved to the receiver.
+    #[schema(value_type = String)]
+    pub posted: Amount,
+    /// What went back to the sender.
+    #[schema(value_type = String)]
+    pub released: Amount,
+    pub payment: Option<CashLegDto>,
+    pub payment_confirmation: Option<String>,
+    pub reason: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub placed_at: Timestamp,
+    pub placed_by: String,
+    #[serde(with = "time::serde::rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub closed_at: Option<Timestamp>,
+    pub closed_by: Option<String>,
+}
+
+impl From<&token::HoldRecord> for HoldView {
+    fn from(r: &token::HoldRecord) -> Self {
+        HoldView {
+            id: r.hold.id.to_string(),
+            token_id: r.token_id.to_string(),
+            from: r.hold.from.to_string(),
+            to: r.hold.to.to_string(),
+            amount: r.hold.amount,
+            expires_at: r.hold.expires_at,
+            status: r.status.as_str(),
+            posted: r.posted,
+            released: r.released,
+            payment: r.hold.payment.as_ref().map(|p| CashLegDto {
+                currency: p.currency,
+                amount: p.amount,
+                reference: p.reference.clone(),
+            }),
+            payment_confirmation: r.payment_confirmation.clone(),
+            reason: r.reason.clone(),
+            placed_at: r.placed_at,
+            placed_by: r.placed_by.to_string(),
+            closed_at: r.closed_at,
+            closed_by: r.closed_by.as_ref().map(ToString::to_string),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -411,10 +561,15 @@ pub struct TransferCheck {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct HolderRow {
     pub investor_id: String,
+    /// Pending holds included.
     #[schema(value_type = String)]
     pub balance: Amount,
     #[schema(value_type = String)]
     pub frozen_amount: Amount,
+    /// Reserved by pending holds (latest tables only: history keeps balances).
+    #[schema(value_type = Option<String>)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub held: Option<Amount>,
     pub frozen: bool,
     /// Share of the supply, percent, four decimals, truncated.
     #[schema(example = "12.5000")]
@@ -446,6 +601,12 @@ pub struct HoldingView {
     pub frozen: bool,
     #[schema(value_type = String)]
     pub frozen_amount: Amount,
+    /// Reserved by pending holds: still in `balance`, promised to their receivers.
+    #[schema(value_type = String)]
+    pub held: Amount,
+    /// Neither frozen nor held: what a redemption or an agent's forced transfer may take.
+    #[schema(value_type = String)]
+    pub available: Amount,
     /// Still under lock-up.
     #[schema(value_type = String)]
     pub locked: Amount,

@@ -353,6 +353,7 @@ impl Import {
             error,
         };
         allow_operations(&self.principal, operations).map_err(stop)?;
+        crate::holds::name_holds(operations);
         let idempotency = self.key.as_ref().map(|key| {
             (
                 format!("{key}#chunk-{number}"),

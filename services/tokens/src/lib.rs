@@ -1,9 +1,11 @@
 //! The tokens service: token classes of approved assets, investors and their eligibility,
-//! issuance, transfers, redemptions, freezes, compliance, cap tables and distributions.
+//! issuance, transfers, redemptions, freezes, holds and settlements against payment,
+//! compliance, cap tables and distributions.
 
 mod api;
 mod dto;
 mod history;
+mod holds;
 mod import;
 mod state;
 

@@ -8,6 +8,9 @@ use time::OffsetDateTime;
 /// Business counter: token events recorded, by type (issued, transferred, redeemed, ...).
 pub const TOKEN_EVENTS: &str = "libertum_token_events_total";
 
+/// The actor of a hold's expiry: the service's clock, not a person.
+pub const HOLD_CLOCK: &str = "system:hold-expiry";
+
 /// A command and who gives it.
 pub struct Command {
     pub actor: Id,
@@ -74,16 +77,27 @@ impl StateMachine for TokensState {
             C::UpdateRules { token_id, .. }
             | C::Operate { token_id, .. }
             | C::Batch { token_id, .. }
+            | C::ExpireHolds { token_id, .. }
             | C::Distribute { token_id, .. } => Some(token_id.as_str()),
         }
     }
 
-    /// The claimed token classes to open, each in its partition.
-    fn pending(&self) -> Vec<Command> {
+    /// The claimed token classes to open, each in its partition, and the holds past their
+    /// deadline to expire (the service's clock is their actor).
+    fn pending(&self, now: OffsetDateTime) -> Vec<Command> {
+        let expiries = self
+            .0
+            .expired_holds(now)
+            .into_iter()
+            .map(|command| Command {
+                actor: Id::from(HOLD_CLOCK),
+                command,
+            });
         self.0
             .unopened()
             .into_iter()
             .map(|(command, actor)| Command { actor, command })
+            .chain(expiries)
             .collect()
     }
 

@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Server, spawn_partitioned};
+use common::{in_a_life_of_its_own, Server, spawn_partitioned};
 use libertum_store::partition;
 use serde_json::json;
 use time::OffsetDateTime;
@@ -20,23 +20,6 @@ async fn heads(s: &Server) -> Vec<u64> {
         heads.push(store.head().await.unwrap());
     }
     heads
-}
-
-/// Runs `life` on a runtime of its own, on another thread: when it returns, the servers it
-/// started are gone and let their files go.
-fn in_a_life_of_its_own<T: Send + 'static, F: std::future::Future<Output = T> + Send + 'static>(
-    life: F,
-) -> T {
-    std::thread::spawn(move || {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(life)
-    })
-    .join()
-    .unwrap()
 }
 
 /// The holders of `token` and their balances at `moment`, sorted.

@@ -194,3 +194,20 @@ pub fn investor_body(country: &str, kyc: &str) -> Value {
         "accredited": false
     })
 }
+
+/// Runs `life` on a runtime of its own, on another thread: when it returns, the servers it
+/// started are gone and let their files go.
+pub fn in_a_life_of_its_own<T: Send + 'static, F: std::future::Future<Output = T> + Send + 'static>(
+    life: F,
+) -> T {
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(life)
+    })
+    .join()
+    .unwrap()
+}

@@ -214,7 +214,13 @@ impl Operation {
         use Operation::*;
         matches!(
             self,
-            InvestorRead | Transfer | TransferCheck | HoldingRead | BalanceRead | HoldPlace | HoldRead
+            InvestorRead
+                | Transfer
+                | TransferCheck
+                | HoldingRead
+                | BalanceRead
+                | HoldPlace
+                | HoldRead
         )
     }
 

@@ -447,9 +447,7 @@ impl<S: StateMachine> Engine<S> {
         if !policy.is_never() {
             tokio::spawn(snapshots(Arc::downgrade(&inner), policy, stopped.clone()));
         }
-        if inner.partitions() > 1 {
-            tokio::spawn(owed(Arc::downgrade(&inner), tx.clone(), stopped.clone()));
-        }
+        tokio::spawn(owed(Arc::downgrade(&inner), tx.clone(), stopped.clone()));
         if replica {
             tokio::spawn(follow(Arc::downgrade(&inner), stopped));
         }

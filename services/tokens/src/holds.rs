@@ -60,9 +60,9 @@ pub(crate) async fn find(
     else {
         return Ok(None);
     };
-    serde_json::from_slice(&bytes)
-        .map(Some)
-        .map_err(|e| ApiError::unavailable(format!("the record of hold {hold_id} is unreadable: {e}")))
+    serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+        ApiError::unavailable(format!("the record of hold {hold_id} is unreadable: {e}"))
+    })
 }
 
 fn hold_not_found(hold_id: &str) -> ApiError {
@@ -120,9 +120,15 @@ pub(crate) async fn place(
             None => json_reply(StatusCode::NOT_FOUND, &serde_json::json!({})),
         }
     });
-    submit(&engine, principal.subject, command, posted.idempotency, reply)
-        .await
-        .map_err(|e| seen_by(staff, e))
+    submit(
+        &engine,
+        principal.subject,
+        command,
+        posted.idempotency,
+        reply,
+    )
+    .await
+    .map_err(|e| seen_by(staff, e))
 }
 
 /// The pending holds of a token, in id order (closed ones are read one by one, or from the
@@ -143,9 +149,9 @@ pub(crate) async fn list(
         .0
         .token(&token_id)
         .ok_or_else(|| token_not_found(&token_id))?;
-    let from = after.as_deref().map_or(std::ops::Bound::Unbounded, |a| {
-        std::ops::Bound::Excluded(a)
-    });
+    let from = after
+        .as_deref()
+        .map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
     let mut items: Vec<HoldView> = token
         .holds
         .range::<str, _>((from, std::ops::Bound::Unbounded))
@@ -204,7 +210,14 @@ pub(crate) async fn post(
         hold_id: Id::from(hold_id),
         amount: posted.body.amount,
     };
-    operate_one(&engine, principal.subject, token_id, operation, posted.idempotency).await
+    operate_one(
+        &engine,
+        principal.subject,
+        token_id,
+        operation,
+        posted.idempotency,
+    )
+    .await
 }
 
 /// Void a pending hold: everything goes back to the sender.
@@ -225,7 +238,14 @@ pub(crate) async fn void(
         hold_id: Id::from(hold_id),
         reason: posted.body.reason,
     };
-    operate_one(&engine, principal.subject, token_id, operation, posted.idempotency).await
+    operate_one(
+        &engine,
+        principal.subject,
+        token_id,
+        operation,
+        posted.idempotency,
+    )
+    .await
 }
 
 /// A payment agent confirms a settlement's cash leg: the tokens move in the same event,
@@ -247,7 +267,14 @@ pub(crate) async fn confirm_payment(
         hold_id: Id::from(hold_id),
         confirmation: posted.body.confirmation,
     };
-    operate_one(&engine, principal.subject, token_id, operation, posted.idempotency).await
+    operate_one(
+        &engine,
+        principal.subject,
+        token_id,
+        operation,
+        posted.idempotency,
+    )
+    .await
 }
 
 /// A payment agent rejects a settlement's cash leg: the hold is voided.
@@ -268,5 +295,12 @@ pub(crate) async fn reject_payment(
         hold_id: Id::from(hold_id),
         reason: posted.body.reason,
     };
-    operate_one(&engine, principal.subject, token_id, operation, posted.idempotency).await
+    operate_one(
+        &engine,
+        principal.subject,
+        token_id,
+        operation,
+        posted.idempotency,
+    )
+    .await
 }

@@ -25,7 +25,13 @@ async fn setup(s: &Server) -> (String, String, String) {
     (token, a, b)
 }
 
-async fn as_role(s: &Server, roles: &[Role], investor: Option<&str>, path: &str, body: &Value) -> common::Reply {
+async fn as_role(
+    s: &Server,
+    roles: &[Role],
+    investor: Option<&str>,
+    path: &str,
+    body: &Value,
+) -> common::Reply {
     send(
         s.http
             .post(s.url(path))
@@ -61,7 +67,12 @@ async fn a_hold_reserves_then_posts_in_part_and_its_record_stays_readable() {
     // One consistent answer: the balance still includes what is held.
     let h = holding(&s, &token, &a).await;
     assert_eq!(
-        (&h["balance"], &h["held"], &h["available"], &h["transferable"]),
+        (
+            &h["balance"],
+            &h["held"],
+            &h["available"],
+            &h["transferable"]
+        ),
         (&json!("300"), &json!("120"), &json!("180"), &json!("180"))
     );
     let table = s.get(&format!("/v1/tokens/{token}/holders")).await;
@@ -96,9 +107,12 @@ async fn a_hold_reserves_then_posts_in_part_and_its_record_stays_readable() {
         (&json!("posted"), &json!("100"), &json!("20"))
     );
     assert!(record["closed_at"].is_string());
-    s.post(&format!("/v1/tokens/{token}/holds/{id}/void"), &json!({"reason": "late"}))
-        .await
-        .problem(409, "hold_not_pending", None);
+    s.post(
+        &format!("/v1/tokens/{token}/holds/{id}/void"),
+        &json!({"reason": "late"}),
+    )
+    .await
+    .problem(409, "hold_not_pending", None);
     s.get(&format!("/v1/tokens/{token}/holds/hld_missing"))
         .await
         .problem(404, "hold_not_found", None);
@@ -114,18 +128,50 @@ async fn bad_holds_are_refused_naming_the_field_and_change_nothing() {
     let (token, a, b) = setup(&s).await;
     let path = format!("/v1/tokens/{token}/holds");
     for (body, status, code, field) in [
-        (json!({"from": a, "to": b, "amount": "10", "expires_at": in_seconds(-1)}), 422, "invalid_field", "expires_at"),
-        (json!({"from": a, "to": b, "amount": "10", "expires_at": "tomorrow"}), 422, "invalid_field", "expires_at"),
-        (json!({"from": a, "to": b, "amount": "0", "expires_at": in_seconds(60)}), 422, "invalid_field", "amount"),
-        (json!({"from": a, "to": b, "amount": "301", "expires_at": in_seconds(60)}), 409, "insufficient_balance", "amount"),
-        (json!({"from": a, "to": b, "amount": "10", "expires_at": in_seconds(60), "payment": {"currency": "EUR", "amount": "0", "reference": "x"}}), 422, "invalid_field", "payment.amount"),
-        (json!({"from": a, "to": b, "amount": "10", "expires_at": in_seconds(60), "extra": 1}), 422, "invalid_field", "extra"),
+        (
+            json!({"from": a, "to": b, "amount": "10", "expires_at": in_seconds(-1)}),
+            422,
+            "invalid_field",
+            "expires_at",
+        ),
+        (
+            json!({"from": a, "to": b, "amount": "10", "expires_at": "tomorrow"}),
+            422,
+            "invalid_field",
+            "expires_at",
+        ),
+        (
+            json!({"from": a, "to": b, "amount": "0", "expires_at": in_seconds(60)}),
+            422,
+            "invalid_field",
+            "amount",
+        ),
+        (
+            json!({"from": a, "to": b, "amount": "301", "expires_at": in_seconds(60)}),
+            409,
+            "insufficient_balance",
+            "amount",
+        ),
+        (
+            json!({"from": a, "to": b, "amount": "10", "expires_at": in_seconds(60), "payment": {"currency": "EUR", "amount": "0", "reference": "x"}}),
+            422,
+            "invalid_field",
+            "payment.amount",
+        ),
+        (
+            json!({"from": a, "to": b, "amount": "10", "expires_at": in_seconds(60), "extra": 1}),
+            422,
+            "invalid_field",
+            "extra",
+        ),
     ] {
         let reply = s.post(&path, &body).await;
         assert_eq!(reply.status, status, "{body}: {}", reply.body);
         assert_eq!(reply.body["code"], code, "{body}: {}", reply.body);
         assert!(
-            reply.body["field"].as_str().is_some_and(|f| f.contains(field)),
+            reply.body["field"]
+                .as_str()
+                .is_some_and(|f| f.contains(field)),
             "{body}: {}",
             reply.body
         );
@@ -155,13 +201,25 @@ async fn a_settlement_moves_tokens_only_when_the_payment_agent_confirms() {
     s.post(&format!("{base}/post"), &json!({}))
         .await
         .problem(409, "payment_not_confirmed", None);
-    as_role(&s, &[Role::TokenAgent], None, &format!("{base}/payment-confirmation"), &json!({"confirmation": "x"}))
-        .await
-        .problem(403, "forbidden", None);
+    as_role(
+        &s,
+        &[Role::TokenAgent],
+        None,
+        &format!("{base}/payment-confirmation"),
+        &json!({"confirmation": "x"}),
+    )
+    .await
+    .problem(403, "forbidden", None);
     // A payment agent cannot post or place holds either.
-    as_role(&s, &[Role::PaymentAgent], None, &format!("{base}/post"), &json!({}))
-        .await
-        .problem(403, "forbidden", None);
+    as_role(
+        &s,
+        &[Role::PaymentAgent],
+        None,
+        &format!("{base}/post"),
+        &json!({}),
+    )
+    .await
+    .problem(403, "forbidden", None);
     let confirmed = as_role(
         &s,
         &[Role::PaymentAgent],
@@ -234,9 +292,15 @@ async fn investors_place_holds_on_their_own_holdings_and_read_only_their_own() {
     )
     .await
     .problem(403, "forbidden", None);
-    as_role(&s, &[Role::Investor], Some(&a), &format!("{path}/{id}/post"), &json!({}))
-        .await
-        .problem(403, "forbidden", None);
+    as_role(
+        &s,
+        &[Role::Investor],
+        Some(&a),
+        &format!("{path}/{id}/post"),
+        &json!({}),
+    )
+    .await
+    .problem(403, "forbidden", None);
 }
 
 #[tokio::test]
@@ -260,7 +324,10 @@ async fn holds_post_and_void_in_bulk_each_on_its_own() {
         .map(|e| e["hold"]["id"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(ids.len(), 3);
-    assert!(ids.iter().all(|id| id.starts_with("hld_")), "named by the service: {ids:?}");
+    assert!(
+        ids.iter().all(|id| id.starts_with("hld_")),
+        "named by the service: {ids:?}"
+    );
     let settled = s
         .post(
             &format!("/v1/tokens/{token}/batches"),
@@ -313,7 +380,10 @@ async fn a_hold_expires_without_a_request_and_gives_the_amount_back() {
         .as_str()
         .unwrap()
         .to_owned();
-    assert!(expired(&s, &token, &id, Duration::from_secs(10)).await, "expired on its own");
+    assert!(
+        expired(&s, &token, &id, Duration::from_secs(10)).await,
+        "expired on its own"
+    );
     let record = s.get(&format!("/v1/tokens/{token}/holds/{id}")).await;
     assert_eq!(record.ok(200)["closed_by"], "system:hold-expiry");
     let h = holding(&s, &token, &a).await;
@@ -350,6 +420,9 @@ async fn a_hold_due_while_the_service_was_down_expires_once_it_is_back() {
         tempfile::tempdir().unwrap(),
     )
     .await;
-    assert!(expired(&s, &token, &id, Duration::from_secs(10)).await, "expired after the restart");
+    assert!(
+        expired(&s, &token, &id, Duration::from_secs(10)).await,
+        "expired after the restart"
+    );
     assert_eq!(holding(&s, &token, &a).await["held"], "0");
 }

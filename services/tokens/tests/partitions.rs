@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{in_a_life_of_its_own, Server, spawn_partitioned};
+use common::{Server, in_a_life_of_its_own, spawn_partitioned};
 use libertum_store::partition;
 use serde_json::json;
 use time::OffsetDateTime;

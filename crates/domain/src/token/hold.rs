@@ -101,7 +101,10 @@ pub(super) fn place(
     ctx: &Context,
 ) -> Result<Change> {
     if hold.id.is_empty() || hold.id.len() > 100 || hold.id.contains('|') {
-        return Err(Error::invalid("hold_id", "a hold id is 1-100 characters without '|'"));
+        return Err(Error::invalid(
+            "hold_id",
+            "a hold id is 1-100 characters without '|'",
+        ));
     }
     if token.holds.contains_key(&hold.id) {
         return Err(Error::conflict(
@@ -110,7 +113,10 @@ pub(super) fn place(
         ));
     }
     if hold.expires_at <= ctx.now {
-        return Err(Error::invalid("expires_at", "expires_at must be in the future"));
+        return Err(Error::invalid(
+            "expires_at",
+            "expires_at must be in the future",
+        ));
     }
     if hold.expires_at > ctx.now + time::Duration::seconds(MAX_HOLD_SECONDS) {
         return Err(Error::invalid(

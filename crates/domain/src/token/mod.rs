@@ -772,12 +772,7 @@ fn apply_to_token(token: &mut Token, change: &Change, now: Timestamp, actor: &Id
             sender.trim_locks(now);
             token.credit(to, *amount);
         }
-        Change::HoldVoided {
-            hold_id, from, ..
-        }
-        | Change::HoldExpired {
-            hold_id, from, ..
-        } => {
+        Change::HoldVoided { hold_id, from, .. } | Change::HoldExpired { hold_id, from, .. } => {
             if let Some(record) = token.holds.remove(hold_id) {
                 token.holding_mut(from).held.0 -= record.hold.amount.0;
             }

@@ -1825,7 +1825,12 @@ fn check_invariants(w: &World) -> Result<(), TestCaseError> {
             .filter(|r| r.hold.from == *id)
             .map(|r| r.hold.amount.0)
             .sum();
-        prop_assert_eq!(h.held.0, pending, "{}: held is the sum of its pending holds", id);
+        prop_assert_eq!(
+            h.held.0,
+            pending,
+            "{}: held is the sum of its pending holds",
+            id
+        );
         let locked: u128 = h.locks.iter().map(|(_, a)| a.0).sum();
         prop_assert!(
             locked <= h.balance.0,

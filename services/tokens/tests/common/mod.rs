@@ -197,7 +197,10 @@ pub fn investor_body(country: &str, kyc: &str) -> Value {
 
 /// Runs `life` on a runtime of its own, on another thread: when it returns, the servers it
 /// started are gone and let their files go.
-pub fn in_a_life_of_its_own<T: Send + 'static, F: std::future::Future<Output = T> + Send + 'static>(
+pub fn in_a_life_of_its_own<
+    T: Send + 'static,
+    F: std::future::Future<Output = T> + Send + 'static,
+>(
     life: F,
 ) -> T {
     std::thread::spawn(move || {

@@ -77,7 +77,10 @@ fn a_hold_reserves_the_amount_until_it_is_posted_in_part_and_the_rest_goes_back(
     assert_eq!(alice.available().0, 700);
     assert_eq!(alice.transferable(w.now).0, 700);
     // What is held cannot move otherwise, by any route.
-    w.refused(transfer("alice", "carol", 701), "insufficient_unheld_balance");
+    w.refused(
+        transfer("alice", "carol", 701),
+        "insufficient_unheld_balance",
+    );
     w.refused(redeem("alice", 701), "insufficient_unheld_balance");
     w.refused(forced("alice", "carol", 701), "insufficient_unheld_balance");
     w.refused(freeze_amount("alice", 701), "insufficient_unheld_balance");
@@ -154,7 +157,10 @@ fn malformed_holds_are_invalid_and_change_nothing() {
         (place("", "alice", "bob", 10, 60), "hold_id"),
         (place("h|1", "alice", "bob", 10, 60), "hold_id"),
         (place("h1", "alice", "bob", 10, 0), "expires_at"),
-        (place("h1", "alice", "bob", 10, MAX_HOLD_SECONDS + 1), "expires_at"),
+        (
+            place("h1", "alice", "bob", 10, MAX_HOLD_SECONDS + 1),
+            "expires_at",
+        ),
         (place("h1", "alice", "bob", 0, 60), "amount"),
         (place("h1", "alice", "alice", 10, 60), "to"),
         (settlement("h1", "alice", "bob", 10, 0), "payment.amount"),
@@ -168,7 +174,10 @@ fn malformed_holds_are_invalid_and_change_nothing() {
         );
     }
     w.ok(place("h1", "alice", "bob", 10, 60));
-    assert_eq!(w.refuse(place("h1", "alice", "bob", 10, 60)).code, "hold_exists");
+    assert_eq!(
+        w.refuse(place("h1", "alice", "bob", 10, 60)).code,
+        "hold_exists"
+    );
     for amount in [0, 11] {
         let err = w.refuse(post("h1", Some(amount)));
         assert_eq!(err.field.as_deref(), Some("amount"), "{}", err.message);
@@ -182,13 +191,18 @@ fn holds_expire_at_their_deadline_and_an_expired_hold_cannot_be_posted() {
     w.ok(place("h1", "alice", "bob", 100, 60));
     w.ok(place("h2", "alice", "bob", 100, 120));
     w.advance(59);
-    assert!(w.expire_due().is_empty(), "nothing is due before its deadline");
+    assert!(
+        w.expire_due().is_empty(),
+        "nothing is due before its deadline"
+    );
     w.advance(1);
     // Due, but not expired yet by the service: it cannot be posted either.
     assert_eq!(w.refuse(post("h1", None)).code, "hold_expired");
     let events = w.expire_due();
     assert_eq!(events.len(), 1);
-    assert!(matches!(&events[0].change, Change::HoldExpired { hold_id, .. } if hold_id.as_str() == "h1"));
+    assert!(
+        matches!(&events[0].change, Change::HoldExpired { hold_id, .. } if hold_id.as_str() == "h1")
+    );
     assert_eq!(w.closed("h1").status, HoldStatus::Expired);
     assert_eq!(w.holding("alice").held.0, 100);
     // Expiring again is refused, as the service's retries need.
@@ -206,7 +220,7 @@ fn holds_expire_at_their_deadline_and_an_expired_hold_cannot_be_posted() {
 #[test]
 fn a_settlement_moves_the_tokens_only_with_the_payment_confirmation() {
     let mut w = funded();
-    w.ok(settlement("s1", "alice", "bob", 250, 25_000_00));
+    w.ok(settlement("s1", "alice", "bob", 250, 2_500_000));
     assert_eq!(w.refuse(post("s1", None)).code, "payment_not_confirmed");
     assert_eq!(
         w.refuse(Operation::ConfirmPayment {
@@ -230,7 +244,7 @@ fn a_settlement_moves_the_tokens_only_with_the_payment_confirmation() {
     assert_eq!(amount.0, 250);
     let paid = payment.as_ref().expect("the cash leg");
     assert_eq!(paid.leg.reference, "wire 2025-0042", "trimmed");
-    assert_eq!(paid.leg.amount.0, 25_000_00);
+    assert_eq!(paid.leg.amount.0, 2_500_000);
     assert_eq!(w.balance("bob"), 250);
     assert_eq!(
         w.closed("s1").payment_confirmation.as_deref(),
@@ -238,7 +252,7 @@ fn a_settlement_moves_the_tokens_only_with_the_payment_confirmation() {
     );
 
     // A rejected payment voids the settlement; a hold without a cash leg has none to confirm.
-    w.ok(settlement("s2", "alice", "bob", 100, 10_000_00));
+    w.ok(settlement("s2", "alice", "bob", 100, 1_000_000));
     w.ok(Operation::RejectPayment {
         hold_id: "s2".into(),
         reason: "funds returned".into(),
@@ -263,7 +277,12 @@ fn holds_post_or_void_in_bulk_each_on_its_own() {
         .book
         .decide_batch(
             &TOKEN.into(),
-            &[post("h0", None), void("h1"), post("h0", None), post("h3", Some(5))],
+            &[
+                post("h0", None),
+                void("h1"),
+                post("h0", None),
+                post("h3", Some(5)),
+            ],
             BatchMode::Independent,
             &w.ctx(),
         )
@@ -330,9 +349,8 @@ fn pending_holds_and_their_deadlines_survive_a_replay_and_a_snapshot() {
         replayed.apply(event);
     }
     // As the engine stores a snapshot: MessagePack with field names.
-    let stored: Book =
-        rmp_serde::from_slice(&rmp_serde::to_vec_named(&replayed).expect("encoded"))
-            .expect("decoded");
+    let stored: Book = rmp_serde::from_slice(&rmp_serde::to_vec_named(&replayed).expect("encoded"))
+        .expect("decoded");
     for book in [&replayed, &stored] {
         assert_eq!(book.token(TOKEN), w.book.token(TOKEN));
         let due = book.expired_holds(T0 + Duration::seconds(60));

@@ -364,6 +364,56 @@ async fn story(p: &Product) -> Ending {
     );
     assert_eq!(amount(&holders["total_supply"]), 720);
 
+    // Bob sells 55 to alice against payment: a hold with a cash leg, moved only when the
+    // payment agent confirms the wire. A hold of 5 stays pending: the cap table shows it held,
+    // the ledger in bob's held account, and both still reconcile.
+    let soon = (time::OffsetDateTime::now_utc() + time::Duration::hours(1))
+        .format(&time::format_description::well_known::Rfc3339)
+        .expect("format");
+    let (status, hold) = p
+        .post_as(
+            "token-agent",
+            &format!("/v1/tokens/{t}/holds"),
+            json!({"from": bob, "to": alice, "amount": "55", "expires_at": soon,
+                   "payment": {"currency": "EUR", "amount": "1375000", "reference": "wire 2026-11-17"}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{hold}");
+    let hold = hold["id"].as_str().expect("a hold id").to_owned();
+    let (status, body) = p
+        .post_as(
+            "bank",
+            &format!("/v1/tokens/{t}/holds/{hold}/payment-confirmation"),
+            json!({"confirmation": "camt.054 0042"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["events"][0]["change"], "hold_posted");
+    let (status, body) = p
+        .post(
+            &format!("/v1/tokens/{t}/holds"),
+            json!({"from": bob, "to": carol, "amount": "5", "expires_at": soon}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    // Closed, it is read back from the index of its partition.
+    let record = p.get(&format!("/v1/tokens/{t}/holds/{hold}")).await.1;
+    assert_eq!(
+        (&record["status"], &record["payment_confirmation"]),
+        (&json!("posted"), &json!("camt.054 0042")),
+        "{record}"
+    );
+    let holders = p.get(&format!("/v1/tokens/{t}/holders")).await.1;
+    let row = |who: &str| {
+        holders["holders"]
+            .as_array()
+            .expect("rows")
+            .iter()
+            .find(|h| h["investor_id"] == who)
+            .map(|h| (amount(&h["balance"]), amount(&h["held"])))
+    };
+    assert_eq!((row(&alice), row(&bob)), (Some((310, 0)), Some((300, 5))));
+
     // A distribution of 1,000.00 EUR, pro rata, exact to the cent.
     let now = time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)

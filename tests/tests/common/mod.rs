@@ -278,6 +278,7 @@ impl Product {
             "asset-manager" => Role::AssetManager,
             "compliance" => Role::ComplianceOfficer,
             "token-agent" => Role::TokenAgent,
+            "bank" => Role::PaymentAgent,
             other => panic!("no role for actor {other}"),
         };
         let token =

@@ -124,8 +124,8 @@ struct Cluster {
     /// The fronts' ports: assets, tokens, ledger.
     fronts: [u16; 3],
     haproxy: Child,
-    /// This cluster's Kafka broker.
-    kafka: Server,
+    /// This cluster's Kafka broker, restarted if it stops serving (see `servers::Supervised`).
+    kafka: servers::Supervised,
     kafka_brokers: String,
     http: Client,
     _dir: tempfile::TempDir,
@@ -133,18 +133,27 @@ struct Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        if self.kafka.restarts() > 0 {
+            eprintln!(
+                "{}: the Kafka broker was restarted {} times",
+                self.name,
+                self.kafka.restarts()
+            );
+        }
         if std::thread::panicking() {
             // What the broker said last, and whether it still runs: a failed check after the
-            // broker died or hung reads very differently.
-            let state = if self.kafka.running() {
-                "running"
-            } else {
-                "exited"
-            };
+            // broker died or hung reads very differently. Its whole log outlives the test.
+            let kept = std::env::temp_dir().join(format!("{}-kafka.log", self.name));
+            let (state, tail) = self.kafka.with(|kafka| {
+                let _ = std::fs::copy(kafka.log_path(), &kept);
+                let state = if kafka.running() { "running" } else { "exited" };
+                (state, kafka.log_tail())
+            });
             eprintln!(
-                "{}: the Kafka broker ({state}) said last:\n{}",
+                "{}: the Kafka broker ({state}, restarted {} times; its log kept in {}) said last:\n{tail}",
                 self.name,
-                self.kafka.log_tail()
+                self.kafka.restarts(),
+                kept.display(),
             );
         }
         for replica in &mut self.replicas {
@@ -187,6 +196,7 @@ impl Cluster {
         let dir = tempfile::tempdir().unwrap();
         let (kafka, kafka_brokers) = servers::kafka_standin();
         kafka.die_with_this_process();
+        let kafka = servers::Supervised::new(kafka, "UnableToSend");
         let backends = Backends {
             kafka_brokers: kafka_brokers.clone(),
             mongodb_uri: stack.mongodb_uri.clone(),
@@ -1008,12 +1018,12 @@ async fn a_relay_stopped_mid_backlog_is_resumed_by_another_replica() {
     let s = stream(&c, &f);
     s.reached(TRANSFERS / 5).await;
     // The broker stops answering: the owner keeps committing, its relay falls behind.
-    c.kafka.signal("STOP");
+    c.kafka.with(|kafka| kafka.signal("STOP"));
     let before = s.done.load(Ordering::SeqCst);
     s.reached(before + 200).await;
     let owner = c.owner("tokens").await;
     c.kill(owner);
-    c.kafka.signal("CONT");
+    c.kafka.with(|kafka| kafka.signal("CONT"));
     let successor = c.owner("tokens").await;
     assert_ne!(successor, owner);
     s.finish().await;

@@ -10,7 +10,7 @@
 //!    for durable HTTP writes, as the denominator of the durable transfers.
 //!
 //! `BENCH_SECONDS` sets each HTTP phase's length (default 10); `BENCH_PHASES` (durable, bulk,
-//! holders, dry, reads, comma-separated) runs only those; `LIBERTUM_STORE_CACHE_MIB` sets the product's page
+//! holders, holds, dry, reads, comma-separated) runs only those; `LIBERTUM_STORE_CACHE_MIB` sets the product's page
 //! cache per store as in production (32 by default).
 //!
 //! `libertum-bench production` prints the production-mode figures instead (see production.rs),
@@ -19,6 +19,7 @@
 mod domain;
 mod history;
 mod holders;
+mod holds;
 mod load;
 mod production;
 mod replicas;
@@ -38,7 +39,7 @@ fn seconds() -> u64 {
         .unwrap_or(10)
 }
 
-/// Whether `BENCH_PHASES` (a comma-separated list of durable, bulk, holders, dry and reads; all
+/// Whether `BENCH_PHASES` (a comma-separated list of durable, bulk, holders, holds, dry and reads; all
 /// when unset) asks for `phase`.
 fn wanted(phase: &str) -> bool {
     std::env::var("BENCH_PHASES")
@@ -204,6 +205,11 @@ fn main() -> anyhow::Result<()> {
     // Reads of a token with 100,000 holders (BENCH_HOLDERS) while transfers run.
     if wanted("holders") {
         holders::run(&client, &base, &fixture, phase)?;
+    }
+
+    // Holds expiring at a steady rate while transfers run: how late each expiry is recorded.
+    if wanted("holds") {
+        holds::run(&client, &base, &fixture, phase)?;
     }
 
     // The same requests to the dry run: HTTP, JSON and every rule, but no engine, commit or ledger.

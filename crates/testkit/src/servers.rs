@@ -207,10 +207,90 @@ impl Server {
             .spawn();
     }
 
+    /// The file the server's output goes to (in its data directory, gone when it is dropped).
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+}
+
+/// A stand-in server watched by a thread that restarts it, on the same port and data, when its
+/// log says it has stopped serving while its process lives on (`dead`, a line of its log), as
+/// an orchestrator's liveness probe would. Each restart is printed and counted.
+///
+/// tansu 0.6.0 needs it: its storage loop ends at the first request whose client went away
+/// before the answer (`ChannelRequestService::serve` returns the error of a failed
+/// `tx.send(response)`), after which every request fails with `UnableToSend`. A client killed
+/// or paused mid-request (what the failover tests do to replicas) is enough. A real broker
+/// restarted is a fault the services must survive anyway (`tests/faults.rs`).
+pub struct Supervised {
+    server: std::sync::Arc<std::sync::Mutex<Server>>,
+    restarts: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    watchdog: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Supervised {
+    pub fn new(server: Server, dead: &'static str) -> Supervised {
+        use std::sync::{Arc, Mutex, atomic::Ordering};
+        let server = Arc::new(Mutex::new(server));
+        let restarts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let watchdog = {
+            let (server, restarts, stop) = (server.clone(), restarts.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut read = 0usize;
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(200));
+                    let mut server = server.lock().unwrap_or_else(|e| e.into_inner());
+                    let log = std::fs::read(&server.log).unwrap_or_default();
+                    let fresh = String::from_utf8_lossy(log.get(read..).unwrap_or_default());
+                    let died = fresh.contains(dead);
+                    read = log.len();
+                    if died && server.child.is_some() {
+                        eprintln!(
+                            "{} stopped serving ({dead} in its log): restarted on port {}",
+                            server.what, server.port
+                        );
+                        server.kill();
+                        server.restart();
+                        server.die_with_this_process();
+                        restarts.fetch_add(1, Ordering::SeqCst);
+                        read = std::fs::metadata(&server.log).map_or(0, |m| m.len() as usize);
+                    }
+                }
+            })
+        };
+        Supervised {
+            server,
+            restarts,
+            stop,
+            watchdog: Some(watchdog),
+        }
+    }
+
+    /// Runs `f` on the server (the watchdog waits meanwhile).
+    pub fn with<R>(&self, f: impl FnOnce(&mut Server) -> R) -> R {
+        f(&mut self.server.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// How many times the watchdog restarted it.
+    pub fn restarts(&self) -> usize {
+        self.restarts.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for Supervised {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(watchdog) = self.watchdog.take() {
+            let _ = watchdog.join();
+        }
     }
 }
 

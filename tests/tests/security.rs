@@ -17,6 +17,8 @@ struct Fixture {
     token: String,
     alice: String,
     bob: String,
+    /// A pending hold from alice to bob.
+    hold: String,
 }
 
 async fn fixture(p: &Product) -> Fixture {
@@ -60,12 +62,23 @@ async fn fixture(p: &Product) -> Fixture {
             .await;
         assert_eq!(status, StatusCode::OK, "{body}");
     }
+    let expires_at = (time::OffsetDateTime::now_utc() + time::Duration::hours(1))
+        .format(&time::format_description::well_known::Rfc3339)
+        .expect("format");
+    let (status, hold) = p
+        .post(
+            &format!("/v1/tokens/{token}/holds"),
+            json!({"from": investors[0], "to": investors[1], "amount": "10", "expires_at": expires_at}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{hold}");
     Fixture {
         asset,
         draft,
         token,
         alice: investors[0].clone(),
         bob: investors[1].clone(),
+        hold: hold["id"].as_str().expect("id").to_owned(),
     }
 }
 
@@ -96,6 +109,9 @@ fn calls(f: &Fixture) -> Vec<Call> {
     use Operation as O;
     let (a, d, t, alice, bob) = (&f.asset, &f.draft, &f.token, &f.alice, &f.bob);
     let now = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .expect("format");
+    let in_an_hour = (time::OffsetDateTime::now_utc() + time::Duration::hours(1))
         .format(&time::format_description::well_known::Rfc3339)
         .expect("format");
     let calls = vec![
@@ -260,6 +276,32 @@ fn calls(f: &Fixture) -> Vec<Call> {
             M::GET,
             format!("/v1/tokens/{t}/distributions"),
             None,
+        ),
+        call(
+            O::HoldPlace,
+            M::POST,
+            format!("/v1/tokens/{t}/holds"),
+            Some(json!({"from": alice, "to": bob, "amount": "1", "expires_at": in_an_hour})),
+        ),
+        // Who may post or confirm is checked before the hold is looked up: an unknown one
+        // answers 404 to them, 403 to everyone else.
+        call(
+            O::HoldSettle,
+            M::POST,
+            format!("/v1/tokens/{t}/holds/hld_unknown/post"),
+            Some(json!({})),
+        ),
+        call(
+            O::HoldRead,
+            M::GET,
+            format!("/v1/tokens/{t}/holds/{}", f.hold),
+            None,
+        ),
+        call(
+            O::PaymentConfirm,
+            M::POST,
+            format!("/v1/tokens/{t}/holds/hld_unknown/payment-confirmation"),
+            Some(json!({"confirmation": "wire 1"})),
         ),
         call(O::LedgerRead, M::GET, "/v1/ledger/entries".into(), None),
         call(

@@ -124,14 +124,17 @@ impl Book {
         holders
     }
 
-    /// The pending holds past their deadline at `now`, per token (at most
-    /// [`EXPIRE_AT_ONCE`] of each), as the commands that expire them.
+    /// The pending holds past their deadline at `now`, soonest first, as the commands that
+    /// expire them: per token at most [`EXPIRE_AT_ONCE`], and in all at most ten times that,
+    /// so that a backlog (holds due while no process ran) is worked off round by round
+    /// instead of being read whole at every look.
     pub fn expired_holds(&self, now: Timestamp) -> Vec<Command> {
         let mut by_token: std::collections::BTreeMap<&Id, Vec<Id>> = Default::default();
         for (_, token, hold) in self
             .hold_deadlines
             .iter()
             .take_while(|(deadline, ..)| *deadline <= now)
+            .take(10 * EXPIRE_AT_ONCE)
         {
             let ids = by_token.entry(token).or_default();
             if ids.len() < EXPIRE_AT_ONCE {

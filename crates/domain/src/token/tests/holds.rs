@@ -360,3 +360,38 @@ fn pending_holds_and_their_deadlines_survive_a_replay_and_a_snapshot() {
         );
     }
 }
+
+#[test]
+fn a_backlog_of_due_holds_is_expired_round_by_round() {
+    let mut w = World::new(100_000, Rules::default());
+    w.ok(issue("alice", 20_000));
+    let placed: Vec<Operation> = (0..2 * EXPIRE_AT_ONCE + 5)
+        .map(|i| place(&format!("h{i}"), "alice", "bob", 1, 60))
+        .collect();
+    let (events, _) = w
+        .book
+        .decide_batch(&TOKEN.into(), &placed, BatchMode::AllOrNothing, &w.ctx())
+        .expect("placed");
+    for event in &events {
+        w.book.apply(event);
+    }
+    w.advance(61);
+    let mut rounds = 0;
+    loop {
+        let due = w.book.expired_holds(w.now);
+        let Some(Command::ExpireHolds { hold_ids, .. }) = due.first() else {
+            break;
+        };
+        assert!(
+            hold_ids.len() <= EXPIRE_AT_ONCE,
+            "one round expires at most {EXPIRE_AT_ONCE}"
+        );
+        for command in due {
+            w.run(command).expect("expired");
+        }
+        rounds += 1;
+    }
+    assert_eq!(rounds, 3);
+    assert!(w.token().holds.is_empty());
+    assert_eq!(w.holding("alice").held.0, 0);
+}

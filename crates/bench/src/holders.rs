@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::load::{self, Fixture};
+use crate::load::{self, Fixture, at};
 
 /// How many investors hold the big token.
 pub fn holders() -> usize {
@@ -90,10 +90,6 @@ async fn read_for(urls: Vec<String>, duration: Duration) -> anyhow::Result<Vec<f
     anyhow::ensure!(!latencies.is_empty(), "no read answered");
     latencies.sort_by(f64::total_cmp);
     Ok(latencies)
-}
-
-fn at(sorted: &[f64], q: f64) -> f64 {
-    sorted[((sorted.len() as f64 - 1.0) * q).round() as usize]
 }
 
 /// Reads the big token's balances and cap table while `wrk` posts transfers of the fixture's

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
-use crate::load::{self, Fixture};
+use crate::load::{self, Fixture, at};
 
 /// How many holds expire during the phase (`BENCH_EXPIRING_HOLDS`, default 5,000).
 fn expiring() -> usize {
@@ -15,10 +15,6 @@ fn expiring() -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(5_000)
-}
-
-fn at(sorted: &[f64], q: f64) -> f64 {
-    sorted[((sorted.len() as f64 - 1.0) * q).round() as usize]
 }
 
 fn time_of(v: &Value) -> anyhow::Result<OffsetDateTime> {

@@ -44,6 +44,11 @@ impl Outcome {
     }
 }
 
+/// The `q` quantile of `sorted` (nearest rank).
+pub fn at(sorted: &[f64], q: f64) -> f64 {
+    sorted[((sorted.len() as f64 - 1.0) * q).round() as usize]
+}
+
 pub async fn post(http: &reqwest::Client, url: &str, body: Value) -> anyhow::Result<Value> {
     let r = http.post(url).json(&body).send().await?;
     let status = r.status();

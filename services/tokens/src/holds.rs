@@ -83,6 +83,22 @@ async fn must_be_pending(engine: &AppState, token_id: &str, hold_id: &str) -> Re
     }
 }
 
+/// Closes (or settles) a pending hold with `operation`, which `op` allows: who may is checked
+/// before the hold is looked up, so a caller without the right learns nothing of it.
+async fn settle(
+    engine: &AppState,
+    principal: Principal,
+    op: Operation,
+    (token_id, hold_id): (String, String),
+    operation: impl FnOnce(Id) -> token::Operation,
+    idempotency: Option<(String, String)>,
+) -> Result<Response, ApiError> {
+    principal.allow(op)?;
+    must_be_pending(engine, &token_id, &hold_id).await?;
+    let operation = operation(Id::from(hold_id));
+    operate_one(engine, principal.subject, token_id, operation, idempotency).await
+}
+
 /// Place a hold: reserve `amount` of `from`'s balance for `to` until `expires_at`, under
 /// every rule a transfer is checked by (but the receiver's maximum balance and the holder
 /// count, checked when it is posted). With `payment`, it is a settlement instruction: the
@@ -201,20 +217,19 @@ pub(crate) async fn get(
 pub(crate) async fn post(
     State(engine): State<AppState>,
     principal: Principal,
-    Path((token_id, hold_id)): Path<(String, String)>,
+    Path(path): Path<(String, String)>,
     posted: Posted<HoldPostRequest>,
 ) -> Result<Response, ApiError> {
-    principal.allow(Operation::HoldSettle)?;
-    must_be_pending(&engine, &token_id, &hold_id).await?;
-    let operation = token::Operation::PostHold {
-        hold_id: Id::from(hold_id),
-        amount: posted.body.amount,
-    };
-    operate_one(
+    let body = posted.body;
+    settle(
         &engine,
-        principal.subject,
-        token_id,
-        operation,
+        principal,
+        Operation::HoldSettle,
+        path,
+        |hold_id| token::Operation::PostHold {
+            hold_id,
+            amount: body.amount,
+        },
         posted.idempotency,
     )
     .await
@@ -229,20 +244,19 @@ pub(crate) async fn post(
 pub(crate) async fn void(
     State(engine): State<AppState>,
     principal: Principal,
-    Path((token_id, hold_id)): Path<(String, String)>,
+    Path(path): Path<(String, String)>,
     posted: Posted<HoldVoidRequest>,
 ) -> Result<Response, ApiError> {
-    principal.allow(Operation::HoldSettle)?;
-    must_be_pending(&engine, &token_id, &hold_id).await?;
-    let operation = token::Operation::VoidHold {
-        hold_id: Id::from(hold_id),
-        reason: posted.body.reason,
-    };
-    operate_one(
+    let body = posted.body;
+    settle(
         &engine,
-        principal.subject,
-        token_id,
-        operation,
+        principal,
+        Operation::HoldSettle,
+        path,
+        |hold_id| token::Operation::VoidHold {
+            hold_id,
+            reason: body.reason,
+        },
         posted.idempotency,
     )
     .await
@@ -258,20 +272,19 @@ pub(crate) async fn void(
 pub(crate) async fn confirm_payment(
     State(engine): State<AppState>,
     principal: Principal,
-    Path((token_id, hold_id)): Path<(String, String)>,
+    Path(path): Path<(String, String)>,
     posted: Posted<PaymentConfirmationRequest>,
 ) -> Result<Response, ApiError> {
-    principal.allow(Operation::PaymentConfirm)?;
-    must_be_pending(&engine, &token_id, &hold_id).await?;
-    let operation = token::Operation::ConfirmPayment {
-        hold_id: Id::from(hold_id),
-        confirmation: posted.body.confirmation,
-    };
-    operate_one(
+    let body = posted.body;
+    settle(
         &engine,
-        principal.subject,
-        token_id,
-        operation,
+        principal,
+        Operation::PaymentConfirm,
+        path,
+        |hold_id| token::Operation::ConfirmPayment {
+            hold_id,
+            confirmation: body.confirmation,
+        },
         posted.idempotency,
     )
     .await
@@ -286,20 +299,19 @@ pub(crate) async fn confirm_payment(
 pub(crate) async fn reject_payment(
     State(engine): State<AppState>,
     principal: Principal,
-    Path((token_id, hold_id)): Path<(String, String)>,
+    Path(path): Path<(String, String)>,
     posted: Posted<HoldVoidRequest>,
 ) -> Result<Response, ApiError> {
-    principal.allow(Operation::PaymentConfirm)?;
-    must_be_pending(&engine, &token_id, &hold_id).await?;
-    let operation = token::Operation::RejectPayment {
-        hold_id: Id::from(hold_id),
-        reason: posted.body.reason,
-    };
-    operate_one(
+    let body = posted.body;
+    settle(
         &engine,
-        principal.subject,
-        token_id,
-        operation,
+        principal,
+        Operation::PaymentConfirm,
+        path,
+        |hold_id| token::Operation::RejectPayment {
+            hold_id,
+            reason: body.reason,
+        },
         posted.idempotency,
     )
     .await

@@ -69,22 +69,19 @@ fn hold_not_found(hold_id: &str) -> ApiError {
     ApiError::not_found("hold_not_found", format!("hold {hold_id} does not exist"))
 }
 
-/// Refuses at once, with what became of it, a hold that is not pending; the writer refuses
-/// it anyway if it closes in between.
-async fn must_be_pending(engine: &AppState, token_id: &str, hold_id: &str) -> Result<(), ApiError> {
+/// Refuses at once a hold the token never had (404). Whether it is still pending is the
+/// writer's to decide: a retry under the same `Idempotency-Key` of a request that closed it
+/// must get its first answer back, not a refusal.
+async fn must_exist(engine: &AppState, token_id: &str, hold_id: &str) -> Result<(), ApiError> {
     match find(engine, token_id, hold_id).await? {
         None => Err(hold_not_found(hold_id)),
-        Some(record) if record.status != token::HoldStatus::Pending => Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "hold_not_pending",
-            format!("hold {hold_id} is {} already", record.status.as_str()),
-        )),
         Some(_) => Ok(()),
     }
 }
 
 /// Closes (or settles) a pending hold with `operation`, which `op` allows: who may is checked
-/// before the hold is looked up, so a caller without the right learns nothing of it.
+/// before the hold is looked up, so a caller without the right learns nothing of it; a hold
+/// no longer pending is refused by the writer (`hold_not_pending`).
 async fn settle(
     engine: &AppState,
     principal: Principal,
@@ -94,7 +91,7 @@ async fn settle(
     idempotency: Option<(String, String)>,
 ) -> Result<Response, ApiError> {
     principal.allow(op)?;
-    must_be_pending(engine, &token_id, &hold_id).await?;
+    must_exist(engine, &token_id, &hold_id).await?;
     let operation = operation(Id::from(hold_id));
     operate_one(engine, principal.subject, token_id, operation, idempotency).await
 }

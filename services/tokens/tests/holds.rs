@@ -86,13 +86,20 @@ async fn a_hold_reserves_then_posts_in_part_and_its_record_stays_readable() {
     let listed = s.get(&format!("/v1/tokens/{token}/holds")).await;
     assert_eq!(listed.ok(200)["items"][0]["id"], id.as_str());
 
-    let posted = s
-        .post(
-            &format!("/v1/tokens/{token}/holds/{id}/post"),
-            &json!({"amount": "100"}),
+    let post_once = || {
+        send(
+            s.http
+                .post(s.url(&format!("/v1/tokens/{token}/holds/{id}/post")))
+                .header("idempotency-key", "post-h1")
+                .json(&json!({"amount": "100"})),
         )
-        .await;
+    };
+    let posted = post_once().await;
     let events = &posted.ok(200)["events"];
+    // A retry under the same key gets the first answer back, though the hold is closed now.
+    let again = post_once().await;
+    assert_eq!(again.ok(200), &posted.body);
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
     assert_eq!(events[0]["change"], "hold_posted");
     assert_eq!(events[0]["released"], "20");
     assert_eq!(s.balance(&token, &a).await, "200");
@@ -112,7 +119,7 @@ async fn a_hold_reserves_then_posts_in_part_and_its_record_stays_readable() {
         &json!({"reason": "late"}),
     )
     .await
-    .problem(409, "hold_not_pending", None);
+    .problem(409, "hold_not_pending", Some("hold_id"));
     s.get(&format!("/v1/tokens/{token}/holds/hld_missing"))
         .await
         .problem(404, "hold_not_found", None);

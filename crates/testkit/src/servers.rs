@@ -244,14 +244,20 @@ impl Supervised {
         let watchdog = {
             let (server, restarts, stop) = (server.clone(), restarts.clone(), stop.clone());
             std::thread::spawn(move || {
-                let mut read = 0usize;
+                use std::io::{Read, Seek};
+                // Only what the log gained since the last look is read.
+                let mut read = 0u64;
                 while !stop.load(Ordering::Relaxed) {
                     std::thread::sleep(Duration::from_millis(200));
                     let mut server = server.lock().unwrap_or_else(|e| e.into_inner());
-                    let log = std::fs::read(&server.log).unwrap_or_default();
-                    let fresh = String::from_utf8_lossy(log.get(read..).unwrap_or_default());
-                    let died = fresh.contains(dead);
-                    read = log.len();
+                    let mut fresh = Vec::new();
+                    if let Ok(mut log) = std::fs::File::open(&server.log)
+                        && log.seek(std::io::SeekFrom::Start(read)).is_ok()
+                    {
+                        let _ = log.read_to_end(&mut fresh);
+                    }
+                    read += fresh.len() as u64;
+                    let died = String::from_utf8_lossy(&fresh).contains(dead);
                     if died && server.child.is_some() {
                         eprintln!(
                             "{} stopped serving ({dead} in its log): restarted on port {}",
@@ -261,7 +267,7 @@ impl Supervised {
                         server.restart();
                         server.die_with_this_process();
                         restarts.fetch_add(1, Ordering::SeqCst);
-                        read = std::fs::metadata(&server.log).map_or(0, |m| m.len() as usize);
+                        read = std::fs::metadata(&server.log).map_or(0, |m| m.len());
                     }
                 }
             })

@@ -41,6 +41,12 @@ async fn as_role(
     .await
 }
 
+/// Places a hold on `token` as the platform admin; its id.
+async fn place(s: &Server, token: &str, body: &Value) -> String {
+    let reply = s.post(&format!("/v1/tokens/{token}/holds"), body).await;
+    reply.ok(201)["id"].as_str().expect("a hold id").to_owned()
+}
+
 async fn holding(s: &Server, token: &str, investor: &str) -> Value {
     s.get(&format!("/v1/tokens/{token}/holders/{investor}"))
         .await
@@ -244,17 +250,13 @@ async fn a_settlement_moves_tokens_only_when_the_payment_agent_confirms() {
     assert_eq!(record.ok(200)["payment_confirmation"], "camt.054 7781");
 
     // A rejected payment voids the settlement.
-    let second = s
-        .post(
-            &format!("/v1/tokens/{token}/holds"),
-            &json!({"from": a, "to": b, "amount": "20", "expires_at": in_seconds(600),
+    let second = place(
+        &s,
+        &token,
+        &json!({"from": a, "to": b, "amount": "20", "expires_at": in_seconds(600),
                     "payment": {"currency": "EUR", "amount": "200000", "reference": "wire 8"}}),
-        )
-        .await
-        .ok(201)["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    )
+    .await;
     as_role(
         &s,
         &[Role::PaymentAgent],
@@ -377,16 +379,12 @@ async fn expired(s: &Server, token: &str, hold: &str, within: Duration) -> bool 
 async fn a_hold_expires_without_a_request_and_gives_the_amount_back() {
     let s = spawn().await;
     let (token, a, b) = setup(&s).await;
-    let id = s
-        .post(
-            &format!("/v1/tokens/{token}/holds"),
-            &json!({"from": a, "to": b, "amount": "70", "expires_at": in_seconds(1)}),
-        )
-        .await
-        .ok(201)["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = place(
+        &s,
+        &token,
+        &json!({"from": a, "to": b, "amount": "70", "expires_at": in_seconds(1)}),
+    )
+    .await;
     assert!(
         expired(&s, &token, &id, Duration::from_secs(10)).await,
         "expired on its own"
@@ -408,16 +406,12 @@ async fn a_hold_due_while_the_service_was_down_expires_once_it_is_back() {
         )
         .await;
         let (token, a, b) = setup(&s).await;
-        let id = s
-            .post(
-                &format!("/v1/tokens/{token}/holds"),
-                &json!({"from": a, "to": b, "amount": "70", "expires_at": in_seconds(2)}),
-            )
-            .await
-            .ok(201)["id"]
-            .as_str()
-            .unwrap()
-            .to_owned();
+        let id = place(
+            &s,
+            &token,
+            &json!({"from": a, "to": b, "amount": "70", "expires_at": in_seconds(2)}),
+        )
+        .await;
         (token, a, id)
     });
     // Down past the deadline.

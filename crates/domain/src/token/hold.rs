@@ -124,15 +124,22 @@ pub(super) fn place(
             "a hold expires within 366 days of being placed",
         ));
     }
-    if let Some(leg) = &hold.payment {
-        if leg.amount.is_zero() || leg.amount > super::MAX_SUPPLY {
-            return Err(Error::invalid(
-                "payment.amount",
-                "payment.amount must be between 1 and 10^36",
-            ));
+    let payment = match &hold.payment {
+        Some(leg) => {
+            if leg.amount.is_zero() || leg.amount > super::MAX_SUPPLY {
+                return Err(Error::invalid(
+                    "payment.amount",
+                    "payment.amount must be between 1 and 10^36",
+                ));
+            }
+            let reference = bounded_text("payment.reference", &leg.reference, 200)?;
+            Some(CashLeg {
+                reference,
+                ..leg.clone()
+            })
         }
-        bounded_text("payment.reference", &leg.reference, 200)?;
-    }
+        None => None,
+    };
     // Every check of a voluntary transfer but the receiver's room: that is counted when the
     // tokens arrive, at posting.
     compliance::check_transfer(
@@ -150,10 +157,7 @@ pub(super) fn place(
     Ok(Change::HoldPlaced {
         token_id: token.spec.id.clone(),
         hold: Hold {
-            payment: hold.payment.clone().map(|leg| CashLeg {
-                reference: leg.reference.trim().to_owned(),
-                ..leg
-            }),
+            payment,
             ..hold.clone()
         },
     })

@@ -34,6 +34,8 @@ def canonical(e: dict) -> bytes:
         "event_type": e["event_type"], "subject": e["subject"], "actor": e["actor"],
         "postings": [{"from": p["from"], "to": p["to"], "unit": p["unit"], "amount": int(p["amount"])} for p in e["postings"]],
     }
+    if e.get("reverses"):  # only reversing entries name what they reverse
+        obj["reverses"] = {"token_id": e["reverses"]["token_id"], "version": e["reverses"]["version"]}
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
 
 

@@ -731,6 +731,32 @@ impl EventStore for MongoStore {
         )))
     }
 
+    async fn index_range(
+        &self,
+        low: &str,
+        high: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        use futures::TryStreamExt;
+        let mut rows = self
+            .index
+            .find(doc! {"_id": {"$gte": low, "$lte": high}})
+            .sort(doc! {"_id": 1})
+            .limit(i64::try_from(limit).unwrap_or(i64::MAX))
+            .await
+            .map_err(StoreError::backend)?;
+        let mut found = Vec::new();
+        while let Some(row) = rows.try_next().await.map_err(StoreError::backend)? {
+            found.push((
+                row.get_str("_id").map_err(StoreError::backend)?.to_owned(),
+                row.get_binary_generic("v")
+                    .map_err(StoreError::backend)?
+                    .clone(),
+            ));
+        }
+        Ok(found)
+    }
+
     async fn save_snapshot(&self, position: u64, bytes: Vec<u8>) -> Result<(), StoreError> {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

@@ -74,6 +74,14 @@ impl EventStore for Distant {
     ) -> Result<Option<(String, Vec<u8>)>, StoreError> {
         self.inner.index_last(low, high).await
     }
+    async fn index_range(
+        &self,
+        low: &str,
+        high: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.inner.index_range(low, high, limit).await
+    }
     async fn save_snapshot(&self, position: u64, bytes: Vec<u8>) -> Result<(), StoreError> {
         self.inner.save_snapshot(position, bytes).await
     }

@@ -43,8 +43,34 @@ pub struct Entry {
     /// subject's stream at or below the version recorded is not recorded again.
     #[serde(default)]
     pub subject_version: u64,
+    /// A reversing entry: the movement it reverses, as its token and the token's version
+    /// (whose entry the index finds: [`keys::version`]). In the canonical bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reverses: Option<Reversed>,
     pub prev_hash: String,
     pub hash: String,
+}
+
+/// What a reversing entry reverses: the entry that took `token_id` to `version`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reversed {
+    pub token_id: Id,
+    pub version: u64,
+}
+
+impl Reversed {
+    /// What `event` reverses, if it is a reversal.
+    pub fn by(event: &TokenEvent) -> Option<Reversed> {
+        match &event.change {
+            Change::Reversed {
+                token_id, original, ..
+            } => Some(Reversed {
+                token_id: token_id.clone(),
+                version: original.version,
+            }),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -56,6 +82,15 @@ struct Canonical<'a> {
     subject: &'a str,
     actor: &'a str,
     postings: Vec<CanonicalPosting<'a>>,
+    /// Only in reversing entries, so that every other entry hashes as it always did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reverses: Option<CanonicalReversed<'a>>,
+}
+
+#[derive(Serialize)]
+struct CanonicalReversed<'a> {
+    token_id: &'a str,
+    version: u64,
 }
 
 #[derive(Serialize)]
@@ -86,6 +121,10 @@ impl Entry {
                     amount: p.amount.0,
                 })
                 .collect(),
+            reverses: self.reverses.as_ref().map(|r| CanonicalReversed {
+                token_id: &r.token_id,
+                version: r.version,
+            }),
         };
         // Serialising plain structs of strings and integers cannot fail.
         serde_json::to_vec(&canonical).unwrap_or_default()
@@ -112,6 +151,8 @@ pub struct Incoming {
     pub token: Option<(Id, u64)>,
     /// The version of the subject's stream after this event.
     pub subject_version: u64,
+    /// A reversal: what it reverses.
+    pub reverses: Option<Reversed>,
 }
 
 pub fn investor_account(id: &str) -> String {
@@ -249,6 +290,25 @@ pub fn postings_for(event: &TokenEvent) -> Vec<Posting> {
             token_id,
             *amount,
         )],
+        // The original's posting the other way: an issuance goes back to the issuance
+        // account, a redemption comes back from the redemption account.
+        Change::Reversed {
+            token_id,
+            from,
+            to,
+            amount,
+            ..
+        } => {
+            let from = match from {
+                Some(investor) => investor_account(investor),
+                None => format!("redemption:{token_id}"),
+            };
+            let to = match to {
+                Some(investor) => investor_account(investor),
+                None => format!("issuance:{token_id}"),
+            };
+            vec![posting(from, to, token_id, *amount)]
+        }
         _ => Vec::new(),
     }
 }
@@ -276,7 +336,11 @@ fn stream_of(event_type: &str, subject: &str) -> String {
 /// - `v{no}|{version}`: the entry that took token `no` to `version`;
 /// - `h{no}|{at}|{version}`: (tokens service) holding `no`'s balance after the token's event
 ///   `version`;
-/// - `c{token}|{hold}`: (tokens service) a closed hold's record, as JSON.
+/// - `c{token}|{hold}`: (tokens service) a closed hold's record, as JSON;
+/// - `m{token}|{version}`: (tokens service) the record of the movement that took the token to
+///   `version`, as JSON;
+/// - `r{token}|{version}`: (tokens service) the movement at `version` was reversed: the
+///   reversal's version.
 ///
 /// Numbers are lower-case hexadecimal; those after the first `|` have 16 digits, so that key
 /// order is numeric order, and `|` sorts after every digit, so one number's rows never mix with
@@ -331,6 +395,26 @@ pub mod keys {
     /// A closed hold's record (ids hold no `|`).
     pub fn closed_hold(token: &str, hold: &str) -> String {
         format!("c{token}|{hold}")
+    }
+
+    /// The record of the movement that took `token` to `version`, as JSON.
+    pub fn movement(token: &str, version: u64) -> String {
+        format!("m{token}|{version:016x}")
+    }
+
+    /// The range of `token`'s movement records after `version` (0: from the first).
+    pub fn movements_after(token: &str, version: u64) -> (String, String) {
+        (movement(token, version + 1), format!("m{token}|~"))
+    }
+
+    /// A reversed movement of `token`: the version of its reversal (8 bytes).
+    pub fn reversal(token: &str, version: u64) -> String {
+        format!("r{token}|{version:016x}")
+    }
+
+    /// The range of `token`'s reversed movements after `version`.
+    pub fn reversals_after(token: &str, version: u64) -> (String, String) {
+        (reversal(token, version + 1), format!("r{token}|~"))
     }
 
     pub fn balance_value(balance: i128) -> Vec<u8> {
@@ -467,6 +551,7 @@ impl Journal {
             postings: incoming.postings.clone(),
             token: incoming.token.clone(),
             subject_version: incoming.subject_version,
+            reverses: incoming.reverses.clone(),
             prev_hash: hex::encode(self.head_hash),
             hash: String::new(),
         };
@@ -675,6 +760,7 @@ mod tests {
             postings,
             token: None,
             subject_version: version,
+            reverses: None,
         }
     }
 
@@ -872,5 +958,30 @@ mod tests {
             text,
             r#"{"seq":1,"at_ns":1767225600000000000,"event_id":"ev0","event_type":"libertum.token.transferred.v1","subject":"tok_1","actor":"agent","postings":[{"from":"issuance:tok_1","to":"investor:a","unit":"tok_1","amount":10}]}"#
         );
+    }
+
+    #[test]
+    fn a_reversing_entry_names_what_it_reverses_in_its_hashed_bytes() {
+        let journal = Journal::default();
+        let mut reversing = incoming("ev9", 7, vec![post("investor:a", "issuance:tok_1", 10)]);
+        reversing.event_type = "libertum.token.reversed.v1".into();
+        reversing.reverses = Some(Reversed {
+            token_id: "tok_1".into(),
+            version: 3,
+        });
+        let entry = journal.decide(&reversing).unwrap().expect("an entry");
+        let text = String::from_utf8(entry.canonical_bytes()).expect("utf-8");
+        assert!(
+            text.ends_with(r#""amount":10}],"reverses":{"token_id":"tok_1","version":3}}"#),
+            "{text}"
+        );
+        // Naming another movement is another hash: what is reversed cannot be changed quietly.
+        let mut other = entry.clone();
+        other.reverses = Some(Reversed {
+            token_id: "tok_1".into(),
+            version: 4,
+        });
+        assert_ne!(other.compute_hash(&GENESIS), entry.compute_hash(&GENESIS));
+        assert!(!verify([other]).valid);
     }
 }

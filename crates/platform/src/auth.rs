@@ -125,6 +125,10 @@ pub enum Operation {
     HoldRead,
     /// Confirm or reject a settlement's cash leg.
     PaymentConfirm,
+    /// List and read a token's movements.
+    MovementRead,
+    /// Reverse a movement.
+    MovementReverse,
     LedgerRead,
     /// An investor may read only their own account's balance.
     BalanceRead,
@@ -132,7 +136,7 @@ pub enum Operation {
 }
 
 impl Operation {
-    pub const ALL: [Operation; 33] = [
+    pub const ALL: [Operation; 35] = [
         Operation::AssetRegister,
         Operation::AssetRead,
         Operation::AssetUpdate,
@@ -163,6 +167,8 @@ impl Operation {
         Operation::HoldSettle,
         Operation::HoldRead,
         Operation::PaymentConfirm,
+        Operation::MovementRead,
+        Operation::MovementReverse,
         Operation::LedgerRead,
         Operation::BalanceRead,
         Operation::LedgerVerify,
@@ -202,6 +208,8 @@ impl Operation {
             HoldSettle => "token.hold.settle",
             HoldRead => "token.hold.read",
             PaymentConfirm => "token.payment.confirm",
+            MovementRead => "token.movement.read",
+            MovementReverse => "token.movement.reverse",
             LedgerRead => "ledger.read",
             BalanceRead => "ledger.balance.read",
             LedgerVerify => "ledger.verify",
@@ -236,11 +244,13 @@ impl Operation {
             }
             AssetRead | TokenRead => &Role::ALL,
             AssetReview | TokenRulesUpdate | InvestorRegister | InvestorUpdate | ForcedTransfer
-            | Freeze => &[PlatformAdmin, ComplianceOfficer],
+            | Freeze | MovementReverse => &[PlatformAdmin, ComplianceOfficer],
             TokenCreate | Issue | Redeem | Pause | Batch | Distribute => {
                 &[PlatformAdmin, TokenAgent]
             }
-            InvestorList | HoldersList | DistributionsList | LedgerRead => STAFF_READERS,
+            InvestorList | HoldersList | DistributionsList | MovementRead | LedgerRead => {
+                STAFF_READERS
+            }
             InvestorRead | HoldingRead | BalanceRead => &[
                 PlatformAdmin,
                 ComplianceOfficer,

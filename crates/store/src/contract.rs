@@ -178,6 +178,32 @@ pub async fn event_store(open: Open) {
     );
     assert_eq!(last("p|a|", "p|a|0000").await, None, "nothing at or below");
     assert_eq!(last("p|c|", "p|c|~").await, None, "nothing in the range");
+    let range = |low: &'static str, high: &'static str, limit: usize| {
+        let store = store.clone();
+        async move {
+            let rows = store.index_range(low, high, limit).await.unwrap();
+            rows.into_iter().map(|(k, _)| k).collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        range("p|a|", "p|a|~", 10).await,
+        ["p|a|0001", "p|a|0003"],
+        "a range in key order, and only its own"
+    );
+    assert_eq!(
+        range("p|", "p|~", 2).await,
+        ["p|a|0001", "p|a|0003"],
+        "at most the limit"
+    );
+    assert_eq!(
+        range("p|a|0002", "p|a|0003", 10).await,
+        ["p|a|0003"],
+        "both bounds inclusive"
+    );
+    assert!(
+        range("p|c|", "p|c|~", 10).await.is_empty(),
+        "nothing in the range"
+    );
     let stale = store
         .commit(Commit {
             expected_head: 1,

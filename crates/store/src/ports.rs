@@ -118,6 +118,13 @@ pub trait EventStore: Send + Sync + 'static {
         low: &str,
         high: &str,
     ) -> Result<Option<(String, Vec<u8>)>, StoreError>;
+    /// The index rows with keys in `low..=high`, in key order, at most `limit` of them.
+    async fn index_range(
+        &self,
+        low: &str,
+        high: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
     /// Stores `bytes`, the state as of the event at `position`, as the latest snapshot, in one
     /// atomic write; the snapshot it replaces is deleted. An interrupted save leaves the previous
     /// snapshot the latest.

@@ -427,6 +427,25 @@ impl EventStore for RedbStore {
         Ok(last.map(|(k, v)| (k.value().to_owned(), v.value().to_vec())))
     }
 
+    async fn index_range(
+        &self,
+        low: &str,
+        high: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let tx = self.db.begin_read().map_err(StoreError::backend)?;
+        let table = tx.open_table(INDEX).map_err(StoreError::backend)?;
+        table
+            .range(low..=high)
+            .map_err(StoreError::backend)?
+            .take(limit)
+            .map(|row| {
+                let (k, v) = row.map_err(StoreError::backend)?;
+                Ok((k.value().to_owned(), v.value().to_vec()))
+            })
+            .collect()
+    }
+
     async fn save_snapshot(&self, position: u64, bytes: Vec<u8>) -> Result<(), StoreError> {
         let db = self.db.clone();
         tokio::task::spawn_blocking(move || {

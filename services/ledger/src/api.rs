@@ -59,8 +59,39 @@ pub struct EntryView {
     pub subject: String,
     pub actor: String,
     pub postings: Vec<PostingView>,
+    /// A reversing entry: the movement it reverses (in the hashed bytes), and that movement's
+    /// entry.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reverses: Option<ReversesView>,
     pub prev_hash: String,
     pub hash: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReversesView {
+    pub token_id: String,
+    /// The token's version the reversed movement made.
+    pub version: u64,
+    /// The entry that recorded the reversed movement (`GET /v1/ledger/entries/{seq}`).
+    pub seq: Option<u64>,
+}
+
+impl EntryView {
+    /// The entry's view, with the sequence number of the entry it reverses looked up.
+    async fn of(app: &AppState, entry: &ledger::Entry) -> Result<EntryView, ApiError> {
+        let mut view = EntryView::from(entry);
+        if let Some(reversed) = &entry.reverses {
+            let seq =
+                history::seq_of_token_version(&app.engine, &reversed.token_id, reversed.version)
+                    .await?;
+            view.reverses = Some(ReversesView {
+                token_id: reversed.token_id.to_string(),
+                version: reversed.version,
+                seq,
+            });
+        }
+        Ok(view)
+    }
 }
 
 impl From<&ledger::Entry> for EntryView {
@@ -82,6 +113,7 @@ impl From<&ledger::Entry> for EntryView {
                     amount: p.amount,
                 })
                 .collect(),
+            reverses: None,
             prev_hash: e.prev_hash.clone(),
             hash: e.hash.clone(),
         }
@@ -150,8 +182,12 @@ async fn list_entries(
     // whole history in memory.
     let (found, next) =
         history::entries(app.engine.store().as_ref(), after as u64, limit, matches).await?;
+    let mut items = Vec::with_capacity(found.len());
+    for entry in &found {
+        items.push(EntryView::of(&app, entry).await?);
+    }
     Ok(axum::Json(EntryPage {
-        items: found.iter().map(EntryView::from).collect(),
+        items,
         next_cursor: next.map(|n| n.to_string()),
     }))
 }
@@ -165,10 +201,12 @@ async fn get_entry(
     Path(seq): Path<u64>,
 ) -> Result<axum::Json<EntryView>, ApiError> {
     principal.allow(Operation::LedgerRead)?;
-    history::entry_at(app.engine.store().as_ref(), seq)
+    let entry = history::entry_at(app.engine.store().as_ref(), seq)
         .await?
-        .map(|e| axum::Json(EntryView::from(&e)))
-        .ok_or_else(|| ApiError::not_found("entry_not_found", format!("there is no entry {seq}")))
+        .ok_or_else(|| {
+            ApiError::not_found("entry_not_found", format!("there is no entry {seq}"))
+        })?;
+    Ok(axum::Json(EntryView::of(&app, &entry).await?))
 }
 
 #[derive(Debug, Serialize, ToSchema)]

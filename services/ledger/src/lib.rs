@@ -129,6 +129,7 @@ fn incoming(
     event: &CloudEvent,
     postings: Vec<ledger::Posting>,
     token: Option<(Id, u64)>,
+    reverses: Option<ledger::Reversed>,
 ) -> ledger::Incoming {
     ledger::Incoming {
         event_id: event.id.clone(),
@@ -139,6 +140,7 @@ fn incoming(
         postings,
         token,
         subject_version: event.subject_version(),
+        reverses,
     }
 }
 
@@ -150,7 +152,7 @@ fn decode_asset_event(delivery: &Delivery) -> Verdict<ledger::Incoming> {
     // The data must be a well-formed asset event about the subject, or it is not recorded.
     match event.data::<asset::Event>() {
         Ok(data) if data.asset_id.as_str() == event.subject => {
-            Verdict::Apply(incoming(&event, Vec::new(), None))
+            Verdict::Apply(incoming(&event, Vec::new(), None, None))
         }
         Ok(_) => Verdict::Reject("the event's subject is not its asset".into()),
         Err(e) => Verdict::Reject(e.to_string()),
@@ -173,5 +175,10 @@ fn decode_token_event(delivery: &Delivery) -> Verdict<ledger::Incoming> {
         .change
         .token_id()
         .map(|id| (id.clone(), event.subject_version()));
-    Verdict::Apply(incoming(&event, ledger::postings_for(&data), token))
+    Verdict::Apply(incoming(
+        &event,
+        ledger::postings_for(&data),
+        token,
+        ledger::Reversed::by(&data),
+    ))
 }

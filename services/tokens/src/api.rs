@@ -52,6 +52,9 @@ pub fn router(engine: AppState) -> OpenApiRouter {
         .routes(routes!(crate::holds::void))
         .routes(routes!(crate::holds::confirm_payment))
         .routes(routes!(crate::holds::reject_payment))
+        .routes(routes!(crate::movements::list))
+        .routes(routes!(crate::movements::get))
+        .routes(routes!(crate::movements::reverse))
         .with_state(engine)
 }
 
@@ -718,6 +721,7 @@ async fn batch(
     let mode = posted.body.mode;
     let mut operations = posted.body.operations;
     crate::holds::name_holds(&mut operations);
+    crate::movements::fill_reversals(&engine, &token_id, &mut operations).await?;
     let command = token::Command::Batch {
         token_id: Id::from(token_id.as_str()),
         operations,
@@ -766,6 +770,7 @@ pub(crate) fn allow_operations(
             token::Operation::ConfirmPayment { .. } | token::Operation::RejectPayment { .. } => {
                 principal.allow(Operation::PaymentConfirm)?
             }
+            token::Operation::Reverse { .. } => principal.allow(Operation::MovementReverse)?,
         }
     }
     Ok(())

@@ -396,6 +396,12 @@ pub enum BatchOperation {
         hold_id: String,
         reason: String,
     },
+    /// Reverses the movement that made the token's `version` (see `POST …/movements/{version}/reversal`);
+    /// only a movement made before this batch.
+    Reverse {
+        version: u64,
+        reason: String,
+    },
 }
 
 /// The cash leg of a settlement against payment, paid outside the platform.
@@ -678,5 +684,69 @@ mod tests {
         assert_eq!(percentage(supply, supply), "100.0000");
         assert_eq!(percentage(1, supply), "0.0000");
         assert_eq!(percentage(supply / 3, supply), "33.3333");
+    }
+}
+
+/// Why a movement is reversed.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReversalRequest {
+    /// Why (1-1,000 characters, recorded in the event and the ledger's audit trail).
+    pub reason: String,
+}
+
+/// A movement of tokens: an issuance, a transfer (forced or not), a redemption, a posted hold,
+/// or a reversal of one of them. Named by the token's version its event made.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MovementView {
+    pub token_id: String,
+    /// The token's version its event made (the event's `subjectversion`).
+    pub version: u64,
+    /// `issued`, `transferred`, `redeemed`, `hold_posted` or `reversed`.
+    #[schema(example = "transferred")]
+    pub kind: &'static str,
+    /// Who gave the tokens (absent for an issuance).
+    pub from: Option<String>,
+    /// Who got them (absent for a redemption).
+    pub to: Option<String>,
+    #[schema(value_type = String)]
+    pub amount: Amount,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub at: Timestamp,
+    pub actor: String,
+    pub forced: bool,
+    pub reason: Option<String>,
+    /// The hold a posting settled.
+    pub hold_id: Option<String>,
+    /// A reversal: the version of the movement it reverses.
+    pub reverses: Option<u64>,
+    /// Reversed: the version of its reversal.
+    pub reversed_by: Option<u64>,
+}
+
+impl MovementView {
+    pub fn new(token_id: &str, m: &token::Movement) -> Self {
+        MovementView {
+            token_id: token_id.to_owned(),
+            version: m.version,
+            kind: match m.kind {
+                token::MovementKind::Issued => "issued",
+                token::MovementKind::Transferred => "transferred",
+                token::MovementKind::Redeemed => "redeemed",
+                token::MovementKind::HoldPosted => "hold_posted",
+                token::MovementKind::Reversed => "reversed",
+            },
+            from: m.from.as_ref().map(ToString::to_string),
+            to: m.to.as_ref().map(ToString::to_string),
+            amount: m.amount,
+            at: m.at,
+            actor: m.actor.to_string(),
+            forced: m.forced,
+            reason: m.reason.clone(),
+            hold_id: m.hold_id.as_ref().map(ToString::to_string),
+            reverses: m.reverses,
+            reversed_by: m.reversed_by,
+        }
     }
 }

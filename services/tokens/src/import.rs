@@ -354,6 +354,9 @@ impl Import {
         };
         allow_operations(&self.principal, operations).map_err(stop)?;
         crate::holds::name_holds(operations);
+        crate::movements::fill_reversals(&self.engine, &self.token_id, operations)
+            .await
+            .map_err(stop)?;
         let idempotency = self.key.as_ref().map(|key| {
             (
                 format!("{key}#chunk-{number}"),

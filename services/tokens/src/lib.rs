@@ -7,6 +7,7 @@ mod dto;
 mod history;
 mod holds;
 mod import;
+mod movements;
 mod state;
 
 use std::sync::Arc;

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
-use super::{Change, Context, Hold, Investor, KycStatus, Operation, Token, hold};
+use super::{Change, Context, Hold, Investor, KycStatus, Operation, Token, hold, reversal};
 use crate::{Amount, Country, Error, Id, Result, bounded_text};
 
 /// The rules of one token. Absent limits do not apply.
@@ -110,18 +110,7 @@ pub(super) fn decide(
             not_paused(token)?;
             not_frozen(token, to, "receiver_frozen", "to")?;
             eligible(token, receiver, ctx, "to")?;
-            // Checked: `amount` comes from the request and may be as large as 2^128-1.
-            let supply = token.total_supply.checked_add(*amount);
-            if supply.is_none_or(|s| s > token.spec.max_supply) {
-                return Err(Error::refused(
-                    "supply_cap_exceeded",
-                    format!(
-                        "issuing {amount} would take the supply of {} over the cap of {}",
-                        token.total_supply, token.spec.max_supply
-                    ),
-                )
-                .at("amount"));
-            }
+            within_supply(token, *amount)?;
             room_to_receive(token, to, *amount, None)?;
             let locked_until = (token.rules.lockup_seconds > 0)
                 .then(|| ctx.now + time::Duration::seconds(token.rules.lockup_seconds as i64));
@@ -323,6 +312,11 @@ pub(super) fn decide(
             hold::post(token, investors, hold_id, None, Some(confirmation), ctx)?
         }
         Operation::RejectPayment { hold_id, reason } => hold::void(token, hold_id, reason, true)?,
+        Operation::Reverse {
+            version,
+            reason,
+            original,
+        } => reversal::reverse(token, investors, *version, original.as_ref(), reason, ctx)?,
     })
 }
 
@@ -376,6 +370,65 @@ pub(super) fn check_transfer(
     within_limits(token, holding, amount, ctx)?;
     if room {
         room_to_receive(token, to, amount, Some(from))?;
+    }
+    Ok(())
+}
+
+/// Every check a reversal passes, in [`CHECK_ORDER`]: `from` gives the tokens back (absent
+/// when an issuance is reversed: none are minted but burnt), `to` gets them back (absent when a
+/// redemption is reversed: they are issued again). Like an agent's forced transfer it needs no
+/// consent and ignores lock-up and transfer limits; unlike one it stops at a pause and at
+/// either side's freeze.
+pub(super) fn check_reversal(
+    token: &Token,
+    investors: &FxHashMap<Id, Investor>,
+    from: Option<&Id>,
+    to: Option<&Id>,
+    amount: Amount,
+    ctx: &Context,
+) -> Result<()> {
+    if let Some(from) = from {
+        investor(investors, from, "from")?;
+    }
+    let receiver = to.map(|to| investor(investors, to, "to")).transpose()?;
+    not_paused(token)?;
+    if let Some(from) = from {
+        not_frozen(token, from, "sender_frozen", "from")?;
+    }
+    if let Some(to) = to {
+        not_frozen(token, to, "receiver_frozen", "to")?;
+    }
+    if let Some(receiver) = receiver {
+        eligible(token, receiver, ctx, "to")?;
+    }
+    match from {
+        Some(from) => available(
+            token.holding(from).unwrap_or(&NO_HOLDING),
+            amount,
+            false,
+            ctx,
+        )?,
+        None => within_supply(token, amount)?,
+    }
+    if let Some(to) = to {
+        room_to_receive(token, to, amount, from)?;
+    }
+    Ok(())
+}
+
+/// Whether `amount` more fits under the token's supply cap.
+fn within_supply(token: &Token, amount: Amount) -> Result<()> {
+    // Checked: `amount` comes from the request and may be as large as 2^128-1.
+    let supply = token.total_supply.checked_add(amount);
+    if supply.is_none_or(|s| s > token.spec.max_supply) {
+        return Err(Error::refused(
+            "supply_cap_exceeded",
+            format!(
+                "issuing {amount} would take the supply of {} over the cap of {}",
+                token.total_supply, token.spec.max_supply
+            ),
+        )
+        .at("amount"));
     }
     Ok(())
 }

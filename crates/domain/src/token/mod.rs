@@ -8,6 +8,7 @@ mod compliance;
 mod distribution;
 mod hold;
 mod model;
+mod reversal;
 
 use rustc_hash::FxHashMap;
 
@@ -17,6 +18,7 @@ pub use hold::{
     CashLeg, EXPIRE_AT_ONCE, Hold, HoldRecord, HoldStatus, MAX_HOLD_SECONDS, PaymentConfirmed,
 };
 pub use model::*;
+pub use reversal::{Movement, MovementKind};
 
 use crate::{Amount, Error, ErrorKind, Id, Result, Timestamp};
 
@@ -625,6 +627,21 @@ impl Book {
                     _ => None,
                 };
                 apply_to_token(token, change, event.at, &event.actor);
+                if let Some(movement) = Movement::of(change, token.version, event.at, &event.actor)
+                {
+                    // Rows are only ever added (a MongoDB commit inserts them): the original's
+                    // row stays as it was, and this one says it was reversed, and by what.
+                    if let Some(original) = movement.reverses {
+                        self.index.push((
+                            keys::reversal(token_id, original),
+                            keys::seq_value(movement.version),
+                        ));
+                    }
+                    self.index.push((
+                        keys::movement(token_id, movement.version),
+                        serde_json::to_vec(&movement).unwrap_or_default(),
+                    ));
+                }
                 if let Change::HoldPlaced { hold, .. } = change {
                     self.hold_deadlines.insert((
                         hold.expires_at,
@@ -774,6 +791,27 @@ fn apply_to_token(token: &mut Token, change: &Change, now: Timestamp, actor: &Id
             sender.record_sent(*amount, now);
             sender.trim_locks(now);
             token.credit(to, *amount);
+        }
+        Change::Reversed {
+            original,
+            from,
+            to,
+            amount,
+            ..
+        } => {
+            // An agent's correction: not the investor's own transfer, so no limit counts it.
+            match from {
+                Some(from) => {
+                    token.debit(from, *amount);
+                    token.holding_mut(from).trim_locks(now);
+                }
+                None => token.total_supply.0 += amount.0,
+            }
+            match to {
+                Some(to) => token.credit(to, *amount),
+                None => token.total_supply.0 -= amount.0,
+            }
+            token.reversed.insert(original.version, token.version);
         }
         Change::HoldVoided { hold_id, from, .. } | Change::HoldExpired { hold_id, from, .. } => {
             if let Some(record) = token.holds.remove(hold_id) {

@@ -9,7 +9,7 @@ use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use time::Date;
 
-use super::{Allocation, CashLeg, Hold, HoldRecord, PaymentConfirmed, Rules};
+use super::{Allocation, CashLeg, Hold, HoldRecord, Movement, PaymentConfirmed, Rules};
 use crate::{Amount, Country, Currency, Error, Id, Result, Timestamp, bounded_text, optional_text};
 
 /// The most operations one batch may hold.
@@ -288,6 +288,10 @@ pub struct Token {
     /// The pending holds, by id (closed ones are in the index, see [`super::keys::closed_hold`]).
     #[serde(default)]
     pub holds: BTreeMap<Id, HoldRecord>,
+    /// The movements reversed, by version, with their reversal's version: one entry per
+    /// reversal, which an agent makes one by one (the movements are in the index).
+    #[serde(default)]
+    pub reversed: BTreeMap<u64, u64>,
     /// Incremented by every event of this token; the ETag, and the point reconciliation compares at.
     pub version: u64,
     pub created_at: Timestamp,
@@ -304,6 +308,7 @@ impl Token {
             holdings: Holdings::default(),
             distributions: BTreeSet::new(),
             holds: BTreeMap::new(),
+            reversed: BTreeMap::new(),
             version: 1,
             created_at: at,
         }
@@ -496,6 +501,15 @@ pub enum Operation {
         hold_id: Id,
         reason: String,
     },
+    /// Reverses the movement the token's event `version` made (see `token::reversal`).
+    Reverse {
+        version: u64,
+        reason: String,
+        /// The movement's record, read from the index by the service, never given by the
+        /// caller.
+        #[serde(skip_deserializing, default)]
+        original: Option<Movement>,
+    },
 }
 
 impl Operation {
@@ -510,6 +524,7 @@ impl Operation {
                 | Operation::PlaceHold { .. }
                 | Operation::PostHold { .. }
                 | Operation::ConfirmPayment { .. }
+                | Operation::Reverse { .. }
         )
     }
 }
@@ -713,6 +728,18 @@ pub enum Change {
         from: Id,
         amount: Amount,
     },
+    /// `original` moved back: `amount` from `from` to `to` (no `from`: issued again; no `to`:
+    /// taken out of the supply).
+    Reversed {
+        token_id: Id,
+        original: Movement,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        from: Option<Id>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        to: Option<Id>,
+        amount: Amount,
+        reason: String,
+    },
 }
 
 impl Change {
@@ -739,6 +766,7 @@ impl Change {
             Change::HoldPosted { .. } => "hold_posted",
             Change::HoldVoided { .. } => "hold_voided",
             Change::HoldExpired { .. } => "hold_expired",
+            Change::Reversed { .. } => "reversed",
         }
     }
 
@@ -760,7 +788,8 @@ impl Change {
             | Change::HoldPlaced { token_id, .. }
             | Change::HoldPosted { token_id, .. }
             | Change::HoldVoided { token_id, .. }
-            | Change::HoldExpired { token_id, .. } => Some(token_id),
+            | Change::HoldExpired { token_id, .. }
+            | Change::Reversed { token_id, .. } => Some(token_id),
             Change::AssetObserved { .. }
             | Change::TokenClaimed { .. }
             | Change::InvestorRegistered { .. }
@@ -794,6 +823,12 @@ impl Change {
             Change::HoldPosted {
                 from, to, amount, ..
             } => [Some((from, -signed(amount))), Some((to, signed(amount)))],
+            Change::Reversed {
+                from, to, amount, ..
+            } => [
+                from.as_ref().map(|f| (f, -signed(amount))),
+                to.as_ref().map(|t| (t, signed(amount))),
+            ],
             _ => [None, None],
         };
         pair.into_iter().flatten()

@@ -9,6 +9,7 @@ use super::*;
 use crate::{Amount, Country, Currency};
 
 mod holds;
+mod reversals;
 
 const T0: Timestamp = datetime!(2025-01-15 10:00 UTC);
 const TOKEN: &str = "tok";
@@ -1641,6 +1642,8 @@ enum Op {
     PlaceHold(usize, usize, usize, u128, i64),
     PostHold(usize, Option<u128>),
     VoidHold(usize),
+    /// Reverses the movement this many versions back (its record filled in from the index).
+    Reverse(u64),
 }
 
 fn hold_id(n: usize) -> Id {
@@ -1702,6 +1705,11 @@ impl Op {
                 hold_id: hold_id(*n),
                 reason: "withdrawn".into(),
             },
+            Op::Reverse(back) => Operation::Reverse {
+                version: *back,
+                reason: "corrected".into(),
+                original: None,
+            },
         }
     }
 }
@@ -1740,6 +1748,7 @@ fn op_strategy() -> impl Strategy<Value = Op> {
             .prop_map(|(n, from, to, amount, seconds)| Op::PlaceHold(n, from, other(from, to), amount, seconds)),
         4 => (0..12usize, prop::option::of(amount_strategy())).prop_map(|(n, amount)| Op::PostHold(n, amount)),
         2 => (0..12usize).prop_map(Op::VoidHold),
+        3 => (1u64..=6).prop_map(Op::Reverse),
     ]
 }
 
@@ -1908,14 +1917,36 @@ fn simulate(
             prop_assert!(expiries, "an expiry only expires");
         }
         prop_assert!(w.token().holds.values().all(|r| r.hold.expires_at > w.now));
+        // A reversal names a movement a few versions back, described by its index row as
+        // the service reads it (none if that event moved nothing).
+        let version = w.token().version;
+        let resolve = |op: &Op| match op.operation() {
+            Operation::Reverse {
+                version: back,
+                reason,
+                ..
+            } => {
+                let version = version.saturating_sub(back - 1);
+                let original = w
+                    .index
+                    .get(&keys::movement(TOKEN, version))
+                    .map(|row| serde_json::from_slice(row).expect("a movement record"));
+                Operation::Reverse {
+                    version,
+                    reason,
+                    original,
+                }
+            }
+            operation => operation,
+        };
         let command = match step {
             Step::One(op) => Command::Operate {
                 token_id: TOKEN.into(),
-                operation: op.operation(),
+                operation: resolve(op),
             },
             Step::Batch(ops, mode) => Command::Batch {
                 token_id: TOKEN.into(),
-                operations: ops.iter().map(Op::operation).collect(),
+                operations: ops.iter().map(resolve).collect(),
                 mode: *mode,
             },
         };
@@ -1964,7 +1995,7 @@ fn simulate(
                     matches!(
                         err.kind,
                         ErrorKind::Refused | ErrorKind::Invalid | ErrorKind::Conflict
-                    ),
+                    ) || err.code == "movement_not_found",
                     "unexpected {:?} {}",
                     err.kind,
                     err.code
@@ -2035,6 +2066,7 @@ fn generated_plans_reach_every_compliance_code() {
     let mut runner = TestRunner::new(prop_config());
     let mut seen: BTreeMap<&'static str, usize> = BTreeMap::new();
     let mut applied = 0;
+    let mut reversed = 0;
     for _ in 0..32 {
         let (random, plan) = plan_strategy()
             .new_tree(&mut runner)
@@ -2042,6 +2074,11 @@ fn generated_plans_reach_every_compliance_code() {
             .current();
         let (w, codes) = simulate(&random, &plan).expect("the invariants hold");
         applied += w.log.len();
+        reversed += w
+            .log
+            .iter()
+            .filter(|e| matches!(e.change, Change::Reversed { .. }))
+            .count();
         for (code, n) in codes {
             *seen.entry(code).or_default() += n;
         }
@@ -2054,6 +2091,10 @@ fn generated_plans_reach_every_compliance_code() {
     assert!(
         missing.is_empty(),
         "never refused with {missing:?}; seen {seen:?}"
+    );
+    assert!(
+        reversed > 32 && seen.contains_key("already_reversed"),
+        "reversals applied ({reversed}) and refused as repeated: {seen:?}"
     );
     assert!(
         applied > 32 * 40,

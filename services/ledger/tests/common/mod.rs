@@ -93,6 +93,7 @@ pub fn token_event(
         postings: ledger::postings_for(&event),
         token,
         subject_version: version,
+        reverses: ledger::Reversed::by(&event),
     }
 }
 
@@ -135,6 +136,7 @@ pub fn asset_event(event_id: &str, minutes: i64) -> ledger::Incoming {
         postings: Vec::new(),
         token: None,
         subject_version: 1,
+        reverses: None,
     }
 }
 

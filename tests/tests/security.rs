@@ -303,6 +303,19 @@ fn calls(f: &Fixture) -> Vec<Call> {
             format!("/v1/tokens/{t}/holds/hld_unknown/payment-confirmation"),
             Some(json!({"confirmation": "wire 1"})),
         ),
+        call(
+            O::MovementRead,
+            M::GET,
+            format!("/v1/tokens/{t}/movements"),
+            None,
+        ),
+        // Version 1 is the token's creation, which moved nothing: a refusal for those allowed.
+        call(
+            O::MovementReverse,
+            M::POST,
+            format!("/v1/tokens/{t}/movements/1/reversal"),
+            Some(json!({"reason": "booked twice"})),
+        ),
         call(O::LedgerRead, M::GET, "/v1/ledger/entries".into(), None),
         call(
             O::BalanceRead,
@@ -410,6 +423,7 @@ async fn api5_every_cell_of_the_role_matrix_is_enforced() {
         json!([{"op": "forced_transfer", "from": f.bob, "to": f.alice, "amount": "1", "reason": "x"}]),
         json!([{"op": "transfer", "from": f.bob, "to": f.alice, "amount": "1"}]),
         json!([{"op": "issue", "to": f.alice, "amount": "1"}, {"op": "freeze_amount", "investor_id": f.bob, "amount": "1"}]),
+        json!([{"op": "reverse", "version": 2, "reason": "x"}]),
     ] {
         let (status, body) = send(&p, &batch(ops.clone()), &agent).await;
         assert_eq!(

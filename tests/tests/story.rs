@@ -414,6 +414,43 @@ async fn story(p: &Product) -> Ending {
     };
     assert_eq!((row(&alice), row(&bob)), (Some((310, 0)), Some((300, 5))));
 
+    // Alice sends carol 10 by mistake; the compliance officer reverses it, once, and the
+    // movements list says so.
+    let (status, sent) = p
+        .post(
+            &format!("/v1/tokens/{t}/transfers"),
+            json!({"from": alice, "to": carol, "amount": "10"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{sent}");
+    let mistaken = sent["version"].as_u64().expect("the transfer's version");
+    let reversal_path = format!("/v1/tokens/{t}/movements/{mistaken}/reversal");
+    let (status, reversed) = p
+        .post_as(
+            "compliance",
+            &reversal_path,
+            json!({"reason": "sent to the wrong investor"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{reversed}");
+    assert_eq!(reversed["events"][0]["change"], "reversed");
+    let (status, again) = p
+        .post_as("compliance", &reversal_path, json!({"reason": "again"}))
+        .await;
+    assert_eq!(
+        (status, code(&again)),
+        (StatusCode::CONFLICT, "already_reversed")
+    );
+    let listed = p
+        .get(&format!("/v1/tokens/{t}/movements?reversed=true"))
+        .await
+        .1;
+    assert_eq!(listed["items"][0]["version"], mistaken, "{listed}");
+    assert_eq!(
+        listed["items"][0]["reversed_by"], reversed["version"],
+        "{listed}"
+    );
+
     // A distribution of 1,000.00 EUR, pro rata, exact to the cent.
     let now = time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
@@ -460,6 +497,22 @@ async fn story(p: &Product) -> Ending {
     assert!(
         forced_entry.is_some(),
         "the forced transfer is in the ledger with its actor"
+    );
+    // The reversing entry names the entry of the transfer it reverses.
+    let entries = forced["items"].as_array().expect("items");
+    let reversing = entries
+        .iter()
+        .find(|e| e["event_type"] == "libertum.token.reversed.v1")
+        .expect("the reversal is in the ledger");
+    let original = entries
+        .iter()
+        .find(|e| e["seq"] == reversing["reverses"]["seq"])
+        .expect("the reversed entry is named by its seq");
+    assert_eq!(original["event_type"], "libertum.token.transferred.v1");
+    assert_eq!(original["postings"][0]["to"], format!("investor:{carol}"));
+    assert_eq!(
+        reversing["postings"][0]["from"],
+        format!("investor:{carol}")
     );
     let head = p.get("/v1/ledger/head").await.1;
     assert_eq!(head["seq"], verification["entries_checked"]);

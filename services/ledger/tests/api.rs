@@ -3,7 +3,8 @@
 
 mod common;
 
-use common::{asset_event, feed_sample, issued, spawn, token_event};
+use common::{asset_event, at, feed_sample, issued, spawn, token_event, transferred};
+use libertum_domain::{Amount, Id, token};
 use serde_json::{Value, json};
 
 const ZEROS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -354,4 +355,60 @@ async fn unparsable_path_segments_are_problems() {
     s.get("/v1/ledger/accounts/%FF/balance?unit=tok_1")
         .await
         .problem(400, "invalid_path", None);
+}
+
+#[tokio::test]
+async fn a_reversing_entry_names_the_entry_it_reverses_and_undoes_its_posting() {
+    let s = spawn().await;
+    s.feed(token_event("e1", 0, 2, issued("tok_9", "inv_a", 100)))
+        .await;
+    s.feed(token_event(
+        "e2",
+        1,
+        3,
+        transferred("tok_9", "inv_a", "inv_b", 40),
+    ))
+    .await;
+    let original = token::Movement::of(
+        &transferred("tok_9", "inv_a", "inv_b", 40),
+        3,
+        at(1),
+        &Id::from("agent-1"),
+    )
+    .expect("a movement");
+    let reversal = token::Change::Reversed {
+        token_id: Id::from("tok_9"),
+        original,
+        from: Some(Id::from("inv_b")),
+        to: Some(Id::from("inv_a")),
+        amount: Amount(40),
+        reason: "wrong investor".into(),
+    };
+    s.feed(token_event("e3", 2, 4, reversal)).await;
+
+    let entry = s.get("/v1/ledger/entries/3").await;
+    let entry = entry.ok(200);
+    assert_eq!(entry["event_type"], "libertum.token.reversed.v1");
+    assert_eq!(
+        entry["reverses"],
+        json!({"token_id": "tok_9", "version": 3, "seq": 2})
+    );
+    assert_eq!(
+        entry["postings"],
+        json!([{"from": "investor:inv_b", "to": "investor:inv_a", "unit": "tok_9", "amount": "40"}])
+    );
+    let listed = s.get("/v1/ledger/entries?token_id=tok_9").await;
+    assert_eq!(listed.ok(200)["items"][2]["reverses"]["seq"], 2);
+    assert_eq!(
+        listed.body["items"][1].get("reverses"),
+        None,
+        "only reversing entries name one"
+    );
+    let table = s.get("/v1/ledger/tokens/tok_9/cap-table").await;
+    assert_eq!(
+        table.ok(200)["holders"],
+        json!([{"investor_id": "inv_a", "balance": "100"}])
+    );
+    let v = s.get("/v1/ledger/verification").await;
+    assert_eq!(v.ok(200)["valid"], true);
 }

@@ -304,6 +304,12 @@ fn calls(f: &Fixture) -> Vec<Call> {
             Some(json!({"confirmation": "wire 1"})),
         ),
         call(
+            O::TransferApprove,
+            M::GET,
+            format!("/v1/tokens/{t}/transfer-approvals"),
+            None,
+        ),
+        call(
             O::MovementRead,
             M::GET,
             format!("/v1/tokens/{t}/movements"),
@@ -424,6 +430,7 @@ async fn api5_every_cell_of_the_role_matrix_is_enforced() {
         json!([{"op": "transfer", "from": f.bob, "to": f.alice, "amount": "1"}]),
         json!([{"op": "issue", "to": f.alice, "amount": "1"}, {"op": "freeze_amount", "investor_id": f.bob, "amount": "1"}]),
         json!([{"op": "reverse", "version": 2, "reason": "x"}]),
+        json!([{"op": "issue", "to": f.alice, "amount": "1"}, {"op": "forced_transfer", "from": f.bob, "to": f.alice, "amount": "1", "reason": "x"}]),
     ] {
         let (status, body) = send(&p, &batch(ops.clone()), &agent).await;
         assert_eq!(

@@ -54,6 +54,10 @@ pub fn run(transfers: usize) -> (usize, f64) {
         lockup_seconds: 3_600,
         daily_transfer_limit: Some(Amount(1_000_000_000)),
         monthly_transfer_limit: Some(Amount(10_000_000_000)),
+        // Checked on every movement to a new holder (a map lookup); the country caps are not
+        // set: they count the holders of the capped country when one joins.
+        min_transfer_by_country: [(country("DE"), Amount(1))].into(),
+        ..Rules::default()
     };
     let spec = TokenSpec {
         id: token.clone(),

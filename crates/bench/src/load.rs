@@ -83,7 +83,8 @@ pub async fn token(
     }
     let spec = json!({"asset_id": asset_id, "symbol": symbol, "name": symbol, "decimals": 0, "max_supply": "1000000000000",
         "unit_price": "100", "currency": "EUR", "rules": {"allowed_countries": ["DE", "FR"], "denied_countries": ["US"],
-        "max_holders": max_holders, "max_balance": "10000000000", "lockup_seconds": 1, "daily_transfer_limit": "1000000000", "monthly_transfer_limit": "10000000000"}});
+        "max_holders": max_holders, "max_balance": "10000000000", "lockup_seconds": 1, "daily_transfer_limit": "1000000000", "monthly_transfer_limit": "10000000000",
+        "min_transfer_by_country": {"DE": "1"}}});
     let token = loop {
         match post(&http, &format!("{base}/v1/tokens"), spec.clone()).await {
             Ok(token) => break token,

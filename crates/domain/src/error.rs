@@ -13,6 +13,8 @@ pub enum ErrorKind {
     Refused,
     /// The caller's version of the resource is stale.
     Stale,
+    /// The caller may not do this to this resource (an agent restricted on a token).
+    Forbidden,
 }
 
 /// A refusal with a stable machine code, a sentence for humans and, where one is at fault, the field.

@@ -233,7 +233,7 @@ pub fn postings_for(event: &TokenEvent) -> Vec<Posting> {
         // A hold moves the amount to the sender's held account, where it waits: the ledger
         // shows what is in flight. Posting sends it on to the receiver (and the rest back);
         // voiding or expiry sends it all back.
-        Change::HoldPlaced { token_id, hold } => vec![posting(
+        Change::HoldPlaced { token_id, hold, .. } => vec![posting(
             investor_account(&hold.from),
             held_account(&hold.from),
             token_id,

@@ -125,6 +125,8 @@ pub enum Operation {
     HoldRead,
     /// Confirm or reject a settlement's cash leg.
     PaymentConfirm,
+    /// Approve a transfer in advance, revoke an approval, list those waiting.
+    TransferApprove,
     /// List and read a token's movements.
     MovementRead,
     /// Reverse a movement.
@@ -136,7 +138,7 @@ pub enum Operation {
 }
 
 impl Operation {
-    pub const ALL: [Operation; 35] = [
+    pub const ALL: [Operation; 36] = [
         Operation::AssetRegister,
         Operation::AssetRead,
         Operation::AssetUpdate,
@@ -167,6 +169,7 @@ impl Operation {
         Operation::HoldSettle,
         Operation::HoldRead,
         Operation::PaymentConfirm,
+        Operation::TransferApprove,
         Operation::MovementRead,
         Operation::MovementReverse,
         Operation::LedgerRead,
@@ -208,6 +211,7 @@ impl Operation {
             HoldSettle => "token.hold.settle",
             HoldRead => "token.hold.read",
             PaymentConfirm => "token.payment.confirm",
+            TransferApprove => "token.transfer.approve",
             MovementRead => "token.movement.read",
             MovementReverse => "token.movement.reverse",
             LedgerRead => "ledger.read",
@@ -245,7 +249,7 @@ impl Operation {
             AssetRead | TokenRead => &Role::ALL,
             AssetReview | TokenRulesUpdate | InvestorRegister | InvestorUpdate | ForcedTransfer
             | Freeze | MovementReverse => &[PlatformAdmin, ComplianceOfficer],
-            TokenCreate | Issue | Redeem | Pause | Batch | Distribute => {
+            TokenCreate | Issue | Redeem | Pause | Batch | Distribute | TransferApprove => {
                 &[PlatformAdmin, TokenAgent]
             }
             InvestorList | HoldersList | DistributionsList | MovementRead | LedgerRead => {

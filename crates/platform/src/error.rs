@@ -115,6 +115,7 @@ impl From<DomainError> for ApiError {
             ErrorKind::NotFound => StatusCode::NOT_FOUND,
             ErrorKind::Conflict | ErrorKind::Refused => StatusCode::CONFLICT,
             ErrorKind::Stale => StatusCode::PRECONDITION_FAILED,
+            ErrorKind::Forbidden => StatusCode::FORBIDDEN,
         };
         ApiError {
             status,

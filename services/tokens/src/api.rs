@@ -52,6 +52,8 @@ pub fn router(engine: AppState) -> OpenApiRouter {
         .routes(routes!(crate::holds::void))
         .routes(routes!(crate::holds::confirm_payment))
         .routes(routes!(crate::holds::reject_payment))
+        .routes(routes!(crate::approvals::approve, crate::approvals::list))
+        .routes(routes!(crate::approvals::revoke))
         .routes(routes!(crate::movements::list))
         .routes(routes!(crate::movements::get))
         .routes(routes!(crate::movements::reverse))
@@ -771,6 +773,10 @@ pub(crate) fn allow_operations(
                 principal.allow(Operation::PaymentConfirm)?
             }
             token::Operation::Reverse { .. } => principal.allow(Operation::MovementReverse)?,
+            token::Operation::ApproveTransfer { .. }
+            | token::Operation::RevokeTransferApproval { .. } => {
+                principal.allow(Operation::TransferApprove)?
+            }
         }
     }
     Ok(())

@@ -1,6 +1,6 @@
 //! Request and response bodies of `/v1/tokens`.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use libertum_domain::{Amount, Country, Currency, Timestamp, token};
 use serde::{Deserialize, Serialize};
@@ -36,6 +36,25 @@ pub struct RulesDto {
     #[schema(value_type = Option<String>)]
     #[serde(default)]
     pub monthly_transfer_limit: Option<Amount>,
+    /// Most holders from each of these countries, e.g. `{"DE": 99}` (ERC-3643 country caps).
+    #[schema(value_type = BTreeMap<String, u64>)]
+    #[serde(default)]
+    pub max_holders_by_country: BTreeMap<Country, u64>,
+    /// Least a new holder from each of these countries receives by one movement, e.g.
+    /// `{"FR": "100"}` (ERC-3643 minimum transfer by country).
+    #[schema(value_type = BTreeMap<String, String>)]
+    #[serde(default)]
+    pub min_transfer_by_country: BTreeMap<Country, Amount>,
+    /// Every investor's transfer or hold must match one an agent approved
+    /// (`POST /v1/tokens/{id}/transfer-approvals`), which it uses up (ERC-3643 conditional
+    /// transfers).
+    #[serde(default)]
+    pub transfer_approval_required: bool,
+    /// Agents, by the subject of their bearer token, who may do only the listed operations on
+    /// this token (`issue`, `redeem`, `pause`, ... as batch operations are named, plus
+    /// `distribute` and `update_rules`); refused with `403 agent_restricted` otherwise.
+    #[serde(default)]
+    pub agent_restrictions: BTreeMap<String, BTreeSet<String>>,
 }
 
 impl From<RulesDto> for token::Rules {
@@ -49,6 +68,10 @@ impl From<RulesDto> for token::Rules {
             lockup_seconds: r.lockup_seconds,
             daily_transfer_limit: r.daily_transfer_limit,
             monthly_transfer_limit: r.monthly_transfer_limit,
+            max_holders_by_country: r.max_holders_by_country,
+            min_transfer_by_country: r.min_transfer_by_country,
+            transfer_approval_required: r.transfer_approval_required,
+            agent_restrictions: r.agent_restrictions,
         }
     }
 }
@@ -64,6 +87,10 @@ impl From<&token::Rules> for RulesDto {
             lockup_seconds: r.lockup_seconds,
             daily_transfer_limit: r.daily_transfer_limit,
             monthly_transfer_limit: r.monthly_transfer_limit,
+            max_holders_by_country: r.max_holders_by_country.clone(),
+            min_transfer_by_country: r.min_transfer_by_country.clone(),
+            transfer_approval_required: r.transfer_approval_required,
+            agent_restrictions: r.agent_restrictions.clone(),
         }
     }
 }
@@ -259,7 +286,8 @@ pub struct Empty {}
 
 /// Up to 8,000 operations of one token, applied in order. Each is an object with `op` set to
 /// issue, transfer, redeem, forced_transfer, freeze, unfreeze, freeze_amount, unfreeze_amount,
-/// pause or unpause, and that operation's fields.
+/// pause, unpause, place_hold, post_hold, void_hold, confirm_payment, reject_payment,
+/// approve_transfer, revoke_transfer_approval or reverse, and that operation's fields.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BatchRequest {
@@ -395,6 +423,16 @@ pub enum BatchOperation {
     RejectPayment {
         hold_id: String,
         reason: String,
+    },
+    /// The approval's id is given by the service: it is in the answer's `transfer_approved`
+    /// event.
+    ApproveTransfer {
+        from: String,
+        to: String,
+        amount: String,
+    },
+    RevokeTransferApproval {
+        approval_id: String,
     },
     /// Reverses the movement that made the token's `version` (see `POST …/movements/{version}/reversal`);
     /// only a movement made before this batch.
@@ -747,6 +785,40 @@ impl MovementView {
             hold_id: m.hold_id.as_ref().map(ToString::to_string),
             reverses: m.reverses,
             reversed_by: m.reversed_by,
+        }
+    }
+}
+
+/// One transfer an agent approves in advance: where the token's rules require approval, a
+/// transfer (or hold) of exactly `amount` from `from` to `to` then passes once.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TransferApprovalRequest {
+    pub from: String,
+    pub to: String,
+    #[schema(value_type = String, example = "250")]
+    pub amount: Amount,
+}
+
+/// An approval waiting to be used.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TransferApprovalView {
+    pub id: String,
+    pub token_id: String,
+    pub from: String,
+    pub to: String,
+    #[schema(value_type = String)]
+    pub amount: Amount,
+}
+
+impl TransferApprovalView {
+    pub fn new(token_id: &str, a: &token::TransferApproval) -> Self {
+        TransferApprovalView {
+            id: a.id.to_string(),
+            token_id: token_id.to_owned(),
+            from: a.from.to_string(),
+            to: a.to.to_string(),
+            amount: a.amount,
         }
     }
 }

@@ -25,11 +25,14 @@ use crate::{
 
 type AppState = Engine<TokensState>;
 
-/// Gives each hold a batch places its id: the service names holds, never the caller.
+/// Gives each hold and approval a batch makes its id: the service names them, never the
+/// caller.
 pub(crate) fn name_holds(operations: &mut [token::Operation]) {
     for operation in operations {
-        if let token::Operation::PlaceHold { hold_id, .. } = operation {
-            *hold_id = new_id("hld");
+        match operation {
+            token::Operation::PlaceHold { hold_id, .. } => *hold_id = new_id("hld"),
+            token::Operation::ApproveTransfer { approval_id, .. } => *approval_id = new_id("apr"),
+            _ => {}
         }
     }
 }

@@ -3,6 +3,7 @@
 //! compliance, cap tables and distributions.
 
 mod api;
+mod approvals;
 mod dto;
 mod history;
 mod holds;

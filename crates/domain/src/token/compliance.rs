@@ -1,6 +1,6 @@
 //! Compliance: the rules a token's movements must pass, checked in one fixed order.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
@@ -33,6 +33,25 @@ pub struct Rules {
     /// Most an investor may send by their own transfers in one UTC calendar month.
     #[serde(default)]
     pub monthly_transfer_limit: Option<Amount>,
+    /// Most holders from each of these countries (ERC-3643's country caps).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub max_holders_by_country: BTreeMap<Country, u64>,
+    /// Least a new holder from each of these countries may receive by one movement
+    /// (ERC-3643's minimum transfer by country).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub min_transfer_by_country: BTreeMap<Country, Amount>,
+    /// Every investor's transfer (and hold) must match a transfer an agent approved, which
+    /// it then uses up (ERC-3643's conditional transfers).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub transfer_approval_required: bool,
+    /// Agents (by the subject of their token) who may do only the operations listed on this
+    /// token, checked like a role (ERC-3643's agent restrictions; see `Operation::NAMES`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub agent_restrictions: BTreeMap<String, BTreeSet<String>>,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 impl Rules {
@@ -53,6 +72,54 @@ impl Rules {
                 "rules.max_holders",
                 "max_holders must be at least 1",
             ));
+        }
+        if self.max_holders_by_country.len() > 300 || self.min_transfer_by_country.len() > 300 {
+            return Err(Error::invalid(
+                "rules",
+                "a country list holds at most 300 codes",
+            ));
+        }
+        if let Some((country, _)) = self.max_holders_by_country.iter().find(|(_, n)| **n == 0) {
+            return Err(Error::invalid(
+                format!("rules.max_holders_by_country.{country}"),
+                "a country's maximum of holders must be at least 1",
+            ));
+        }
+        if let Some((country, _)) = self
+            .min_transfer_by_country
+            .iter()
+            .find(|(_, a)| a.is_zero() || **a > super::MAX_SUPPLY)
+        {
+            return Err(Error::invalid(
+                format!("rules.min_transfer_by_country.{country}"),
+                "a country's minimum transfer is between 1 and 10^36",
+            ));
+        }
+        if self.agent_restrictions.len() > 100 {
+            return Err(Error::invalid(
+                "rules.agent_restrictions",
+                "at most 100 agents can be restricted",
+            ));
+        }
+        for (agent, operations) in &self.agent_restrictions {
+            if agent.trim().is_empty() || agent.len() > 200 || agent.trim() != agent {
+                return Err(Error::invalid(
+                    "rules.agent_restrictions",
+                    "an agent is the subject of their token: 1-200 characters, no surrounding spaces",
+                ));
+            }
+            if let Some(unknown) = operations
+                .iter()
+                .find(|op| !Operation::NAMES.contains(&op.as_str()))
+            {
+                return Err(Error::invalid(
+                    format!("rules.agent_restrictions.{agent}"),
+                    format!(
+                        "{unknown} is not an operation; use any of {}",
+                        Operation::NAMES.join(", ")
+                    ),
+                ));
+            }
         }
         if self.lockup_seconds > 100 * 366 * 86_400 {
             return Err(Error::invalid(
@@ -89,10 +156,30 @@ pub const CHECK_ORDER: &[&str] = &[
     "insufficient_unheld_balance",
     "lockup_active",
     "transfer_limit_exceeded",
+    "transfer_not_approved",
     "supply_cap_exceeded",
+    "below_country_minimum",
     "max_balance_exceeded",
     "max_holders_reached",
+    "country_holders_reached",
 ];
+
+/// Whether `actor` may do `operation` on `token`: an agent the token's rules restrict may do
+/// only what their list names. Checked before any rule, like a role.
+pub(super) fn agent_allowed(token: &Token, operation: &str, actor: &Id) -> Result<()> {
+    match token.rules.agent_restrictions.get(actor.as_str()) {
+        Some(allowed) if !allowed.contains(operation) => Err(Error::new(
+            crate::ErrorKind::Forbidden,
+            "agent_restricted",
+            format!(
+                "{actor} may not {operation} on {}: the token's rules restrict them to {}",
+                token.spec.symbol,
+                allowed.iter().cloned().collect::<Vec<_>>().join(", ")
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
 
 /// Decides one operation on `token`, checking every rule that applies, in [`CHECK_ORDER`].
 pub(super) fn decide(
@@ -111,7 +198,7 @@ pub(super) fn decide(
             not_frozen(token, to, "receiver_frozen", "to")?;
             eligible(token, receiver, ctx, "to")?;
             within_supply(token, *amount)?;
-            room_to_receive(token, to, *amount, None)?;
+            room_to_receive(token, investors, receiver, *amount, None)?;
             let locked_until = (token.rules.lockup_seconds > 0)
                 .then(|| ctx.now + time::Duration::seconds(token.rules.lockup_seconds as i64));
             Change::Issued {
@@ -122,7 +209,7 @@ pub(super) fn decide(
             }
         }
         Operation::Transfer { from, to, amount } => {
-            check_transfer(
+            let approval_id = check_transfer(
                 token,
                 investors,
                 Moving {
@@ -131,6 +218,7 @@ pub(super) fn decide(
                     amount: *amount,
                     unheld: Amount::ZERO,
                     room: true,
+                    needs_approval: true,
                 },
                 ctx,
             )?;
@@ -141,6 +229,7 @@ pub(super) fn decide(
                 amount: *amount,
                 forced: false,
                 reason: None,
+                approval_id,
             }
         }
         Operation::ForcedTransfer {
@@ -161,7 +250,7 @@ pub(super) fn decide(
             eligible(token, receiver, ctx, "to")?;
             let holding = token.holding(from).unwrap_or(&NO_HOLDING);
             available(holding, *amount, false, ctx)?;
-            room_to_receive(token, to, *amount, Some(from))?;
+            room_to_receive(token, investors, receiver, *amount, Some(from))?;
             Change::Transferred {
                 token_id,
                 from: from.clone(),
@@ -169,6 +258,7 @@ pub(super) fn decide(
                 amount: *amount,
                 forced: true,
                 reason: Some(reason),
+                approval_id: None,
             }
         }
         Operation::Redeem { from, amount } => {
@@ -312,6 +402,63 @@ pub(super) fn decide(
             hold::post(token, investors, hold_id, None, Some(confirmation), ctx)?
         }
         Operation::RejectPayment { hold_id, reason } => hold::void(token, hold_id, reason, true)?,
+        Operation::ApproveTransfer {
+            approval_id,
+            from,
+            to,
+            amount,
+        } => {
+            positive(*amount)?;
+            distinct(from, to)?;
+            investor(from, "from")?;
+            investor(to, "to")?;
+            if approval_id.is_empty() || approval_id.len() > 100 {
+                return Err(Error::invalid(
+                    "approval_id",
+                    "an approval id is 1-100 characters",
+                ));
+            }
+            if token.approvals.contains_key(approval_id) {
+                return Err(Error::conflict(
+                    "approval_exists",
+                    format!("approval {approval_id} already exists"),
+                ));
+            }
+            if token.approvals.len() >= MAX_APPROVALS {
+                return Err(Error::conflict(
+                    "too_many_approvals",
+                    format!(
+                        "{} already has {MAX_APPROVALS} approvals waiting: revoke some first",
+                        token.spec.symbol
+                    ),
+                ));
+            }
+            Change::TransferApproved {
+                token_id,
+                approval: super::TransferApproval {
+                    id: approval_id.clone(),
+                    from: from.clone(),
+                    to: to.clone(),
+                    amount: *amount,
+                },
+            }
+        }
+        Operation::RevokeTransferApproval { approval_id } => {
+            if !token.approvals.contains_key(approval_id) {
+                return Err(Error::not_found(
+                    "approval_not_found",
+                    format!(
+                        "no approval {approval_id} is waiting in {}",
+                        token.spec.symbol
+                    ),
+                )
+                .at("approval_id"));
+            }
+            Change::TransferApprovalRevoked {
+                token_id,
+                approval_id: approval_id.clone(),
+            }
+        }
         Operation::Reverse {
             version,
             reason,
@@ -330,21 +477,29 @@ pub(super) struct Moving<'a> {
     /// Whether the receiver's maximum balance and the holder count are checked: not when a
     /// hold is placed, only when its tokens arrive.
     pub room: bool,
+    /// Whether it needs (and uses up) an agent's approval where the rules require one: a
+    /// transfer or a hold being placed, not a hold being posted (its placing used one).
+    pub needs_approval: bool,
 }
 
-/// Every check of an investor's own transfer, in [`CHECK_ORDER`].
+/// The most approvals a token keeps waiting.
+pub const MAX_APPROVALS: usize = 10_000;
+
+/// Every check of an investor's own transfer, in [`CHECK_ORDER`]; the approval it uses, if
+/// the rules require one.
 pub(super) fn check_transfer(
     token: &Token,
     investors: &FxHashMap<Id, Investor>,
     moving: Moving<'_>,
     ctx: &Context,
-) -> Result<()> {
+) -> Result<Option<Id>> {
     let Moving {
         from,
         to,
         amount,
         unheld,
         room,
+        needs_approval,
     } = moving;
     let investor = |id: &Id, field: &'static str| investor(investors, id, field);
     positive(amount)?;
@@ -368,10 +523,32 @@ pub(super) fn check_transfer(
     };
     available(holding, amount, true, ctx)?;
     within_limits(token, holding, amount, ctx)?;
+    let approval = match needs_approval && token.rules.transfer_approval_required {
+        false => None,
+        true => Some(approval_for(token, from, to, amount)?),
+    };
     if room {
-        room_to_receive(token, to, amount, Some(from))?;
+        room_to_receive(token, investors, receiver, amount, Some(from))?;
     }
-    Ok(())
+    Ok(approval)
+}
+
+/// The first approval waiting for exactly this transfer.
+fn approval_for(token: &Token, from: &Id, to: &Id, amount: Amount) -> Result<Id> {
+    token
+        .approvals
+        .values()
+        .find(|a| a.from == *from && a.to == *to && a.amount == amount)
+        .map(|a| a.id.clone())
+        .ok_or_else(|| {
+            Error::refused(
+                "transfer_not_approved",
+                format!(
+                    "transfers of {} need an agent's approval, and none is waiting for {amount} from {from} to {to}",
+                    token.spec.symbol
+                ),
+            )
+        })
 }
 
 /// Every check a reversal passes, in [`CHECK_ORDER`]: `from` gives the tokens back (absent
@@ -410,8 +587,8 @@ pub(super) fn check_reversal(
         )?,
         None => within_supply(token, amount)?,
     }
-    if let Some(to) = to {
-        room_to_receive(token, to, amount, from)?;
+    if let Some(receiver) = receiver {
+        room_to_receive(token, investors, receiver, amount, from)?;
     }
     Ok(())
 }
@@ -615,10 +792,33 @@ fn within_limits(
     Ok(())
 }
 
-/// Whether `to` can take `amount` more without breaking the balance and holder limits.
-/// `from` is the sender whose balance may drop to zero, freeing a holder's place.
-fn room_to_receive(token: &Token, to: &Id, amount: Amount, from: Option<&Id>) -> Result<()> {
+/// Whether `receiver` can take `amount` more without breaking the minimum for a new holder of
+/// their country, the balance and the holder limits. `from` is the sender whose balance may
+/// drop to zero, freeing a holder's place.
+fn room_to_receive(
+    token: &Token,
+    investors: &FxHashMap<Id, Investor>,
+    receiver: &Investor,
+    amount: Amount,
+    from: Option<&Id>,
+) -> Result<()> {
+    let to = &receiver.id;
+    let country = receiver.profile.country;
     let balance = token.balance(to);
+    let joins = balance.is_zero();
+    if joins
+        && let Some(min) = token.rules.min_transfer_by_country.get(&country)
+        && amount < *min
+    {
+        return Err(Error::refused(
+            "below_country_minimum",
+            format!(
+                "a new holder of {} from {country} receives at least {min}, not {amount}",
+                token.spec.symbol
+            ),
+        )
+        .at("amount"));
+    }
     if let Some(max) = token.rules.max_balance
         && balance.0 + amount.0 > max.0
     {
@@ -639,6 +839,31 @@ fn room_to_receive(token: &Token, to: &Id, amount: Amount, from: Option<&Id>) ->
                 "max_holders_reached",
                 format!(
                     "{} already has its maximum of {max} holders",
+                    token.spec.symbol
+                ),
+            )
+            .at("to"));
+        }
+    }
+    if joins && let Some(max) = token.rules.max_holders_by_country.get(&country) {
+        // Counted over the holders (only when a new holder from a capped country would
+        // join): the count follows investors' countries as they are now.
+        let of_country = |id: &Id| {
+            investors
+                .get(id)
+                .is_some_and(|i| i.profile.country == country)
+        };
+        let holders = token
+            .holdings
+            .iter()
+            .filter(|(id, h)| !h.balance.is_zero() && of_country(id))
+            .count() as u64;
+        let leaves = u64::from(from.is_some_and(|f| token.balance(f) == amount && of_country(f)));
+        if holders + 1 - leaves > *max {
+            return Err(Error::refused(
+                "country_holders_reached",
+                format!(
+                    "{} already has its maximum of {max} holders from {country}",
                     token.spec.symbol
                 ),
             )

@@ -141,8 +141,9 @@ pub(super) fn place(
         None => None,
     };
     // Every check of a voluntary transfer but the receiver's room: that is counted when the
-    // tokens arrive, at posting.
-    compliance::check_transfer(
+    // tokens arrive, at posting. Where transfers need an agent's approval, placing the hold
+    // uses it up.
+    let approval_id = compliance::check_transfer(
         token,
         investors,
         compliance::Moving {
@@ -151,6 +152,7 @@ pub(super) fn place(
             amount: hold.amount,
             unheld: Amount::ZERO,
             room: false,
+            needs_approval: true,
         },
         ctx,
     )?;
@@ -160,6 +162,7 @@ pub(super) fn place(
             payment,
             ..hold.clone()
         },
+        approval_id,
     })
 }
 
@@ -231,6 +234,7 @@ pub(super) fn post(
             amount: posted,
             unheld: hold.amount,
             room: true,
+            needs_approval: false,
         },
         ctx,
     )?;

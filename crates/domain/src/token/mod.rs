@@ -289,8 +289,8 @@ impl Book {
         let mut events = Vec::with_capacity(operations.len());
         let mut outcomes = Vec::with_capacity(operations.len());
         for (i, operation) in operations.iter().enumerate() {
-            let decided = self
-                .asset_allows(&scratch, operation)
+            let decided = compliance::agent_allowed(&scratch, operation.name(), &ctx.actor)
+                .and_then(|()| self.asset_allows(&scratch, operation))
                 .and_then(|()| compliance::decide(&scratch, &self.investors, operation, ctx));
             match decided {
                 Ok(change) => {
@@ -384,6 +384,7 @@ impl Book {
                 rules,
             } => {
                 let token = self.existing_token(token_id)?;
+                compliance::agent_allowed(token, "update_rules", &ctx.actor)?;
                 if token.version != *expected_version {
                     return Err(stale("token", token_id, token.version));
                 }
@@ -428,6 +429,7 @@ impl Book {
                 operation,
             } => {
                 let token = self.existing_token(token_id)?;
+                compliance::agent_allowed(token, operation.name(), &ctx.actor)?;
                 self.asset_allows(token, operation)?;
                 let change = compliance::decide(token, &self.investors, operation, ctx)?;
                 Ok(vec![event(change)])
@@ -456,6 +458,7 @@ impl Book {
                 record_balances,
             } => {
                 let token = self.existing_token(token_id)?;
+                compliance::agent_allowed(token, "distribute", &ctx.actor)?;
                 distribution.validate(ctx.now)?;
                 if distribution.record_date > record_balances.taken_at {
                     return Err(Error::invalid(
@@ -722,8 +725,12 @@ fn apply_to_token(token: &mut Token, change: &Change, now: Timestamp, actor: &Id
             to,
             amount,
             forced,
+            approval_id,
             ..
         } => {
+            if let Some(approval) = approval_id {
+                token.approvals.remove(approval);
+            }
             token.debit(from, *amount);
             let sender = token.holding_mut(from);
             if !forced {
@@ -756,7 +763,14 @@ fn apply_to_token(token: &mut Token, change: &Change, now: Timestamp, actor: &Id
         Change::DistributionPaid { distribution, .. } => {
             token.distributions.insert(distribution.id.clone());
         }
-        Change::HoldPlaced { token_id, hold } => {
+        Change::HoldPlaced {
+            token_id,
+            hold,
+            approval_id,
+        } => {
+            if let Some(approval) = approval_id {
+                token.approvals.remove(approval);
+            }
             token.holding_mut(&hold.from).held.0 += hold.amount.0;
             token.holds.insert(
                 hold.id.clone(),
@@ -791,6 +805,14 @@ fn apply_to_token(token: &mut Token, change: &Change, now: Timestamp, actor: &Id
             sender.record_sent(*amount, now);
             sender.trim_locks(now);
             token.credit(to, *amount);
+        }
+        Change::TransferApproved { approval, .. } => {
+            token
+                .approvals
+                .insert(approval.id.clone(), approval.clone());
+        }
+        Change::TransferApprovalRevoked { approval_id, .. } => {
+            token.approvals.remove(approval_id);
         }
         Change::Reversed {
             original,

@@ -274,6 +274,15 @@ impl<'de> Deserialize<'de> for Holdings {
     }
 }
 
+/// One transfer an agent approved in advance: exactly `amount` from `from` to `to`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransferApproval {
+    pub id: Id,
+    pub from: Id,
+    pub to: Id,
+    pub amount: Amount,
+}
+
 /// A token class and every holding in it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Token {
@@ -288,6 +297,10 @@ pub struct Token {
     /// The pending holds, by id (closed ones are in the index, see [`super::keys::closed_hold`]).
     #[serde(default)]
     pub holds: BTreeMap<Id, HoldRecord>,
+    /// The transfers an agent approved and not used yet, by id (see
+    /// `Operation::ApproveTransfer`).
+    #[serde(default)]
+    pub approvals: BTreeMap<Id, TransferApproval>,
     /// The movements reversed, by version, with their reversal's version: one entry per
     /// reversal, which an agent makes one by one (the movements are in the index).
     #[serde(default)]
@@ -308,6 +321,7 @@ impl Token {
             holdings: Holdings::default(),
             distributions: BTreeSet::new(),
             holds: BTreeMap::new(),
+            approvals: BTreeMap::new(),
             reversed: BTreeMap::new(),
             version: 1,
             created_at: at,
@@ -501,6 +515,20 @@ pub enum Operation {
         hold_id: Id,
         reason: String,
     },
+    /// An agent pre-approves one transfer of exactly `amount` from `from` to `to`: where the
+    /// token's rules require approval, it then passes once (ERC-3643's conditional transfers).
+    ApproveTransfer {
+        /// Given by the service, never by the caller.
+        #[serde(skip_deserializing, default)]
+        approval_id: Id,
+        from: Id,
+        to: Id,
+        amount: Amount,
+    },
+    /// Withdraws an approval not used yet.
+    RevokeTransferApproval {
+        approval_id: Id,
+    },
     /// Reverses the movement the token's event `version` made (see `token::reversal`).
     Reverse {
         version: u64,
@@ -513,6 +541,55 @@ pub enum Operation {
 }
 
 impl Operation {
+    /// Every operation's name, as an agent restriction lists it (see `Rules::agent_restrictions`),
+    /// with the token-level commands a restriction can also name.
+    pub const NAMES: &'static [&'static str] = &[
+        "issue",
+        "transfer",
+        "redeem",
+        "forced_transfer",
+        "freeze",
+        "unfreeze",
+        "freeze_amount",
+        "unfreeze_amount",
+        "pause",
+        "unpause",
+        "place_hold",
+        "post_hold",
+        "void_hold",
+        "confirm_payment",
+        "reject_payment",
+        "approve_transfer",
+        "revoke_transfer_approval",
+        "reverse",
+        "distribute",
+        "update_rules",
+    ];
+
+    /// Its name, the `op` of a batch operation.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Operation::Issue { .. } => "issue",
+            Operation::Transfer { .. } => "transfer",
+            Operation::Redeem { .. } => "redeem",
+            Operation::ForcedTransfer { .. } => "forced_transfer",
+            Operation::Freeze { .. } => "freeze",
+            Operation::Unfreeze { .. } => "unfreeze",
+            Operation::FreezeAmount { .. } => "freeze_amount",
+            Operation::UnfreezeAmount { .. } => "unfreeze_amount",
+            Operation::Pause => "pause",
+            Operation::Unpause => "unpause",
+            Operation::PlaceHold { .. } => "place_hold",
+            Operation::PostHold { .. } => "post_hold",
+            Operation::VoidHold { .. } => "void_hold",
+            Operation::ConfirmPayment { .. } => "confirm_payment",
+            Operation::RejectPayment { .. } => "reject_payment",
+            Operation::ApproveTransfer { .. } => "approve_transfer",
+            Operation::RevokeTransferApproval { .. } => "revoke_transfer_approval",
+            Operation::Reverse { .. } => "reverse",
+        }
+    }
+
     /// Whether it moves tokens between holders (or mints them): what a suspended or retired
     /// asset stops.
     pub fn moves(&self) -> bool {
@@ -661,6 +738,9 @@ pub enum Change {
         amount: Amount,
         forced: bool,
         reason: Option<String>,
+        /// The agent's approval this transfer used (where the rules require one).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        approval_id: Option<Id>,
     },
     Redeemed {
         token_id: Id,
@@ -699,6 +779,17 @@ pub enum Change {
     HoldPlaced {
         token_id: Id,
         hold: Hold,
+        /// The agent's approval the hold used (where the rules require one).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        approval_id: Option<Id>,
+    },
+    TransferApproved {
+        token_id: Id,
+        approval: TransferApproval,
+    },
+    TransferApprovalRevoked {
+        token_id: Id,
+        approval_id: Id,
     },
     /// `amount` moved from `from` to `to`; `released` went back to `from`.
     HoldPosted {
@@ -763,6 +854,8 @@ impl Change {
             Change::Unpaused { .. } => "unpaused",
             Change::DistributionPaid { .. } => "distribution_paid",
             Change::HoldPlaced { .. } => "hold_placed",
+            Change::TransferApproved { .. } => "transfer_approved",
+            Change::TransferApprovalRevoked { .. } => "transfer_approval_revoked",
             Change::HoldPosted { .. } => "hold_posted",
             Change::HoldVoided { .. } => "hold_voided",
             Change::HoldExpired { .. } => "hold_expired",
@@ -786,6 +879,8 @@ impl Change {
             | Change::Unpaused { token_id }
             | Change::DistributionPaid { token_id, .. }
             | Change::HoldPlaced { token_id, .. }
+            | Change::TransferApproved { token_id, .. }
+            | Change::TransferApprovalRevoked { token_id, .. }
             | Change::HoldPosted { token_id, .. }
             | Change::HoldVoided { token_id, .. }
             | Change::HoldExpired { token_id, .. }

@@ -9,6 +9,7 @@ use super::*;
 use crate::{Amount, Country, Currency};
 
 mod holds;
+mod modules;
 mod reversals;
 
 const T0: Timestamp = datetime!(2025-01-15 10:00 UTC);
@@ -80,6 +81,15 @@ fn forced(from: &str, to: &str, amount: u128) -> Operation {
 fn redeem(from: &str, amount: u128) -> Operation {
     Operation::Redeem {
         from: from.into(),
+        amount: Amount(amount),
+    }
+}
+
+fn approve(from: &str, to: &str, amount: u128) -> Operation {
+    Operation::ApproveTransfer {
+        approval_id: format!("apr-{from}-{to}-{amount}").into(),
+        from: from.into(),
+        to: to.into(),
         amount: Amount(amount),
     }
 }
@@ -347,9 +357,12 @@ fn the_check_order_is_the_documented_one() {
             "insufficient_unheld_balance",
             "lockup_active",
             "transfer_limit_exceeded",
+            "transfer_not_approved",
             "supply_cap_exceeded",
+            "below_country_minimum",
             "max_balance_exceeded",
             "max_holders_reached",
+            "country_holders_reached",
         ]
     );
 }
@@ -359,12 +372,16 @@ fn a_transfer_breaking_every_rule_reports_them_in_check_order() {
     let rules = Rules {
         allowed_countries: Some(countries(&["DE", "FR"])),
         require_accreditation: true,
-        max_holders: Some(2),
+        max_holders: Some(3),
         lockup_seconds: DAY as u64,
         daily_transfer_limit: Some(Amount(30)),
+        transfer_approval_required: true,
+        min_transfer_by_country: [(country("FR"), Amount(50))].into(),
+        max_holders_by_country: [(country("FR"), 1)].into(),
         ..Rules::default()
     };
     let mut w = World::new(1_000, rules);
+    w.ok(issue("carol", 50)); // from FR: the one holder from FR the rules allow
     w.register(
         "zoe",
         InvestorProfile {
@@ -379,6 +396,7 @@ fn a_transfer_breaking_every_rule_reports_them_in_check_order() {
     w.advance(2 * DAY);
     w.ok(issue("alice", 100)); // locked for another day
     w.ok(freeze_amount("alice", 50)); // 200 held, 150 unfrozen, 50 transferable
+    w.ok(approve("alice", "bob", 10)); // the hold below uses it up
     w.ok(Operation::PlaceHold {
         hold_id: "h1".into(),
         from: "alice".into(),
@@ -431,8 +449,17 @@ fn a_transfer_breaking_every_rule_reports_them_in_check_order() {
                         r.daily_transfer_limit = None;
                         r.max_balance = Some(Amount(25));
                     }),
+                    "transfer_not_approved" => {
+                        w.ok(approve("alice", "zoe", 40));
+                    }
+                    "below_country_minimum" => {
+                        w.update_rules(|r| r.min_transfer_by_country.clear())
+                    }
                     "max_balance_exceeded" => w.update_rules(|r| r.max_balance = None),
-                    "max_holders_reached" => w.update_rules(|r| r.max_holders = Some(3)),
+                    "max_holders_reached" => w.update_rules(|r| r.max_holders = Some(4)),
+                    "country_holders_reached" => {
+                        w.update_rules(|r| r.max_holders_by_country.clear())
+                    }
                     other => panic!("unexpected code {other}"),
                 }
             }
@@ -969,6 +996,7 @@ fn a_forced_transfer_ignores_pause_sender_freeze_lockup_and_limits() {
             amount: Amount(60),
             forced: true,
             reason: Some("court order".into()),
+            approval_id: None,
         }
     );
     assert_eq!((w.balance("alice"), w.balance("bob")), (40, 60));
@@ -1644,6 +1672,8 @@ enum Op {
     VoidHold(usize),
     /// Reverses the movement this many versions back (its record filled in from the index).
     Reverse(u64),
+    /// An agent approves a transfer: from, to, amount.
+    Approve(usize, usize, u128),
 }
 
 fn hold_id(n: usize) -> Id {
@@ -1705,6 +1735,12 @@ impl Op {
                 hold_id: hold_id(*n),
                 reason: "withdrawn".into(),
             },
+            Op::Approve(from, to, amount) => Operation::ApproveTransfer {
+                approval_id: format!("apr-{from}-{to}-{amount}").into(),
+                from: investor_id(*from),
+                to: investor_id(*to),
+                amount: a(amount),
+            },
             Op::Reverse(back) => Operation::Reverse {
                 version: *back,
                 reason: "corrected".into(),
@@ -1718,6 +1754,8 @@ impl Op {
 enum Step {
     One(Op),
     Batch(Vec<Op>, BatchMode),
+    /// Turns the rule that transfers need an agent's approval on or off.
+    RequireApproval(bool),
 }
 
 fn amount_strategy() -> impl Strategy<Value = u128> {
@@ -1749,6 +1787,9 @@ fn op_strategy() -> impl Strategy<Value = Op> {
         4 => (0..12usize, prop::option::of(amount_strategy())).prop_map(|(n, amount)| Op::PostHold(n, amount)),
         2 => (0..12usize).prop_map(Op::VoidHold),
         3 => (1u64..=6).prop_map(Op::Reverse),
+        4 => (who(), who(), prop::sample::select(vec![10u128, 20, 40])).prop_map(|(from, to, amount)| Op::Transfer(from, other(from, to), amount)),
+        // Few amounts, so that some approvals match the transfers that follow.
+        3 => (who(), who(), prop::sample::select(vec![10u128, 20, 40])).prop_map(|(from, to, amount)| Op::Approve(from, other(from, to), amount)),
     ]
 }
 
@@ -1760,6 +1801,7 @@ fn step_strategy() -> impl Strategy<Value = (i64, Step)> {
         1 => (prop::collection::vec(op_strategy(), 1..4), any::<bool>()).prop_map(|(ops, independent)| {
             Step::Batch(ops, if independent { BatchMode::Independent } else { BatchMode::AllOrNothing })
         }),
+        1 => any::<bool>().prop_map(Step::RequireApproval),
     ];
     (advance, step)
 }
@@ -1799,6 +1841,10 @@ fn prop_rules() -> Rules {
         lockup_seconds: DAY as u64,
         daily_transfer_limit: Some(Amount(150)),
         monthly_transfer_limit: Some(Amount(600)),
+        transfer_approval_required: false,
+        min_transfer_by_country: [(country("FR"), Amount(15))].into(),
+        max_holders_by_country: [(country("DE"), 2)].into(),
+        agent_restrictions: Default::default(),
     }
 }
 
@@ -1948,6 +1994,14 @@ fn simulate(
                 token_id: TOKEN.into(),
                 operations: ops.iter().map(resolve).collect(),
                 mode: *mode,
+            },
+            Step::RequireApproval(on) => Command::UpdateRules {
+                token_id: TOKEN.into(),
+                expected_version: version,
+                rules: Rules {
+                    transfer_approval_required: *on,
+                    ..w.token().rules.clone()
+                },
             },
         };
         let before = w.token().clone();

@@ -114,6 +114,7 @@ pub fn transferred(token: &str, from: &str, to: &str, amount: u128) -> token::Ch
         amount: Amount(amount),
         forced: false,
         reason: None,
+        approval_id: None,
     }
 }
 

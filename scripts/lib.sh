@@ -91,6 +91,16 @@ need_nx27017() {
   "$TOOLS/nx/bin/pip" install -q nx-27017==0.8.1 >&2
 }
 
+# standardwebhooks 1.3.0 (PyPI), the Standard Webhooks reference library, in its own virtual
+# environment: the ledger's webhook tests verify every delivery's signature with it.
+need_standardwebhooks() {
+  [ -x "$TOOLS/webhooks/bin/python3" ] && "$TOOLS/webhooks/bin/python3" -c 'import standardwebhooks' 2>/dev/null && return 0
+  need_apt python3 python3
+  python3 -m venv "$TOOLS/webhooks" 2>/dev/null || { need_apt python3-venv /usr/share/doc/python3-venv; python3 -m venv "$TOOLS/webhooks"; }
+  echo "installing standardwebhooks" >&2
+  "$TOOLS/webhooks/bin/pip" install -q standardwebhooks==1.3.0 >&2
+}
+
 # What building rdkafka's bundled librdkafka needs (rdkafka-sys 4.10, feature cmake-build): cmake
 # and make, C and C++ compilers, zlib's headers and pkg-config, and curl's and OpenSSL's headers:
 # librdkafka 2.12's rdkafka_conf.c includes <curl/curl.h> even with WITH_CURL=0 (seen failing on

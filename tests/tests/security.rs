@@ -324,6 +324,12 @@ fn calls(f: &Fixture) -> Vec<Call> {
         ),
         call(O::LedgerRead, M::GET, "/v1/ledger/entries".into(), None),
         call(
+            O::EventsSubscribe,
+            M::GET,
+            "/v1/events/subscriptions".into(),
+            None,
+        ),
+        call(
             O::BalanceRead,
             M::GET,
             format!("/v1/ledger/accounts/investor:{alice}/balance?unit={t}"),

@@ -414,6 +414,20 @@ impl Background {
         }
     }
 
+    /// Runs `start` once per service: now, or on the replica that owns the writes of the
+    /// service's first partition, for as long as it does (webhook delivery).
+    pub fn owned_task<F>(&mut self, start: F)
+    where
+        F: Fn(
+                watch::Receiver<bool>,
+            ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+            + Send
+            + Sync
+            + 'static,
+    {
+        self.once(0, start);
+    }
+
     /// Runs `consumer` (which applies the registry's commands), reporting its lag and its
     /// partitions as `name`.
     pub fn consumer<S: StateMachine>(&mut self, name: &str, consumer: Consumer<S>) {

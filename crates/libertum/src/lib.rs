@@ -35,7 +35,8 @@ use utoipa_axum::router::OpenApiRouter;
         (name = "holds", description = "two-phase transfers: a hold reserves part of a balance until it is posted, voided or expires; with a cash leg, a settlement against payment confirmed by a payment agent"),
         (name = "holders", description = "cap tables, now or as of any moment"),
         (name = "distributions", description = "pro-rata payments to holders"),
-        (name = "ledger", description = "the append-only double-entry record, verification and reconciliation")
+        (name = "ledger", description = "the append-only double-entry record, verification and reconciliation"),
+        (name = "events", description = "every recorded event for outside consumers: webhook subscriptions (Standard Webhooks) with replay and dead letters, and a server-sent event stream")
     )
 )]
 struct ApiDoc;
@@ -139,7 +140,9 @@ impl Application {
             .nest("/v1/assets", assets.router())
             .nest("/v1/tokens", tokens.router())
             .nest("/v1/ledger", ledger.router())
+            .nest("/v1/events", ledger.events_router(settings.webhooks))
             .split_for_parts();
+        background.owned_task(ledger.dispatcher(settings.webhooks));
         // Everything but health, metrics and the API's description needs a bearer token.
         let guard = server::Guard::new(&settings, assets_backends.limiter.clone())?;
         let auth = guard.auth.clone();

@@ -132,13 +132,16 @@ pub enum Operation {
     /// Reverse a movement.
     MovementReverse,
     LedgerRead,
+    /// Webhook subscriptions and the event stream: staff see every event, an investor only
+    /// those that touch their own accounts or record.
+    EventsSubscribe,
     /// An investor may read only their own account's balance.
     BalanceRead,
     LedgerVerify,
 }
 
 impl Operation {
-    pub const ALL: [Operation; 36] = [
+    pub const ALL: [Operation; 37] = [
         Operation::AssetRegister,
         Operation::AssetRead,
         Operation::AssetUpdate,
@@ -173,6 +176,7 @@ impl Operation {
         Operation::MovementRead,
         Operation::MovementReverse,
         Operation::LedgerRead,
+        Operation::EventsSubscribe,
         Operation::BalanceRead,
         Operation::LedgerVerify,
     ];
@@ -215,6 +219,7 @@ impl Operation {
             MovementRead => "token.movement.read",
             MovementReverse => "token.movement.reverse",
             LedgerRead => "ledger.read",
+            EventsSubscribe => "events.subscribe",
             BalanceRead => "ledger.balance.read",
             LedgerVerify => "ledger.verify",
         }
@@ -255,7 +260,7 @@ impl Operation {
             InvestorList | HoldersList | DistributionsList | MovementRead | LedgerRead => {
                 STAFF_READERS
             }
-            InvestorRead | HoldingRead | BalanceRead => &[
+            InvestorRead | HoldingRead | BalanceRead | EventsSubscribe => &[
                 PlatformAdmin,
                 ComplianceOfficer,
                 TokenAgent,

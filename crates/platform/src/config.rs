@@ -3,6 +3,24 @@
 
 use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf};
 
+/// How the ledger delivers webhooks to outside subscribers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WebhookSettings {
+    /// Tries of one delivery before its event goes to the dead letters.
+    pub max_attempts: u32,
+    /// Whether loopback, private and link-local targets are allowed (development only).
+    pub private_targets: bool,
+}
+
+impl Default for WebhookSettings {
+    fn default() -> Self {
+        WebhookSettings {
+            max_attempts: 8,
+            private_targets: false,
+        }
+    }
+}
+
 /// Every variable, its default and what it does (printed by `libertum --help` and in the README).
 pub const VARIABLES: &[(&str, &str, &str)] = &[
     (
@@ -35,6 +53,16 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
         "LIBERTUM_LEDGER_VERIFY_INTERVAL_SECONDS",
         "3600",
         "how often the ledger re-verifies its whole hash chain as stored, for the libertum_ledger_chain_valid metric; 0 never",
+    ),
+    (
+        "LIBERTUM_WEBHOOK_MAX_ATTEMPTS",
+        "8",
+        "how many times a webhook delivery is tried (1 s, 2 s, 4 s... apart) before the event goes to the subscription's dead letters",
+    ),
+    (
+        "LIBERTUM_WEBHOOK_PRIVATE_TARGETS",
+        "false",
+        "true lets webhooks reach loopback, private and link-local addresses: for a development setup only, never in a deployment (a subscriber could reach internal services)",
     ),
     (
         "LIBERTUM_STORE_CACHE_MIB",
@@ -233,6 +261,7 @@ pub struct Settings {
     pub idempotency_retention_hours: u64,
     /// Seconds between the ledger's verifications of its chain; 0: never.
     pub ledger_verify_interval_seconds: u64,
+    pub webhooks: WebhookSettings,
     /// Page cache of each embedded store, in MiB.
     pub store_cache_mib: u64,
     /// Events after which, and seconds after which, a service snapshots its state; 0: never.
@@ -342,6 +371,8 @@ impl Settings {
         let ledger_verify_interval_seconds =
             number("LIBERTUM_LEDGER_VERIFY_INTERVAL_SECONDS", 0, 7 * 24 * 3600);
         let store_cache_mib = number("LIBERTUM_STORE_CACHE_MIB", 1, 1 << 20);
+        let webhook_max_attempts = number("LIBERTUM_WEBHOOK_MAX_ATTEMPTS", 1, 30) as u32;
+
         let snapshot_every_events = number("LIBERTUM_SNAPSHOT_EVERY_EVENTS", 0, 1_000_000_000);
         let snapshot_interval_seconds =
             number("LIBERTUM_SNAPSHOT_INTERVAL_SECONDS", 0, 7 * 24 * 3600);
@@ -509,6 +540,14 @@ impl Settings {
                 "with LIBERTUM_MONGODB_URI or LIBERTUM_KAFKA_BROKERS set, set LIBERTUM_AUTH_JWKS_URL (the identity provider) or, for a development setup, LIBERTUM_AUTH_DEV_SECRET".into(),
             );
         }
+        let webhook_private_targets = match get("LIBERTUM_WEBHOOK_PRIVATE_TARGETS").as_str() {
+            "true" => true,
+            "false" => false,
+            _ => {
+                problems.push("LIBERTUM_WEBHOOK_PRIVATE_TARGETS must be true or false".into());
+                false
+            }
+        };
         let insecure_dev_signer = match get("LIBERTUM_AUTH_INSECURE_DEV_SIGNER").as_str() {
             "true" => true,
             "false" => false,
@@ -574,6 +613,10 @@ impl Settings {
             tokens_url: tokens_url.trim_end_matches('/').to_owned(),
             idempotency_retention_hours,
             ledger_verify_interval_seconds,
+            webhooks: WebhookSettings {
+                max_attempts: webhook_max_attempts,
+                private_targets: webhook_private_targets,
+            },
             store_cache_mib,
             snapshot_every_events,
             snapshot_interval_seconds,
@@ -601,6 +644,10 @@ impl Settings {
             tokens_url: String::new(),
             idempotency_retention_hours: 24,
             ledger_verify_interval_seconds: 0,
+            webhooks: WebhookSettings {
+                max_attempts: 8,
+                private_targets: true,
+            },
             store_cache_mib: 32,
             snapshot_every_events: 50_000,
             snapshot_interval_seconds: 300,

@@ -72,7 +72,9 @@ pub struct ReversesView {
     pub token_id: String,
     /// The token's version the reversed movement made.
     pub version: u64,
-    /// The entry that recorded the reversed movement (`GET /v1/ledger/entries/{seq}`).
+    /// The entry that recorded the reversed movement (`GET /v1/ledger/entries/{seq}`); absent
+    /// in webhooks and the event stream.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub seq: Option<u64>,
 }
 
@@ -113,7 +115,11 @@ impl From<&ledger::Entry> for EntryView {
                     amount: p.amount,
                 })
                 .collect(),
-            reverses: None,
+            reverses: e.reverses.as_ref().map(|r| ReversesView {
+                token_id: r.token_id.to_string(),
+                version: r.version,
+                seq: None,
+            }),
             prev_hash: e.prev_hash.clone(),
             hash: e.hash.clone(),
         }

@@ -3,9 +3,11 @@
 
 mod api;
 mod audit;
+mod events;
 mod history;
 mod reconcile;
 mod state;
+pub mod webhooks;
 
 use std::sync::Arc;
 
@@ -65,6 +67,36 @@ impl Ledger {
             libertum_platform::replica::waiter(self.engine.clone()),
             libertum_platform::replica::read_your_writes,
         ))
+    }
+
+    /// `/v1/events`: webhook subscriptions and the event stream.
+    pub fn events_router(
+        &self,
+        webhooks: libertum_platform::config::WebhookSettings,
+    ) -> OpenApiRouter {
+        events::router(events::EventsState {
+            engine: self.engine.clone(),
+            webhooks,
+        })
+        .layer(axum::middleware::from_fn_with_state(
+            libertum_platform::replica::waiter(self.engine.clone()),
+            libertum_platform::replica::read_your_writes,
+        ))
+    }
+
+    /// Delivers the webhooks until told to stop: run it once per service, where the ledger's
+    /// writes are owned (`Background::owned_task`).
+    pub fn dispatcher(
+        &self,
+        settings: libertum_platform::config::WebhookSettings,
+    ) -> impl Fn(
+        tokio::sync::watch::Receiver<bool>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+    + Send
+    + Sync
+    + 'static {
+        let engine = self.engine.clone();
+        move |stop| Box::pin(webhooks::dispatch(engine.clone(), settings, stop))
     }
 
     /// One consumer per topic it records.

@@ -54,11 +54,13 @@ async fn run() -> anyhow::Result<()> {
     let (routes, openapi) = utoipa_axum::router::OpenApiRouter::with_openapi(
         libertum_platform::openapi::base(
             "Libertum ledger",
-            "The append-only, hash-chained double-entry record of every event: balances at any point, verification and reconciliation.",
+            "The append-only, hash-chained double-entry record of every event: balances at any point, verification and reconciliation; every event for outside consumers as webhooks and a stream.",
         ),
     )
     .nest("/v1/ledger", service.router())
+    .nest("/v1/events", service.events_router(settings.webhooks))
     .split_for_parts();
+    background.owned_task(service.dispatcher(settings.webhooks));
     background.lead(Arc::new(service.engine().clone()));
     let served = background
         .serve(

@@ -47,21 +47,54 @@ pub async fn spawn() -> Server {
     }
 }
 
+/// [`spawn`] with `/v1/events` served too and the webhooks delivered with `webhooks`.
+pub async fn spawn_with_events(webhooks: libertum_platform::config::WebhookSettings) -> Server {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = Arc::new(libertum_store::RedbStore::open(dir.path(), "ledger").expect("store"));
+    let ledger =
+        libertum_ledger::Ledger::open(store, "http://127.0.0.1:9".into(), Default::default())
+            .await
+            .expect("ledger service");
+    let (router, _) = utoipa_axum::router::OpenApiRouter::new()
+        .nest("/v1/ledger", ledger.router())
+        .nest("/v1/events", ledger.events_router(webhooks))
+        .split_for_parts();
+    let router = libertum_platform::server::service_router(
+        router,
+        ledger.probes(),
+        libertum_testkit::guard(),
+    );
+    // Runs as long as the test: the runtime ends it.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    std::mem::forget(stop);
+    tokio::spawn(ledger.dispatcher(webhooks)(stopped));
+    Server {
+        api: Http::new(libertum_testkit::serve(router).await),
+        ledger,
+        _dir: dir,
+    }
+}
+
+/// Records `incoming` in `ledger` as the consumers do.
+pub async fn feed_into(ledger: &libertum_ledger::Ledger, incoming: ledger::Incoming) {
+    ledger
+        .engine()
+        .submit(libertum_store::Submission {
+            command: Some(incoming),
+            idempotency: None,
+            checkpoint: None,
+            reply: Box::new(|_, _| libertum_store::Reply::new(200, Default::default())),
+            partition: None,
+            span: tracing::Span::current(),
+        })
+        .await
+        .expect("recorded");
+}
+
 impl Server {
     /// Records `incoming` as the consumers do.
     pub async fn feed(&self, incoming: ledger::Incoming) {
-        self.ledger
-            .engine()
-            .submit(libertum_store::Submission {
-                command: Some(incoming),
-                idempotency: None,
-                checkpoint: None,
-                reply: Box::new(|_, _| libertum_store::Reply::new(200, Default::default())),
-                partition: None,
-                span: tracing::Span::current(),
-            })
-            .await
-            .expect("recorded");
+        feed_into(&self.ledger, incoming).await
     }
 }
 

@@ -58,6 +58,21 @@ pub struct Ending {
 
 /// The whole story, against `p` however it runs.
 async fn story(p: &Product) -> Ending {
+    // An outside system subscribes to every event from the first on: each is delivered to its
+    // webhook, signed, in the ledger's order.
+    let hooks = libertum_testkit::webhooks::Receiver::start().await;
+    let (status, subscription) = p
+        .post(
+            "/v1/events/subscriptions",
+            json!({"url": format!("{}/ok", hooks.base), "from_seq": 1}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{subscription}");
+    let secret = subscription["secret"]
+        .as_str()
+        .expect("a secret")
+        .to_owned();
+
     // An asset manager registers the building with its title deed and an appraisal.
     let (status, asset) = p
         .post_as(
@@ -516,6 +531,19 @@ async fn story(p: &Product) -> Ending {
     );
     let head = p.get("/v1/ledger/head").await.1;
     assert_eq!(head["seq"], verification["entries_checked"]);
+    // Every entry reached the webhook, in order, each signature good to an implementation of
+    // Standard Webhooks nobody here wrote (at least once: a repeat is allowed, a gap is not).
+    let last = head["seq"].as_u64().expect("a head");
+    let delivered = hooks
+        .until("/ok", last as usize, Duration::from_secs(30))
+        .await;
+    let mut seen: Vec<u64> = delivered.iter().map(|d| d.seq()).collect();
+    assert!(seen.windows(2).all(|w| w[0] <= w[1]), "in order: {seen:?}");
+    seen.dedup();
+    assert_eq!(seen, (1..=last).collect::<Vec<_>>(), "every entry");
+    let report = libertum_testkit::webhooks::verify(&secret, &delivered)
+        .unwrap_or_else(|report| panic!("{report}"));
+    assert!(report.contains("deliveries verified"), "{report}");
     Ending {
         token: t,
         holders,
@@ -645,8 +673,12 @@ async fn the_whole_story_with_each_service_its_own_process_on_kafka_mongodb_and_
             .await
             .unwrap();
         let paths: Vec<&String> = doc["paths"].as_object().expect("paths").keys().collect();
+        // The ledger also serves the events to outside consumers.
+        let own = |path: &str| {
+            path.starts_with(prefix) || (prefix == "/v1/ledger" && path.starts_with("/v1/events"))
+        };
         assert!(
-            !paths.is_empty() && paths.iter().all(|path| path.starts_with(prefix)),
+            !paths.is_empty() && paths.iter().all(|path| own(path)),
             "{prefix}: {paths:?}"
         );
         let page = anonymous

@@ -2,6 +2,7 @@
 //! assertions on its answers.
 
 pub mod servers;
+pub mod webhooks;
 
 use std::{sync::Arc, time::Duration};
 

@@ -5,118 +5,17 @@
 
 mod common;
 
-use std::{
-    sync::{Arc, Mutex},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
-use axum::{body::Bytes, http::HeaderMap, routing::post};
 use common::{Server, issued, token_event, transferred};
 use libertum_platform::{auth::Role, config::WebhookSettings};
+use libertum_testkit::webhooks::{Delivery, Receiver, verify};
 use serde_json::{Value, json};
 
-/// A delivery as the receiver got it.
-#[derive(Debug, Clone)]
-struct Delivery {
-    path: String,
-    headers: HeaderMap,
-    body: String,
-}
+const PATIENCE: Duration = Duration::from_secs(10);
 
-/// A webhook receiver on loopback: `/ok` answers 204, `/fail` 500; it keeps what it got.
-async fn receiver() -> (String, Arc<Mutex<Vec<Delivery>>>) {
-    let got: Arc<Mutex<Vec<Delivery>>> = Default::default();
-    let keep = |path: &'static str, status: u16| {
-        let got = got.clone();
-        post(move |headers: HeaderMap, body: Bytes| {
-            let got = got.clone();
-            async move {
-                got.lock().unwrap().push(Delivery {
-                    path: path.into(),
-                    headers,
-                    body: String::from_utf8_lossy(&body).into_owned(),
-                });
-                axum::http::StatusCode::from_u16(status).unwrap()
-            }
-        })
-    };
-    let app = axum::Router::new()
-        .route("/ok", keep("/ok", 204))
-        .route("/other", keep("/other", 200))
-        .route("/fail", keep("/fail", 500));
-    (libertum_testkit::serve(app).await, got)
-}
-
-/// Waits up to 10 s for `done` on what the receiver got.
-async fn until(
-    got: &Arc<Mutex<Vec<Delivery>>>,
-    done: impl Fn(&[Delivery]) -> bool,
-) -> Vec<Delivery> {
-    let start = Instant::now();
-    loop {
-        let now = got.lock().unwrap().clone();
-        if done(&now) {
-            return now;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "the deliveries did not come: {now:#?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-fn on(path: &str) -> impl Fn(&[Delivery]) -> Vec<&Delivery> + '_ {
-    move |all| all.iter().filter(|d| d.path == path).collect()
-}
-
-fn seq(d: &Delivery) -> u64 {
-    serde_json::from_str::<Value>(&d.body).unwrap()["data"]["seq"]
-        .as_u64()
-        .unwrap()
-}
-
-/// Verifies `deliveries` with the `standardwebhooks` package; `Err` with its report if not.
-fn verify(secret: &str, deliveries: &[&Delivery]) -> Result<String, String> {
-    let python = libertum_testkit::servers::tools_dir().join("webhooks/bin/python3");
-    assert!(
-        python.exists(),
-        "the standardwebhooks package is not installed ({} not found): run scripts/stack install, which scripts/test runs first",
-        python.display()
-    );
-    let list: Vec<Value> = deliveries
-        .iter()
-        .map(|d| {
-            let headers: serde_json::Map<String, Value> =
-                ["webhook-id", "webhook-timestamp", "webhook-signature"]
-                    .iter()
-                    .map(|h| {
-                        (
-                            h.to_string(),
-                            json!(d.headers.get(*h).and_then(|v| v.to_str().ok())),
-                        )
-                    })
-                    .collect();
-            json!({"secret": secret, "headers": headers, "body": d.body})
-        })
-        .collect();
-    let file = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(file.path(), serde_json::to_vec(&list).unwrap()).unwrap();
-    let out = std::process::Command::new(python)
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/verify_webhooks.py"
-        ))
-        .arg(file.path())
-        .output()
-        .expect("python runs");
-    let report =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    if out.status.success() {
-        Ok(report)
-    } else {
-        Err(report)
-    }
+fn seqs(deliveries: &[Delivery]) -> Vec<u64> {
+    deliveries.iter().map(Delivery::seq).collect()
 }
 
 async fn subscribe(s: &Server, bearer: Option<String>, body: Value) -> libertum_testkit::Reply {
@@ -137,7 +36,8 @@ fn settings(max_attempts: u32) -> WebhookSettings {
 #[tokio::test]
 async fn webhooks_are_signed_filtered_retried_dead_lettered_and_replayed() {
     let s = common::spawn_with_events(settings(2)).await;
-    let (hooks, got) = receiver().await;
+    let hooks = Receiver::start().await;
+    let hooks_base = hooks.base.clone();
     s.feed(token_event("e1", 0, 2, issued("tok_1", "inv_a", 100)))
         .await;
 
@@ -145,7 +45,7 @@ async fn webhooks_are_signed_filtered_retried_dead_lettered_and_replayed() {
     let all = subscribe(
         &s,
         None,
-        json!({"url": format!("{hooks}/ok"), "from_seq": 1}),
+        json!({"url": format!("{hooks_base}/ok"), "from_seq": 1}),
     )
     .await;
     let all = all.ok(201).clone();
@@ -155,12 +55,12 @@ async fn webhooks_are_signed_filtered_retried_dead_lettered_and_replayed() {
     subscribe(
         &s,
         None,
-        json!({"url": format!("{hooks}/other"), "token_id": "tok_1",
+        json!({"url": format!("{hooks_base}/other"), "token_id": "tok_1",
         "event_types": ["libertum.token.transferred.v1"]}),
     )
     .await
     .ok(201);
-    let failing = subscribe(&s, None, json!({"url": format!("{hooks}/fail")})).await;
+    let failing = subscribe(&s, None, json!({"url": format!("{hooks_base}/fail")})).await;
     let failing = failing.ok(201)["id"].as_str().unwrap().to_owned();
     // The secret is shown once.
     let listed = s.get("/v1/events/subscriptions").await;
@@ -177,16 +77,9 @@ async fn webhooks_are_signed_filtered_retried_dead_lettered_and_replayed() {
     s.feed(token_event("e3", 2, 2, issued("tok_2", "inv_a", 7)))
         .await;
 
-    let deliveries = until(&got, |d| {
-        on("/ok")(d).len() == 3 && on("/other")(d).len() == 1
-    })
-    .await;
-    let ok = on("/ok")(&deliveries);
-    assert_eq!(
-        ok.iter().map(|d| seq(d)).collect::<Vec<_>>(),
-        [1, 2, 3],
-        "in order, each once"
-    );
+    let ok = hooks.until("/ok", 3, PATIENCE).await;
+    let other = hooks.until("/other", 1, PATIENCE).await;
+    assert_eq!(seqs(&ok), [1, 2, 3], "in order, each once");
     let first: Value = serde_json::from_str(&ok[1].body).unwrap();
     assert_eq!(first["type"], "libertum.token.transferred.v1");
     assert_eq!(first["data"]["postings"][0]["amount"], "40");
@@ -194,24 +87,20 @@ async fn webhooks_are_signed_filtered_retried_dead_lettered_and_replayed() {
         ok[1].headers["webhook-id"], "e2",
         "the event's id names the message"
     );
-    assert_eq!(
-        seq(on("/other")(&deliveries)[0]),
-        2,
-        "filtered by type and token"
-    );
+    assert_eq!(seqs(&other), [2], "filtered by type and token");
     // An implementation nobody here wrote accepts every signature, and refuses a changed body.
     let report = verify(&secret, &ok).unwrap_or_else(|report| panic!("{report}"));
     assert!(report.contains("3 deliveries verified"), "{report}");
     let mut tampered = ok[0].clone();
     tampered.body = tampered.body.replace("100", "900");
     assert!(
-        verify(&secret, &[&tampered]).is_err(),
+        verify(&secret, &[tampered]).is_err(),
         "a changed body must not verify"
     );
     assert!(
         verify(
             "whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
-            &[ok[0]]
+            &ok[..1]
         )
         .is_err()
     );
@@ -233,7 +122,7 @@ async fn webhooks_are_signed_filtered_retried_dead_lettered_and_replayed() {
         letters[0]["error"].as_str().unwrap().contains("500"),
         "{letters}"
     );
-    assert_eq!(on("/fail")(&got.lock().unwrap()).len(), 4);
+    assert_eq!(hooks.on("/fail").len(), 4);
 
     // Replay from 2: the same messages again, same ids, in order.
     let replayed = s
@@ -243,12 +132,8 @@ async fn webhooks_are_signed_filtered_retried_dead_lettered_and_replayed() {
         )
         .await;
     replayed.ok(202);
-    let deliveries = until(&got, |d| on("/ok")(d).len() == 5).await;
-    let ok = on("/ok")(&deliveries);
-    assert_eq!(
-        ok.iter().map(|d| seq(d)).collect::<Vec<_>>(),
-        [1, 2, 3, 2, 3]
-    );
+    let ok = hooks.until("/ok", 5, PATIENCE).await;
+    assert_eq!(seqs(&ok), [1, 2, 3, 2, 3]);
     assert_eq!(ok[3].headers["webhook-id"], "e2");
     let view = s.get(&format!("/v1/events/subscriptions/{id}")).await;
     assert!(view.ok(200)["delivered_seq"].as_u64().is_some());
@@ -272,18 +157,19 @@ async fn webhooks_are_signed_filtered_retried_dead_lettered_and_replayed() {
     ))
     .await;
     tokio::time::sleep(Duration::from_millis(1_500)).await;
-    assert_eq!(on("/ok")(&got.lock().unwrap()).len(), 5);
+    assert_eq!(hooks.on("/ok").len(), 5);
 }
 
 #[tokio::test]
 async fn an_investor_sees_only_their_own_events_and_others_subscriptions_are_not_theirs() {
     let s = common::spawn_with_events(settings(1)).await;
-    let (hooks, got) = receiver().await;
+    let hooks = Receiver::start().await;
+    let hooks_base = hooks.base.clone();
     let alice = libertum_testkit::token(&[Role::Investor], Some("inv_a"));
     let mine = subscribe(
         &s,
         Some(alice.clone()),
-        json!({"url": format!("{hooks}/ok"), "from_seq": 1}),
+        json!({"url": format!("{hooks_base}/ok"), "from_seq": 1}),
     )
     .await;
     let mine = mine.ok(201)["id"].as_str().unwrap().to_owned();
@@ -298,14 +184,9 @@ async fn an_investor_sees_only_their_own_events_and_others_subscriptions_are_not
     .await;
     s.feed(token_event("e3", 2, 4, issued("tok_1", "inv_c", 1)))
         .await;
-    until(&got, |d| !d.is_empty()).await;
+    hooks.until("/ok", 1, PATIENCE).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let deliveries = got.lock().unwrap().clone();
-    assert_eq!(
-        deliveries.iter().map(seq).collect::<Vec<_>>(),
-        [2],
-        "{deliveries:#?}"
-    );
+    assert_eq!(seqs(&hooks.on("/ok")), [2]);
     // Another caller's subscription does not exist for them; roles without the right are refused.
     let bob = libertum_testkit::token(&[Role::Investor], Some("inv_b"));
     libertum_testkit::send(
@@ -319,7 +200,7 @@ async fn an_investor_sees_only_their_own_events_and_others_subscriptions_are_not
         subscribe(
             &s,
             Some(libertum_testkit::token(&[role], None)),
-            json!({"url": format!("{hooks}/ok")}),
+            json!({"url": format!("{hooks_base}/ok")}),
         )
         .await
         .problem(403, "forbidden", None);

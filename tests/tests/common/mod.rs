@@ -74,6 +74,8 @@ pub fn service_command(
             libertum_platform::auth::TEST_SECRET,
         )
         .env("LIBERTUM_AUTH_INSECURE_DEV_SIGNER", "true")
+        // The stories' webhook receivers listen on loopback.
+        .env("LIBERTUM_WEBHOOK_PRIVATE_TARGETS", "true")
         // The tests send far more than a person would; the limits have their own test.
         .env("LIBERTUM_RATE_LIMIT_PER_PRINCIPAL", "0")
         .env("LIBERTUM_RATE_LIMIT_PER_ADDRESS", "0")
@@ -159,6 +161,9 @@ impl Product {
                 format!("http://127.0.0.1:{port}"),
             ));
         }
+        // The ledger also serves the events to outside consumers (after the three, whose
+        // places are their processes').
+        routes.push(("/v1/events", format!("http://127.0.0.1:{}", ports[2])));
         let mut product = Product {
             routes,
             http: libertum_testkit::client(),

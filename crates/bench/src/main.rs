@@ -10,7 +10,7 @@
 //!    for durable HTTP writes, as the denominator of the durable transfers.
 //!
 //! `BENCH_SECONDS` sets each HTTP phase's length (default 10); `BENCH_PHASES` (durable, bulk,
-//! holders, holds, dry, reads, comma-separated) runs only those; `LIBERTUM_STORE_CACHE_MIB` sets the product's page
+//! holders, holds, webhooks, dry, reads, comma-separated) runs only those; `LIBERTUM_STORE_CACHE_MIB` sets the product's page
 //! cache per store as in production (32 by default).
 //!
 //! `libertum-bench production` prints the production-mode figures instead (see production.rs),
@@ -23,6 +23,7 @@ mod holds;
 mod load;
 mod production;
 mod replicas;
+mod webhooks;
 
 use std::{sync::Arc, time::Duration};
 
@@ -39,7 +40,7 @@ fn seconds() -> u64 {
         .unwrap_or(10)
 }
 
-/// Whether `BENCH_PHASES` (a comma-separated list of durable, bulk, holders, holds, dry and reads; all
+/// Whether `BENCH_PHASES` (a comma-separated list of durable, bulk, holders, holds, webhooks, dry and reads; all
 /// when unset) asks for `phase`.
 fn wanted(phase: &str) -> bool {
     std::env::var("BENCH_PHASES")
@@ -210,6 +211,11 @@ fn main() -> anyhow::Result<()> {
     // Holds expiring at a steady rate while transfers run: how late each expiry is recorded.
     if wanted("holds") {
         holds::run(&client, &base, &fixture, phase)?;
+    }
+
+    // Webhooks to 10 subscribers at 1,000 events/s: how long after its event each arrived.
+    if wanted("webhooks") {
+        webhooks::run(&client, &base, &fixture, phase)?;
     }
 
     // The same requests to the dry run: HTTP, JSON and every rule, but no engine, commit or ledger.

@@ -109,10 +109,15 @@ pub async fn check_url(raw: &str, private_targets: bool) -> Result<url::Url, Api
     let port = url.port_or_known_default().unwrap_or(443);
     let addrs: Vec<SocketAddr> = match host.parse::<IpAddr>() {
         Ok(ip) => vec![SocketAddr::new(ip, port)],
-        Err(_) => tokio::net::lookup_host((host.as_str(), port))
-            .await
-            .map_err(|e| not_allowed(format!("{host} does not resolve: {e}")))?
-            .collect(),
+        // Bounded: a name whose servers do not answer must not hold the request.
+        Err(_) => tokio::time::timeout(
+            Duration::from_secs(3),
+            tokio::net::lookup_host((host.as_str(), port)),
+        )
+        .await
+        .map_err(|_| not_allowed(format!("{host} did not resolve within 3 s")))?
+        .map_err(|e| not_allowed(format!("{host} does not resolve: {e}")))?
+        .collect(),
     };
     if addrs.is_empty() || addrs.iter().any(|a| internal(a.ip())) {
         return Err(not_allowed(format!(

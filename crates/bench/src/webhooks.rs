@@ -107,7 +107,12 @@ pub fn run(
     let expected = sent * SUBSCRIBERS;
     let waiting = Instant::now();
     loop {
-        let delivered = got.lock().unwrap().iter().filter(|d| d.1 >= first_seq).count();
+        let delivered = got
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|d| d.1 >= first_seq)
+            .count();
         if delivered >= expected || waiting.elapsed() > Duration::from_secs(60) {
             break;
         }

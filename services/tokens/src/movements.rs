@@ -63,8 +63,8 @@ async fn rows(
 }
 
 fn decode(key: &str, bytes: &[u8]) -> Result<token::Movement, ApiError> {
-    serde_json::from_slice(bytes)
-        .map_err(|e| ApiError::unavailable(format!("index row {key} is unreadable: {e}")))
+    token::Movement::from_row(bytes)
+        .ok_or_else(|| ApiError::unavailable(format!("index row {key} is unreadable")))
 }
 
 /// The version a row's key ends with (`…|{version:016x}`).

@@ -642,7 +642,7 @@ impl Book {
                     }
                     self.index.push((
                         keys::movement(token_id, movement.version),
-                        serde_json::to_vec(&movement).unwrap_or_default(),
+                        movement.to_row(),
                     ));
                 }
                 if let Change::HoldPlaced { hold, .. } = change {

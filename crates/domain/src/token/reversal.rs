@@ -128,6 +128,109 @@ impl Movement {
     }
 }
 
+impl Movement {
+    /// The record as an index row: a compact binary form, written with every movement, so it
+    /// must cost little (`[1, kind, flags]`, version, amount, time in nanoseconds, then the
+    /// present strings each after its 2-byte length, and the reversed version).
+    pub fn to_row(&self) -> Vec<u8> {
+        let mut row = Vec::with_capacity(96);
+        let kind = match self.kind {
+            MovementKind::Issued => 0u8,
+            MovementKind::Transferred => 1,
+            MovementKind::Redeemed => 2,
+            MovementKind::HoldPosted => 3,
+            MovementKind::Reversed => 4,
+        };
+        let flags = u8::from(self.forced)
+            | u8::from(self.from.is_some()) << 1
+            | u8::from(self.to.is_some()) << 2
+            | u8::from(self.reason.is_some()) << 3
+            | u8::from(self.hold_id.is_some()) << 4
+            | u8::from(self.reverses.is_some()) << 5;
+        row.extend_from_slice(&[1, kind, flags]);
+        row.extend_from_slice(&self.version.to_le_bytes());
+        row.extend_from_slice(&self.amount.0.to_le_bytes());
+        row.extend_from_slice(&self.at.unix_timestamp_nanos().to_le_bytes());
+        let mut text = |s: &str| {
+            // Ids and reasons are bounded far below 64 KiB.
+            let bytes = &s.as_bytes()[..s.len().min(u16::MAX as usize)];
+            row.extend_from_slice(&(bytes.len() as u16).to_le_bytes());
+            row.extend_from_slice(bytes);
+        };
+        text(&self.actor);
+        for s in [&self.from, &self.to, &self.hold_id].into_iter().flatten() {
+            text(s);
+        }
+        if let Some(reason) = &self.reason {
+            text(reason);
+        }
+        if let Some(reverses) = self.reverses {
+            row.extend_from_slice(&reverses.to_le_bytes());
+        }
+        row
+    }
+
+    /// A record read back from its row (its `reversed_by` is another row's); `None` if the
+    /// bytes are not one.
+    pub fn from_row(row: &[u8]) -> Option<Movement> {
+        let mut at = 0usize;
+        let mut take = |n: usize| {
+            let bytes = row.get(at..at + n)?;
+            at += n;
+            Some(bytes)
+        };
+        let head = take(3)?;
+        if head[0] != 1 {
+            return None;
+        }
+        let (kind, flags) = (head[1], head[2]);
+        let version = u64::from_le_bytes(take(8)?.try_into().ok()?);
+        let amount = u128::from_le_bytes(take(16)?.try_into().ok()?);
+        let nanos = i128::from_le_bytes(take(16)?.try_into().ok()?);
+        let mut text = || -> Option<String> {
+            let len = u16::from_le_bytes(take(2)?.try_into().ok()?) as usize;
+            String::from_utf8(take(len)?.to_vec()).ok()
+        };
+        let actor = text()?;
+        let mut optional = |bit: u8| -> Option<Option<String>> {
+            if flags & (1 << bit) == 0 {
+                Some(None)
+            } else {
+                text().map(Some)
+            }
+        };
+        let from = optional(1)?;
+        let to = optional(2)?;
+        let hold_id = optional(4)?;
+        let reason = optional(3)?;
+        let reverses = match flags & (1 << 5) {
+            0 => None,
+            _ => Some(u64::from_le_bytes(take(8)?.try_into().ok()?)),
+        };
+        Some(Movement {
+            version,
+            kind: match kind {
+                0 => MovementKind::Issued,
+                1 => MovementKind::Transferred,
+                2 => MovementKind::Redeemed,
+                3 => MovementKind::HoldPosted,
+                4 => MovementKind::Reversed,
+                _ => return None,
+            },
+            from: from.map(Id::from),
+            to: to.map(Id::from),
+            amount: Amount(amount),
+            at: Timestamp::from_unix_timestamp_nanos(nanos).ok()?,
+            actor: Id::from(actor),
+            forced: flags & 1 != 0,
+            reason,
+            hold_id: hold_id.map(Id::from),
+            reverses,
+            reversed_by: None,
+        })
+    }
+}
+
 /// Decides the reversal of `original`, the movement the index holds at `version` (`None` if
 /// it holds none), against the rules as they are now.
 pub(super) fn reverse(

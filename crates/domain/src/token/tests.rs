@@ -1976,7 +1976,7 @@ fn simulate(
                 let original = w
                     .index
                     .get(&keys::movement(TOKEN, version))
-                    .map(|row| serde_json::from_slice(row).expect("a movement record"));
+                    .map(|row| Movement::from_row(row).expect("a movement record"));
                 Operation::Reverse {
                     version,
                     reason,

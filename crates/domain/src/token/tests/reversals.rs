@@ -6,7 +6,7 @@ impl World {
     /// The movement record the index holds at `version`, as the service reads it.
     fn movement(&self, version: u64) -> Option<Movement> {
         let row = self.index.get(&keys::movement(TOKEN, version))?;
-        Some(serde_json::from_slice(row).expect("a movement record"))
+        Some(Movement::from_row(row).expect("a movement record"))
     }
 
     /// The reversal of the movement at `version`, its record read from the index as the
@@ -36,6 +36,41 @@ impl World {
         balances.sort();
         (self.token().total_supply.0, balances)
     }
+}
+
+#[test]
+fn a_movement_row_reads_back_as_written() {
+    let full = Movement {
+        version: 42,
+        kind: MovementKind::Reversed,
+        from: Some("bob".into()),
+        to: None,
+        amount: Amount(u128::MAX - 7),
+        at: T0 + Duration::nanoseconds(123_456_789),
+        actor: "compliance é".into(),
+        forced: true,
+        reason: Some("wrong investor".into()),
+        hold_id: Some("h1".into()),
+        reverses: Some(41),
+        reversed_by: None,
+    };
+    assert_eq!(Movement::from_row(&full.to_row()), Some(full.clone()));
+    let bare = Movement {
+        from: None,
+        reason: None,
+        hold_id: None,
+        reverses: None,
+        forced: false,
+        ..full.clone()
+    };
+    assert_eq!(Movement::from_row(&bare.to_row()), Some(bare));
+    let row = full.to_row();
+    assert_eq!(
+        Movement::from_row(&row[..row.len() - 1]),
+        None,
+        "a cut row is not one"
+    );
+    assert_eq!(Movement::from_row(b""), None);
 }
 
 #[test]

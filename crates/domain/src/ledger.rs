@@ -338,7 +338,7 @@ fn stream_of(event_type: &str, subject: &str) -> String {
 ///   `version`;
 /// - `c{token}|{hold}`: (tokens service) a closed hold's record, as JSON;
 /// - `m{token}|{version}`: (tokens service) the record of the movement that took the token to
-///   `version`, as JSON;
+///   `version`, in the compact binary form of `token::Movement::to_row`;
 /// - `r{token}|{version}`: (tokens service) the movement at `version` was reversed: the
 ///   reversal's version.
 ///
@@ -397,7 +397,7 @@ pub mod keys {
         format!("c{token}|{hold}")
     }
 
-    /// The record of the movement that took `token` to `version`, as JSON.
+    /// The record of the movement that took `token` to `version` (`Movement::to_row`).
     pub fn movement(token: &str, version: u64) -> String {
         format!("m{token}|{version:016x}")
     }

@@ -25,7 +25,7 @@ use libertum_domain::ledger;
 use libertum_platform::{
     ApiError, Problem,
     auth::{Operation, Principal, Role},
-    extract::{Json, PageQuery, Path, Query},
+    extract::{PageQuery, Path, Posted, Query},
 };
 use libertum_store::{Engine, EventStore};
 use serde::{Deserialize, Serialize};
@@ -89,18 +89,35 @@ impl Sees {
         }
     }
 
+    /// Whether `account` is one of investor `id`'s own.
+    fn owns(id: &str, account: &str) -> bool {
+        account.split_once(':').is_some_and(|(kind, who)| {
+            who == id && matches!(kind, "investor" | "held" | "withheld")
+        })
+    }
+
     pub fn sees(&self, entry: &ledger::Entry) -> bool {
         match self {
             Sees::Everything => true,
             Sees::Investor(id) => {
-                let own = |account: &str| {
-                    account.split_once(':').is_some_and(|(kind, who)| {
-                        who == id && matches!(kind, "investor" | "held" | "withheld")
-                    })
-                };
-                entry.subject == *id || entry.postings.iter().any(|p| own(&p.from) || own(&p.to))
+                entry.subject == *id
+                    || entry
+                        .postings
+                        .iter()
+                        .any(|p| Self::owns(id, &p.from) || Self::owns(id, &p.to))
             }
         }
+    }
+
+    /// What of `entry` they may read: an investor gets only the postings to or from their own
+    /// accounts (a distribution posts to every holder: the others' are not theirs to learn).
+    pub fn view(&self, entry: &ledger::Entry) -> EntryView {
+        let mut view = EntryView::from(entry);
+        if let Sees::Investor(id) = self {
+            view.postings
+                .retain(|p| Self::owns(id, &p.from) || Self::owns(id, &p.to));
+        }
+        view
     }
 }
 
@@ -165,12 +182,20 @@ pub struct Subscription {
     pub created_at: time::OffsetDateTime,
     /// Where delivery starts: after this sequence number.
     pub start_after: u64,
-    /// Replays asked so far, and where the latest starts.
+    /// Replays asked so far. Each starts an epoch with a stored position of its own (stored
+    /// positions only ever grow), after `replay_after`.
     #[serde(default)]
     pub replays: u64,
     #[serde(default)]
-    pub replay_from: u64,
+    pub replay_after: u64,
+    /// The fingerprints of the `Idempotency-Key` requests that made it and asked its latest
+    /// replay.
     #[serde(default)]
+    pub request: Option<String>,
+    #[serde(default)]
+    pub replay_request: Option<String>,
+    /// From its deletion mark (`y{id}`: written once, never rewritten), not from this row.
+    #[serde(skip)]
     pub deleted: bool,
 }
 
@@ -178,26 +203,82 @@ impl Subscription {
     pub fn wants(&self, entry: &ledger::Entry) -> bool {
         self.sees.sees(entry) && self.filter.matches(entry)
     }
+
+    /// The name of its current epoch's stored position.
+    pub fn checkpoint(&self) -> String {
+        format!("webhook:{}#{}", self.id, self.replays)
+    }
+
+    /// Where its current epoch starts, before a position is stored.
+    pub fn epoch_start(&self) -> u64 {
+        match self.replays {
+            0 => self.start_after,
+            _ => self.replay_after,
+        }
+    }
+
+    /// How far its current epoch got: the last sequence number delivered or dead-lettered.
+    pub async fn position(
+        &self,
+        store: &dyn EventStore,
+    ) -> Result<u64, libertum_store::StoreError> {
+        Ok(store
+            .checkpoint(&self.checkpoint())
+            .await?
+            .unwrap_or(self.epoch_start()))
+    }
 }
 
 pub fn row_key(id: &str) -> String {
     format!("w{id}")
 }
 
-pub fn checkpoint_name(id: &str) -> String {
-    format!("webhook:{id}")
+/// A subscription's deletion mark.
+fn deleted_key(id: &str) -> String {
+    format!("y{id}")
 }
 
 pub fn dead_letter_key(id: &str, seq: u64) -> String {
     format!("x{id}|{seq:016x}")
 }
 
-/// Every subscription stored, deleted ones included.
+/// Every row of `low..=high`, page by page.
+async fn every_row(
+    store: &dyn EventStore,
+    low: &str,
+    high: &str,
+) -> Result<Vec<(String, Vec<u8>)>, libertum_store::StoreError> {
+    let mut rows: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut from = low.to_owned();
+    loop {
+        let page = store.index_range(&from, high, 1_000).await?;
+        let more = page.len() == 1_000;
+        if let Some((last, _)) = page.last() {
+            // The smallest key after `last`.
+            from = format!("{last}\u{1}");
+        }
+        rows.extend(page);
+        if !more {
+            return Ok(rows);
+        }
+    }
+}
+
+/// Every subscription stored, the deleted ones marked.
 pub async fn all(store: &dyn EventStore) -> Result<Vec<Subscription>, libertum_store::StoreError> {
-    let rows = store.index_range("w", "w~", IN_ALL * 2).await?;
-    Ok(rows
+    let deleted: std::collections::HashSet<String> = every_row(store, "y", "y~")
+        .await?
         .into_iter()
-        .filter_map(|(_, bytes)| serde_json::from_slice(&bytes).ok())
+        .map(|(key, _)| key[1..].to_owned())
+        .collect();
+    Ok(every_row(store, "w", "w~")
+        .await?
+        .into_iter()
+        .filter_map(|(_, bytes)| serde_json::from_slice::<Subscription>(&bytes).ok())
+        .map(|mut s| {
+            s.deleted = deleted.contains(&s.id);
+            s
+        })
         .collect())
 }
 
@@ -209,20 +290,42 @@ async fn save(store: &dyn EventStore, subscription: &Subscription) -> Result<(),
         .map_err(ApiError::unavailable)
 }
 
-/// The caller's subscription `id`; 404 for anyone else's.
+/// Subscription `id` as stored, deleted or not; `None` if there is none.
+async fn stored(store: &dyn EventStore, id: &str) -> Result<Option<Subscription>, ApiError> {
+    let key = row_key(id);
+    let Some((_, bytes)) = store
+        .index_last(&key, &key)
+        .await
+        .map_err(ApiError::unavailable)?
+    else {
+        return Ok(None);
+    };
+    let mark = deleted_key(id);
+    let deleted = store
+        .index_last(&mark, &mark)
+        .await
+        .map_err(ApiError::unavailable)?
+        .is_some();
+    Ok(serde_json::from_slice::<Subscription>(&bytes)
+        .ok()
+        .map(|s| Subscription { deleted, ..s }))
+}
+
+fn not_yours(id: &str) -> ApiError {
+    ApiError::not_found(
+        "subscription_not_found",
+        format!("there is no subscription {id} of yours"),
+    )
+}
+
+/// The caller's live subscription `id` (any, to the platform admin); 404 for anyone else's.
 async fn own(
     store: &dyn EventStore,
     principal: &Principal,
     id: &str,
 ) -> Result<Subscription, ApiError> {
     Sees::of(principal)?;
-    let key = row_key(id);
-    let found = store
-        .index_last(&key, &key)
-        .await
-        .map_err(ApiError::unavailable)?
-        .and_then(|(_, bytes)| serde_json::from_slice::<Subscription>(&bytes).ok());
-    match found {
+    match stored(store, id).await? {
         Some(s)
             if !s.deleted
                 && (s.owner == principal.subject
@@ -230,11 +333,13 @@ async fn own(
         {
             Ok(s)
         }
-        _ => Err(ApiError::not_found(
-            "subscription_not_found",
-            format!("there is no subscription {id} of yours"),
-        )),
+        _ => Err(not_yours(id)),
     }
+}
+
+/// The head of the ledger: the last sequence number recorded.
+async fn head(app: &EventsState) -> u64 {
+    app.engine.read().await.journal.head().0
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -252,7 +357,7 @@ pub struct SubscriptionRequest {
     #[serde(default)]
     pub token_id: Option<String>,
     /// Deliver from this sequence number on (every earlier event the subscriber may see is
-    /// delivered first); absent: from the next event.
+    /// delivered first), at most the next one; absent: from the next event.
     #[serde(default)]
     pub from_seq: Option<u64>,
 }
@@ -263,8 +368,8 @@ pub struct SubscriptionView {
     pub url: String,
     pub event_types: Vec<String>,
     pub token_id: Option<String>,
-    /// Only on creation: the signing secret (`whsec_…`) for verifying the deliveries'
-    /// `webhook-signature` (Standard Webhooks).
+    /// Only when it is made (and to a retry under the same `Idempotency-Key`): the signing
+    /// secret (`whsec_…`) for verifying the deliveries' `webhook-signature` (Standard Webhooks).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub secret: Option<String>,
     /// `everything`, or `investor` (their own events only).
@@ -272,7 +377,8 @@ pub struct SubscriptionView {
     #[serde(with = "time::serde::rfc3339")]
     #[schema(value_type = String, format = DateTime)]
     pub created_at: time::OffsetDateTime,
-    /// The sequence number delivered (or dead-lettered) last, as far as is stored.
+    /// The sequence number delivered (or dead-lettered) last in the current replay epoch, as
+    /// far as is stored.
     pub delivered_seq: Option<u64>,
 }
 
@@ -301,29 +407,82 @@ fn random_bytes() -> [u8; 32] {
     out
 }
 
+fn hex_sha256(text: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn replayed(mut response: Response) -> Response {
+    response.headers_mut().insert(
+        "idempotent-replayed",
+        axum::http::HeaderValue::from_static("true"),
+    );
+    response
+}
+
+fn key_reused() -> ApiError {
+    ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "idempotency_key_reused",
+        "this Idempotency-Key was used with another request",
+    )
+}
+
 /// Subscribe a URL to the events you may read (Standard Webhooks: each delivery is signed with
 /// `webhook-id`, `webhook-timestamp` and `webhook-signature`, retried with backoff, and kept in
-/// the dead letters if it never succeeds). The answer holds the signing secret, once.
+/// the dead letters if it never succeeds). The answer holds the signing secret, once; with an
+/// `Idempotency-Key`, a retry gets the same subscription (and secret) back.
 #[utoipa::path(post, path = "/subscriptions", tag = "events", request_body = SubscriptionRequest,
+    params(("Idempotency-Key" = Option<String>, Header)),
     responses((status = 201, body = SubscriptionView),
         (status = 409, body = Problem, content_type = JSON_PROBLEM, description = "`too_many_subscriptions`"),
-        (status = 422, body = Problem, content_type = JSON_PROBLEM, description = "`invalid_field`, `webhook_url_not_allowed`")))]
+        (status = 422, body = Problem, content_type = JSON_PROBLEM, description = "`invalid_field`, `webhook_url_not_allowed`, `idempotency_key_reused`")))]
 async fn subscribe(
     State(app): State<EventsState>,
     principal: Principal,
-    Json(b): Json<SubscriptionRequest>,
+    posted: Posted<SubscriptionRequest>,
 ) -> Result<Response, ApiError> {
     let sees = Sees::of(&principal)?;
+    let store = app.engine.store().as_ref();
+    // With a key, the subscription's id follows from it (and the caller): a retry finds it.
+    let (id, request) = match &posted.idempotency {
+        Some((key, fingerprint)) => (
+            format!("sub_{}", &hex_sha256(key)[..32]),
+            Some(fingerprint.clone()),
+        ),
+        None => (format!("sub_{}", uuid::Uuid::now_v7().simple()), None),
+    };
+    if request.is_some()
+        && let Some(earlier) = stored(store, &id).await?
+    {
+        if earlier.request != request || earlier.deleted {
+            return Err(key_reused());
+        }
+        let view = SubscriptionView::new(&earlier, true, None);
+        return Ok(replayed(
+            (StatusCode::CREATED, axum::Json(view)).into_response(),
+        ));
+    }
+    let b = posted.body;
     let url = webhooks::check_url(&b.url, app.webhooks.private_targets).await?;
     let filter = Filter {
         event_types: b.event_types,
         token_id: b.token_id,
     };
     filter.validate()?;
-    if b.from_seq == Some(0) {
-        return Err(ApiError::invalid("from_seq", "sequence numbers start at 1"));
+    let head = head(&app).await;
+    if b.from_seq.is_some_and(|from| from == 0 || from > head + 1) {
+        return Err(ApiError::invalid(
+            "from_seq",
+            format!(
+                "from_seq is a sequence number from 1 to {} (the next one)",
+                head + 1
+            ),
+        ));
     }
-    let store = app.engine.store().as_ref();
     let existing = all(store).await.map_err(ApiError::unavailable)?;
     let live: Vec<&Subscription> = existing.iter().filter(|s| !s.deleted).collect();
     if live.len() >= IN_ALL
@@ -337,9 +496,8 @@ async fn subscribe(
             ),
         ));
     }
-    let head = app.engine.read().await.journal.head().0;
     let subscription = Subscription {
-        id: format!("sub_{}", uuid::Uuid::now_v7().simple()),
+        id,
         owner: principal.subject.clone(),
         sees,
         url: url.to_string(),
@@ -351,7 +509,9 @@ async fn subscribe(
         created_at: time::OffsetDateTime::now_utc(),
         start_after: b.from_seq.map_or(head, |from| from - 1),
         replays: 0,
-        replay_from: 0,
+        replay_after: 0,
+        request,
+        replay_request: None,
         deleted: false,
     };
     save(store, &subscription).await?;
@@ -376,7 +536,7 @@ async fn list(
     for s in all(store).await.map_err(ApiError::unavailable)? {
         if !s.deleted && (admin || s.owner == principal.subject) {
             let delivered = store
-                .checkpoint(&checkpoint_name(&s.id))
+                .checkpoint(&s.checkpoint())
                 .await
                 .map_err(ApiError::unavailable)?;
             views.push(SubscriptionView::new(&s, false, delivered));
@@ -396,13 +556,13 @@ async fn get_one(
     let store = app.engine.store().as_ref();
     let s = own(store, &principal, &id).await?;
     let delivered = store
-        .checkpoint(&checkpoint_name(&s.id))
+        .checkpoint(&s.checkpoint())
         .await
         .map_err(ApiError::unavailable)?;
     Ok(axum::Json(SubscriptionView::new(&s, false, delivered)))
 }
 
-/// Delete a subscription: nothing more is delivered to it.
+/// Delete a subscription: nothing more is delivered to it. For good: it cannot come back.
 #[utoipa::path(delete, path = "/subscriptions/{id}", tag = "events", params(("id" = String, Path)),
     responses((status = 204), (status = 404, body = Problem, content_type = JSON_PROBLEM)))]
 async fn unsubscribe(
@@ -411,9 +571,11 @@ async fn unsubscribe(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let store = app.engine.store().as_ref();
-    let mut s = own(store, &principal, &id).await?;
-    s.deleted = true;
-    save(store, &s).await?;
+    let s = own(store, &principal, &id).await?;
+    store
+        .put_index(vec![(deleted_key(&s.id), Vec::new())])
+        .await
+        .map_err(ApiError::unavailable)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -425,27 +587,38 @@ pub struct ReplayRequest {
 }
 
 /// Deliver again, in order, every event the subscription wants from `from_seq` on (at least
-/// once: the `webhook-id` of a message delivered before is the same). It starts within a
+/// once: the `webhook-id` of a message delivered before is the same). If delivery had not yet
+/// reached `from_seq`, it goes on from where it was: nothing is skipped. It starts within a
 /// second or two.
-#[utoipa::path(post, path = "/subscriptions/{id}/replay", tag = "events", params(("id" = String, Path)), request_body = ReplayRequest,
+#[utoipa::path(post, path = "/subscriptions/{id}/replay", tag = "events", params(("id" = String, Path), ("Idempotency-Key" = Option<String>, Header)), request_body = ReplayRequest,
     responses((status = 202, body = SubscriptionView), (status = 404, body = Problem, content_type = JSON_PROBLEM), (status = 422, body = Problem, content_type = JSON_PROBLEM)))]
 async fn replay(
     State(app): State<EventsState>,
     principal: Principal,
     Path(id): Path<String>,
-    Json(b): Json<ReplayRequest>,
+    posted: Posted<ReplayRequest>,
 ) -> Result<Response, ApiError> {
     let store = app.engine.store().as_ref();
     let mut s = own(store, &principal, &id).await?;
-    let head = app.engine.read().await.journal.head().0;
-    if b.from_seq == 0 || b.from_seq > head + 1 {
+    let request = posted.idempotency.as_ref().map(|(_, f)| f.clone());
+    if request.is_some() && s.replay_request == request {
+        let view = SubscriptionView::new(&s, false, None);
+        return Ok(replayed(
+            (StatusCode::ACCEPTED, axum::Json(view)).into_response(),
+        ));
+    }
+    let from_seq = posted.body.from_seq;
+    let head = head(&app).await;
+    if from_seq == 0 || from_seq > head + 1 {
         return Err(ApiError::invalid(
             "from_seq",
             format!("from_seq is a sequence number from 1 to {}", head + 1),
         ));
     }
+    let position = s.position(store).await.map_err(ApiError::unavailable)?;
+    s.replay_after = (from_seq - 1).min(position);
     s.replays += 1;
-    s.replay_from = b.from_seq;
+    s.replay_request = request;
     save(store, &s).await?;
     Ok((
         StatusCode::ACCEPTED,
@@ -477,7 +650,7 @@ pub struct DeadLetterPage {
 /// The events that could not be delivered to this subscription, oldest first. Replay from a
 /// dead letter's `seq` to send them again.
 #[utoipa::path(get, path = "/subscriptions/{id}/dead-letters", tag = "events", params(("id" = String, Path), PageQuery),
-    responses((status = 200, body = DeadLetterPage), (status = 404, body = Problem, content_type = JSON_PROBLEM)))]
+    responses((status = 200, body = DeadLetterPage), (status = 404, body = Problem, content_type = JSON_PROBLEM), (status = 422, body = Problem, content_type = JSON_PROBLEM)))]
 async fn dead_letters(
     State(app): State<EventsState>,
     principal: Principal,
@@ -486,11 +659,17 @@ async fn dead_letters(
 ) -> Result<axum::Json<DeadLetterPage>, ApiError> {
     let limit = q.limit()?;
     let after = q.position()?;
+    let from = after.checked_add(1).ok_or_else(|| {
+        ApiError::invalid(
+            "cursor",
+            "cursor must come from a previous page's next_cursor",
+        )
+    })?;
     let store = app.engine.store().as_ref();
     let s = own(store, &principal, &id).await?;
     let rows = store
         .index_range(
-            &dead_letter_key(&s.id, after + 1),
+            &dead_letter_key(&s.id, from),
             &format!("x{}|~", s.id),
             limit + 1,
         )
@@ -530,22 +709,28 @@ pub struct Payload<'a> {
     pub data: EntryView,
 }
 
-pub fn payload(entry: &ledger::Entry) -> Vec<u8> {
+/// The body a subscriber with `sees` gets for `entry`.
+pub fn payload(entry: &ledger::Entry, sees: &Sees) -> Vec<u8> {
     serde_json::to_vec(&Payload {
         ty: &entry.event_type,
         timestamp: entry.at,
-        data: EntryView::from(entry),
+        data: sees.view(entry),
     })
     .unwrap_or_default()
 }
 
+/// How long one stream stays open: the caller then reconnects (with `Last-Event-ID`, missing
+/// nothing), presenting a bearer token that is still valid.
+const STREAM_LIFETIME: Duration = Duration::from_secs(15 * 60);
+
 /// The events as they are recorded, as server-sent events: `id` is the sequence number,
 /// `event` the type, `data` the payload a webhook gets. Reconnect with `Last-Event-ID` to go on
-/// where you stopped, missing nothing.
+/// where you stopped, missing nothing; a stream ends after 15 minutes (reconnect the same way).
 #[utoipa::path(get, path = "/stream", tag = "events", params(StreamQuery,
         ("Last-Event-ID" = Option<u64>, Header, description = "the id of the last event received")),
     responses((status = 200, content_type = "text/event-stream", description = "one event per recorded entry you may see"),
-        (status = 400, body = Problem, content_type = JSON_PROBLEM)))]
+        (status = 400, body = Problem, content_type = JSON_PROBLEM),
+        (status = 422, body = Problem, content_type = JSON_PROBLEM)))]
 async fn stream(
     State(app): State<EventsState>,
     principal: Principal,
@@ -567,12 +752,14 @@ async fn stream(
         token_id: q.token_id,
     };
     filter.validate()?;
+    let head = head(&app).await;
     let last_event_id = match headers.get("last-event-id") {
         None => None,
         Some(v) => Some(
             v.to_str()
                 .ok()
                 .and_then(|v| v.trim().parse::<u64>().ok())
+                .filter(|id| *id <= head)
                 .ok_or_else(|| {
                     ApiError::bad_request(
                         "invalid_header",
@@ -582,12 +769,15 @@ async fn stream(
                 })?,
         ),
     };
-    let after = match last_event_id.or(q.after) {
-        Some(after) => after,
-        None => app.engine.read().await.journal.head().0,
-    };
+    if q.after.is_some_and(|after| after > head) {
+        return Err(ApiError::invalid(
+            "after",
+            format!("after is a sequence number recorded: at most {head}"),
+        ));
+    }
+    let after = last_event_id.or(q.after).unwrap_or(head);
     let store = app.engine.store().clone();
-    let head = store.watch_head();
+    let watch = store.watch_head();
     struct Reading {
         store: std::sync::Arc<dyn EventStore>,
         head: tokio::sync::watch::Receiver<u64>,
@@ -595,19 +785,24 @@ async fn stream(
         ready: std::collections::VecDeque<SseEvent>,
         sees: Sees,
         filter: Filter,
+        until: tokio::time::Instant,
     }
     let reading = Reading {
         store,
-        head,
+        head: watch,
         after,
         ready: Default::default(),
         sees,
         filter,
+        until: tokio::time::Instant::now() + STREAM_LIFETIME,
     };
     let events = futures::stream::unfold(reading, |mut r| async move {
         loop {
             if let Some(event) = r.ready.pop_front() {
                 return Some((Ok::<_, Infallible>(event), r));
+            }
+            if tokio::time::Instant::now() >= r.until {
+                return None;
             }
             let chunk = match r.store.read(r.after, 256).await {
                 Ok(chunk) => chunk,
@@ -628,7 +823,7 @@ async fn stream(
                     continue;
                 };
                 if r.sees.sees(&entry) && r.filter.matches(&entry) {
-                    let data = String::from_utf8(payload(&entry)).unwrap_or_default();
+                    let data = String::from_utf8(payload(&entry, &r.sees)).unwrap_or_default();
                     r.ready.push_back(
                         SseEvent::default()
                             .id(position.to_string())

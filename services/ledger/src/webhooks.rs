@@ -39,11 +39,14 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the position is stored while delivering.
 const SAVE_EVERY: Duration = Duration::from_millis(250);
 
-/// Whether `ip` is an address a webhook may not reach unless private targets are allowed.
+/// Whether `ip` is an address a webhook may not reach unless private targets are allowed:
+/// loopback, private, carrier-grade NAT, link-local (the cloud metadata service), benchmark,
+/// reserved and multicast ranges, and every IPv6 form that carries one of them (IPv4-mapped
+/// and -compatible, NAT64, 6to4), unique-local and site-local.
 pub fn internal(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
-            let [a, b, ..] = v4.octets();
+            let [a, b, c, _] = v4.octets();
             v4.is_loopback()
                 || v4.is_private()
                 || v4.is_link_local()
@@ -52,19 +55,39 @@ pub fn internal(ip: IpAddr) -> bool {
                 || v4.is_multicast()
                 || a == 0
                 || (a == 100 && (64..128).contains(&b))
-                || (a == 192 && b == 0)
+                || (a == 192 && b == 0 && c == 0)
+                || (a == 198 && (18..20).contains(&b))
                 || a >= 240
         }
         IpAddr::V6(v6) => {
+            let s = v6.segments();
+            let embedded = |hi: u16, lo: u16| {
+                internal(IpAddr::V4(std::net::Ipv4Addr::new(
+                    (hi >> 8) as u8,
+                    hi as u8,
+                    (lo >> 8) as u8,
+                    lo as u8,
+                )))
+            };
             if let Some(v4) = v6.to_ipv4_mapped() {
                 return internal(IpAddr::V4(v4));
             }
-            let first = v6.segments()[0];
+            // IPv4-compatible (::a.b.c.d), NAT64 (64:ff9b::/96) and 6to4 (2002::/16).
+            if s[..6] == [0; 6] && !v6.is_loopback() && !v6.is_unspecified() {
+                return embedded(s[6], s[7]);
+            }
+            if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+                return embedded(s[6], s[7]);
+            }
+            if s[0] == 0x2002 {
+                return embedded(s[1], s[2]);
+            }
             v6.is_loopback()
                 || v6.is_unspecified()
                 || v6.is_multicast()
-                || (first & 0xfe00) == 0xfc00
-                || (first & 0xffc0) == 0xfe80
+                || (s[0] & 0xfe00) == 0xfc00
+                || (s[0] & 0xffc0) == 0xfe80
+                || (s[0] & 0xffc0) == 0xfec0
         }
     }
 }
@@ -147,8 +170,10 @@ impl reqwest::dns::Resolve for PublicOnly {
 
 /// The client deliveries go out with.
 pub fn client(settings: &WebhookSettings) -> reqwest::Client {
+    // No proxy either: a proxy would resolve and connect for us, past the resolver below.
     let mut builder = reqwest::Client::builder()
         .timeout(TIMEOUT)
+        .no_proxy()
         .redirect(reqwest::redirect::Policy::none())
         .user_agent("libertum-webhooks/1");
     if !settings.private_targets {
@@ -275,17 +300,23 @@ struct Worker {
 }
 
 impl Worker {
-    async fn run(mut self) {
-        let first = self.subscription.borrow().clone();
-        let name = events::checkpoint_name(&first.id);
-        let mut replays = first.replays;
-        let mut after = match self.store.checkpoint(&name).await {
-            Ok(Some(at)) => at,
-            Ok(None) => first.start_after,
+    /// Where the subscription's current epoch got to (stored), or `None` if the store cannot
+    /// say right now.
+    async fn position(&self, subscription: &Subscription) -> Option<u64> {
+        match subscription.position(self.store.as_ref()).await {
+            Ok(at) => Some(at),
             Err(error) => {
-                tracing::warn!(subscription = %first.id, %error, "no delivery position: retried at the next look");
-                return;
+                tracing::warn!(subscription = %subscription.id, %error, "no delivery position");
+                None
             }
+        }
+    }
+
+    async fn run(mut self) {
+        let mut subscription = self.subscription.borrow_and_update().clone();
+        let Some(mut after) = self.position(&subscription).await else {
+            // The dispatcher starts it again at its next look.
+            return;
         };
         let mut saved = after;
         let mut saved_at = Instant::now();
@@ -294,15 +325,27 @@ impl Worker {
             if *self.stop.borrow() {
                 break;
             }
-            let subscription = self.subscription.borrow_and_update().clone();
-            if subscription.deleted {
+            let latest = self.subscription.borrow_and_update().clone();
+            if latest.deleted {
                 break;
             }
-            if subscription.replays != replays {
-                replays = subscription.replays;
-                after = subscription.replay_from.saturating_sub(1);
-                tracing::info!(subscription = %subscription.id, from_seq = subscription.replay_from, "webhook replay");
+            if latest.replays != subscription.replays {
+                // A replay: a new epoch, from its own stored position (or its start).
+                if saved != after {
+                    let _ = self
+                        .store
+                        .save_checkpoint(&subscription.checkpoint(), after)
+                        .await;
+                }
+                let Some(at) = self.position(&latest).await else {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                };
+                tracing::info!(subscription = %latest.id, after = at, "webhook replay");
+                (after, saved) = (at, at);
             }
+            subscription = latest;
+            let name = subscription.checkpoint();
             let chunk = match self.store.read(after, 256).await {
                 Ok(chunk) => chunk,
                 Err(error) => {
@@ -332,7 +375,8 @@ impl Worker {
                     && subscription.wants(&entry)
                     && !self.deliver(&subscription, &entry).await
                 {
-                    // Stopped while retrying: the position stays before this event.
+                    // Stopped, or the dead letter could not be kept: the position stays
+                    // before this event.
                     break;
                 }
                 after = position;
@@ -345,14 +389,18 @@ impl Worker {
             }
         }
         if saved != after {
-            let _ = self.store.save_checkpoint(&name, after).await;
+            let _ = self
+                .store
+                .save_checkpoint(&subscription.checkpoint(), after)
+                .await;
         }
     }
 
     /// Delivers `entry`, retrying with backoff; after the last attempt it goes to the dead
-    /// letters. `false` if stopped before it was settled.
+    /// letters. `false` if it is not settled: stopped meanwhile, or the dead letter could not
+    /// be stored (the event is tried again).
     async fn deliver(&mut self, subscription: &Subscription, entry: &ledger::Entry) -> bool {
-        let body = events::payload(entry);
+        let body = events::payload(entry, &subscription.sees);
         let mut error = String::new();
         for attempt_no in 1..=self.settings.max_attempts {
             match attempt(
@@ -387,7 +435,6 @@ impl Worker {
             }
         }
         tracing::warn!(subscription = %subscription.id, seq = entry.seq, %error, "webhook dead-lettered");
-        metrics::counter!("libertum_webhook_dead_letters_total").increment(1);
         let letter = DeadLetter {
             seq: entry.seq,
             event_id: entry.event_id.clone(),
@@ -401,8 +448,72 @@ impl Worker {
             serde_json::to_vec(&letter).unwrap_or_default(),
         );
         if let Err(error) = self.store.put_index(vec![row]).await {
-            tracing::error!(subscription = %subscription.id, seq = entry.seq, %error, "a dead letter could not be stored");
+            tracing::error!(subscription = %subscription.id, seq = entry.seq, %error, "a dead letter could not be stored: the event is tried again");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            return false;
         }
+        metrics::counter!("libertum_webhook_dead_letters_total").increment(1);
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn internal_addresses_in_every_form_are_recognised() {
+        for internal_ip in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.9",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "192.0.0.8",
+            "198.18.0.1",
+            "255.255.255.255",
+            "224.0.0.1",
+            "::1",
+            "::",
+            "fc00::1",
+            "fd12::1",
+            "fe80::1",
+            "fec0::1",
+            "ff02::1",
+            "::ffff:10.0.0.1",
+            "::a9fe:a9fe",
+            "64:ff9b::a9fe:a9fe",
+            "2002:a9fe:a9fe::1",
+        ] {
+            assert!(
+                internal(internal_ip.parse().unwrap()),
+                "{internal_ip} is internal"
+            );
+        }
+        for public in [
+            "203.0.113.9",
+            "8.8.8.8",
+            "192.0.2.1",
+            "2001:db8::1",
+            "2606:4700::1111",
+            "64:ff9b::808:808",
+        ] {
+            assert!(!internal(public.parse().unwrap()), "{public} is public");
+        }
+    }
+
+    #[test]
+    fn signatures_follow_the_standard_webhooks_form() {
+        // The key is the base64 after `whsec_`; the signed content `{id}.{timestamp}.{body}`.
+        let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        let signature = sign(
+            secret,
+            "msg_p5jXN8AQM9LWM0D4loKWxJek",
+            1614265330,
+            br#"{"test": 2432232314}"#,
+        );
+        assert_eq!(signature, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
     }
 }

@@ -358,3 +358,114 @@ async fn the_event_stream_resumes_after_the_last_event_id() {
     .await
     .problem(400, "invalid_header", Some("Last-Event-ID"));
 }
+
+#[tokio::test]
+async fn a_retried_subscription_is_the_same_one_and_positions_are_bounded() {
+    let s = common::spawn_with_events(settings(1)).await;
+    let hooks = Receiver::start().await;
+    let subscribe_once = |body: Value| {
+        libertum_testkit::send(
+            s.http
+                .post(s.url("/v1/events/subscriptions"))
+                .header("idempotency-key", "sub-1")
+                .json(&body),
+        )
+    };
+    let body = json!({"url": format!("{}/ok", hooks.base)});
+    let first = subscribe_once(body.clone()).await;
+    let first = first.ok(201).clone();
+    let again = subscribe_once(body).await;
+    assert_eq!(again.ok(201), &first, "the same subscription and secret");
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+    subscribe_once(json!({"url": format!("{}/other", hooks.base)}))
+        .await
+        .problem(422, "idempotency_key_reused", None);
+    let listed = s.get("/v1/events/subscriptions").await;
+    assert_eq!(listed.ok(200).as_array().map(Vec::len), Some(1));
+    // Nothing recorded yet: the next sequence number is 1, and no later one can be asked for.
+    subscribe(
+        &s,
+        None,
+        json!({"url": format!("{}/ok", hooks.base), "from_seq": 2}),
+    )
+    .await
+    .problem(422, "invalid_field", Some("from_seq"));
+    libertum_testkit::send(s.http.get(s.url("/v1/events/stream?after=5")))
+        .await
+        .problem(422, "invalid_field", Some("after"));
+    libertum_testkit::send(
+        s.http
+            .get(s.url("/v1/events/stream"))
+            .header("last-event-id", "5"),
+    )
+    .await
+    .problem(400, "invalid_header", Some("Last-Event-ID"));
+    let id = first["id"].as_str().unwrap();
+    s.post(
+        &format!("/v1/events/subscriptions/{id}/replay"),
+        &json!({"from_seq": 2}),
+    )
+    .await
+    .problem(422, "invalid_field", Some("from_seq"));
+    s.get(&format!(
+        "/v1/events/subscriptions/{id}/dead-letters?cursor=18446744073709551615"
+    ))
+    .await
+    .problem(422, "invalid_field", Some("cursor"));
+    // Deleted for good: its key cannot bring it back.
+    let gone = libertum_testkit::send(
+        s.http
+            .delete(s.url(&format!("/v1/events/subscriptions/{id}"))),
+    )
+    .await;
+    assert_eq!(gone.status.as_u16(), 204);
+    subscribe_once(json!({"url": format!("{}/ok", hooks.base)}))
+        .await
+        .problem(422, "idempotency_key_reused", None);
+    s.post(
+        &format!("/v1/events/subscriptions/{id}/replay"),
+        &json!({"from_seq": 1}),
+    )
+    .await
+    .problem(404, "subscription_not_found", None);
+}
+
+#[tokio::test]
+async fn an_investor_gets_only_their_own_postings_of_a_distribution() {
+    use libertum_domain::{Amount, Id, token};
+    let s = common::spawn_with_events(settings(1)).await;
+    let hooks = Receiver::start().await;
+    let alice = libertum_testkit::token(&[Role::Investor], Some("inv_a"));
+    subscribe(
+        &s,
+        Some(alice),
+        json!({"url": format!("{}/ok", hooks.base), "from_seq": 1}),
+    )
+    .await
+    .ok(201);
+    let allocation = |investor: &str, amount: u128| token::Allocation {
+        investor_id: Id::from(investor),
+        balance: Amount(amount),
+        amount: Amount(amount),
+        withheld: false,
+    };
+    let paid = token::Change::DistributionPaid {
+        token_id: Id::from("tok_1"),
+        distribution: token::DistributionSpec {
+            id: Id::from("dst_1"),
+            total: Amount(100),
+            currency: "EUR".parse().unwrap(),
+            record_date: common::at(0),
+            memo: None,
+        },
+        allocations: vec![allocation("inv_a", 60), allocation("inv_b", 40)],
+    };
+    s.feed(token_event("e1", 1, 2, paid)).await;
+    let got = hooks.until("/ok", 1, PATIENCE).await;
+    let payload: Value = serde_json::from_str(&got[0].body).unwrap();
+    assert_eq!(
+        payload["data"]["postings"],
+        json!([{"from": "distribution:tok_1", "to": "investor:inv_a", "unit": "EUR", "amount": "60"}]),
+        "bob's share is not alice's to learn"
+    );
+}

@@ -228,6 +228,7 @@ async fn list_tokens(
     Query(q): Query<PageQuery>,
 ) -> Result<axum::Json<Page<TokenView>>, ApiError> {
     principal.allow(Operation::TokenRead)?;
+    let staff = principal.is_staff();
     let (limit, after) = (q.limit()?, q.position()? as usize);
     let state = engine.read().await;
     let items: Vec<TokenView> = state
@@ -235,7 +236,7 @@ async fn list_tokens(
         .tokens()
         .skip(after)
         .take(limit)
-        .map(TokenView::from)
+        .map(|t| TokenView::seen_by(t, staff))
         .collect();
     let next = (state.0.tokens().nth(after.saturating_add(limit)).is_some())
         .then(|| after.saturating_add(limit).to_string());
@@ -266,8 +267,9 @@ async fn get_token(
         .0
         .token(&token_id)
         .ok_or_else(|| token_not_found(&token_id))?;
+    let view = TokenView::seen_by(t, principal.is_staff());
     Ok(with_etag(
-        into_response(json_reply(StatusCode::OK, &TokenView::from(t))),
+        into_response(json_reply(StatusCode::OK, &view)),
         t.version,
     ))
 }

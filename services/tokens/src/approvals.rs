@@ -47,18 +47,21 @@ pub(crate) async fn approve(
             amount: b.amount,
         },
     };
-    let reply = Box::new(move |state: &TokensState, _: &[token::Event]| {
-        match state
-            .0
-            .token(&token_id)
-            .and_then(|t| t.approvals.get(&approval_id))
-        {
+    // From the event: the approval may be used up already by a transfer decided right after
+    // it in the same group.
+    let reply = Box::new(move |_: &TokensState, events: &[token::Event]| {
+        let approval = events.iter().find_map(|e| match &e.change {
+            token::Change::TransferApproved { approval, .. } if approval.id == approval_id => {
+                Some(approval)
+            }
+            _ => None,
+        });
+        match approval {
             Some(a) => json_reply(
                 StatusCode::CREATED,
                 &TransferApprovalView::new(&token_id, a),
             ),
-            // Used already by a transfer decided right after it in the same group.
-            None => json_reply(StatusCode::CREATED, &serde_json::json!({"id": approval_id})),
+            None => json_reply(StatusCode::NOT_FOUND, &serde_json::json!({})),
         }
     });
     submit(

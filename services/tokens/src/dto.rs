@@ -142,6 +142,18 @@ pub struct TokenView {
     pub created_at: Timestamp,
 }
 
+impl TokenView {
+    /// The view as `principal` may see it: the agents a token restricts are named by the
+    /// subjects of their bearer tokens, which are for staff only.
+    pub fn seen_by(t: &token::Token, staff: bool) -> Self {
+        let mut view = TokenView::from(t);
+        if !staff {
+            view.rules.agent_restrictions.clear();
+        }
+        view
+    }
+}
+
 impl From<&token::Token> for TokenView {
     fn from(t: &token::Token) -> Self {
         TokenView {

@@ -167,14 +167,19 @@ pub(crate) async fn list(
 ) -> Result<axum::Json<Page<MovementView>>, ApiError> {
     principal.allow(Operation::MovementRead)?;
     let limit = page_limit(q.limit)?;
+    // (A version's successor must exist: the greatest is no cursor.)
     let after: u64 = match q.cursor.as_deref() {
         None => 0,
-        Some(c) => c.parse().map_err(|_| {
-            ApiError::invalid(
-                "cursor",
-                "cursor must come from a previous page's next_cursor",
-            )
-        })?,
+        Some(c) => c
+            .parse()
+            .ok()
+            .filter(|c: &u64| *c < u64::MAX)
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    "cursor",
+                    "cursor must come from a previous page's next_cursor",
+                )
+            })?,
     };
     if engine.read().await.0.token(&token_id).is_none() {
         return Err(token_not_found(&token_id));
@@ -198,6 +203,7 @@ pub(crate) async fn list(
         }
         _ => {
             let mut from = after;
+            // `from` only grows to versions read back, never the greatest.
             let mut read = 0;
             while items.len() <= limit {
                 let chunk = if q.reversed.is_some() {

@@ -101,6 +101,16 @@ need_standardwebhooks() {
   "$TOOLS/webhooks/bin/pip" install -q standardwebhooks==1.3.0 >&2
 }
 
+# jsonschema 4.26.0 (PyPI), in its own virtual environment: the OCF export's tests validate
+# every exported file against the vendored Open Cap Format schemas with it (tests/ocf).
+need_jsonschema() {
+  [ -x "$TOOLS/jsonschema/bin/python3" ] && "$TOOLS/jsonschema/bin/python3" -c 'import jsonschema' 2>/dev/null && return 0
+  need_apt python3 python3
+  python3 -m venv "$TOOLS/jsonschema" 2>/dev/null || { need_apt python3-venv /usr/share/doc/python3-venv; python3 -m venv "$TOOLS/jsonschema"; }
+  echo "installing jsonschema" >&2
+  "$TOOLS/jsonschema/bin/pip" install -q jsonschema==4.26.0 >&2
+}
+
 # What building rdkafka's bundled librdkafka needs (rdkafka-sys 4.10, feature cmake-build): cmake
 # and make, C and C++ compilers, zlib's headers and pkg-config, and curl's and OpenSSL's headers:
 # librdkafka 2.12's rdkafka_conf.c includes <curl/curl.h> even with WITH_CURL=0 (seen failing on

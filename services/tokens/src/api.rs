@@ -54,6 +54,7 @@ pub fn router(engine: AppState) -> OpenApiRouter {
         .routes(routes!(crate::holds::reject_payment))
         .routes(routes!(crate::approvals::approve, crate::approvals::list))
         .routes(routes!(crate::approvals::revoke))
+        .routes(routes!(crate::ocf::export))
         .routes(routes!(crate::movements::list))
         .routes(routes!(crate::movements::get))
         .routes(routes!(crate::movements::reverse))

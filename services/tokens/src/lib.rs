@@ -9,6 +9,7 @@ mod history;
 mod holds;
 mod import;
 mod movements;
+mod ocf;
 mod state;
 
 use std::sync::Arc;
@@ -119,8 +120,24 @@ fn decode_asset_event(delivery: &Delivery) -> Verdict<Command> {
     if data.asset_id.as_str() != event.subject {
         return Verdict::Reject("the event's subject is not its asset".into());
     }
-    let asset::Change::StatusChanged { to, .. } = data.change else {
-        return Verdict::Skip;
+    let to = match data.change {
+        asset::Change::StatusChanged { to, .. } => to,
+        // Who issues the asset's tokens, for what is exported about them (Open Cap Format).
+        asset::Change::Registered { profile } | asset::Change::Updated { profile } => {
+            return Verdict::Apply(Command {
+                actor: Id::from(data.actor),
+                command: token::Command::ObserveAssetIssuer {
+                    asset_id: data.asset_id,
+                    issuer: token::AssetIssuer {
+                        legal_owner: profile.legal_owner,
+                        country: profile.location.country,
+                        name: profile.name,
+                    },
+                    sequence: event.subject_version(),
+                },
+            });
+        }
+        _ => return Verdict::Skip,
     };
     let state = match to {
         asset::Status::Approved => token::AssetState::Approved,

@@ -62,6 +62,17 @@ async fn rows(
     Ok(found)
 }
 
+/// The rows of `low..=high` of `token_id`'s index, in key order, at most `limit`.
+pub(crate) async fn rows_of(
+    engine: &AppState,
+    token_id: &str,
+    low: &str,
+    high: &str,
+    limit: usize,
+) -> Result<Vec<(String, Vec<u8>)>, ApiError> {
+    rows(&stores_of(engine, token_id), low, high, limit).await
+}
+
 fn decode(key: &str, bytes: &[u8]) -> Result<token::Movement, ApiError> {
     token::Movement::from_row(bytes)
         .ok_or_else(|| ApiError::unavailable(format!("index row {key} is unreadable")))

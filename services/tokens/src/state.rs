@@ -70,6 +70,7 @@ impl StateMachine for TokensState {
         use token::Command as C;
         match &command.command {
             C::ObserveAsset { .. }
+            | C::ObserveAssetIssuer { .. }
             | C::RegisterInvestor { .. }
             | C::UpdateInvestor { .. }
             | C::ClaimToken(_) => None,

@@ -59,6 +59,9 @@ pub struct Book {
     /// claim's actor and time.
     #[serde(default)]
     claims: FxHashMap<Id, (TokenSpec, Id, Timestamp)>,
+    /// Each asset's issuer, as registered.
+    #[serde(default)]
+    issuers: FxHashMap<Id, AssetIssuer>,
     /// Every distribution paid, per token, in order.
     paid: FxHashMap<Id, Vec<PaidDistribution>>,
     /// The deadline of every pending hold: `(expires_at, token, hold)`, soonest first.
@@ -91,6 +94,11 @@ impl Book {
 
     pub fn investor(&self, id: &str) -> Option<&Investor> {
         self.investors.get(id)
+    }
+
+    /// The issuer of asset `id`, as the assets service registered it.
+    pub fn asset_issuer(&self, id: &str) -> Option<&AssetIssuer> {
+        self.issuers.get(id)
     }
 
     pub fn asset_state(&self, id: &str) -> Option<AssetState> {
@@ -345,6 +353,22 @@ impl Book {
                     sequence: *sequence,
                 })])
             }
+            Command::ObserveAssetIssuer {
+                asset_id,
+                issuer,
+                sequence,
+            } => {
+                let known = self.asset_positions.get(asset_id).copied().unwrap_or(0);
+                let older = *sequence != 0 && *sequence <= known;
+                if older || self.issuers.get(asset_id) == Some(issuer) {
+                    return Ok(Vec::new());
+                }
+                Ok(vec![event(Change::AssetIssuerObserved {
+                    asset_id: asset_id.clone(),
+                    issuer: issuer.clone(),
+                    sequence: *sequence,
+                })])
+            }
             Command::CreateToken(spec) => {
                 self.may_create(spec)?;
                 Ok(vec![event(Change::TokenCreated {
@@ -552,6 +576,16 @@ impl Book {
                 sequence,
             } => {
                 self.assets.insert(asset_id.clone(), *state);
+                if *sequence != 0 {
+                    self.asset_positions.insert(asset_id.clone(), *sequence);
+                }
+            }
+            Change::AssetIssuerObserved {
+                asset_id,
+                issuer,
+                sequence,
+            } => {
+                self.issuers.insert(asset_id.clone(), issuer.clone());
                 if *sequence != 0 {
                     self.asset_positions.insert(asset_id.clone(), *sequence);
                 }
@@ -841,6 +875,7 @@ fn apply_to_token(token: &mut Token, change: &Change, now: Timestamp, actor: &Id
             }
         }
         Change::AssetObserved { .. }
+        | Change::AssetIssuerObserved { .. }
         | Change::TokenClaimed { .. }
         | Change::TokenCreated { .. }
         | Change::InvestorRegistered { .. }

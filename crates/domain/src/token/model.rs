@@ -606,8 +606,25 @@ impl Operation {
     }
 }
 
+/// Who issues an asset's tokens, as the assets service registered the asset: its legal owner
+/// (usually the special-purpose vehicle) and the asset's country.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AssetIssuer {
+    pub legal_owner: String,
+    pub country: Country,
+    /// The asset's name.
+    pub name: String,
+}
+
 #[derive(Debug, Clone)]
 pub enum Command {
+    /// What the assets service registered of an asset (its profile), at `sequence` of the
+    /// asset's stream: older news changes nothing, as for [`Command::ObserveAsset`].
+    ObserveAssetIssuer {
+        asset_id: Id,
+        issuer: AssetIssuer,
+        sequence: u64,
+    },
     /// What the assets service says of an asset, at `sequence` of that asset's stream (its
     /// events' CloudEvents `sequence`; 0 when unknown): an older or repeated one changes nothing.
     ObserveAsset {
@@ -694,6 +711,13 @@ pub enum Change {
         asset_id: Id,
         state: AssetState,
         /// The position in the asset's stream it was observed at; absent in older events.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        sequence: u64,
+    },
+    /// The asset's issuer as registered (see `Command::ObserveAssetIssuer`). Keyed by the asset.
+    AssetIssuerObserved {
+        asset_id: Id,
+        issuer: AssetIssuer,
         #[serde(default, skip_serializing_if = "is_zero")]
         sequence: u64,
     },
@@ -838,6 +862,7 @@ impl Change {
     pub fn name(&self) -> &'static str {
         match self {
             Change::AssetObserved { .. } => "asset_observed",
+            Change::AssetIssuerObserved { .. } => "asset_issuer_observed",
             Change::TokenClaimed { .. } => "claimed",
             Change::TokenCreated { .. } => "created",
             Change::RulesUpdated { .. } => "rules_updated",
@@ -886,6 +911,7 @@ impl Change {
             | Change::HoldExpired { token_id, .. }
             | Change::Reversed { token_id, .. } => Some(token_id),
             Change::AssetObserved { .. }
+            | Change::AssetIssuerObserved { .. }
             | Change::TokenClaimed { .. }
             | Change::InvestorRegistered { .. }
             | Change::InvestorUpdated { .. } => None,
@@ -895,7 +921,8 @@ impl Change {
     /// The key that keeps this change's events in order: its token, investor or asset.
     pub fn key(&self) -> &Id {
         match self {
-            Change::AssetObserved { asset_id, .. } => asset_id,
+            Change::AssetObserved { asset_id, .. }
+            | Change::AssetIssuerObserved { asset_id, .. } => asset_id,
             Change::TokenClaimed { spec } => &spec.asset_id,
             Change::InvestorRegistered { investor_id, .. }
             | Change::InvestorUpdated { investor_id, .. } => investor_id,

@@ -105,6 +105,34 @@ impl Server {
             .expect("asset observed");
     }
 
+    /// Tells the service who issues `asset_id`'s tokens, as the assets service's registration
+    /// event would.
+    pub async fn register_issuer(&self, asset_id: &str, legal_owner: &str, country: &str) {
+        self.tokens
+            .engine()
+            .submit(libertum_store::Submission {
+                command: Some(libertum_tokens::Command {
+                    actor: "test".into(),
+                    command: token::Command::ObserveAssetIssuer {
+                        asset_id: asset_id.into(),
+                        issuer: token::AssetIssuer {
+                            legal_owner: legal_owner.into(),
+                            country: country.parse().expect("a country"),
+                            name: format!("asset {asset_id}"),
+                        },
+                        sequence: 0,
+                    },
+                }),
+                idempotency: None,
+                checkpoint: None,
+                reply: Box::new(|_, _| libertum_store::Reply::new(200, Default::default())),
+                partition: None,
+                span: tracing::Span::current(),
+            })
+            .await
+            .expect("issuer observed");
+    }
+
     /// Approves `asset_id` and creates its token class with `rules`; returns the token id.
     pub async fn token(&self, asset_id: &str, symbol: &str, rules: Value) -> String {
         self.approve(asset_id).await;

@@ -10,7 +10,7 @@
 //!    for durable HTTP writes, as the denominator of the durable transfers.
 //!
 //! `BENCH_SECONDS` sets each HTTP phase's length (default 10); `BENCH_PHASES` (durable, bulk,
-//! holders, holds, webhooks, dry, reads, comma-separated) runs only those; `LIBERTUM_STORE_CACHE_MIB` sets the product's page
+//! holders, holds, webhooks, ocf, dry, reads, comma-separated) runs only those; `LIBERTUM_STORE_CACHE_MIB` sets the product's page
 //! cache per store as in production (32 by default).
 //!
 //! `libertum-bench production` prints the production-mode figures instead (see production.rs),
@@ -21,6 +21,7 @@ mod history;
 mod holders;
 mod holds;
 mod load;
+mod ocf;
 mod production;
 mod replicas;
 mod webhooks;
@@ -40,7 +41,7 @@ fn seconds() -> u64 {
         .unwrap_or(10)
 }
 
-/// Whether `BENCH_PHASES` (a comma-separated list of durable, bulk, holders, holds, webhooks, dry and reads; all
+/// Whether `BENCH_PHASES` (a comma-separated list of durable, bulk, holders, holds, webhooks, ocf, dry and reads; all
 /// when unset) asks for `phase`.
 fn wanted(phase: &str) -> bool {
     std::env::var("BENCH_PHASES")
@@ -211,6 +212,11 @@ fn main() -> anyhow::Result<()> {
     // Holds expiring at a steady rate while transfers run: how late each expiry is recorded.
     if wanted("holds") {
         holds::run(&client, &base, &fixture, phase)?;
+    }
+
+    // The Open Cap Format export of a token with 10,000 holders and 100,000 movements.
+    if wanted("ocf") {
+        ocf::run(&client, &base)?;
     }
 
     // Webhooks to 10 subscribers at 1,000 events/s: how long after its event each arrived.

@@ -392,3 +392,35 @@ pub fn mongo_standin() -> (Server, String) {
     let uri = format!("mongodb://127.0.0.1:{}/?directConnection=true", server.port);
     (server, uri)
 }
+
+/// Runs `script` with the Python of the virtual environment `venv` under [`tools_dir`] (where
+/// `scripts/stack install` puts `package`), on a file holding `input` as JSON: its report, or
+/// `Err` with it if the script failed. A missing environment fails the test, naming the fix.
+pub fn python_check(
+    venv: &str,
+    package: &str,
+    script: &Path,
+    input: &serde_json::Value,
+) -> Result<String, String> {
+    let python = tools_dir().join(venv).join("bin/python3");
+    assert!(
+        python.exists(),
+        "the {package} package is not installed ({} not found): run scripts/stack install, which scripts/test runs first",
+        python.display()
+    );
+    let file = tempfile::NamedTempFile::new().expect("a temporary file");
+    std::fs::write(file.path(), serde_json::to_vec(input).unwrap_or_default())
+        .expect("the input written");
+    let out = std::process::Command::new(python)
+        .arg(script)
+        .arg(file.path())
+        .output()
+        .expect("python runs");
+    let report =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    if out.status.success() {
+        Ok(report)
+    } else {
+        Err(report)
+    }
+}

@@ -93,12 +93,6 @@ impl Receiver {
 /// Verifies `deliveries` against `secret` with the `standardwebhooks` package; its report, or
 /// `Err` with it if one does not verify.
 pub fn verify(secret: &str, deliveries: &[Delivery]) -> Result<String, String> {
-    let python = crate::servers::tools_dir().join("webhooks/bin/python3");
-    assert!(
-        python.exists(),
-        "the standardwebhooks package is not installed ({} not found): run scripts/stack install, which scripts/test runs first",
-        python.display()
-    );
     let list: Vec<Value> = deliveries
         .iter()
         .map(|d| {
@@ -113,22 +107,13 @@ pub fn verify(secret: &str, deliveries: &[Delivery]) -> Result<String, String> {
             json!({"secret": secret, "headers": headers, "body": d.body})
         })
         .collect();
-    let file = tempfile::NamedTempFile::new().expect("a temporary file");
-    std::fs::write(file.path(), serde_json::to_vec(&list).unwrap_or_default())
-        .expect("the deliveries written");
-    let out = std::process::Command::new(python)
-        .arg(concat!(
+    crate::servers::python_check(
+        "webhooks",
+        "standardwebhooks",
+        std::path::Path::new(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/src/verify_webhooks.py"
-        ))
-        .arg(file.path())
-        .output()
-        .expect("python runs");
-    let report =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    if out.status.success() {
-        Ok(report)
-    } else {
-        Err(report)
-    }
+        )),
+        &Value::Array(list),
+    )
 }

@@ -233,6 +233,23 @@ pub fn row_key(id: &str) -> String {
     format!("w{id}")
 }
 
+/// The checkpoint that says when the subscriptions last changed (milliseconds since the epoch):
+/// the dispatcher reads this one value every second, and all of them only when it moved.
+pub const CHANGED: &str = "webhook-subscriptions";
+
+/// Records that the subscriptions changed (after the change is stored). A later change always
+/// records a greater value: stored positions only grow.
+async fn changed(store: &dyn EventStore) {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000;
+    if let Err(error) = store
+        .save_checkpoint(CHANGED, u64::try_from(now).unwrap_or_default())
+        .await
+    {
+        // The dispatcher reads every subscription at least once a minute anyway.
+        tracing::warn!(%error, "the subscriptions' change could not be recorded");
+    }
+}
+
 /// A subscription's deletion mark.
 fn deleted_key(id: &str) -> String {
     format!("y{id}")
@@ -515,6 +532,7 @@ async fn subscribe(
         deleted: false,
     };
     save(store, &subscription).await?;
+    changed(store).await;
     Ok((
         StatusCode::CREATED,
         axum::Json(SubscriptionView::new(&subscription, true, None)),
@@ -576,6 +594,7 @@ async fn unsubscribe(
         .put_index(vec![(deleted_key(&s.id), Vec::new())])
         .await
         .map_err(ApiError::unavailable)?;
+    changed(store).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -620,6 +639,7 @@ async fn replay(
     s.replays += 1;
     s.replay_request = request;
     save(store, &s).await?;
+    changed(store).await;
     Ok((
         StatusCode::ACCEPTED,
         axum::Json(SubscriptionView::new(&s, false, None)),

@@ -248,9 +248,33 @@ pub async fn dispatch(
     let http = client(&settings);
     let mut workers: HashMap<String, (watch::Sender<Subscription>, tokio::task::JoinHandle<()>)> =
         HashMap::new();
+    // Every subscription is read when they changed (one stored value says when), and once a
+    // minute whatever happened: a look costs one point read, not a scan.
+    let mut seen: Option<u64> = None;
+    let mut listed_at: Option<Instant> = None;
     loop {
-        match events::all(engine.store().as_ref()).await {
-            Ok(subscriptions) => {
+        let changed = match engine.store().checkpoint(events::CHANGED).await {
+            Ok(at) => at,
+            Err(error) => {
+                tracing::warn!(%error, "the webhook subscriptions could not be read");
+                None
+            }
+        };
+        let due = listed_at.is_none_or(|at| at.elapsed() >= Duration::from_secs(60))
+            || changed != seen
+            || workers.values().any(|(_, task)| task.is_finished());
+        let listing = match due {
+            true => Some(events::all(engine.store().as_ref()).await),
+            false => None,
+        };
+        if listing.as_ref().is_some_and(Result::is_ok) {
+            seen = changed;
+            listed_at = Some(Instant::now());
+        }
+        workers.retain(|_, (tx, task)| !task.is_finished() && !tx.borrow().deleted);
+        match listing {
+            None => {}
+            Some(Ok(subscriptions)) => {
                 for s in subscriptions {
                     match workers.get(&s.id) {
                         Some((tx, _)) if s.deleted => {
@@ -278,9 +302,10 @@ pub async fn dispatch(
                     }
                 }
             }
-            Err(error) => tracing::warn!(%error, "the webhook subscriptions could not be read"),
+            Some(Err(error)) => {
+                tracing::warn!(%error, "the webhook subscriptions could not be read")
+            }
         }
-        workers.retain(|_, (tx, task)| !task.is_finished() && !tx.borrow().deleted);
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             _ = stop.wait_for(|s| *s) => break,

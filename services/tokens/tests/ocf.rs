@@ -12,29 +12,15 @@ use serde_json::{Value, json};
 
 /// Validates `bundle` with tests/ocf/validate.py; its report, or `Err` with it.
 fn validate(bundle: &Value) -> Result<String, String> {
-    let python = libertum_testkit::servers::tools_dir().join("jsonschema/bin/python3");
-    assert!(
-        python.exists(),
-        "the jsonschema package is not installed ({} not found): run scripts/stack install, which scripts/test runs first",
-        python.display()
-    );
-    let file = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(file.path(), serde_json::to_vec(bundle).unwrap()).unwrap();
-    let out = std::process::Command::new(python)
-        .arg(concat!(
+    libertum_testkit::servers::python_check(
+        "jsonschema",
+        "jsonschema",
+        std::path::Path::new(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/../../tests/ocf/validate.py"
-        ))
-        .arg(file.path())
-        .output()
-        .expect("python runs");
-    let report =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    if out.status.success() {
-        Ok(report)
-    } else {
-        Err(report)
-    }
+        )),
+        bundle,
+    )
 }
 
 /// What the export's securities leave each stakeholder: every security issued, less those a

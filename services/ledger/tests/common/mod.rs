@@ -25,6 +25,15 @@ impl Deref for Server {
 
 /// Starts the service the way `services/ledger/src/main.rs` does, on 127.0.0.1:0.
 pub async fn spawn() -> Server {
+    start(None).await
+}
+
+/// [`spawn`] with `/v1/events` served too and the webhooks delivered with `webhooks`.
+pub async fn spawn_with_events(webhooks: libertum_platform::config::WebhookSettings) -> Server {
+    start(Some(webhooks)).await
+}
+
+async fn start(webhooks: Option<libertum_platform::config::WebhookSettings>) -> Server {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = Arc::new(libertum_store::RedbStore::open(dir.path(), "ledger").expect("store"));
     // Reconciliation is not exercised here; nothing listens on this address.
@@ -32,42 +41,20 @@ pub async fn spawn() -> Server {
         libertum_ledger::Ledger::open(store, "http://127.0.0.1:9".into(), Default::default())
             .await
             .expect("ledger service");
-    let (router, _) = utoipa_axum::router::OpenApiRouter::new()
-        .nest("/v1/ledger", ledger.router())
-        .split_for_parts();
-    let router = libertum_platform::server::service_router(
-        router,
-        ledger.probes(),
-        libertum_testkit::guard(),
-    );
-    Server {
-        api: Http::new(libertum_testkit::serve(router).await),
-        ledger,
-        _dir: dir,
+    let mut routes = utoipa_axum::router::OpenApiRouter::new().nest("/v1/ledger", ledger.router());
+    if let Some(webhooks) = webhooks {
+        routes = routes.nest("/v1/events", ledger.events_router(webhooks));
+        // Runs as long as the test: the runtime ends it.
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        std::mem::forget(stop);
+        tokio::spawn(ledger.dispatcher(webhooks)(stopped));
     }
-}
-
-/// [`spawn`] with `/v1/events` served too and the webhooks delivered with `webhooks`.
-pub async fn spawn_with_events(webhooks: libertum_platform::config::WebhookSettings) -> Server {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let store = Arc::new(libertum_store::RedbStore::open(dir.path(), "ledger").expect("store"));
-    let ledger =
-        libertum_ledger::Ledger::open(store, "http://127.0.0.1:9".into(), Default::default())
-            .await
-            .expect("ledger service");
-    let (router, _) = utoipa_axum::router::OpenApiRouter::new()
-        .nest("/v1/ledger", ledger.router())
-        .nest("/v1/events", ledger.events_router(webhooks))
-        .split_for_parts();
+    let (router, _) = routes.split_for_parts();
     let router = libertum_platform::server::service_router(
         router,
         ledger.probes(),
         libertum_testkit::guard(),
     );
-    // Runs as long as the test: the runtime ends it.
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    std::mem::forget(stop);
-    tokio::spawn(ledger.dispatcher(webhooks)(stopped));
     Server {
         api: Http::new(libertum_testkit::serve(router).await),
         ledger,

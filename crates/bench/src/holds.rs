@@ -11,10 +11,7 @@ use crate::load::{self, Fixture, at};
 
 /// How many holds expire during the phase (`BENCH_EXPIRING_HOLDS`, default 5,000).
 fn expiring() -> usize {
-    std::env::var("BENCH_EXPIRING_HOLDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(5_000)
+    load::setting("BENCH_EXPIRING_HOLDS", 5_000)
 }
 
 fn time_of(v: &Value) -> anyhow::Result<OffsetDateTime> {

@@ -45,6 +45,14 @@ impl Outcome {
 }
 
 /// The `q` quantile of `sorted` (nearest rank).
+/// The number in environment variable `name`, or `default`.
+pub fn setting(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 pub fn at(sorted: &[f64], q: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * q).round() as usize]
 }

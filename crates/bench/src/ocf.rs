@@ -7,14 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::load;
-
-fn setting(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+use crate::load::{self, setting};
 
 pub fn run(client: &tokio::runtime::Runtime, base: &str) -> anyhow::Result<()> {
     let holders = setting("BENCH_OCF_HOLDERS", 10_000);

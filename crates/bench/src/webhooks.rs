@@ -17,10 +17,7 @@ use crate::load::{self, Fixture, at};
 const SUBSCRIBERS: usize = 10;
 /// Events a second (`BENCH_WEBHOOK_RATE`, default 1,000), in batches of 100 transfers.
 fn rate() -> usize {
-    std::env::var("BENCH_WEBHOOK_RATE")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1_000)
+    load::setting("BENCH_WEBHOOK_RATE", 1_000)
 }
 
 pub fn run(

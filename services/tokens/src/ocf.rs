@@ -179,6 +179,21 @@ impl Securities<'_> {
     /// Issues a new security of `units` to `to`; its id.
     fn issue(&mut self, to: &Id, units: u128, date: &str, comment: Option<String>) -> String {
         let security_id = self.security();
+        self.issue_as(security_id.clone(), to, units, date, comment, false);
+        security_id
+    }
+
+    /// Issues security `security_id` of `units` to `to`, as their newest lot, or their oldest
+    /// (`first`: the rest of a lot they were taken from).
+    fn issue_as(
+        &mut self,
+        security_id: String,
+        to: &Id,
+        units: u128,
+        date: &str,
+        comment: Option<String>,
+        first: bool,
+    ) {
         let id = self.transaction();
         self.transactions.push(Transaction::Issuance {
             id,
@@ -193,11 +208,11 @@ impl Securities<'_> {
             stock_legend_ids: [],
             comments: comment.map(|c| [c]),
         });
-        self.lots
-            .entry(to.clone())
-            .or_default()
-            .push_back((security_id.clone(), units));
-        security_id
+        let lots = self.lots.entry(to.clone()).or_default();
+        match first {
+            true => lots.push_front((security_id, units)),
+            false => lots.push_back((security_id, units)),
+        }
     }
 
     /// Takes `units` from `from`'s oldest lots, to `to` (a transfer) or out of the supply (a
@@ -224,13 +239,14 @@ impl Securities<'_> {
             left -= taken;
             let id = self.transaction();
             let balance = (taken < lot).then(|| self.security());
-            let transaction = match to {
-                Some(_) => Transaction::Transfer {
+            let resulting = to.map(|_| self.security());
+            let transaction = match &resulting {
+                Some(resulting) => Transaction::Transfer {
                     id,
                     date: date.to_owned(),
                     security_id: security_id.clone(),
                     quantity: self.quantity(taken),
-                    resulting_security_ids: [String::new()],
+                    resulting_security_ids: [resulting.clone()],
                     balance_security_id: balance.clone(),
                     comments: [comment.to_owned()],
                 },
@@ -244,38 +260,13 @@ impl Securities<'_> {
                     comments: [comment.to_owned()],
                 },
             };
-            let at = self.transactions.len();
             self.transactions.push(transaction);
-            if let Some(to) = to {
-                let resulting = self.issue(to, taken, date, None);
-                if let Some(Transaction::Transfer {
-                    resulting_security_ids,
-                    ..
-                }) = self.transactions.get_mut(at)
-                {
-                    resulting_security_ids[0] = resulting;
-                }
+            if let (Some(to), Some(resulting)) = (to, resulting) {
+                self.issue_as(resulting, to, taken, date, None, false);
             }
             if let Some(balance_id) = balance {
                 // The rest stays the sender's, as a security of its own, first in line.
-                let id = self.transaction();
-                self.transactions.push(Transaction::Issuance {
-                    id,
-                    date: date.to_owned(),
-                    custom_id: balance_id.clone(),
-                    security_id: balance_id.clone(),
-                    stakeholder_id: from.to_string(),
-                    stock_class_id: self.token.spec.id.to_string(),
-                    share_price: self.price.clone(),
-                    quantity: self.quantity(lot - taken),
-                    security_law_exemptions: [],
-                    stock_legend_ids: [],
-                    comments: None,
-                });
-                self.lots
-                    .entry(from.clone())
-                    .or_default()
-                    .push_front((balance_id, lot - taken));
+                self.issue_as(balance_id, from, lot - taken, date, None, true);
             }
         }
         Ok(())

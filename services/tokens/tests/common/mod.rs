@@ -82,18 +82,14 @@ pub async fn send(request: RequestBuilder) -> Reply {
 }
 
 impl Server {
-    /// Tells the service that `asset_id` is approved, as the assets service's event would.
-    pub async fn approve(&self, asset_id: &str) {
+    /// Applies `command` as the assets service's events would make the consumer do.
+    async fn observe(&self, command: token::Command) {
         self.tokens
             .engine()
             .submit(libertum_store::Submission {
                 command: Some(libertum_tokens::Command {
                     actor: "test".into(),
-                    command: token::Command::ObserveAsset {
-                        asset_id: asset_id.into(),
-                        state: token::AssetState::Approved,
-                        sequence: 0,
-                    },
+                    command,
                 }),
                 idempotency: None,
                 checkpoint: None,
@@ -102,35 +98,32 @@ impl Server {
                 span: tracing::Span::current(),
             })
             .await
-            .expect("asset observed");
+            .expect("observed");
+    }
+
+    /// Tells the service that `asset_id` is approved, as the assets service's event would.
+    pub async fn approve(&self, asset_id: &str) {
+        self.observe(token::Command::ObserveAsset {
+            asset_id: asset_id.into(),
+            state: token::AssetState::Approved,
+            sequence: 0,
+        })
+        .await
     }
 
     /// Tells the service who issues `asset_id`'s tokens, as the assets service's registration
     /// event would.
     pub async fn register_issuer(&self, asset_id: &str, legal_owner: &str, country: &str) {
-        self.tokens
-            .engine()
-            .submit(libertum_store::Submission {
-                command: Some(libertum_tokens::Command {
-                    actor: "test".into(),
-                    command: token::Command::ObserveAssetIssuer {
-                        asset_id: asset_id.into(),
-                        issuer: token::AssetIssuer {
-                            legal_owner: legal_owner.into(),
-                            country: country.parse().expect("a country"),
-                            name: format!("asset {asset_id}"),
-                        },
-                        sequence: 0,
-                    },
-                }),
-                idempotency: None,
-                checkpoint: None,
-                reply: Box::new(|_, _| libertum_store::Reply::new(200, Default::default())),
-                partition: None,
-                span: tracing::Span::current(),
-            })
-            .await
-            .expect("issuer observed");
+        self.observe(token::Command::ObserveAssetIssuer {
+            asset_id: asset_id.into(),
+            issuer: token::AssetIssuer {
+                legal_owner: legal_owner.into(),
+                country: country.parse().expect("a country"),
+                name: format!("asset {asset_id}"),
+            },
+            sequence: 0,
+        })
+        .await
     }
 
     /// Approves `asset_id` and creates its token class with `rules`; returns the token id.

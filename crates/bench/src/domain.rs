@@ -96,6 +96,7 @@ pub fn run(transfers: usize) -> (usize, f64) {
             &Command::Operate {
                 token_id: token.clone(),
                 operation: Operation::Issue {
+                    class: None,
                     to: id.clone(),
                     amount: Amount(1_000_000),
                 },
@@ -125,6 +126,7 @@ pub fn run(transfers: usize) -> (usize, f64) {
                 Command::Operate {
                     token_id: token.clone(),
                     operation: Operation::Transfer {
+                        class: None,
                         from: ids[a].clone(),
                         to: ids[b].clone(),
                         amount: Amount(1),

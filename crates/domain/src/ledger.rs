@@ -159,6 +159,32 @@ pub fn investor_account(id: &str) -> String {
     format!("investor:{id}")
 }
 
+/// An investor's account for one share class of a token: `investor:{id}` for the default
+/// class, `investor:{id}:{class}` for a named one.
+pub fn class_account(id: &str, class: Option<&Id>) -> String {
+    match class {
+        Some(class) => format!("investor:{id}:{class}"),
+        None => investor_account(id),
+    }
+}
+
+/// Where an investor's pending holds of one class wait: `held:{id}[:{class}]`.
+pub fn held_class_account(id: &str, class: Option<&Id>) -> String {
+    match class {
+        Some(class) => format!("held:{id}:{class}"),
+        None => held_account(id),
+    }
+}
+
+/// The investor an account of theirs belongs to (`investor:` or `held:`, of any class); `None`
+/// for any other account.
+pub fn account_holder(account: &str) -> Option<&str> {
+    let rest = account
+        .strip_prefix("investor:")
+        .or_else(|| account.strip_prefix("held:"))?;
+    Some(rest.split_once(':').map_or(rest, |(investor, _)| investor))
+}
+
 /// The postings a token event makes. Issuance and redemption have their own account per token,
 /// so `-balance(issuance) - balance(redemption) = supply` at every sequence number.
 pub fn postings_for(event: &TokenEvent) -> Vec<Posting> {
@@ -173,11 +199,12 @@ pub fn postings_for(event: &TokenEvent) -> Vec<Posting> {
             token_id,
             to,
             amount,
+            class,
             ..
         } => {
             vec![posting(
                 format!("issuance:{token_id}"),
-                investor_account(to),
+                class_account(to, class.as_ref()),
                 token_id,
                 *amount,
             )]
@@ -187,11 +214,12 @@ pub fn postings_for(event: &TokenEvent) -> Vec<Posting> {
             from,
             to,
             amount,
+            class,
             ..
         } => {
             vec![posting(
-                investor_account(from),
-                investor_account(to),
+                class_account(from, class.as_ref()),
+                class_account(to, class.as_ref()),
                 token_id,
                 *amount,
             )]
@@ -200,14 +228,29 @@ pub fn postings_for(event: &TokenEvent) -> Vec<Posting> {
             token_id,
             from,
             amount,
+            class,
         } => {
             vec![posting(
-                investor_account(from),
+                class_account(from, class.as_ref()),
                 format!("redemption:{token_id}"),
                 token_id,
                 *amount,
             )]
         }
+        // Units move between two accounts of one holder; the supply does not change.
+        Change::Converted {
+            token_id,
+            investor_id,
+            from_class,
+            to_class,
+            amount,
+            ..
+        } => vec![posting(
+            class_account(investor_id, from_class.as_ref()),
+            class_account(investor_id, to_class.as_ref()),
+            token_id,
+            *amount,
+        )],
         Change::DistributionPaid {
             token_id,
             distribution,
@@ -234,8 +277,8 @@ pub fn postings_for(event: &TokenEvent) -> Vec<Posting> {
         // shows what is in flight. Posting sends it on to the receiver (and the rest back);
         // voiding or expiry sends it all back.
         Change::HoldPlaced { token_id, hold, .. } => vec![posting(
-            investor_account(&hold.from),
-            held_account(&hold.from),
+            class_account(&hold.from, hold.class.as_ref()),
+            held_class_account(&hold.from, hold.class.as_ref()),
             token_id,
             hold.amount,
         )],
@@ -246,18 +289,20 @@ pub fn postings_for(event: &TokenEvent) -> Vec<Posting> {
             amount,
             released,
             payment,
+            class,
             ..
         } => {
+            let class = class.as_ref();
             let mut postings = vec![posting(
-                held_account(from),
-                investor_account(to),
+                held_class_account(from, class),
+                class_account(to, class),
                 token_id,
                 *amount,
             )];
             if !released.is_zero() {
                 postings.push(posting(
-                    held_account(from),
-                    investor_account(from),
+                    held_class_account(from, class),
+                    class_account(from, class),
                     token_id,
                     *released,
                 ));
@@ -277,16 +322,18 @@ pub fn postings_for(event: &TokenEvent) -> Vec<Posting> {
             token_id,
             from,
             amount,
+            class,
             ..
         }
         | Change::HoldExpired {
             token_id,
             from,
             amount,
+            class,
             ..
         } => vec![posting(
-            held_account(from),
-            investor_account(from),
+            held_class_account(from, class.as_ref()),
+            class_account(from, class.as_ref()),
             token_id,
             *amount,
         )],
@@ -297,14 +344,15 @@ pub fn postings_for(event: &TokenEvent) -> Vec<Posting> {
             from,
             to,
             amount,
+            class,
             ..
         } => {
             let from = match from {
-                Some(investor) => investor_account(investor),
+                Some(investor) => class_account(investor, class.as_ref()),
                 None => format!("redemption:{token_id}"),
             };
             let to = match to {
-                Some(investor) => investor_account(investor),
+                Some(investor) => class_account(investor, class.as_ref()),
                 None => format!("issuance:{token_id}"),
             };
             vec![posting(from, to, token_id, *amount)]

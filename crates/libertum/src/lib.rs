@@ -33,6 +33,7 @@ use utoipa_axum::router::OpenApiRouter;
         (name = "investors", description = "investors and their eligibility"),
         (name = "movements", description = "issue, transfer, redeem, freeze, pause, forced transfer, batches, dry run"),
         (name = "holds", description = "two-phase transfers: a hold reserves part of a balance until it is posted, voided or expires; with a cash leg, a settlement against payment confirmed by a payment agent"),
+        (name = "classes", description = "share classes within a token (ERC-1400 partitions): each with its own rules and lock-up; every movement names its class; conversions between classes"),
         (name = "holders", description = "cap tables, now or as of any moment"),
         (name = "distributions", description = "pro-rata payments to holders"),
         (name = "ledger", description = "the append-only double-entry record, verification and reconciliation"),

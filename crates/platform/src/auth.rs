@@ -131,6 +131,10 @@ pub enum Operation {
     MovementRead,
     /// Reverse a movement.
     MovementReverse,
+    /// Define a share class of a token, or change its rules.
+    ClassDefine,
+    /// Convert a holder's units from one share class to another.
+    Convert,
     LedgerRead,
     /// Webhook subscriptions and the event stream: staff see every event, an investor only
     /// those that touch their own accounts or record.
@@ -141,7 +145,7 @@ pub enum Operation {
 }
 
 impl Operation {
-    pub const ALL: [Operation; 37] = [
+    pub const ALL: [Operation; 39] = [
         Operation::AssetRegister,
         Operation::AssetRead,
         Operation::AssetUpdate,
@@ -175,6 +179,8 @@ impl Operation {
         Operation::TransferApprove,
         Operation::MovementRead,
         Operation::MovementReverse,
+        Operation::ClassDefine,
+        Operation::Convert,
         Operation::LedgerRead,
         Operation::EventsSubscribe,
         Operation::BalanceRead,
@@ -218,6 +224,8 @@ impl Operation {
             TransferApprove => "token.transfer.approve",
             MovementRead => "token.movement.read",
             MovementReverse => "token.movement.reverse",
+            ClassDefine => "token.class.define",
+            Convert => "token.convert",
             LedgerRead => "ledger.read",
             EventsSubscribe => "events.subscribe",
             BalanceRead => "ledger.balance.read",
@@ -253,10 +261,9 @@ impl Operation {
             }
             AssetRead | TokenRead => &Role::ALL,
             AssetReview | TokenRulesUpdate | InvestorRegister | InvestorUpdate | ForcedTransfer
-            | Freeze | MovementReverse => &[PlatformAdmin, ComplianceOfficer],
-            TokenCreate | Issue | Redeem | Pause | Batch | Distribute | TransferApprove => {
-                &[PlatformAdmin, TokenAgent]
-            }
+            | Freeze | MovementReverse | ClassDefine => &[PlatformAdmin, ComplianceOfficer],
+            TokenCreate | Issue | Redeem | Pause | Batch | Distribute | TransferApprove
+            | Convert => &[PlatformAdmin, TokenAgent],
             InvestorList | HoldersList | DistributionsList | MovementRead | LedgerRead => {
                 STAFF_READERS
             }

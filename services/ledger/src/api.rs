@@ -280,10 +280,7 @@ async fn balance(
     Query(q): Query<BalanceQuery>,
 ) -> Result<axum::Json<BalanceView>, ApiError> {
     // An investor's own accounts: their holdings, and what waits in their pending holds.
-    match account
-        .strip_prefix("investor:")
-        .or_else(|| account.strip_prefix("held:"))
-    {
+    match ledger::account_holder(&account) {
         Some(investor) => principal.allow_own(Operation::BalanceRead, investor)?,
         None => principal.allow(Operation::BalanceRead)?,
     }

@@ -89,9 +89,11 @@ impl Sees {
         }
     }
 
-    /// Whether `account` is one of investor `id`'s own.
+    /// Whether `account` is one of investor `id`'s own (of any share class:
+    /// `investor:{id}:{class}`).
     fn owns(id: &str, account: &str) -> bool {
-        account.split_once(':').is_some_and(|(kind, who)| {
+        account.split_once(':').is_some_and(|(kind, rest)| {
+            let who = rest.split_once(':').map_or(rest, |(who, _class)| who);
             who == id && matches!(kind, "investor" | "held" | "withheld")
         })
     }

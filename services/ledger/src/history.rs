@@ -166,10 +166,7 @@ pub async fn cap_table(
             minted = -balance;
         } else if account == redemption {
             redeemed = balance;
-        } else if let Some(investor) = account
-            .strip_prefix("investor:")
-            .or_else(|| account.strip_prefix("held:"))
-        {
+        } else if let Some(investor) = ledger::account_holder(&account) {
             *holdings.entry(investor.to_owned()).or_default() += balance;
         }
     }

@@ -377,6 +377,7 @@ async fn a_reversing_entry_names_the_entry_it_reverses_and_undoes_its_posting() 
     )
     .expect("a movement");
     let reversal = token::Change::Reversed {
+        class: None,
         token_id: Id::from("tok_9"),
         original,
         from: Some(Id::from("inv_b")),

@@ -58,6 +58,9 @@ pub fn router(engine: AppState) -> OpenApiRouter {
         .routes(routes!(crate::movements::list))
         .routes(routes!(crate::movements::get))
         .routes(routes!(crate::movements::reverse))
+        .routes(routes!(crate::classes::list))
+        .routes(routes!(crate::classes::define))
+        .routes(routes!(crate::classes::convert))
         .with_state(engine)
 }
 
@@ -146,6 +149,11 @@ fn op(token_id: &str, operation: token::Operation) -> token::Command {
 }
 
 pub(crate) const JSON_PROBLEM: &str = "application/problem+json";
+
+/// The class a request names, as operations carry it (`default` is the default class).
+pub(crate) fn class_of(class: Option<String>) -> Option<Id> {
+    token::class::normalized(class.map(Id::from))
+}
 
 /// Create the token class of an approved asset. The asset becomes tokenized when the assets
 /// service receives this service's `token.created` event.
@@ -462,6 +470,7 @@ async fn issue(
         token::Operation::Issue {
             to: Id::from(b.to),
             amount: b.amount,
+            class: class_of(b.class),
         },
         posted.idempotency,
     )
@@ -490,6 +499,7 @@ async fn transfer(
             from: Id::from(b.from),
             to: Id::from(b.to),
             amount: b.amount,
+            class: class_of(b.class),
         },
         posted.idempotency,
     )
@@ -534,6 +544,7 @@ async fn check_transfer(
             from: Id::from(b.from),
             to: Id::from(b.to),
             amount: b.amount,
+            class: class_of(b.class),
         },
     );
     let ctx = token::Context {
@@ -581,6 +592,7 @@ async fn redeem(
         token::Operation::Redeem {
             from: Id::from(b.from),
             amount: b.amount,
+            class: class_of(b.class),
         },
         posted.idempotency,
     )
@@ -609,6 +621,7 @@ async fn forced_transfer(
             to: Id::from(b.to),
             amount: b.amount,
             reason: b.reason,
+            class: class_of(b.class),
         },
         posted.idempotency,
     )
@@ -776,6 +789,8 @@ pub(crate) fn allow_operations(
                 principal.allow(Operation::PaymentConfirm)?
             }
             token::Operation::Reverse { .. } => principal.allow(Operation::MovementReverse)?,
+            token::Operation::DefineClass { .. } => principal.allow(Operation::ClassDefine)?,
+            token::Operation::Convert { .. } => principal.allow(Operation::Convert)?,
             token::Operation::ApproveTransfer { .. }
             | token::Operation::RevokeTransferApproval { .. } => {
                 principal.allow(Operation::TransferApprove)?
@@ -925,6 +940,7 @@ async fn holders(
                     held: None,
                     frozen: false,
                     percentage: percentage(b.0, total),
+                    classes: None,
                 })
                 .collect(),
         }));
@@ -942,7 +958,17 @@ async fn holders(
             .holdings
             .ordered_after(after.as_deref())
             .filter(|(_, h)| !h.balance.is_zero() || h.frozen)
-            .map(|(id, h)| (id.clone(), h.balance, h.frozen_amount, h.held, h.frozen));
+            .map(|(id, h)| {
+                let classes = crate::dto::class_balances(token, h);
+                (
+                    id.clone(),
+                    h.balance,
+                    h.frozen_amount,
+                    h.held,
+                    h.frozen,
+                    classes,
+                )
+            });
         // A page takes one row more than asked: it tells whether another page follows.
         let rows: Vec<_> = match limit {
             Some(limit) => held.take(limit + 1).collect(),
@@ -959,14 +985,17 @@ async fn holders(
         next,
         holders: rows
             .into_iter()
-            .map(|(id, balance, frozen_amount, held, frozen)| HolderRow {
-                investor_id: id.to_string(),
-                balance,
-                frozen_amount,
-                held: Some(held),
-                frozen,
-                percentage: percentage(balance.0, total_supply.0),
-            })
+            .map(
+                |(id, balance, frozen_amount, held, frozen, classes)| HolderRow {
+                    investor_id: id.to_string(),
+                    balance,
+                    frozen_amount,
+                    held: Some(held),
+                    frozen,
+                    percentage: percentage(balance.0, total_supply.0),
+                    classes,
+                },
+            )
             .collect(),
     };
     Ok(axum::Json(table))
@@ -1007,6 +1036,7 @@ async fn holding(
         transferable: h.transferable(now),
         sent_today: h.sent_today(now),
         sent_this_month: h.sent_this_month(now),
+        classes: crate::dto::class_balances(token, &h),
     }))
 }
 

@@ -135,6 +135,8 @@ pub struct TokenView {
     #[schema(value_type = String)]
     pub total_supply: Amount,
     pub holders: u64,
+    /// The share classes defined, beside the default class (see `PUT …/classes/{class}`).
+    pub classes: Vec<ClassView>,
     /// Also the ETag; counts the token's events.
     pub version: u64,
     #[serde(with = "time::serde::rfc3339")]
@@ -169,6 +171,7 @@ impl From<&token::Token> for TokenView {
             paused: t.paused,
             total_supply: t.total_supply,
             holders: t.holders,
+            classes: t.classes.values().map(ClassView::from).collect(),
             version: t.version,
             created_at: t.created_at,
         }
@@ -253,6 +256,9 @@ pub struct IssueRequest {
     pub to: String,
     #[schema(value_type = String, example = "1000")]
     pub amount: Amount,
+    /// The share class (absent, or `default`: the token's default class).
+    #[serde(default)]
+    pub class: Option<String>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -262,6 +268,9 @@ pub struct TransferRequest {
     pub to: String,
     #[schema(value_type = String, example = "250")]
     pub amount: Amount,
+    /// The share class (absent, or `default`: the token's default class).
+    #[serde(default)]
+    pub class: Option<String>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -273,6 +282,9 @@ pub struct ForcedTransferRequest {
     pub amount: Amount,
     /// Why the agent moves tokens without the holder's consent; recorded in the event.
     pub reason: String,
+    /// The share class (absent, or `default`: the token's default class).
+    #[serde(default)]
+    pub class: Option<String>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -281,6 +293,9 @@ pub struct RedeemRequest {
     pub from: String,
     #[schema(value_type = String)]
     pub amount: Amount,
+    /// The share class (absent, or `default`: the token's default class).
+    #[serde(default)]
+    pub class: Option<String>,
 }
 
 /// Freeze (or unfreeze) an investor fully, or only `amount` of their balance.
@@ -299,7 +314,8 @@ pub struct Empty {}
 /// Up to 8,000 operations of one token, applied in order. Each is an object with `op` set to
 /// issue, transfer, redeem, forced_transfer, freeze, unfreeze, freeze_amount, unfreeze_amount,
 /// pause, unpause, place_hold, post_hold, void_hold, confirm_payment, reject_payment,
-/// approve_transfer, revoke_transfer_approval or reverse, and that operation's fields.
+/// approve_transfer, revoke_transfer_approval, reverse, define_class or convert, and that
+/// operation's fields.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BatchRequest {
@@ -376,23 +392,27 @@ pub enum BatchOperation {
         to: String,
         #[schema(example = "1000")]
         amount: String,
+        class: Option<String>,
     },
     Transfer {
         from: String,
         to: String,
         #[schema(example = "250")]
         amount: String,
+        class: Option<String>,
     },
     Redeem {
         from: String,
         #[schema(example = "100")]
         amount: String,
+        class: Option<String>,
     },
     ForcedTransfer {
         from: String,
         to: String,
         amount: String,
         reason: String,
+        class: Option<String>,
     },
     Freeze {
         investor_id: String,
@@ -419,6 +439,7 @@ pub enum BatchOperation {
         #[schema(format = DateTime)]
         expires_at: String,
         payment: Option<CashLegDto>,
+        class: Option<String>,
     },
     PostHold {
         hold_id: String,
@@ -450,6 +471,20 @@ pub enum BatchOperation {
     /// only a movement made before this batch.
     Reverse {
         version: u64,
+        reason: String,
+    },
+    /// Defines a share class or changes its name and rules (see `PUT …/classes/{class}`).
+    DefineClass {
+        class: String,
+        name: String,
+        rules: Option<ClassRulesDto>,
+    },
+    /// Converts units of a holder from one class to another (see `POST …/conversions`).
+    Convert {
+        investor_id: String,
+        from_class: Option<String>,
+        to_class: Option<String>,
+        amount: String,
         reason: String,
     },
 }
@@ -492,6 +527,9 @@ pub struct HoldRequest {
     #[schema(value_type = String, format = DateTime)]
     pub expires_at: Timestamp,
     pub payment: Option<CashLegDto>,
+    /// The share class (absent, or `default`: the token's default class).
+    #[serde(default)]
+    pub class: Option<String>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -549,6 +587,9 @@ pub struct HoldView {
     #[schema(value_type = Option<String>, format = DateTime)]
     pub closed_at: Option<Timestamp>,
     pub closed_by: Option<String>,
+    /// The share class held (absent: the default class).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub class: Option<String>,
 }
 
 impl From<&token::HoldRecord> for HoldView {
@@ -574,6 +615,7 @@ impl From<&token::HoldRecord> for HoldView {
             placed_by: r.placed_by.to_string(),
             closed_at: r.closed_at,
             closed_by: r.closed_by.as_ref().map(ToString::to_string),
+            class: r.hold.class.as_ref().map(ToString::to_string),
         }
     }
 }
@@ -630,6 +672,41 @@ pub struct HolderRow {
     /// Share of the supply, percent, four decimals, truncated.
     #[schema(example = "12.5000")]
     pub percentage: String,
+    /// Per share class, where the token has classes (latest tables only): the default
+    /// class as `default`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub classes: Option<BTreeMap<String, ClassBalance>>,
+}
+
+/// One holder's part of one share class.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ClassBalance {
+    #[schema(value_type = String)]
+    pub balance: Amount,
+    /// Reserved by pending holds of the class.
+    #[schema(value_type = String)]
+    pub held: Amount,
+}
+
+/// Each class's part of a holding, where the token has classes.
+pub fn class_balances(
+    token: &token::Token,
+    holding: &token::Holding,
+) -> Option<BTreeMap<String, ClassBalance>> {
+    (!token.classes.is_empty()).then(|| {
+        token::class::breakdown(holding)
+            .into_iter()
+            .map(|(class, p)| {
+                (
+                    class,
+                    ClassBalance {
+                        balance: p.balance,
+                        held: p.held,
+                    },
+                )
+            })
+            .collect()
+    })
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -673,6 +750,9 @@ pub struct HoldingView {
     pub sent_today: Amount,
     #[schema(value_type = String)]
     pub sent_this_month: Amount,
+    /// Per share class, where the token has classes: the default class as `default`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub classes: Option<BTreeMap<String, ClassBalance>>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -752,7 +832,7 @@ pub struct MovementView {
     pub token_id: String,
     /// The token's version its event made (the event's `subjectversion`).
     pub version: u64,
-    /// `issued`, `transferred`, `redeemed`, `hold_posted` or `reversed`.
+    /// `issued`, `transferred`, `redeemed`, `hold_posted`, `reversed` or `converted`.
     #[schema(example = "transferred")]
     pub kind: &'static str,
     /// Who gave the tokens (absent for an issuance).
@@ -773,6 +853,12 @@ pub struct MovementView {
     pub reverses: Option<u64>,
     /// Reversed: the version of its reversal.
     pub reversed_by: Option<u64>,
+    /// The share class moved (absent: the default class); a conversion's class left.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub class: Option<String>,
+    /// A conversion's class joined (absent: the default class).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub to_class: Option<String>,
 }
 
 impl MovementView {
@@ -786,6 +872,7 @@ impl MovementView {
                 token::MovementKind::Redeemed => "redeemed",
                 token::MovementKind::HoldPosted => "hold_posted",
                 token::MovementKind::Reversed => "reversed",
+                token::MovementKind::Converted => "converted",
             },
             from: m.from.as_ref().map(ToString::to_string),
             to: m.to.as_ref().map(ToString::to_string),
@@ -797,6 +884,8 @@ impl MovementView {
             hold_id: m.hold_id.as_ref().map(ToString::to_string),
             reverses: m.reverses,
             reversed_by: m.reversed_by,
+            class: m.class.as_ref().map(ToString::to_string),
+            to_class: m.to_class.as_ref().map(ToString::to_string),
         }
     }
 }
@@ -833,4 +922,122 @@ impl TransferApprovalView {
             amount: a.amount,
         }
     }
+}
+
+/// A share class's own rules, checked on top of the token's (each with the token rule's
+/// reason code). Absent limits do not apply.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClassRulesDto {
+    /// Only accredited investors may receive units of the class.
+    #[serde(default)]
+    pub require_accreditation: bool,
+    /// If present, only investors from these countries may receive units of the class.
+    #[schema(value_type = Option<Vec<String>>)]
+    #[serde(default)]
+    pub allowed_countries: Option<BTreeSet<Country>>,
+    #[schema(value_type = Vec<String>)]
+    #[serde(default)]
+    pub denied_countries: BTreeSet<Country>,
+    /// The most of the class one investor may hold.
+    #[schema(value_type = Option<String>)]
+    #[serde(default)]
+    pub max_balance: Option<Amount>,
+    /// The most of the class that may exist, within the token's own cap.
+    #[schema(value_type = Option<String>)]
+    #[serde(default)]
+    pub max_supply: Option<Amount>,
+    /// RFC 3339: until then no investor's own transfer or hold takes units of the class
+    /// (`lockup_active`); forced transfers, redemptions and conversions are not stopped.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub locked_until: Option<Timestamp>,
+}
+
+impl From<ClassRulesDto> for token::ClassRules {
+    fn from(r: ClassRulesDto) -> Self {
+        token::ClassRules {
+            require_accreditation: r.require_accreditation,
+            allowed_countries: r.allowed_countries,
+            denied_countries: r.denied_countries,
+            max_balance: r.max_balance,
+            max_supply: r.max_supply,
+            locked_until: r.locked_until,
+        }
+    }
+}
+
+impl From<&token::ClassRules> for ClassRulesDto {
+    fn from(r: &token::ClassRules) -> Self {
+        ClassRulesDto {
+            require_accreditation: r.require_accreditation,
+            allowed_countries: r.allowed_countries.clone(),
+            denied_countries: r.denied_countries.clone(),
+            max_balance: r.max_balance,
+            max_supply: r.max_supply,
+            locked_until: r.locked_until,
+        }
+    }
+}
+
+/// Define a share class (or change its name and rules).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClassRequest {
+    /// 1-200 characters, e.g. "Class A ordinary shares".
+    pub name: String,
+    #[serde(default)]
+    pub rules: ClassRulesDto,
+}
+
+/// A share class of a token.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ClassView {
+    /// 1-32 letters, digits, `-` or `_`.
+    #[schema(example = "A")]
+    pub id: String,
+    pub name: String,
+    pub rules: ClassRulesDto,
+    /// How much of the class exists.
+    #[schema(value_type = String)]
+    pub supply: Amount,
+}
+
+impl From<&token::ClassState> for ClassView {
+    fn from(c: &token::ClassState) -> Self {
+        ClassView {
+            id: c.class.id.to_string(),
+            name: c.class.name.clone(),
+            rules: (&c.class.rules).into(),
+            supply: c.supply,
+        }
+    }
+}
+
+/// A token's share classes: the default class (what no movement named a class for) and those
+/// defined.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ClassList {
+    pub token_id: String,
+    /// How much of the default class exists.
+    #[schema(value_type = String)]
+    pub default_supply: Amount,
+    pub classes: Vec<ClassView>,
+}
+
+/// Convert `amount` of a holder's units from one share class to another.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConversionRequest {
+    pub investor_id: String,
+    /// The class the units leave (absent, or `default`: the default class).
+    #[serde(default)]
+    pub from_class: Option<String>,
+    /// The class the units join (absent, or `default`: the default class).
+    #[serde(default)]
+    pub to_class: Option<String>,
+    #[schema(value_type = String, example = "100")]
+    pub amount: Amount,
+    /// Why (1-1,000 characters, recorded in the event and the ledger).
+    pub reason: String,
 }

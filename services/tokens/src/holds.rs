@@ -125,6 +125,7 @@ pub(crate) async fn place(
         amount: b.amount,
         expires_at: b.expires_at,
         payment: b.payment.map(Into::into),
+        class: crate::api::class_of(b.class),
     };
     let command = token::Command::Operate {
         token_id: Id::from(token_id.as_str()),

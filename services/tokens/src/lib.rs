@@ -4,6 +4,7 @@
 
 mod api;
 mod approvals;
+mod classes;
 mod dto;
 mod history;
 mod holds;

@@ -118,6 +118,17 @@ enum Transaction {
         balance_security_id: Option<String>,
         comments: [String; 1],
     },
+    #[serde(rename = "TX_STOCK_CONVERSION")]
+    Conversion {
+        id: String,
+        date: String,
+        security_id: String,
+        quantity_converted: String,
+        resulting_security_ids: [String; 1],
+        #[serde(skip_serializing_if = "Option::is_none")]
+        balance_security_id: Option<String>,
+        comments: [String; 1],
+    },
     #[serde(rename = "TX_STOCK_CANCELLATION")]
     Cancellation {
         id: String,
@@ -155,7 +166,8 @@ struct Stakeholder<'a> {
 struct Securities<'a> {
     token: &'a token::Token,
     price: std::sync::Arc<Monetary>,
-    lots: std::collections::HashMap<Id, VecDeque<(String, u128)>>,
+    /// Each holder's securities of each share class (`None`: the default class), oldest first.
+    lots: std::collections::HashMap<Holder, VecDeque<(String, u128)>>,
     transactions: Vec<Transaction>,
     next_security: u64,
     next_transaction: u64,
@@ -177,7 +189,7 @@ impl Securities<'_> {
     }
 
     /// Issues a new security of `units` to `to`; its id.
-    fn issue(&mut self, to: &Id, units: u128, date: &str, comment: Option<String>) -> String {
+    fn issue(&mut self, to: &Holder, units: u128, date: &str, comment: Option<String>) -> String {
         let security_id = self.security();
         self.issue_as(security_id.clone(), to, units, date, comment, false);
         security_id
@@ -188,20 +200,21 @@ impl Securities<'_> {
     fn issue_as(
         &mut self,
         security_id: String,
-        to: &Id,
+        to: &Holder,
         units: u128,
         date: &str,
         comment: Option<String>,
         first: bool,
     ) {
+        let (investor, class) = to;
         let id = self.transaction();
         self.transactions.push(Transaction::Issuance {
             id,
             date: date.to_owned(),
             custom_id: security_id.clone(),
             security_id: security_id.clone(),
-            stakeholder_id: to.to_string(),
-            stock_class_id: self.token.spec.id.to_string(),
+            stakeholder_id: investor.to_string(),
+            stock_class_id: stock_class_id(self.token, class.as_ref()),
             share_price: self.price.clone(),
             quantity: self.quantity(units),
             security_law_exemptions: [],
@@ -215,24 +228,25 @@ impl Securities<'_> {
         }
     }
 
-    /// Takes `units` from `from`'s oldest lots, to `to` (a transfer) or out of the supply (a
-    /// cancellation, when `to` is `None`).
+    /// Takes `units` from `from`'s oldest lots, to `to` (a transfer, or a conversion when `to`
+    /// is `from` in another class) or out of the supply (a cancellation, when `to` is `None`).
     fn take(
         &mut self,
-        from: &Id,
-        to: Option<&Id>,
+        from: &Holder,
+        to: Option<&Holder>,
         units: u128,
         date: &str,
         comment: &str,
         reason: &str,
     ) -> Result<(), ApiError> {
+        let converts = to.is_some_and(|to| to.0 == from.0);
         let mut left = units;
         while left > 0 {
             let Some((security_id, lot)) = self.lots.get_mut(from).and_then(VecDeque::pop_front)
             else {
                 return Err(ApiError::unavailable(format!(
-                    "the movements recorded for {} do not add up: {from} had less than {units} ({comment})",
-                    self.token.spec.symbol
+                    "the movements recorded for {} do not add up: {} had less than {units} ({comment})",
+                    self.token.spec.symbol, from.0
                 )));
             };
             let taken = left.min(lot);
@@ -241,6 +255,15 @@ impl Securities<'_> {
             let balance = (taken < lot).then(|| self.security());
             let resulting = to.map(|_| self.security());
             let transaction = match &resulting {
+                Some(resulting) if converts => Transaction::Conversion {
+                    id,
+                    date: date.to_owned(),
+                    security_id: security_id.clone(),
+                    quantity_converted: self.quantity(taken),
+                    resulting_security_ids: [resulting.clone()],
+                    balance_security_id: balance.clone(),
+                    comments: [comment.to_owned()],
+                },
                 Some(resulting) => Transaction::Transfer {
                     id,
                     date: date.to_owned(),
@@ -276,21 +299,40 @@ impl Securities<'_> {
         let date = m.at.date().to_string();
         let comment = format!("movement {} ({:?})", m.version, m.kind).to_lowercase();
         let units = m.amount.0;
+        let of = |investor: &Id| (investor.clone(), m.class.clone());
         match (&m.from, &m.to) {
-            (None, Some(to)) => {
-                self.issue(to, units, &date, Some(comment));
+            (Some(from), Some(to)) if m.kind == MovementKind::Converted => {
+                let joined = (to.clone(), m.to_class.clone());
+                self.take(&of(from), Some(&joined), units, &date, &comment, "")?
             }
-            (Some(from), Some(to)) => self.take(from, Some(to), units, &date, &comment, "")?,
+            (None, Some(to)) => {
+                self.issue(&of(to), units, &date, Some(comment));
+            }
+            (Some(from), Some(to)) => {
+                self.take(&of(from), Some(&of(to)), units, &date, &comment, "")?
+            }
             (Some(from), None) => {
                 let reason = match m.kind {
                     MovementKind::Reversed => "issuance reversed",
                     _ => "redeemed by the issuer",
                 };
-                self.take(from, None, units, &date, &comment, reason)?
+                self.take(&of(from), None, units, &date, &comment, reason)?
             }
             (None, None) => {}
         }
         Ok(())
+    }
+}
+
+/// A holder of one share class (`None`: the default class).
+type Holder = (Id, Option<Id>);
+
+/// The OCF stock class of a share class: the token's id for its default class,
+/// `{token}.{class}` for a named one.
+fn stock_class_id(token: &token::Token, class: Option<&Id>) -> String {
+    match class {
+        Some(class) => format!("{}.{class}", token.spec.id),
+        None => token.spec.id.to_string(),
     }
 }
 
@@ -399,17 +441,33 @@ pub(crate) async fn export(
             issuer_assigned_id: id.as_str(),
         })
         .collect();
-    let stock_class = serde_json::json!({
-        "object_type": "STOCK_CLASS",
-        "id": token.spec.id,
-        "name": token.spec.name,
-        "class_type": "COMMON",
-        "default_id_prefix": format!("{}-", token.spec.symbol),
-        "initial_shares_authorized": decimal(token.spec.max_supply.0, token.spec.decimals),
-        "votes_per_share": "1",
-        "seniority": "1",
-        "price_per_share": &*securities.price,
-    });
+    // One stock class per share class: the default class first, named after the token.
+    let stock_class = |id: String, name: &str, authorized: Amount| {
+        serde_json::json!({
+            "object_type": "STOCK_CLASS",
+            "id": id,
+            "name": name,
+            "class_type": "COMMON",
+            "default_id_prefix": format!("{}-", token.spec.symbol),
+            "initial_shares_authorized": decimal(authorized.0, token.spec.decimals),
+            "votes_per_share": "1",
+            "seniority": "1",
+            "price_per_share": &*securities.price,
+        })
+    };
+    let mut stock_classes = vec![stock_class(
+        stock_class_id(&token, None),
+        &token.spec.name,
+        token.spec.max_supply,
+    )];
+    for state in token.classes.values() {
+        let class = &state.class;
+        stock_classes.push(stock_class(
+            stock_class_id(&token, Some(&class.id)),
+            &class.name,
+            class.rules.max_supply.unwrap_or(token.spec.max_supply),
+        ));
+    }
     let encode = |e: serde_json::Error| ApiError::internal(e);
     let files = [
         (
@@ -424,7 +482,7 @@ pub(crate) async fn export(
             STOCK_CLASSES,
             serde_json::to_string(&Items {
                 file_type: "OCF_STOCK_CLASSES_FILE",
-                items: &[stock_class],
+                items: &stock_classes,
             })
             .map_err(encode)?,
         ),

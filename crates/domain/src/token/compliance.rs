@@ -5,7 +5,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
-use super::{Change, Context, Hold, Investor, KycStatus, Operation, Token, hold, reversal};
+use super::{
+    Change, ClassState, Context, Hold, Investor, KycStatus, Operation, Token, class, hold, reversal,
+};
 use crate::{Amount, Country, Error, Id, Result, bounded_text};
 
 /// The rules of one token. Absent limits do not apply.
@@ -140,6 +142,7 @@ static NO_HOLDING: super::Holding = super::Holding {
     locks: Vec::new(),
     sent_day: (None, Amount::ZERO),
     sent_month: (None, Amount::ZERO),
+    classes: BTreeMap::new(),
 };
 
 /// The order in which the checks run, so the same request always gets the same code.
@@ -191,14 +194,15 @@ pub(super) fn decide(
     let token_id = token.spec.id.clone();
     let investor = |id: &Id, field: &'static str| investor(investors, id, field);
     Ok(match operation {
-        Operation::Issue { to, amount } => {
+        Operation::Issue { to, amount, class } => {
             positive(*amount)?;
+            let class_state = class::existing(token, class.as_ref(), "class")?;
             let receiver = investor(to, "to")?;
             not_paused(token)?;
             not_frozen(token, to, "receiver_frozen", "to")?;
-            eligible(token, receiver, ctx, "to")?;
-            within_supply(token, *amount)?;
-            room_to_receive(token, investors, receiver, *amount, None)?;
+            eligible(token, class_state, receiver, ctx, "to")?;
+            within_supply(token, class_state, *amount)?;
+            room_to_receive(token, investors, receiver, class_state, *amount, None)?;
             let locked_until = (token.rules.lockup_seconds > 0)
                 .then(|| ctx.now + time::Duration::seconds(token.rules.lockup_seconds as i64));
             Change::Issued {
@@ -206,9 +210,15 @@ pub(super) fn decide(
                 to: to.clone(),
                 amount: *amount,
                 locked_until,
+                class: class.clone(),
             }
         }
-        Operation::Transfer { from, to, amount } => {
+        Operation::Transfer {
+            from,
+            to,
+            amount,
+            class,
+        } => {
             let approval_id = check_transfer(
                 token,
                 investors,
@@ -216,6 +226,7 @@ pub(super) fn decide(
                     from,
                     to,
                     amount: *amount,
+                    class: class.as_ref(),
                     unheld: Amount::ZERO,
                     room: true,
                     needs_approval: true,
@@ -230,6 +241,7 @@ pub(super) fn decide(
                 forced: false,
                 reason: None,
                 approval_id,
+                class: class.clone(),
             }
         }
         Operation::ForcedTransfer {
@@ -237,6 +249,7 @@ pub(super) fn decide(
             to,
             amount,
             reason,
+            class,
         } => {
             // An agent's move: it needs no consent and ignores pause, the sender's full freeze,
             // lock-up and limits, but it never moves a frozen amount and the receiver must be
@@ -244,13 +257,14 @@ pub(super) fn decide(
             positive(*amount)?;
             distinct(from, to)?;
             let reason = bounded_text("reason", reason, 1_000)?;
+            let class_state = class::existing(token, class.as_ref(), "class")?;
             investor(from, "from")?;
             let receiver = investor(to, "to")?;
             not_frozen(token, to, "receiver_frozen", "to")?;
-            eligible(token, receiver, ctx, "to")?;
+            eligible(token, class_state, receiver, ctx, "to")?;
             let holding = token.holding(from).unwrap_or(&NO_HOLDING);
-            available(holding, *amount, false, ctx)?;
-            room_to_receive(token, investors, receiver, *amount, Some(from))?;
+            available(token, holding, class.as_ref(), *amount, false, ctx)?;
+            room_to_receive(token, investors, receiver, class_state, *amount, Some(from))?;
             Change::Transferred {
                 token_id,
                 from: from.clone(),
@@ -259,20 +273,27 @@ pub(super) fn decide(
                 forced: true,
                 reason: Some(reason),
                 approval_id: None,
+                class: class.clone(),
             }
         }
-        Operation::Redeem { from, amount } => {
+        Operation::Redeem {
+            from,
+            amount,
+            class,
+        } => {
             // The issuer buying back: lock-up does not apply; pause and freezes do.
             positive(*amount)?;
+            class::existing(token, class.as_ref(), "class")?;
             investor(from, "from")?;
             not_paused(token)?;
             not_frozen(token, from, "sender_frozen", "from")?;
             let holding = token.holding(from).unwrap_or(&NO_HOLDING);
-            available(holding, *amount, false, ctx)?;
+            available(token, holding, class.as_ref(), *amount, false, ctx)?;
             Change::Redeemed {
                 token_id,
                 from: from.clone(),
                 amount: *amount,
+                class: class.clone(),
             }
         }
         Operation::Freeze { investor_id } => {
@@ -377,6 +398,7 @@ pub(super) fn decide(
             amount,
             expires_at,
             payment,
+            class,
         } => hold::place(
             token,
             investors,
@@ -387,6 +409,7 @@ pub(super) fn decide(
                 amount: *amount,
                 expires_at: *expires_at,
                 payment: payment.clone(),
+                class: class.clone(),
             },
             ctx,
         )?,
@@ -464,6 +487,28 @@ pub(super) fn decide(
             reason,
             original,
         } => reversal::reverse(token, investors, *version, original.as_ref(), reason, ctx)?,
+        Operation::DefineClass {
+            class: id,
+            name,
+            rules,
+        } => class::define(token, id, name, rules)?,
+        Operation::Convert {
+            investor_id,
+            from_class,
+            to_class,
+            amount,
+            reason,
+        } => class::convert(
+            token,
+            investors,
+            class::Conversion {
+                investor_id,
+                from_class: from_class.as_ref(),
+                to_class: to_class.as_ref(),
+                amount: *amount,
+                reason,
+            },
+        )?,
     })
 }
 
@@ -472,6 +517,8 @@ pub(super) struct Moving<'a> {
     pub from: &'a Id,
     pub to: &'a Id,
     pub amount: Amount,
+    /// The share class moved (`None`: the default class).
+    pub class: Option<&'a Id>,
     /// Held from the sender's balance but free for this movement: the hold being posted.
     pub unheld: Amount,
     /// Whether the receiver's maximum balance and the holder count are checked: not when a
@@ -497,6 +544,7 @@ pub(super) fn check_transfer(
         from,
         to,
         amount,
+        class,
         unheld,
         room,
         needs_approval,
@@ -504,13 +552,14 @@ pub(super) fn check_transfer(
     let investor = |id: &Id, field: &'static str| investor(investors, id, field);
     positive(amount)?;
     distinct(from, to)?;
+    let class_state = class::existing(token, class, "class")?;
     let sender = investor(from, "from")?;
     let receiver = investor(to, "to")?;
     not_paused(token)?;
     not_frozen(token, from, "sender_frozen", "from")?;
     not_frozen(token, to, "receiver_frozen", "to")?;
     kyc(sender, ctx, "from")?;
-    eligible(token, receiver, ctx, "to")?;
+    eligible(token, class_state, receiver, ctx, "to")?;
     let holding = token.holding(from).unwrap_or(&NO_HOLDING);
     let released;
     let holding = if unheld.is_zero() {
@@ -518,17 +567,18 @@ pub(super) fn check_transfer(
     } else {
         let mut copy = holding.clone();
         copy.held = copy.held.saturating_sub(unheld);
+        copy.move_class(class, 0, -(unheld.0 as i128));
         released = copy;
         &released
     };
-    available(holding, amount, true, ctx)?;
+    available(token, holding, class, amount, true, ctx)?;
     within_limits(token, holding, amount, ctx)?;
     let approval = match needs_approval && token.rules.transfer_approval_required {
         false => None,
         true => Some(approval_for(token, from, to, amount)?),
     };
     if room {
-        room_to_receive(token, investors, receiver, amount, Some(from))?;
+        room_to_receive(token, investors, receiver, class_state, amount, Some(from))?;
     }
     Ok(approval)
 }
@@ -561,9 +611,11 @@ pub(super) fn check_reversal(
     investors: &FxHashMap<Id, Investor>,
     from: Option<&Id>,
     to: Option<&Id>,
+    class: Option<&Id>,
     amount: Amount,
     ctx: &Context,
 ) -> Result<()> {
+    let class_state = class::existing(token, class, "class")?;
     if let Some(from) = from {
         investor(investors, from, "from")?;
     }
@@ -576,25 +628,119 @@ pub(super) fn check_reversal(
         not_frozen(token, to, "receiver_frozen", "to")?;
     }
     if let Some(receiver) = receiver {
-        eligible(token, receiver, ctx, "to")?;
+        eligible(token, class_state, receiver, ctx, "to")?;
     }
     match from {
         Some(from) => available(
+            token,
             token.holding(from).unwrap_or(&NO_HOLDING),
+            class,
             amount,
             false,
             ctx,
         )?,
-        None => within_supply(token, amount)?,
+        None => within_supply(token, class_state, amount)?,
     }
     if let Some(receiver) = receiver {
-        room_to_receive(token, investors, receiver, amount, from)?;
+        room_to_receive(token, investors, receiver, class_state, amount, from)?;
     }
     Ok(())
 }
 
-/// Whether `amount` more fits under the token's supply cap.
-fn within_supply(token: &Token, amount: Amount) -> Result<()> {
+/// Every check a conversion passes, in [`CHECK_ORDER`] (see `class::convert`): the units free
+/// in the class they leave, the holder eligible for the class they join (its own rules: the
+/// token's the holder already meets), within its supply and balance caps.
+pub(super) fn check_conversion(
+    token: &Token,
+    holder: &Investor,
+    from_class: Option<&Id>,
+    joining: Option<&ClassState>,
+    amount: Amount,
+) -> Result<()> {
+    not_paused(token)?;
+    not_frozen(token, &holder.id, "sender_frozen", "investor_id")?;
+    if let Some(joining) = joining {
+        class_eligible(token, joining, holder, "investor_id")?;
+    }
+    let holding = token.holding(&holder.id).unwrap_or(&NO_HOLDING);
+    let position = holding.position(from_class);
+    if amount > position.balance {
+        return Err(Error::refused(
+            "insufficient_balance",
+            format!(
+                "the balance of class {} is {}, less than {amount}",
+                class_name(from_class),
+                position.balance
+            ),
+        )
+        .at("amount"));
+    }
+    let free = position.balance.saturating_sub(position.held);
+    if amount > free {
+        return Err(Error::refused(
+            "insufficient_unheld_balance",
+            format!(
+                "{} of class {} is on hold: only {free} can convert",
+                position.held,
+                class_name(from_class)
+            ),
+        )
+        .at("amount"));
+    }
+    if let Some(joining) = joining {
+        class_supply_room(token, joining, amount)?;
+        class_balance_room(holding, joining, &holder.id, amount)?;
+    }
+    Ok(())
+}
+
+fn class_name(class: Option<&Id>) -> &str {
+    class.map_or(class::DEFAULT_CLASS, |c| c.as_str())
+}
+
+/// Whether `amount` more of `class` fits under its own supply cap.
+fn class_supply_room(token: &Token, class: &ClassState, amount: Amount) -> Result<()> {
+    if let Some(max) = class.class.rules.max_supply
+        && class.supply.0.saturating_add(amount.0) > max.0
+    {
+        return Err(Error::refused(
+            "supply_cap_exceeded",
+            format!(
+                "{amount} more of class {} of {} would take it over its cap of {max} ({} exists)",
+                class.class.id, token.spec.symbol, class.supply
+            ),
+        )
+        .at("amount"));
+    }
+    Ok(())
+}
+
+/// Whether `to` can hold `amount` more of `class` under its own maximum balance.
+fn class_balance_room(
+    holding: &super::Holding,
+    class: &ClassState,
+    to: &Id,
+    amount: Amount,
+) -> Result<()> {
+    let balance = holding.position(Some(&class.class.id)).balance;
+    if let Some(max) = class.class.rules.max_balance
+        && balance.0.saturating_add(amount.0) > max.0
+    {
+        return Err(Error::refused(
+            "max_balance_exceeded",
+            format!(
+                "investor {to} would hold {} of class {}, over its maximum of {max}",
+                balance.0.saturating_add(amount.0),
+                class.class.id
+            ),
+        )
+        .at("amount"));
+    }
+    Ok(())
+}
+
+/// Whether `amount` more fits under the token's supply cap, and the class's.
+fn within_supply(token: &Token, class: Option<&ClassState>, amount: Amount) -> Result<()> {
     // Checked: `amount` comes from the request and may be as large as 2^128-1.
     let supply = token.total_supply.checked_add(amount);
     if supply.is_none_or(|s| s > token.spec.max_supply) {
@@ -606,6 +752,9 @@ fn within_supply(token: &Token, amount: Amount) -> Result<()> {
             ),
         )
         .at("amount"));
+    }
+    if let Some(class) = class {
+        class_supply_room(token, class, amount)?;
     }
     Ok(())
 }
@@ -685,14 +834,34 @@ fn kyc(investor: &Investor, ctx: &Context, field: &'static str) -> Result<()> {
     Ok(())
 }
 
-/// Whether `receiver` may hold this token at all: KYC, accreditation, country.
-fn eligible(token: &Token, receiver: &Investor, ctx: &Context, field: &'static str) -> Result<()> {
+/// Whether `receiver` may hold this token at all, and `class` of it: KYC, accreditation,
+/// country.
+fn eligible(
+    token: &Token,
+    class: Option<&ClassState>,
+    receiver: &Investor,
+    ctx: &Context,
+    field: &'static str,
+) -> Result<()> {
     kyc(receiver, ctx, field)?;
     let rules = &token.rules;
     if rules.require_accreditation && !receiver.profile.accredited {
         return Err(Error::refused(
             "accreditation_required",
             format!("{} is open to accredited investors only", token.spec.symbol),
+        )
+        .at(field));
+    }
+    if let Some(class) = class
+        && class.class.rules.require_accreditation
+        && !receiver.profile.accredited
+    {
+        return Err(Error::refused(
+            "accreditation_required",
+            format!(
+                "class {} of {} is open to accredited investors only",
+                class.class.id, token.spec.symbol
+            ),
         )
         .at(field));
     }
@@ -711,12 +880,63 @@ fn eligible(token: &Token, receiver: &Investor, ctx: &Context, field: &'static s
         )
         .at(field));
     }
+    if let Some(class) = class {
+        class_countries(token, class, receiver, field)?;
+    }
     Ok(())
 }
 
-/// Whether `amount` can leave `holding`: a voluntary transfer also respects lock-up.
+/// A class's own eligibility rules (the token's are checked apart).
+fn class_eligible(
+    token: &Token,
+    class: &ClassState,
+    receiver: &Investor,
+    field: &'static str,
+) -> Result<()> {
+    if class.class.rules.require_accreditation && !receiver.profile.accredited {
+        return Err(Error::refused(
+            "accreditation_required",
+            format!(
+                "class {} of {} is open to accredited investors only",
+                class.class.id, token.spec.symbol
+            ),
+        )
+        .at(field));
+    }
+    class_countries(token, class, receiver, field)
+}
+
+fn class_countries(
+    token: &Token,
+    class: &ClassState,
+    receiver: &Investor,
+    field: &'static str,
+) -> Result<()> {
+    let rules = &class.class.rules;
+    let country = receiver.profile.country;
+    let allowed = rules
+        .allowed_countries
+        .as_ref()
+        .is_none_or(|a| a.contains(&country));
+    if !allowed || rules.denied_countries.contains(&country) {
+        return Err(Error::refused(
+            "country_not_allowed",
+            format!(
+                "investors from {country} may not hold class {} of {}",
+                class.class.id, token.spec.symbol
+            ),
+        )
+        .at(field));
+    }
+    Ok(())
+}
+
+/// Whether `amount` of `class` can leave `holding`: a voluntary transfer also respects
+/// lock-up. Each check counts on the holding as a whole, then on the class.
 fn available(
+    token: &Token,
     holding: &super::Holding,
+    class: Option<&Id>,
     amount: Amount,
     voluntary: bool,
     ctx: &Context,
@@ -725,6 +945,22 @@ fn available(
         return Err(Error::refused(
             "insufficient_balance",
             format!("the balance {} is less than {amount}", holding.balance),
+        )
+        .at("amount"));
+    }
+    // Only where classes are in play: else the class is the holding.
+    let position =
+        (class.is_some() || !holding.classes.is_empty()).then(|| holding.position(class));
+    if let Some(position) = position
+        && amount > position.balance
+    {
+        return Err(Error::refused(
+            "insufficient_balance",
+            format!(
+                "the balance of class {} is {}, less than {amount}",
+                class_name(class),
+                position.balance
+            ),
         )
         .at("amount"));
     }
@@ -747,6 +983,20 @@ fn available(
         )
         .at("amount"));
     }
+    if let Some(position) = position
+        && amount > position.balance.saturating_sub(position.held)
+    {
+        return Err(Error::refused(
+            "insufficient_unheld_balance",
+            format!(
+                "{} of class {} is on hold: only {} of it is free to move",
+                position.held,
+                class_name(class),
+                position.balance.saturating_sub(position.held)
+            ),
+        )
+        .at("amount"));
+    }
     if voluntary && amount.0 > holding.transferable(ctx.now).0 {
         return Err(Error::refused(
             "lockup_active",
@@ -756,6 +1006,20 @@ fn available(
             ),
         )
         .at("amount"));
+    }
+    if voluntary
+        && let Some(state) = class.and_then(|c| token.classes.get(c))
+        && let Some(until) = state.class.rules.locked_until
+        && until > ctx.now
+    {
+        return Err(Error::refused(
+            "lockup_active",
+            format!(
+                "class {} of {} is locked up until {until}",
+                state.class.id, token.spec.symbol
+            ),
+        )
+        .at("class"));
     }
     Ok(())
 }
@@ -799,6 +1063,7 @@ fn room_to_receive(
     token: &Token,
     investors: &FxHashMap<Id, Investor>,
     receiver: &Investor,
+    class: Option<&ClassState>,
     amount: Amount,
     from: Option<&Id>,
 ) -> Result<()> {
@@ -830,6 +1095,10 @@ fn room_to_receive(
             ),
         )
         .at("amount"));
+    }
+    if let Some(class) = class {
+        let holding = token.holding(to).unwrap_or(&NO_HOLDING);
+        class_balance_room(holding, class, to, amount)?;
     }
     if let Some(max) = token.rules.max_holders {
         let joins = u64::from(balance.is_zero());

@@ -34,6 +34,9 @@ pub struct Hold {
     /// The cash leg of a settlement instruction (delivery versus payment).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payment: Option<CashLeg>,
+    /// The share class held (absent: the default class).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class: Option<Id>,
 }
 
 /// The cash side of a settlement: paid outside the platform, in minor units of `currency`,
@@ -143,6 +146,7 @@ pub(super) fn place(
     // Every check of a voluntary transfer but the receiver's room: that is counted when the
     // tokens arrive, at posting. Where transfers need an agent's approval, placing the hold
     // uses it up.
+    super::class::existing(token, hold.class.as_ref(), "class")?;
     let approval_id = compliance::check_transfer(
         token,
         investors,
@@ -150,6 +154,7 @@ pub(super) fn place(
             from: &hold.from,
             to: &hold.to,
             amount: hold.amount,
+            class: hold.class.as_ref(),
             unheld: Amount::ZERO,
             room: false,
             needs_approval: true,
@@ -232,6 +237,7 @@ pub(super) fn post(
             from: &hold.from,
             to: &hold.to,
             amount: posted,
+            class: hold.class.as_ref(),
             unheld: hold.amount,
             room: true,
             needs_approval: false,
@@ -249,6 +255,7 @@ pub(super) fn post(
             leg: hold.payment.clone().expect("checked above"),
             confirmation,
         }),
+        class: hold.class.clone(),
     })
 }
 
@@ -282,6 +289,7 @@ pub(super) fn void(
         amount: record.hold.amount,
         reason,
         payment_rejected,
+        class: record.hold.class.clone(),
     })
 }
 
@@ -296,6 +304,7 @@ pub(super) fn expire(token: &Token, hold_ids: &[Id], now: Timestamp) -> Vec<Chan
             hold_id: record.hold.id.clone(),
             from: record.hold.from.clone(),
             amount: record.hold.amount,
+            class: record.hold.class.clone(),
         })
         .collect()
 }

@@ -4,6 +4,7 @@
 //! or refuses it with a stable reason code, changing nothing; [`Book::apply`] applies an event.
 //! Replaying the events rebuilds the same book.
 
+pub mod class;
 mod compliance;
 mod distribution;
 mod hold;
@@ -12,6 +13,7 @@ mod reversal;
 
 use rustc_hash::FxHashMap;
 
+pub use class::{ClassPosition, ClassRules, ClassState, DEFAULT_CLASS, MAX_CLASSES, ShareClass};
 pub use compliance::{CHECK_ORDER, Rules};
 pub use distribution::{Allocation, mul_div_rem, split};
 pub use hold::{
@@ -746,10 +748,12 @@ fn apply_to_token(token: &mut Token, change: &Change, now: Timestamp, actor: &Id
             to,
             amount,
             locked_until,
+            class,
             ..
         } => {
             token.total_supply.0 += amount.0;
-            token.credit(to, *amount);
+            token.change_class_supply(class.as_ref(), amount.0 as i128);
+            token.credit(to, class.as_ref(), *amount);
             if let Some(until) = locked_until {
                 token.holding_mut(to).locks.push((*until, *amount));
             }
@@ -760,22 +764,29 @@ fn apply_to_token(token: &mut Token, change: &Change, now: Timestamp, actor: &Id
             amount,
             forced,
             approval_id,
+            class,
             ..
         } => {
             if let Some(approval) = approval_id {
                 token.approvals.remove(approval);
             }
-            token.debit(from, *amount);
+            token.debit(from, class.as_ref(), *amount);
             let sender = token.holding_mut(from);
             if !forced {
                 sender.record_sent(*amount, now);
             }
             sender.trim_locks(now);
-            token.credit(to, *amount);
+            token.credit(to, class.as_ref(), *amount);
         }
-        Change::Redeemed { from, amount, .. } => {
+        Change::Redeemed {
+            from,
+            amount,
+            class,
+            ..
+        } => {
             token.total_supply.0 -= amount.0;
-            token.debit(from, *amount);
+            token.change_class_supply(class.as_ref(), -(amount.0 as i128));
+            token.debit(from, class.as_ref(), *amount);
             token.holding_mut(from).trim_locks(now);
         }
         Change::InvestorFrozen { investor_id, .. } => token.holding_mut(investor_id).frozen = true,
@@ -805,7 +816,9 @@ fn apply_to_token(token: &mut Token, change: &Change, now: Timestamp, actor: &Id
             if let Some(approval) = approval_id {
                 token.approvals.remove(approval);
             }
-            token.holding_mut(&hold.from).held.0 += hold.amount.0;
+            let sender = token.holding_mut(&hold.from);
+            sender.held.0 += hold.amount.0;
+            sender.move_class(hold.class.as_ref(), 0, hold.amount.0 as i128);
             token.holds.insert(
                 hold.id.clone(),
                 HoldRecord {
@@ -828,17 +841,19 @@ fn apply_to_token(token: &mut Token, change: &Change, now: Timestamp, actor: &Id
             from,
             to,
             amount,
+            class,
             ..
         } => {
             if let Some(record) = token.holds.remove(hold_id) {
                 let sender = token.holding_mut(from);
                 sender.held.0 -= record.hold.amount.0;
+                sender.move_class(class.as_ref(), 0, -(record.hold.amount.0 as i128));
             }
-            token.debit(from, *amount);
+            token.debit(from, class.as_ref(), *amount);
             let sender = token.holding_mut(from);
             sender.record_sent(*amount, now);
             sender.trim_locks(now);
-            token.credit(to, *amount);
+            token.credit(to, class.as_ref(), *amount);
         }
         Change::TransferApproved { approval, .. } => {
             token
@@ -853,26 +868,72 @@ fn apply_to_token(token: &mut Token, change: &Change, now: Timestamp, actor: &Id
             from,
             to,
             amount,
+            class,
             ..
         } => {
             // An agent's correction: not the investor's own transfer, so no limit counts it.
+            let class = class.as_ref();
             match from {
                 Some(from) => {
-                    token.debit(from, *amount);
+                    token.debit(from, class, *amount);
                     token.holding_mut(from).trim_locks(now);
                 }
-                None => token.total_supply.0 += amount.0,
+                None => {
+                    token.total_supply.0 += amount.0;
+                    token.change_class_supply(class, amount.0 as i128);
+                }
             }
             match to {
-                Some(to) => token.credit(to, *amount),
-                None => token.total_supply.0 -= amount.0,
+                Some(to) => token.credit(to, class, *amount),
+                None => {
+                    token.total_supply.0 -= amount.0;
+                    token.change_class_supply(class, -(amount.0 as i128));
+                }
             }
             token.reversed.insert(original.version, token.version);
         }
-        Change::HoldVoided { hold_id, from, .. } | Change::HoldExpired { hold_id, from, .. } => {
+        Change::HoldVoided {
+            hold_id,
+            from,
+            class,
+            ..
+        }
+        | Change::HoldExpired {
+            hold_id,
+            from,
+            class,
+            ..
+        } => {
             if let Some(record) = token.holds.remove(hold_id) {
-                token.holding_mut(from).held.0 -= record.hold.amount.0;
+                let sender = token.holding_mut(from);
+                sender.held.0 -= record.hold.amount.0;
+                sender.move_class(class.as_ref(), 0, -(record.hold.amount.0 as i128));
             }
+        }
+        Change::ClassDefined { class, .. } => {
+            let supply = token.class_supply(Some(&class.id));
+            token.classes.insert(
+                class.id.clone(),
+                ClassState {
+                    class: class.clone(),
+                    supply,
+                },
+            );
+        }
+        Change::Converted {
+            investor_id,
+            from_class,
+            to_class,
+            amount,
+            ..
+        } => {
+            let (from_class, to_class) = (from_class.as_ref(), to_class.as_ref());
+            let signed = amount.0 as i128;
+            token.change_class_supply(from_class, -signed);
+            token.change_class_supply(to_class, signed);
+            let holding = token.holding_mut(investor_id);
+            holding.move_class(from_class, -signed, 0);
+            holding.move_class(to_class, signed, 0);
         }
         Change::AssetObserved { .. }
         | Change::AssetIssuerObserved { .. }

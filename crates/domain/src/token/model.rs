@@ -9,7 +9,10 @@ use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use time::Date;
 
-use super::{Allocation, CashLeg, Hold, HoldRecord, Movement, PaymentConfirmed, Rules};
+use super::{
+    Allocation, CashLeg, ClassPosition, ClassRules, ClassState, Hold, HoldRecord, Movement,
+    PaymentConfirmed, Rules,
+};
 use crate::{Amount, Country, Currency, Error, Id, Result, Timestamp, bounded_text, optional_text};
 
 /// The most operations one batch may hold.
@@ -107,9 +110,43 @@ pub struct Holding {
     /// Amounts sent by the investor's own transfers in the current UTC day and month.
     pub sent_day: (Option<Date>, Amount),
     pub sent_month: (Option<(i32, u8)>, Amount),
+    /// The balance and held amount of each named share class (see `token::class`): within
+    /// the totals above, the default class having the rest.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub classes: BTreeMap<Id, ClassPosition>,
 }
 
 impl Holding {
+    /// The balance and held amount of one class (`None`: the default class, what the named
+    /// ones leave of the totals).
+    pub fn position(&self, class: Option<&Id>) -> ClassPosition {
+        match class {
+            Some(class) => self.classes.get(class).copied().unwrap_or_default(),
+            None => {
+                let (balance, held) = self
+                    .classes
+                    .values()
+                    .fold((0u128, 0u128), |(b, h), p| (b + p.balance.0, h + p.held.0));
+                ClassPosition {
+                    balance: Amount(self.balance.0.saturating_sub(balance)),
+                    held: Amount(self.held.0.saturating_sub(held)),
+                }
+            }
+        }
+    }
+
+    /// Adds `delta` to a named class's balance and `held_delta` to its held amount (the
+    /// default class follows from the totals); an emptied class is forgotten.
+    pub(super) fn move_class(&mut self, class: Option<&Id>, delta: i128, held_delta: i128) {
+        let Some(class) = class else { return };
+        let position = self.classes.entry(class.clone()).or_default();
+        position.balance.0 = position.balance.0.saturating_add_signed(delta);
+        position.held.0 = position.held.0.saturating_add_signed(held_delta);
+        if position.balance.is_zero() && position.held.is_zero() {
+            self.classes.remove(class);
+        }
+    }
+
     /// The part of the balance still under lock-up at `now`, never more than the balance.
     pub fn locked(&self, now: Timestamp) -> Amount {
         let locked: u128 = self
@@ -305,6 +342,9 @@ pub struct Token {
     /// reversal, which an agent makes one by one (the movements are in the index).
     #[serde(default)]
     pub reversed: BTreeMap<u64, u64>,
+    /// The share classes an agent defined, by id, with their supply (see `token::class`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub classes: BTreeMap<Id, ClassState>,
     /// Incremented by every event of this token; the ETag, and the point reconciliation compares at.
     pub version: u64,
     pub created_at: Timestamp,
@@ -323,6 +363,7 @@ impl Token {
             holds: BTreeMap::new(),
             approvals: BTreeMap::new(),
             reversed: BTreeMap::new(),
+            classes: BTreeMap::new(),
             version: 1,
             created_at: at,
         }
@@ -342,19 +383,40 @@ impl Token {
         self.holdings.entry(investor)
     }
 
-    pub(super) fn credit(&mut self, investor: &Id, amount: Amount) {
+    /// The units of `class` that exist (`None`: the default class's).
+    pub fn class_supply(&self, class: Option<&Id>) -> Amount {
+        match class {
+            Some(class) => self.classes.get(class).map_or(Amount::ZERO, |c| c.supply),
+            None => Amount(
+                self.total_supply
+                    .0
+                    .saturating_sub(self.classes.values().map(|c| c.supply.0).sum::<u128>()),
+            ),
+        }
+    }
+
+    /// Adds `delta` to the supply of a named class (the default class follows from the total).
+    pub(super) fn change_class_supply(&mut self, class: Option<&Id>, delta: i128) {
+        if let Some(state) = class.and_then(|c| self.classes.get_mut(c)) {
+            state.supply.0 = state.supply.0.saturating_add_signed(delta);
+        }
+    }
+
+    pub(super) fn credit(&mut self, investor: &Id, class: Option<&Id>, amount: Amount) {
         let holding = self.holding_mut(investor);
         let was_zero = holding.balance.is_zero();
         holding.balance.0 += amount.0;
+        holding.move_class(class, amount.0 as i128, 0);
         if was_zero && !holding.balance.is_zero() {
             self.holders += 1;
         }
     }
 
-    pub(super) fn debit(&mut self, investor: &Id, amount: Amount) {
+    pub(super) fn debit(&mut self, investor: &Id, class: Option<&Id>, amount: Amount) {
         let holding = self.holding_mut(investor);
         let was_zero = holding.balance.is_zero();
         holding.balance.0 -= amount.0;
+        holding.move_class(class, -(amount.0 as i128), 0);
         if !was_zero && holding.balance.is_zero() {
             self.holders -= 1;
         }
@@ -448,15 +510,36 @@ pub enum Operation {
     Issue {
         to: Id,
         amount: Amount,
+        /// The share class moved (absent, or `default`: the default class).
+        #[serde(
+            default,
+            skip_serializing_if = "Option::is_none",
+            deserialize_with = "super::class::deserialize_class"
+        )]
+        class: Option<Id>,
     },
     Transfer {
         from: Id,
         to: Id,
         amount: Amount,
+        /// The share class moved (absent, or `default`: the default class).
+        #[serde(
+            default,
+            skip_serializing_if = "Option::is_none",
+            deserialize_with = "super::class::deserialize_class"
+        )]
+        class: Option<Id>,
     },
     Redeem {
         from: Id,
         amount: Amount,
+        /// The share class moved (absent, or `default`: the default class).
+        #[serde(
+            default,
+            skip_serializing_if = "Option::is_none",
+            deserialize_with = "super::class::deserialize_class"
+        )]
+        class: Option<Id>,
     },
     /// An agent's transfer without the sender's consent, e.g. recovery of a lost account.
     ForcedTransfer {
@@ -464,6 +547,13 @@ pub enum Operation {
         to: Id,
         amount: Amount,
         reason: String,
+        /// The share class moved (absent, or `default`: the default class).
+        #[serde(
+            default,
+            skip_serializing_if = "Option::is_none",
+            deserialize_with = "super::class::deserialize_class"
+        )]
+        class: Option<Id>,
     },
     Freeze {
         investor_id: Id,
@@ -494,6 +584,13 @@ pub enum Operation {
         /// A cash leg makes the hold a settlement against payment.
         #[serde(default)]
         payment: Option<CashLeg>,
+        /// The share class moved (absent, or `default`: the default class).
+        #[serde(
+            default,
+            skip_serializing_if = "Option::is_none",
+            deserialize_with = "super::class::deserialize_class"
+        )]
+        class: Option<Id>,
     },
     /// Moves `amount` of a pending hold (all of it if absent) to its receiver.
     PostHold {
@@ -538,6 +635,24 @@ pub enum Operation {
         #[serde(skip_deserializing, default)]
         original: Option<Movement>,
     },
+    /// Defines a share class of the token, or changes its name and rules (see `token::class`).
+    DefineClass {
+        class: Id,
+        name: String,
+        #[serde(default)]
+        rules: ClassRules,
+    },
+    /// Moves `amount` of an investor's units from one class to another (absent: the default
+    /// class): an agent's operation.
+    Convert {
+        investor_id: Id,
+        #[serde(default, deserialize_with = "super::class::deserialize_class")]
+        from_class: Option<Id>,
+        #[serde(default, deserialize_with = "super::class::deserialize_class")]
+        to_class: Option<Id>,
+        amount: Amount,
+        reason: String,
+    },
 }
 
 impl Operation {
@@ -562,6 +677,8 @@ impl Operation {
         "approve_transfer",
         "revoke_transfer_approval",
         "reverse",
+        "define_class",
+        "convert",
         "distribute",
         "update_rules",
     ];
@@ -587,6 +704,8 @@ impl Operation {
             Operation::ApproveTransfer { .. } => "approve_transfer",
             Operation::RevokeTransferApproval { .. } => "revoke_transfer_approval",
             Operation::Reverse { .. } => "reverse",
+            Operation::DefineClass { .. } => "define_class",
+            Operation::Convert { .. } => "convert",
         }
     }
 
@@ -602,6 +721,7 @@ impl Operation {
                 | Operation::PostHold { .. }
                 | Operation::ConfirmPayment { .. }
                 | Operation::Reverse { .. }
+                | Operation::Convert { .. }
         )
     }
 }
@@ -754,6 +874,9 @@ pub enum Change {
         amount: Amount,
         #[serde(with = "time::serde::rfc3339::option")]
         locked_until: Option<Timestamp>,
+        /// The share class (absent: the default class).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        class: Option<Id>,
     },
     Transferred {
         token_id: Id,
@@ -765,11 +888,17 @@ pub enum Change {
         /// The agent's approval this transfer used (where the rules require one).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         approval_id: Option<Id>,
+        /// The share class (absent: the default class).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        class: Option<Id>,
     },
     Redeemed {
         token_id: Id,
         from: Id,
         amount: Amount,
+        /// The share class (absent: the default class).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        class: Option<Id>,
     },
     InvestorFrozen {
         token_id: Id,
@@ -826,6 +955,9 @@ pub enum Change {
         /// The cash leg, confirmed: a settlement against payment.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         payment: Option<PaymentConfirmed>,
+        /// The share class (absent: the default class).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        class: Option<Id>,
     },
     HoldVoided {
         token_id: Id,
@@ -836,12 +968,18 @@ pub enum Change {
         /// Voided because the payment agent rejected the cash leg.
         #[serde(default)]
         payment_rejected: bool,
+        /// The share class (absent: the default class).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        class: Option<Id>,
     },
     HoldExpired {
         token_id: Id,
         hold_id: Id,
         from: Id,
         amount: Amount,
+        /// The share class (absent: the default class).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        class: Option<Id>,
     },
     /// `original` moved back: `amount` from `from` to `to` (no `from`: issued again; no `to`:
     /// taken out of the supply).
@@ -852,6 +990,26 @@ pub enum Change {
         from: Option<Id>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         to: Option<Id>,
+        amount: Amount,
+        reason: String,
+        /// The share class (absent: the default class).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        class: Option<Id>,
+    },
+    /// A share class defined, or its name and rules changed.
+    ClassDefined {
+        token_id: Id,
+        class: super::ShareClass,
+    },
+    /// `amount` of `investor_id`'s units moved from one class to another (absent: the
+    /// default class); the holding's total is unchanged.
+    Converted {
+        token_id: Id,
+        investor_id: Id,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        from_class: Option<Id>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        to_class: Option<Id>,
         amount: Amount,
         reason: String,
     },
@@ -885,6 +1043,8 @@ impl Change {
             Change::HoldVoided { .. } => "hold_voided",
             Change::HoldExpired { .. } => "hold_expired",
             Change::Reversed { .. } => "reversed",
+            Change::ClassDefined { .. } => "class_defined",
+            Change::Converted { .. } => "converted",
         }
     }
 
@@ -909,7 +1069,9 @@ impl Change {
             | Change::HoldPosted { token_id, .. }
             | Change::HoldVoided { token_id, .. }
             | Change::HoldExpired { token_id, .. }
-            | Change::Reversed { token_id, .. } => Some(token_id),
+            | Change::Reversed { token_id, .. }
+            | Change::ClassDefined { token_id, .. }
+            | Change::Converted { token_id, .. } => Some(token_id),
             Change::AssetObserved { .. }
             | Change::AssetIssuerObserved { .. }
             | Change::TokenClaimed { .. }

@@ -25,6 +25,8 @@ pub enum MovementKind {
     Redeemed,
     HoldPosted,
     Reversed,
+    /// Units of one holder moved from one share class to another.
+    Converted,
 }
 
 /// A movement as the index keeps it.
@@ -58,6 +60,12 @@ pub struct Movement {
     /// Reversed: the version of the reversal.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reversed_by: Option<u64>,
+    /// The share class moved (absent: the default class); a conversion's class left.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class: Option<Id>,
+    /// A conversion's class joined (absent: the default class).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_class: Option<Id>,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -81,11 +89,15 @@ impl Movement {
             hold_id: None,
             reverses: None,
             reversed_by: None,
+            class: None,
+            to_class: None,
         };
+        let class = change_class(change);
         Some(match change {
-            Change::Issued { to, amount, .. } => {
-                record(MovementKind::Issued, None, Some(to), amount)
-            }
+            Change::Issued { to, amount, .. } => Movement {
+                class,
+                ..record(MovementKind::Issued, None, Some(to), amount)
+            },
             Change::Transferred {
                 from,
                 to,
@@ -96,11 +108,13 @@ impl Movement {
             } => Movement {
                 forced: *forced,
                 reason: reason.clone(),
+                class,
                 ..record(MovementKind::Transferred, Some(from), Some(to), amount)
             },
-            Change::Redeemed { from, amount, .. } => {
-                record(MovementKind::Redeemed, Some(from), None, amount)
-            }
+            Change::Redeemed { from, amount, .. } => Movement {
+                class,
+                ..record(MovementKind::Redeemed, Some(from), None, amount)
+            },
             Change::HoldPosted {
                 hold_id,
                 from,
@@ -109,6 +123,7 @@ impl Movement {
                 ..
             } if !amount.is_zero() => Movement {
                 hold_id: Some(hold_id.clone()),
+                class,
                 ..record(MovementKind::HoldPosted, Some(from), Some(to), amount)
             },
             Change::Reversed {
@@ -121,17 +136,49 @@ impl Movement {
             } => Movement {
                 reason: Some(reason.clone()),
                 reverses: Some(original.version),
+                class,
                 ..record(MovementKind::Reversed, from.as_ref(), to.as_ref(), amount)
+            },
+            Change::Converted {
+                investor_id,
+                from_class,
+                to_class,
+                amount,
+                reason,
+                ..
+            } => Movement {
+                reason: Some(reason.clone()),
+                class: from_class.clone(),
+                to_class: to_class.clone(),
+                ..record(
+                    MovementKind::Converted,
+                    Some(investor_id),
+                    Some(investor_id),
+                    amount,
+                )
             },
             _ => return None,
         })
     }
 }
 
+/// The share class a movement's change moves (`None`: the default class).
+fn change_class(change: &Change) -> Option<Id> {
+    match change {
+        Change::Issued { class, .. }
+        | Change::Transferred { class, .. }
+        | Change::Redeemed { class, .. }
+        | Change::HoldPosted { class, .. }
+        | Change::Reversed { class, .. } => class.clone(),
+        _ => None,
+    }
+}
+
 impl Movement {
     /// The record as an index row: a compact binary form, written with every movement, so it
     /// must cost little (`[1, kind, flags]`, version, amount, time in nanoseconds, then the
-    /// present strings each after its 2-byte length, and the reversed version).
+    /// present strings each after its 2-byte length, the reversed version, then the share
+    /// classes, each after a 2-byte length, where the flags say so).
     pub fn to_row(&self) -> Vec<u8> {
         let mut row = Vec::with_capacity(96);
         let kind = match self.kind {
@@ -140,13 +187,16 @@ impl Movement {
             MovementKind::Redeemed => 2,
             MovementKind::HoldPosted => 3,
             MovementKind::Reversed => 4,
+            MovementKind::Converted => 5,
         };
         let flags = u8::from(self.forced)
             | u8::from(self.from.is_some()) << 1
             | u8::from(self.to.is_some()) << 2
             | u8::from(self.reason.is_some()) << 3
             | u8::from(self.hold_id.is_some()) << 4
-            | u8::from(self.reverses.is_some()) << 5;
+            | u8::from(self.reverses.is_some()) << 5
+            | u8::from(self.class.is_some()) << 6
+            | u8::from(self.to_class.is_some()) << 7;
         row.extend_from_slice(&[1, kind, flags]);
         row.extend_from_slice(&self.version.to_le_bytes());
         row.extend_from_slice(&self.amount.0.to_le_bytes());
@@ -166,6 +216,10 @@ impl Movement {
         }
         if let Some(reverses) = self.reverses {
             row.extend_from_slice(&reverses.to_le_bytes());
+        }
+        for class in [&self.class, &self.to_class].into_iter().flatten() {
+            row.extend_from_slice(&(class.len() as u16).to_le_bytes());
+            row.extend_from_slice(class.as_bytes());
         }
         row
     }
@@ -207,6 +261,17 @@ impl Movement {
             0 => None,
             _ => Some(u64::from_le_bytes(take(8)?.try_into().ok()?)),
         };
+        let mut class = |bit: u8| -> Option<Option<Id>> {
+            if flags & (1 << bit) == 0 {
+                return Some(None);
+            }
+            let len = u16::from_le_bytes(take(2)?.try_into().ok()?) as usize;
+            String::from_utf8(take(len)?.to_vec())
+                .ok()
+                .map(|c| Some(Id::from(c)))
+        };
+        let class_moved = class(6)?;
+        let to_class = class(7)?;
         Some(Movement {
             version,
             kind: match kind {
@@ -215,6 +280,7 @@ impl Movement {
                 2 => MovementKind::Redeemed,
                 3 => MovementKind::HoldPosted,
                 4 => MovementKind::Reversed,
+                5 => MovementKind::Converted,
                 _ => return None,
             },
             from: from.map(Id::from),
@@ -227,6 +293,8 @@ impl Movement {
             hold_id: hold_id.map(Id::from),
             reverses,
             reversed_by: None,
+            class: class_moved,
+            to_class,
         })
     }
 }
@@ -252,6 +320,13 @@ pub(super) fn reverse(
             .at("version"));
         }
     };
+    if original.kind == MovementKind::Converted {
+        return Err(Error::conflict(
+            "conversion_not_reversible",
+            format!("movement {version} is a conversion: convert the units back to undo it"),
+        )
+        .at("version"));
+    }
     if original.kind == MovementKind::Reversed {
         return Err(Error::conflict(
             "reversal_not_reversible",
@@ -273,6 +348,7 @@ pub(super) fn reverse(
         investors,
         from.as_ref(),
         to.as_ref(),
+        original.class.as_ref(),
         original.amount,
         ctx,
     )?;
@@ -283,5 +359,6 @@ pub(super) fn reverse(
         to,
         amount: original.amount,
         reason,
+        class: original.class.clone(),
     })
 }

@@ -8,6 +8,7 @@ use time::macros::{date, datetime};
 use super::*;
 use crate::{Amount, Country, Currency};
 
+mod classes;
 mod holds;
 mod modules;
 mod reversals;
@@ -56,6 +57,7 @@ fn spec(id: &str, asset_id: &str, symbol: &str, max_supply: u128, rules: Rules) 
 
 fn issue(to: &str, amount: u128) -> Operation {
     Operation::Issue {
+        class: None,
         to: to.into(),
         amount: Amount(amount),
     }
@@ -63,6 +65,7 @@ fn issue(to: &str, amount: u128) -> Operation {
 
 fn transfer(from: &str, to: &str, amount: u128) -> Operation {
     Operation::Transfer {
+        class: None,
         from: from.into(),
         to: to.into(),
         amount: Amount(amount),
@@ -71,6 +74,7 @@ fn transfer(from: &str, to: &str, amount: u128) -> Operation {
 
 fn forced(from: &str, to: &str, amount: u128) -> Operation {
     Operation::ForcedTransfer {
+        class: None,
         from: from.into(),
         to: to.into(),
         amount: Amount(amount),
@@ -80,6 +84,7 @@ fn forced(from: &str, to: &str, amount: u128) -> Operation {
 
 fn redeem(from: &str, amount: u128) -> Operation {
     Operation::Redeem {
+        class: None,
         from: from.into(),
         amount: Amount(amount),
     }
@@ -398,6 +403,7 @@ fn a_transfer_breaking_every_rule_reports_them_in_check_order() {
     w.ok(freeze_amount("alice", 50)); // 200 held, 150 unfrozen, 50 transferable
     w.ok(approve("alice", "bob", 10)); // the hold below uses it up
     w.ok(Operation::PlaceHold {
+        class: None,
         hold_id: "h1".into(),
         from: "alice".into(),
         to: "bob".into(),
@@ -735,6 +741,7 @@ fn lockup_active() {
     assert_eq!(
         events[0].change,
         Change::Issued {
+            class: None,
             token_id: TOKEN.into(),
             to: "alice".into(),
             amount: Amount(100),
@@ -990,6 +997,7 @@ fn a_forced_transfer_ignores_pause_sender_freeze_lockup_and_limits() {
     assert_eq!(
         events[0].change,
         Change::Transferred {
+            class: None,
             token_id: TOKEN.into(),
             from: "alice".into(),
             to: "bob".into(),
@@ -1051,6 +1059,7 @@ fn a_forced_transfer_still_needs_an_eligible_receiver_and_unfrozen_tokens() {
         (Amount(70), Amount(70))
     );
     let err = w.refuse(Operation::ForcedTransfer {
+        class: None,
         from: "alice".into(),
         to: "carol".into(),
         amount: Amount(1),
@@ -1685,19 +1694,23 @@ impl Op {
         let a = |amount: &u128| Amount(*amount);
         match self {
             Op::Issue(to, amount) => Operation::Issue {
+                class: None,
                 to: investor_id(*to),
                 amount: a(amount),
             },
             Op::Transfer(from, to, amount) => Operation::Transfer {
+                class: None,
                 from: investor_id(*from),
                 to: investor_id(*to),
                 amount: a(amount),
             },
             Op::Redeem(from, amount) => Operation::Redeem {
+                class: None,
                 from: investor_id(*from),
                 amount: a(amount),
             },
             Op::Forced(from, to, amount) => Operation::ForcedTransfer {
+                class: None,
                 from: investor_id(*from),
                 to: investor_id(*to),
                 amount: a(amount),
@@ -1720,6 +1733,7 @@ impl Op {
             Op::Pause => Operation::Pause,
             Op::Unpause => Operation::Unpause,
             Op::PlaceHold(n, from, to, amount, seconds) => Operation::PlaceHold {
+                class: None,
                 hold_id: hold_id(*n),
                 from: investor_id(*from),
                 to: investor_id(*to),

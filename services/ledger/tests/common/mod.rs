@@ -119,6 +119,7 @@ pub fn token_event(
 
 pub fn issued(token: &str, to: &str, amount: u128) -> token::Change {
     token::Change::Issued {
+        class: None,
         token_id: Id::from(token),
         to: Id::from(to),
         amount: Amount(amount),
@@ -128,6 +129,7 @@ pub fn issued(token: &str, to: &str, amount: u128) -> token::Change {
 
 pub fn transferred(token: &str, from: &str, to: &str, amount: u128) -> token::Change {
     token::Change::Transferred {
+        class: None,
         token_id: Id::from(token),
         from: Id::from(from),
         to: Id::from(to),
@@ -140,6 +142,7 @@ pub fn transferred(token: &str, from: &str, to: &str, amount: u128) -> token::Ch
 
 pub fn redeemed(token: &str, from: &str, amount: u128) -> token::Change {
     token::Change::Redeemed {
+        class: None,
         token_id: Id::from(token),
         from: Id::from(from),
         amount: Amount(amount),

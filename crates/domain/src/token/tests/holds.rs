@@ -4,6 +4,7 @@ use super::*;
 
 fn place(id: &str, from: &str, to: &str, amount: u128, seconds: i64) -> Operation {
     Operation::PlaceHold {
+        class: None,
         hold_id: id.into(),
         from: from.into(),
         to: to.into(),
@@ -15,6 +16,7 @@ fn place(id: &str, from: &str, to: &str, amount: u128, seconds: i64) -> Operatio
 
 fn settlement(id: &str, from: &str, to: &str, amount: u128, cash: u128) -> Operation {
     Operation::PlaceHold {
+        class: None,
         hold_id: id.into(),
         from: from.into(),
         to: to.into(),

@@ -116,6 +116,7 @@ fn where_approval_is_required_an_approved_transfer_passes_once() {
     // A hold uses one when placed; its posting needs none.
     w.ok(approve("alice", "dave", 20));
     w.ok(Operation::PlaceHold {
+        class: None,
         hold_id: "h1".into(),
         from: "alice".into(),
         to: "dave".into(),

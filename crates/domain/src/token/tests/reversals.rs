@@ -41,6 +41,8 @@ impl World {
 #[test]
 fn a_movement_row_reads_back_as_written() {
     let full = Movement {
+        class: Some("A".into()),
+        to_class: Some("B-2".into()),
         version: 42,
         kind: MovementKind::Reversed,
         from: Some("bob".into()),
@@ -61,6 +63,8 @@ fn a_movement_row_reads_back_as_written() {
         hold_id: None,
         reverses: None,
         forced: false,
+        class: None,
+        to_class: None,
         ..full.clone()
     };
     assert_eq!(Movement::from_row(&bare.to_row()), Some(bare));
@@ -266,6 +270,7 @@ fn a_reversal_is_refused_when_it_would_break_a_rule_today_and_changes_nothing() 
     w.refused(w.reversal(original), "insufficient_unfrozen_balance");
     w.ok(unfreeze_amount("bob", 1));
     w.ok(Operation::PlaceHold {
+        class: None,
         hold_id: "h1".into(),
         from: "bob".into(),
         to: "dave".into(),
@@ -310,6 +315,7 @@ fn a_posted_hold_is_reversed_by_its_posted_amount() {
     let mut w = World::new(10_000, Rules::default());
     w.ok(issue("alice", 1_000));
     w.ok(Operation::PlaceHold {
+        class: None,
         hold_id: "h1".into(),
         from: "alice".into(),
         to: "bob".into(),

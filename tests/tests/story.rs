@@ -466,6 +466,28 @@ async fn story(p: &Product) -> Ending {
         "{listed}"
     );
 
+    // A class B: alice converts 10 of her units into it and sends bob 4 of them. Totals do
+    // not move; the ledger keeps each class in an account of its own.
+    let (status, classed) = p
+        .post(
+            &format!("/v1/tokens/{t}/batches"),
+            json!({"operations": [
+                {"op": "define_class", "class": "B", "name": "Class B shares"},
+                {"op": "convert", "investor_id": alice, "to_class": "B", "amount": "10", "reason": "shareholder resolution"},
+                {"op": "transfer", "from": alice, "to": bob, "amount": "4", "class": "B"},
+            ]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{classed}");
+    let mut in_b = Vec::new();
+    for who in [&alice, &bob] {
+        let holding = p.get(&format!("/v1/tokens/{t}/holders/{who}")).await.1;
+        in_b.push(holding["classes"]["B"]["balance"].clone());
+    }
+    assert_eq!(in_b, [json!("6"), json!("4")]);
+    // What a restart must keep, classes included.
+    let holders = p.get(&format!("/v1/tokens/{t}/holders")).await.1;
+
     // A distribution of 1,000.00 EUR, pro rata, exact to the cent.
     let now = time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
@@ -528,6 +550,20 @@ async fn story(p: &Product) -> Ending {
     assert_eq!(
         reversing["postings"][0]["from"],
         format!("investor:{carol}")
+    );
+    let converted = entries
+        .iter()
+        .find(|e| e["event_type"] == "libertum.token.converted.v1")
+        .expect("the conversion is in the ledger");
+    assert_eq!(
+        (
+            &converted["postings"][0]["from"],
+            &converted["postings"][0]["to"]
+        ),
+        (
+            &json!(format!("investor:{alice}")),
+            &json!(format!("investor:{alice}:B"))
+        )
     );
     let head = p.get("/v1/ledger/head").await.1;
     assert_eq!(head["seq"], verification["entries_checked"]);

@@ -821,6 +821,73 @@ mod tests {
         }
     }
 
+    /// The postings of a token event `change`.
+    fn postings_of(change: Change) -> Vec<(String, String, u128)> {
+        postings_for(&TokenEvent {
+            at: datetime!(2026-01-01 00:00 UTC),
+            actor: "agent".into(),
+            change,
+        })
+        .into_iter()
+        .map(|p| (p.from, p.to, p.amount.0))
+        .collect()
+    }
+
+    #[test]
+    fn each_share_class_has_accounts_of_its_own() {
+        let a = |s: &str| s.to_owned();
+        let class = Some(Id::from("B"));
+        assert_eq!(
+            postings_of(Change::Transferred {
+                token_id: "tok_1".into(),
+                from: "x".into(),
+                to: "y".into(),
+                amount: Amount(5),
+                forced: false,
+                reason: None,
+                approval_id: None,
+                class: class.clone(),
+            }),
+            [(a("investor:x:B"), a("investor:y:B"), 5)]
+        );
+        assert_eq!(
+            postings_of(Change::Converted {
+                token_id: "tok_1".into(),
+                investor_id: "x".into(),
+                from_class: None,
+                to_class: class.clone(),
+                amount: Amount(7),
+                reason: "resolution".into(),
+            }),
+            [(a("investor:x"), a("investor:x:B"), 7)]
+        );
+        assert_eq!(
+            postings_of(Change::HoldPosted {
+                token_id: "tok_1".into(),
+                hold_id: "h".into(),
+                from: "x".into(),
+                to: "y".into(),
+                amount: Amount(3),
+                released: Amount(1),
+                payment: None,
+                class,
+            }),
+            [
+                (a("held:x:B"), a("investor:y:B"), 3),
+                (a("held:x:B"), a("investor:x:B"), 1)
+            ]
+        );
+        for (account, holder) in [
+            ("investor:x", Some("x")),
+            ("investor:x:B", Some("x")),
+            ("held:x:B", Some("x")),
+            ("issuance:tok_1", None),
+            ("withheld:x", None),
+        ] {
+            assert_eq!(account_holder(account), holder, "{account}");
+        }
+    }
+
     fn journal_of(n: usize) -> (Journal, Vec<Entry>) {
         let mut journal = Journal::default();
         let mut entries = Vec::new();

@@ -1683,6 +1683,19 @@ enum Op {
     Reverse(u64),
     /// An agent approves a transfer: from, to, amount.
     Approve(usize, usize, u128),
+    /// The movement (an issuance, a transfer, a redemption, a forced transfer or a hold) made
+    /// in a share class: 0 the default class, else `PROP_CLASSES[n - 1]`.
+    InClass(usize, Box<Op>),
+    /// An agent converts: investor, class left, class joined (as for `InClass`), amount.
+    Convert(usize, usize, usize, u128),
+}
+
+/// The share classes of the property test's token: A has no rules of its own; B caps the
+/// supply and each balance and is locked up for the first three days.
+const PROP_CLASSES: [&str; 2] = ["A", "B"];
+
+fn prop_class(n: usize) -> Option<Id> {
+    n.checked_sub(1).map(|i| Id::from(PROP_CLASSES[i]))
 }
 
 fn hold_id(n: usize) -> Id {
@@ -1760,6 +1773,25 @@ impl Op {
                 reason: "corrected".into(),
                 original: None,
             },
+            Op::InClass(n, op) => {
+                let mut operation = op.operation();
+                match &mut operation {
+                    Operation::Issue { class, .. }
+                    | Operation::Transfer { class, .. }
+                    | Operation::Redeem { class, .. }
+                    | Operation::ForcedTransfer { class, .. }
+                    | Operation::PlaceHold { class, .. } => *class = prop_class(*n),
+                    _ => {}
+                }
+                operation
+            }
+            Op::Convert(i, from, to, amount) => Operation::Convert {
+                investor_id: investor_id(*i),
+                from_class: prop_class(*from),
+                to_class: prop_class(*to),
+                amount: a(amount),
+                reason: "resolution".into(),
+            },
         }
     }
 }
@@ -1781,7 +1813,24 @@ fn other(from: usize, to: usize) -> usize {
     if from == to { (to + 1) % INVESTORS } else { to }
 }
 
+/// An operation, a third of the movements in a named share class, and conversions.
 fn op_strategy() -> impl Strategy<Value = Op> {
+    let who = || prop_oneof![3 => 0..3usize, 1 => 3..INVESTORS];
+    let class = || 0..=PROP_CLASSES.len();
+    prop_oneof![
+        12 => plain_op_strategy(),
+        6 => (1..=PROP_CLASSES.len(), plain_op_strategy()).prop_map(|(n, op)| match op {
+            Op::Issue(..) | Op::Transfer(..) | Op::Redeem(..) | Op::Forced(..) | Op::PlaceHold(..) => {
+                Op::InClass(n, Box::new(op))
+            }
+            other => other,
+        }),
+        1 => (who(), class(), class(), amount_strategy())
+            .prop_map(|(i, from, to, amount)| Op::Convert(i, from, if from == to { (to + 1) % (PROP_CLASSES.len() + 1) } else { to }, amount)),
+    ]
+}
+
+fn plain_op_strategy() -> impl Strategy<Value = Op> {
     // Mostly the eligible investors, so that many commands pass and the caps are reached.
     let who = || prop_oneof![3 => 0..3usize, 1 => 3..INVESTORS];
     prop_oneof![
@@ -1869,6 +1918,24 @@ fn prop_world(random: &[InvestorProfile]) -> World {
     for (i, profile) in eligible.iter().chain(random).enumerate() {
         w.register(investor_id(i).as_str(), profile.clone());
     }
+    for (id, rules) in [
+        ("A", ClassRules::default()),
+        (
+            "B",
+            ClassRules {
+                max_supply: Some(Amount(300)),
+                max_balance: Some(Amount(200)),
+                locked_until: Some(T0 + Duration::days(3)),
+                ..ClassRules::default()
+            },
+        ),
+    ] {
+        w.ok(Operation::DefineClass {
+            class: id.into(),
+            name: format!("class {id}"),
+            rules,
+        });
+    }
     w
 }
 
@@ -1943,6 +2010,7 @@ fn check_invariants(w: &World) -> Result<(), TestCaseError> {
     if let Some(max) = rules.max_holders {
         prop_assert!(token.holders <= max);
     }
+    check_classes(token)?;
     let mut current: Vec<(Id, Amount)> = token
         .holdings
         .iter()
@@ -1954,6 +2022,48 @@ fn check_invariants(w: &World) -> Result<(), TestCaseError> {
         w.balances_as_of(TOKEN, w.now),
         current,
         "the history agrees with the holdings"
+    );
+    Ok(())
+}
+
+/// Each class's supply is the sum of its holders' balances, within its caps; each holding's
+/// classes are within its totals, and what a class holds on hold is its pending holds.
+fn check_classes(token: &Token) -> Result<(), TestCaseError> {
+    let mut classes: Vec<Option<Id>> = vec![None];
+    classes.extend(token.classes.keys().cloned().map(Some));
+    for class in &classes {
+        let class = class.as_ref();
+        let mut sum = 0u128;
+        for (id, h) in &token.holdings {
+            let p = h.position(class);
+            sum += p.balance.0;
+            prop_assert!(
+                p.held <= p.balance,
+                "{id}: class {class:?} holds more than it has"
+            );
+            let pending: u128 = token
+                .holds
+                .values()
+                .filter(|r| r.hold.from == *id && r.hold.class.as_ref() == class)
+                .map(|r| r.hold.amount.0)
+                .sum();
+            prop_assert_eq!(p.held.0, pending, "{}: class {:?} held", id, class);
+            if let Some(max) = class.and_then(|c| token.classes[c].class.rules.max_balance) {
+                prop_assert!(
+                    p.balance <= max,
+                    "{id}: class {class:?} over its maximum balance"
+                );
+            }
+        }
+        prop_assert_eq!(sum, token.class_supply(class).0, "class {:?} supply", class);
+        if let Some(max) = class.and_then(|c| token.classes[c].class.rules.max_supply) {
+            prop_assert!(sum <= max.0, "class {class:?} over its cap");
+        }
+    }
+    let named: u128 = token.classes.values().map(|c| c.supply.0).sum();
+    prop_assert!(
+        named <= token.total_supply.0,
+        "the named classes are within the supply"
     );
     Ok(())
 }
@@ -2135,6 +2245,8 @@ fn generated_plans_reach_every_compliance_code() {
     let mut seen: BTreeMap<&'static str, usize> = BTreeMap::new();
     let mut applied = 0;
     let mut reversed = 0;
+    let mut in_classes = 0;
+    let mut converted = 0;
     for _ in 0..32 {
         let (random, plan) = plan_strategy()
             .new_tree(&mut runner)
@@ -2146,6 +2258,24 @@ fn generated_plans_reach_every_compliance_code() {
             .log
             .iter()
             .filter(|e| matches!(e.change, Change::Reversed { .. }))
+            .count();
+        in_classes += w
+            .log
+            .iter()
+            .filter(|e| {
+                matches!(
+                    &e.change,
+                    Change::Issued { class: Some(_), .. }
+                        | Change::Transferred { class: Some(_), .. }
+                        | Change::Redeemed { class: Some(_), .. }
+                        | Change::HoldPosted { class: Some(_), .. }
+                )
+            })
+            .count();
+        converted += w
+            .log
+            .iter()
+            .filter(|e| matches!(e.change, Change::Converted { .. }))
             .count();
         for (code, n) in codes {
             *seen.entry(code).or_default() += n;
@@ -2163,6 +2293,10 @@ fn generated_plans_reach_every_compliance_code() {
     assert!(
         reversed > 32 && seen.contains_key("already_reversed"),
         "reversals applied ({reversed}) and refused as repeated: {seen:?}"
+    );
+    assert!(
+        in_classes > 32 && converted > 32,
+        "movements in classes ({in_classes}) and conversions ({converted}) applied"
     );
     assert!(
         applied > 32 * 40,

@@ -87,17 +87,7 @@ pub struct ClassPosition {
 
 impl ClassRules {
     fn validate(&self) -> Result<()> {
-        if self
-            .allowed_countries
-            .as_ref()
-            .is_some_and(|a| a.len() > 300)
-            || self.denied_countries.len() > 300
-        {
-            return Err(Error::invalid(
-                "rules",
-                "a country list holds at most 300 codes",
-            ));
-        }
+        compliance::country_lists_bounded(self.allowed_countries.as_ref(), &self.denied_countries)?;
         for (field, limit) in [
             ("rules.max_balance", self.max_balance),
             ("rules.max_supply", self.max_supply),

@@ -56,19 +56,32 @@ fn is_false(b: &bool) -> bool {
     !*b
 }
 
+/// Country lists (a token's or a class's) hold at most 300 codes each.
+pub(super) fn country_lists_bounded(
+    allowed: Option<&BTreeSet<Country>>,
+    denied: &BTreeSet<Country>,
+) -> Result<()> {
+    if allowed.is_some_and(|a| a.len() > 300) || denied.len() > 300 {
+        return Err(Error::invalid(
+            "rules",
+            "a country list holds at most 300 codes",
+        ));
+    }
+    Ok(())
+}
+
+/// Whether lists of allowed (none: any) and denied countries admit `country`.
+fn admits(
+    allowed: Option<&BTreeSet<Country>>,
+    denied: &BTreeSet<Country>,
+    country: Country,
+) -> bool {
+    allowed.is_none_or(|a| a.contains(&country)) && !denied.contains(&country)
+}
+
 impl Rules {
     pub fn validate(&self) -> Result<()> {
-        if self
-            .allowed_countries
-            .as_ref()
-            .is_some_and(|a| a.len() > 300)
-            || self.denied_countries.len() > 300
-        {
-            return Err(Error::invalid(
-                "rules",
-                "a country list holds at most 300 codes",
-            ));
-        }
+        country_lists_bounded(self.allowed_countries.as_ref(), &self.denied_countries)?;
         if self.max_holders == Some(0) {
             return Err(Error::invalid(
                 "rules.max_holders",
@@ -852,25 +865,15 @@ fn eligible(
         )
         .at(field));
     }
-    if let Some(class) = class
-        && class.class.rules.require_accreditation
-        && !receiver.profile.accredited
-    {
-        return Err(Error::refused(
-            "accreditation_required",
-            format!(
-                "class {} of {} is open to accredited investors only",
-                class.class.id, token.spec.symbol
-            ),
-        )
-        .at(field));
+    if let Some(class) = class {
+        class_accreditation(token, class, receiver, field)?;
     }
     let country = receiver.profile.country;
-    let allowed = rules
-        .allowed_countries
-        .as_ref()
-        .is_none_or(|a| a.contains(&country));
-    if !allowed || rules.denied_countries.contains(&country) {
+    if !admits(
+        rules.allowed_countries.as_ref(),
+        &rules.denied_countries,
+        country,
+    ) {
         return Err(Error::refused(
             "country_not_allowed",
             format!(
@@ -893,6 +896,16 @@ fn class_eligible(
     receiver: &Investor,
     field: &'static str,
 ) -> Result<()> {
+    class_accreditation(token, class, receiver, field)?;
+    class_countries(token, class, receiver, field)
+}
+
+fn class_accreditation(
+    token: &Token,
+    class: &ClassState,
+    receiver: &Investor,
+    field: &'static str,
+) -> Result<()> {
     if class.class.rules.require_accreditation && !receiver.profile.accredited {
         return Err(Error::refused(
             "accreditation_required",
@@ -903,7 +916,7 @@ fn class_eligible(
         )
         .at(field));
     }
-    class_countries(token, class, receiver, field)
+    Ok(())
 }
 
 fn class_countries(
@@ -914,11 +927,11 @@ fn class_countries(
 ) -> Result<()> {
     let rules = &class.class.rules;
     let country = receiver.profile.country;
-    let allowed = rules
-        .allowed_countries
-        .as_ref()
-        .is_none_or(|a| a.contains(&country));
-    if !allowed || rules.denied_countries.contains(&country) {
+    if !admits(
+        rules.allowed_countries.as_ref(),
+        &rules.denied_countries,
+        country,
+    ) {
         return Err(Error::refused(
             "country_not_allowed",
             format!(

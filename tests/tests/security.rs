@@ -322,6 +322,20 @@ fn calls(f: &Fixture) -> Vec<Call> {
             format!("/v1/tokens/{t}/movements/1/reversal"),
             Some(json!({"reason": "booked twice"})),
         ),
+        // Redefining a class with the same rules changes nothing that matters to the others.
+        call(
+            O::ClassDefine,
+            M::PUT,
+            format!("/v1/tokens/{t}/classes/SEC"),
+            Some(json!({"name": "Class SEC"})),
+        ),
+        // An unknown class: a refusal for those allowed.
+        call(
+            O::Convert,
+            M::POST,
+            format!("/v1/tokens/{t}/conversions"),
+            Some(json!({"investor_id": alice, "to_class": "NONE", "amount": "1", "reason": "r"})),
+        ),
         call(O::LedgerRead, M::GET, "/v1/ledger/entries".into(), None),
         call(
             O::EventsSubscribe,

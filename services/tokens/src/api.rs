@@ -1033,7 +1033,7 @@ async fn holding(
         held: h.held,
         available: h.available(),
         locked: h.locked(now),
-        transferable: h.transferable(now),
+        transferable: token.transferable(&h, now),
         sent_today: h.sent_today(now),
         sent_this_month: h.sent_this_month(now),
         classes: crate::dto::class_balances(token, &h),

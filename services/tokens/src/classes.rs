@@ -22,8 +22,8 @@ use crate::{
 
 type AppState = Engine<TokensState>;
 
-/// A token's share classes: how much of the default class exists, and each defined class
-/// with its rules and supply.
+/// A token's share classes: each defined class with its rules and, for staff, how much of it
+/// (and of the default class) exists.
 #[utoipa::path(get, path = "/{token_id}/classes", tag = "classes", params(("token_id" = String, Path)),
     responses((status = 200, body = ClassList), (status = 404, body = Problem, content_type = JSON_PROBLEM)))]
 pub(crate) async fn list(
@@ -32,15 +32,22 @@ pub(crate) async fn list(
     Path(token_id): Path<String>,
 ) -> Result<axum::Json<ClassList>, ApiError> {
     principal.allow(Operation::TokenRead)?;
+    let staff = principal.is_staff();
     let state = engine.read().await;
     let token = state
         .0
         .token(&token_id)
         .ok_or_else(|| token_not_found(&token_id))?;
+    let mut classes: Vec<ClassView> = token.classes.values().map(ClassView::from).collect();
+    if !staff {
+        for class in &mut classes {
+            class.supply = None;
+        }
+    }
     Ok(axum::Json(ClassList {
         token_id: token_id.clone(),
-        default_supply: token.class_supply(None),
-        classes: token.classes.values().map(ClassView::from).collect(),
+        default_supply: staff.then(|| token.class_supply(None)),
+        classes,
     }))
 }
 

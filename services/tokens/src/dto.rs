@@ -151,6 +151,9 @@ impl TokenView {
         let mut view = TokenView::from(t);
         if !staff {
             view.rules.agent_restrictions.clear();
+            for class in &mut view.classes {
+                class.supply = None;
+            }
         }
         view
     }
@@ -998,9 +1001,11 @@ pub struct ClassView {
     pub id: String,
     pub name: String,
     pub rules: ClassRulesDto,
-    /// How much of the class exists.
-    #[schema(value_type = String)]
-    pub supply: Amount,
+    /// How much of the class exists (staff only: a class of few holders would tell their
+    /// stakes).
+    #[schema(value_type = Option<String>)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub supply: Option<Amount>,
 }
 
 impl From<&token::ClassState> for ClassView {
@@ -1009,7 +1014,7 @@ impl From<&token::ClassState> for ClassView {
             id: c.class.id.to_string(),
             name: c.class.name.clone(),
             rules: (&c.class.rules).into(),
-            supply: c.supply,
+            supply: Some(c.supply),
         }
     }
 }
@@ -1019,9 +1024,10 @@ impl From<&token::ClassState> for ClassView {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ClassList {
     pub token_id: String,
-    /// How much of the default class exists.
-    #[schema(value_type = String)]
-    pub default_supply: Amount,
+    /// How much of the default class exists (staff only).
+    #[schema(value_type = Option<String>)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub default_supply: Option<Amount>,
     pub classes: Vec<ClassView>,
 }
 

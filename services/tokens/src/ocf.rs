@@ -410,6 +410,8 @@ pub(crate) async fn export(
         next_transaction: 0,
     };
     let mut stakeholders: BTreeSet<Id> = BTreeSet::new();
+    // The share classes any movement up to `as_of` was in.
+    let mut classes_moved: BTreeSet<Id> = BTreeSet::new();
     let mut after = 0u64;
     loop {
         let (low, high) = keys::movements_after(&token_id, after);
@@ -423,6 +425,7 @@ pub(crate) async fn export(
                 continue;
             }
             stakeholders.extend(m.from.iter().chain(&m.to).cloned());
+            classes_moved.extend(m.class.iter().chain(&m.to_class).cloned());
             securities.movement(&m)?;
         }
         if !more {
@@ -460,7 +463,13 @@ pub(crate) async fn export(
         &token.spec.name,
         token.spec.max_supply,
     )];
-    for state in token.classes.values() {
+    // As of an earlier moment, only the classes that had units by then (the registry keeps
+    // no date of a class's definition); now, every class defined.
+    let listed = token
+        .classes
+        .values()
+        .filter(|state| q.as_of.is_none() || classes_moved.contains(&state.class.id));
+    for state in listed {
         let class = &state.class;
         stock_classes.push(stock_class(
             stock_class_id(&token, Some(&class.id)),

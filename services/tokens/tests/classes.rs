@@ -332,21 +332,38 @@ async fn classes_are_defined_and_converted_by_their_roles_only_and_bad_input_cha
     let after = s.get(&format!("/v1/tokens/{token}")).await.ok(200).clone();
     assert_eq!(before, after, "refused requests change nothing");
 
+    // Investors see the classes and their rules, not how much of each exists.
+    let seen = send(
+        s.http
+            .get(s.url(&tokens("classes")))
+            .bearer_auth(libertum_testkit::token(&[Role::Investor], Some(&a))),
+    )
+    .await;
+    let seen = seen.ok(200);
+    assert_eq!(seen["classes"][0]["id"], "A");
+    assert!(
+        seen.get("default_supply").is_none() && seen["classes"][0].get("supply").is_none(),
+        "{seen}"
+    );
+    let staff = s.get(&tokens("classes")).await;
+    assert_eq!(staff.ok(200)["classes"][0]["supply"], "4");
+
     // Batches take classes and the new operations too, each under its own role.
     let batch = s
         .post(
             &tokens("batches"),
             &json!({"operations": [
-                {"op": "define_class", "class": "B", "name": "Class B"},
+                {"op": "define_class", "class": "B", "name": "Class B", "rules": null},
                 {"op": "issue", "to": a, "amount": "5", "class": "B"},
+                {"op": "issue", "to": a, "amount": "1", "class": "Default"},
                 {"op": "convert", "investor_id": a, "from_class": "B", "amount": "2", "reason": "r"},
             ]}),
         )
         .await;
-    assert_eq!(batch.ok(200)["total_supply"], "15");
+    assert_eq!(batch.ok(200)["total_supply"], "16");
     assert_eq!(
         classes_of(&s, &token, &a).await,
-        json!({"default": {"balance": "8", "held": "0"}, "A": {"balance": "4", "held": "0"}, "B": {"balance": "3", "held": "0"}})
+        json!({"default": {"balance": "9", "held": "0"}, "A": {"balance": "4", "held": "0"}, "B": {"balance": "3", "held": "0"}})
     );
     send(
         s.http

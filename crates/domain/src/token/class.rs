@@ -100,19 +100,27 @@ impl ClassRules {
     }
 }
 
-/// Whether `id` may name a class: 1-32 letters, digits, `-` or `_`, and not `default`.
+/// Whether `id` may name a class: 1-32 letters, digits, `-` or `_`, and not `default` in any
+/// case.
 pub fn valid_class_id(id: &str) -> bool {
     (1..=32).contains(&id.len())
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        && id != DEFAULT_CLASS
+        && !id.eq_ignore_ascii_case(DEFAULT_CLASS)
 }
 
 /// The class a request names, as events carry it: `None` for the default class (named by
-/// nothing, or by `default`).
+/// nothing, or by `default` in any case).
 pub fn normalized(class: Option<Id>) -> Option<Id> {
-    class.filter(|c| c.as_str() != DEFAULT_CLASS)
+    class.filter(|c| !c.eq_ignore_ascii_case(DEFAULT_CLASS))
+}
+
+/// Reads a class's rules where `null` means none of its own, as an absent field does.
+pub fn deserialize_rules<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> std::result::Result<ClassRules, D::Error> {
+    Option::<ClassRules>::deserialize(deserializer).map(Option::unwrap_or_default)
 }
 
 /// Reads an operation's class as [`normalized`] says: `default` is the default class.
@@ -188,10 +196,10 @@ pub(super) struct Conversion<'a> {
     pub reason: &'a str,
 }
 
-/// Decides a conversion: an agent's operation, which keeps the holding's total. It stops at a
-/// pause and at the holder's full freeze; it needs the units free in the class they leave
-/// (neither on hold nor, for the holding as a whole, frozen), and the holder eligible for the
-/// class they join, within its maximum balance and supply. Lock-ups do not stop it: the agent
+/// Decides a conversion: an agent's operation, which keeps the holding's total (so a frozen
+/// amount stays covered). It stops at a pause and at the holder's full freeze; it needs the
+/// units in the class they leave and not on hold there, and the holder eligible for the class
+/// they join, within its maximum balance and supply. Lock-ups do not stop it: the agent
 /// decides, as for a forced transfer.
 pub(super) fn convert(
     token: &Token,

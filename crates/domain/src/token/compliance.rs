@@ -1010,16 +1010,7 @@ fn available(
         )
         .at("amount"));
     }
-    if voluntary && amount.0 > holding.transferable(ctx.now).0 {
-        return Err(Error::refused(
-            "lockup_active",
-            format!(
-                "only {} is free of lock-up now",
-                holding.transferable(ctx.now)
-            ),
-        )
-        .at("amount"));
-    }
+    // The class moved first, then what the holding can move by the investor's own hand.
     if voluntary
         && let Some(state) = class.and_then(|c| token.classes.get(c))
         && let Some(until) = state.class.rules.locked_until
@@ -1033,6 +1024,16 @@ fn available(
             ),
         )
         .at("class"));
+    }
+    if voluntary && amount > token.transferable(holding, ctx.now) {
+        return Err(Error::refused(
+            "lockup_active",
+            format!(
+                "only {} is free of lock-up now",
+                token.transferable(holding, ctx.now)
+            ),
+        )
+        .at("amount"));
     }
     Ok(())
 }

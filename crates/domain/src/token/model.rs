@@ -383,6 +383,29 @@ impl Token {
         self.holdings.entry(investor)
     }
 
+    /// What `holding` may move by the investor's own transfers at `now`: what is neither
+    /// frozen, on hold nor locked up, less the units of classes locked up now. Those cannot
+    /// move, so they never stand in for a frozen amount or a lock-up elsewhere in the holding.
+    pub fn transferable(&self, holding: &Holding, now: Timestamp) -> Amount {
+        let in_locked_classes: u128 = holding
+            .classes
+            .iter()
+            .filter(|(class, _)| self.class_locked(class, now))
+            .map(|(_, p)| p.balance.0.saturating_sub(p.held.0))
+            .sum();
+        holding
+            .transferable(now)
+            .saturating_sub(Amount(in_locked_classes))
+    }
+
+    /// Whether `class` is locked up at `now` (its `locked_until` not reached).
+    pub fn class_locked(&self, class: &Id, now: Timestamp) -> bool {
+        self.classes
+            .get(class)
+            .and_then(|c| c.class.rules.locked_until)
+            .is_some_and(|until| until > now)
+    }
+
     /// The units of `class` that exist (`None`: the default class's).
     pub fn class_supply(&self, class: Option<&Id>) -> Amount {
         match class {
@@ -639,7 +662,8 @@ pub enum Operation {
     DefineClass {
         class: Id,
         name: String,
-        #[serde(default)]
+        /// Absent or null: no rules of its own.
+        #[serde(default, deserialize_with = "super::class::deserialize_rules")]
         rules: ClassRules,
     },
     /// Moves `amount` of an investor's units from one class to another (absent: the default

@@ -165,6 +165,36 @@ fn a_class_carries_its_own_rules_on_top_of_the_tokens() {
 }
 
 #[test]
+fn units_of_a_locked_class_never_stand_in_for_a_freeze() {
+    let mut w = World::new(1_000_000, Rules::default());
+    w.ok(define(
+        "L",
+        ClassRules {
+            locked_until: Some(T0 + Duration::days(365)),
+            ..ClassRules::default()
+        },
+    ));
+    w.ok(issue("alice", 100));
+    w.ok(issue_in("alice", 100, "L"));
+    w.ok(freeze_amount("alice", 60));
+    // 200 held, 60 of it frozen: the 100 of L cannot move, so the freeze bites on the 100
+    // that can, leaving 40.
+    assert_eq!(w.token().transferable(w.holding("alice"), w.now).0, 40);
+    w.refused(transfer("alice", "bob", 41), "lockup_active");
+    w.ok(transfer("alice", "bob", 40));
+    // An agent's forced transfer is not stopped by the class's lock-up.
+    w.ok(Operation::ForcedTransfer {
+        from: "alice".into(),
+        to: "bob".into(),
+        amount: Amount(40),
+        reason: "court order".into(),
+        class: class("L"),
+    });
+    w.advance(366 * DAY);
+    assert_eq!(w.token().transferable(w.holding("alice"), w.now).0, 60);
+}
+
+#[test]
 fn a_hold_reserves_units_of_its_class() {
     let mut w = World::with_classes();
     let expires_at = w.now + Duration::hours(1);
@@ -297,7 +327,14 @@ fn a_reversal_moves_the_units_back_in_their_class() {
 #[test]
 fn defining_classes_is_validated() {
     let mut w = World::with_classes();
-    for bad in ["", "default", "with space", "a|b", &"x".repeat(33)] {
+    for bad in [
+        "",
+        "default",
+        "Default",
+        "with space",
+        "a|b",
+        &"x".repeat(33),
+    ] {
         let err = w.refuse(define(bad, ClassRules::default()));
         assert_eq!(
             (err.code, err.field.as_deref()),

@@ -45,6 +45,7 @@ pub(crate) async fn approve(
             from: Id::from(b.from),
             to: Id::from(b.to),
             amount: b.amount,
+            class: crate::api::class_of(b.class),
         },
     };
     // From the event: the approval may be used up already by a transfer decided right after

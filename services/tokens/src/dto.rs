@@ -466,6 +466,7 @@ pub enum BatchOperation {
         from: String,
         to: String,
         amount: String,
+        class: Option<String>,
     },
     RevokeTransferApproval {
         approval_id: String,
@@ -902,6 +903,10 @@ pub struct TransferApprovalRequest {
     pub to: String,
     #[schema(value_type = String, example = "250")]
     pub amount: Amount,
+    /// The share class approved (absent, or `default`: the default class): the transfer
+    /// must name the same class.
+    #[serde(default)]
+    pub class: Option<String>,
 }
 
 /// An approval waiting to be used.
@@ -913,6 +918,9 @@ pub struct TransferApprovalView {
     pub to: String,
     #[schema(value_type = String)]
     pub amount: Amount,
+    /// The share class approved (absent: the default class).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub class: Option<String>,
 }
 
 impl TransferApprovalView {
@@ -923,6 +931,7 @@ impl TransferApprovalView {
             from: a.from.to_string(),
             to: a.to.to_string(),
             amount: a.amount,
+            class: a.class.as_ref().map(ToString::to_string),
         }
     }
 }

@@ -443,9 +443,11 @@ pub(super) fn decide(
             from,
             to,
             amount,
+            class,
         } => {
             positive(*amount)?;
             distinct(from, to)?;
+            class::existing(token, class.as_ref(), "class")?;
             investor(from, "from")?;
             investor(to, "to")?;
             if approval_id.is_empty() || approval_id.len() > 100 {
@@ -476,6 +478,7 @@ pub(super) fn decide(
                     from: from.clone(),
                     to: to.clone(),
                     amount: *amount,
+                    class: class.clone(),
                 },
             }
         }
@@ -588,7 +591,7 @@ pub(super) fn check_transfer(
     within_limits(token, holding, amount, ctx)?;
     let approval = match needs_approval && token.rules.transfer_approval_required {
         false => None,
-        true => Some(approval_for(token, from, to, amount)?),
+        true => Some(approval_for(token, from, to, amount, class)?),
     };
     if room {
         room_to_receive(token, investors, receiver, class_state, amount, Some(from))?;
@@ -597,18 +600,27 @@ pub(super) fn check_transfer(
 }
 
 /// The first approval waiting for exactly this transfer.
-fn approval_for(token: &Token, from: &Id, to: &Id, amount: Amount) -> Result<Id> {
+fn approval_for(
+    token: &Token,
+    from: &Id,
+    to: &Id,
+    amount: Amount,
+    class: Option<&Id>,
+) -> Result<Id> {
     token
         .approvals
         .values()
-        .find(|a| a.from == *from && a.to == *to && a.amount == amount)
+        .find(|a| {
+            a.from == *from && a.to == *to && a.amount == amount && a.class.as_ref() == class
+        })
         .map(|a| a.id.clone())
         .ok_or_else(|| {
             Error::refused(
                 "transfer_not_approved",
                 format!(
-                    "transfers of {} need an agent's approval, and none is waiting for {amount} from {from} to {to}",
-                    token.spec.symbol
+                    "transfers of {} need an agent's approval, and none is waiting for {amount} of class {} from {from} to {to}",
+                    token.spec.symbol,
+                    class_name(class)
                 ),
             )
         })

@@ -311,13 +311,16 @@ impl<'de> Deserialize<'de> for Holdings {
     }
 }
 
-/// One transfer an agent approved in advance: exactly `amount` from `from` to `to`.
+/// One transfer an agent approved in advance: exactly `amount` of `class` from `from` to `to`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TransferApproval {
     pub id: Id,
     pub from: Id,
     pub to: Id,
     pub amount: Amount,
+    /// The share class (absent: the default class).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class: Option<Id>,
 }
 
 /// A token class and every holding in it.
@@ -644,6 +647,13 @@ pub enum Operation {
         from: Id,
         to: Id,
         amount: Amount,
+        /// The share class approved (absent, or `default`: the default class).
+        #[serde(
+            default,
+            skip_serializing_if = "Option::is_none",
+            deserialize_with = "super::class::deserialize_class"
+        )]
+        class: Option<Id>,
     },
     /// Withdraws an approval not used yet.
     RevokeTransferApproval {

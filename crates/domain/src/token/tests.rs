@@ -92,6 +92,7 @@ fn redeem(from: &str, amount: u128) -> Operation {
 
 fn approve(from: &str, to: &str, amount: u128) -> Operation {
     Operation::ApproveTransfer {
+        class: None,
         approval_id: format!("apr-{from}-{to}-{amount}").into(),
         from: from.into(),
         to: to.into(),
@@ -1763,6 +1764,7 @@ impl Op {
                 reason: "withdrawn".into(),
             },
             Op::Approve(from, to, amount) => Operation::ApproveTransfer {
+                class: None,
                 approval_id: format!("apr-{from}-{to}-{amount}").into(),
                 from: investor_id(*from),
                 to: investor_id(*to),

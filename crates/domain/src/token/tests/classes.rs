@@ -195,6 +195,38 @@ fn units_of_a_locked_class_never_stand_in_for_a_freeze() {
 }
 
 #[test]
+fn an_approval_passes_a_transfer_of_its_own_class_only() {
+    let mut w = World::with_classes();
+    w.update_rules(|r| r.transfer_approval_required = true);
+    w.ok(Operation::ApproveTransfer {
+        approval_id: "apr-a".into(),
+        from: "alice".into(),
+        to: "bob".into(),
+        amount: Amount(10),
+        class: class("A"),
+    });
+    let err = w.refused(transfer("alice", "bob", 10), "transfer_not_approved");
+    assert!(err.message.contains("class default"), "{}", err.message);
+    w.refused(
+        transfer_in("alice", "bob", 10, "B"),
+        "transfer_not_approved",
+    );
+    let events = w.ok(transfer_in("alice", "bob", 10, "A"));
+    assert!(matches!(
+        &events[0].change,
+        Change::Transferred { approval_id: Some(id), .. } if id.as_str() == "apr-a"
+    ));
+    let err = w.refuse(Operation::ApproveTransfer {
+        approval_id: "apr-z".into(),
+        from: "alice".into(),
+        to: "bob".into(),
+        amount: Amount(10),
+        class: class("Z"),
+    });
+    assert_eq!(err.code, "class_not_found");
+}
+
+#[test]
 fn a_hold_reserves_units_of_its_class() {
     let mut w = World::with_classes();
     let expires_at = w.now + Duration::hours(1);

@@ -689,32 +689,48 @@ pub(super) fn check_conversion(
     }
     let holding = token.holding(&holder.id).unwrap_or(&NO_HOLDING);
     let position = holding.position(from_class);
+    class_has(position, from_class, amount)?;
+    class_has_unheld(position, from_class, amount)?;
+    if let Some(joining) = joining {
+        class_supply_room(token, joining, amount)?;
+        class_balance_room(holding, joining, &holder.id, amount)?;
+    }
+    Ok(())
+}
+
+/// Whether `class`'s balance in a holding (`position`) covers `amount`.
+fn class_has(position: super::ClassPosition, class: Option<&Id>, amount: Amount) -> Result<()> {
     if amount > position.balance {
         return Err(Error::refused(
             "insufficient_balance",
             format!(
                 "the balance of class {} is {}, less than {amount}",
-                class_name(from_class),
+                class_name(class),
                 position.balance
             ),
         )
         .at("amount"));
     }
+    Ok(())
+}
+
+/// Whether what of `class`'s balance is not on hold covers `amount`.
+fn class_has_unheld(
+    position: super::ClassPosition,
+    class: Option<&Id>,
+    amount: Amount,
+) -> Result<()> {
     let free = position.balance.saturating_sub(position.held);
     if amount > free {
         return Err(Error::refused(
             "insufficient_unheld_balance",
             format!(
-                "{} of class {} is on hold: only {free} can convert",
+                "{} of class {} is on hold: only {free} of it is free to move",
                 position.held,
-                class_name(from_class)
+                class_name(class)
             ),
         )
         .at("amount"));
-    }
-    if let Some(joining) = joining {
-        class_supply_room(token, joining, amount)?;
-        class_balance_room(holding, joining, &holder.id, amount)?;
     }
     Ok(())
 }
@@ -976,18 +992,8 @@ fn available(
     // Only where classes are in play: else the class is the holding.
     let position =
         (class.is_some() || !holding.classes.is_empty()).then(|| holding.position(class));
-    if let Some(position) = position
-        && amount > position.balance
-    {
-        return Err(Error::refused(
-            "insufficient_balance",
-            format!(
-                "the balance of class {} is {}, less than {amount}",
-                class_name(class),
-                position.balance
-            ),
-        )
-        .at("amount"));
+    if let Some(position) = position {
+        class_has(position, class, amount)?;
     }
     let unfrozen = holding.balance.saturating_sub(holding.frozen_amount);
     if amount.0 > unfrozen.0 {
@@ -1008,19 +1014,8 @@ fn available(
         )
         .at("amount"));
     }
-    if let Some(position) = position
-        && amount > position.balance.saturating_sub(position.held)
-    {
-        return Err(Error::refused(
-            "insufficient_unheld_balance",
-            format!(
-                "{} of class {} is on hold: only {} of it is free to move",
-                position.held,
-                class_name(class),
-                position.balance.saturating_sub(position.held)
-            ),
-        )
-        .at("amount"));
+    if let Some(position) = position {
+        class_has_unheld(position, class, amount)?;
     }
     // The class moved first, then what the holding can move by the investor's own hand.
     if voluntary
